@@ -1,0 +1,45 @@
+// swift-tools-version:5.10
+import PackageDescription
+
+// Kernels are always optimized: a debug build of ddepc still trains at a
+// usable speed, and both backends call exactly the same code.
+let kernelFlags: [CSetting] = [.unsafeFlags(["-O3", "-march=native", "-fno-math-errno"])]
+
+let package = Package(
+    name: "ddepc",
+    products: [
+        .executable(name: "ddepc", targets: ["ddepc"]),
+        // Model files are compiled against this library (see Sources/Runtime/ModelFile.swift).
+        .library(name: "ModelZoo", type: .dynamic, targets: ["ModelZoo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries.
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
+        .systemLibrary(name: "CLLVM", path: "Sources/CLLVM"),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+
+        // The runtime kernels called by every compiled module (C, OpenBLAS).
+        .target(name: "DDPKernels", dependencies: ["CBLAS"], cSettings: kernelFlags),
+
+        .target(name: "IR"),
+        .target(name: "Passes", dependencies: ["IR"]),
+        .target(name: "Codegen", dependencies: ["IR", "DDPKernels", "CLLVM"]),
+        .target(name: "ModelZoo", dependencies: ["IR"]),
+        .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen", "DDPKernels", "CPNG"]),
+        .executableTarget(name: "ddepc", dependencies: [
+            "IR", "Passes", "Codegen", "Runtime", "ModelZoo",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/TestSupport"),
+        .testTarget(name: "IRTests", dependencies: ["IR", "TestSupport"]),
+        .testTarget(name: "PassesTests", dependencies: ["IR", "Passes", "TestSupport"]),
+        .testTarget(name: "CodegenTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "TestSupport"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "DDPKernels", "TestSupport"]),
+        .testTarget(name: "ModelZooTests", dependencies: ["IR", "Passes", "ModelZoo", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Runtime", "TestSupport"]),
+    ]
+)

@@ -1,0 +1,224 @@
+// ddp_conv.c — 2-D convolution and its two VJPs: im2col/col2im + sgemm per
+// batch image and group.
+//
+// The column buffer of one (image, group) is K × P with K = C/groups·KH·KW
+// and P = OH·OW. To bound scratch memory on large images it is built in bands
+// of whole output rows [oh0, oh1); each band is a column block of the K × P
+// matrix, so the sgemm calls simply use leading dimension P on the image side.
+// Pointwise convolutions (1×1, stride 1, no padding) skip im2col: the input
+// image itself is the K × P matrix.
+#include "ddp_kernels.h"
+#include "ddp_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/// Column-buffer budget in floats (16 MiB); a band is at least one output row.
+#define COL_BUDGET ((int64_t)1 << 22)
+
+typedef struct {
+    int64_t n, c, h, w, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw, groups;
+    int64_t cg, og, k, p; // channels and outputs per group, K, P
+    int64_t band_rows;    // output rows per im2col band
+    int pointwise;        // input used directly as the column matrix
+} conv_shape;
+
+static int conv_shape_read(const int64_t *ia, conv_shape *s) {
+    s->n = ia[0]; s->c = ia[1]; s->h = ia[2]; s->w = ia[3];
+    s->o = ia[4]; s->kh = ia[5]; s->kw = ia[6]; s->oh = ia[7]; s->ow = ia[8];
+    s->sh = ia[9]; s->sw = ia[10]; s->ph = ia[11]; s->pw = ia[12];
+    s->dh = ia[13]; s->dw = ia[14]; s->groups = ia[15];
+    if (s->groups <= 0 || s->c % s->groups != 0 || s->o % s->groups != 0) return 0;
+    if (s->sh <= 0 || s->sw <= 0 || s->kh <= 0 || s->kw <= 0) return 0;
+    s->cg = s->c / s->groups;
+    s->og = s->o / s->groups;
+    s->k = s->cg * s->kh * s->kw;
+    s->p = s->oh * s->ow;
+    if (s->p == 0) s->oh = 0; // an empty output has no rows to visit
+    s->pointwise = s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && s->ph == 0 &&
+                   s->pw == 0 && s->dh == 1 && s->dw == 1 && s->oh == s->h && s->ow == s->w;
+    if (s->pointwise) {
+        s->band_rows = s->oh;
+    } else {
+        int64_t row = s->k * s->ow;
+        s->band_rows = row > 0 ? COL_BUDGET / row : s->oh;
+        if (s->band_rows < 1) s->band_rows = 1;
+        if (s->band_rows > s->oh) s->band_rows = s->oh;
+    }
+    return 1;
+}
+
+/// Scratch for one band, or NULL for pointwise convolutions (and on failure,
+/// reported through *ok).
+static float *col_alloc(const conv_shape *s, int *ok) {
+    *ok = 1;
+    if (s->pointwise || s->k * s->band_rows * s->ow == 0) return NULL;
+    float *col = malloc((size_t)(s->k * s->band_rows * s->ow) * sizeof(float));
+    *ok = col != NULL;
+    return col;
+}
+
+/// The outputs o in [0, out) whose input index o·stride + off lies in [0, in)
+/// form the range [*lo, *hi).
+static void valid_range(int64_t off, int64_t stride, int64_t in, int64_t out,
+                        int64_t *lo, int64_t *hi) {
+    int64_t l = off >= 0 ? 0 : (-off + stride - 1) / stride;
+    int64_t h = off >= in ? 0 : (in - 1 - off) / stride + 1;
+    if (h > out) h = out;
+    if (l > h) l = h;
+    *lo = l;
+    *hi = h;
+}
+
+/// col[(c·KH + kh)·KW + kw][(oh - oh0)·OW + ow] = x[c][oh·sh - ph + kh·dh][ow·sw - pw + kw·dw],
+/// zero outside the image; x is one group of one image (Cg × H × W).
+static void im2col(const float *restrict x, const conv_shape *s, int64_t oh0, int64_t oh1,
+                   float *restrict col) {
+    int64_t bp = (oh1 - oh0) * s->ow;
+    for (int64_t c = 0; c < s->cg; c++) {
+        const float *xc = x + c * s->h * s->w;
+        for (int64_t kh = 0; kh < s->kh; kh++) {
+            for (int64_t kw = 0; kw < s->kw; kw++) {
+                float *row = col + ((c * s->kh + kh) * s->kw + kw) * bp;
+                int64_t woff = kw * s->dw - s->pw, lo, hi;
+                valid_range(woff, s->sw, s->w, s->ow, &lo, &hi);
+                for (int64_t oh = oh0; oh < oh1; oh++) {
+                    float *r = row + (oh - oh0) * s->ow;
+                    int64_t ih = oh * s->sh - s->ph + kh * s->dh;
+                    if (ih < 0 || ih >= s->h) {
+                        memset(r, 0, (size_t)s->ow * sizeof(float));
+                        continue;
+                    }
+                    const float *xr = xc + ih * s->w + woff;
+                    for (int64_t ow = 0; ow < lo; ow++) r[ow] = 0.0f;
+                    if (s->sw == 1)
+                        for (int64_t ow = lo; ow < hi; ow++) r[ow] = xr[ow];
+                    else
+                        for (int64_t ow = lo; ow < hi; ow++) r[ow] = xr[ow * s->sw];
+                    for (int64_t ow = hi; ow < s->ow; ow++) r[ow] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of im2col: dx[c][ih][iw] += col[...] for every in-image entry.
+static void col2im(const float *restrict col, const conv_shape *s, int64_t oh0, int64_t oh1,
+                   float *restrict dx) {
+    int64_t bp = (oh1 - oh0) * s->ow;
+    for (int64_t c = 0; c < s->cg; c++) {
+        float *dxc = dx + c * s->h * s->w;
+        for (int64_t kh = 0; kh < s->kh; kh++) {
+            for (int64_t kw = 0; kw < s->kw; kw++) {
+                const float *row = col + ((c * s->kh + kh) * s->kw + kw) * bp;
+                int64_t woff = kw * s->dw - s->pw, lo, hi;
+                valid_range(woff, s->sw, s->w, s->ow, &lo, &hi);
+                for (int64_t oh = oh0; oh < oh1; oh++) {
+                    int64_t ih = oh * s->sh - s->ph + kh * s->dh;
+                    if (ih < 0 || ih >= s->h) continue;
+                    const float *r = row + (oh - oh0) * s->ow;
+                    float *dr = dxc + ih * s->w + woff;
+                    if (s->sw == 1)
+                        for (int64_t ow = lo; ow < hi; ow++) dr[ow] += r[ow];
+                    else
+                        for (int64_t ow = lo; ow < hi; ow++) dr[ow * s->sw] += r[ow];
+                }
+            }
+        }
+    }
+}
+
+// conv2d: y[n, g] (Og × P) = w[g] (Og × K) · im2col(x[n, g]) (K × P).
+void ddp_conv2d(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    conv_shape s;
+    if (!conv_shape_read(ia, &s)) return;
+    const float *x = bufs[0], *w = bufs[1];
+    float *y = bufs[2];
+    int ok;
+    float *col = col_alloc(&s, &ok);
+    if (!ok) return;
+    for (int64_t n = 0; n < s.n; n++) {
+        for (int64_t g = 0; g < s.groups; g++) {
+            const float *xg = x + (n * s.c + g * s.cg) * s.h * s.w;
+            float *yg = y + (n * s.o + g * s.og) * s.p;
+            for (int64_t oh0 = 0; oh0 < s.oh; oh0 += s.band_rows) {
+                int64_t oh1 = oh0 + s.band_rows < s.oh ? oh0 + s.band_rows : s.oh;
+                int64_t bp = (oh1 - oh0) * s.ow;
+                if (s.pointwise) {
+                    ddp_gemm(0, 0, s.og, bp, s.k, w + g * s.og * s.k, s.k, xg + oh0 * s.ow, s.p,
+                             0.0f, yg + oh0 * s.ow, s.p);
+                } else {
+                    im2col(xg, &s, oh0, oh1, col);
+                    ddp_gemm(0, 0, s.og, bp, s.k, w + g * s.og * s.k, s.k, col, bp, 0.0f,
+                             yg + oh0 * s.ow, s.p);
+                }
+            }
+        }
+    }
+    free(col);
+}
+
+// conv2d_grad_input: col = w[g]ᵀ (K × Og) · dy[n, g] (Og × P), then col2im into dx.
+void ddp_conv2d_grad_input(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    conv_shape s;
+    if (!conv_shape_read(ia, &s)) return;
+    const float *dy = bufs[0], *w = bufs[1];
+    float *dx = bufs[2];
+    int ok;
+    float *col = col_alloc(&s, &ok);
+    if (!ok) return;
+    if (!s.pointwise) memset(dx, 0, (size_t)(s.n * s.c * s.h * s.w) * sizeof(float));
+    for (int64_t n = 0; n < s.n; n++) {
+        for (int64_t g = 0; g < s.groups; g++) {
+            const float *dyg = dy + (n * s.o + g * s.og) * s.p;
+            float *dxg = dx + (n * s.c + g * s.cg) * s.h * s.w;
+            for (int64_t oh0 = 0; oh0 < s.oh; oh0 += s.band_rows) {
+                int64_t oh1 = oh0 + s.band_rows < s.oh ? oh0 + s.band_rows : s.oh;
+                int64_t bp = (oh1 - oh0) * s.ow;
+                if (s.pointwise) {
+                    ddp_gemm(1, 0, s.k, bp, s.og, w + g * s.og * s.k, s.k, dyg + oh0 * s.ow, s.p,
+                             0.0f, dxg + oh0 * s.ow, s.p);
+                } else {
+                    ddp_gemm(1, 0, s.k, bp, s.og, w + g * s.og * s.k, s.k, dyg + oh0 * s.ow, s.p,
+                             0.0f, col, bp);
+                    col2im(col, &s, oh0, oh1, dxg);
+                }
+            }
+        }
+    }
+    free(col);
+}
+
+// conv2d_grad_weight: dw[g] (Og × K) = Σ_n dy[n, g] (Og × P) · im2col(x[n, g])ᵀ (P × K).
+void ddp_conv2d_grad_weight(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    conv_shape s;
+    if (!conv_shape_read(ia, &s)) return;
+    const float *x = bufs[0], *dy = bufs[1];
+    float *dw = bufs[2];
+    int ok;
+    float *col = col_alloc(&s, &ok);
+    if (!ok) return;
+    memset(dw, 0, (size_t)(s.o * s.k) * sizeof(float));
+    for (int64_t n = 0; n < s.n; n++) {
+        for (int64_t g = 0; g < s.groups; g++) {
+            const float *xg = x + (n * s.c + g * s.cg) * s.h * s.w;
+            const float *dyg = dy + (n * s.o + g * s.og) * s.p;
+            for (int64_t oh0 = 0; oh0 < s.oh; oh0 += s.band_rows) {
+                int64_t oh1 = oh0 + s.band_rows < s.oh ? oh0 + s.band_rows : s.oh;
+                int64_t bp = (oh1 - oh0) * s.ow;
+                if (s.pointwise) {
+                    ddp_gemm(0, 1, s.og, s.k, bp, dyg + oh0 * s.ow, s.p, xg + oh0 * s.ow, s.p,
+                             1.0f, dw + g * s.og * s.k, s.k);
+                } else {
+                    im2col(xg, &s, oh0, oh1, col);
+                    ddp_gemm(0, 1, s.og, s.k, bp, dyg + oh0 * s.ow, s.p, col, bp, 1.0f,
+                             dw + g * s.og * s.k, s.k);
+                }
+            }
+        }
+    }
+    free(col);
+}

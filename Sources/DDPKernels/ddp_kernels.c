@@ -1,0 +1,119 @@
+// ddp_kernels.c — the kernel table, the counter-based normal generator,
+// fill, matmul and the sgemm benchmark helper. The other kernels live in
+// ddp_conv.c, ddp_layout.c, ddp_pool.c and ddp_norm.c.
+#define _POSIX_C_SOURCE 200809L // clock_gettime under -std=c11
+
+#include "ddp_kernels.h"
+#include "ddp_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+// MARK: - Kernel table
+
+#define DDP_TABLE_ENTRY(name) ddp_##name,
+static const ddp_kernel_fn kernel_table[ddp_kernel_count] = {DDP_KERNEL_LIST(DDP_TABLE_ENTRY)};
+#undef DDP_TABLE_ENTRY
+
+#define DDP_NAME_ENTRY(name) #name,
+static const char *const kernel_names[ddp_kernel_count] = {DDP_KERNEL_LIST(DDP_NAME_ENTRY)};
+#undef DDP_NAME_ENTRY
+
+const ddp_kernel_fn *ddp_kernel_table(void) { return kernel_table; }
+
+int ddp_kernel_index(const char *name) {
+    if (name == NULL) return -1;
+    for (int i = 0; i < ddp_kernel_count; i++)
+        if (strcmp(kernel_names[i], name) == 0) return i;
+    return -1;
+}
+
+const char *ddp_kernel_name(int index) {
+    return (index >= 0 && index < ddp_kernel_count) ? kernel_names[index] : NULL;
+}
+
+// MARK: - Random numbers
+
+static uint64_t splitmix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15u;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
+    return z ^ (z >> 31);
+}
+
+// Returns z unrounded; the kernel rounds it to float when storing.
+double ddp_normal_at(uint64_t seed, uint64_t i) {
+    const double two_pi = 6.283185307179586476925286766559; // == 2 * M_PI exactly
+    uint64_t key = splitmix64(seed);
+    uint64_t r1 = splitmix64(key + 2 * i);
+    uint64_t r2 = splitmix64(key + 2 * i + 1);
+    double u1 = (double)((r1 >> 11) + 1) * 0x1p-53;
+    double u2 = (double)(r2 >> 11) * 0x1p-53;
+    return sqrt(-2.0 * log(u1)) * cos(two_pi * u2);
+}
+
+// random_normal: y[i] = (float)ddp_normal_at(seed, i).
+void ddp_random_normal(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    uint64_t seed = (uint64_t)*(const int64_t *)bufs[0];
+    float *y = bufs[1];
+    int64_t n = ia[0];
+    for (int64_t i = 0; i < n; i++) y[i] = (float)ddp_normal_at(seed, (uint64_t)i);
+}
+
+// MARK: - Fill and matmul
+
+// fill: dst[0..n) = value.
+void ddp_fill(void *const *bufs, const int64_t *ia, const double *fa) {
+    float *dst = bufs[0];
+    float v = (float)fa[0];
+    int64_t n = ia[0];
+    for (int64_t i = 0; i < n; i++) dst[i] = v;
+}
+
+// matmul: one sgemm per batch entry; the operands' batch strides may be 0.
+void ddp_matmul(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *a = bufs[0], *b = bufs[1];
+    float *c = bufs[2];
+    int64_t batch = ia[0], m = ia[1], k = ia[2], n = ia[3];
+    int64_t a_stride = ia[4], b_stride = ia[5];
+    int trans_a = ia[6] != 0, trans_b = ia[7] != 0;
+    for (int64_t i = 0; i < batch; i++)
+        ddp_gemm(trans_a, trans_b, m, n, k, a + i * a_stride, trans_a ? m : k,
+                 b + i * b_stride, trans_b ? k : n, 0.0f, c + i * m * n, n);
+}
+
+// MARK: - Benchmark helper
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double ddp_sgemm_gflops(int64_t n, int64_t reps) {
+    if (n <= 0 || reps <= 0) return 0.0;
+    size_t count = (size_t)n * (size_t)n;
+    float *a = malloc(count * sizeof(float));
+    float *b = malloc(count * sizeof(float));
+    float *c = malloc(count * sizeof(float));
+    double gflops = 0.0;
+    if (a && b && c) {
+        for (size_t i = 0; i < count; i++) {
+            a[i] = (float)(i % 7) * 0.25f - 0.75f;
+            b[i] = (float)(i % 5) * 0.5f - 1.0f;
+        }
+        ddp_gemm(0, 0, n, n, n, a, n, b, n, 0.0f, c, n); // warm-up (thread pool, caches)
+        double start = now_seconds();
+        for (int64_t r = 0; r < reps; r++) ddp_gemm(0, 0, n, n, n, a, n, b, n, 0.0f, c, n);
+        double elapsed = now_seconds() - start;
+        if (elapsed > 0) gflops = 2.0 * (double)n * (double)n * (double)n * (double)reps / elapsed * 1e-9;
+    }
+    free(a);
+    free(b);
+    free(c);
+    return gflops;
+}

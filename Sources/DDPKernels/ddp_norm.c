@@ -1,0 +1,242 @@
+// ddp_norm.c — normalizations, softmax and the losses.
+#include "ddp_kernels.h"
+#include "ddp_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+// batch_norm (inference form): y = (x - mean[c]) · gamma[c]/sqrt(var[c] + eps) + beta[c].
+void ddp_batch_norm(void *const *bufs, const int64_t *ia, const double *fa) {
+    const float *x = bufs[0], *mean = bufs[1], *var = bufs[2], *gamma = bufs[3], *beta = bufs[4];
+    float *y = bufs[5];
+    int64_t n = ia[0], c = ia[1], hw = ia[2];
+    double eps = fa[0];
+    for (int64_t ch = 0; ch < c; ch++) {
+        float scale = (float)((double)gamma[ch] / sqrt((double)var[ch] + eps));
+        float m = mean[ch], b = beta[ch];
+        for (int64_t i = 0; i < n; i++) {
+            const float *xp = x + (i * c + ch) * hw;
+            float *yp = y + (i * c + ch) * hw;
+            for (int64_t j = 0; j < hw; j++) yp[j] = (xp[j] - m) * scale + b;
+        }
+    }
+}
+
+/// Mean and 1/sqrt(biased variance + eps) of x[0..n), two passes in double.
+static void moments(const float *x, int64_t n, double eps, float *mean, float *rstd) {
+    double m = n > 0 ? ddp_sum_f64(x, n) / (double)n : 0.0;
+    double v = n > 0 ? ddp_sum_sq_dev_f64(x, n, m) / (double)n : 0.0;
+    *mean = (float)m;
+    *rstd = (float)(1.0 / sqrt(v + eps));
+}
+
+// group_norm: statistics per (n, group) over C/G channels × HW, then the
+// per-channel affine.
+void ddp_group_norm(void *const *bufs, const int64_t *ia, const double *fa) {
+    const float *x = bufs[0], *gamma = bufs[1], *beta = bufs[2];
+    float *y = bufs[3];
+    int64_t n = ia[0], c = ia[1], hw = ia[2], groups = ia[3];
+    if (groups <= 0 || c % groups != 0) return;
+    int64_t cg = c / groups;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t g = 0; g < groups; g++) {
+            const float *xg = x + (i * c + g * cg) * hw;
+            float *yg = y + (i * c + g * cg) * hw;
+            float mean, rstd;
+            moments(xg, cg * hw, fa[0], &mean, &rstd);
+            for (int64_t k = 0; k < cg; k++) {
+                int64_t ch = g * cg + k;
+                float scale = rstd * gamma[ch], b = beta[ch];
+                const float *xp = xg + k * hw;
+                float *yp = yg + k * hw;
+                for (int64_t j = 0; j < hw; j++) yp[j] = (xp[j] - mean) * scale + b;
+            }
+        }
+}
+
+// layer_norm: per row, y = (x - mean) · rstd · gamma[j] + beta[j].
+void ddp_layer_norm(void *const *bufs, const int64_t *ia, const double *fa) {
+    const float *x = bufs[0], *gamma = bufs[1], *beta = bufs[2];
+    float *y = bufs[3];
+    int64_t rows = ia[0], cols = ia[1];
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols;
+        float *yr = y + r * cols;
+        float mean, rstd;
+        moments(xr, cols, fa[0], &mean, &rstd);
+        for (int64_t j = 0; j < cols; j++) yr[j] = (xr[j] - mean) * rstd * gamma[j] + beta[j];
+    }
+}
+
+/// Softmax or log-softmax over the middle axis of [outer, dim, inner]. The
+/// inner axis is the vector dimension: per-position maxima and sums live in
+/// scratch arrays of length `inner` (sums in double).
+static void softmax_impl(const float *x, float *y, int64_t outer, int64_t dim, int64_t inner,
+                         int log_form) {
+    if (dim <= 0 || inner <= 0) return;
+    float *mx = malloc((size_t)inner * sizeof(float));
+    double *sum = malloc((size_t)inner * sizeof(double));
+    if (mx == NULL || sum == NULL) {
+        free(mx);
+        free(sum);
+        return;
+    }
+    for (int64_t o = 0; o < outer; o++) {
+        const float *xo = x + o * dim * inner;
+        float *yo = y + o * dim * inner;
+        for (int64_t j = 0; j < inner; j++) {
+            mx[j] = xo[j];
+            sum[j] = 0.0;
+        }
+        for (int64_t d = 1; d < dim; d++) {
+            const float *xr = xo + d * inner;
+            for (int64_t j = 0; j < inner; j++) mx[j] = xr[j] > mx[j] ? xr[j] : mx[j];
+        }
+        for (int64_t d = 0; d < dim; d++) {
+            const float *xr = xo + d * inner;
+            float *yr = yo + d * inner;
+            for (int64_t j = 0; j < inner; j++) {
+                float e = expf(xr[j] - mx[j]);
+                sum[j] += e;
+                if (!log_form) yr[j] = e;
+            }
+        }
+        if (log_form) {
+            for (int64_t j = 0; j < inner; j++) mx[j] += (float)log(sum[j]);
+            for (int64_t d = 0; d < dim; d++) {
+                const float *xr = xo + d * inner;
+                float *yr = yo + d * inner;
+                for (int64_t j = 0; j < inner; j++) yr[j] = xr[j] - mx[j];
+            }
+        } else {
+            for (int64_t j = 0; j < inner; j++) mx[j] = (float)(1.0 / sum[j]);
+            for (int64_t d = 0; d < dim; d++) {
+                float *yr = yo + d * inner;
+                for (int64_t j = 0; j < inner; j++) yr[j] *= mx[j];
+            }
+        }
+    }
+    free(mx);
+    free(sum);
+}
+
+// softmax: y = exp(x - max) / Σ exp(x - max) over the middle axis.
+void ddp_softmax(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    softmax_impl(bufs[0], bufs[1], ia[0], ia[1], ia[2], 0);
+}
+
+// log_softmax: y = x - max - log Σ exp(x - max) over the middle axis.
+void ddp_log_softmax(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    softmax_impl(bufs[0], bufs[1], ia[0], ia[1], ia[2], 1);
+}
+
+// mse: y[0] = mean((a - b)^2), accumulated in double (NaN for n = 0, as PyTorch).
+void ddp_mse(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *a = bufs[0], *b = bufs[1];
+    float *y = bufs[2];
+    int64_t n = ia[0];
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        double d0 = (double)a[i] - b[i], d1 = (double)a[i + 1] - b[i + 1];
+        double d2 = (double)a[i + 2] - b[i + 2], d3 = (double)a[i + 3] - b[i + 3];
+        s0 += d0 * d0; s1 += d1 * d1; s2 += d2 * d2; s3 += d3 * d3;
+    }
+    for (; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        s0 += d * d;
+    }
+    y[0] = (float)(((s0 + s1) + (s2 + s3)) / (double)n);
+}
+
+/// Per-pixel max and Σ exp(logit - max) over the classes of one image
+/// (logits C × HW), vectorized over the pixels.
+static void class_stats(const float *logits, int64_t c, int64_t hw, float *mx, double *sum) {
+    for (int64_t p = 0; p < hw; p++) {
+        mx[p] = logits[p];
+        sum[p] = 0.0;
+    }
+    for (int64_t k = 1; k < c; k++) {
+        const float *lr = logits + k * hw;
+        for (int64_t p = 0; p < hw; p++) mx[p] = lr[p] > mx[p] ? lr[p] : mx[p];
+    }
+    for (int64_t k = 0; k < c; k++) {
+        const float *lr = logits + k * hw;
+        for (int64_t p = 0; p < hw; p++) sum[p] += expf(lr[p] - mx[p]);
+    }
+}
+
+/// Whether a pixel's label is counted: not `ignore` and inside [0, C).
+static inline int label_counted(int32_t label, int64_t c, int64_t ignore) {
+    return label != ignore && label >= 0 && label < c;
+}
+
+// cross_entropy: mean over counted pixels of log Σ exp(logits) - logits[label].
+void ddp_cross_entropy(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *logits = bufs[0];
+    const int32_t *labels = bufs[1];
+    float *y = bufs[2];
+    int64_t n = ia[0], c = ia[1], hw = ia[2], ignore = ia[3];
+    y[0] = 0.0f;
+    if (c <= 0 || hw <= 0) return;
+    float *mx = malloc((size_t)hw * sizeof(float));
+    double *sum = malloc((size_t)hw * sizeof(double));
+    if (mx && sum) {
+        double total = 0.0;
+        int64_t count = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const float *li = logits + i * c * hw;
+            const int32_t *lab = labels + i * hw;
+            class_stats(li, c, hw, mx, sum);
+            for (int64_t p = 0; p < hw; p++) {
+                if (!label_counted(lab[p], c, ignore)) continue;
+                total += log(sum[p]) + (double)mx[p] - (double)li[lab[p] * hw + p];
+                count++;
+            }
+        }
+        y[0] = count > 0 ? (float)(total / (double)count) : 0.0f;
+    }
+    free(mx);
+    free(sum);
+}
+
+// cross_entropy_grad: dx = g · (softmax(logits) - onehot(label)) / count on
+// counted pixels, 0 elsewhere.
+void ddp_cross_entropy_grad(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *logits = bufs[0], *g = bufs[2];
+    const int32_t *labels = bufs[1];
+    float *dx = bufs[3];
+    int64_t n = ia[0], c = ia[1], hw = ia[2], ignore = ia[3];
+    if (c <= 0 || hw <= 0) return;
+    int64_t count = 0;
+    for (int64_t i = 0; i < n * hw; i++) count += label_counted(labels[i], c, ignore);
+    float *mx = malloc((size_t)hw * sizeof(float));
+    double *sum = malloc((size_t)hw * sizeof(double));
+    float *scale = malloc((size_t)hw * sizeof(float));
+    if (mx && sum && scale) {
+        float gs = count > 0 ? (float)((double)g[0] / (double)count) : 0.0f;
+        for (int64_t i = 0; i < n; i++) {
+            const float *li = logits + i * c * hw;
+            const int32_t *lab = labels + i * hw;
+            float *di = dx + i * c * hw;
+            class_stats(li, c, hw, mx, sum);
+            for (int64_t p = 0; p < hw; p++)
+                scale[p] = label_counted(lab[p], c, ignore) ? (float)(gs / sum[p]) : 0.0f;
+            for (int64_t k = 0; k < c; k++) {
+                const float *lr = li + k * hw;
+                float *dr = di + k * hw;
+                for (int64_t p = 0; p < hw; p++) dr[p] = expf(lr[p] - mx[p]) * scale[p];
+            }
+            for (int64_t p = 0; p < hw; p++)
+                if (label_counted(lab[p], c, ignore)) di[lab[p] * hw + p] -= gs;
+        }
+    }
+    free(mx);
+    free(sum);
+    free(scale);
+}

@@ -1,0 +1,293 @@
+// ddp_pool.c — max/avg pooling and nearest/bilinear upsampling, with VJPs.
+// All operate per (n, c) plane of an NCHW tensor; the VJPs zero dx and then
+// scatter-add.
+#include "ddp_kernels.h"
+#include "ddp_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int64_t planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw;
+} pool_shape;
+
+static pool_shape pool_shape_read(const int64_t *ia) {
+    pool_shape s = {ia[0] * ia[1], ia[2], ia[3], ia[4], ia[5],
+                    ia[6], ia[7], ia[8], ia[9], ia[10], ia[11]};
+    return s;
+}
+
+/// Index of the first maximal element (row-major; NaN counts as maximal) of
+/// window (oh, ow) in plane x, or -1 when the window lies entirely in padding.
+static int64_t window_argmax(const float *x, const pool_shape *s, int64_t oh, int64_t ow) {
+    int64_t h0 = oh * s->sh - s->ph, w0 = ow * s->sw - s->pw;
+    int64_t h1 = h0 + s->kh < s->h ? h0 + s->kh : s->h;
+    int64_t w1 = w0 + s->kw < s->w ? w0 + s->kw : s->w;
+    if (h0 < 0) h0 = 0;
+    if (w0 < 0) w0 = 0;
+    if (h0 >= h1 || w0 >= w1) return -1;
+    int64_t best = h0 * s->w + w0;
+    float m = x[best];
+    for (int64_t ih = h0; ih < h1; ih++) {
+        for (int64_t iw = w0; iw < w1; iw++) {
+            float v = x[ih * s->w + iw];
+            if (v > m || (isnan(v) && !isnan(m))) {
+                m = v;
+                best = ih * s->w + iw;
+            }
+        }
+    }
+    return best;
+}
+
+// max_pool2d: padding is -infinity, so an all-padding window gives -infinity.
+void ddp_max_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *x = bufs[0];
+    float *y = bufs[1];
+    pool_shape s = pool_shape_read(ia);
+    for (int64_t p = 0; p < s.planes; p++) {
+        const float *xp = x + p * s.h * s.w;
+        float *yp = y + p * s.oh * s.ow;
+        for (int64_t oh = 0; oh < s.oh; oh++)
+            for (int64_t ow = 0; ow < s.ow; ow++) {
+                int64_t i = window_argmax(xp, &s, oh, ow);
+                yp[oh * s.ow + ow] = i >= 0 ? xp[i] : -INFINITY;
+            }
+    }
+}
+
+// max_pool2d_grad: dy goes to the first maximal element of each window.
+void ddp_max_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *x = bufs[0], *dy = bufs[1];
+    float *dx = bufs[2];
+    pool_shape s = pool_shape_read(ia);
+    memset(dx, 0, (size_t)(s.planes * s.h * s.w) * sizeof(float));
+    for (int64_t p = 0; p < s.planes; p++) {
+        const float *xp = x + p * s.h * s.w;
+        const float *dyp = dy + p * s.oh * s.ow;
+        float *dxp = dx + p * s.h * s.w;
+        for (int64_t oh = 0; oh < s.oh; oh++)
+            for (int64_t ow = 0; ow < s.ow; ow++) {
+                int64_t i = window_argmax(xp, &s, oh, ow);
+                if (i >= 0) dxp[i] += dyp[oh * s.ow + ow];
+            }
+    }
+}
+
+/// Window (oh, ow) clipped to the image, and its divisor as in PyTorch: with
+/// count_include_pad the window clipped to the padded image (H + ph, W + pw),
+/// otherwise the number of in-image elements.
+static float avg_window(const pool_shape *s, int64_t oh, int64_t ow, int include_pad,
+                        int64_t *h0, int64_t *h1, int64_t *w0, int64_t *w1) {
+    int64_t hs = oh * s->sh - s->ph, ws = ow * s->sw - s->pw;
+    int64_t he = hs + s->kh < s->h + s->ph ? hs + s->kh : s->h + s->ph;
+    int64_t we = ws + s->kw < s->w + s->pw ? ws + s->kw : s->w + s->pw;
+    int64_t padded = (he - hs) * (we - ws);
+    if (hs < 0) hs = 0;
+    if (ws < 0) ws = 0;
+    if (he > s->h) he = s->h;
+    if (we > s->w) we = s->w;
+    *h0 = hs; *h1 = he; *w0 = ws; *w1 = we;
+    int64_t inside = (he > hs && we > ws) ? (he - hs) * (we - ws) : 0;
+    return (float)(include_pad ? padded : inside);
+}
+
+// avg_pool2d: mean over the window (0 for an empty window).
+void ddp_avg_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *x = bufs[0];
+    float *y = bufs[1];
+    pool_shape s = pool_shape_read(ia);
+    int include_pad = ia[12] != 0;
+    for (int64_t p = 0; p < s.planes; p++) {
+        const float *xp = x + p * s.h * s.w;
+        float *yp = y + p * s.oh * s.ow;
+        for (int64_t oh = 0; oh < s.oh; oh++)
+            for (int64_t ow = 0; ow < s.ow; ow++) {
+                int64_t h0, h1, w0, w1;
+                float div = avg_window(&s, oh, ow, include_pad, &h0, &h1, &w0, &w1);
+                float sum = 0.0f;
+                for (int64_t ih = h0; ih < h1; ih++)
+                    for (int64_t iw = w0; iw < w1; iw++) sum += xp[ih * s.w + iw];
+                yp[oh * s.ow + ow] = div > 0 ? sum / div : 0.0f;
+            }
+    }
+}
+
+// avg_pool2d_grad: each window spreads dy / divisor over its in-image elements.
+void ddp_avg_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *dy = bufs[0];
+    float *dx = bufs[1];
+    pool_shape s = pool_shape_read(ia);
+    int include_pad = ia[12] != 0;
+    memset(dx, 0, (size_t)(s.planes * s.h * s.w) * sizeof(float));
+    for (int64_t p = 0; p < s.planes; p++) {
+        const float *dyp = dy + p * s.oh * s.ow;
+        float *dxp = dx + p * s.h * s.w;
+        for (int64_t oh = 0; oh < s.oh; oh++)
+            for (int64_t ow = 0; ow < s.ow; ow++) {
+                int64_t h0, h1, w0, w1;
+                float div = avg_window(&s, oh, ow, include_pad, &h0, &h1, &w0, &w1);
+                if (div <= 0) continue;
+                float g = dyp[oh * s.ow + ow] / div;
+                for (int64_t ih = h0; ih < h1; ih++)
+                    for (int64_t iw = w0; iw < w1; iw++) dxp[ih * s.w + iw] += g;
+            }
+    }
+}
+
+/// Nearest source index per output index: (o · in) / out; NULL for an empty input.
+static int64_t *nearest_indices(int64_t in, int64_t out) {
+    if (in <= 0) return NULL;
+    int64_t *idx = malloc((size_t)(out > 0 ? out : 1) * sizeof(int64_t));
+    if (idx)
+        for (int64_t o = 0; o < out; o++) idx[o] = o * in / out;
+    return idx;
+}
+
+// upsample_nearest: y[oh, ow] = x[oh·H/OH, ow·W/OW].
+void ddp_upsample_nearest(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *x = bufs[0];
+    float *y = bufs[1];
+    int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
+    int64_t *iw = nearest_indices(w, ow);
+    if (iw == NULL) return;
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t r = 0; r < oh; r++) {
+            const float *xr = x + (p * h + r * h / oh) * w;
+            float *yr = y + (p * oh + r) * ow;
+            for (int64_t c = 0; c < ow; c++) yr[c] = xr[iw[c]];
+        }
+    free(iw);
+}
+
+// upsample_nearest_grad: dx[ih, iw] = Σ dy over the outputs that read it.
+void ddp_upsample_nearest_grad(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *dy = bufs[0];
+    float *dx = bufs[1];
+    int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
+    int64_t *iw = nearest_indices(w, ow);
+    if (iw == NULL) return;
+    memset(dx, 0, (size_t)(planes * h * w) * sizeof(float));
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t r = 0; r < oh; r++) {
+            float *dxr = dx + (p * h + r * h / oh) * w;
+            const float *dyr = dy + (p * oh + r) * ow;
+            for (int64_t c = 0; c < ow; c++) dxr[iw[c]] += dyr[c];
+        }
+    free(iw);
+}
+
+/// Per-axis bilinear taps, computed in float exactly as PyTorch's
+/// area_pixel_compute_source_index + guard_index_and_lambda (0 for an empty input).
+typedef struct {
+    int64_t *i0, *i1;
+    float *l0, *l1;
+} linear_taps;
+
+static int linear_taps_make(int64_t in, int64_t out, int align_corners, linear_taps *t) {
+    if (in <= 0) return 0;
+    size_t n = (size_t)(out > 0 ? out : 1);
+    t->i0 = malloc(2 * n * sizeof(int64_t));
+    t->l0 = malloc(2 * n * sizeof(float));
+    if (t->i0 == NULL || t->l0 == NULL) {
+        free(t->i0);
+        free(t->l0);
+        return 0;
+    }
+    t->i1 = t->i0 + n;
+    t->l1 = t->l0 + n;
+    float scale = align_corners ? (out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f)
+                                : (float)in / (float)out;
+    for (int64_t o = 0; o < out; o++) {
+        float src;
+        if (align_corners) {
+            src = scale * (float)o;
+        } else {
+            // Two statements so the compiler cannot fuse them into an FMA.
+            float scaled = scale * ((float)o + 0.5f);
+            src = scaled - 0.5f;
+            if (src < 0.0f) src = 0.0f;
+        }
+        int64_t i = (int64_t)floorf(src);
+        if (i > in - 1) i = in - 1;
+        float lambda = src - (float)i;
+        lambda = lambda < 0.0f ? 0.0f : lambda > 1.0f ? 1.0f : lambda;
+        t->i0[o] = i;
+        t->i1[o] = i < in - 1 ? i + 1 : i;
+        t->l1[o] = lambda;
+        t->l0[o] = 1.0f - lambda;
+    }
+    return 1;
+}
+
+static void linear_taps_free(linear_taps *t) {
+    free(t->i0);
+    free(t->l0);
+}
+
+// upsample_bilinear: y = l0h·(l0w·x00 + l1w·x01) + l1h·(l0w·x10 + l1w·x11).
+void ddp_upsample_bilinear(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *x = bufs[0];
+    float *y = bufs[1];
+    int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
+    int align = ia[6] != 0;
+    linear_taps th, tw;
+    if (!linear_taps_make(h, oh, align, &th)) return;
+    if (!linear_taps_make(w, ow, align, &tw)) {
+        linear_taps_free(&th);
+        return;
+    }
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t r = 0; r < oh; r++) {
+            const float *x0 = x + (p * h + th.i0[r]) * w, *x1 = x + (p * h + th.i1[r]) * w;
+            float a0 = th.l0[r], a1 = th.l1[r];
+            float *yr = y + (p * oh + r) * ow;
+            for (int64_t c = 0; c < ow; c++) {
+                int64_t c0 = tw.i0[c], c1 = tw.i1[c];
+                float b0 = tw.l0[c], b1 = tw.l1[c];
+                yr[c] = a0 * (b0 * x0[c0] + b1 * x0[c1]) + a1 * (b0 * x1[c0] + b1 * x1[c1]);
+            }
+        }
+    linear_taps_free(&th);
+    linear_taps_free(&tw);
+}
+
+// upsample_bilinear_grad: scatter-add dy with the four forward weights.
+void ddp_upsample_bilinear_grad(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *dy = bufs[0];
+    float *dx = bufs[1];
+    int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
+    int align = ia[6] != 0;
+    linear_taps th, tw;
+    if (!linear_taps_make(h, oh, align, &th)) return;
+    if (!linear_taps_make(w, ow, align, &tw)) {
+        linear_taps_free(&th);
+        return;
+    }
+    memset(dx, 0, (size_t)(planes * h * w) * sizeof(float));
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t r = 0; r < oh; r++) {
+            float *d0 = dx + (p * h + th.i0[r]) * w, *d1 = dx + (p * h + th.i1[r]) * w;
+            float a0 = th.l0[r], a1 = th.l1[r];
+            const float *dyr = dy + (p * oh + r) * ow;
+            for (int64_t c = 0; c < ow; c++) {
+                int64_t c0 = tw.i0[c], c1 = tw.i1[c];
+                float b0 = tw.l0[c], b1 = tw.l1[c], g = dyr[c];
+                d0[c0] += a0 * b0 * g;
+                d0[c1] += a0 * b1 * g;
+                d1[c0] += a1 * b0 * g;
+                d1[c1] += a1 * b1 * g;
+            }
+        }
+    linear_taps_free(&th);
+    linear_taps_free(&tw);
+}

@@ -1,0 +1,132 @@
+// ddp_kernels.h — the runtime kernels every compiled ddepc module calls.
+//
+// Generated code (C or LLVM backend) never links these symbols: the runtime
+// passes a table of function pointers (`ddp_kernel_table()`), indexed by
+// `ddp_kernel_id`, to every entry point. One uniform signature keeps both
+// code generators trivial: an array of buffer pointers, an array of integer
+// arguments and an array of floating-point arguments, in the order documented
+// per kernel below.
+//
+// Conventions: tensors are dense, row-major (NCHW for images), f32 unless
+// said otherwise. Integer arguments are int64_t. Every kernel writes its whole
+// output (callers never pre-zero it).
+#ifndef DDP_KERNELS_H
+#define DDP_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
+
+// X(name): the kernel list. The order is the ABI; append only.
+//
+// conv2d             bufs [x, w, y]      ia [N,C,H,W, O,KH,KW, OH,OW, sh,sw, ph,pw, dh,dw, groups]
+//                    x[N,C,H,W], w[O,C/groups,KH,KW], y[N,O,OH,OW]; cross-correlation
+//                    as in PyTorch; zero padding.
+// conv2d_grad_input  bufs [dy, w, dx]    ia as conv2d. dx[N,C,H,W] = conv2d's VJP wrt x.
+// conv2d_grad_weight bufs [x, dy, dw]    ia as conv2d. dw[O,C/groups,KH,KW] = VJP wrt w.
+// matmul             bufs [a, b, c]      ia [batch, M, K, N, a_batch_stride, b_batch_stride, trans_a, trans_b]
+//                    for each batch i: c[i] (M×N, contiguous) = op(a_i) · op(b_i), where
+//                    a_i starts at a + i*a_batch_stride and is M×K (K×M if trans_a),
+//                    b_i at b + i*b_batch_stride is K×N (N×K if trans_b). Strides in
+//                    elements; a stride of 0 shares one matrix across the batch.
+// reduce             bufs [x, y]         ia [kind, rank, shape[rank]..., reduced[rank]...]
+//                    kind 0 = sum, 1 = mean, 2 = max over the axes whose `reduced`
+//                    flag is 1; y has the same rank with those axes of size 1.
+//                    Sums accumulate in double.
+// permute            bufs [x, y]         ia [rank, in_shape[rank]..., perm[rank]...]
+//                    y.shape[i] = x.shape[perm[i]]; y[j...] = x[...] (numpy transpose).
+// copy_region        bufs [src, dst]     ia [rank, src_shape[rank], dst_shape[rank],
+//                                            src_start[rank], src_step[rank],
+//                                            dst_start[rank], count[rank]]
+//                    dst[dst_start + k] = src[src_start + k*src_step] for every index k
+//                    in the box `count`; elements of dst outside the box are untouched.
+//                    Element size 4 bytes (f32 or i32).
+// fill               bufs [dst]          ia [n]  fa [value]   dst[0..n) = value (f32)
+// max_pool2d         bufs [x, y]         ia [N,C,H,W, OH,OW, KH,KW, sh,sw, ph,pw]
+//                    padding counts as -infinity.
+// max_pool2d_grad    bufs [x, dy, dx]    ia as max_pool2d; the gradient goes to the first
+//                    maximal element of each window (row-major order), accumulated.
+// avg_pool2d         bufs [x, y]         ia as max_pool2d + [count_include_pad]
+// avg_pool2d_grad    bufs [dy, dx]       ia as avg_pool2d
+// upsample_nearest   bufs [x, y]         ia [N,C,H,W, OH,OW]
+//                    PyTorch 'nearest': src = floor(dst * H / OH) (computed as
+//                    (dst * H) / OH in integers), same for width.
+// upsample_nearest_grad bufs [dy, dx]    ia as upsample_nearest
+// upsample_bilinear  bufs [x, y]         ia [N,C,H,W, OH,OW, align_corners]
+//                    align_corners=1: src = dst * (H-1)/(OH-1) (0 when OH == 1);
+//                    align_corners=0: src = max(0, (dst + 0.5) * H/OH - 0.5);
+//                    PyTorch semantics (upsample_bilinear2d), no antialiasing.
+// upsample_bilinear_grad bufs [dy, dx]   ia as upsample_bilinear
+// batch_norm         bufs [x, mean, var, gamma, beta, y]  ia [N,C,HW]  fa [eps]
+//                    y = (x - mean[c]) / sqrt(var[c] + eps) * gamma[c] + beta[c]
+// group_norm         bufs [x, gamma, beta, y]  ia [N,C,HW,G]  fa [eps]
+//                    statistics (mean, biased variance) per (n, group) over
+//                    C/G channels × HW; then per-channel affine.
+// layer_norm         bufs [x, gamma, beta, y]  ia [rows, cols]  fa [eps]
+//                    per row: biased variance; gamma/beta have `cols` entries.
+// softmax            bufs [x, y]         ia [outer, dim, inner]  over the middle axis
+// log_softmax        bufs [x, y]         ia [outer, dim, inner]
+// mse                bufs [a, b, y]      ia [n]   y[0] = mean((a-b)^2), accumulated in double
+// cross_entropy      bufs [logits, labels, y]  ia [N,C,HW, ignore]
+//                    logits f32[N,C,HW], labels int32[N,HW]; y[0] = mean over pixels
+//                    whose label != ignore of -log_softmax(logits)[label]; 0 when
+//                    every pixel is ignored. A label outside [0,C) that is not
+//                    `ignore` is treated as ignored (the runtime validates masks).
+// cross_entropy_grad bufs [logits, labels, g, dx]  ia [N,C,HW, ignore]
+//                    dx = g[0] * (softmax(logits) - onehot(label)) / count for
+//                    counted pixels, 0 for ignored ones.
+// random_normal      bufs [seed, y]      ia [n]
+//                    seed: one int64. Counter-based: element i depends only on
+//                    (seed, i). See ddp_normal_at() below.
+#define DDP_KERNEL_LIST(X) \
+    X(conv2d) X(conv2d_grad_input) X(conv2d_grad_weight) X(matmul) \
+    X(reduce) X(permute) X(copy_region) X(fill) \
+    X(max_pool2d) X(max_pool2d_grad) X(avg_pool2d) X(avg_pool2d_grad) \
+    X(upsample_nearest) X(upsample_nearest_grad) \
+    X(upsample_bilinear) X(upsample_bilinear_grad) \
+    X(batch_norm) X(group_norm) X(layer_norm) \
+    X(softmax) X(log_softmax) X(mse) X(cross_entropy) X(cross_entropy_grad) \
+    X(random_normal)
+
+typedef enum {
+#define DDP_KERNEL_ENUM(name) ddp_k_##name,
+    DDP_KERNEL_LIST(DDP_KERNEL_ENUM)
+#undef DDP_KERNEL_ENUM
+    ddp_kernel_count
+} ddp_kernel_id;
+
+#define DDP_KERNEL_DECL(name) \
+    void ddp_##name(void *const *bufs, const int64_t *ia, const double *fa);
+DDP_KERNEL_LIST(DDP_KERNEL_DECL)
+#undef DDP_KERNEL_DECL
+
+/// The table passed to compiled entry points, indexed by ddp_kernel_id.
+const ddp_kernel_fn *ddp_kernel_table(void);
+/// Index of a kernel by name, or -1.
+int ddp_kernel_index(const char *name);
+/// Name of a kernel by index, or NULL.
+const char *ddp_kernel_name(int index);
+
+/// The counter-based normal generator shared by the kernel and the reference
+/// interpreter (which re-implements it in Swift bit for bit):
+///   mix(z): z += 0x9E3779B97F4A7C15; z = (z ^ z>>30) * 0xBF58476D1CE4E5B9;
+///           z = (z ^ z>>27) * 0x94D049BB133111EB; return z ^ z>>31   (splitmix64)
+///   key = mix(seed); r1 = mix(key + 2i); r2 = mix(key + 2i + 1)
+///   u1 = ((r1 >> 11) + 1) * 2^-53   in (0, 1]
+///   u2 = (r2 >> 11) * 2^-53         in [0, 1)
+///   z  = sqrt(-2 log u1) * cos(2π u2), in double, rounded to float.
+double ddp_normal_at(uint64_t seed, uint64_t i);
+
+/// Measured-peak helper for benchmarks: runs an n×n×n sgemm `reps` times and
+/// returns the achieved GFLOP/s.
+double ddp_sgemm_gflops(int64_t n, int64_t reps);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,166 @@
+/// SSA value number, unique within a function (`%12`).
+public typealias ValueID = Int
+
+/// What a function argument is. Trainable parameters get gradients; frozen
+/// ones never do; state is mutable non-trainable data (optimizer moments,
+/// normalization running statistics); inputs are per-call data.
+public enum ArgRole: String, CaseIterable, Sendable {
+    case input, param, frozen, state
+
+    /// Parameters and frozen parameters share the runtime's weight buffer.
+    public var isWeight: Bool { self == .param || self == .frozen }
+}
+
+/// How the runtime initializes a weight or state buffer.
+public enum InitRule: Hashable, CustomStringConvertible, Sendable {
+    case zeros, ones
+    /// He/Kaiming normal: std = sqrt(2 / fan_in), fan_in = prod(shape[1...]).
+    case he
+    /// Xavier/Glorot uniform: bound = sqrt(6 / (fan_in + fan_out)).
+    case xavier
+    /// Normal with a given standard deviation.
+    case normal(Double)
+
+    public var description: String {
+        switch self {
+        case .zeros: return "zeros"
+        case .ones: return "ones"
+        case .he: return "he"
+        case .xavier: return "xavier"
+        case .normal(let std): return "normal(\(std))"
+        }
+    }
+
+    public init?(text: String) {
+        switch text {
+        case "zeros": self = .zeros
+        case "ones": self = .ones
+        case "he": self = .he
+        case "xavier": self = .xavier
+        default:
+            guard text.hasPrefix("normal("), text.hasSuffix(")"),
+                  let std = Double(text.dropFirst(7).dropLast()) else { return nil }
+            self = .normal(std)
+        }
+    }
+}
+
+public struct Argument: Hashable, Sendable {
+    public var id: ValueID
+    public var type: TensorType
+    public var role: ArgRole
+    /// Stable name: `x`, `enc.stem.conv.weight`, `opt.m.dec.head.weight`.
+    public var name: String
+    public var initRule: InitRule?
+
+    public init(id: ValueID, type: TensorType, role: ArgRole, name: String, initRule: InitRule? = nil) {
+        self.id = id
+        self.type = type
+        self.role = role
+        self.name = name
+        self.initRule = initRule
+    }
+}
+
+public struct Node: Hashable, Sendable {
+    public var id: ValueID
+    public var op: String
+    public var operands: [ValueID]
+    public var attrs: Attributes
+    public var type: TensorType
+    public var loc: SourceLoc?
+    /// Byte offset of the result in the activation arena, set by plan-memory.
+    public var arenaOffset: Int?
+
+    public init(id: ValueID, op: String, operands: [ValueID], attrs: Attributes = [:],
+                type: TensorType, loc: SourceLoc? = nil, arenaOffset: Int? = nil) {
+        self.id = id
+        self.op = op
+        self.operands = operands
+        self.attrs = attrs
+        self.type = type
+        self.loc = loc
+        self.arenaOffset = arenaOffset
+    }
+}
+
+/// A named result of a function.
+public struct Output: Hashable, Sendable {
+    public var value: ValueID
+    public var name: String
+    public init(value: ValueID, name: String) {
+        self.value = value
+        self.name = name
+    }
+}
+
+/// `update %target = %value`: after the call, the parameter or state argument
+/// `target` holds `value` (optimizer steps, running statistics).
+public struct Update: Hashable, Sendable {
+    public var target: ValueID
+    public var value: ValueID
+    public init(target: ValueID, value: ValueID) {
+        self.target = target
+        self.value = value
+    }
+}
+
+/// A function: arguments, nodes in schedule order (always topological), outputs
+/// and in-place updates.
+public struct Function: Hashable, Sendable {
+    public var name: String
+    public var args: [Argument]
+    public var nodes: [Node]
+    public var outputs: [Output]
+    public var updates: [Update]
+    /// Activation arena size in bytes, set by plan-memory.
+    public var arenaBytes: Int?
+
+    public init(name: String, args: [Argument] = [], nodes: [Node] = [], outputs: [Output] = [],
+                updates: [Update] = [], arenaBytes: Int? = nil) {
+        self.name = name
+        self.args = args
+        self.nodes = nodes
+        self.outputs = outputs
+        self.updates = updates
+        self.arenaBytes = arenaBytes
+    }
+
+    /// The next unused value number.
+    public var nextID: ValueID {
+        max(args.map(\.id).max() ?? -1, nodes.map(\.id).max() ?? -1) + 1
+    }
+
+    /// Types of every value, arguments and nodes.
+    public var types: [ValueID: TensorType] {
+        var types: [ValueID: TensorType] = [:]
+        for arg in args { types[arg.id] = arg.type }
+        for node in nodes { types[node.id] = node.type }
+        return types
+    }
+
+    public func argument(named name: String) -> Argument? { args.first { $0.name == name } }
+    public func output(named name: String) -> Output? { outputs.first { $0.name == name } }
+
+    /// Values the function's results depend on directly.
+    public var rootValues: [ValueID] { outputs.map(\.value) + updates.map(\.value) }
+}
+
+/// A compilation unit: the entry points of one model.
+public struct Module: Hashable, Sendable {
+    public var functions: [Function]
+    public init(functions: [Function] = []) { self.functions = functions }
+
+    public func function(named name: String) -> Function? { functions.first { $0.name == name } }
+
+    public subscript(name: String) -> Function? {
+        get { function(named: name) }
+        set {
+            if let index = functions.firstIndex(where: { $0.name == name }) {
+                if let newValue { functions[index] = newValue } else { functions.remove(at: index) }
+            } else if let newValue {
+                functions.append(newValue)
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+/// A value handle used while building or transforming a function.
+public struct Value: Hashable, Sendable {
+    public var id: ValueID
+    public var type: TensorType
+    public init(id: ValueID, type: TensorType) {
+        self.id = id
+        self.type = type
+    }
+    public var shape: [Int] { type.shape }
+    public var rank: Int { type.rank }
+}
+
+/// A dense host tensor for the reference interpreter. Every dtype is held in
+/// Double (integers used here — labels, seeds — are exact below 2^53).
+public struct HostTensor: Hashable, Sendable {
+    public var type: TensorType
+    public var data: [Double]
+
+    public init(_ type: TensorType, _ data: [Double]) {
+        precondition(data.count == type.count, "HostTensor: \(data.count) values for \(type)")
+        self.type = type
+        self.data = data
+    }
+
+    public init(zeros type: TensorType) { self.init(type, [Double](repeating: 0, count: type.count)) }
+    public init(scalar: Double, dtype: DType = .f32) { self.init(TensorType(dtype, []), [scalar]) }
+
+    public var shape: [Int] { type.shape }
+    public var scalar: Double { data[0] }
+}
+
+/// A call of one runtime kernel (see ddp_kernels.h) with buffers named
+/// relative to the node.
+public struct KernelCall: Hashable, Sendable {
+    public enum Buffer: Hashable, Sendable {
+        case operand(Int)
+        case result
+    }
+
+    public var kernel: String
+    public var buffers: [Buffer]
+    public var ints: [Int]
+    public var floats: [Double]
+
+    public init(_ kernel: String, _ buffers: [Buffer], ints: [Int] = [], floats: [Double] = []) {
+        self.kernel = kernel
+        self.buffers = buffers
+        self.ints = ints
+        self.floats = floats
+    }
+}
+
+/// How an op becomes code. Backends share this; they only differ in how they
+/// render a loop or a call.
+public enum Lowering {
+    /// A generated loop over the result's elements (operands broadcast).
+    case elementwise((Attributes) throws -> ScalarExpr)
+    /// The result is operand 0's bytes reinterpreted (reshape): no code.
+    case alias
+    /// Calls to runtime kernels, in order.
+    case kernels((_ operands: [TensorType], _ result: TensorType, _ attrs: Attributes) throws -> [KernelCall])
+}
+
+/// What a gradient rule sees: the forward node, its operands and result, the
+/// incoming gradient (same shape as the result) and a builder to emit into.
+public struct GradientContext {
+    public let builder: FunctionBuilder
+    public let node: Node
+    public let operands: [Value]
+    public let result: Value
+    public let grad: Value
+    public var attrs: Attributes { node.attrs }
+}
+
+/// One op, defined in one place: its name, printed form, attributes, shape
+/// rule, gradient rule, reference evaluation and lowering.
+public struct OpSpec {
+    public typealias TypeRule = (_ operands: [TensorType], _ attrs: Attributes) throws -> TensorType
+    public typealias Evaluate = (_ operands: [HostTensor], _ attrs: Attributes, _ result: TensorType) throws -> HostTensor
+    /// Returns one gradient per operand (nil: no gradient flows there). A
+    /// gradient may have a broadcast shape; autodiff reduces it to the operand's.
+    public typealias GradientRule = (GradientContext) throws -> [Value?]
+
+    public let name: String
+    /// One line: the printed form and what it computes.
+    public let doc: String
+    /// Allowed operand counts.
+    public let arity: ClosedRange<Int>
+    /// Attributes every instance must carry.
+    public let requiredAttributes: [String]
+    public let inferType: TypeRule
+    public let evaluate: Evaluate
+    /// nil: not differentiable (integer or random results).
+    public let gradient: GradientRule?
+    public let lowering: Lowering
+    /// Sample instances for the op registry test: operand types and attributes.
+    public let examples: [(operands: [TensorType], attrs: Attributes)]
+
+    public init(name: String, doc: String, arity: ClosedRange<Int>, requiredAttributes: [String] = [],
+                inferType: @escaping TypeRule, evaluate: @escaping Evaluate,
+                gradient: GradientRule?, lowering: Lowering,
+                examples: [(operands: [TensorType], attrs: Attributes)]) {
+        self.name = name
+        self.doc = doc
+        self.arity = arity
+        self.requiredAttributes = requiredAttributes
+        self.inferType = inferType
+        self.evaluate = evaluate
+        self.gradient = gradient
+        self.lowering = lowering
+        self.examples = examples
+    }
+
+    /// Check operand count and required attributes, then apply the shape rule.
+    public func checkedType(operands: [TensorType], attrs: Attributes) throws -> TensorType {
+        guard arity.contains(operands.count) else {
+            let expected = arity.lowerBound == arity.upperBound ? "\(arity.lowerBound)" : "\(arity.lowerBound)...\(arity.upperBound)"
+            throw IRError("\(name) takes \(expected) operands, got \(operands.count)")
+        }
+        for key in requiredAttributes where attrs[key] == nil {
+            throw IRError("\(name) needs attribute '\(key)'")
+        }
+        return try inferType(operands, attrs)
+    }
+}
+
+/// Every op ddepc knows. Generic code (printer, parser, CSE, DCE, verifier,
+/// interpreter) looks ops up here and never switches over op names.
+public enum OpRegistry {
+    public static let all: [OpSpec] = ElementwiseOps.all + ShapeOps.all + ReductionOps.all
+        + ConvOps.all + PoolOps.all + UpsampleOps.all + NormOps.all + MatMulOps.all
+        + SoftmaxOps.all + LossOps.all + RandomOps.all
+
+    private static let byName: [String: OpSpec] = Dictionary(all.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+
+    public static func spec(_ name: String) -> OpSpec? { byName[name] }
+
+    public static func require(_ name: String) throws -> OpSpec {
+        guard let spec = byName[name] else { throw IRError("unknown op '\(name)'") }
+        return spec
+    }
+}

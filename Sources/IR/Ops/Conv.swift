@@ -1,0 +1,169 @@
+/// 2-D convolution (cross-correlation, NCHW, OIHW weights) and its two
+/// backward ops. All three lower to the im2col + sgemm kernels.
+public enum ConvOps {
+    static let f = TensorType.f32
+
+    /// Everything the kernels and the interpreter need, from shapes + attributes.
+    struct Geometry {
+        var n, c, h, w, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw, groups: Int
+
+        init(input: [Int], weight: [Int], attrs: Attributes) throws {
+            guard input.count == 4, weight.count == 4 else {
+                throw IRError("conv2d needs a rank-4 input (NCHW) and weight (OIHW)")
+            }
+            let stride = try attrs["stride"] == nil ? [1, 1] : attrs.ints("stride")
+            let pad = try attrs["pad"] == nil ? [0, 0] : attrs.ints("pad")
+            let dilation = try attrs["dilation"] == nil ? [1, 1] : attrs.ints("dilation")
+            groups = try attrs["groups"] == nil ? 1 : attrs.int("groups")
+            guard stride.count == 2, pad.count == 2, dilation.count == 2,
+                  stride.allSatisfy({ $0 > 0 }), dilation.allSatisfy({ $0 > 0 }), pad.allSatisfy({ $0 >= 0 }) else {
+                throw IRError("stride, pad and dilation must be two positive (pad: non-negative) integers")
+            }
+            (n, c, h, w) = (input[0], input[1], input[2], input[3])
+            (o, kh, kw) = (weight[0], weight[2], weight[3])
+            (sh, sw, ph, pw, dh, dw) = (stride[0], stride[1], pad[0], pad[1], dilation[0], dilation[1])
+            guard groups > 0, c % groups == 0, o % groups == 0 else {
+                throw IRError("groups=\(groups) must divide input channels \(c) and output channels \(o)")
+            }
+            guard weight[1] == c / groups else {
+                throw IRError("weight has \(weight[1]) input channels per group; input has \(c) channels in \(groups) group(s), so it needs \(c / groups)")
+            }
+            oh = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1
+            ow = (w + 2 * pw - dw * (kw - 1) - 1) / sw + 1
+            guard h + 2 * ph >= dh * (kh - 1) + 1, w + 2 * pw >= dw * (kw - 1) + 1 else {
+                throw IRError("the \(kh)×\(kw) kernel (dilation \(dh)×\(dw)) does not fit the padded \(h)×\(w) input")
+            }
+        }
+
+        var kernelInts: [Int] { [n, c, h, w, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw, groups] }
+        var outputShape: [Int] { [n, o, oh, ow] }
+        var inputShape: [Int] { [n, c, h, w] }
+        var weightShape: [Int] { [o, c / groups, kh, kw] }
+
+        /// Visit every (input index, weight index, output index) triple that
+        /// contributes, in the reference interpreter.
+        func forEachTap(_ body: (Int, Int, Int) -> Void) {
+            let cg = c / groups, og = o / groups
+            for b in 0..<n {
+                for oc in 0..<o {
+                    let g = oc / og
+                    for y in 0..<oh {
+                        for x in 0..<ow {
+                            let out = ((b * o + oc) * oh + y) * ow + x
+                            for ic in 0..<cg {
+                                let channel = g * cg + ic
+                                for ky in 0..<kh {
+                                    let iy = y * sh - ph + ky * dh
+                                    if iy < 0 || iy >= h { continue }
+                                    for kx in 0..<kw {
+                                        let ix = x * sw - pw + kx * dw
+                                        if ix < 0 || ix >= w { continue }
+                                        body(((b * c + channel) * h + iy) * w + ix, ((oc * cg + ic) * kh + ky) * kw + kx, out)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    static let convAttributes = ["stride", "pad", "dilation", "groups"]
+
+    static func passAttrs(_ attrs: Attributes, adding key: String, _ shape: [Int]) -> Attributes {
+        var out = Attributes()
+        for k in convAttributes { out[k] = attrs[k] }
+        out[key] = .ints(shape)
+        return out
+    }
+
+    static let example: Attributes = ["stride": .ints([2, 1]), "pad": .ints([1, 2]), "dilation": .ints([1, 2]), "groups": .int(2)]
+
+    public static let all: [OpSpec] = [
+        /// ∂x = conv2d_grad_input(g, w), ∂w = conv2d_grad_weight(x, g)
+        OpSpec(name: "conv2d", doc: "%y = conv2d(%x, %w) {stride=[1,1], pad=[0,0], dilation=[1,1], groups=1}: NCHW cross-correlation",
+               arity: 2...2,
+               inferType: { operands, attrs in
+                   guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
+                   return operands[0].with(shape: try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs).outputShape)
+               },
+               evaluate: { operands, attrs, type in
+                   let geo = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
+                   var out = [Double](repeating: 0, count: type.count)
+                   let x = operands[0].data, w = operands[1].data
+                   geo.forEachTap { i, k, o in out[o] += x[i] * w[k] }
+                   return HostTensor(type, out)
+               },
+               gradient: { c in
+                   let b = c.builder, x = c.operands[0], w = c.operands[1]
+                   return [try b.emit("conv2d_grad_input", [c.grad, w], passAttrs(c.attrs, adding: "input_shape", x.shape)),
+                           try b.emit("conv2d_grad_weight", [x, c.grad], passAttrs(c.attrs, adding: "weight_shape", w.shape))]
+               },
+               lowering: .kernels { operands, _, attrs in
+                   [KernelCall("conv2d", [.operand(0), .operand(1), .result],
+                               ints: try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs).kernelInts)]
+               },
+               examples: [([f([2, 4, 7, 6]), f([6, 2, 3, 3])], example),
+                          ([f([1, 3, 5, 5]), f([4, 3, 1, 1])], [:])]),
+
+        OpSpec(name: "conv2d_grad_input", doc: "%dx = conv2d_grad_input(%dy, %w) {input_shape=[...], <conv2d's>}: conv2d's VJP wrt x",
+               arity: 2...2, requiredAttributes: ["input_shape"],
+               inferType: { operands, attrs in
+                   let input = try attrs.ints("input_shape")
+                   let geo = try Geometry(input: input, weight: operands[1].shape, attrs: attrs)
+                   guard geo.outputShape == operands[0].shape else {
+                       throw IRError("dy has shape \(operands[0].shape); conv2d of \(input) gives \(geo.outputShape)")
+                   }
+                   return operands[0].with(shape: input)
+               },
+               evaluate: { operands, attrs, type in
+                   let geo = try Geometry(input: type.shape, weight: operands[1].shape, attrs: attrs)
+                   var out = [Double](repeating: 0, count: type.count)
+                   let dy = operands[0].data, w = operands[1].data
+                   geo.forEachTap { i, k, o in out[i] += dy[o] * w[k] }
+                   return HostTensor(type, out)
+               },
+               gradient: nil,
+               lowering: .kernels { operands, result, attrs in
+                   [KernelCall("conv2d_grad_input", [.operand(0), .operand(1), .result],
+                               ints: try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs).kernelInts)]
+               },
+               examples: [([f([2, 6, 4, 4]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6]))]),
+
+        OpSpec(name: "conv2d_grad_weight", doc: "%dw = conv2d_grad_weight(%x, %dy) {weight_shape=[...], <conv2d's>}: conv2d's VJP wrt w",
+               arity: 2...2, requiredAttributes: ["weight_shape"],
+               inferType: { operands, attrs in
+                   let weight = try attrs.ints("weight_shape")
+                   let geo = try Geometry(input: operands[0].shape, weight: weight, attrs: attrs)
+                   guard geo.outputShape == operands[1].shape else {
+                       throw IRError("dy has shape \(operands[1].shape); conv2d gives \(geo.outputShape)")
+                   }
+                   return operands[0].with(shape: weight)
+               },
+               evaluate: { operands, attrs, type in
+                   let geo = try Geometry(input: operands[0].shape, weight: type.shape, attrs: attrs)
+                   var out = [Double](repeating: 0, count: type.count)
+                   let x = operands[0].data, dy = operands[1].data
+                   geo.forEachTap { i, k, o in out[k] += x[i] * dy[o] }
+                   return HostTensor(type, out)
+               },
+               gradient: nil,
+               lowering: .kernels { operands, result, attrs in
+                   [KernelCall("conv2d_grad_weight", [.operand(0), .operand(1), .result],
+                               ints: try Geometry(input: operands[0].shape, weight: result.shape, attrs: attrs).kernelInts)]
+               },
+               examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 4])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3]))]),
+    ]
+}
+
+extension FunctionBuilder {
+    public func conv2d(_ x: Value, _ w: Value, stride: Int = 1, pad: Int = 0, dilation: Int = 1, groups: Int = 1) throws -> Value {
+        var attrs: Attributes = [:]
+        if stride != 1 { attrs["stride"] = .ints([stride, stride]) }
+        if pad != 0 { attrs["pad"] = .ints([pad, pad]) }
+        if dilation != 1 { attrs["dilation"] = .ints([dilation, dilation]) }
+        if groups != 1 { attrs["groups"] = .int(groups) }
+        return try emit("conv2d", [x, w], attrs)
+    }
+}

@@ -1,0 +1,165 @@
+/// Normalization: batch_norm (statistics as operands), group_norm, layer_norm.
+/// Forward ops are single kernels; their gradients are built from primitive
+/// ops (and fused later), so they are checked like any other composition.
+public enum NormOps {
+    static let f = TensorType.f32
+
+    /// [N, C, rest] of an NCHW-like shape.
+    static func channelLayout(_ shape: [Int]) throws -> (n: Int, c: Int, rest: Int) {
+        guard shape.count >= 2 else { throw IRError("needs a tensor of rank ≥ 2 (N, C, ...)") }
+        return (shape[0], shape[1], shape.dropFirst(2).reduce(1, *))
+    }
+
+    static func checkChannelVectors(_ operands: ArraySlice<TensorType>, _ c: Int) throws {
+        for operand in operands where operand.shape != [c] {
+            throw IRError("per-channel operands must have shape [\(c)], got \(operand)")
+        }
+    }
+
+    /// Sum a [N, C, ...] gradient down to [C].
+    static func sumToChannels(_ b: FunctionBuilder, _ v: Value) throws -> Value {
+        try b.sum(v, axes: [0] + Array(2..<v.rank))
+    }
+
+    /// Reshape a [C] vector so it broadcasts along axis 1 of a rank-r tensor.
+    static func channelView(_ b: FunctionBuilder, _ v: Value, rank: Int) throws -> Value {
+        try b.reshape(v, [1, v.shape[0]] + [Int](repeating: 1, count: rank - 2))
+    }
+
+    static func eps(_ attrs: Attributes) throws -> Double { try attrs["eps"] == nil ? 1e-5 : attrs.float("eps") }
+
+    /// Normalize `x` (already grouped so the statistic axis is last) in the interpreter.
+    static func normalizeRows(_ data: [Double], rows: Int, cols: Int, eps: Double) -> [Double] {
+        var out = data
+        for r in 0..<rows {
+            let row = data[(r * cols)..<((r + 1) * cols)]
+            let mean = row.reduce(0, +) / Double(cols)
+            let variance = row.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(cols)
+            let scale = 1 / (variance + eps).squareRoot()
+            for i in 0..<cols { out[r * cols + i] = (data[r * cols + i] - mean) * scale }
+        }
+        return out
+    }
+
+    /// dx for y = normalize(x) over the last axis of `xr` (shape [..., M]), given
+    /// the upstream gradient already multiplied by γ and shaped like xr:
+    /// ∂x = r·(gh − mean(gh) − x̂·mean(gh·x̂))
+    static func normalizeBackward(_ b: FunctionBuilder, xr: Value, gh: Value, eps: Double) throws -> (dx: Value, xhat: Value) {
+        let last = xr.rank - 1
+        let mu = try b.mean(xr, axes: [last], keepDims: true)
+        let d = try b.sub(xr, mu)
+        let variance = try b.mean(try b.mul(d, d), axes: [last], keepDims: true)
+        let r = try b.unary("rsqrt", try b.add(variance, try b.constant(eps, like: xr)))
+        let xhat = try b.mul(d, r)
+        let meanG = try b.mean(gh, axes: [last], keepDims: true)
+        let meanGX = try b.mean(try b.mul(gh, xhat), axes: [last], keepDims: true)
+        let dx = try b.mul(r, try b.sub(try b.sub(gh, meanG), try b.mul(xhat, meanGX)))
+        return (dx, xhat)
+    }
+
+    public static let all: [OpSpec] = [
+        /// ∂x = g·γ·r, ∂mean = −Σ g·γ·r, ∂var = −½ Σ g·(x−mean)·γ·r³, ∂γ = Σ g·(x−mean)·r, ∂β = Σ g
+        OpSpec(name: "batch_norm", doc: "%y = batch_norm(%x, %mean, %var, %gamma, %beta) {eps=1e-5}: (x−mean)/√(var+eps)·γ + β per channel",
+               arity: 5...5,
+               inferType: { operands, _ in
+                   let (_, c, _) = try channelLayout(operands[0].shape)
+                   try checkChannelVectors(operands[1...], c)
+                   return operands[0]
+               },
+               evaluate: { operands, attrs, type in
+                   let (n, c, rest) = try channelLayout(type.shape)
+                   let e = try eps(attrs)
+                   var out = operands[0].data
+                   for i in 0..<(n * c * rest) {
+                       let ch = (i / rest) % c
+                       out[i] = (out[i] - operands[1].data[ch]) / (operands[2].data[ch] + e).squareRoot()
+                           * operands[3].data[ch] + operands[4].data[ch]
+                   }
+                   return HostTensor(type, out)
+               },
+               gradient: { c in
+                   let b = c.builder, x = c.operands[0], rank = x.rank
+                   let view = { (v: Value) in try channelView(b, v, rank: rank) }
+                   let r = try b.unary("rsqrt", try b.add(c.operands[2], try b.constant(try eps(c.attrs), like: x)))
+                   let gGamma = try b.mul(c.grad, try view(c.operands[3]))
+                   let dx = try b.mul(gGamma, try view(r))
+                   let centered = try b.sub(x, try view(c.operands[1]))
+                   let dMean = try b.neg(try sumToChannels(b, dx))
+                   let r3 = try b.mul(r, try b.mul(r, r))
+                   let dVar = try b.mul(try sumToChannels(b, try b.mul(gGamma, centered)),
+                                        try b.mul(r3, try b.constant(-0.5, like: x)))
+                   let dGamma = try b.mul(try sumToChannels(b, try b.mul(c.grad, centered)), r)
+                   return [dx, dMean, dVar, dGamma, try sumToChannels(b, c.grad)]
+               },
+               lowering: .kernels { operands, _, attrs in
+                   let (n, c, rest) = try channelLayout(operands[0].shape)
+                   return [KernelCall("batch_norm", [.operand(0), .operand(1), .operand(2), .operand(3), .operand(4), .result],
+                                      ints: [n, c, rest], floats: [try eps(attrs)])]
+               },
+               examples: [([f([2, 3, 2, 2]), f([3]), f([3]), f([3]), f([3])], ["eps": .float(1e-3)])]),
+
+        /// ∂x via normalizeBackward over each (n, group); ∂γ = Σ g·x̂, ∂β = Σ g
+        OpSpec(name: "group_norm", doc: "%y = group_norm(%x, %gamma, %beta) {groups=32, eps=1e-5}: per (n, group) normalization, per-channel affine",
+               arity: 3...3, requiredAttributes: ["groups"],
+               inferType: { operands, attrs in
+                   let (_, c, _) = try channelLayout(operands[0].shape)
+                   let groups = try attrs.int("groups")
+                   guard groups > 0, c % groups == 0 else { throw IRError("groups=\(groups) must divide the \(c) channels") }
+                   try checkChannelVectors(operands[1...], c)
+                   return operands[0]
+               },
+               evaluate: { operands, attrs, type in
+                   let (n, c, rest) = try channelLayout(type.shape)
+                   let groups = try attrs.int("groups")
+                   var out = normalizeRows(operands[0].data, rows: n * groups, cols: c / groups * rest, eps: try eps(attrs))
+                   for i in out.indices {
+                       let ch = (i / rest) % c
+                       out[i] = out[i] * operands[1].data[ch] + operands[2].data[ch]
+                   }
+                   return HostTensor(type, out)
+               },
+               gradient: { c in
+                   let b = c.builder, x = c.operands[0]
+                   let (n, channels, rest) = try channelLayout(x.shape)
+                   let groups = try c.attrs.int("groups")
+                   let grouped = [n, groups, channels / groups * rest]
+                   let gh = try b.reshape(try b.mul(c.grad, try channelView(b, c.operands[1], rank: x.rank)), grouped)
+                   let (dx, xhat) = try normalizeBackward(b, xr: try b.reshape(x, grouped), gh: gh, eps: try eps(c.attrs))
+                   let dGamma = try sumToChannels(b, try b.mul(c.grad, try b.reshape(xhat, x.shape)))
+                   return [try b.reshape(dx, x.shape), dGamma, try sumToChannels(b, c.grad)]
+               },
+               lowering: .kernels { operands, _, attrs in
+                   let (n, c, rest) = try channelLayout(operands[0].shape)
+                   return [KernelCall("group_norm", [.operand(0), .operand(1), .operand(2), .result],
+                                      ints: [n, c, rest, try attrs.int("groups")], floats: [try eps(attrs)])]
+               },
+               examples: [([f([2, 4, 3, 2]), f([4]), f([4])], ["groups": .int(2), "eps": .float(1e-3)])]),
+
+        /// ∂x via normalizeBackward over the last axis; ∂γ = Σ g·x̂, ∂β = Σ g
+        OpSpec(name: "layer_norm", doc: "%y = layer_norm(%x, %gamma, %beta) {eps=1e-5}: normalization over the last axis",
+               arity: 3...3,
+               inferType: { operands, _ in
+                   guard let d = operands[0].shape.last else { throw IRError("needs a tensor of rank ≥ 1") }
+                   try checkChannelVectors(operands[1...], d)
+                   return operands[0]
+               },
+               evaluate: { operands, attrs, type in
+                   let d = type.shape.last!
+                   var out = normalizeRows(operands[0].data, rows: type.count / d, cols: d, eps: try eps(attrs))
+                   for i in out.indices { out[i] = out[i] * operands[1].data[i % d] + operands[2].data[i % d] }
+                   return HostTensor(type, out)
+               },
+               gradient: { c in
+                   let b = c.builder, x = c.operands[0]
+                   let gh = try b.mul(c.grad, c.operands[1])
+                   let (dx, xhat) = try normalizeBackward(b, xr: x, gh: gh, eps: try eps(c.attrs))
+                   return [dx, try b.mul(c.grad, xhat), c.grad]
+               },
+               lowering: .kernels { operands, _, attrs in
+                   let d = operands[0].shape.last!
+                   return [KernelCall("layer_norm", [.operand(0), .operand(1), .operand(2), .result],
+                                      ints: [operands[0].count / d, d], floats: [try eps(attrs)])]
+               },
+               examples: [([f([2, 3, 5]), f([5]), f([5])], ["eps": .float(1e-3)])]),
+    ]
+}

@@ -1,0 +1,61 @@
+/// Structural and type checks, run after every pass. Each error names the
+/// function, the node (printed), its operand types and where it came from.
+public enum Verifier {
+    public static func verify(_ module: Module) throws {
+        var names = Set<String>()
+        for function in module.functions {
+            guard names.insert(function.name).inserted else { throw IRError("function @\(function.name) is defined twice") }
+            try verify(function)
+        }
+    }
+
+    public static func verify(_ function: Function) throws {
+        func fail(_ message: String, _ node: Node? = nil) -> IRError {
+            var text = "in @\(function.name): \(message)"
+            if let node { text += "\n  in: \(Printer.print(node))" }
+            return IRError(text, loc: node?.loc)
+        }
+        var types: [ValueID: TensorType] = [:]
+        var argNames = Set<String>()
+        for arg in function.args {
+            guard types[arg.id] == nil else { throw fail("value %\(arg.id) is defined twice") }
+            guard argNames.insert(arg.name).inserted else { throw fail("argument name \"\(arg.name)\" is used twice") }
+            types[arg.id] = arg.type
+        }
+        for node in function.nodes {
+            guard types[node.id] == nil else { throw fail("value %\(node.id) is defined twice", node) }
+            guard let spec = OpRegistry.spec(node.op) else { throw fail("unknown op '\(node.op)'", node) }
+            var operandTypes: [TensorType] = []
+            for operand in node.operands {
+                guard let type = types[operand] else {
+                    throw fail("operand %\(operand) is used before it is defined", node)
+                }
+                operandTypes.append(type)
+            }
+            let expected: TensorType
+            do {
+                expected = try spec.checkedType(operands: operandTypes, attrs: node.attrs)
+            } catch let error as IRError {
+                let operandText = operandTypes.map(\.description).joined(separator: ", ")
+                throw fail("\(node.op)(\(operandText)): \(error.message)", node)
+            }
+            guard expected == node.type else {
+                throw fail("\(node.op) produces \(expected) but the node is typed \(node.type)", node)
+            }
+            types[node.id] = node.type
+        }
+        for output in function.outputs where types[output.value] == nil {
+            throw fail("output \"\(output.name)\" refers to undefined %\(output.value)")
+        }
+        var targets = Set<ValueID>()
+        for update in function.updates {
+            guard let arg = function.args.first(where: { $0.id == update.target }),
+                  arg.role == .param || arg.role == .state else {
+                throw fail("update target %\(update.target) is not a param or state argument")
+            }
+            guard targets.insert(update.target).inserted else { throw fail("\"\(arg.name)\" is updated twice") }
+            guard let type = types[update.value] else { throw fail("update of \"\(arg.name)\" uses undefined %\(update.value)") }
+            guard type == arg.type else { throw fail("update of \"\(arg.name)\" (\(arg.type)) with a \(type) value") }
+        }
+    }
+}
