@@ -22,7 +22,8 @@ let package = Package(
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
 
         // The runtime kernels called by every compiled module (C, OpenBLAS).
-        .target(name: "DDPKernels", dependencies: ["CBLAS"], cSettings: kernelFlags),
+        .target(name: "DDPKernels", dependencies: ["CBLAS"], cSettings: kernelFlags,
+                linkerSettings: [.linkedLibrary("openblas"), .linkedLibrary("m")]),
 
         .target(name: "IR"),
         .target(name: "Passes", dependencies: ["IR"]),
@@ -35,7 +36,7 @@ let package = Package(
         ]),
 
         .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/TestSupport"),
-        .testTarget(name: "IRTests", dependencies: ["IR", "TestSupport"]),
+        .testTarget(name: "IRTests", dependencies: ["IR", "Passes", "TestSupport"]),
         .testTarget(name: "PassesTests", dependencies: ["IR", "Passes", "TestSupport"]),
         .testTarget(name: "CodegenTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "DDPKernels", "TestSupport"]),

@@ -2,7 +2,6 @@
 // All operate per (n, c) plane of an NCHW tensor; the VJPs zero dx and then
 // scatter-add.
 #include "ddp_kernels.h"
-#include "ddp_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -32,10 +31,9 @@ static int64_t window_argmax(const float *x, const pool_shape *s, int64_t oh, in
     for (int64_t ih = h0; ih < h1; ih++) {
         for (int64_t iw = w0; iw < w1; iw++) {
             float v = x[ih * s->w + iw];
-            if (v > m || (isnan(v) && !isnan(m))) {
-                m = v;
-                best = ih * s->w + iw;
-            }
+            int take = v > m || (isnan(v) && !isnan(m)); // selects, not branches
+            best = take ? ih * s->w + iw : best;
+            m = take ? v : m;
         }
     }
     return best;
@@ -184,13 +182,15 @@ void ddp_upsample_nearest_grad(void *const *bufs, const int64_t *ia, const doubl
     free(iw);
 }
 
-/// Per-axis bilinear taps, computed in float exactly as PyTorch's
-/// area_pixel_compute_source_index + guard_index_and_lambda (0 for an empty input).
+/// Per-axis bilinear taps: output o reads inputs i0[o], i1[o] with weights l0[o], l1[o].
 typedef struct {
     int64_t *i0, *i1;
     float *l0, *l1;
 } linear_taps;
 
+/// Computes the taps in float exactly as PyTorch's area_pixel_compute_source_index
+/// + guard_index_and_lambda. Returns 0 (nothing allocated) for an empty input
+/// or on allocation failure.
 static int linear_taps_make(int64_t in, int64_t out, int align_corners, linear_taps *t) {
     if (in <= 0) return 0;
     size_t n = (size_t)(out > 0 ? out : 1);

@@ -70,6 +70,14 @@ public struct GradientContext {
     public let result: Value
     public let grad: Value
     public var attrs: Attributes { node.attrs }
+
+    public init(builder: FunctionBuilder, node: Node, operands: [Value], result: Value, grad: Value) {
+        self.builder = builder
+        self.node = node
+        self.operands = operands
+        self.result = result
+        self.grad = grad
+    }
 }
 
 /// One op, defined in one place: its name, printed form, attributes, shape

@@ -52,8 +52,9 @@ public struct Image: Equatable, Sendable {
 
     /// Reads a PNG file as 8-bit grey (grey sources) or RGB (colour sources).
     ///
-    /// Palette, 16-bit and low-bit-depth images are converted to 8 bits;
-    /// an alpha channel is dropped (the colour values are kept as they are).
+    /// Palette, 16-bit and low-bit-depth images are converted to 8 bits
+    /// (16-bit files without gamma information are taken to be sRGB); an
+    /// alpha channel is dropped (the colour values are kept as they are).
     public static func loadPNG(_ url: URL) throws -> Image {
         let path = url.path
         let bytes: Data

@@ -83,6 +83,8 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertEqual(parsed.tensors, original.tensors)
         XCTAssertEqual(parsed.metadata, original.metadata)
         XCTAssertEqual(parsed.serialized(), bytes, "writing is deterministic")
+        let slice = (Data([0xFF]) + bytes).dropFirst()
+        XCTAssertEqual(try SafetensorsFile(serialized: slice, name: "slice").tensors, original.tensors)
         XCTAssertEqual(try parsed.tensor("F32.0").shape, [])
         XCTAssertEqual(try parsed.tensor("F32.0").elementCount, 1)
         XCTAssertEqual(try parsed.tensor("I64.4").elementCount, 0)

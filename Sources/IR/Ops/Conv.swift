@@ -129,7 +129,7 @@ public enum ConvOps {
                    [KernelCall("conv2d_grad_input", [.operand(0), .operand(1), .result],
                                ints: try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs).kernelInts)]
                },
-               examples: [([f([2, 6, 4, 4]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6]))]),
+               examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6]))]),
 
         OpSpec(name: "conv2d_grad_weight", doc: "%dw = conv2d_grad_weight(%x, %dy) {weight_shape=[...], <conv2d's>}: conv2d's VJP wrt w",
                arity: 2...2, requiredAttributes: ["weight_shape"],
@@ -153,7 +153,7 @@ public enum ConvOps {
                    [KernelCall("conv2d_grad_weight", [.operand(0), .operand(1), .result],
                                ints: try Geometry(input: operands[0].shape, weight: result.shape, attrs: attrs).kernelInts)]
                },
-               examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 4])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3]))]),
+               examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 6])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3]))]),
     ]
 }
 

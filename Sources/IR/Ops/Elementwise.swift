@@ -58,7 +58,7 @@ public enum ElementwiseOps {
            examples: [[f([2, 3]), f([2, 3])], [f([2, 3]), f([3])]]) { c in
             let b = c.builder
             let ga = try b.div(c.grad, c.operands[1])
-            return [ga, try b.neg(try b.mul(ga, try b.div(c.result, c.operands[1])))]
+            return [ga, try b.neg(try b.mul(ga, c.result))]
         },
         /// ∂a = g·[a ≥ b], ∂b = g·[b > a]
         op("maximum", "%r = maximum(%a, %b): max(a, b)", arity: 2, bin(.max, x, y)) { c in

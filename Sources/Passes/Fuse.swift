@@ -1,0 +1,62 @@
+import IR
+
+/// Fuses chains of elementwise ops into one `fused_elementwise` node whose
+/// scalar expression is the composition: one loop, no intermediate buffers.
+/// A producer is inlined into its consumer when the consumer is its only
+/// user and both have the same shape (so no element is computed twice);
+/// scalar constants are always inlined.
+public struct FuseElementwise: Pass {
+    public static let name = "fuse-elementwise"
+    public init() {}
+
+    public func run(_ module: inout Module) throws -> Bool {
+        var changed = false
+        for f in module.functions.indices {
+            changed = try fuse(&module.functions[f]) || changed
+        }
+        return changed
+    }
+
+    func fuse(_ function: inout Function) throws -> Bool {
+        let uses = function.useCounts
+        let roots = Set(function.rootValues)
+        var forms: [ValueID: (expr: ScalarExpr, operands: [ValueID], shape: [Int])] = [:]
+        var constants: [ValueID: Double] = [:]
+        var changed = false
+        for n in function.nodes.indices {
+            let node = function.nodes[n]
+            guard case .elementwise(let exprOf) = try OpRegistry.require(node.op).lowering else { continue }
+            if node.op == "constant" {
+                if node.type.shape.isEmpty { constants[node.id] = try node.attrs.float("value") }
+                continue
+            }
+            var operands: [ValueID] = []
+            func input(_ id: ValueID) -> ScalarExpr {
+                if let index = operands.firstIndex(of: id) { return .input(index) }
+                operands.append(id)
+                return .input(operands.count - 1)
+            }
+            var inlined = false
+            let replacements: [ScalarExpr] = node.operands.map { operand in
+                if let value = constants[operand] {
+                    inlined = true
+                    return .const(value)
+                }
+                if let producer = forms[operand], uses[operand] == 1, !roots.contains(operand),
+                   producer.shape == node.type.shape {
+                    inlined = true
+                    return producer.expr.substituting(producer.operands.map(input))
+                }
+                return input(operand)
+            }
+            let expr = try exprOf(node.attrs).substituting(replacements)
+            forms[node.id] = (expr, operands, node.type.shape)
+            if inlined {
+                function.nodes[n] = Node(id: node.id, op: "fused_elementwise", operands: operands,
+                                         attrs: ["expr": .string(expr.description)], type: node.type, loc: node.loc)
+                changed = true
+            }
+        }
+        return changed
+    }
+}

@@ -1,0 +1,85 @@
+import IR
+
+/// Liveness-based placement of every activation in one arena. Values are
+/// placed first-fit at 64-byte-aligned offsets in schedule order and freed
+/// after their last use; reshapes share their operand's bytes. The result is
+/// recorded in the IR (`@offset` per node, `arena N` per function) and as a
+/// report whose lower bound (the largest set of simultaneously live bytes)
+/// makes the planner's efficiency a number.
+public struct PlanMemory: Pass {
+    public static let name = "plan-memory"
+    public static let alignment = 64
+
+    public init() {}
+
+    public struct Report: CustomStringConvertible {
+        public var function: String
+        public var arenaBytes: Int
+        public var lowerBoundBytes: Int
+        public var efficiency: Double { arenaBytes == 0 ? 1 : Double(lowerBoundBytes) / Double(arenaBytes) }
+        public var description: String {
+            "@\(function): arena \(arenaBytes) bytes, lower bound \(lowerBoundBytes) bytes (\(Int((efficiency * 100).rounded()))%)"
+        }
+    }
+
+    public func run(_ module: inout Module) throws -> Bool {
+        for f in module.functions.indices { _ = plan(&module.functions[f]) }
+        return true
+    }
+
+    static func aligned(_ bytes: Int) -> Int { (bytes + alignment - 1) / alignment * alignment }
+
+    /// Plans one function and returns the report.
+    @discardableResult
+    public func plan(_ function: inout Function) -> Report {
+        let args = Set(function.args.map(\.id))
+        // Storage root of each value: reshape results share their operand's.
+        var root: [ValueID: ValueID] = [:]
+        for node in function.nodes {
+            if case .alias = OpRegistry.spec(node.op)!.lowering {
+                root[node.id] = root[node.operands[0]] ?? node.operands[0]
+            } else {
+                root[node.id] = node.id
+            }
+        }
+        // Last use (schedule position) of each arena-resident root.
+        let end = function.nodes.count
+        var lastUse: [ValueID: Int] = [:]
+        for (position, node) in function.nodes.enumerated() {
+            lastUse[root[node.id]!] = max(lastUse[root[node.id]!] ?? position, position)
+            for operand in node.operands where !args.contains(operand) {
+                lastUse[root[operand]!] = position
+            }
+        }
+        for value in function.rootValues where !args.contains(value) { lastUse[root[value]!] = end }
+
+        var live: [(offset: Int, size: Int, id: ValueID)] = []  // sorted by offset
+        var offsets: [ValueID: Int] = [:]
+        var peak = 0, lowerBound = 0
+        for (position, node) in function.nodes.enumerated() {
+            if root[node.id] == node.id {
+                let size = Self.aligned(max(node.type.byteSize, 1))
+                var candidate = 0
+                var insertAt = live.count
+                for (index, block) in live.enumerated() {
+                    if block.offset - candidate >= size {
+                        insertAt = index
+                        break
+                    }
+                    candidate = max(candidate, block.offset + block.size)
+                }
+                live.insert((candidate, size, node.id), at: insertAt)
+                offsets[node.id] = candidate
+                peak = max(peak, candidate + size)
+                lowerBound = max(lowerBound, live.reduce(0) { $0 + $1.size })
+            }
+            live.removeAll { lastUse[$0.id].map { $0 <= position } ?? true }
+        }
+        for n in function.nodes.indices {
+            let id = function.nodes[n].id
+            function.nodes[n].arenaOffset = offsets[root[id]!]
+        }
+        function.arenaBytes = peak
+        return Report(function: function.name, arenaBytes: peak, lowerBoundBytes: lowerBound)
+    }
+}
