@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "ModelZoo", dependencies: ["IR"]),
         .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen", "DDPKernels", "CPNG"]),
         .executableTarget(name: "ddepc", dependencies: [
-            "IR", "Passes", "Codegen", "Runtime", "ModelZoo",
+            "IR", "Passes", "Codegen", "Runtime", "ModelZoo", "DDPKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

@@ -1,0 +1,154 @@
+import IR
+
+/// A segmentation model: encoder (parameters under `enc`), decoder (`dec`)
+/// and an output head (`head.denoise` with 3 channels for denoising
+/// pretraining, `head.seg` with one channel per class for segmentation).
+public protocol SegmentationModel {
+    /// Image [N, 3, S, S] → feature maps.
+    func encode(_ x: Tensor, scope: Scope) -> [Tensor]
+    /// Feature maps → the decoder's full-resolution output [N, C, S, S].
+    func decode(_ features: [Tensor], scope: Scope) -> Tensor
+    /// Decoder output → `channels` maps. Default: 3×3 conv with bias.
+    func head(_ x: Tensor, channels: Int, scope: Scope) -> Tensor
+    /// The input size must be a multiple of this. Default 1.
+    var inputMultiple: Int { get }
+}
+
+extension SegmentationModel {
+    public func head(_ x: Tensor, channels: Int, scope: Scope) -> Tensor {
+        Conv2d(scope, x.channels, channels, kernel: 3, padding: 1, bias: true)(x)
+    }
+    public var inputMultiple: Int { 1 }
+}
+
+/// The entry points a module holds (their names are what passes and the
+/// runtime look for).
+public enum EntryPoint: String, CaseIterable, Sendable {
+    /// `x` → `logits` [B, classes, S, S]; eval-mode batch norm.
+    case infer
+    /// DDeP: `x, seed, noise_a, noise_b` → `loss`; encoder frozen (eval BN).
+    case pretrainStep = "pretrain_step"
+    /// DeP: as pretrain_step with everything trained.
+    case pretrainDepStep = "pretrain_dep_step"
+    /// `x, labels` → cross-entropy `loss`; everything trained.
+    case finetuneStep = "finetune_step"
+}
+
+/// What the denoising head predicts.
+public enum DenoiseTarget: String, CaseIterable, Sendable {
+    /// The noise ε (the paper's better choice).
+    case noise
+    /// The clean image x.
+    case image
+}
+
+/// Static shapes and options of the built entry points.
+public struct EntryConfig: Hashable, Sendable {
+    public var batch: Int
+    /// Square input side S.
+    public var size: Int
+    public var classes: Int
+    public var ignoreIndex: Int
+    public var target: DenoiseTarget
+    public var entries: [EntryPoint]
+
+    public init(batch: Int = 4, size: Int = 64, classes: Int = 2, ignoreIndex: Int = 255,
+                target: DenoiseTarget = .noise, entries: [EntryPoint] = EntryPoint.allCases) {
+        self.batch = batch
+        self.size = size
+        self.classes = classes
+        self.ignoreIndex = ignoreIndex
+        self.target = target
+        self.entries = entries
+    }
+
+    /// Checks that do not need the graph.
+    public func validate(for model: SegmentationModel) throws {
+        guard batch >= 1 else { throw IRError("batch must be at least 1 (got \(batch))") }
+        guard classes >= 1 else { throw IRError("classes must be at least 1 (got \(classes))") }
+        let multiple = Swift.max(model.inputMultiple, 1)
+        guard size >= 1, size % multiple == 0 else {
+            throw IRError("input size \(size) must be a positive multiple of \(multiple) for this model (try \(Swift.max(multiple, (size / multiple) * multiple)))")
+        }
+        guard !entries.isEmpty, Set(entries).count == entries.count else {
+            throw IRError("entry points must be a non-empty list without repeats (got \(entries.map(\.rawValue)))")
+        }
+    }
+}
+
+/// Build the module of `model`'s entry points (see `EntryPoint`): each
+/// function verified, and every argument name of one shape and kind across
+/// functions. Throws the first model error (located at its model-file line).
+public func buildModule(_ model: SegmentationModel, config: EntryConfig) throws -> Module {
+    try config.validate(for: model)
+    let module = Module(functions: try config.entries.map { try buildFunction($0, model: model, config: config) })
+    try Verifier.verify(module)
+    try checkConsistentArguments(module)
+    return module
+}
+
+/// Build one entry point.
+public func buildFunction(_ entry: EntryPoint, model: SegmentationModel, config: EntryConfig) throws -> Function {
+    let (b, s) = (config.batch, config.size)
+    let image = TensorType.f32([b, 3, s, s])
+    let ctx: BuildContext
+    switch entry {
+    case .infer:
+        ctx = BuildContext(function: entry.rawValue, training: false)
+        let x = ctx.input("x", image)
+        let logits = forward(model, x, headScope: "head.seg", channels: config.classes)
+        ctx.output(logits, name: "logits")
+    case .pretrainStep, .pretrainDepStep:
+        ctx = BuildContext(function: entry.rawValue, training: true, frozen: entry == .pretrainStep ? ["enc"] : [])
+        let x = ctx.input("x", image)
+        let seed = ctx.input("seed", TensorType(.i64, []))
+        let a = ctx.input("noise_a", .f32([]))
+        let bScale = ctx.input("noise_b", .f32([]))
+        // x̃ = a·x + b·ε, ε ~ N(0, I) drawn from the seed.
+        let noise = seed.emit("random_normal", [], ["shape": .ints(image.shape)])
+        let noisy = x * a + noise * bScale
+        let prediction = forward(model, noisy, headScope: "head.denoise", channels: 3)
+        ctx.output(prediction.emit("mse", [config.target == .noise ? noise : x]), name: "loss")
+    case .finetuneStep:
+        ctx = BuildContext(function: entry.rawValue, training: true)
+        let x = ctx.input("x", image)
+        let labels = ctx.input("labels", TensorType(.i32, [b, s, s]))
+        let logits = forward(model, x, headScope: "head.seg", channels: config.classes)
+        ctx.output(logits.emit("cross_entropy", [labels], ["ignore_index": .int(config.ignoreIndex)]), name: "loss")
+    }
+    return try ctx.finish()
+}
+
+/// encoder → decoder → head, checking the head keeps the input's resolution.
+func forward(_ model: SegmentationModel, _ x: Tensor, headScope: String, channels: Int) -> Tensor {
+    let root = x.context.root
+    let features = model.encode(x, scope: root["enc"])
+    guard !features.isEmpty else {
+        x.context.fail("the model's encoder returned no feature maps")
+        return x
+    }
+    let decoded = model.decode(features, scope: root["dec"])
+    let y = model.head(decoded, channels: channels, scope: root[headScope])
+    let expected = [x.shape[0], channels, x.shape[2], x.shape[3]]
+    if y.shape != expected && x.context.firstError == nil {
+        x.context.fail("the model's \(headScope) output is \(y.type); expected f32\(expected) (the input's batch and size)")
+    }
+    return y
+}
+
+/// Every argument name has one type, and weights stay weights, across functions.
+func checkConsistentArguments(_ module: Module) throws {
+    var seen: [String: (Argument, String)] = [:]
+    for function in module.functions {
+        for arg in function.args {
+            guard let (first, where_) = seen[arg.name] else {
+                seen[arg.name] = (arg, function.name)
+                continue
+            }
+            guard first.type == arg.type, first.role.isWeight == arg.role.isWeight,
+                  (first.role == .state) == (arg.role == .state) else {
+                throw IRError("argument \"\(arg.name)\" is \(first.type) \(first.role) in @\(where_) but \(arg.type) \(arg.role) in @\(function.name)")
+            }
+        }
+    }
+}

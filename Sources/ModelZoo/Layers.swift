@@ -1,0 +1,175 @@
+import IR
+
+// Layers: structs holding their configuration and scope; calling one creates
+// its parameters (on first use) and appends its nodes. Names follow PyTorch
+// (`weight`, `bias`, `running_mean`, `running_var`).
+
+/// 2-D convolution: weight [O, I/groups, k, k] (He init), optional bias [O].
+public struct Conv2d {
+    public let scope: Scope
+    public var inChannels, outChannels, kernel, stride, padding, dilation, groups: Int
+    public var bias: Bool
+
+    public init(_ scope: Scope, _ inChannels: Int, _ outChannels: Int, kernel: Int, stride: Int = 1,
+                padding: Int = 0, dilation: Int = 1, groups: Int = 1, bias: Bool = true) {
+        self.scope = scope
+        (self.inChannels, self.outChannels, self.kernel, self.stride) = (inChannels, outChannels, kernel, stride)
+        (self.padding, self.dilation, self.groups, self.bias) = (padding, dilation, groups, bias)
+    }
+
+    public var parameterCount: Int { outChannels * (inChannels / max(groups, 1)) * kernel * kernel + (bias ? outChannels : 0) }
+
+    public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
+        scope.context.at(file, line) {
+            guard groups > 0, inChannels % groups == 0 else {
+                scope.context.fail("Conv2d \"\(scope.path)\": groups=\(groups) must divide the \(inChannels) input channels")
+                return x
+            }
+            let w = scope.param("weight", [outChannels, inChannels / groups, kernel, kernel], init: .he)
+            var attrs: Attributes = [:]
+            if stride != 1 { attrs["stride"] = .ints([stride, stride]) }
+            if padding != 0 { attrs["pad"] = .ints([padding, padding]) }
+            if dilation != 1 { attrs["dilation"] = .ints([dilation, dilation]) }
+            if groups != 1 { attrs["groups"] = .int(groups) }
+            var y = x.emit("conv2d", [w], attrs)
+            if bias {
+                let b = scope.param("bias", [outChannels], init: .zeros)
+                y = y + b.emit("reshape", [], ["shape": .ints([1, outChannels, 1, 1])])
+            }
+            return y
+        }
+    }
+}
+
+/// Batch normalization over (N, H, W) per channel, PyTorch semantics.
+///
+/// Training mode (a trainable scope in a training step): normalizes with the
+/// batch mean and biased variance, and updates
+/// `running_mean ← (1−m)·running_mean + m·mean`,
+/// `running_var ← (1−m)·running_var + m·var·n/(n−1)`.
+/// Eval mode (frozen scope, or not training): uses the running statistics.
+public struct BatchNorm2d {
+    public let scope: Scope
+    public var channels: Int
+    public var eps: Double
+    public var momentum: Double
+
+    public init(_ scope: Scope, _ channels: Int, eps: Double = 1e-5, momentum: Double = 0.1) {
+        self.scope = scope
+        self.channels = channels
+        self.eps = eps
+        self.momentum = momentum
+    }
+
+    public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
+        let ctx = scope.context
+        return ctx.at(file, line) {
+            guard x.rank >= 2, x.channels == channels else {
+                ctx.fail("BatchNorm2d \"\(scope.path)\" expects [N, \(channels), ...] input, got \(x.type)")
+                return x
+            }
+            let gamma = scope.param("weight", [channels], init: .ones)
+            let beta = scope.param("bias", [channels], init: .zeros)
+            let runningMean = scope.state("running_mean", [channels], init: .zeros)
+            let runningVar = scope.state("running_var", [channels], init: .ones)
+            let attrs: Attributes = ["eps": .float(eps)]
+            guard scope.isTraining else {
+                return x.emit("batch_norm", [runningMean, runningVar, gamma, beta], attrs)
+            }
+            let axes = [0] + Array(2..<x.rank)
+            let view = [1, channels] + [Int](repeating: 1, count: x.rank - 2)
+            let mean = x.emit("reduce_mean", [], ["axes": .ints(axes)])
+            let centered = x - mean.emit("reshape", [], ["shape": .ints(view)])
+            let variance = (centered * centered).emit("reduce_mean", [], ["axes": .ints(axes)])
+            let y = x.emit("batch_norm", [mean, variance, gamma, beta], attrs)
+            let n = Double(x.type.count / channels)
+            let unbias = n > 1 ? n / (n - 1) : 1
+            ctx.update(runningMean, with: runningMean * (1 - momentum) + mean * momentum)
+            ctx.update(runningVar, with: runningVar * (1 - momentum) + variance * (momentum * unbias))
+            return y
+        }
+    }
+}
+
+/// Group normalization with a per-channel affine (weight ones, bias zeros).
+public struct GroupNorm {
+    public let scope: Scope
+    public var groups, channels: Int
+    public var eps: Double
+
+    public init(_ scope: Scope, groups: Int, channels: Int, eps: Double = 1e-5) {
+        self.scope = scope
+        self.groups = groups
+        self.channels = channels
+        self.eps = eps
+    }
+
+    public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
+        scope.context.at(file, line) {
+            let gamma = scope.param("weight", [channels], init: .ones)
+            let beta = scope.param("bias", [channels], init: .zeros)
+            return x.emit("group_norm", [gamma, beta], ["groups": .int(groups), "eps": .float(eps)])
+        }
+    }
+}
+
+/// Fully connected layer on the last axis: weight [out, in] (Xavier), bias [out].
+public struct Linear {
+    public let scope: Scope
+    public var inFeatures, outFeatures: Int
+    public var bias: Bool
+
+    public init(_ scope: Scope, _ inFeatures: Int, _ outFeatures: Int, bias: Bool = true) {
+        self.scope = scope
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        self.bias = bias
+    }
+
+    public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
+        scope.context.at(file, line) {
+            let w = scope.param("weight", [outFeatures, inFeatures], init: .xavier)
+            var y = x.emit("matmul", [w], ["transpose_b": .bool(true)])
+            if bias { y = y + scope.param("bias", [outFeatures], init: .zeros) }
+            return y
+        }
+    }
+}
+
+/// max(x, 0).
+public struct ReLU {
+    public init() {}
+    public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
+        x.relu(file: file, line: line)
+    }
+}
+
+/// 2-D max pooling (stride defaults to the kernel size).
+public struct MaxPool2d {
+    public var kernel, stride, padding: Int
+    public init(kernel: Int, stride: Int? = nil, padding: Int = 0) {
+        self.kernel = kernel
+        self.stride = stride ?? kernel
+        self.padding = padding
+    }
+    public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
+        x.maxPool2d(kernel: kernel, stride: stride, padding: padding, file: file, line: line)
+    }
+}
+
+/// conv (no bias) → BatchNorm → ReLU, named `0` (conv) and `1` (BN) like
+/// smp's `Conv2dReLU`.
+public struct Conv2dBNReLU {
+    public let conv: Conv2d
+    public let norm: BatchNorm2d
+
+    public init(_ scope: Scope, _ inChannels: Int, _ outChannels: Int, kernel: Int = 3, stride: Int = 1, padding: Int? = nil) {
+        conv = Conv2d(scope["0"], inChannels, outChannels, kernel: kernel, stride: stride,
+                      padding: padding ?? kernel / 2, bias: false)
+        norm = BatchNorm2d(scope["1"], outChannels)
+    }
+
+    public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
+        norm(conv(x, file: file, line: line), file: file, line: line).emit("relu")
+    }
+}

@@ -1,0 +1,108 @@
+import Codegen
+import DDPKernels
+import Foundation
+import IR
+import Passes
+
+public enum Backend: String, CaseIterable, Sendable {
+    case c, llvm
+}
+
+public struct CompileOptions {
+    public var backend: Backend = .c
+    public var passOptions = PassOptions()
+    public var batch = 4
+    public var size = 64
+    public var classes = 2
+    /// Where the model came from (file path, zoo name), for the manifest.
+    public var source = ""
+    public init() {}
+}
+
+/// What a compile produced, with the numbers worth reporting.
+public struct CompileReport {
+    public var artifact: URL
+    public var memory: [PlanMemory.Report]
+    public var passSeconds: Double
+    public var codegenSeconds: Double
+    public var nodeCounts: [String: Int]
+}
+
+/// Module → passes → lowered code → C or LLVM → shared library → artifact.
+public enum CompileDriver {
+    public static let cFlags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
+
+    public static func compile(_ module: Module, to output: URL, options: CompileOptions) throws -> CompileReport {
+        var module = module
+        let manager = PassManager(PassManager.standardPipeline(), options: options.passOptions)
+        let passStart = Date()
+        try manager.run(&module)
+        let passSeconds = Date().timeIntervalSince(passStart)
+        var memory: [PlanMemory.Report] = []
+        for function in module.functions {
+            var copy = function
+            memory.append(PlanMemory().plan(&copy))
+        }
+
+        let codegenStart = Date()
+        let layout = try BufferLayout(module: module)
+        let lowered = try module.functions.map { try Lowerer.lower($0, layout: layout) }
+        let fm = FileManager.default
+        let parent = output.deletingLastPathComponent()
+        try fm.createDirectory(at: parent, withIntermediateDirectories: true)
+        // Build beside the destination, then swap in: a failed compile never
+        // destroys an artifact the user already had.
+        let staging = parent.appendingPathComponent(".\(output.lastPathComponent).tmp-\(UUID().uuidString)")
+        try fm.createDirectory(at: staging, withIntermediateDirectories: true)
+        defer { try? fm.removeItem(at: staging) }
+
+        let library = staging.appendingPathComponent("module.so")
+        var flags: [String]
+        switch options.backend {
+        case .c:
+            let source = staging.appendingPathComponent("module.c")
+            try CEmitter.emit(lowered).write(to: source, atomically: true, encoding: .utf8)
+            flags = cFlags
+            do {
+                try runTool("cc", flags + ["-o", library.path, source.path, "-lm"])
+            } catch let error as ToolError {
+                throw RuntimeError("the C compiler rejected the generated code (a ddepc bug; please report it):\n\(error)")
+            }
+        case .llvm:
+            let object = staging.appendingPathComponent("module.o")
+            try LLVMEmitter.emitObject(lowered, to: object, moduleName: output.deletingPathExtension().lastPathComponent,
+                                       irOutput: staging.appendingPathComponent("module.ll"))
+            try LLVMEmitter.linkSharedLibrary(objects: [object], output: library)
+            try? fm.removeItem(at: object)
+            flags = ["llvm:default<O3>", "cpu:host"]
+        }
+        let codegenSeconds = Date().timeIntervalSince(codegenStart)
+
+        let finalIR = Printer.print(module)
+        try finalIR.write(to: staging.appendingPathComponent("final.ddir"), atomically: true, encoding: .utf8)
+        let manifest = Manifest(format: Manifest.formatVersion, ddepcVersion: ddepcVersion, backend: options.backend.rawValue,
+                                irHash: Hashing.fnv1a(finalIR), kernelABI: kernelABIHash(), source: options.source,
+                                compileFlags: flags, batch: options.batch, size: options.size, classes: options.classes,
+                                layout: layout)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(manifest).write(to: staging.appendingPathComponent("manifest.json"))
+
+        if fm.fileExists(atPath: output.path) {
+            guard fm.fileExists(atPath: output.appendingPathComponent("manifest.json").path) else {
+                throw RuntimeError("\(output.path) exists and is not a ddepc artifact; refusing to replace it. Choose another -o path.")
+            }
+            _ = try fm.replaceItemAt(output, withItemAt: staging)
+        } else {
+            try fm.moveItem(at: staging, to: output)
+        }
+        return CompileReport(artifact: output, memory: memory, passSeconds: passSeconds, codegenSeconds: codegenSeconds,
+                             nodeCounts: Dictionary(uniqueKeysWithValues: module.functions.map { ($0.name, $0.nodes.count) }))
+    }
+
+    /// Identifies the kernel table the code was generated against.
+    public static func kernelABIHash() -> String {
+        let names = (0..<Int(ddp_kernel_count.rawValue)).compactMap { ddp_kernel_name(Int32($0)).map { String(cString: $0) } }
+        return Hashing.fnv1a(names.joined(separator: ","))
+    }
+}

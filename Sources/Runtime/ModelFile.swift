@@ -1,0 +1,59 @@
+import Foundation
+import IR
+
+/// Evaluates a model file the way SwiftPM evaluates `Package.swift`: compile
+/// it with the toolchain's `swiftc` against the DSL library (`libModelZoo.so`,
+/// built by this package), run it, and parse the IR it prints.
+public enum ModelFileEvaluator {
+    /// Where `libModelZoo.so` and `Modules/ModelZoo.swiftmodule` live:
+    /// `$DDEPC_DSL_DIR`, else beside the running executable.
+    public static func dslDirectory() throws -> URL {
+        var candidates: [URL] = []
+        if let env = ProcessInfo.processInfo.environment["DDEPC_DSL_DIR"] {
+            candidates.append(URL(fileURLWithPath: env))
+        }
+        if let executable = Bundle.main.executableURL?.resolvingSymlinksInPath() {
+            candidates.append(executable.deletingLastPathComponent())
+        }
+        for dir in candidates where FileManager.default.fileExists(atPath: dir.appendingPathComponent("libModelZoo.so").path) {
+            return dir
+        }
+        throw RuntimeError("""
+            cannot find the DSL library libModelZoo.so (looked in \(candidates.map(\.path).joined(separator: ", "))).
+            Build the package (`swift build`) and run ddepc from its build folder, or set DDEPC_DSL_DIR to that folder.
+            """)
+    }
+
+    public static func evaluate(_ file: URL, batch: Int, size: Int, classes: Int) throws -> Module {
+        guard FileManager.default.fileExists(atPath: file.path) else {
+            throw RuntimeError("model file \(file.path) does not exist")
+        }
+        let dsl = try dslDirectory()
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("ddepc-model-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: work) }
+        let binary = work.appendingPathComponent("model")
+        do {
+            try runTool("swiftc", ["-I", dsl.appendingPathComponent("Modules").path, "-L", dsl.path, "-lModelZoo",
+                                   "-Xlinker", "-rpath", "-Xlinker", dsl.path, "-module-name", "ModelFile",
+                                   file.path, "-o", binary.path])
+        } catch let error as ToolError {
+            throw RuntimeError("the model file does not compile:\n" + compilerErrors(error.stderr + error.stdout))
+        }
+        let ddir = work.appendingPathComponent("model.ddir")
+        do {
+            try runTool(binary.path, ["--batch", "\(batch)", "--size", "\(size)", "--classes", "\(classes)", "--out", ddir.path])
+        } catch let error as ToolError {
+            let message = error.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+            throw RuntimeError("the model file failed while building the model:\n\(message.isEmpty ? "exit status \(error.status)" : message)")
+        }
+        return try Parser.parse(try String(contentsOf: ddir, encoding: .utf8), name: file.lastPathComponent)
+    }
+
+    /// The compiler's diagnostics, without the toolchain's driver noise.
+    static func compilerErrors(_ text: String) -> String {
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let kept = lines.filter { !$0.hasPrefix("error: link command failed") && !$0.contains("<unknown>:0:") }
+        return kept.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}

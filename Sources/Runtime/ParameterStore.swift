@@ -1,0 +1,102 @@
+import Codegen
+import Foundation
+import IR
+
+/// The weight and state buffers of one artifact: initialization from a seed,
+/// and exchange with safetensors files by name.
+public final class ParameterStore {
+    public let layout: BufferLayout
+    public let params: AlignedBuffer
+    public let state: AlignedBuffer
+
+    public init(layout: BufferLayout) {
+        self.layout = layout
+        params = AlignedBuffer(byteCount: layout.paramsBytes)
+        state = AlignedBuffer(byteCount: layout.stateBytes)
+    }
+
+    /// Fill every slot by its init rule. Each tensor's numbers depend only on
+    /// the seed and its name, not on the order of parameters.
+    public func initialize(seed: UInt64) {
+        for slot in layout.params { fill(slot, in: params, seed: seed) }
+        for slot in layout.state { fill(slot, in: state, seed: seed) }
+    }
+
+    private func fill(_ slot: BufferLayout.Slot, in buffer: AlignedBuffer, seed: UInt64) {
+        let count = slot.shape.reduce(1, *)
+        let values = buffer.floats(at: slot.offset, count: count)
+        let fanIn = max(slot.shape.dropFirst().reduce(1, *), 1)
+        let fanOut = max((slot.shape.first ?? 1) * slot.shape.dropFirst(2).reduce(1, *), 1)
+        var rng = SplitMix64(seed: seed ^ UInt64(Hashing.fnv1a(slot.name), radix: 16)!)
+        func normal() -> Double {
+            let u1 = Double((rng.next() >> 11) + 1) * 0x1p-53, u2 = Double(rng.next() >> 11) * 0x1p-53
+            return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
+        }
+        let rule = slot.initRule.flatMap(InitRule.init(text:)) ?? .zeros
+        for i in 0..<count {
+            switch rule {
+            case .zeros: values[i] = 0
+            case .ones: values[i] = 1
+            case .he: values[i] = Float(normal() * (2 / Double(fanIn)).squareRoot())
+            case .xavier:
+                let bound = (6 / Double(fanIn + fanOut)).squareRoot()
+                values[i] = Float((Double(rng.next() >> 11) * 0x1p-53 * 2 - 1) * bound)
+            case .normal(let std): values[i] = Float(normal() * std)
+            }
+        }
+    }
+
+    public func values(_ name: String) -> [Float]? {
+        if let slot = layout.param(name) { return Array(params.floats(at: slot.offset, count: slot.shape.reduce(1, *))) }
+        if let slot = layout.stateSlot(name) { return Array(state.floats(at: slot.offset, count: slot.shape.reduce(1, *))) }
+        return nil
+    }
+
+    /// Every parameter and state tensor, by name.
+    public func export(metadata: [String: String]) throws -> SafetensorsFile {
+        var file = SafetensorsFile(metadata: metadata)
+        for slot in layout.params {
+            try file.set(slot.name, values: Array(params.floats(at: slot.offset, count: slot.shape.reduce(1, *))), shape: slot.shape)
+        }
+        for slot in layout.state {
+            try file.set(slot.name, values: Array(state.floats(at: slot.offset, count: slot.shape.reduce(1, *))), shape: slot.shape)
+        }
+        return file
+    }
+
+    public struct LoadReport {
+        public var loaded: [String] = []
+        public var missing: [String] = []
+        public var unexpected: [String] = []
+    }
+
+    /// Load tensors by name. A shape mismatch is always an error; missing
+    /// names are an error unless `allowMissing` says which may be absent.
+    @discardableResult
+    public func load(_ file: SafetensorsFile, from path: String,
+                     allowMissing: (String) -> Bool = { _ in false }) throws -> LoadReport {
+        var report = LoadReport()
+        let slots = layout.params.map { ($0, params) } + layout.state.map { ($0, state) }
+        for (slot, buffer) in slots {
+            guard file.names.contains(slot.name) else {
+                report.missing.append(slot.name)
+                continue
+            }
+            let tensor = try file.tensor(slot.name)
+            guard tensor.shape == slot.shape, tensor.dtype == .F32 else {
+                throw RuntimeError("\(path): tensor \"\(slot.name)\" is \(tensor.dtype.rawValue)\(tensor.shape) but the model needs F32\(slot.shape). Was it written for another model or size?")
+            }
+            let values = try file.floats(slot.name)
+            let target = buffer.floats(at: slot.offset, count: values.count)
+            for i in values.indices { target[i] = values[i] }
+            report.loaded.append(slot.name)
+        }
+        let known = Set(slots.map(\.0.name))
+        report.unexpected = file.names.filter { !known.contains($0) }
+        let fatal = report.missing.filter { !allowMissing($0) }
+        if !fatal.isEmpty {
+            throw RuntimeError("\(path) lacks \(fatal.count) tensor(s) the model needs: \(fatal.prefix(8).joined(separator: ", "))\(fatal.count > 8 ? ", ..." : ""). Is it a checkpoint of this model?")
+        }
+        return report
+    }
+}

@@ -1,0 +1,140 @@
+import ArgumentParser
+import Foundation
+import IR
+import ModelZoo
+import Passes
+import Runtime
+
+extension Backend: ExpressibleByArgument {}
+
+/// The models ddepc knows by name.
+enum Zoo {
+    static let models: [String: SegmentationModel] = [
+        "unet-small": UNet.small,
+        "unet-r18": UNet(encoder: ResNetEncoder(depth: 18)),
+        "unet-r34": UNet(encoder: ResNetEncoder(depth: 34)),
+        "unet-r50": UNet(encoder: ResNetEncoder(depth: 50)),
+    ]
+}
+
+struct ModelShapeOptions: ParsableArguments {
+    @Option(help: "Batch size the steps are compiled for.") var batch = 4
+    @Option(help: "Square input size in pixels.") var size = 64
+    @Option(help: "Number of segmentation classes (fine-tuning head).") var classes = 2
+
+    func validate() throws {
+        guard batch > 0, size > 0, classes > 0 else { throw ValidationError("--batch, --size and --classes must be positive") }
+    }
+}
+
+struct Compile: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compile a model file (.swift), a zoo model name, or a .ddir file into an artifact directory.",
+        discussion: "Zoo models: \(Zoo.models.keys.sorted().joined(separator: ", ")).")
+
+    @Argument(help: "MODEL.swift, a zoo name, or GRAPH.ddir") var model: String
+    @Option(name: .shortAndLong, help: "Artifact directory to write (NAME.ddepc).") var output: String?
+    @Option(help: "Code generator: c or llvm.") var backend: Backend = .c
+    @OptionGroup var shape: ModelShapeOptions
+    @Option(name: .customLong("print-ir-after"), help: "Print the IR after the named pass (or 'all'); repeatable.")
+    var printIRAfter: [String] = []
+    @Flag(name: .customLong("print-ir-after-change"), help: "With --print-ir-after, print only when the pass changed the IR.")
+    var printIRAfterChange = false
+    @Option(name: .customLong("ir-dump-dir"), help: "Write one numbered .ddir file per pass into this directory.")
+    var irDumpDir: String?
+    @Flag(name: .customLong("time-passes"), help: "Print how long each pass took.") var timePasses = false
+    @Flag(name: .customLong("no-verify"), help: "Do not run the verifier after every pass.") var noVerify = false
+
+    func validate() throws {
+        let known = Set(PassManager.knownPassNames + ["all"])
+        for name in printIRAfter where !known.contains(name) {
+            throw ValidationError("unknown pass '\(name)' for --print-ir-after; passes: \(PassManager.knownPassNames.joined(separator: ", ")), or all")
+        }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let module = try loadModel()
+            var options = CompileOptions()
+            options.backend = backend
+            options.batch = shape.batch
+            options.size = shape.size
+            options.classes = shape.classes
+            options.source = model
+            options.passOptions.printAfter = Set(printIRAfter)
+            options.passOptions.printAfterChange = printIRAfterChange
+            options.passOptions.dumpDirectory = irDumpDir.map { URL(fileURLWithPath: $0) }
+            options.passOptions.timePasses = timePasses
+            options.passOptions.verifyEachPass = !noVerify
+            let out = URL(fileURLWithPath: output ?? defaultOutput)
+            let report = try CompileDriver.compile(module, to: out, options: options)
+            var text = "compiled \(out.path) (\(backend.rawValue) backend): "
+            text += report.nodeCounts.keys.sorted().map { "\($0) \(report.nodeCounts[$0]!) nodes" }.joined(separator: ", ")
+            text += String(format: "\n  passes %.2f s, code generation and C/LLVM compile %.2f s", report.passSeconds, report.codegenSeconds)
+            for memory in report.memory { text += "\n  \(memory)" }
+            // IR printing goes to stdout; the summary to stderr keeps `--print-ir-after` output clean.
+            FileHandle.standardError.write(Data((text + "\n").utf8))
+        }
+    }
+
+    var defaultOutput: String {
+        let base = URL(fileURLWithPath: model).deletingPathExtension().lastPathComponent
+        return base + ".ddepc"
+    }
+
+    func loadModel() throws -> Module {
+        if model.hasSuffix(".swift") {
+            return try ModelFileEvaluator.evaluate(URL(fileURLWithPath: model), batch: shape.batch, size: shape.size,
+                                                   classes: shape.classes)
+        }
+        if model.hasSuffix(".ddir") {
+            let text: String
+            do { text = try String(contentsOfFile: model, encoding: .utf8) } catch {
+                throw RuntimeError("cannot read \(model): \(error.localizedDescription)")
+            }
+            return try Parser.parse(text, name: model)
+        }
+        guard let zooModel = Zoo.models[model] else {
+            throw RuntimeError("'\(model)' is not a .swift model file, a .ddir file or a zoo model (\(Zoo.models.keys.sorted().joined(separator: ", ")))")
+        }
+        return try buildModule(zooModel, config: EntryConfig(batch: shape.batch, size: shape.size, classes: shape.classes))
+    }
+}
+
+struct DumpIR: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "dump-ir", abstract: "Print the final IR of an artifact.")
+    @Argument(help: "Artifact directory (NAME.ddepc).") var artifact: String
+
+    func run() throws {
+        try reportingErrors {
+            print(try Artifact(directory: URL(fileURLWithPath: artifact)).finalIR, terminator: "")
+        }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print an artifact's parameter table and entry points.")
+    @Argument(help: "Artifact directory (NAME.ddepc).") var artifact: String
+
+    func run() throws {
+        try reportingErrors {
+            let manifest = try Artifact(directory: URL(fileURLWithPath: artifact)).manifest
+            let layout = manifest.layout
+            let trained = Dictionary(grouping: layout.entries.flatMap { e in e.trains.map { ($0, e.name) } }, by: \.0)
+            var total = 0
+            print("parameter".padding(toLength: 52, withPad: " ", startingAt: 0) + "shape".padding(toLength: 20, withPad: " ", startingAt: 0) + "count      trained by")
+            for slot in layout.params {
+                let count = slot.shape.reduce(1, *)
+                total += count
+                let by = trained[slot.name]?.map(\.1).joined(separator: ",") ?? "-"
+                print(slot.name.padding(toLength: 52, withPad: " ", startingAt: 0)
+                      + "\(slot.shape)".padding(toLength: 20, withPad: " ", startingAt: 0)
+                      + "\(count)".padding(toLength: 11, withPad: " ", startingAt: 0) + by)
+            }
+            print("total parameters: \(total) (\(layout.params.count) tensors, \(layout.paramsBytes) bytes); state \(layout.stateBytes) bytes")
+            for entry in layout.entries {
+                print("entry \(entry.name): inputs \(entry.inputs.map(\.name).joined(separator: ", ")); arena \(entry.arenaBytes) bytes; trains \(entry.trains.count) tensors")
+            }
+        }
+    }
+}

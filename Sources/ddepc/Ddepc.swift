@@ -1,0 +1,25 @@
+import ArgumentParser
+import Foundation
+
+@main
+struct Ddepc: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ddepc",
+        abstract: "Compile and train segmentation models with decoder denoising pretraining (DDeP).",
+        subcommands: [Compile.self, DumpIR.self, Train.self, Inspect.self, Bench.self])
+}
+
+/// Runs a command body and turns any error into `error: ...` on stderr and
+/// exit status 1 (argument errors are reported by ArgumentParser itself).
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        var text = "\(error)"
+        if !text.hasPrefix("error:") && !text.contains(": error:") { text = "error: " + text }
+        FileHandle.standardError.write(Data((text + "\n").utf8))
+        throw ExitCode(1)
+    }
+}
