@@ -16,7 +16,28 @@ public enum CEmitter {
     """
 
     public static func emit(_ functions: [LoweredFunction]) -> String {
-        prelude + functions.map(emit).joined(separator: "\n")
+        var loops = LoopTable()
+        let bodies = functions.map { emit($0, loops: &loops) }
+        return prelude + loops.definitions + bodies.joined(separator: "\n")
+    }
+
+    /// Loops become small functions of their pointers, shared by every loop
+    /// with the same shape, strides and expression (optimizer steps of
+    /// same-shaped weights, repeated blocks). C compilers handle many small
+    /// functions far faster than one entry point holding thousands of loops.
+    struct LoopTable {
+        var names: [String: String] = [:]
+        var definitions = ""
+
+        mutating func name(for loop: LoweredFunction.Loop) -> String {
+            let body = emitLoopBody(loop)
+            if let name = names[body] { return name }
+            let name = "loop\(names.count)"
+            names[body] = name
+            let params = ["float *restrict r"] + loop.operands.indices.map { "const float *restrict p\($0)" }
+            definitions += "static __attribute__((noinline)) void \(name)(\(params.joined(separator: ", "))) {\n\(body)}\n\n"
+            return name
+        }
     }
 
     static func cType(_ dtype: DType) -> String {
@@ -77,36 +98,40 @@ public enum CEmitter {
         }
     }
 
-    static func emit(_ function: LoweredFunction) -> String {
-        var out = "int ddp_\(function.name)(const ddp_buffers *b, const ddp_kernel_fn *k) {\n"
+    static func emit(_ function: LoweredFunction, loops: inout LoopTable) -> String {
+        var body = "int ddp_\(function.name)(const ddp_buffers *b, const ddp_kernel_fn *k) {\n"
         for step in function.steps {
             switch step {
             case .comment(let text):
-                out += "  /* \(text.replacingOccurrences(of: "*/", with: "* /")) */\n"
+                body += "  /* \(text.replacingOccurrences(of: "*/", with: "* /")) */\n"
             case .kernel(let index, let name, let buffers, let ints, let floats):
-                out += "  {\n"
-                out += "    void *const bufs[] = {\(buffers.map { "(void *)" + pointer($0) }.joined(separator: ", "))};\n"
-                out += "    static const int64_t ia[] = {\(ints.isEmpty ? "0" : ints.map(String.init).joined(separator: ", "))};\n"
+                body += "  {\n"
+                body += "    void *const bufs[] = {\(buffers.map { "(void *)" + pointer($0) }.joined(separator: ", "))};\n"
+                body += "    static const int64_t ia[] = {\(ints.isEmpty ? "0" : ints.map(String.init).joined(separator: ", "))};\n"
                 if !floats.isEmpty {
-                    out += "    static const double fa[] = {\(floats.map { String(format: "%.17g", $0) }.joined(separator: ", "))};\n"
+                    body += "    static const double fa[] = {\(floats.map(doubleLiteral).joined(separator: ", "))};\n"
                 }
-                out += "    k[\(index)](bufs, ia, \(floats.isEmpty ? "0" : "fa")); /* \(name) */\n"
-                out += "  }\n"
+                body += "    k[\(index)](bufs, ia, \(floats.isEmpty ? "0" : "fa")); /* \(name) */\n"
+                body += "  }\n"
             case .copy(let to, let from, let bytes):
-                out += "  memcpy(\(pointer(to)), \(pointer(from)), \(bytes));\n"
+                body += "  memcpy(\(pointer(to)), \(pointer(from)), \(bytes));\n"
             case .loop(let loop):
-                out += emitLoop(loop)
+                let args = [pointer(loop.result)] + loop.operands.map(pointer)
+                body += "  \(loops.name(for: loop))(\(args.joined(separator: ", ")));\n"
             }
         }
-        return out + "  return 0;\n}\n"
+        return body + "  return 0;\n}\n"
     }
 
-    static func emitLoop(_ loop: LoweredFunction.Loop) -> String {
+    static func doubleLiteral(_ v: Double) -> String {
+        if v.isNaN { return "NAN" }
+        if v.isInfinite { return v > 0 ? "INFINITY" : "(-INFINITY)" }
+        return String(format: "%.17g", v)
+    }
+
+    /// The loop nest over parameters r (result) and p0, p1, ... (operands).
+    static func emitLoopBody(_ loop: LoweredFunction.Loop) -> String {
         var out = "  {\n"
-        out += "    float *restrict r = \(pointer(loop.result));\n"
-        for (i, operand) in loop.operands.enumerated() {
-            out += "    const float *restrict p\(i) = \(pointer(operand));\n"
-        }
         let rank = loop.shape.count
         var indent = "    "
         // Nested loops; i<d> are loop indices, the result index is flat.

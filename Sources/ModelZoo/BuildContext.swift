@@ -17,7 +17,7 @@ public final class BuildContext {
     public let frozenPrefixes: [String]
     public private(set) var firstError: IRError?
 
-    private var parameters: [String: Value] = [:]
+    private var parameters: [String: (Value, ArgRole)] = [:]
     /// Whether the active location is a user (non-ModelZoo) line; those win
     /// over the library lines of the layers they call.
     private var locationIsUser = false
@@ -46,14 +46,16 @@ public final class BuildContext {
     /// The weight or state argument `name`, created on first use. A second
     /// request must ask for the same shape (it is the same parameter).
     func parameter(_ name: String, _ shape: [Int], role: ArgRole, initRule: InitRule) -> Value {
-        if let existing = parameters[name] {
+        if let (existing, existingRole) = parameters[name] {
             if existing.shape != shape {
                 fail("parameter \"\(name)\" was created with shape \(existing.shape), now used with shape \(shape)")
+            } else if existingRole != role {
+                fail("\"\(name)\" was created as \(existingRole), now used as \(role)")
             }
             return existing
         }
         let value = builder.argument(name, .f32(shape), role: role, initRule: initRule)
-        parameters[name] = value
+        parameters[name] = (value, role)
         return value
     }
 

@@ -63,7 +63,7 @@ public struct EntryConfig: Hashable, Sendable {
     }
 
     /// Checks that do not need the graph.
-    public func validate(for model: SegmentationModel) throws {
+    public func validate(for model: any SegmentationModel) throws {
         guard batch >= 1 else { throw IRError("batch must be at least 1 (got \(batch))") }
         guard classes >= 1 else { throw IRError("classes must be at least 1 (got \(classes))") }
         let multiple = Swift.max(model.inputMultiple, 1)
@@ -79,7 +79,7 @@ public struct EntryConfig: Hashable, Sendable {
 /// Build the module of `model`'s entry points (see `EntryPoint`): each
 /// function verified, and every argument name of one shape and kind across
 /// functions. Throws the first model error (located at its model-file line).
-public func buildModule(_ model: SegmentationModel, config: EntryConfig) throws -> Module {
+public func buildModule(_ model: any SegmentationModel, config: EntryConfig = EntryConfig()) throws -> Module {
     try config.validate(for: model)
     let module = Module(functions: try config.entries.map { try buildFunction($0, model: model, config: config) })
     try Verifier.verify(module)
@@ -88,7 +88,7 @@ public func buildModule(_ model: SegmentationModel, config: EntryConfig) throws 
 }
 
 /// Build one entry point.
-public func buildFunction(_ entry: EntryPoint, model: SegmentationModel, config: EntryConfig) throws -> Function {
+public func buildFunction(_ entry: EntryPoint, model: any SegmentationModel, config: EntryConfig) throws -> Function {
     let (b, s) = (config.batch, config.size)
     let image = TensorType.f32([b, 3, s, s])
     let ctx: BuildContext
@@ -120,7 +120,7 @@ public func buildFunction(_ entry: EntryPoint, model: SegmentationModel, config:
 }
 
 /// encoder → decoder → head, checking the head keeps the input's resolution.
-func forward(_ model: SegmentationModel, _ x: Tensor, headScope: String, channels: Int) -> Tensor {
+func forward(_ model: any SegmentationModel, _ x: Tensor, headScope: String, channels: Int) -> Tensor {
     let root = x.context.root
     let features = model.encode(x, scope: root["enc"])
     guard !features.isEmpty else {

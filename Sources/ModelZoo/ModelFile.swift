@@ -58,7 +58,7 @@ public enum ModelFile {
 
     /// Build `model` for the command line `arguments` (without the program
     /// name) and return the printed module and where it should go.
-    public static func render(_ model: SegmentationModel, arguments: [String]) throws -> (text: String, out: String) {
+    public static func render(_ model: any SegmentationModel, arguments: [String]) throws -> (text: String, out: String) {
         let options = try parse(arguments)
         let module = try buildModule(model, config: options.config)
         return (Printer.print(module), options.out)
@@ -66,7 +66,7 @@ public enum ModelFile {
 
     /// Build, print and write the module; report errors as `file:line: error:`
     /// and exit 1. Errors without a location point at this call.
-    public static func main(_ model: SegmentationModel, file: StaticString = #fileID, line: UInt = #line) {
+    public static func main(_ model: any SegmentationModel, file: StaticString = #fileID, line: UInt = #line) {
         do {
             let (text, out) = try render(model, arguments: Array(CommandLine.arguments.dropFirst()))
             if out == "-" {

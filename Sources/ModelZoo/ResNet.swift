@@ -112,8 +112,10 @@ public struct BasicBlock {
             let bn1 = BatchNorm2d(scope["bn1"], planes)
             let conv2 = Conv2d(scope["conv2"], planes, planes, kernel: 3, padding: 1, bias: false)
             let bn2 = BatchNorm2d(scope["bn2"], planes)
-            let out = bn2(conv2(bn1(conv1(x)).relu()))
-            return (out + shortcut(x, scope, inChannels, planes, stride: stride)).relu()
+            var y = bn1(conv1(x)).relu()
+            y = bn2(conv2(y))
+            let identity = shortcut(x, scope, inChannels, planes, stride: stride)
+            return (y + identity).relu()
         }
     }
 }
@@ -141,8 +143,11 @@ public struct Bottleneck {
             let bn2 = BatchNorm2d(scope["bn2"], planes)
             let conv3 = Conv2d(scope["conv3"], planes, out, kernel: 1, bias: false)
             let bn3 = BatchNorm2d(scope["bn3"], out)
-            let y = bn3(conv3(bn2(conv2(bn1(conv1(x)).relu())).relu()))
-            return (y + shortcut(x, scope, inChannels, out, stride: stride)).relu()
+            var y = bn1(conv1(x)).relu()
+            y = bn2(conv2(y)).relu()
+            y = bn3(conv3(y))
+            let identity = shortcut(x, scope, inChannels, out, stride: stride)
+            return (y + identity).relu()
         }
     }
 }

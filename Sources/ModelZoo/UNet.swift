@@ -5,7 +5,7 @@ import IR
 /// nearest ×2 upsample → concat the skip (the encoder's features from coarse
 /// to fine; the last block has none) → two (3×3 conv, no bias + BN + ReLU),
 /// named `conv1.0/conv1.1` and `conv2.0/conv2.1`. Heads: 3×3 conv with bias.
-public struct UNet: SegmentationModel {
+public struct UNet: SegmentationModel, Sendable {
     public var encoder: any FeatureEncoder
     public var decoderWidths: [Int]
 

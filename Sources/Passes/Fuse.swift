@@ -20,6 +20,7 @@ public struct FuseElementwise: Pass {
     func fuse(_ function: inout Function) throws -> Bool {
         let uses = function.useCounts
         let roots = Set(function.rootValues)
+        let types = function.types
         var forms: [ValueID: (expr: ScalarExpr, operands: [ValueID], shape: [Int])] = [:]
         var constants: [ValueID: Double] = [:]
         var changed = false
@@ -52,8 +53,10 @@ public struct FuseElementwise: Pass {
             let expr = try exprOf(node.attrs).substituting(replacements)
             forms[node.id] = (expr, operands, node.type.shape)
             if inlined {
+                var attrs: Attributes = ["expr": .string(expr.description)]
+                if broadcastShapes(operands.map { types[$0]!.shape }) != node.type.shape { attrs["shape"] = .ints(node.type.shape) }
                 function.nodes[n] = Node(id: node.id, op: "fused_elementwise", operands: operands,
-                                         attrs: ["expr": .string(expr.description)], type: node.type, loc: node.loc)
+                                         attrs: attrs, type: node.type, loc: node.loc)
                 changed = true
             }
         }

@@ -30,7 +30,8 @@ public struct CompileReport {
 
 /// Module → passes → lowered code → C or LLVM → shared library → artifact.
 public enum CompileDriver {
-    public static let cFlags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
+    /// No FMA contraction: the C and LLVM backends then round identically.
+    public static let cFlags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off"]
 
     public static func compile(_ module: Module, to output: URL, options: CompileOptions) throws -> CompileReport {
         var module = module
@@ -88,16 +89,31 @@ public enum CompileDriver {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(manifest).write(to: staging.appendingPathComponent("manifest.json"))
 
-        if fm.fileExists(atPath: output.path) {
-            guard fm.fileExists(atPath: output.appendingPathComponent("manifest.json").path) else {
-                throw RuntimeError("\(output.path) exists and is not a ddepc artifact; refusing to replace it. Choose another -o path.")
-            }
-            _ = try fm.replaceItemAt(output, withItemAt: staging)
-        } else {
-            try fm.moveItem(at: staging, to: output)
-        }
+        try install(staging, at: output)
         return CompileReport(artifact: output, memory: memory, passSeconds: passSeconds, codegenSeconds: codegenSeconds,
                              nodeCounts: Dictionary(uniqueKeysWithValues: module.functions.map { ($0.name, $0.nodes.count) }))
+    }
+
+    /// Move a finished artifact into place; an existing artifact is replaced
+    /// only once the new one is complete, and anything else is never touched.
+    static func install(_ staging: URL, at output: URL) throws {
+        let fm = FileManager.default
+        guard fm.fileExists(atPath: output.path) else {
+            try fm.moveItem(at: staging, to: output)
+            return
+        }
+        guard fm.fileExists(atPath: output.appendingPathComponent("manifest.json").path) else {
+            throw RuntimeError("\(output.path) exists and is not a ddepc artifact; refusing to replace it. Choose another -o path.")
+        }
+        let old = output.deletingLastPathComponent().appendingPathComponent(".\(output.lastPathComponent).old-\(UUID().uuidString)")
+        try fm.moveItem(at: output, to: old)
+        do {
+            try fm.moveItem(at: staging, to: output)
+        } catch {
+            try? fm.moveItem(at: old, to: output)
+            throw error
+        }
+        try? fm.removeItem(at: old)
     }
 
     /// Identifies the kernel table the code was generated against.

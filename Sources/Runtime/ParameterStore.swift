@@ -83,7 +83,7 @@ public final class ParameterStore {
                 continue
             }
             let tensor = try file.tensor(slot.name)
-            guard tensor.shape == slot.shape, tensor.dtype == .F32 else {
+            guard tensor.shape == slot.shape, tensor.dtype == .f32 else {
                 throw RuntimeError("\(path): tensor \"\(slot.name)\" is \(tensor.dtype.rawValue)\(tensor.shape) but the model needs F32\(slot.shape). Was it written for another model or size?")
             }
             let values = try file.floats(slot.name)

@@ -13,11 +13,12 @@ func runTool(_ executable: String, _ arguments: [String], currentDirectory: URL?
     process.standardError = err
     try process.run()
     // Read both pipes concurrently so a chatty tool cannot block on a full pipe.
-    var errData = Data()
+    final class Collected: @unchecked Sendable { var data = Data() }
+    let errData = Collected()
     let group = DispatchGroup()
     group.enter()
     DispatchQueue.global().async {
-        errData = err.fileHandleForReading.readDataToEndOfFile()
+        errData.data = err.fileHandleForReading.readDataToEndOfFile()
         group.leave()
     }
     let outData = out.fileHandleForReading.readDataToEndOfFile()
@@ -26,7 +27,7 @@ func runTool(_ executable: String, _ arguments: [String], currentDirectory: URL?
     let stdout = String(decoding: outData, as: UTF8.self)
     guard process.terminationStatus == 0 else {
         throw ToolError(command: ([executable] + arguments).joined(separator: " "), status: process.terminationStatus,
-                        stderr: String(decoding: errData, as: UTF8.self), stdout: stdout)
+                        stderr: String(decoding: errData.data, as: UTF8.self), stdout: stdout)
     }
     return stdout
 }

@@ -11,9 +11,9 @@ extension Backend: ExpressibleByArgument {}
 enum Zoo {
     static let models: [String: SegmentationModel] = [
         "unet-small": UNet.small,
-        "unet-r18": UNet(encoder: ResNetEncoder(depth: 18)),
-        "unet-r34": UNet(encoder: ResNetEncoder(depth: 34)),
-        "unet-r50": UNet(encoder: ResNetEncoder(depth: 50)),
+        "unet-r18": UNet(encoder: .resnet18),
+        "unet-r34": UNet(encoder: .resnet34),
+        "unet-r50": UNet(encoder: .resnet50),
     ]
 }
 
@@ -32,7 +32,7 @@ struct Compile: ParsableCommand {
         abstract: "Compile a model file (.swift), a zoo model name, or a .ddir file into an artifact directory.",
         discussion: "Zoo models: \(Zoo.models.keys.sorted().joined(separator: ", ")).")
 
-    @Argument(help: "MODEL.swift, a zoo name, or GRAPH.ddir") var model: String
+    @ArgumentParser.Argument(help: "MODEL.swift, a zoo name, or GRAPH.ddir") var model: String
     @Option(name: .shortAndLong, help: "Artifact directory to write (NAME.ddepc).") var output: String?
     @Option(help: "Code generator: c or llvm.") var backend: Backend = .c
     @OptionGroup var shape: ModelShapeOptions
@@ -101,40 +101,3 @@ struct Compile: ParsableCommand {
     }
 }
 
-struct DumpIR: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "dump-ir", abstract: "Print the final IR of an artifact.")
-    @Argument(help: "Artifact directory (NAME.ddepc).") var artifact: String
-
-    func run() throws {
-        try reportingErrors {
-            print(try Artifact(directory: URL(fileURLWithPath: artifact)).finalIR, terminator: "")
-        }
-    }
-}
-
-struct Inspect: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print an artifact's parameter table and entry points.")
-    @Argument(help: "Artifact directory (NAME.ddepc).") var artifact: String
-
-    func run() throws {
-        try reportingErrors {
-            let manifest = try Artifact(directory: URL(fileURLWithPath: artifact)).manifest
-            let layout = manifest.layout
-            let trained = Dictionary(grouping: layout.entries.flatMap { e in e.trains.map { ($0, e.name) } }, by: \.0)
-            var total = 0
-            print("parameter".padding(toLength: 52, withPad: " ", startingAt: 0) + "shape".padding(toLength: 20, withPad: " ", startingAt: 0) + "count      trained by")
-            for slot in layout.params {
-                let count = slot.shape.reduce(1, *)
-                total += count
-                let by = trained[slot.name]?.map(\.1).joined(separator: ",") ?? "-"
-                print(slot.name.padding(toLength: 52, withPad: " ", startingAt: 0)
-                      + "\(slot.shape)".padding(toLength: 20, withPad: " ", startingAt: 0)
-                      + "\(count)".padding(toLength: 11, withPad: " ", startingAt: 0) + by)
-            }
-            print("total parameters: \(total) (\(layout.params.count) tensors, \(layout.paramsBytes) bytes); state \(layout.stateBytes) bytes")
-            for entry in layout.entries {
-                print("entry \(entry.name): inputs \(entry.inputs.map(\.name).joined(separator: ", ")); arena \(entry.arenaBytes) bytes; trains \(entry.trains.count) tensors")
-            }
-        }
-    }
-}

@@ -147,20 +147,28 @@ public enum ElementwiseOps {
                },
                gradient: { _ in [] }, lowering: .elementwise { attrs in .const(try attrs.float("value")) },
                examples: [([], ["value": .float(0.25)]), ([], ["value": .float(2), "shape": .ints([2, 2])])]),
-        OpSpec(name: "fused_elementwise", doc: "%r = fused_elementwise(%a, ...) {expr=\"add(mul(in0, in1), in2)\"}: a fused chain",
+        OpSpec(name: "fused_elementwise", doc: "%r = fused_elementwise(%a, ...) {expr=\"add(mul(in0, in1), in2)\", shape=[...]}: a fused chain (shape: when wider than the operands)",
                arity: 1...64, requiredAttributes: ["expr"],
                inferType: { operands, attrs in
                    let expr = try ScalarExpr.parse(try attrs.string("expr"))
                    guard expr.inputCount <= operands.count else {
                        throw IRError("expression uses in\(expr.inputCount - 1) but has \(operands.count) operands")
                    }
-                   return try broadcastType(operands)
+                   let type = try broadcastType(operands)
+                   // `shape` widens the result when every operand is broadcast (a fused broadcast_to).
+                   guard attrs["shape"] != nil else { return type }
+                   let shape = try attrs.ints("shape")
+                   guard broadcastShapes([type.shape, shape]) == shape else {
+                       throw IRError("operands broadcast to \(type.shape), which does not broadcast to shape \(shape)")
+                   }
+                   return type.with(shape: shape)
                },
                evaluate: { operands, attrs, type in
                    evaluateElementwise(try ScalarExpr.parse(try attrs.string("expr")), operands, type)
                },
                gradient: nil, lowering: .elementwise { attrs in try ScalarExpr.parse(try attrs.string("expr")) },
-               examples: [([f([2, 3]), f([3]), f([2, 1])], ["expr": .string("add(mul(in0, in1), tanh(in2))")])]),
+               examples: [([f([2, 3]), f([3]), f([2, 1])], ["expr": .string("add(mul(in0, in1), tanh(in2))")]),
+                          ([f([3, 1])], ["expr": .string("mul(in0, 2.5)"), "shape": .ints([2, 3, 4])])]),
     ]
 }
 

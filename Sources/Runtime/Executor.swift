@@ -1,0 +1,79 @@
+import Codegen
+import Foundation
+import IR
+
+/// Calls any entry point of a loaded artifact with named host tensors — the
+/// bridge the numeric tests and evaluation use to compare compiled code
+/// with the reference interpreter.
+public final class Executor {
+    public let artifact: Artifact
+    public let store: ParameterStore
+    let module: LoadedModule
+
+    public init(artifact: Artifact) throws {
+        self.artifact = artifact
+        module = try artifact.load()
+        store = ParameterStore(layout: artifact.manifest.layout)
+    }
+
+    /// Set a weight or state tensor by name.
+    public func set(_ name: String, _ tensor: HostTensor) throws {
+        let layout = artifact.manifest.layout
+        if let slot = layout.param(name) {
+            write(tensor, to: store.params.pointer + slot.offset, slot: slot)
+        } else if let slot = layout.stateSlot(name) {
+            write(tensor, to: store.state.pointer + slot.offset, slot: slot)
+        } else {
+            throw RuntimeError("the artifact has no weight or state named \"\(name)\"")
+        }
+    }
+
+    /// Read a weight or state tensor by name.
+    public func get(_ name: String) throws -> HostTensor {
+        let layout = artifact.manifest.layout
+        if let slot = layout.param(name) { return read(store.params.pointer + slot.offset, slot: slot) }
+        if let slot = layout.stateSlot(name) { return read(store.state.pointer + slot.offset, slot: slot) }
+        throw RuntimeError("the artifact has no weight or state named \"\(name)\"")
+    }
+
+    /// Run `entry` with the given inputs; returns its outputs by name.
+    public func run(_ entry: String, inputs: [String: HostTensor]) throws -> [String: HostTensor] {
+        guard let layout = artifact.manifest.layout.entry(entry) else { throw RuntimeError("no entry point \(entry)") }
+        let io = AlignedBuffer(byteCount: layout.ioBytes)
+        let arena = AlignedBuffer(byteCount: layout.arenaBytes)
+        for slot in layout.inputs {
+            guard let tensor = inputs[slot.name] else { throw RuntimeError("entry \(entry) needs input \"\(slot.name)\"") }
+            write(tensor, to: io.pointer + slot.offset, slot: slot)
+        }
+        try module.call(entry, params: store.params.pointer, state: store.state.pointer, io: io.pointer, arena: arena.pointer)
+        var outputs: [String: HostTensor] = [:]
+        for slot in layout.outputs { outputs[slot.name] = read(io.pointer + slot.offset, slot: slot) }
+        return outputs
+    }
+
+    private func write(_ tensor: HostTensor, to pointer: UnsafeMutableRawPointer, slot: BufferLayout.Slot) {
+        precondition(tensor.data.count == slot.shape.reduce(1, *), "\(slot.name): \(tensor.data.count) values for \(slot.shape)")
+        for (i, v) in tensor.data.enumerated() {
+            switch DType(rawValue: slot.dtype)! {
+            case .f32: pointer.storeBytes(of: Float(v), toByteOffset: 4 * i, as: Float.self)
+            case .f64: pointer.storeBytes(of: v, toByteOffset: 8 * i, as: Double.self)
+            case .i32: pointer.storeBytes(of: Int32(v), toByteOffset: 4 * i, as: Int32.self)
+            case .i64: pointer.storeBytes(of: Int64(v), toByteOffset: 8 * i, as: Int64.self)
+            }
+        }
+    }
+
+    private func read(_ pointer: UnsafeMutableRawPointer, slot: BufferLayout.Slot) -> HostTensor {
+        let dtype = DType(rawValue: slot.dtype)!
+        let count = slot.shape.reduce(1, *)
+        let data: [Double] = (0..<count).map { i in
+            switch dtype {
+            case .f32: return Double(pointer.load(fromByteOffset: 4 * i, as: Float.self))
+            case .f64: return pointer.load(fromByteOffset: 8 * i, as: Double.self)
+            case .i32: return Double(pointer.load(fromByteOffset: 4 * i, as: Int32.self))
+            case .i64: return Double(pointer.load(fromByteOffset: 8 * i, as: Int64.self))
+            }
+        }
+        return HostTensor(TensorType(dtype, slot.shape), data)
+    }
+}
