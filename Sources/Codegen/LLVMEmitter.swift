@@ -218,6 +218,16 @@ private final class ModuleEmitter {
         if moduleOwned { LLVMDisposeModule(module) }
     }
 
+    struct LoopKey: Hashable {
+        var shape: [Int]
+        var strides: [[Int]]
+        var dtypes: [DType]
+        var expr: ScalarExpr
+    }
+
+    /// Loop functions already emitted, by what they compute.
+    private var loopFunctions: [LoopKey: LLVMValueRef] = [:]
+
     /// Emits every function and verifies the module; the caller owns (and
     /// must dispose) the returned module.
     func emit(_ functions: [LoweredFunction]) throws -> LLVMModuleRef {
@@ -404,12 +414,24 @@ private final class ModuleEmitter {
             throw CodegenError("loop in @\(function) computes \(loop.expr) over \(loop.operands.count) operands")
         }
         if loop.shape.contains(where: { $0 <= 0 }) { return }  // no elements
-        state.loopCounter += 1
 
         let addresses = [loop.result] + loop.operands
         let pointerTypes = addresses.map { LLVMPointerType(llvmType($0.dtype), 0)! }
         let loopType = functionType(void, pointerTypes)
+        // The call, in the entry point.
+        var arguments: [LLVMValueRef?] = zip(addresses, pointerTypes).map { address, type in
+            LLVMBuildBitCast(builder, bytePointer(state, address), type, "")
+        }
+        // Loops with the same shape, strides, types and expression share one
+        // function (like the C backend), keeping optimization time small.
+        let key = LoopKey(shape: loop.shape, strides: loop.operandStrides, dtypes: addresses.map(\.dtype), expr: loop.expr)
+        if let shared = loopFunctions[key] {
+            LLVMBuildCall2(builder, loopType, shared, &arguments, UInt32(arguments.count), "")
+            return
+        }
+        state.loopCounter += 1
         let loopFunction = LLVMAddFunction(module, "ddp_\(function).loop\(state.loopCounter)", loopType)!
+        loopFunctions[key] = loopFunction
         LLVMSetLinkage(loopFunction, LLVMInternalLinkage)
         for attribute in ["nounwind", "noinline"] {
             let kind = LLVMGetEnumAttributeKindForName(attribute, attribute.utf8.count)
@@ -427,10 +449,6 @@ private final class ModuleEmitter {
             LLVMSetValueName2(LLVMGetParam(loopFunction, UInt32(index)), name, name.utf8.count)
         }
 
-        // The call, in the entry point.
-        var arguments: [LLVMValueRef?] = zip(addresses, pointerTypes).map { address, type in
-            LLVMBuildBitCast(builder, bytePointer(state, address), type, "")
-        }
         LLVMBuildCall2(builder, loopType, loopFunction, &arguments, UInt32(arguments.count), "")
         let caller = LLVMGetInsertBlock(builder)!
 
