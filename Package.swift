@@ -41,6 +41,6 @@ let package = Package(
         .testTarget(name: "CodegenTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "DDPKernels", "TestSupport"]),
         .testTarget(name: "ModelZooTests", dependencies: ["IR", "Passes", "ModelZoo", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Runtime", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["IR", "Passes", "Runtime", "ModelZoo", "TestSupport"]),
     ]
 )

@@ -52,7 +52,9 @@ public struct FuseElementwise: Pass {
             }
             let expr = try exprOf(node.attrs).substituting(replacements)
             forms[node.id] = (expr, operands, node.type.shape)
-            if inlined {
+            // A node whose operands were all inlined constants keeps its own form
+            // (fused_elementwise needs a tensor operand); its users may still absorb it.
+            if inlined, !operands.isEmpty {
                 var attrs: Attributes = ["expr": .string(expr.description)]
                 if broadcastShapes(operands.map { types[$0]!.shape }) != node.type.shape { attrs["shape"] = .ints(node.type.shape) }
                 function.nodes[n] = Node(id: node.id, op: "fused_elementwise", operands: operands,

@@ -117,6 +117,11 @@ public struct InferShapes: Pass {
             for n in module.functions[f].nodes.indices {
                 let node = module.functions[f].nodes[n]
                 let spec = try OpRegistry.require(node.op)
+                // Hand-written input may be out of order; with --no-verify this pass sees it first.
+                if let missing = node.operands.first(where: { types[$0] == nil }) {
+                    throw IRError("in @\(module.functions[f].name): operand %\(missing) is used before it is defined\n  in: \(Printer.print(node))",
+                                  loc: node.loc)
+                }
                 let operandTypes = node.operands.map { types[$0]! }
                 let type: TensorType
                 do {

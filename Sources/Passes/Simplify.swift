@@ -50,7 +50,10 @@ public struct FoldConstants: Pass {
                    node.type.shape.isEmpty, node.operands.allSatisfy({ constants[$0] != nil }) {
                     let value = try exprOf(node.attrs).evaluate(node.operands.map { constants[$0]! })
                     let rounded = node.type.dtype == .f32 ? Double(Float(value)) : value
-                    function.nodes[n] = Node(id: node.id, op: "constant", operands: [], attrs: ["value": .float(rounded)],
+                    var attrs: Attributes = ["value": .float(rounded)]
+                    // A constant is f32 unless it says otherwise (f64 on the reference path).
+                    if node.type.dtype != .f32 { attrs["dtype"] = .string(node.type.dtype.rawValue) }
+                    function.nodes[n] = Node(id: node.id, op: "constant", operands: [], attrs: attrs,
                                              type: node.type, loc: node.loc)
                     constants[node.id] = rounded
                     changed = true

@@ -1,0 +1,221 @@
+import Foundation
+import IR
+import XCTest
+
+/// The `ddepc` command line, run as a user runs it: model file → IR →
+/// passes → C and LLVM code → library → training steps whose loss falls →
+/// checkpoint → resume; and the errors a user sees for bad input.
+final class CLITests: XCTestCase {
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    static let work = FileManager.default.temporaryDirectory.appendingPathComponent("ddepc-cli-\(UUID().uuidString)")
+
+    override class func setUp() {
+        try? FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+    }
+
+    override class func tearDown() {
+        try? FileManager.default.removeItem(at: work)
+    }
+
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// Runs the ddepc built beside this test bundle.
+    @discardableResult
+    func ddepc(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> Result {
+        let binary = Bundle.main.executableURL!.deletingLastPathComponent().appendingPathComponent("ddepc")
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+            throw XCTSkip("ddepc is not built; run `swift build` before `swift test`")
+        }
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        process.currentDirectoryURL = Self.repository
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        // Drain both pipes at once: a full pipe would block the child.
+        final class Box: @unchecked Sendable { var data = Data() }
+        let errData = Box()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async {
+            errData.data = err.fileHandleForReading.readDataToEndOfFile()
+            group.leave()
+        }
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                      stderr: String(decoding: errData.data, as: UTF8.self))
+    }
+
+    func path(_ name: String) -> String { Self.work.appendingPathComponent(name).path }
+
+    func losses(_ run: String) throws -> [Double] {
+        let text = try String(contentsOfFile: path(run) + "/metrics.jsonl", encoding: .utf8)
+        return try text.split(separator: "\n").map { line in
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            return (object["loss"] as! NSNumber).doubleValue
+        }
+    }
+
+    /// The issue's main flow on both backends: the loss falls clearly and
+    /// the two backends give the same loss curve.
+    func testCompileAndTrainDDePOnBundledImagesWithBothBackends() throws {
+        var curves: [String: [Double]] = [:]
+        for backend in ["c", "llvm"] {
+            let artifact = path("unet-\(backend).ddepc")
+            let compile = try ddepc(["compile", "Examples/unet.swift", "-o", artifact, "--backend", backend, "--batch", "4", "--size", "64"])
+            XCTAssertEqual(compile.status, 0, compile.stderr)
+            for file in ["manifest.json", "module.so", "final.ddir", backend == "c" ? "module.c" : "module.ll"] {
+                XCTAssertTrue(FileManager.default.fileExists(atPath: artifact + "/" + file), "\(backend): \(file)")
+            }
+            let run = "run-\(backend)"
+            let train = try ddepc(["train", artifact, "--mode", "ddep", "--images", "Examples/data/images",
+                                   "--steps", "30", "--seed", "1", "--out", path(run)])
+            XCTAssertEqual(train.status, 0, train.stderr)
+            XCTAssertTrue(train.stdout.contains("step   30/30"), train.stdout)
+            XCTAssertTrue(FileManager.default.fileExists(atPath: path(run) + "/last.safetensors"))
+            curves[backend] = try losses(run)
+        }
+        let c = try XCTUnwrap(curves["c"]), llvm = try XCTUnwrap(curves["llvm"])
+        XCTAssertEqual(c.count, 30)
+        let first = c.prefix(5).reduce(0, +) / 5, last = c.suffix(5).reduce(0, +) / 5
+        XCTAssertLessThan(last, 0.8 * first, "the denoising loss falls clearly: \(c)")
+        for (a, b) in zip(c, llvm) {
+            XCTAssertEqual(a, b, accuracy: 1e-3 * abs(a), "C and LLVM loss curves agree: \(c) vs \(llvm)")
+        }
+    }
+
+    /// A run killed with SIGKILL mid-training and resumed from its last
+    /// checkpoint ends with exactly the bytes of an uninterrupted run.
+    func testKilledRunResumesBitForBit() throws {
+        let artifact = path("resume.ddepc")
+        XCTAssertEqual(try ddepc(["compile", "unet-small", "-o", artifact, "--batch", "4", "--size", "64"]).status, 0)
+        let common = ["train", artifact, "--mode", "ddep", "--images", "Examples/data/images", "--seed", "3",
+                      "--steps", "80", "--checkpoint-every", "10"]
+        XCTAssertEqual(try ddepc(common + ["--out", path("straight")]).status, 0)
+
+        // Start the same run and kill it once it is well past a checkpoint.
+        let binary = Bundle.main.executableURL!.deletingLastPathComponent().appendingPathComponent("ddepc")
+        let victim = Process()
+        victim.executableURL = binary
+        victim.arguments = common + ["--out", path("killed")]
+        victim.currentDirectoryURL = Self.repository
+        victim.standardOutput = FileHandle.nullDevice
+        try victim.run()
+        let metrics = path("killed") + "/metrics.jsonl"
+        let deadline = Date().addingTimeInterval(60)
+        var logged = 0
+        while victim.isRunning, Date() < deadline {
+            logged = ((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count
+            if logged >= 25 { break }
+            usleep(2000)
+        }
+        kill(victim.processIdentifier, SIGKILL)
+        victim.waitUntilExit()
+        XCTAssertEqual(victim.terminationReason, .uncaughtSignal, "the run was killed before it finished (at \(logged) steps)")
+
+        let resumed = try ddepc(common + ["--out", path("killed"), "--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertTrue(resumed.stdout.contains("resuming"), resumed.stdout)
+        let straight = try Data(contentsOf: URL(fileURLWithPath: path("straight") + "/last.safetensors"))
+        let killed = try Data(contentsOf: URL(fileURLWithPath: path("killed") + "/last.safetensors"))
+        XCTAssertEqual(straight, killed, "the resumed run ends with the same checkpoint bytes")
+        XCTAssertEqual(try losses("killed"), try losses("straight"), "and the same logged losses, one per step")
+    }
+
+    func testIRDumps() throws {
+        let artifact = path("dump.ddepc")
+        let compiled = try ddepc(["compile", "unet-small", "-o", artifact, "--batch", "1", "--size", "32",
+                                  "--print-ir-after=all", "--ir-dump-dir", path("dumps"), "--time-passes"])
+        XCTAssertEqual(compiled.status, 0, compiled.stderr)
+        for pass in ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce", "fuse-elementwise", "plan-memory"] {
+            XCTAssertTrue(compiled.stdout.contains("// ----- IR after \(pass) -----"), pass)
+        }
+        XCTAssertTrue(compiled.stdout.contains("=== pass timing ==="))
+        let dumps = try FileManager.default.contentsOfDirectory(atPath: path("dumps")).sorted()
+        XCTAssertEqual(dumps.first, "00-input.ddir")
+        XCTAssertEqual(dumps.count, 10, "\(dumps)")
+        for dump in dumps { _ = try Parser.parse(try String(contentsOfFile: path("dumps") + "/" + dump, encoding: .utf8)) }
+
+        let dumped = try ddepc(["dump-ir", artifact])
+        XCTAssertEqual(dumped.status, 0)
+        XCTAssertEqual(dumped.stdout, try String(contentsOfFile: artifact + "/final.ddir", encoding: .utf8))
+        XCTAssertTrue(dumped.stdout.contains("fused_elementwise"))
+        XCTAssertTrue(dumped.stdout.contains("conv2d_grad_weight"))
+    }
+
+    func testBadModelFileReportsFileAndLine() throws {
+        let bad = path("broken.swift")
+        try "import ModelZoo\n\nlet model = UNet(encoder: .resnet18\nModelFile.main(model)\n".write(toFile: bad, atomically: true, encoding: .utf8)
+        let result = try ddepc(["compile", bad, "-o", path("broken.ddepc")])
+        XCTAssertEqual(result.status, 1)
+        XCTAssertTrue(result.stderr.contains("broken.swift:4:"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("error:"), result.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("broken.ddepc")))
+    }
+
+    func testShapeMismatchReportsOpShapesAndLine() throws {
+        let file = path("mismatch.swift")
+        try """
+        import ModelZoo
+
+        struct Broken: SegmentationModel {
+            func encode(_ x: Tensor, scope: Scope) -> [Tensor] { [x] }
+            func decode(_ features: [Tensor], scope: Scope) -> Tensor {
+                let conv = Conv2d(scope["conv"], 5, 8, kernel: 3, padding: 1)
+                return conv(features[0])
+            }
+        }
+        ModelFile.main(Broken())
+
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+        let result = try ddepc(["compile", file, "-o", path("mismatch.ddepc"), "--batch", "1", "--size", "32"])
+        XCTAssertEqual(result.status, 1)
+        XCTAssertTrue(result.stderr.contains("mismatch.swift:7: error: conv2d(f32[1,3,32,32], f32[8,5,3,3])"), result.stderr)
+    }
+
+    func testTamperedArtifactIsRefused() throws {
+        let artifact = path("tamper.ddepc")
+        XCTAssertEqual(try ddepc(["compile", "unet-small", "-o", artifact, "--batch", "1", "--size", "32"]).status, 0)
+        try ("// edited\n" + String(contentsOfFile: artifact + "/final.ddir", encoding: .utf8))
+            .write(toFile: artifact + "/final.ddir", atomically: true, encoding: .utf8)
+        let result = try ddepc(["train", artifact, "--images", "Examples/data/images", "--steps", "1", "--out", path("tamper-run")])
+        XCTAssertEqual(result.status, 1)
+        XCTAssertTrue(result.stderr.contains("does not match the manifest's IR hash"), result.stderr)
+
+        let manifest = artifact + "/manifest.json"
+        let text = try String(contentsOfFile: manifest, encoding: .utf8)
+        try text.replacingOccurrences(of: "\"ddepcVersion\" : \"", with: "\"ddepcVersion\" : \"9.").write(toFile: manifest, atomically: true, encoding: .utf8)
+        let versioned = try ddepc(["dump-ir", artifact])
+        XCTAssertEqual(versioned.status, 1)
+        XCTAssertTrue(versioned.stderr.contains("was built by ddepc 9."), versioned.stderr)
+    }
+
+    func testBadArgumentsAndMissingData() throws {
+        let unknownPass = try ddepc(["compile", "unet-small", "--print-ir-after=nonsense"])
+        XCTAssertNotEqual(unknownPass.status, 0)
+        XCTAssertTrue(unknownPass.stderr.contains("unknown pass 'nonsense'"), unknownPass.stderr)
+
+        let unknownModel = try ddepc(["compile", "no-such-model"])
+        XCTAssertEqual(unknownModel.status, 1)
+        XCTAssertTrue(unknownModel.stderr.contains("is not a .swift model file"), unknownModel.stderr)
+
+        let notArtifact = try ddepc(["train", Self.work.path, "--images", "Examples/data/images"])
+        XCTAssertEqual(notArtifact.status, 1)
+        XCTAssertTrue(notArtifact.stderr.contains("is not a ddepc artifact"), notArtifact.stderr)
+
+        let artifact = path("data.ddepc")
+        XCTAssertEqual(try ddepc(["compile", "unet-small", "-o", artifact, "--batch", "1", "--size", "32"]).status, 0)
+        let missing = try ddepc(["train", artifact, "--images", path("no-images"), "--steps", "1", "--out", path("r")])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.stderr.contains("no-images"), missing.stderr)
+    }
+}

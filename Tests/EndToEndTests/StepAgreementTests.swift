@@ -1,0 +1,101 @@
+import Foundation
+import IR
+import ModelZoo
+import Passes
+import Runtime
+import TestSupport
+import XCTest
+
+/// Whole training steps of a small U-Net: the C backend, the LLVM backend
+/// and the f64 reference interpreter (on the artifact's final, fused IR)
+/// compute the same loss, gradients (seen through Adam's first moment,
+/// m = 0.1·g after one step), running statistics and weights.
+final class StepAgreementTests: XCTestCase {
+    static let config = EntryConfig(batch: 2, size: 32, classes: 3, entries: [.pretrainStep, .finetuneStep])
+    static let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ddepc-steps-\(UUID().uuidString)")
+    /// Compiled once per backend for all tests of this class.
+    static var cache: [Backend: Executor] = [:]
+
+    override class func tearDown() {
+        cache = [:]
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// The compiled model with freshly initialized weights and state.
+    func compiled(_ backend: Backend) throws -> Executor {
+        if let executor = Self.cache[backend] {
+            executor.store.initialize(seed: 5)
+            return executor
+        }
+        let module = try buildModule(UNet.small, config: Self.config)
+        let dir = Self.directory.appendingPathComponent(backend.rawValue)
+        var options = CompileOptions()
+        options.backend = backend
+        options.batch = Self.config.batch
+        options.size = Self.config.size
+        options.classes = Self.config.classes
+        let path = dir.appendingPathComponent("unet.ddepc")
+        _ = try CompileDriver.compile(module, to: path, options: options)
+        let executor = try Executor(artifact: try Artifact(directory: path))
+        executor.store.initialize(seed: 5)
+        Self.cache[backend] = executor
+        return executor
+    }
+
+    func inputs(for entry: String) -> [String: HostTensor] {
+        let (b, s) = (Self.config.batch, Self.config.size)
+        var rng = TestRNG(seed: 11)
+        var inputs: [String: HostTensor] = [
+            "x": HostTensor(.f32([b, 3, s, s]), (0..<(b * 3 * s * s)).map { _ in rng.uniform() }),
+            "lr": HostTensor(scalar: 1e-3), "bc1": HostTensor(scalar: 10), "bc2": HostTensor(scalar: 1000),
+            "weight_decay": HostTensor(scalar: 0.01),
+        ]
+        if entry == "finetune_step" {
+            inputs["labels"] = HostTensor(TensorType(.i32, [b, s, s]), (0..<(b * s * s)).map { _ in
+                let r = rng.next() % 5
+                return r == 4 ? 255 : Double(r % 3)
+            })
+        } else {
+            inputs["seed"] = HostTensor(TensorType(.i64, []), [1234])
+            inputs["noise_a"] = HostTensor(scalar: 0.97662)
+            inputs["noise_b"] = HostTensor(scalar: 0.21494)
+        }
+        return inputs
+    }
+
+    func checkStep(_ entry: String) throws {
+        let c = try compiled(.c), llvm = try compiled(.llvm)
+        let function = try XCTUnwrap(Parser.parse(try c.artifact.finalIR).function(named: entry))
+        var arguments = inputs(for: entry)
+        for arg in function.args where arg.role != .input { arguments[arg.name] = try c.get(arg.name) }
+        let oracle = try Interpreter.run(function, arguments: arguments, precision: .f64)
+
+        let ioInputs = inputs(for: entry)
+        let lossC = try XCTUnwrap(c.run(entry, inputs: ioInputs)["loss"]).scalar
+        let lossLLVM = try XCTUnwrap(llvm.run(entry, inputs: ioInputs)["loss"]).scalar
+        let lossRef = try XCTUnwrap(oracle.outputs["loss"]).scalar
+        XCTAssertEqual(lossC, lossRef, accuracy: 1e-4 * abs(lossRef), "\(entry) loss: C vs f64 interpreter")
+        XCTAssertEqual(lossLLVM, lossC, accuracy: 1e-6 * abs(lossC), "\(entry) loss: LLVM vs C")
+
+        XCTAssertFalse(oracle.updates.isEmpty)
+        var checkedMoments = 0
+        for (name, expected) in oracle.updates {
+            let gotC = try c.get(name).data, gotLLVM = try llvm.get(name).data
+            let scale = expected.data.map(abs).max() ?? 0
+            // f32 through ~40 layers and back against f64: relative to the tensor's scale.
+            let tolerance = name.hasPrefix("opt.m.") || name.hasPrefix("opt.v.") || name.contains("running")
+                ? (atol: 2e-3 * scale + 1e-9, rtol: 2e-3)
+                // Adam's first step moves each weight by ≈ lr·sign(g): tiny gradients may flip sign in f32.
+                : (atol: 2.1e-3, rtol: 0.0)
+            XCTAssertLessThanOrEqual(closeness(gotC, expected.data, atol: tolerance.atol, rtol: tolerance.rtol), 1,
+                                     "\(entry): \(name) C vs f64 interpreter")
+            XCTAssertLessThanOrEqual(closeness(gotLLVM, gotC, atol: 1e-6 * scale + 1e-12, rtol: 1e-5), 1,
+                                     "\(entry): \(name) LLVM vs C")
+            if name.hasPrefix("opt.m.") { checkedMoments += 1 }
+        }
+        XCTAssertGreaterThan(checkedMoments, 10, "gradients of many weights were compared")
+    }
+
+    func testPretrainStepAgrees() throws { try checkStep("pretrain_step") }
+    func testFinetuneStepAgrees() throws { try checkStep("finetune_step") }
+}
