@@ -32,6 +32,11 @@ public enum EntryPoint: String, CaseIterable, Sendable {
     case pretrainDepStep = "pretrain_dep_step"
     /// `x, labels` → cross-entropy `loss`; everything trained.
     case finetuneStep = "finetune_step"
+    /// Supervised encoder pretraining: `x, labels` (one class per image) →
+    /// cross-entropy `loss` of a linear head (`head.cls`) on the encoder's
+    /// globally average-pooled last feature map; only the encoder and that
+    /// head are trained.
+    case classifyStep = "classify_step"
 }
 
 /// What the denoising head predicts.
@@ -51,21 +56,25 @@ public struct EntryConfig: Hashable, Sendable {
     public var ignoreIndex: Int
     public var target: DenoiseTarget
     public var entries: [EntryPoint]
+    /// Classes of the image-level classification head (classify_step).
+    public var imageClasses: Int
 
     public init(batch: Int = 4, size: Int = 64, classes: Int = 2, ignoreIndex: Int = 255,
-                target: DenoiseTarget = .noise, entries: [EntryPoint] = EntryPoint.allCases) {
+                target: DenoiseTarget = .noise, entries: [EntryPoint] = EntryPoint.allCases, imageClasses: Int = 10) {
         self.batch = batch
         self.size = size
         self.classes = classes
         self.ignoreIndex = ignoreIndex
         self.target = target
         self.entries = entries
+        self.imageClasses = imageClasses
     }
 
     /// Checks that do not need the graph.
     public func validate(for model: any SegmentationModel) throws {
         guard batch >= 1 else { throw IRError("batch must be at least 1 (got \(batch))") }
         guard classes >= 1 else { throw IRError("classes must be at least 1 (got \(classes))") }
+        guard imageClasses >= 1 else { throw IRError("image classes must be at least 1 (got \(imageClasses))") }
         let multiple = Swift.max(model.inputMultiple, 1)
         guard size >= 1, size % multiple == 0 else {
             throw IRError("input size \(size) must be a positive multiple of \(multiple) for this model (try \(Swift.max(multiple, (size / multiple) * multiple)))")
@@ -115,6 +124,18 @@ public func buildFunction(_ entry: EntryPoint, model: any SegmentationModel, con
         let labels = ctx.input("labels", TensorType(.i32, [b, s, s]))
         let logits = forward(model, x, headScope: "head.seg", channels: config.classes)
         ctx.output(logits.emit("cross_entropy", [labels], ["ignore_index": .int(config.ignoreIndex)]), name: "loss")
+    case .classifyStep:
+        ctx = BuildContext(function: entry.rawValue, training: true)
+        let x = ctx.input("x", image)
+        let labels = ctx.input("labels", TensorType(.i32, [b]))
+        let root = x.context.root
+        guard let last = model.encode(x, scope: root["enc"]).last else {
+            x.context.fail("the model's encoder returned no feature maps")
+            return try ctx.finish()
+        }
+        let pooled = last.mean(axes: [2, 3])
+        let logits = Linear(root["head.cls"], last.channels, config.imageClasses)(pooled)
+        ctx.output(logits.emit("cross_entropy", [labels], ["ignore_index": .int(config.ignoreIndex)]), name: "loss")
     }
     return try ctx.finish()
 }
@@ -136,11 +157,12 @@ func forward(_ model: any SegmentationModel, _ x: Tensor, headScope: String, cha
     return y
 }
 
-/// Every argument name has one type, and weights stay weights, across functions.
+/// Every weight and state name has one type, and weights stay weights, across functions.
 func checkConsistentArguments(_ module: Module) throws {
     var seen: [String: (Argument, String)] = [:]
     for function in module.functions {
-        for arg in function.args {
+        // Inputs are per entry point (classify_step's labels are per image).
+        for arg in function.args where arg.role != .input {
             guard let (first, where_) = seen[arg.name] else {
                 seen[arg.name] = (arg, function.name)
                 continue

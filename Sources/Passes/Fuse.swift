@@ -24,6 +24,7 @@ public struct FuseElementwise: Pass {
         var forms: [ValueID: (expr: ScalarExpr, operands: [ValueID], shape: [Int])] = [:]
         var constants: [ValueID: Double] = [:]
         var changed = false
+        let maxOperands = try OpRegistry.require("fused_elementwise").arity.upperBound
         for n in function.nodes.indices {
             let node = function.nodes[n]
             guard case .elementwise(let exprOf) = try OpRegistry.require(node.op).lowering else { continue }
@@ -38,19 +39,26 @@ public struct FuseElementwise: Pass {
                 return .input(operands.count - 1)
             }
             var inlined = false
-            let replacements: [ScalarExpr] = node.operands.map { operand in
-                if let value = constants[operand] {
-                    inlined = true
-                    return .const(value)
+            func replacements(inliningProducers: Bool) -> [ScalarExpr] {
+                operands = []
+                inlined = false
+                return node.operands.map { operand in
+                    if let value = constants[operand] {
+                        inlined = true
+                        return .const(value)
+                    }
+                    if inliningProducers, let producer = forms[operand], uses[operand] == 1, !roots.contains(operand),
+                       producer.shape == node.type.shape {
+                        inlined = true
+                        return producer.expr.substituting(producer.operands.map(input))
+                    }
+                    return input(operand)
                 }
-                if let producer = forms[operand], uses[operand] == 1, !roots.contains(operand),
-                   producer.shape == node.type.shape {
-                    inlined = true
-                    return producer.expr.substituting(producer.operands.map(input))
-                }
-                return input(operand)
             }
-            let expr = try exprOf(node.attrs).substituting(replacements)
+            var replaced = replacements(inliningProducers: true)
+            // A fused node takes at most `maxOperands`: past that, a new chain starts here.
+            if operands.count > maxOperands { replaced = replacements(inliningProducers: false) }
+            let expr = try exprOf(node.attrs).substituting(replaced)
             forms[node.id] = (expr, operands, node.type.shape)
             // A node whose operands were all inlined constants keeps its own form
             // (fused_elementwise needs a tensor operand); its users may still absorb it.

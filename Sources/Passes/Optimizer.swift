@@ -7,7 +7,12 @@ import IR
 ///     p ← p − lr·(bc1·m / (√(bc2·v) + ε) + wd·p)
 ///
 /// The step-dependent scalars are inputs so one compiled step serves every
-/// iteration: `lr`, `bc1` = 1/(1−β₁ᵗ), `bc2` = 1/(1−β₂ᵗ), `weight_decay`.
+/// iteration: `lr`, `bc1` = 1/(1−β₁ᵗ), `bc2` = 1/(1−β₂ᵗ), `weight_decay`
+/// (decoupled, AdamW), `l2` (coupled, classic Adam: g ← g + l2·p) and
+/// `clip_norm` (> 0: gradients are scaled so their global L2 norm is at most
+/// clip_norm, as torch.nn.utils.clip_grad_norm_; ≤ 0: no clipping). An input
+/// left at 0 disables its feature. The global gradient norm (before
+/// clipping) is returned as the output `grad_norm`.
 /// Moments are state arguments `opt.m.<param>` / `opt.v.<param>`.
 public struct AdamOptimizer: Pass {
     public static let name = "optimizer"
@@ -21,7 +26,7 @@ public struct AdamOptimizer: Pass {
         self.epsilon = epsilon
     }
 
-    public static let inputNames = ["lr", "bc1", "bc2", "weight_decay"]
+    public static let inputNames = ["lr", "bc1", "bc2", "weight_decay", "l2", "clip_norm"]
 
     public func run(_ module: inout Module) throws -> Bool {
         var changed = false
@@ -43,12 +48,30 @@ public struct AdamOptimizer: Pass {
         let beta1 = try b.constant(self.beta1), oneMinusBeta1 = try b.constant(1 - self.beta1)
         let beta2 = try b.constant(self.beta2), oneMinusBeta2 = try b.constant(1 - self.beta2)
         let eps = try b.constant(epsilon)
-        for output in gradOutputs {
+
+        let params = try gradOutputs.map { output -> (Argument, Value) in
             let name = String(output.name.dropFirst(Autodiff.gradientPrefix.count))
             guard let param = function.argument(named: name) else { throw IRError("gradient of unknown parameter \"\(name)\"") }
-            let p = b.value(param.id), g = b.value(output.value)
-            let m = b.argument("opt.m." + name, param.type, role: .state, initRule: .zeros)
-            let v = b.argument("opt.v." + name, param.type, role: .state, initRule: .zeros)
+            return (param, b.value(output.value))
+        }
+        // Global norm ‖g‖ over every gradient, and the clipping factor
+        // min(1, clip/(‖g‖ + 1e-6)) when clip_norm > 0.
+        var squares: Value?
+        for (_, g) in params {
+            let sum = try b.sum(try b.mul(g, g), axes: Array(0..<g.rank))
+            squares = try squares.map { try b.add($0, sum) } ?? sum
+        }
+        let norm = try b.unary("sqrt", squares!)
+        let clip = inputs["clip_norm"]!
+        let ratio = try b.div(clip, try b.add(norm, try b.constant(1e-6)))
+        let one = try b.constant(1)
+        let scale = try b.select(clip, try b.emit("minimum", [one, ratio]), one)
+
+        for (param, rawGrad) in params {
+            let p = b.value(param.id)
+            let g = try b.add(try b.mul(rawGrad, scale), try b.mul(inputs["l2"]!, p))
+            let m = b.argument("opt.m." + param.name, param.type, role: .state, initRule: .zeros)
+            let v = b.argument("opt.v." + param.name, param.type, role: .state, initRule: .zeros)
             let newM = try b.add(try b.mul(beta1, m), try b.mul(oneMinusBeta1, g))
             let newV = try b.add(try b.mul(beta2, v), try b.mul(oneMinusBeta2, try b.mul(g, g)))
             let denominator = try b.add(try b.unary("sqrt", try b.mul(bc2, newV)), eps)
@@ -58,7 +81,8 @@ public struct AdamOptimizer: Pass {
             b.update(m, with: newM)
             b.update(v, with: newV)
         }
-        b.setOutputs(function.outputs.filter { !$0.name.hasPrefix(Autodiff.gradientPrefix) })
+        b.output(norm, name: "grad_norm")
+        b.setOutputs(b.function.outputs.filter { !$0.name.hasPrefix(Autodiff.gradientPrefix) })
         return b.function
     }
 }

@@ -48,7 +48,9 @@ final class StepAgreementTests: XCTestCase {
         var inputs: [String: HostTensor] = [
             "x": HostTensor(.f32([b, 3, s, s]), (0..<(b * 3 * s * s)).map { _ in rng.uniform() }),
             "lr": HostTensor(scalar: 1e-3), "bc1": HostTensor(scalar: 10), "bc2": HostTensor(scalar: 1000),
-            "weight_decay": HostTensor(scalar: 0.01),
+            "weight_decay": HostTensor(scalar: 0.01), "l2": HostTensor(scalar: 0.001),
+            // Small enough that clipping is active, so its path is compared too.
+            "clip_norm": HostTensor(scalar: 0.05),
         ]
         if entry == "finetune_step" {
             inputs["labels"] = HostTensor(TensorType(.i32, [b, s, s]), (0..<(b * s * s)).map { _ in

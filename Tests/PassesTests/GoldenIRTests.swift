@@ -339,6 +339,22 @@ final class GoldenIRTests: XCTestCase {
         """, [FuseElementwise.name, DCE.name])
     }
 
+    func testLongChainsAreSplitAtTheOperandLimit() throws {
+        // Σ of 66 inputs as a chain of adds (as the optimizer's global gradient
+        // norm sums one term per parameter): a fused node takes at most 64 operands.
+        let inputs = (0..<66).map { "%\($0): f32[2] input \"x\($0)\"" }.joined(separator: ", ")
+        var text = "func @f(\(inputs)) {\n  %66 = add(%0, %1) : f32[2]\n"
+        for k in 2..<66 { text += "  %\(65 + k) = add(%\(64 + k), %\(k)) : f32[2]\n" }
+        text += "  return %130 as \"y\"\n}\n"
+        let first64 = (0..<64).map { "%\($0)" }.joined(separator: ", ")
+        text += """
+        // CHECK: %128 = fused_elementwise(\(first64)) {expr=
+        // CHECK-NEXT: %130 = fused_elementwise(%128, %64, %65) {expr="add(add(in0, in1), in2)"} : f32[2]
+        // CHECK-NEXT: return %130 as "y"
+        """
+        try golden(text, [FuseElementwise.name, DCE.name])
+    }
+
     func testFusionIsIdempotent() throws {
         var module = try Parser.parse("""
         func @f(%0: f32[2,3] input "x") {

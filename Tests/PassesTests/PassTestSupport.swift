@@ -154,7 +154,7 @@ func randomArguments(for function: Function, seed: UInt64, classes: Int = 2,
     var rng = TestRNG(seed: seed)
     var out = overrides
     let scalars: [String: Double] = ["lr": 1e-3, "bc1": 1 / (1 - 0.9), "bc2": 1 / (1 - 0.999), "weight_decay": 0.01,
-                                     "noise_a": 0.97662, "noise_b": 0.21494]
+                                     "l2": 1e-4, "clip_norm": 1, "noise_a": 0.97662, "noise_b": 0.21494]
     for arg in function.args where out[arg.name] == nil {
         let type = arg.type
         let values: [Double]

@@ -1,0 +1,233 @@
+import IR
+import Passes
+import TestSupport
+import XCTest
+
+/// An independent checker of plan-memory's result: liveness over the
+/// schedule, no two simultaneously live buffers overlapping, aliases sharing
+/// their operand's storage, 64-byte alignment, and the arena against the
+/// largest live set.
+struct PlanCheck {
+    var arenaBytes = 0
+    /// The largest set of simultaneously live buffers, raw bytes and 64-byte-aligned sizes.
+    var largestLiveBytes = 0
+    var largestLiveAlignedBytes = 0
+    /// Buffers (storage roots) placed in the arena.
+    var buffers = 0
+    var distinctOffsets = 0
+    var failures: [String] = []
+
+    var efficiency: Double { arenaBytes == 0 ? 1 : Double(largestLiveAlignedBytes) / Double(arenaBytes) }
+
+    init(_ function: Function) {
+        func fail(_ text: String) { failures.append("@\(function.name): \(text)") }
+        guard let arena = function.arenaBytes else {
+            fail("no arena size")
+            return
+        }
+        arenaBytes = arena
+        let args = Set(function.args.map(\.id))
+        let end = function.nodes.count
+
+        // Storage root of every node: aliases (reshape) share their operand's bytes.
+        var root: [ValueID: ValueID] = [:]
+        func rootOf(_ id: ValueID) -> ValueID { args.contains(id) ? id : root[id]! }
+        for node in function.nodes {
+            if case .alias? = OpRegistry.spec(node.op)?.lowering {
+                root[node.id] = rootOf(node.operands[0])
+            } else {
+                root[node.id] = node.id
+            }
+        }
+        // Live interval [definition, last use] of each arena buffer; results
+        // (outputs, updates) live to the end of the call.
+        var first: [ValueID: Int] = [:], last: [ValueID: Int] = [:]
+        for (position, node) in function.nodes.enumerated() {
+            let r = root[node.id]!
+            if r == node.id { first[r] = position }
+            last[r] = max(last[r] ?? position, position)
+            for operand in node.operands where !args.contains(operand) {
+                last[rootOf(operand)] = max(last[rootOf(operand)]!, position)
+            }
+        }
+        for value in function.rootValues where !args.contains(value) { last[rootOf(value)] = end }
+
+        // Offsets: every buffer has one, aligned, inside the arena; aliases share it.
+        let nodes = function.nodesByID
+        var offsets: [ValueID: Int] = [:]
+        for node in function.nodes {
+            let r = root[node.id]!
+            if args.contains(r) {
+                if node.arenaOffset != nil { fail("%\(node.id) aliases an argument but has arena offset \(node.arenaOffset!)") }
+            } else if r == node.id {
+                guard let offset = node.arenaOffset else {
+                    fail("%\(node.id) = \(node.op) has no arena offset")
+                    continue
+                }
+                if offset % PlanMemory.alignment != 0 { fail("%\(node.id) is at \(offset), not 64-byte aligned") }
+                if offset < 0 || offset + node.type.byteSize > arena {
+                    fail("%\(node.id) [\(offset), \(offset + node.type.byteSize)) is outside the \(arena)-byte arena")
+                }
+                offsets[r] = offset
+            } else if node.arenaOffset != nodes[r]!.arenaOffset {
+                fail("alias %\(node.id) is at \(node.arenaOffset.map(String.init) ?? "nil"), its storage %\(r) at \(nodes[r]!.arenaOffset.map(String.init) ?? "nil")")
+            }
+        }
+        buffers = offsets.count
+        distinctOffsets = Set(offsets.values).count
+
+        // Sweep the schedule: each new buffer against every buffer still live.
+        let sizes = Dictionary(uniqueKeysWithValues: function.nodes.map { ($0.id, $0.type.byteSize) })
+        func aligned(_ bytes: Int) -> Int {
+            (max(bytes, 1) + PlanMemory.alignment - 1) / PlanMemory.alignment * PlanMemory.alignment
+        }
+        var live: [(id: ValueID, last: Int, offset: Int?, size: Int)] = []
+        var liveBytes = 0, liveAlignedBytes = 0
+        for (position, node) in function.nodes.enumerated() where root[node.id] == node.id {
+            live.removeAll { buffer in
+                guard buffer.last < position else { return false }
+                liveBytes -= buffer.size
+                liveAlignedBytes -= aligned(buffer.size)
+                return true
+            }
+            let offset = offsets[node.id], size = sizes[node.id]!
+            if let offset {
+                for other in live {
+                    guard let otherOffset = other.offset else { continue }
+                    if offset < otherOffset + other.size && otherOffset < offset + size {
+                        fail("%\(node.id) [\(offset), \(offset + size)) overlaps %\(other.id) [\(otherOffset), \(otherOffset + other.size)), live from \(first[other.id]!) to \(other.last), at \(position)")
+                    }
+                }
+            }
+            live.append((node.id, last[node.id]!, offset, size))
+            liveBytes += size
+            liveAlignedBytes += aligned(size)
+            largestLiveBytes = max(largestLiveBytes, liveBytes)
+            largestLiveAlignedBytes = max(largestLiveAlignedBytes, liveAlignedBytes)
+        }
+        if arena < largestLiveBytes { fail("arena \(arena) is smaller than the largest live set \(largestLiveBytes)") }
+    }
+}
+
+final class PlanMemoryTests: XCTestCase {
+    @discardableResult
+    func plan(_ source: String, file: StaticString = #filePath, line: UInt = #line) throws -> (Function, PlanCheck, PlanMemory.Report) {
+        var module = try Parser.parse(source)
+        try Verifier.verify(module)
+        let report = PlanMemory().plan(&module.functions[0])
+        try Verifier.verify(module)
+        let check = PlanCheck(module.functions[0])
+        XCTAssertEqual(check.failures, [], file: file, line: line)
+        XCTAssertEqual(report.arenaBytes, check.arenaBytes, file: file, line: line)
+        XCTAssertEqual(report.lowerBoundBytes, check.largestLiveAlignedBytes, "the report's lower bound", file: file, line: line)
+        return (module.functions[0], check, report)
+    }
+
+    func testAChainReusesTwoBuffers() throws {
+        let (_, check, report) = try plan("""
+        func @f(%0: f32[16,16] input "x") {
+          %1 = exp(%0) : f32[16,16]
+          %2 = neg(%1) : f32[16,16]
+          %3 = tanh(%2) : f32[16,16]
+          %4 = sigmoid(%3) : f32[16,16]
+          %5 = relu(%4) : f32[16,16]
+          return %5 as "y"
+        }
+        """)
+        // Each op reads one buffer and writes another: two buffers suffice.
+        XCTAssertEqual(check.largestLiveBytes, 2 * 1024)
+        XCTAssertLessThanOrEqual(check.arenaBytes, 3 * 1024)
+        XCTAssertLessThanOrEqual(check.distinctOffsets, 3)
+        XCTAssertEqual(check.buffers, 5)
+        XCTAssertEqual(report.efficiency, 1, "a chain is planned optimally")
+    }
+
+    func testAliasesOutputsAndUpdatesStayLive() throws {
+        let (function, check, _) = try plan("""
+        func @f(%0: f32[16,16] input "x", %1: f32[256] state "s") {
+          %2 = exp(%0) : f32[16,16]
+          %3 = reshape(%2) {shape=[256]} : f32[256]
+          %4 = neg(%3) : f32[256]
+          %5 = exp(%4) : f32[256]
+          %6 = reshape(%0) {shape=[256]} : f32[256]
+          %7 = add(%5, %6) : f32[256]
+          %8 = tanh(%7) : f32[256]
+          %9 = sigmoid(%8) : f32[256]
+          %10 = reshape(%9) {shape=[16,16]} : f32[16,16]
+          %11 = relu(%10) : f32[16,16]
+          %12 = add(%11, %11) : f32[16,16]
+          return %4 as "early", %12 as "y"
+          update %1 = %8
+        }
+        """)
+        let byID = function.nodesByID
+        XCTAssertEqual(byID[3]!.arenaOffset, byID[2]!.arenaOffset, "a reshape shares its operand's bytes")
+        XCTAssertEqual(byID[10]!.arenaOffset, byID[9]!.arenaOffset)
+        XCTAssertNil(byID[6]!.arenaOffset, "a reshape of an argument is not in the arena")
+        // %4 is an output and %8 an update: nothing after them may reuse their bytes.
+        for late in [9, 11, 12] {
+            XCTAssertNotEqual(byID[late]!.arenaOffset, byID[4]!.arenaOffset)
+            XCTAssertNotEqual(byID[late]!.arenaOffset, byID[8]!.arenaOffset)
+        }
+        XCTAssertGreaterThanOrEqual(check.arenaBytes, 4 * 1024)
+    }
+
+    func testAFreedGapIsReused() throws {
+        let (function, check, _) = try plan("""
+        func @f(%0: f32[64] input "x", %1: f32[16] input "y") {
+          %2 = exp(%0) : f32[64]
+          %3 = neg(%2) : f32[64]
+          %4 = reduce_sum(%3) {axes=[0]} : f32[]
+          %5 = add(%1, %4) : f32[16]
+          %6 = exp(%5) : f32[16]
+          %7 = add(%6, %4) : f32[16]
+          return %7 as "y"
+        }
+        """)
+        // After %3 is read, the small buffers fit where the 256-byte ones were.
+        XCTAssertLessThanOrEqual(check.arenaBytes, 2 * 256 + 64)
+        XCTAssertLessThan(function.nodesByID[6]!.arenaOffset!, 512)
+    }
+
+    // The four UNet.small entry points after the whole standard pipeline.
+    func testUNetSmallInferIsPlannedSoundly() throws { try checkUNet("infer") }
+    func testUNetSmallPretrainStepIsPlannedSoundly() throws { try checkUNet("pretrain_step") }
+    func testUNetSmallPretrainDepStepIsPlannedSoundly() throws { try checkUNet("pretrain_dep_step") }
+    func testUNetSmallFinetuneStepIsPlannedSoundly() throws { try checkUNet("finetune_step") }
+
+    func checkUNet(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let module = try UNetSmall.planned.get()
+        XCTAssertEqual(module.functions.map(\.name), ["infer", "pretrain_step", "pretrain_dep_step", "finetune_step"])
+        for function in module.functions where function.name == name {
+            let check = PlanCheck(function)
+            XCTAssertEqual(check.failures, [], function.name)
+            XCTAssertGreaterThan(check.buffers, 50, function.name)
+            XCTAssertLessThan(check.distinctOffsets, check.buffers, "\(function.name) reuses memory")
+            // Replanning gives the same plan and a report that agrees with the checker.
+            var again = function
+            let report = PlanMemory().plan(&again)
+            XCTAssertEqual(again, function, "\(function.name): plan-memory is deterministic")
+            XCTAssertEqual(report.lowerBoundBytes, check.largestLiveAlignedBytes, function.name)
+            XCTAssertGreaterThanOrEqual(check.efficiency, 0.7, "\(function.name): \(report)")
+            print("plan-memory \(report); \(check.buffers) buffers at \(check.distinctOffsets) offsets")
+        }
+    }
+
+    func testCheckerCatchesOverlapsAndMisalignment() throws {
+        // The checker itself: a plan that puts two live values in one place is rejected.
+        var function = try Parser.parse("""
+        func @f(%0: f32[16] input "x") {
+          %1 = exp(%0) : f32[16] @0
+          %2 = neg(%1) : f32[16] @32
+          %3 = add(%1, %2) : f32[16] @128
+          return %3 as "y"
+        }
+        """).functions[0]
+        function.arenaBytes = 192
+        let failures = PlanCheck(function).failures
+        XCTAssertTrue(failures.contains { $0.contains("overlaps") }, "\(failures)")
+        XCTAssertTrue(failures.contains { $0.contains("not 64-byte aligned") }, "\(failures)")
+        function.nodes[2].arenaOffset = nil
+        XCTAssertTrue(PlanCheck(function).failures.contains { $0.contains("%3 = add has no arena offset") })
+    }
+}
