@@ -20,6 +20,7 @@ let package = Package(
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
         .systemLibrary(name: "CLLVM", path: "Sources/CLLVM"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+        .systemLibrary(name: "CZLib", path: "Sources/CZLib"),
 
         // The runtime kernels called by every compiled module (C, OpenBLAS).
         .target(name: "DDPKernels", dependencies: ["CBLAS"], cSettings: kernelFlags,
@@ -29,7 +30,7 @@ let package = Package(
         .target(name: "Passes", dependencies: ["IR"]),
         .target(name: "Codegen", dependencies: ["IR", "DDPKernels", "CLLVM"]),
         .target(name: "ModelZoo", dependencies: ["IR"]),
-        .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen", "DDPKernels", "CPNG"]),
+        .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen", "DDPKernels", "CPNG", "CZLib"]),
         .executableTarget(name: "ddepc", dependencies: [
             "IR", "Passes", "Codegen", "Runtime", "ModelZoo", "DDPKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

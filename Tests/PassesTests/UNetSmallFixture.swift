@@ -1,13 +1,15 @@
-// The entry points of UNet.small (batch 1, 32×32 input, 2 classes) as built by
-// ModelZoo — the real graphs the pass tests run on. PassesTests does not depend
-// on ModelZoo, so the module is kept here as text (it is exactly
-// `buildModule(UNet.small, config: EntryConfig(batch: 1, size: 32, classes: 2))`).
-// Regenerate after a model change with:
+// The entry points infer, pretrain_step, pretrain_dep_step and finetune_step of
+// UNet.small (batch 1, 32×32 input, 2 classes) as ModelZoo builds them — the
+// real graphs the pass tests run on. PassesTests does not depend on ModelZoo,
+// so they are kept here as text: the output of
+// `buildModule(UNet.small, config: EntryConfig(batch: 1, size: 32, classes: 2))`
+// at commit 822f78d. Regenerate after a model change with
 //
 //     swift build && .build/debug/ddepc compile unet-small --batch 1 --size 32 --classes 2 \
 //         --ir-dump-dir /tmp/unet-dump -o /tmp/unet.ddepc
 //
-// and paste /tmp/unet-dump/00-input.ddir between the delimiters below.
+// and paste /tmp/unet-dump/00-input.ddir between the delimiters below (other
+// entry points may be left in; the tests pick theirs by name).
 
 enum UNetSmallFixture {
     static let config = (batch: 1, size: 32, classes: 2)
