@@ -38,7 +38,7 @@ let package = Package(
 
         .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/TestSupport"),
         .testTarget(name: "IRTests", dependencies: ["IR", "Passes", "TestSupport"]),
-        .testTarget(name: "PassesTests", dependencies: ["IR", "Passes", "TestSupport"]),
+        .testTarget(name: "PassesTests", dependencies: ["IR", "Passes", "ModelZoo", "TestSupport"]),
         .testTarget(name: "CodegenTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "DDPKernels", "TestSupport"]),
         .testTarget(name: "ModelZooTests", dependencies: ["IR", "Passes", "ModelZoo", "TestSupport"]),

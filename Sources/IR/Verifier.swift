@@ -40,7 +40,8 @@ public enum Verifier {
                 throw fail("\(node.op)(\(operandText)): \(error.message)", node)
             }
             guard expected == node.type else {
-                throw fail("\(node.op) produces \(expected) but the node is typed \(node.type)", node)
+                let operandText = operandTypes.map(\.description).joined(separator: ", ")
+                throw fail("\(node.op)(\(operandText)) produces \(expected) but the node is typed \(node.type)", node)
             }
             types[node.id] = node.type
         }
@@ -49,9 +50,11 @@ public enum Verifier {
         }
         var targets = Set<ValueID>()
         for update in function.updates {
-            guard let arg = function.args.first(where: { $0.id == update.target }),
-                  arg.role == .param || arg.role == .state else {
-                throw fail("update target %\(update.target) is not a param or state argument")
+            guard let arg = function.args.first(where: { $0.id == update.target }) else {
+                throw fail("update target %\(update.target) is not an argument")
+            }
+            guard arg.role == .param || arg.role == .state else {
+                throw fail("update target %\(update.target) \"\(arg.name)\" has role \(arg.role.rawValue); only param and state arguments can be updated")
             }
             guard targets.insert(update.target).inserted else { throw fail("\"\(arg.name)\" is updated twice") }
             guard let type = types[update.value] else { throw fail("update of \"\(arg.name)\" uses undefined %\(update.value)") }

@@ -65,7 +65,7 @@ final class VerifierTests: XCTestCase {
     func testWrongResultType() {
         var f = valid()
         f.nodes[0].type = .f32([3])
-        expectError(f, ["mul produces f32[2,3] but the node is typed f32[3]",
+        expectError(f, ["mul(f32[2,3], f32[3]) produces f32[2,3] but the node is typed f32[3]",
                         "in: %3 = mul(%0, %1) : f32[3] loc(\"model.swift\":42)"], loc: loc)
     }
 
@@ -96,10 +96,10 @@ final class VerifierTests: XCTestCase {
     func testUpdateOfAnInputArgument() {
         var f = valid()
         f.updates[0].target = 0
-        expectError(f, ["update target %0 is not a param or state argument"], loc: nil)
+        expectError(f, ["update target %0 \"x\" has role input; only param and state arguments can be updated"], loc: nil)
         var g = valid()
         g.updates[0].target = 77
-        expectError(g, ["update target %77 is not a param or state argument"], loc: nil)
+        expectError(g, ["update target %77 is not an argument"], loc: nil)
     }
 
     func testUpdateTypeMismatch() {

@@ -12,7 +12,7 @@ import XCTest
 ///     p ← p − lr·bc1·m/(√(bc2·v) + ε) − lr·wd·p
 final class OptimizerTests: XCTestCase {
     /// loss = mse(w·x, y) with a per-element weight w and a scalar weight s.
-    let source = """
+    static let source = """
     func @f(%0: f32[4] input "x", %1: f32[4] input "y", %2: f32[4] param "w" init=ones, %3: f32[] param "s" init=zeros, %4: f32[4] frozen "k") {
       %5 = mul(%2, %0) : f32[4]
       %6 = add(%5, %3) : f32[4]
@@ -23,14 +23,14 @@ final class OptimizerTests: XCTestCase {
     """
 
     func step() throws -> Function {
-        var module = try Parser.parse(source)
+        var module = try Parser.parse(Self.source)
         try runPasses([Autodiff.name, AdamOptimizer.name], on: &module)
         return module.functions[0]
     }
 
     func testStateArgumentsAndSignature() throws {
         let step = try step()
-        let input = try Parser.parse(source).functions[0]
+        let input = try Parser.parse(Self.source).functions[0]
         XCTAssertEqual(Array(step.args.prefix(input.args.count)), input.args, "existing arguments are kept, in order")
         for name in AdamOptimizer.inputNames {
             let arg = try XCTUnwrap(step.argument(named: name), name)
@@ -135,7 +135,7 @@ final class OptimizerTests: XCTestCase {
     }
 
     func testBetasAndEpsilonAreConfigurable() throws {
-        var module = try Parser.parse(source)
+        var module = try Parser.parse(Self.source)
         _ = try Autodiff().run(&module)
         _ = try AdamOptimizer(beta1: 0.5, beta2: 0.75, epsilon: 1e-3).run(&module)
         try Verifier.verify(module)
@@ -150,5 +150,45 @@ final class OptimizerTests: XCTestCase {
         let (p, lr, bc1, bc2, wd) = (arguments["s"]!.scalar, arguments["lr"]!.scalar, arguments["bc1"]!.scalar,
                                      arguments["bc2"]!.scalar, arguments["weight_decay"]!.scalar)
         XCTAssertEqual(result.updates["s"]!.scalar, p - lr * (bc1 * m / ((bc2 * v).squareRoot() + 1e-3) + wd * p), accuracy: 1e-12)
+    }
+}
+
+/// Gradient-norm clipping (torch.nn.utils.clip_grad_norm_) and coupled L2
+/// (classic Adam's weight_decay), by hand on one step.
+final class OptimizerClippingTests: XCTestCase {
+    func testClippingAndL2MatchTheirFormulas() throws {
+        var module = try Parser.parse(OptimizerTests.source)
+        try runPasses([Autodiff.name, AdamOptimizer.name], on: &module)
+        let step = module.functions[0]
+        let (lr, l2, clip) = (0.01, 0.05, 0.3)
+        var arguments: [String: HostTensor] = [
+            "x": HostTensor(.f32([4]), [0.5, -1.5, 2, 0.25]), "y": HostTensor(.f32([4]), [1, 0.5, -2, 3]),
+            "w": HostTensor(.f32([4]), [0.3, -0.7, 1.1, 0.9]), "s": HostTensor(scalar: 0.2),
+            "k": HostTensor(.f32([4]), [1, 2, -1, 0.5]),
+            "lr": HostTensor(scalar: lr), "bc1": HostTensor(scalar: 10), "bc2": HostTensor(scalar: 1000),
+            "weight_decay": HostTensor(scalar: 0), "l2": HostTensor(scalar: l2), "clip_norm": HostTensor(scalar: clip),
+        ]
+        for name in ["opt.m.w", "opt.v.w"] { arguments[name] = HostTensor(zeros: .f32([4])) }
+        for name in ["opt.m.s", "opt.v.s"] { arguments[name] = HostTensor(zeros: .f32([])) }
+        let result = try Interpreter.run(step, arguments: arguments)
+
+        let (x, y, w, k, s) = (arguments["x"]!.data, arguments["y"]!.data, arguments["w"]!.data, arguments["k"]!.data, 0.2)
+        let r = (0..<4).map { k[$0] * (w[$0] * x[$0] + s) - y[$0] }
+        let gw = (0..<4).map { 0.5 * r[$0] * k[$0] * x[$0] }, gs = (0..<4).map { 0.5 * r[$0] * k[$0] }.reduce(0, +)
+        let norm = (gw.map { $0 * $0 }.reduce(0, +) + gs * gs).squareRoot()
+        XCTAssertEqual(result.outputs["grad_norm"]!.scalar, norm, accuracy: 1e-12 * norm)
+        XCTAssertGreaterThan(norm, clip, "the example must exercise clipping")
+        let scale = min(1, clip / (norm + 1e-6))
+        // Clip first, then add the L2 term; m = 0.1·g on the first step.
+        for i in 0..<4 {
+            let g = gw[i] * scale + l2 * w[i]
+            XCTAssertEqual(result.updates["opt.m.w"]!.data[i], 0.1 * g, accuracy: 1e-14)
+        }
+        XCTAssertEqual(result.updates["opt.m.s"]!.scalar, 0.1 * (gs * scale + l2 * s), accuracy: 1e-14)
+
+        // clip_norm = 0 turns clipping off.
+        arguments["clip_norm"] = HostTensor(scalar: 0)
+        let unclipped = try Interpreter.run(step, arguments: arguments)
+        XCTAssertEqual(unclipped.updates["opt.m.w"]!.data[0], 0.1 * (gw[0] + l2 * w[0]), accuracy: 1e-14)
     }
 }

@@ -150,7 +150,7 @@ final class PassManagerTests: XCTestCase {
         XCTAssertThrowsError(try run([DCE(), BreakTypes(), DCE()]) { _ in }) { error in
             let text = "\(error)"
             XCTAssertTrue(text.hasPrefix("model.swift:3: error: IR is invalid after pass break-types: in @step:"), text)
-            XCTAssertTrue(text.contains("mul produces f32[2,3] but the node is typed f32[7]"), text)
+            XCTAssertTrue(text.contains("mul(f32[2,3], f32[3]) produces f32[2,3] but the node is typed f32[7]"), text)
             XCTAssertTrue(text.contains("%3 = mul(%0, %1) : f32[7] loc(\"model.swift\":3)"), text)
         }
         XCTAssertThrowsError(try run([Reorder()]) { _ in }) { error in
@@ -173,7 +173,7 @@ final class PassManagerTests: XCTestCase {
             func run(_ module: inout Module) throws -> Bool { ran(); return false }
         }
         XCTAssertThrowsError(try PassManager([Spy { ran = true }]).run(&module)) { error in
-            XCTAssertTrue("\(error)".contains("constant produces f32[] but the node is typed f32[2]"), "\(error)")
+            XCTAssertTrue("\(error)".contains("constant() produces f32[] but the node is typed f32[2]"), "\(error)")
         }
         XCTAssertFalse(ran)
     }

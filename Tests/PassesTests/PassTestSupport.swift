@@ -1,5 +1,6 @@
 import Foundation
 import IR
+import ModelZoo
 import Passes
 import TestSupport
 import XCTest
@@ -124,10 +125,13 @@ func checkIR(_ source: String, passes: [String], file: StaticString = #filePath,
 // MARK: - UNet.small
 
 enum UNetSmall {
-    /// The four entry points (infer, pretrain_step, pretrain_dep_step, finetune_step), parsed once.
+    /// The entry points of the real model (infer, pretrain_step,
+    /// pretrain_dep_step, finetune_step) at batch 1, 32×32, built once.
     static let module: Module = {
-        do { return try Parser.parse(UNetSmallFixture.text, name: "UNetSmallFixture") } catch {
-            fatalError("the UNet.small fixture does not parse: \(error)")
+        let config = EntryConfig(batch: 1, size: 32, classes: 2,
+                                 entries: [.infer, .pretrainStep, .pretrainDepStep, .finetuneStep])
+        do { return try buildModule(UNet.small, config: config) } catch {
+            fatalError("UNet.small does not build: \(error)")
         }
     }()
 
