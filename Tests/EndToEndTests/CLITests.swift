@@ -218,4 +218,26 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(missing.status, 1)
         XCTAssertTrue(missing.stderr.contains("no-images"), missing.stderr)
     }
+
+    func testImportWeightsConvertsTimmNamesAndRefusesMisfits() throws {
+        let timm = Self.repository.appendingPathComponent("Tests/Fixtures/transunet-tiny-timm.safetensors").path
+        let ok = try ddepc(["import-weights", "--format", "timm-r50-vit-b16", timm, "-o", path("imported.safetensors"),
+                            "--model", "transunet-tiny", "--size", "48"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("resized the 4×4 grid to 6×6"), ok.stdout)
+        XCTAssertTrue(ok.stdout.contains("ignored (not part of the encoder): cls_token, head.bias, head.weight"), ok.stdout)
+
+        // The full-size TransUNet needs far more than the tiny file has: refused, nothing written.
+        let misfit = try ddepc(["import-weights", "--format", "timm-r50-vit-b16", timm, "-o", path("misfit.safetensors")])
+        XCTAssertEqual(misfit.status, 1)
+        XCTAssertTrue(misfit.stderr.contains("nothing was written") && misfit.stderr.contains("mis-shaped"), misfit.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("misfit.safetensors")))
+
+        let truncated = path("truncated.safetensors")
+        try Data(try Data(contentsOf: URL(fileURLWithPath: timm)).prefix(3000)).write(to: URL(fileURLWithPath: truncated))
+        let damaged = try ddepc(["import-weights", "--format", "timm-r50-vit-b16", truncated, "-o", path("out.safetensors"),
+                                 "--model", "transunet-tiny", "--size", "32"])
+        XCTAssertEqual(damaged.status, 1)
+        XCTAssertTrue(damaged.stderr.hasPrefix("error: ") && damaged.stderr.contains("truncated"), damaged.stderr)
+    }
 }
