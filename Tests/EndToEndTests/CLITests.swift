@@ -240,4 +240,26 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(damaged.status, 1)
         XCTAssertTrue(damaged.stderr.hasPrefix("error: ") && damaged.stderr.contains("truncated"), damaged.stderr)
     }
+
+    func testInspectShowsTrainableAndFrozenWeightsPerEntryPoint() throws {
+        let artifact = path("tiny-transunet.ddepc")
+        let compiled = try ddepc(["compile", "transunet-tiny", "-o", artifact, "--batch", "1", "--size", "32", "--classes", "3"])
+        XCTAssertEqual(compiled.status, 0, compiled.stderr)
+        let inspect = try ddepc(["inspect", artifact])
+        XCTAssertEqual(inspect.status, 0, inspect.stderr)
+        let lines = inspect.stdout.split(separator: "\n").map(String.init)
+        let columns = { (name: String) in lines.first { $0.hasPrefix(name + " ") }?.split(separator: " ").map(String.init) ?? [] }
+        // name, shape (4 words), count, infer, pretrain_step, pretrain_dep_step, finetune_step
+        XCTAssertEqual(columns("enc.root.conv.weight").suffix(5), ["2352", "read", "frozen", "train", "train"], inspect.stdout)
+        XCTAssertEqual(columns("head.denoise.bias").suffix(5), ["3", "-", "train", "train", "-"], inspect.stdout)
+        let encoder = lines.filter { $0.hasPrefix("enc.") }.compactMap { line in
+            let words = line.split(separator: " ")
+            return Int(words[words.count - 5])
+        }
+        let total = lines.filter { $0.hasPrefix("enc.") || $0.hasPrefix("dec.") || $0.hasPrefix("head.") }
+        XCTAssertFalse(encoder.isEmpty)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("total: ") && $0.contains("parameters in \(total.count) tensors") }, inspect.stdout)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("entry pretrain_step: trains ") && $0.contains("frozen \(encoder.reduce(0, +))") },
+                      inspect.stdout)
+    }
 }
