@@ -35,10 +35,10 @@ The TransUNet is a transcription of the official TransUNet code
 GroupNorm(32 groups, eps 1e-6) in the projection shortcut as in the original
 R50 (the official PyTorch port writes GroupNorm(cout, cout) there).
 
-Usage: python3 tools/make_fixtures.py   (installs torch, numpy, safetensors
-from PyPI if they are missing)
+Usage: python3 tools/make_fixtures.py   (installs torch and numpy from PyPI
+if they are missing). The output is byte for byte the same on every run.
 """
-import importlib
+import importlib.util
 import math
 import os
 import subprocess
@@ -51,13 +51,33 @@ def ensure(*packages):
         subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", *missing])
 
 
-ensure("torch", "numpy", "safetensors")
+ensure("torch", "numpy")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
+import json  # noqa: E402
+import struct  # noqa: E402
+
+def save_file(tensors, path, metadata):
+    """Writes a safetensors file byte for byte reproducibly: tensors sorted
+    by name, metadata keys sorted, header space-padded to a multiple of 8."""
+    dtypes = {np.dtype(np.float32): "F32", np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
+    header = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": dtypes[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "Tests", "Fixtures")
