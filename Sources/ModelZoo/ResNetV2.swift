@@ -47,6 +47,10 @@ public struct ResNetV2Encoder: Hashable, Sendable {
 
     public func features(_ x: Tensor, scope: Scope) -> [Tensor] {
         let ctx = x.context
+        guard x.rank == 4, x.shape[2] == x.shape[3] else {
+            ctx.fail("ResNetV2 needs square NCHW images, got \(x.type)")
+            return [x]
+        }
         guard !units.isEmpty, units.allSatisfy({ $0 > 0 }), width > 0, groups > 0, width % groups == 0 else {
             ctx.fail("ResNetV2: units \(units) must be positive and the width \(width) a multiple of the \(groups) groups")
             return [x]
