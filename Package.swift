@@ -43,5 +43,7 @@ let package = Package(
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "DDPKernels", "TestSupport"]),
         .testTarget(name: "ModelZooTests", dependencies: ["IR", "Passes", "ModelZoo", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["IR", "Passes", "Runtime", "ModelZoo", "TestSupport"]),
+        // PyTorch parity (fixtures in Tests/Fixtures, written by tools/make_fixtures.py) and weight import.
+        .testTarget(name: "ParityTests", dependencies: ["IR", "Passes", "Runtime", "ModelZoo", "TestSupport"]),
     ]
 )

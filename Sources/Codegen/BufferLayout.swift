@@ -28,6 +28,12 @@ public struct BufferLayout: Codable, Equatable, Sendable {
         public var trains: [String]
         /// State it updates.
         public var updatesState: [String]
+        /// Weights it differentiates (role `param`; trained unless compiled
+        /// without an optimizer). Absent in older manifests.
+        public var trainable: [String]?
+        /// Weights it reads but never changes (role `frozen`, e.g. the
+        /// encoder in DDeP pretraining). Absent in older manifests.
+        public var frozen: [String]?
     }
 
     public var params: [Slot]
@@ -71,7 +77,9 @@ public struct BufferLayout: Codable, Equatable, Sendable {
             entries.append(Entry(name: function.name, inputs: inputs, outputs: outputs, ioBytes: ioBytes,
                                  arenaBytes: function.arenaBytes ?? 0,
                                  trains: updated.filter { $0.role == .param }.map(\.name),
-                                 updatesState: updated.filter { $0.role == .state }.map(\.name)))
+                                 updatesState: updated.filter { $0.role == .state }.map(\.name),
+                                 trainable: function.args.filter { $0.role == .param }.map(\.name),
+                                 frozen: function.args.filter { $0.role == .frozen }.map(\.name)))
         }
         self.params = params
         self.paramsBytes = paramsBytes

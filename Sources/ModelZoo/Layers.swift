@@ -173,3 +173,25 @@ public struct Conv2dBNReLU {
         norm(conv(x, file: file, line: line), file: file, line: line).emit("relu")
     }
 }
+
+/// Layer normalization over the last axis (PyTorch `nn.LayerNorm(dim)`):
+/// `weight` ones, `bias` zeros.
+public struct LayerNorm {
+    public let scope: Scope
+    public var dim: Int
+    public var eps: Double
+
+    public init(_ scope: Scope, _ dim: Int, eps: Double = 1e-5) {
+        self.scope = scope
+        self.dim = dim
+        self.eps = eps
+    }
+
+    public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
+        scope.context.at(file, line) {
+            let gamma = scope.param("weight", [dim], init: .ones)
+            let beta = scope.param("bias", [dim], init: .zeros)
+            return x.emit("layer_norm", [gamma, beta], ["eps": .float(eps)])
+        }
+    }
+}

@@ -126,6 +126,19 @@ public struct Tensor: CustomStringConvertible {
         if value != 0 { attrs["value"] = .float(value) }
         return apply("pad", attrs: attrs, file: file, line: line)
     }
+    /// An NCHW map zero-padded at the bottom and right to `size` = [H, W]
+    /// (TransUNet's skip features: `feat[:, :, :h, :w] = x`).
+    public func zeroPad(to size: [Int], file: StaticString = #fileID, line: UInt = #line) -> Tensor {
+        guard rank == 4, size.count == 2, size[0] >= shape[2], size[1] >= shape[3] else {
+            return context.at(file, line) {
+                context.fail("zeroPad(to: \(size)) needs an NCHW tensor no larger than the size, got \(type)")
+                return self
+            }
+        }
+        if Array(shape[2...]) == size { return self }
+        return pad(low: [0, 0, 0, 0], high: [0, 0, size[0] - shape[2], size[1] - shape[3]], file: file, line: line)
+    }
+
     /// Tensors joined along `axis` (channels by default).
     public static func concat(_ tensors: [Tensor], axis: Int = 1, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
         guard let first = tensors.first else { preconditionFailure("Tensor.concat of no tensors") }

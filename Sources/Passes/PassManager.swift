@@ -46,8 +46,11 @@ public struct PassManager {
     }
 
     /// The compiler's pipeline, from built entry points to planned code.
-    public static func standardPipeline(optimizer: AdamOptimizer = AdamOptimizer()) -> [any Pass] {
-        [InferShapes(), Autodiff(), optimizer, FoldConstants(), CSE(), DCE(), FuseElementwise(), DCE(), PlanMemory()]
+    /// Without an optimizer the training steps keep their gradients as
+    /// `grad:<param>` outputs and update no weight (gradient checks use this).
+    public static func standardPipeline(optimizer: AdamOptimizer? = AdamOptimizer()) -> [any Pass] {
+        [InferShapes(), Autodiff()] + (optimizer.map { [$0] } ?? [])
+            + [FoldConstants(), CSE(), DCE(), FuseElementwise(), DCE(), PlanMemory()]
     }
 
     public static var knownPassNames: [String] {

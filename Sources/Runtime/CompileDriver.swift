@@ -11,6 +11,10 @@ public enum Backend: String, CaseIterable, Sendable {
 public struct CompileOptions {
     public var backend: Backend = .c
     public var passOptions = PassOptions()
+    /// The in-graph optimizer of the training steps. nil compiles
+    /// gradient-only steps: they return `grad:<param>` outputs beside the
+    /// loss and leave the weights alone (parity tests compare gradients).
+    public var optimizer: AdamOptimizer? = AdamOptimizer()
     public var batch = 4
     public var size = 64
     public var classes = 2
@@ -35,7 +39,7 @@ public enum CompileDriver {
 
     public static func compile(_ module: Module, to output: URL, options: CompileOptions) throws -> CompileReport {
         var module = module
-        let manager = PassManager(PassManager.standardPipeline(), options: options.passOptions)
+        let manager = PassManager(PassManager.standardPipeline(optimizer: options.optimizer), options: options.passOptions)
         let passStart = Date()
         try manager.run(&module)
         let passSeconds = Date().timeIntervalSince(passStart)

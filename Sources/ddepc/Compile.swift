@@ -14,6 +14,12 @@ enum Zoo {
         "unet-r18": UNet(encoder: .resnet18),
         "unet-r34": UNet(encoder: .resnet34),
         "unet-r50": UNet(encoder: .resnet50),
+        "transunet": TransUNet.r50ViTB16,
+        "transunet-ddep-1x": TransUNet(.r50ViTB16, decoder: .ddep1x),
+        "transunet-ddep-2x": TransUNet(.r50ViTB16, decoder: .ddep2x),
+        "transunet-ddep-3x": TransUNet(.r50ViTB16, decoder: .ddep3x),
+        "transunet-small": TransUNet.small,
+        "transunet-tiny": TransUNet.tiny,
     ]
 }
 

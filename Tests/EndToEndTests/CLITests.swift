@@ -218,4 +218,48 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(missing.status, 1)
         XCTAssertTrue(missing.stderr.contains("no-images"), missing.stderr)
     }
+
+    func testImportWeightsConvertsTimmNamesAndRefusesMisfits() throws {
+        let timm = Self.repository.appendingPathComponent("Tests/Fixtures/transunet-tiny-timm.safetensors").path
+        let ok = try ddepc(["import-weights", "--format", "timm-r50-vit-b16", timm, "-o", path("imported.safetensors"),
+                            "--model", "transunet-tiny", "--size", "48"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("resized the 4×4 grid to 6×6"), ok.stdout)
+        XCTAssertTrue(ok.stdout.contains("ignored (not part of the encoder): cls_token, head.bias, head.weight"), ok.stdout)
+
+        // The full-size TransUNet needs far more than the tiny file has: refused, nothing written.
+        let misfit = try ddepc(["import-weights", "--format", "timm-r50-vit-b16", timm, "-o", path("misfit.safetensors")])
+        XCTAssertEqual(misfit.status, 1)
+        XCTAssertTrue(misfit.stderr.contains("nothing was written") && misfit.stderr.contains("mis-shaped"), misfit.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("misfit.safetensors")))
+
+        let truncated = path("truncated.safetensors")
+        try Data(try Data(contentsOf: URL(fileURLWithPath: timm)).prefix(3000)).write(to: URL(fileURLWithPath: truncated))
+        let damaged = try ddepc(["import-weights", "--format", "timm-r50-vit-b16", truncated, "-o", path("out.safetensors"),
+                                 "--model", "transunet-tiny", "--size", "32"])
+        XCTAssertEqual(damaged.status, 1)
+        XCTAssertTrue(damaged.stderr.hasPrefix("error: ") && damaged.stderr.contains("truncated"), damaged.stderr)
+    }
+
+    func testInspectShowsTrainableAndFrozenWeightsPerEntryPoint() throws {
+        let artifact = path("tiny-transunet.ddepc")
+        let compiled = try ddepc(["compile", "transunet-tiny", "-o", artifact, "--batch", "1", "--size", "32", "--classes", "3"])
+        XCTAssertEqual(compiled.status, 0, compiled.stderr)
+        let inspect = try ddepc(["inspect", artifact])
+        XCTAssertEqual(inspect.status, 0, inspect.stderr)
+        let lines = inspect.stdout.split(separator: "\n").map(String.init)
+        let columns = { (name: String) in lines.first { $0.hasPrefix(name + " ") }?.split(separator: " ").map(String.init) ?? [] }
+        // name, shape (4 words), count, infer, pretrain_step, pretrain_dep_step, finetune_step, classify_step
+        XCTAssertEqual(columns("enc.root.conv.weight").suffix(6), ["2352", "read", "frozen", "train", "train", "train"], inspect.stdout)
+        XCTAssertEqual(columns("head.denoise.bias").suffix(6), ["3", "-", "train", "train", "-", "-"], inspect.stdout)
+        let encoder = lines.filter { $0.hasPrefix("enc.") }.compactMap { line in
+            let words = line.split(separator: " ")
+            return Int(words[words.count - 6])
+        }
+        let total = lines.filter { $0.hasPrefix("enc.") || $0.hasPrefix("dec.") || $0.hasPrefix("head.") }
+        XCTAssertFalse(encoder.isEmpty)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("total: ") && $0.contains("parameters in \(total.count) tensors") }, inspect.stdout)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("entry pretrain_step: trains ") && $0.contains("frozen \(encoder.reduce(0, +))") },
+                      inspect.stdout)
+    }
 }
