@@ -26,7 +26,8 @@ extension SegmentationModel {
 public enum EntryPoint: String, CaseIterable, Sendable {
     /// `x` → `logits` [B, classes, S, S]; eval-mode batch norm.
     case infer
-    /// DDeP: `x, seed, noise_a, noise_b` → `loss`; encoder frozen (eval BN).
+    /// DDeP: `x, seed, noise_a [B], noise_b [B], target_noise, target_image` →
+    /// `loss`; encoder frozen (eval BN).
     case pretrainStep = "pretrain_step"
     /// DeP: as pretrain_step with everything trained.
     case pretrainDepStep = "pretrain_dep_step"
@@ -39,14 +40,6 @@ public enum EntryPoint: String, CaseIterable, Sendable {
     case classifyStep = "classify_step"
 }
 
-/// What the denoising head predicts.
-public enum DenoiseTarget: String, CaseIterable, Sendable {
-    /// The noise ε (the paper's better choice).
-    case noise
-    /// The clean image x.
-    case image
-}
-
 /// Static shapes and options of the built entry points.
 public struct EntryConfig: Hashable, Sendable {
     public var batch: Int
@@ -54,18 +47,16 @@ public struct EntryConfig: Hashable, Sendable {
     public var size: Int
     public var classes: Int
     public var ignoreIndex: Int
-    public var target: DenoiseTarget
     public var entries: [EntryPoint]
     /// Classes of the image-level classification head (classify_step).
     public var imageClasses: Int
 
     public init(batch: Int = 4, size: Int = 64, classes: Int = 2, ignoreIndex: Int = 255,
-                target: DenoiseTarget = .noise, entries: [EntryPoint] = EntryPoint.allCases, imageClasses: Int = 10) {
+                entries: [EntryPoint] = EntryPoint.allCases, imageClasses: Int = 10) {
         self.batch = batch
         self.size = size
         self.classes = classes
         self.ignoreIndex = ignoreIndex
-        self.target = target
         self.entries = entries
         self.imageClasses = imageClasses
     }
@@ -111,13 +102,18 @@ public func buildFunction(_ entry: EntryPoint, model: any SegmentationModel, con
         ctx = BuildContext(function: entry.rawValue, training: true, frozen: entry == .pretrainStep ? ["enc"] : [])
         let x = ctx.input("x", image)
         let seed = ctx.input("seed", TensorType(.i64, []))
-        let a = ctx.input("noise_a", .f32([]))
-        let bScale = ctx.input("noise_b", .f32([]))
-        // x̃ = a·x + b·ε, ε ~ N(0, I) drawn from the seed.
+        // Per-sample noise scales (a fixed γ repeats one pair; γ ~ U[0,1] draws
+        // one per image): x̃ = a·x + b·ε, ε ~ N(0, I) drawn from the seed.
+        let a = ctx.input("noise_a", .f32([b]))
+        let bScale = ctx.input("noise_b", .f32([b]))
+        // What the head predicts: target_noise·ε + target_image·x (1, 0: the noise).
+        let targetNoise = ctx.input("target_noise", .f32([]))
+        let targetImage = ctx.input("target_image", .f32([]))
+        let perSample = [b, 1, 1, 1]
         let noise = seed.emit("random_normal", [], ["shape": .ints(image.shape)])
-        let noisy = x * a + noise * bScale
+        let noisy = x * a.reshape(perSample) + noise * bScale.reshape(perSample)
         let prediction = forward(model, noisy, headScope: "head.denoise", channels: 3)
-        ctx.output(prediction.emit("mse", [config.target == .noise ? noise : x]), name: "loss")
+        ctx.output(prediction.emit("mse", [noise * targetNoise + x * targetImage]), name: "loss")
     case .finetuneStep:
         ctx = BuildContext(function: entry.rawValue, training: true)
         let x = ctx.input("x", image)

@@ -4,7 +4,7 @@ import IR
 /// The entry of a model file: a Swift script compiled against ModelZoo whose
 /// last line is `ModelFile.main(MyModel(...))`. Run with
 /// `--batch N --size S --classes C --out PATH` (defaults 4, 64, 2, `-` =
-/// stdout; also `--target noise|image`, `--entries infer,finetune_step,...`),
+/// stdout; also `--entries infer,finetune_step,...`),
 /// it writes the module's textual IR; on an error it prints
 /// `file:line: error: message` to stderr and exits 1.
 public enum ModelFile {
@@ -16,7 +16,7 @@ public enum ModelFile {
         public init() {}
     }
 
-    public static let usage = "usage: MODEL [--batch N] [--size S] [--classes C] [--target noise|image] [--entries NAME,...] [--out PATH|-]"
+    public static let usage = "usage: MODEL [--batch N] [--size S] [--classes C] [--entries NAME,...] [--out PATH|-]"
 
     public static func parse(_ arguments: [String]) throws -> Options {
         var options = Options()
@@ -36,12 +36,6 @@ public enum ModelFile {
             case "--size": options.config.size = try integer(flag)
             case "--classes": options.config.classes = try integer(flag)
             case "--out": options.out = try value(flag)
-            case "--target":
-                let text = try value(flag)
-                guard let target = DenoiseTarget(rawValue: text) else {
-                    throw IRError("--target must be one of \(DenoiseTarget.allCases.map(\.rawValue).joined(separator: ", ")), got '\(text)'")
-                }
-                options.config.target = target
             case "--entries":
                 options.config.entries = try value(flag).split(separator: ",").map { name in
                     guard let entry = EntryPoint(rawValue: String(name)) else {

@@ -151,8 +151,11 @@ public final class Trainer {
             let x = try images.batch(indices: indices, size: size, rng: &dataRNG)
             try setInput("x", x, io)
             try setScalar("seed", Int64(bitPattern: noiseSeed(step: step)), io)
-            try setScalar("noise_a", Float(noiseA), io)
-            try setScalar("noise_b", Float(noiseB), io)
+            // One fixed γ for every image of the batch; the target is the noise.
+            try setInput("noise_a", [Float](repeating: Float(noiseA), count: batch), io)
+            try setInput("noise_b", [Float](repeating: Float(noiseB), count: batch), io)
+            try setScalar("target_noise", Float(1), io)
+            try setScalar("target_image", Float(0), io)
             let lr = options.learningRate(at: step)
             let t = Double(step + 1)
             try setScalar("lr", Float(lr), io)

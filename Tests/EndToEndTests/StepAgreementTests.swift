@@ -59,8 +59,11 @@ final class StepAgreementTests: XCTestCase {
             })
         } else {
             inputs["seed"] = HostTensor(TensorType(.i64, []), [1234])
-            inputs["noise_a"] = HostTensor(scalar: 0.97662)
-            inputs["noise_b"] = HostTensor(scalar: 0.21494)
+            // Two different noise levels in one batch (as with γ ~ U[0,1]).
+            inputs["noise_a"] = HostTensor(.f32([b]), [0.97662, 0.8])
+            inputs["noise_b"] = HostTensor(.f32([b]), [0.21494, 0.6])
+            inputs["target_noise"] = HostTensor(scalar: 1)
+            inputs["target_image"] = HostTensor(scalar: 0)
         }
         return inputs
     }

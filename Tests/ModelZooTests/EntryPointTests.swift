@@ -44,7 +44,8 @@ final class EntryPointTests: XCTestCase {
         for name in ["pretrain_step", "pretrain_dep_step"] {
             let step = try XCTUnwrap(module[name])
             XCTAssertEqual(inputs(step), ["x": image, "seed": TensorType(.i64, []),
-                                          "noise_a": .f32([]), "noise_b": .f32([])])
+                                          "noise_a": .f32([b]), "noise_b": .f32([b]),
+                                          "target_noise": .f32([]), "target_image": .f32([])])
             XCTAssertEqual(step.outputs.map(\.name), ["loss"])
             XCTAssertEqual(step.types[step.outputs[0].value], .f32([]))
             XCTAssertEqual(step.argument(named: "head.denoise.weight")?.type.shape.first, 3)
@@ -116,13 +117,21 @@ final class EntryPointTests: XCTestCase {
         }
     }
 
-    func testEntrySubsetAndImageTarget() throws {
-        let config = EntryConfig(batch: 1, size: 32, target: .image, entries: [.pretrainStep])
+    func testEntrySubsetAndRuntimeTarget() throws {
+        let config = EntryConfig(batch: 1, size: 32, entries: [.pretrainStep])
         let module = try buildModule(UNet.small, config: config)
         XCTAssertEqual(module.functions.map(\.name), ["pretrain_step"])
         let step = try XCTUnwrap(module["pretrain_step"])
+        // mse(prediction, target_noise·ε + target_image·x): the target is chosen per run.
+        let nodes = Dictionary(uniqueKeysWithValues: step.nodes.map { ($0.id, $0) })
         let mse = try XCTUnwrap(step.nodes.first { $0.op == "mse" })
-        XCTAssertEqual(mse.operands[1], step.argument(named: "x")?.id, "target .image compares with x")
+        let target = try XCTUnwrap(nodes[mse.operands[1]])
+        XCTAssertEqual(target.op, "add")
+        let terms = target.operands.compactMap { nodes[$0] }
+        XCTAssertEqual(terms.map(\.op), ["mul", "mul"])
+        XCTAssertEqual(nodes[terms[0].operands[0]]?.op, "random_normal")
+        XCTAssertEqual(terms[0].operands[1], step.argument(named: "target_noise")?.id)
+        XCTAssertEqual(terms[1].operands, [step.argument(named: "x")!.id, step.argument(named: "target_image")!.id])
     }
 
     /// The textual IR of a whole module parses back to the same module.

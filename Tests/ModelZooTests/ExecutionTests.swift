@@ -35,7 +35,8 @@ final class ExecutionTests: XCTestCase {
         let args = arguments(for: step, inputs: [
             "x": image([1, 3, 32, 32]),
             "seed": HostTensor(TensorType(.i64, []), [42]),
-            "noise_a": HostTensor(scalar: 0.97662), "noise_b": HostTensor(scalar: 0.21494),
+            "noise_a": HostTensor(.f32([1]), [0.97662]), "noise_b": HostTensor(.f32([1]), [0.21494]),
+            "target_noise": HostTensor(scalar: 1), "target_image": HostTensor(scalar: 0),
         ])
         let result = try Interpreter.run(step, arguments: args)
         let loss = try XCTUnwrap(result.outputs["loss"]).scalar
@@ -51,9 +52,8 @@ final class ExecutionTests: XCTestCase {
 
     func testModelFileOptions() throws {
         let options = try ModelFile.parse(["--batch", "2", "--size", "128", "--classes", "19", "--out", "m.ddir",
-                                           "--target", "image", "--entries", "infer,finetune_step"])
-        XCTAssertEqual(options.config, EntryConfig(batch: 2, size: 128, classes: 19, target: .image,
-                                                   entries: [.infer, .finetuneStep]))
+                                           "--entries", "infer,finetune_step"])
+        XCTAssertEqual(options.config, EntryConfig(batch: 2, size: 128, classes: 19, entries: [.infer, .finetuneStep]))
         XCTAssertEqual(options.out, "m.ddir")
         XCTAssertEqual(try ModelFile.parse([]).config, EntryConfig(batch: 4, size: 64, classes: 2))
         XCTAssertEqual(try ModelFile.parse([]).out, "-")

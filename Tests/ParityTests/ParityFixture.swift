@@ -48,7 +48,14 @@ struct ParityFixture {
         case .infer: break
         case .finetuneStep, .classifyStep: inputs["labels"] = try tensor("input/labels")
         case .pretrainStep, .pretrainDepStep:
-            for name in ["seed", "noise_a", "noise_b"] { inputs[name] = try tensor("input/" + name) }
+            inputs["seed"] = try tensor("input/seed")
+            // The fixture's noise scales are one fixed γ: repeat them per sample.
+            for name in ["noise_a", "noise_b"] {
+                let scale = try tensor("input/" + name).scalar
+                inputs[name] = HostTensor(.f32([config.batch]), [Double](repeating: scale, count: config.batch))
+            }
+            inputs["target_noise"] = HostTensor(scalar: 1)
+            inputs["target_image"] = HostTensor(scalar: 0)
         }
         return inputs
     }

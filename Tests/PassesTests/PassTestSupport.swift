@@ -158,7 +158,8 @@ func randomArguments(for function: Function, seed: UInt64, classes: Int = 2,
     var rng = TestRNG(seed: seed)
     var out = overrides
     let scalars: [String: Double] = ["lr": 1e-3, "bc1": 1 / (1 - 0.9), "bc2": 1 / (1 - 0.999), "weight_decay": 0.01,
-                                     "l2": 1e-4, "clip_norm": 1, "noise_a": 0.97662, "noise_b": 0.21494]
+                                     "l2": 1e-4, "clip_norm": 1, "noise_a": 0.97662, "noise_b": 0.21494,
+                                     "target_noise": 1, "target_image": 0]
     for arg in function.args where out[arg.name] == nil {
         let type = arg.type
         let values: [Double]
@@ -169,7 +170,7 @@ func randomArguments(for function: Function, seed: UInt64, classes: Int = 2,
             values = (0..<type.count).map { _ in Double(rng.next() % 10_000) }
         case .f32, .f64:
             if let scalar = scalars[arg.name] {
-                values = [scalar]
+                values = [Double](repeating: scalar, count: type.count)
             } else if arg.name.hasSuffix("running_var") || arg.name.hasPrefix("opt.v.") {
                 let scale = arg.name.hasPrefix("opt.v.") ? 1e-4 : 1
                 values = (0..<type.count).map { _ in scale * rng.uniform(0.5, 1.5) }
