@@ -20,6 +20,10 @@ let package = Package(
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
         .systemLibrary(name: "CLLVM", path: "Sources/CLLVM"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+        .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
+        // libjpeg behind an error manager that returns instead of exiting.
+        .target(name: "JPEGCodec", dependencies: ["CJPEG"], cSettings: kernelFlags,
+                linkerSettings: [.linkedLibrary("jpeg")]),
 
         // The runtime kernels called by every compiled module (C, OpenBLAS).
         .target(name: "DDPKernels", dependencies: ["CBLAS"], cSettings: kernelFlags,
@@ -29,7 +33,7 @@ let package = Package(
         .target(name: "Passes", dependencies: ["IR"]),
         .target(name: "Codegen", dependencies: ["IR", "DDPKernels", "CLLVM"]),
         .target(name: "ModelZoo", dependencies: ["IR"]),
-        .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen", "DDPKernels", "CPNG"]),
+        .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen", "DDPKernels", "CPNG", "JPEGCodec"]),
         .executableTarget(name: "ddepc", dependencies: [
             "IR", "Passes", "Codegen", "Runtime", "ModelZoo", "DDPKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
