@@ -14,6 +14,8 @@ public struct CompileOptions {
     public var batch = 4
     public var size = 64
     public var classes = 2
+    /// What the denoising steps predict (recorded in the manifest).
+    public var target: DenoiseTargetKind = .eps
     /// Where the model came from (file path, zoo name), for the manifest.
     public var source = ""
     public init() {}
@@ -84,7 +86,7 @@ public enum CompileDriver {
         let manifest = Manifest(format: Manifest.formatVersion, ddepcVersion: ddepcVersion, backend: options.backend.rawValue,
                                 irHash: Hashing.fnv1a(finalIR), kernelABI: kernelABIHash(), source: options.source,
                                 compileFlags: flags, batch: options.batch, size: options.size, classes: options.classes,
-                                layout: layout)
+                                layout: layout, denoiseTarget: options.target)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(manifest).write(to: staging.appendingPathComponent("manifest.json"))

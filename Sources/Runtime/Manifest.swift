@@ -22,6 +22,20 @@ public struct Manifest: Codable, Equatable {
     public var size: Int
     public var classes: Int
     public var layout: BufferLayout
+    /// What the denoising steps predict: `eps` (the noise) or `x` (the clean
+    /// image); absent in artifacts from before it was recorded (they predict ε).
+    public var denoiseTarget: DenoiseTargetKind? = nil
+}
+
+/// The denoising target a pretraining step was compiled for.
+public enum DenoiseTargetKind: String, CaseIterable, Codable, Sendable {
+    /// The noise ε (the paper's better choice without an input-to-output skip).
+    case eps
+    /// The clean image x.
+    case x
+
+    /// The name the model-file command line uses (`--target noise|image`).
+    public var modelFileName: String { self == .eps ? "noise" : "image" }
 }
 
 public enum Hashing {

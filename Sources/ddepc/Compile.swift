@@ -6,6 +6,7 @@ import Passes
 import Runtime
 
 extension Backend: ExpressibleByArgument {}
+extension DenoiseTargetKind: ExpressibleByArgument {}
 
 /// The models ddepc knows by name.
 enum Zoo {
@@ -36,6 +37,8 @@ struct Compile: ParsableCommand {
     @Option(name: .shortAndLong, help: "Artifact directory to write (NAME.ddepc).") var output: String?
     @Option(help: "Code generator: c or llvm.") var backend: Backend = .c
     @OptionGroup var shape: ModelShapeOptions
+    @Option(help: "What the denoising pretraining steps predict: eps (the noise) or x (the clean image).")
+    var target: DenoiseTargetKind = .eps
     @Option(name: .customLong("print-ir-after"), help: "Print the IR after the named pass (or 'all'); repeatable.")
     var printIRAfter: [String] = []
     @Flag(name: .customLong("print-ir-after-change"), help: "With --print-ir-after, print only when the pass changed the IR.")
@@ -60,6 +63,7 @@ struct Compile: ParsableCommand {
             options.batch = shape.batch
             options.size = shape.size
             options.classes = shape.classes
+            options.target = target
             options.source = model
             options.passOptions.printAfter = Set(printIRAfter)
             options.passOptions.printAfterChange = printIRAfterChange
@@ -85,7 +89,7 @@ struct Compile: ParsableCommand {
     func loadModel() throws -> Module {
         if model.hasSuffix(".swift") {
             return try ModelFileEvaluator.evaluate(URL(fileURLWithPath: model), batch: shape.batch, size: shape.size,
-                                                   classes: shape.classes)
+                                                   classes: shape.classes, target: target)
         }
         if model.hasSuffix(".ddir") {
             let text: String
@@ -97,7 +101,8 @@ struct Compile: ParsableCommand {
         guard let zooModel = Zoo.models[model] else {
             throw RuntimeError("'\(model)' is not a .swift model file, a .ddir file or a zoo model (\(Zoo.models.keys.sorted().joined(separator: ", ")))")
         }
-        return try buildModule(zooModel, config: EntryConfig(batch: shape.batch, size: shape.size, classes: shape.classes))
+        return try buildModule(zooModel, config: EntryConfig(batch: shape.batch, size: shape.size, classes: shape.classes,
+                                                             target: target == .eps ? .noise : .image))
     }
 }
 
