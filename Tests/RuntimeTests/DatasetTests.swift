@@ -37,7 +37,8 @@ final class DatasetTests: TemporaryDirectoryTestCase {
         XCTAssertThrowsError(try LabeledDataset(root: url("set"), layout: .generic)) {
             XCTAssertTrue("\($0)".contains("classes.txt"), "\($0)")
         }
-        let val = try LabeledDataset(root: url("set"), layout: .generic, split: "val", classes: 2)
+        XCTAssertEqual(DatasetLayout.detect(url("set")), .generic, "split folders are detected too")
+        let val = try LabeledDataset(root: url("set"), split: "val", classes: 2)
         XCTAssertEqual(val.samples.map(\.name), ["val/images/x.png"])
         XCTAssertEqual(val.classes, 2)
     }

@@ -119,6 +119,9 @@ public enum DatasetLayout: String, CaseIterable, Sendable, Codable {
         if has("ADEChallengeData2016") || (has("images/training") || has("images/validation")) && has("annotations") { return .ade20k }
         if has("JPEGImages") && has("SegmentationClassContext") { return .pascalContext }
         if has("images") && has("masks") { return .generic }
+        // Generic with one folder per split: ROOT/train/{images,masks}, ...
+        let children = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
+        if children.contains(where: { has($0 + "/images") && has($0 + "/masks") }) { return .generic }
         return nil
     }
 
