@@ -18,7 +18,7 @@ extension LabelFraction: ExpressibleByArgument {
 struct LabeledDataOptions: ParsableArguments {
     @Option(help: "Data set layout (default: detected): generic (images/ + masks/), cityscapes, ade20k, pascal-context.")
     var layout: DatasetLayout?
-    @Option(help: "Split: train, val, ... (ADE20K: train → training, val → validation; generic: DIR/SPLIT/images if present).")
+    @Option(help: "Split (default: train for `train`, val for `eval`); ADE20K's training/validation are train/val; generic sets use DIR/SPLIT/ if it exists.")
     var split: String?
 }
 

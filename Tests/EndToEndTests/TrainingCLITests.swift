@@ -4,7 +4,8 @@ import XCTest
 
 /// `ddepc train` beyond the denoising basics: fine-tuning from a pretraining
 /// checkpoint on a label fraction, NaN stops, bad files, options the
-/// compiled step cannot honour, and kill -9 + resume of a fine-tuning run.
+/// compiled step cannot honour, kill -9 + resume of a fine-tuning run; and
+/// what comes after: `eval`, `predict`, `report`.
 final class TrainingCLITests: XCTestCase {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
@@ -211,5 +212,61 @@ final class TrainingCLITests: XCTestCase {
         let b = try Data(contentsOf: URL(fileURLWithPath: path("ft-killed") + "/last.safetensors"))
         XCTAssertEqual(a, b, "the resumed run ends with the same checkpoint bytes")
         XCTAssertEqual(try losses("ft-killed"), try losses("ft-straight"))
+    }
+
+    /// Fine-tune, then evaluate on wide images (run as square tiles) with
+    /// and without flips and scales, predict coloured masks, and report.
+    func testEvaluatePredictAndReportAFinetunedModel() throws {
+        let tuned = try ddepc(["train", Self.artifact, "--mode", "finetune", "--data", Self.labeled, "--steps", "80", "--lr", "0.01",
+                               "--warmup", "5", "--out", path("model")])
+        XCTAssertEqual(tuned.status, 0, tuned.all)
+        let val = path("val")
+        try SceneFixtures.writeGeneric(at: URL(fileURLWithPath: val), count: 3, classes: 3, width: 64, height: 32, seed: 900)
+
+        let plain = try ddepc(["eval", path("model"), "--data", val])
+        XCTAssertEqual(plain.status, 0, plain.all)
+        XCTAssertTrue(plain.stdout.contains("confusion matrix (rows: ground truth, columns: prediction)"), plain.stdout)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("model/eval.json")))) as? [String: Any])
+        let matrix = try XCTUnwrap(json["confusion_matrix"] as? [[Int]])
+        XCTAssertEqual(matrix.flatMap { $0 }.reduce(0, +), 3 * 64 * 32, "every pixel of the three images counted once")
+        let miou = try XCTUnwrap((json["mIoU"] as? NSNumber)?.doubleValue)
+        XCTAssertGreaterThan(miou, 0.5, "the colours are easy to learn: \(plain.stdout)")
+        XCTAssertEqual(json["tile"] as? String, "32")
+
+        let tta = try ddepc(["eval", path("model/last.safetensors"), "--data", val, "--flip", "--scales", "0.75,1.0,1.25",
+                             "--json", path("tta.json")])
+        XCTAssertEqual(tta.status, 0, tta.all)
+        let ttaJSON = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("tta.json")))) as? [String: Any])
+        XCTAssertEqual(ttaJSON["flip"] as? String, "true")
+        XCTAssertEqual(ttaJSON["scales"] as? String, "0.75,1.0,1.25")
+        XCTAssertGreaterThan((ttaJSON["mIoU"] as? NSNumber)?.doubleValue ?? 0, 0.5)
+
+        // A pretraining checkpoint evaluates, with a note that its head is untrained.
+        let pre = try ddepc(["train", Self.artifact, "--images", "Examples/data/images", "--steps", "1", "--out", path("pre-eval")])
+        XCTAssertEqual(pre.status, 0, pre.all)
+        let untrained = try ddepc(["eval", path("pre-eval"), "--data", val, "--artifact", Self.artifact, "--limit", "1"])
+        XCTAssertEqual(untrained.status, 0, untrained.all)
+        XCTAssertTrue(untrained.stderr.contains("never trained"), untrained.stderr)
+        try SceneFixtures.writeGeneric(at: URL(fileURLWithPath: path("four-eval")), count: 1, classes: 4, width: 32, height: 32, seed: 1)
+        let wrong = try ddepc(["eval", path("model"), "--data", path("four-eval")])
+        XCTAssertEqual(wrong.status, 1)
+        XCTAssertTrue(wrong.stderr.contains("lists 4 classes but the model has 3"), wrong.stderr)
+
+        // predict: a file and a folder; masks at the images' sizes.
+        let predicted = try ddepc(["predict", path("model"), val + "/images/scene0.png", "Examples/data/images", "-o", path("predictions")])
+        XCTAssertEqual(predicted.status, 0, predicted.all)
+        let mask = try Image.load(URL(fileURLWithPath: path("predictions/scene0_mask.png")))
+        XCTAssertEqual([mask.width, mask.height, mask.channels], [64, 32, 3])
+        let labels = try LabelMap.load(URL(fileURLWithPath: path("predictions/scene0_labels.png")))
+        XCTAssertTrue(labels.labels.allSatisfy { $0 < 3 })
+        let apple = try Image.load(URL(fileURLWithPath: "Examples/data/images/apple.png", relativeTo: Self.repository))
+        let overlay = try Image.load(URL(fileURLWithPath: path("predictions/apple_overlay.png")))
+        XCTAssertEqual([overlay.width, overlay.height], [apple.width, apple.height])
+
+        let report = try ddepc(["report", path("model")])
+        XCTAssertEqual(report.status, 0, report.all)
+        XCTAssertTrue(report.stdout.contains("steps 80 of 80 (finished)"), report.stdout)
+        XCTAssertTrue(report.stdout.contains("eval: mIoU"), report.stdout)
+        XCTAssertTrue(try String(contentsOfFile: path("model/loss.svg"), encoding: .utf8).contains("<polyline"))
     }
 }
