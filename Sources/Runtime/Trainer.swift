@@ -309,14 +309,14 @@ public final class Trainer {
                                    FileHandle.standardError.write(Data((message + "\n").utf8))
                                })
         if let epochs = options.epochs { options.steps = maker.steps(forEpochs: epochs) }
-        let config = runConfig(examples: source.count, augmentation: augmentation)
+        var config = runConfig(examples: source.count, augmentation: augmentation)
 
         // The starting point.
         try fm.createDirectory(at: options.runDirectory, withIntermediateDirectories: true)
         var step = 0
         store.initialize(seed: options.seed)
         if options.resume {
-            step = try resume(config: config, dataset: dataset)
+            step = try resume(config: &config, dataset: dataset)
         } else {
             if checkpoints.latestValid() != nil {
                 throw RuntimeError("\(options.runDirectory.path) already holds a run's checkpoints; continue it with --resume, or choose another --out")
@@ -407,13 +407,15 @@ public final class Trainer {
                          initFrom: options.initFrom?.standardizedFileURL.path)
     }
 
-    /// Loads the newest valid checkpoint; returns its step.
-    func resume(config: RunConfig, dataset: LabeledDataset?) throws -> Int {
+    /// Loads the newest valid checkpoint; returns its step. The run keeps
+    /// its recorded initial weights (`--init` is not repeated on resume).
+    func resume(config: inout RunConfig, dataset: LabeledDataset?) throws -> Int {
         let run = options.runDirectory.path
         if let saved = try? Data(contentsOf: configURL) {
             guard let previous = try? JSONDecoder().decode(RunConfig.self, from: saved) else {
                 throw RuntimeError("\(configURL.path) is not a configuration this ddepc wrote; cannot resume \(run)")
             }
+            config.initFrom = previous.initFrom
             let changed = try config.differences(from: previous)
             if !changed.isEmpty {
                 throw RuntimeError("--resume: the options differ from the ones \(run) was started with, so the run would not continue exactly:\n  \(changed.joined(separator: "\n  "))\nPass the original options (see \(configURL.path)).")

@@ -182,14 +182,16 @@ final class TrainingCLITests: XCTestCase {
     /// epochs) killed with SIGKILL and resumed ends bit-identical to one that
     /// was never interrupted.
     func testKilledFinetuneRunResumesBitForBit() throws {
+        XCTAssertEqual(try ddepc(["train", Self.artifact, "--images", "Examples/data/images", "--steps", "1", "--out", path("ft-pre")]).status, 0)
         let common = ["train", Self.artifact, "--mode", "finetune", "--data", Self.labeled, "--label-fraction", "75%",
                       "--scale-range", "0.8,1.25", "--epochs", "40", "--seed", "2", "--checkpoint-every", "7", "--weight-decay", "0.01"]
-        let straight = try ddepc(common + ["--out", path("ft-straight")])
+        // The resumed run does not repeat --init: its checkpoint holds the weights.
+        let straight = try ddepc(common + ["--init", path("ft-pre"), "--out", path("ft-straight")])
         XCTAssertEqual(straight.status, 0, straight.all)
 
         let victim = Process()
         victim.executableURL = DdepcCommand.binary
-        victim.arguments = common + ["--out", path("ft-killed")]
+        victim.arguments = common + ["--init", path("ft-pre"), "--out", path("ft-killed")]
         victim.currentDirectoryURL = Self.repository
         victim.standardOutput = FileHandle.nullDevice
         try victim.run()
