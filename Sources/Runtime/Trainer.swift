@@ -291,7 +291,9 @@ public final class Trainer {
             guard let dataURL = options.data else {
                 throw RuntimeError("--mode finetune needs a labeled data set: --data DIR (generic images/ + masks/, Cityscapes, ADE20K or Pascal Context)")
             }
-            var labeled = try LabeledDataset(root: dataURL, layout: options.layout, split: options.split, classes: manifest.classes)
+            var labeled = try LabeledDataset(root: dataURL, layout: options.layout, split: options.split, classes: manifest.classes,
+                                             onBadFile: options.onBadFile)
+            for message in labeled.skipped { FileHandle.standardError.write(Data("warning: skipping \(message)\n".utf8)) }
             if labeled.classes != manifest.classes {
                 throw RuntimeError("\(dataURL.path) has \(labeled.classes) classes but the artifact's segmentation head has \(manifest.classes); recompile it with `ddepc compile ... --classes \(labeled.classes)`")
             }

@@ -127,6 +127,10 @@ final class DatasetTests: TemporaryDirectoryTestCase {
         try write(image, "set/images/b.png")
         try write(mask, "set/masks/a.png")
         XCTAssertThrowsError(try LabeledDataset(root: url("set"), classes: 3)) { XCTAssertTrue("\($0)".contains("masks/b.png"), "\($0)") }
+        let skipping = try LabeledDataset(root: url("set"), classes: 3, onBadFile: .skip)
+        XCTAssertEqual(skipping.samples.map(\.name), ["images/a.png"])
+        XCTAssertEqual(skipping.skipped.count, 1)
+        XCTAssertTrue(skipping.skipped[0].contains("has no mask"), skipping.skipped[0])
 
         // Wrong size, a class outside the range, an RGB mask, a corrupt mask.
         try write(LabelMap(width: 9, height: 6, labels: Array(repeating: 0, count: 54)), "set/masks/b.png")

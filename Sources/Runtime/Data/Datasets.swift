@@ -197,13 +197,19 @@ public struct LabeledDataset: ExampleSource {
     public let samples: [LabeledSample]
     public let encoding: LabelEncoding
     public let classNames: [String]
+    /// Images left out because their mask (or, for Pascal Context, a listed
+    /// file) is missing, with `onBadFile: .skip`; one message each.
+    public let skipped: [String]
     public var classes: Int { encoding.classes }
     public var count: Int { samples.count }
 
     /// Opens the data set at `root`. `layout` nil detects it. `classes` is
     /// the class count for generic sets without `classes.txt` (the
     /// artifact's); for the named layouts it must match theirs if given.
-    public init(root: URL, layout: DatasetLayout? = nil, split: String = "train", classes: Int? = nil) throws {
+    /// An image without its mask is an error, or with `onBadFile: .skip`
+    /// left out (and listed in `skipped`).
+    public init(root: URL, layout: DatasetLayout? = nil, split: String = "train", classes: Int? = nil,
+                onBadFile: BadFilePolicy = .fail) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: root.path, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw DataError(.invalid, file: root.path, "no such directory; pass the labeled data set's root directory")
@@ -215,17 +221,19 @@ public struct LabeledDataset: ExampleSource {
         self.layout = layout
         self.split = split
         var names: [String]?
+        let missing = MissingFiles(policy: onBadFile)
         switch layout {
         case .generic:
-            (samples, names) = try Self.generic(root, split: split)
+            (samples, names) = try Self.generic(root, split: split, missing: missing)
         case .cityscapes:
-            samples = try Self.cityscapes(root, split: split)
+            samples = try Self.cityscapes(root, split: split, missing: missing)
         case .ade20k:
-            samples = try Self.ade20k(root, split: split)
+            samples = try Self.ade20k(root, split: split, missing: missing)
         case .pascalContext:
-            samples = try Self.pascalContext(root, split: split)
+            samples = try Self.pascalContext(root, split: split, missing: missing)
             names = pascalContext59Names
         }
+        skipped = missing.skipped
         if layout == .cityscapes { names = cityscapesNames }
         guard !samples.isEmpty else {
             throw DataError(.invalid, file: root.path, "the \(layout.rawValue) data set has no images in split '\(split)'")
@@ -256,6 +264,7 @@ public struct LabeledDataset: ExampleSource {
         split = other.split
         encoding = other.encoding
         classNames = other.classNames
+        skipped = other.skipped
         self.samples = samples
     }
 
@@ -308,7 +317,7 @@ public struct LabeledDataset: ExampleSource {
 
     // MARK: Layouts
 
-    private static func generic(_ root: URL, split: String) throws -> ([LabeledSample], [String]?) {
+    private static func generic(_ root: URL, split: String, missing: MissingFiles) throws -> ([LabeledSample], [String]?) {
         // `ROOT/SPLIT/{images,masks}` if it exists, else `ROOT/{images,masks}`.
         let fm = FileManager.default
         let base = fm.fileExists(atPath: root.appendingPathComponent(split).appendingPathComponent("images").path)
@@ -325,7 +334,8 @@ public struct LabeledDataset: ExampleSource {
             seen[stem] = relative
             let mask = maskDir.appendingPathComponent(stem + ".png")
             guard fm.fileExists(atPath: mask.path) else {
-                throw DataError(.invalid, file: imageDir.appendingPathComponent(relative).path, "has no mask \(mask.path); every image needs masks/NAME.png")
+                try missing.report(DataError(.unreadable, file: imageDir.appendingPathComponent(relative).path, "has no mask \(mask.path); every image needs masks/NAME.png"))
+                continue
             }
             let name = base == root ? "images/" + relative : split + "/images/" + relative
             samples.append(LabeledSample(name: name, image: imageDir.appendingPathComponent(relative), mask: mask))
@@ -346,53 +356,68 @@ public struct LabeledDataset: ExampleSource {
         return (samples, names)
     }
 
-    private static func cityscapes(_ root: URL, split: String) throws -> [LabeledSample] {
+    private static func cityscapes(_ root: URL, split: String, missing: MissingFiles) throws -> [LabeledSample] {
         let imageDir = root.appendingPathComponent("leftImg8bit").appendingPathComponent(split)
         let maskDir = root.appendingPathComponent("gtFine").appendingPathComponent(split)
         let suffix = "_leftImg8bit.png"
         let images = try listFiles(in: imageDir, what: "Cityscapes images") { $0.hasSuffix(suffix) }
-        return try images.map { relative in
+        return try images.compactMap { relative in
             let stem = String(relative.dropLast(suffix.count))
             let mask = maskDir.appendingPathComponent(stem + "_gtFine_labelTrainIds.png")
             guard FileManager.default.fileExists(atPath: mask.path) else {
-                throw DataError(.invalid, file: imageDir.appendingPathComponent(relative).path,
-                                "has no mask \(mask.path); create the *_labelTrainIds.png files with cityscapesScripts' createTrainIdLabelImgs")
+                try missing.report(DataError(.unreadable, file: imageDir.appendingPathComponent(relative).path,
+                                             "has no mask \(mask.path); create the *_labelTrainIds.png files with cityscapesScripts' createTrainIdLabelImgs"))
+                return nil
             }
             return LabeledSample(name: "leftImg8bit/\(split)/\(relative)", image: imageDir.appendingPathComponent(relative), mask: mask)
         }
     }
 
-    private static func ade20k(_ root: URL, split: String) throws -> [LabeledSample] {
+    private static func ade20k(_ root: URL, split: String, missing: MissingFiles) throws -> [LabeledSample] {
         let nested = root.appendingPathComponent("ADEChallengeData2016")
         let base = FileManager.default.fileExists(atPath: nested.path) ? nested : root
         let folder = ["train": "training", "val": "validation"][split] ?? split
         let imageDir = base.appendingPathComponent("images").appendingPathComponent(folder)
         let maskDir = base.appendingPathComponent("annotations").appendingPathComponent(folder)
         let images = try listFiles(in: imageDir, what: "ADE20K images") { ImageFormat.isImagePath($0) }
-        return try images.map { relative in
+        return try images.compactMap { relative in
             let mask = maskDir.appendingPathComponent((relative as NSString).deletingPathExtension + ".png")
             guard FileManager.default.fileExists(atPath: mask.path) else {
-                throw DataError(.invalid, file: imageDir.appendingPathComponent(relative).path, "has no annotation \(mask.path)")
+                try missing.report(DataError(.unreadable, file: imageDir.appendingPathComponent(relative).path, "has no annotation \(mask.path)"))
+                return nil
             }
             return LabeledSample(name: "images/\(folder)/\(relative)", image: imageDir.appendingPathComponent(relative), mask: mask)
         }
     }
 
-    private static func pascalContext(_ root: URL, split: String) throws -> [LabeledSample] {
+    private static func pascalContext(_ root: URL, split: String, missing: MissingFiles) throws -> [LabeledSample] {
         let list = root.appendingPathComponent("ImageSets/SegmentationContext/\(split).txt")
         guard let text = try? String(contentsOf: list, encoding: .utf8) else {
             throw DataError(.invalid, file: list.path, "cannot read the split list (one image name per line, without extension)")
         }
         let names = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let fm = FileManager.default
-        return try names.sorted().map { name in
+        return try names.sorted().compactMap { name in
             let image = root.appendingPathComponent("JPEGImages/\(name).jpg")
             let mask = root.appendingPathComponent("SegmentationClassContext/\(name).png")
-            for file in [image, mask] where !fm.fileExists(atPath: file.path) {
-                throw DataError(.invalid, file: list.path, "lists \(name), but \(file.path) does not exist")
+            if let absent = [image, mask].first(where: { !fm.fileExists(atPath: $0.path) }) {
+                try missing.report(DataError(.unreadable, file: list.path, "lists \(name), but \(absent.path) does not exist"))
+                return nil
             }
             return LabeledSample(name: "JPEGImages/\(name).jpg", image: image, mask: mask)
         }
+    }
+}
+
+/// Images whose mask is missing: an error, or with `--on-bad-file skip` a note.
+private final class MissingFiles {
+    let policy: BadFilePolicy
+    var skipped: [String] = []
+    init(policy: BadFilePolicy) { self.policy = policy }
+
+    func report(_ error: DataError) throws {
+        guard policy == .skip else { throw error }
+        skipped.append(error.description)
     }
 }
 
