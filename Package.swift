@@ -21,6 +21,10 @@ let package = Package(
         .systemLibrary(name: "CLLVM", path: "Sources/CLLVM"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
         .systemLibrary(name: "CZLib", path: "Sources/CZLib"),
+        .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
+        // libjpeg behind an error manager that returns instead of exiting.
+        .target(name: "JPEGCodec", dependencies: ["CJPEG"], cSettings: kernelFlags,
+                linkerSettings: [.linkedLibrary("jpeg")]),
 
         // The runtime kernels called by every compiled module (C, OpenBLAS).
         .target(name: "DDPKernels", dependencies: ["CBLAS"], cSettings: kernelFlags,
@@ -30,7 +34,7 @@ let package = Package(
         .target(name: "Passes", dependencies: ["IR"]),
         .target(name: "Codegen", dependencies: ["IR", "DDPKernels", "CLLVM"]),
         .target(name: "ModelZoo", dependencies: ["IR"]),
-        .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen", "DDPKernels", "CPNG", "CZLib"]),
+        .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen", "DDPKernels", "CPNG", "CZLib", "JPEGCodec"]),
         .executableTarget(name: "ddepc", dependencies: [
             "IR", "Passes", "Codegen", "Runtime", "ModelZoo", "DDPKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -120,7 +120,7 @@ public struct ImageFolder: Sendable {
 
 extension Image {
     /// The image with 3 channels: grey is copied to R, G and B.
-    func rgb() throws -> Image {
+    public func rgb() throws -> Image {
         guard channels == 1 else { return self }
         var rgb: [UInt8] = []
         rgb.reserveCapacity(pixels.count * 3)

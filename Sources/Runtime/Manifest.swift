@@ -24,6 +24,15 @@ public struct Manifest: Codable, Equatable {
     public var layout: BufferLayout
 }
 
+/// What the denoising head learns to predict (a run-time choice: the steps
+/// take target_noise and target_image inputs).
+public enum DenoiseTargetKind: String, CaseIterable, Codable, Sendable {
+    /// The noise ε (the paper's better choice without an input-to-output skip).
+    case eps
+    /// The clean image x.
+    case x
+}
+
 public enum Hashing {
     /// FNV-1a, 64-bit, as lowercase hex.
     public static func fnv1a(_ bytes: some Sequence<UInt8>) -> String {

@@ -2,7 +2,7 @@ import Codegen
 import Foundation
 import IR
 
-public enum TrainMode: String, CaseIterable, Sendable {
+public enum TrainMode: String, CaseIterable, Sendable, Codable {
     /// Decoder denoising pretraining: encoder frozen.
     case ddep
     /// Denoising pretraining of the whole model.
@@ -18,56 +18,174 @@ public enum TrainMode: String, CaseIterable, Sendable {
         case .finetune: return "finetune_step"
         }
     }
+
+    /// Whether the mode trains by denoising unlabeled images.
+    public var isDenoising: Bool { self == .ddep || self == .dep }
 }
 
-public enum NoiseKind: String, CaseIterable, Sendable {
+public enum NoiseKind: String, CaseIterable, Sendable, Codable {
     /// x̃ = √γ·x + √(1−γ)·ε
     case scaled
     /// x̃ = x + σ·ε
     case simple
 }
 
-public enum LRSchedule: String, CaseIterable, Sendable { case constant, cosine }
+/// How γ (scaled noise) is chosen.
+public enum GammaSchedule: String, CaseIterable, Sendable, Codable {
+    /// One γ for every image (from --gamma or --sigma).
+    case fixed
+    /// γ ~ U[0, 1] per image (the paper's ablation); needs per-image noise scales in the step.
+    case uniform
+}
+
+public enum LRSchedule: String, CaseIterable, Sendable, Codable { case constant, cosine }
+
+/// The compiled update is Adam with decoupled weight decay; plain Adam adds
+/// the decay to the gradient instead (L2), which the step must support.
+public enum OptimizerKind: String, CaseIterable, Sendable, Codable { case adamw, adam }
 
 public struct TrainOptions {
     public var mode: TrainMode = .ddep
+    /// Unlabeled images for denoising pretraining (PNG/JPEG, recursive).
     public var images: URL?
+    /// A labeled data set for fine-tuning.
+    public var data: URL?
+    /// Its layout (nil: detected).
+    public var layout: DatasetLayout?
+    public var split = "train"
+    /// Train on this fraction of the labeled set (chosen from the seed).
+    public var labelFraction: LabelFraction?
     public var steps = 30
+    /// Train for this many passes over the data instead of `steps`.
+    public var epochs: Double?
     public var seed: UInt64 = 1
     public var runDirectory = URL(fileURLWithPath: "run")
+    public var optimizer: OptimizerKind = .adamw
     public var learningRate = 1e-3
     public var warmupSteps = 0
     public var schedule: LRSchedule = .cosine
+    /// The learning rate cosine decay ends at.
+    public var minLearningRate = 0.0
     public var weightDecay = 0.0
+    /// Scale gradients down to this global L2 norm (needs a step compiled with clipping).
+    public var clipGradNorm: Double?
+    /// Must equal the artifact's compiled batch when given.
+    public var batchSize: Int?
     public var noise: NoiseKind = .scaled
     public var sigma = 0.22
     /// Overrides σ for scaled noise when given.
     public var gamma: Double?
+    public var gammaSchedule: GammaSchedule = .fixed
+    public var target: DenoiseTargetKind = .eps
+    /// Augmentation: resize the short side first, random scale range, flips.
+    public var resizeShortSide: Int?
+    public var scaleRange: ClosedRange<Double>?
+    public var flip = true
+    public var onBadFile: BadFilePolicy = .fail
+    /// Threads that decode and augment the examples of a batch.
+    public var loaderThreads = 2
+    /// Batches prepared ahead of the step.
+    public var prefetchDepth = 4
     /// Initial weights (a checkpoint or imported weights) instead of the seed.
     public var initFrom: URL?
     /// Continue the run in `runDirectory` from its last checkpoint.
     public var resume = false
     public var checkpointEvery = 0
-    public var log: (String) -> Void = { print($0) }
+    /// Checkpoints kept (the newest).
+    public var keepCheckpoints = 3
+    /// Plain progress lines every this many steps (and the first and last).
+    public var logEvery = 10
+    /// Draw a progress bar (on a terminal) instead of plain lines.
+    public var interactive = false
+    /// Messages (resuming, initialization, warnings).
+    public var log: (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
+    /// Progress output (lines or the bar, with their own line ends).
+    public var progressOutput: (String) -> Void = { text in
+        FileHandle.standardOutput.write(Data(text.utf8))
+    }
     public init() {}
+
+    /// The γ of scaled noise: `--gamma`, else 1/(1+σ²).
+    public var fixedGamma: Double { gamma ?? 1 / (1 + sigma * sigma) }
 
     /// The scalars that make x̃ = a·x + b·ε.
     public var noiseCoefficients: (a: Double, b: Double) {
         switch noise {
         case .simple: return (1, sigma)
-        case .scaled:
-            let g = gamma ?? 1 / (1 + sigma * sigma)
-            return (g.squareRoot(), (1 - g).squareRoot())
+        case .scaled: return (fixedGamma.squareRoot(), (1 - fixedGamma).squareRoot())
         }
     }
 
+    /// Linear warm-up over `warmupSteps`, then constant or cosine decay to `minLearningRate` at `steps`.
     public func learningRate(at step: Int) -> Double {
         if step < warmupSteps { return learningRate * Double(step + 1) / Double(warmupSteps) }
         switch schedule {
         case .constant: return learningRate
         case .cosine:
-            let progress = Double(step - warmupSteps) / Double(max(steps - warmupSteps, 1))
-            return learningRate * 0.5 * (1 + cos(.pi * progress))
+            let progress = min(1, Double(step - warmupSteps) / Double(max(steps - warmupSteps, 1)))
+            return minLearningRate + (learningRate - minLearningRate) * 0.5 * (1 + cos(.pi * progress))
+        }
+    }
+}
+
+/// Everything that determines a run's numbers, as written to
+/// `RUN/config.json` and into every checkpoint's metadata. A resumed run
+/// must have the same configuration (except the number of steps).
+public struct RunConfig: Codable, Equatable, Sendable {
+    public var ddepcVersion = Runtime.ddepcVersion
+    public var artifact: String
+    public var irHash: String
+    public var mode: TrainMode
+    public var batch: Int
+    public var size: Int
+    public var classes: Int
+    public var seed: UInt64
+    public var steps: Int
+    public var epochs: Double?
+    public var images: String?
+    public var data: String?
+    public var layout: DatasetLayout?
+    public var split: String?
+    public var labelFraction: String?
+    public var examples: Int
+    public var optimizer: OptimizerKind
+    public var lr: Double
+    public var warmup: Int
+    public var schedule: LRSchedule
+    public var minLR: Double
+    public var weightDecay: Double
+    public var clipGradNorm: Double?
+    public var noise: NoiseKind?
+    public var sigma: Double?
+    public var gamma: Double?
+    public var gammaSchedule: GammaSchedule?
+    public var target: DenoiseTargetKind?
+    public var augmentation: Augmentation
+    public var onBadFile: BadFilePolicy
+    public var initFrom: String?
+
+    /// JSON with sorted keys (pretty for config.json, compact for metadata).
+    public func json(pretty: Bool) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
+        return try encoder.encode(self)
+    }
+
+    /// The settings that differ from `other`, ignoring the step count.
+    func differences(from other: RunConfig) throws -> [String] {
+        func flat(_ config: RunConfig) throws -> [String: String] {
+            var copy = config
+            copy.steps = 0
+            copy.epochs = nil
+            let object = try JSONSerialization.jsonObject(with: try copy.json(pretty: false)) as? [String: Any] ?? [:]
+            // Canonical JSON per setting (a nested object's description would depend on hashing order).
+            return try object.mapValues { value in
+                String(decoding: try JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .fragmentsAllowed]), as: UTF8.self)
+            }
+        }
+        let a = try flat(self), b = try flat(other)
+        return Set(a.keys).union(b.keys).sorted().compactMap { key in
+            a[key] == b[key] ? nil : "\(key): \(b[key] ?? "unset") → \(a[key] ?? "unset")"
         }
     }
 }
@@ -76,113 +194,293 @@ public struct TrainSummary {
     public var losses: [Double]
     public var checkpoint: URL
     public var secondsPerStep: Double
+    /// Steps whose batch was not ready when the previous step ended.
+    public var dataWaits: Int
+    /// Files skipped with `--on-bad-file skip`.
+    public var skippedFiles: [String]
 }
 
 /// Runs training steps of a compiled artifact and keeps the run directory:
-/// `config.json`, `metrics.jsonl`, `last.safetensors`.
+/// `config.json`, `metrics.jsonl` (one line per step), `label_subset.txt`
+/// (fine-tuning), `checkpoints/step-N.safetensors` (the last K) and
+/// `last.safetensors` (a link to the newest).
+///
+/// Every random draw is keyed by the seed and the step (data order, crops,
+/// flips, scales, noise, γ), so a run resumed from any checkpoint computes
+/// exactly what the uninterrupted run computes: the seed and the step are
+/// the whole random state.
 public final class Trainer {
     public let artifact: Artifact
-    public let options: TrainOptions
+    public private(set) var options: TrainOptions
     let module: LoadedModule
     let store: ParameterStore
     let entry: BufferLayout.Entry
+    let checkpoints: CheckpointDirectory
 
     public init(artifact: Artifact, options: TrainOptions) throws {
         self.artifact = artifact
         self.options = options
         module = try artifact.load()
         store = ParameterStore(layout: artifact.manifest.layout)
+        checkpoints = CheckpointDirectory(run: options.runDirectory)
         guard let entry = artifact.manifest.layout.entry(options.mode.entry) else {
             throw RuntimeError("the artifact has no \(options.mode.entry) entry point for --mode \(options.mode.rawValue); recompile it with this ddepc")
         }
         self.entry = entry
+        try checkSupported()
     }
 
-    var checkpointURL: URL { options.runDirectory.appendingPathComponent("last.safetensors") }
     var metricsURL: URL { options.runDirectory.appendingPathComponent("metrics.jsonl") }
+    var configURL: URL { options.runDirectory.appendingPathComponent("config.json") }
+    var subsetURL: URL { options.runDirectory.appendingPathComponent("label_subset.txt") }
+
+    /// The inputs this trainer knows how to fill.
+    static let knownInputs: Set<String> = ["x", "labels", "seed", "noise_a", "noise_b", "target_noise", "target_image",
+                                           "lr", "bc1", "bc2", "weight_decay", "l2", "clip_norm"]
+
+    func input(_ name: String) -> BufferLayout.Slot? { entry.inputs.first { $0.name == name } }
+
+    /// Refuses options the compiled step cannot carry out, saying what would.
+    func checkSupported() throws {
+        let manifest = artifact.manifest
+        let step = entry.name
+        if let unknown = entry.inputs.first(where: { !Self.knownInputs.contains($0.name) }) {
+            throw RuntimeError("\(step) takes an input \"\(unknown.name)\" that `ddepc train --mode \(options.mode.rawValue)` does not provide; is the artifact from another ddepc version?")
+        }
+        guard entry.outputs.contains(where: { $0.name == "loss" }) else {
+            throw RuntimeError("\(step) has no loss output; recompile the artifact with this ddepc")
+        }
+        if let batchSize = options.batchSize, batchSize != manifest.batch {
+            throw RuntimeError("--batch-size \(batchSize): the artifact's steps are compiled for batch \(manifest.batch); recompile it with `ddepc compile ... --batch \(batchSize)` (or drop --batch-size)")
+        }
+        if options.optimizer == .adam && options.weightDecay != 0 && input("l2") == nil {
+            throw RuntimeError("--optimizer adam with --weight-decay adds the decay to the gradient (L2), but \(step) only has decoupled (AdamW) weight decay; use --optimizer adamw, or --weight-decay 0")
+        }
+        if options.clipGradNorm != nil && input("clip_norm") == nil {
+            throw RuntimeError("--clip-grad-norm needs a step compiled with gradient-norm clipping (an input clip_norm); \(step) of this artifact has none, so gradients cannot be clipped. Drop --clip-grad-norm")
+        }
+        if options.mode.isDenoising {
+            guard input("target_noise") != nil, input("target_image") != nil else {
+                throw RuntimeError("\(step) of this artifact cannot choose its denoising target (no target_noise/target_image inputs); recompile it with this ddepc")
+            }
+            if options.gammaSchedule == .uniform {
+                guard options.noise == .scaled else {
+                    throw RuntimeError("--gamma-schedule uniform draws γ of scaled noise; use it with --noise scaled")
+                }
+                guard let a = input("noise_a"), a.shape.reduce(1, *) == manifest.batch, manifest.batch > 1 || a.shape == [1] else {
+                    throw RuntimeError("--gamma-schedule uniform needs one γ per image, but \(step) of this artifact takes one noise scale for the whole batch (noise_a/noise_b are f32[]); use --gamma-schedule fixed until the compiler provides per-image noise scales")
+                }
+            }
+        }
+    }
 
     public func run() throws -> TrainSummary {
         let fm = FileManager.default
-        guard options.mode != .finetune else {
-            throw RuntimeError("--mode finetune needs a labeled data set, which `ddepc train` does not read yet; use --mode ddep or dep")
-        }
-        guard let imagesURL = options.images else { throw RuntimeError("--mode \(options.mode.rawValue) needs --images DIR") }
-        let images = try ImageFolder(directory: imagesURL)
-        try fm.createDirectory(at: options.runDirectory, withIntermediateDirectories: true)
-
-        var step = 0
-        var dataRNG = SplitMix64(seed: options.seed)
-        store.initialize(seed: options.seed)
-        if options.resume {
-            guard fm.fileExists(atPath: checkpointURL.path) else {
-                throw RuntimeError("--resume: \(checkpointURL.path) does not exist; start the run without --resume")
-            }
-            let file = try SafetensorsFile(contentsOf: checkpointURL)
-            try store.load(file, from: checkpointURL.path)
-            guard let saved = file.metadata["step"].flatMap(Int.init), let rngState = file.metadata["data_rng"].flatMap({ UInt64($0) }) else {
-                throw RuntimeError("\(checkpointURL.path) has no step/data_rng metadata; it is not a ddepc training checkpoint")
-            }
-            step = saved
-            dataRNG.state = rngState
-            try truncateMetrics(after: step)
-            options.log("resuming \(options.runDirectory.path) at step \(step)")
-        } else {
-            if let initURL = options.initFrom {
-                let report = try store.load(try SafetensorsFile(contentsOf: initURL), from: initURL.path, allowMissing: { _ in true })
-                options.log("initialized \(report.loaded.count) tensors from \(initURL.path) (\(report.missing.count) from the seed)")
-            }
-            try? fm.removeItem(at: metricsURL)
-            try writeConfig()
-        }
-
-        let io = AlignedBuffer(byteCount: entry.ioBytes)
-        let arena = AlignedBuffer(byteCount: entry.arenaBytes)
         let manifest = artifact.manifest
         let batch = manifest.batch, size = manifest.size
-        let (noiseA, noiseB) = options.noiseCoefficients
-        var losses: [Double] = []
+
+        // The data.
+        let source: any ExampleSource
+        var dataset: LabeledDataset?
+        switch options.mode {
+        case .ddep, .dep:
+            guard let imagesURL = options.images else { throw RuntimeError("--mode \(options.mode.rawValue) needs --images DIR") }
+            source = try ImageCollection(directory: imagesURL)
+        case .finetune:
+            guard let dataURL = options.data else {
+                throw RuntimeError("--mode finetune needs a labeled data set: --data DIR (generic images/ + masks/, Cityscapes, ADE20K or Pascal Context)")
+            }
+            var labeled = try LabeledDataset(root: dataURL, layout: options.layout, split: options.split, classes: manifest.classes,
+                                             onBadFile: options.onBadFile)
+            for message in labeled.skipped { FileHandle.standardError.write(Data("warning: skipping \(message)\n".utf8)) }
+            if labeled.classes != manifest.classes {
+                throw RuntimeError("\(dataURL.path) has \(labeled.classes) classes but the artifact's segmentation head has \(manifest.classes); recompile it with `ddepc compile ... --classes \(labeled.classes)`")
+            }
+            let total = labeled.count
+            if let fraction = options.labelFraction { labeled = labeled.subset(fraction, seed: options.seed) }
+            options.log("fine-tuning on \(labeled.count) of \(total) labeled images (\(labeled.layout.rawValue), split \(labeled.split), \(labeled.classes) classes)")
+            dataset = labeled
+            source = labeled
+        }
+        let augmentation = Augmentation(cropSize: size, resizeShortSide: options.resizeShortSide, scaleRange: options.scaleRange,
+                                        flip: options.flip)
+        let maker = BatchMaker(source: source, batchSize: batch, augmentation: augmentation, seed: options.seed,
+                               withLabels: options.mode == .finetune, onBadFile: options.onBadFile,
+                               threads: options.loaderThreads, warn: { message in
+                                   FileHandle.standardError.write(Data((message + "\n").utf8))
+                               })
+        if let epochs = options.epochs { options.steps = maker.steps(forEpochs: epochs) }
+        var config = runConfig(examples: source.count, augmentation: augmentation)
+
+        // The starting point.
+        try fm.createDirectory(at: options.runDirectory, withIntermediateDirectories: true)
+        var step = 0
+        store.initialize(seed: options.seed)
+        if options.resume {
+            step = try resume(config: &config, dataset: dataset)
+        } else {
+            if checkpoints.latestValid() != nil {
+                throw RuntimeError("\(options.runDirectory.path) already holds a run's checkpoints; continue it with --resume, or choose another --out")
+            }
+            if let initURL = options.initFrom { try initialize(from: initURL) } else if options.mode == .ddep {
+                options.log("note: no --init: the frozen encoder keeps its random initialization (DDeP starts from a pretrained encoder)")
+            }
+            if let dataset {
+                try writeAtomically(Data(dataset.samples.map { $0.name + "\n" }.joined().utf8), to: subsetURL)
+            }
+            try? fm.removeItem(at: metricsURL)
+            try writeAtomically(try config.json(pretty: true), to: configURL)
+        }
+        let configText = String(decoding: try config.json(pretty: false), as: UTF8.self)
+
+        let totalSteps = options.steps
+        guard step < totalSteps else {
+            options.log("the run already reached step \(step) of \(totalSteps); nothing to do")
+            return TrainSummary(losses: [], checkpoint: checkpoints.lastLink, secondsPerStep: 0, dataWaits: 0, skippedFiles: [])
+        }
+        let io = AlignedBuffer(byteCount: entry.ioBytes)
+        let arena = AlignedBuffer(byteCount: entry.arenaBytes)
         let metrics = try openMetrics()
         defer { try? metrics.close() }
+        let progress = ProgressReporter(totalSteps: totalSteps, batch: batch, interactive: options.interactive,
+                                        every: options.logEvery, write: options.progressOutput)
+        let prefetcher = Prefetcher(steps: step..<totalSteps, depth: options.prefetchDepth) { try maker.batch(step: $0) }
+        defer { prefetcher.cancel() }
+
+        var losses: [Double] = []
+        var lastCheckpoint: (url: URL, step: Int)? = checkpoints.checkpoints().last.map { ($0.url, $0.step) }
         let start = Date()
-        var stepsRun = 0
-        while step < options.steps {
+        let firstStep = step
+        while step < totalSteps {
             let stepStart = Date()
-            let indices = (0..<batch).map { _ in Int(dataRNG.next() % UInt64(images.count)) }
-            let x = try images.batch(indices: indices, size: size, rng: &dataRNG)
-            try setInput("x", x, io)
-            try setScalar("seed", Int64(bitPattern: noiseSeed(step: step)), io)
-            // One fixed γ for every image of the batch; the target is the noise.
-            try setInput("noise_a", [Float](repeating: Float(noiseA), count: batch), io)
-            try setInput("noise_b", [Float](repeating: Float(noiseB), count: batch), io)
-            try setScalar("target_noise", Float(1), io)
-            try setScalar("target_image", Float(0), io)
+            let inputs = try prefetcher.next()
+            precondition(inputs.step == step, "the loader delivered step \(inputs.step) for step \(step)")
+            let waited = Date().timeIntervalSince(stepStart)
+            for (name, values) in inputs.floats { try setFloats(name, values, io) }
+            for (name, values) in inputs.ints { try setInts(name, values, io) }
             let lr = options.learningRate(at: step)
-            let t = Double(step + 1)
-            try setScalar("lr", Float(lr), io)
-            try setScalar("bc1", Float(1 / (1 - pow(0.9, t))), io)
-            try setScalar("bc2", Float(1 / (1 - pow(0.999, t))), io)
-            try setScalar("weight_decay", Float(options.weightDecay), io)
+            try setStepScalars(step: step, lr: lr, io: io)
             try module.call(entry.name, params: store.params.pointer, state: store.state.pointer, io: io.pointer, arena: arena.pointer)
             let loss = Double(try output("loss", io))
+            let gradNorm = entry.outputs.contains { $0.name == "grad_norm" } ? Double(try output("grad_norm", io)) : nil
             step += 1
-            stepsRun += 1
             guard loss.isFinite else {
-                let last = fm.fileExists(atPath: checkpointURL.path) ? "the last good checkpoint is \(checkpointURL.path)" : "no checkpoint was written yet"
-                throw RuntimeError("the loss became \(loss) at step \(step); stopping (\(last)). Try a lower --lr.")
+                progress.interrupt()
+                let last = lastCheckpoint.map { "the last good checkpoint is \($0.url.path) (step \($0.step))" }
+                    ?? "no checkpoint was written yet (use --checkpoint-every N to keep some)"
+                throw RuntimeError("the loss became \(loss) at step \(step); stopping (\(last)). Try a lower --lr, a longer --warmup or --clip-grad-norm.")
             }
             losses.append(loss)
             let seconds = Date().timeIntervalSince(stepStart)
-            let line = String(format: "{\"step\":%d,\"loss\":%.9g,\"lr\":%.6g,\"images_per_s\":%.3f,\"seconds\":%.4f}\n",
-                              step, loss, lr, Double(batch) / seconds, seconds)
-            try metrics.write(contentsOf: Data(line.utf8))
-            options.log(String(format: "step %4d/%d  loss %.5f  lr %.2e  %.1f img/s", step, options.steps, loss, lr, Double(batch) / seconds))
-            if options.checkpointEvery > 0, step % options.checkpointEvery == 0 {
-                try saveCheckpoint(step: step, dataRNG: dataRNG)
+            var line = String(format: "{\"step\":%d,\"epoch\":%.4f,\"loss\":%.9g,\"lr\":%.6g,\"images_per_s\":%.3f,\"seconds\":%.4f,\"data_wait_s\":%.4f",
+                              step, Double(step * batch) / Double(source.count), loss, lr, Double(batch) / seconds, seconds, waited)
+            if let gradNorm { line += String(format: ",\"grad_norm\":%.6g", gradNorm) }
+            try metrics.write(contentsOf: Data((line + "}\n").utf8))
+            progress.update(step: step, loss: loss, lr: lr, seconds: seconds, first: step == firstStep + 1)
+            if (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps {
+                lastCheckpoint = (try saveCheckpoint(step: step, config: configText), step)
             }
         }
-        try saveCheckpoint(step: step, dataRNG: dataRNG)
-        return TrainSummary(losses: losses, checkpoint: checkpointURL,
-                            secondsPerStep: Date().timeIntervalSince(start) / Double(max(stepsRun, 1)))
+        let waits = max(0, prefetcher.waits - 1)  // the first batch is always awaited
+        let skipped = maker.skippedFiles
+        if !skipped.isEmpty { options.log("skipped \(skipped.count) unreadable file(s) (--on-bad-file skip)") }
+        return TrainSummary(losses: losses, checkpoint: lastCheckpoint?.url ?? checkpoints.lastLink,
+                            secondsPerStep: Date().timeIntervalSince(start) / Double(max(losses.count, 1)),
+                            dataWaits: waits, skippedFiles: skipped)
+    }
+
+    func runConfig(examples: Int, augmentation: Augmentation) -> RunConfig {
+        let manifest = artifact.manifest
+        let denoising = options.mode.isDenoising
+        return RunConfig(artifact: artifact.directory.standardizedFileURL.path, irHash: manifest.irHash, mode: options.mode,
+                         batch: manifest.batch, size: manifest.size, classes: manifest.classes, seed: options.seed,
+                         steps: options.steps, epochs: options.epochs,
+                         images: denoising ? options.images?.standardizedFileURL.path : nil,
+                         data: denoising ? nil : options.data?.standardizedFileURL.path,
+                         layout: denoising ? nil : options.layout, split: denoising ? nil : options.split,
+                         labelFraction: denoising ? nil : options.labelFraction?.text, examples: examples,
+                         optimizer: options.optimizer, lr: options.learningRate, warmup: options.warmupSteps,
+                         schedule: options.schedule, minLR: options.minLearningRate, weightDecay: options.weightDecay,
+                         clipGradNorm: options.clipGradNorm,
+                         noise: denoising ? options.noise : nil, sigma: denoising && options.gamma == nil ? options.sigma : nil,
+                         gamma: denoising ? options.fixedGamma : nil, gammaSchedule: denoising ? options.gammaSchedule : nil,
+                         target: denoising ? options.target : nil, augmentation: augmentation, onBadFile: options.onBadFile,
+                         initFrom: options.initFrom?.standardizedFileURL.path)
+    }
+
+    /// Loads the newest valid checkpoint; returns its step. The run keeps
+    /// its recorded initial weights (`--init` is not repeated on resume).
+    func resume(config: inout RunConfig, dataset: LabeledDataset?) throws -> Int {
+        let run = options.runDirectory.path
+        if let saved = try? Data(contentsOf: configURL) {
+            guard let previous = try? JSONDecoder().decode(RunConfig.self, from: saved) else {
+                throw RuntimeError("\(configURL.path) is not a configuration this ddepc wrote; cannot resume \(run)")
+            }
+            config.initFrom = previous.initFrom
+            let changed = try config.differences(from: previous)
+            if !changed.isEmpty {
+                throw RuntimeError("--resume: the options differ from the ones \(run) was started with, so the run would not continue exactly:\n  \(changed.joined(separator: "\n  "))\nPass the original options (see \(configURL.path)).")
+            }
+            if previous.steps != config.steps {
+                options.log("note: the run was started for \(previous.steps) steps and now runs to \(config.steps)")
+                try writeAtomically(try config.json(pretty: true), to: configURL)
+            }
+        }
+        guard let (url, file) = checkpoints.latestValid(skipped: { url, error in
+            self.options.log("warning: \(url.path) is damaged (\(error)); trying an older checkpoint")
+        }) else {
+            throw RuntimeError("--resume: \(run) has no checkpoint to resume from; start the run without --resume")
+        }
+        guard let step = file.metadata["step"].flatMap(Int.init) else {
+            throw RuntimeError("\(url.path) has no step in its metadata; it is not a ddepc training checkpoint")
+        }
+        if let hash = file.metadata["ir_hash"], hash != artifact.manifest.irHash {
+            throw RuntimeError("\(url.path) was written by an artifact with IR hash \(hash), not \(artifact.directory.path) (\(artifact.manifest.irHash)); resume with the artifact the run started with")
+        }
+        try store.load(file, from: url.path)
+        if let dataset {
+            let recorded = (try? String(contentsOf: subsetURL, encoding: .utf8))?.split(separator: "\n").map(String.init)
+            if let recorded, recorded != dataset.samples.map(\.name) {
+                throw RuntimeError("\(subsetURL.path) does not match the labeled images chosen now; the data set changed since the run started, so it cannot continue exactly")
+            }
+        }
+        try truncateMetrics(after: step)
+        options.log("resuming \(run) at step \(step) from \(url.path)")
+        return step
+    }
+
+    /// Initial weights from a checkpoint or imported weights, by name: never
+    /// the optimizer moments (training starts with a fresh optimizer), and the
+    /// segmentation head only when continuing a fine-tuning checkpoint (a
+    /// pretraining checkpoint's head is replaced by a fresh n-class head).
+    func initialize(from given: URL) throws {
+        let url = try resolveCheckpoint(given.path)
+        let file = try SafetensorsFile(contentsOf: url)
+        let keepHead = options.mode == .finetune && file.metadata["mode"] == TrainMode.finetune.rawValue
+        func skipped(_ name: String) -> Bool {
+            name.hasPrefix("opt.") || (!keepHead && name.hasPrefix("head.seg."))
+        }
+        var filtered = SafetensorsFile(metadata: file.metadata)
+        for name in file.names where !skipped(name) { try filtered.set(name, try file.tensor(name)) }
+        let report = try store.load(filtered, from: url.path, allowMissing: { _ in true })
+        let byScope = Dictionary(grouping: report.loaded) { name in
+            name.hasPrefix("head.") ? name.split(separator: ".").prefix(2).joined(separator: ".") : String(name.prefix { $0 != "." })
+        }
+        let loaded = byScope.keys.sorted().map { "\($0) \(byScope[$0]!.count)" }.joined(separator: ", ")
+        let fresh = Set(report.missing.filter { !$0.hasPrefix("opt.") }.map { name in
+            name.hasPrefix("head.") ? name.split(separator: ".").prefix(2).joined(separator: ".") : String(name.prefix { $0 != "." })
+        }).sorted()
+        options.log("initialized \(report.loaded.count) tensors from \(url.path) (\(loaded.isEmpty ? "none" : loaded))"
+            + (fresh.isEmpty ? "" : "; from the seed: \(fresh.joined(separator: ", "))"))
+        if report.loaded.isEmpty {
+            throw RuntimeError("\(url.path) has no tensor this model uses (by name and shape); is it a checkpoint of this model?")
+        }
+        if options.mode == .ddep && byScope["enc"] == nil {
+            options.log("warning: \(url.path) has no encoder weights (enc.*); the frozen encoder keeps its random initialization")
+        }
+        if options.mode == .finetune && byScope["dec"] == nil {
+            options.log("warning: \(url.path) has no decoder weights (dec.*); fine-tuning starts with a random decoder")
+        }
     }
 
     /// The noise seed of a step: depends only on the run seed and the step, so
@@ -193,6 +491,41 @@ public final class Trainer {
         return rng.next() & ((1 << 52) - 1)
     }
 
+    /// The per-step scalars: noise (denoising), optimizer, clipping.
+    func setStepScalars(step: Int, lr: Double, io: AlignedBuffer) throws {
+        if options.mode.isDenoising {
+            try setScalar("seed", Int64(bitPattern: noiseSeed(step: step)), io)
+            var a = [Float](), b = [Float]()
+            let perImage = input("noise_a").map { $0.shape.reduce(1, *) } ?? 1
+            for i in 0..<perImage {
+                switch options.gammaSchedule {
+                case .fixed:
+                    let (ca, cb) = options.noiseCoefficients
+                    a.append(Float(ca))
+                    b.append(Float(cb))
+                case .uniform:
+                    var rng = SplitMix64(seed: options.seed, keys: RandomStream.gamma.rawValue, UInt64(step), UInt64(i))
+                    let gamma = Double(rng.next() >> 11) * 0x1p-53
+                    a.append(Float(gamma.squareRoot()))
+                    b.append(Float((1 - gamma).squareRoot()))
+                }
+            }
+            if input("noise_a") != nil { try setFloats("noise_a", a, io) }
+            if input("noise_b") != nil { try setFloats("noise_b", b, io) }
+            // The head predicts target_noise·ε + target_image·x.
+            try setScalar("target_noise", Float(options.target == .eps ? 1 : 0), io)
+            try setScalar("target_image", Float(options.target == .x ? 1 : 0), io)
+        }
+        let t = Double(step + 1)
+        try setScalar("lr", Float(lr), io)
+        try setScalar("bc1", Float(1 / (1 - pow(0.9, t))), io)
+        try setScalar("bc2", Float(1 / (1 - pow(0.999, t))), io)
+        let decoupled = options.optimizer == .adamw
+        try setScalar("weight_decay", Float(decoupled ? options.weightDecay : 0), io)
+        try setScalar("l2", Float(decoupled ? 0 : options.weightDecay), io)
+        try setScalar("clip_norm", Float(options.clipGradNorm ?? 0), io)
+    }
+
     func slot(_ name: String) throws -> BufferLayout.Slot {
         guard let slot = entry.inputs.first(where: { $0.name == name }) ?? entry.outputs.first(where: { $0.name == name }) else {
             throw RuntimeError("entry point \(entry.name) has no input or output named \(name)")
@@ -200,11 +533,22 @@ public final class Trainer {
         return slot
     }
 
-    func setInput(_ name: String, _ values: [Float], _ io: AlignedBuffer) throws {
+    func setFloats(_ name: String, _ values: [Float], _ io: AlignedBuffer) throws {
         let s = try slot(name)
-        precondition(values.count == s.shape.reduce(1, *), "input \(name): \(values.count) values for \(s.shape)")
+        guard s.dtype == DType.f32.rawValue, values.count == s.shape.reduce(1, *) else {
+            throw RuntimeError("\(entry.name) input \(name) is \(s.dtype)\(s.shape); the trainer made \(values.count) f32 values (a ddepc bug)")
+        }
         let target = io.floats(at: s.offset, count: values.count)
-        for i in values.indices { target[i] = values[i] }
+        values.withUnsafeBufferPointer { target.baseAddress!.update(from: $0.baseAddress!, count: values.count) }
+    }
+
+    func setInts(_ name: String, _ values: [Int32], _ io: AlignedBuffer) throws {
+        let s = try slot(name)
+        guard s.dtype == DType.i32.rawValue, values.count == s.shape.reduce(1, *) else {
+            throw RuntimeError("\(entry.name) input \(name) is \(s.dtype)\(s.shape); the trainer made \(values.count) i32 values (a ddepc bug)")
+        }
+        let target = (io.pointer + s.offset).assumingMemoryBound(to: Int32.self)
+        values.withUnsafeBufferPointer { target.update(from: $0.baseAddress!, count: values.count) }
     }
 
     func setScalar<T>(_ name: String, _ value: T, _ io: AlignedBuffer) throws {
@@ -216,39 +560,31 @@ public final class Trainer {
         io.floats(at: try slot(name).offset, count: 1)[0]
     }
 
-    func saveCheckpoint(step: Int, dataRNG: SplitMix64) throws {
-        let metadata = ["step": "\(step)", "data_rng": "\(dataRNG.state)", "seed": "\(options.seed)",
-                        "mode": options.mode.rawValue, "ir_hash": artifact.manifest.irHash, "ddepc_version": ddepcVersion]
-        try store.export(metadata: metadata).write(to: checkpointURL)
-    }
-
-    func writeConfig() throws {
-        let config: [String: String] = [
-            "artifact": artifact.directory.path, "mode": options.mode.rawValue, "images": options.images?.path ?? "",
-            "steps": "\(options.steps)", "seed": "\(options.seed)", "lr": "\(options.learningRate)",
-            "schedule": options.schedule.rawValue, "warmup": "\(options.warmupSteps)", "weight_decay": "\(options.weightDecay)",
-            "noise": options.noise.rawValue, "sigma": "\(options.sigma)", "gamma": options.gamma.map { "\($0)" } ?? "",
-            "batch": "\(artifact.manifest.batch)", "size": "\(artifact.manifest.size)", "ir_hash": artifact.manifest.irHash,
-        ]
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try writeAtomically(try encoder.encode(config), to: options.runDirectory.appendingPathComponent("config.json"))
+    /// Parameters, optimizer state, step, the random state (seed + step:
+    /// every draw is keyed by them) and the configuration.
+    func saveCheckpoint(step: Int, config: String) throws -> URL {
+        let metadata = ["step": "\(step)", "seed": "\(options.seed)", "rng": "splitmix64 keyed by (seed, stream, step); seed \(options.seed), step \(step)",
+                        "mode": options.mode.rawValue, "ir_hash": artifact.manifest.irHash, "ddepc_version": ddepcVersion,
+                        "artifact": artifact.directory.standardizedFileURL.path, "config": config]
+        return try checkpoints.write(try store.export(metadata: metadata), step: step, keep: options.keepCheckpoints)
     }
 
     func openMetrics() throws -> FileHandle {
         if !FileManager.default.fileExists(atPath: metricsURL.path) {
-            FileManager.default.createFile(atPath: metricsURL.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: metricsURL.path, contents: nil)
         }
         let handle = try FileHandle(forWritingTo: metricsURL)
         try handle.seekToEnd()
         return handle
     }
 
-    /// On resume, drop metric lines logged after the checkpoint's step.
+    /// On resume, drop metric lines logged after the checkpoint's step (and a
+    /// line cut short by a kill).
     func truncateMetrics(after step: Int) throws {
         guard let text = try? String(contentsOf: metricsURL, encoding: .utf8) else { return }
         let kept = text.split(separator: "\n").filter { line in
-            guard let range = line.range(of: "\"step\":"), let end = line[range.upperBound...].firstIndex(of: ",") else { return false }
+            guard line.hasSuffix("}"), let range = line.range(of: "\"step\":"),
+                  let end = line[range.upperBound...].firstIndex(of: ",") else { return false }
             return Int(line[range.upperBound..<end]).map { $0 <= step } ?? false
         }
         try writeAtomically(Data((kept.map { $0 + "\n" }.joined()).utf8), to: metricsURL)

@@ -6,7 +6,8 @@ struct Ddepc: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ddepc",
         abstract: "Compile and train segmentation models with decoder denoising pretraining (DDeP).",
-        subcommands: [Compile.self, DumpIR.self, Train.self, Inspect.self, ImportWeights.self, MakeScenes.self, Bench.self])
+        subcommands: [Compile.self, DumpIR.self, Train.self, Eval.self, Predict.self, Report.self, Inspect.self,
+                      ImportWeights.self, MakeScenes.self, Bench.self])
 }
 
 /// Runs a command body and turns any error into `error: ...` on stderr and

@@ -1,0 +1,71 @@
+import ArgumentParser
+import Foundation
+import Runtime
+
+struct Predict: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Segment images: colour-coded mask PNGs, overlays on the inputs, and class-id PNGs.",
+        discussion: inferenceDiscussion + """
+
+
+        For each input NAME.ext, writes DIR/NAME_mask.png (PASCAL VOC colours), DIR/NAME_overlay.png \
+        (the mask blended over the image) and DIR/NAME_labels.png (8-bit class ids). Folders are searched \
+        recursively; their files are named by their path inside the folder, with / replaced by _.
+        """)
+
+    @Argument(help: "Checkpoint (.safetensors) or run directory.") var checkpoint: String
+    @Argument(help: "Images (PNG/JPEG) or folders of images.") var images: [String]
+    @Option(name: .shortAndLong, help: "Output directory.") var output: String
+    @OptionGroup var inference: InferenceFlags
+    @Option(help: "Opacity of the mask colours in the overlay (0...1).") var alpha = 0.5
+
+    func validate() throws {
+        guard (0...1).contains(alpha) else { throw ValidationError("--alpha must be in [0, 1]") }
+        guard !images.isEmpty else { throw ValidationError("give at least one image or folder") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            // The inputs and their output names.
+            var inputs: [(url: URL, name: String)] = []
+            for path in images {
+                var isDirectory: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+                    throw RuntimeError("\(path): no such file or folder")
+                }
+                if isDirectory.boolValue {
+                    let folder = try ImageCollection(directory: URL(fileURLWithPath: path))
+                    for relative in folder.relativePaths {
+                        inputs.append((folder.directory.appendingPathComponent(relative),
+                                       (relative as NSString).deletingPathExtension.replacingOccurrences(of: "/", with: "_")))
+                    }
+                } else {
+                    let url = URL(fileURLWithPath: path)
+                    inputs.append((url, url.deletingPathExtension().lastPathComponent))
+                }
+            }
+            var seen: [String: URL] = [:]
+            for input in inputs {
+                if let other = seen[input.name] {
+                    throw RuntimeError("\(other.path) and \(input.url.path) would both be written as \(input.name)_*.png; predict them into different folders")
+                }
+                seen[input.name] = input.url
+            }
+            let session = try inference.session(checkpoint: try resolveCheckpoint(checkpoint))
+            let predictor = SegmentationPredictor(session: session, options: try inference.options)
+            let out = URL(fileURLWithPath: output)
+            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+            for input in inputs {
+                let image = try Image.load(input.url).rgb()
+                let mask = try predictor.predict(image)
+                try Palette.colorize(mask).writePNG(to: out.appendingPathComponent(input.name + "_mask.png"))
+                try Palette.overlay(mask, on: image, alpha: alpha).writePNG(to: out.appendingPathComponent(input.name + "_overlay.png"))
+                try mask.image.writePNG(to: out.appendingPathComponent(input.name + "_labels.png"))
+                let counts = Dictionary(grouping: mask.labels, by: { $0 }).mapValues(\.count)
+                let top = counts.sorted { $0.value > $1.value }.prefix(3)
+                    .map { String(format: "class %d %.0f%%", Int($0.key), 100 * Double($0.value) / Double(mask.labels.count)) }
+                print("\(input.url.path) → \(out.appendingPathComponent(input.name).path)_{mask,overlay,labels}.png (\(top.joined(separator: ", ")))")
+            }
+        }
+    }
+}
