@@ -16,7 +16,7 @@ public enum ModelFile {
         public init() {}
     }
 
-    public static let usage = "usage: MODEL [--batch N] [--size S] [--classes C] [--entries NAME,...] [--out PATH|-]"
+    public static let usage = "usage: MODEL [--batch N] [--size S] [--classes C] [--image-classes K] [--entries NAME,...] [--out PATH|-]"
 
     public static func parse(_ arguments: [String]) throws -> Options {
         var options = Options()
@@ -35,6 +35,7 @@ public enum ModelFile {
             case "--batch": options.config.batch = try integer(flag)
             case "--size": options.config.size = try integer(flag)
             case "--classes": options.config.classes = try integer(flag)
+            case "--image-classes": options.config.imageClasses = try integer(flag)
             case "--out": options.out = try value(flag)
             case "--entries":
                 options.config.entries = try value(flag).split(separator: ",").map { name in

@@ -24,7 +24,7 @@ public enum ModelFileEvaluator {
             """)
     }
 
-    public static func evaluate(_ file: URL, batch: Int, size: Int, classes: Int) throws -> Module {
+    public static func evaluate(_ file: URL, batch: Int, size: Int, classes: Int, imageClasses: Int = 10) throws -> Module {
         guard FileManager.default.fileExists(atPath: file.path) else {
             throw RuntimeError("model file \(file.path) does not exist")
         }
@@ -42,7 +42,8 @@ public enum ModelFileEvaluator {
         }
         let ddir = work.appendingPathComponent("model.ddir")
         do {
-            try runTool(binary.path, ["--batch", "\(batch)", "--size", "\(size)", "--classes", "\(classes)", "--out", ddir.path])
+            try runTool(binary.path, ["--batch", "\(batch)", "--size", "\(size)", "--classes", "\(classes)",
+                                      "--image-classes", "\(imageClasses)", "--out", ddir.path])
         } catch let error as ToolError {
             let message = error.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
             throw RuntimeError("the model file failed while building the model:\n\(message.isEmpty ? "exit status \(error.status)" : message)")

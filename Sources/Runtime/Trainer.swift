@@ -9,6 +9,9 @@ public enum TrainMode: String, CaseIterable, Sendable, Codable {
     case dep
     /// Supervised fine-tuning with cross-entropy.
     case finetune
+    /// Supervised encoder pretraining: image classification with a pooled
+    /// linear head (Fashion-MNIST or one folder per class).
+    case classify
 
     /// The compiled entry point that runs one step of this mode.
     public var entry: String {
@@ -16,6 +19,7 @@ public enum TrainMode: String, CaseIterable, Sendable, Codable {
         case .ddep: return "pretrain_step"
         case .dep: return "pretrain_dep_step"
         case .finetune: return "finetune_step"
+        case .classify: return "classify_step"
         }
     }
 
@@ -301,11 +305,22 @@ public final class Trainer {
             options.log("fine-tuning on \(labeled.count) of \(total) labeled images (\(labeled.layout.rawValue), split \(labeled.split), \(labeled.classes) classes)")
             dataset = labeled
             source = labeled
+        case .classify:
+            guard let dataURL = options.data else {
+                throw RuntimeError("--mode classify needs --data DIR: the Fashion-MNIST idx files or one folder of images per class")
+            }
+            let classified = try ClassifiedImages(directory: dataURL)
+            let headClasses = manifest.layout.param("head.cls.weight")?.shape.first
+            guard headClasses == classified.classNames.count else {
+                throw RuntimeError("\(dataURL.path) has \(classified.classNames.count) classes but the artifact's classification head has \(headClasses.map(String.init) ?? "none"); recompile it with `ddepc compile ... --image-classes \(classified.classNames.count)`")
+            }
+            options.log("classifying \(classified.count) images of \(classified.classNames.count) classes from \(dataURL.path)")
+            source = classified
         }
         let augmentation = Augmentation(cropSize: size, resizeShortSide: options.resizeShortSide, scaleRange: options.scaleRange,
                                         flip: options.flip)
         let maker = BatchMaker(source: source, batchSize: batch, augmentation: augmentation, seed: options.seed,
-                               withLabels: options.mode == .finetune, onBadFile: options.onBadFile,
+                               withLabels: options.mode == .finetune || options.mode == .classify, onBadFile: options.onBadFile,
                                threads: options.loaderThreads, warn: { message in
                                    FileHandle.standardError.write(Data((message + "\n").utf8))
                                })
@@ -357,7 +372,11 @@ public final class Trainer {
             precondition(inputs.step == step, "the loader delivered step \(inputs.step) for step \(step)")
             let waited = Date().timeIntervalSince(stepStart)
             for (name, values) in inputs.floats { try setFloats(name, values, io) }
-            for (name, values) in inputs.ints { try setInts(name, values, io) }
+            for (name, values) in inputs.ints {
+                // classify_step takes one label per image, carried here as a constant mask.
+                let perImage = options.mode == .classify && name == "labels"
+                try setInts(name, perImage ? ClassifiedImages.imageLabels(fromPixels: values, batch: batch) : values, io)
+            }
             let lr = options.learningRate(at: step)
             try setStepScalars(step: step, lr: lr, io: io)
             try module.call(entry.name, params: store.params.pointer, state: store.state.pointer, io: io.pointer, arena: arena.pointer)

@@ -27,9 +27,13 @@ struct ModelShapeOptions: ParsableArguments {
     @Option(help: "Batch size the steps are compiled for.") var batch = 4
     @Option(help: "Square input size in pixels.") var size = 64
     @Option(help: "Number of segmentation classes (fine-tuning head).") var classes = 2
+    @Option(name: .customLong("image-classes"), help: "Number of image classes of the encoder's classification head (--mode classify).")
+    var imageClasses = 10
 
     func validate() throws {
-        guard batch > 0, size > 0, classes > 0 else { throw ValidationError("--batch, --size and --classes must be positive") }
+        guard batch > 0, size > 0, classes > 0, imageClasses > 0 else {
+            throw ValidationError("--batch, --size, --classes and --image-classes must be positive")
+        }
     }
 }
 
@@ -91,7 +95,7 @@ struct Compile: ParsableCommand {
     func loadModel() throws -> Module {
         if model.hasSuffix(".swift") {
             return try ModelFileEvaluator.evaluate(URL(fileURLWithPath: model), batch: shape.batch, size: shape.size,
-                                                   classes: shape.classes)
+                                                   classes: shape.classes, imageClasses: shape.imageClasses)
         }
         if model.hasSuffix(".ddir") {
             let text: String
@@ -103,7 +107,8 @@ struct Compile: ParsableCommand {
         guard let zooModel = Zoo.models[model] else {
             throw RuntimeError("'\(model)' is not a .swift model file, a .ddir file or a zoo model (\(Zoo.models.keys.sorted().joined(separator: ", ")))")
         }
-        return try buildModule(zooModel, config: EntryConfig(batch: shape.batch, size: shape.size, classes: shape.classes))
+        return try buildModule(zooModel, config: EntryConfig(batch: shape.batch, size: shape.size, classes: shape.classes,
+                                                             imageClasses: shape.imageClasses))
     }
 }
 

@@ -38,7 +38,7 @@ struct Train: ParsableCommand {
         """)
 
     @Argument(help: "Artifact directory (NAME.ddepc).") var artifact: String
-    @Option(help: "ddep (decoder only, encoder frozen), dep (whole model) or finetune.") var mode: TrainMode = .ddep
+    @Option(help: "ddep (decoder only, encoder frozen), dep (whole model), finetune (segmentation) or classify (encoder, image labels).") var mode: TrainMode = .ddep
 
     // Data.
     @Option(help: "Unlabeled images for ddep/dep: a folder of PNG/JPEG files, searched recursively.") var images: String?
@@ -123,6 +123,10 @@ struct Train: ParsableCommand {
         case .finetune:
             if images != nil { throw ValidationError("--mode finetune trains on a labeled set: use --data DIR (not --images)") }
             if data == nil { throw ValidationError("--mode finetune needs --data DIR (a labeled data set)") }
+        case .classify:
+            if images != nil { throw ValidationError("--mode classify trains on labeled images: use --data DIR (Fashion-MNIST idx files or one folder per class)") }
+            if data == nil { throw ValidationError("--mode classify needs --data DIR (Fashion-MNIST idx files or one folder per class)") }
+            if labelFraction != nil { throw ValidationError("--label-fraction applies to --mode finetune") }
         }
     }
 
