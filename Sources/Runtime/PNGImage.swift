@@ -178,3 +178,16 @@ private func dropLastChannel(_ samples: [UInt8], keeping channels: Int) -> [UInt
     }
     return result
 }
+
+extension Image {
+    /// The image with 3 channels: grey is copied to R, G and B.
+    public func rgb() throws -> Image {
+        guard channels == 1 else { return self }
+        var rgb: [UInt8] = []
+        rgb.reserveCapacity(pixels.count * 3)
+        for value in pixels {
+            rgb += [value, value, value]
+        }
+        return try Image(width: width, height: height, channels: 3, pixels: rgb)
+    }
+}
