@@ -18,41 +18,10 @@ final class CLITests: XCTestCase {
         try? FileManager.default.removeItem(at: work)
     }
 
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    /// Runs the ddepc built beside this test bundle.
+    /// Runs the ddepc built beside this test bundle, from the repository root.
     @discardableResult
-    func ddepc(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> Result {
-        let binary = Bundle.main.executableURL!.deletingLastPathComponent().appendingPathComponent("ddepc")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
-            throw XCTSkip("ddepc is not built; run `swift build` before `swift test`")
-        }
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        process.currentDirectoryURL = Self.repository
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        // Drain both pipes at once: a full pipe would block the child.
-        final class Box: @unchecked Sendable { var data = Data() }
-        let errData = Box()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async {
-            errData.data = err.fileHandleForReading.readDataToEndOfFile()
-            group.leave()
-        }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                      stderr: String(decoding: errData.data, as: UTF8.self))
+    func ddepc(_ arguments: [String]) throws -> DdepcCommand.Result {
+        try DdepcCommand.run(arguments, in: Self.repository)
     }
 
     func path(_ name: String) -> String { Self.work.appendingPathComponent(name).path }
@@ -103,24 +72,9 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try ddepc(common + ["--out", path("straight")]).status, 0)
 
         // Start the same run and kill it once it is well past a checkpoint.
-        let binary = Bundle.main.executableURL!.deletingLastPathComponent().appendingPathComponent("ddepc")
-        let victim = Process()
-        victim.executableURL = binary
-        victim.arguments = common + ["--out", path("killed")]
-        victim.currentDirectoryURL = Self.repository
-        victim.standardOutput = FileHandle.nullDevice
-        try victim.run()
-        let metrics = path("killed") + "/metrics.jsonl"
-        let deadline = Date().addingTimeInterval(60)
-        var logged = 0
-        while victim.isRunning, Date() < deadline {
-            logged = ((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count
-            if logged >= 25 { break }
-            usleep(2000)
-        }
-        kill(victim.processIdentifier, SIGKILL)
-        victim.waitUntilExit()
-        XCTAssertEqual(victim.terminationReason, .uncaughtSignal, "the run was killed before it finished (at \(logged) steps)")
+        let (wasKilled, logged) = try DdepcCommand.killMidRun(common + ["--out", path("killed")], in: Self.repository,
+                                                              metrics: path("killed") + "/metrics.jsonl", afterSteps: 25)
+        XCTAssertTrue(wasKilled, "the run was killed before it finished (at \(logged) steps)")
 
         let resumed = try ddepc(common + ["--out", path("killed"), "--resume"])
         XCTAssertEqual(resumed.status, 0, resumed.stderr)

@@ -39,6 +39,29 @@ enum DdepcCommand {
         return Result(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
                       stderr: String(decoding: errData.data, as: UTF8.self))
     }
+
+    /// Starts a training run and kills it with SIGKILL once its `metrics`
+    /// file has `steps` lines (or after a minute). Returns whether the kill
+    /// ended it (rather than the run finishing first) and the steps logged.
+    static func killMidRun(_ arguments: [String], in directory: URL, metrics: String,
+                           afterSteps steps: Int) throws -> (killed: Bool, logged: Int) {
+        let victim = Process()
+        victim.executableURL = binary
+        victim.arguments = arguments
+        victim.currentDirectoryURL = directory
+        victim.standardOutput = FileHandle.nullDevice
+        try victim.run()
+        let deadline = Date().addingTimeInterval(60)
+        var logged = 0
+        while victim.isRunning, Date() < deadline {
+            logged = ((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count
+            if logged >= steps { break }
+            usleep(1000)
+        }
+        kill(victim.processIdentifier, SIGKILL)
+        victim.waitUntilExit()
+        return (victim.terminationReason == .uncaughtSignal, logged)
+    }
 }
 
 /// Synthetic labeled scenes: a class-0 background and one rectangle per

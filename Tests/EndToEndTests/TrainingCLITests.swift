@@ -192,23 +192,10 @@ final class TrainingCLITests: XCTestCase {
         let straight = try ddepc(common + ["--init", path("ft-pre"), "--out", path("ft-straight")])
         XCTAssertEqual(straight.status, 0, straight.all)
 
-        let victim = Process()
-        victim.executableURL = DdepcCommand.binary
-        victim.arguments = common + ["--init", path("ft-pre"), "--out", path("ft-killed")]
-        victim.currentDirectoryURL = Self.repository
-        victim.standardOutput = FileHandle.nullDevice
-        try victim.run()
-        let metrics = path("ft-killed") + "/metrics.jsonl"
-        let deadline = Date().addingTimeInterval(60)
-        var logged = 0
-        while victim.isRunning, Date() < deadline {
-            logged = ((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count
-            if logged >= 100 { break }
-            usleep(1000)
-        }
-        kill(victim.processIdentifier, SIGKILL)
-        victim.waitUntilExit()
-        XCTAssertEqual(victim.terminationReason, .uncaughtSignal, "killed before it finished (at \(logged) steps)")
+        let (killed, logged) = try DdepcCommand.killMidRun(common + ["--init", path("ft-pre"), "--out", path("ft-killed")],
+                                                           in: Self.repository, metrics: path("ft-killed") + "/metrics.jsonl",
+                                                           afterSteps: 100)
+        XCTAssertTrue(killed, "killed before it finished (at \(logged) steps)")
 
         let resumed = try ddepc(common + ["--out", path("ft-killed"), "--resume"])
         XCTAssertEqual(resumed.status, 0, resumed.all)
