@@ -39,15 +39,19 @@ final class ClassifyCLITests: XCTestCase {
         XCTAssertEqual(compiled.status, 0, compiled.all)
 
         let run = work.appendingPathComponent("cls-run").path
-        let trained = try ddepc(["train", artifact, "--mode", "classify", "--data", classes.path, "--steps", "40", "--lr", "3e-3",
+        let trained = try ddepc(["train", artifact, "--mode", "classify", "--data", classes.path, "--steps", "60", "--lr", "1e-3",
                                  "--out", run])
         XCTAssertEqual(trained.status, 0, trained.all)
         XCTAssertTrue(trained.stdout.contains("classifying 18 images of 3 classes"), trained.stdout)
         let losses = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { line in
             ((try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any])["loss"] as! NSNumber).doubleValue
         }
-        XCTAssertEqual(losses.count, 40)
-        let first = losses.prefix(5).reduce(0, +) / 5, last = losses.suffix(5).reduce(0, +) / 5
+        XCTAssertEqual(losses.count, 60)
+        // Batches of four make single losses noisy, and the curve differs between
+        // CPUs (AVX2 and AVX-512 sum in other orders): compare window medians
+        // with a margin, not one machine's values.
+        func median(_ window: ArraySlice<Double>) -> Double { window.sorted()[window.count / 2] }
+        let first = median(losses.prefix(15)), last = median(losses.suffix(15))
         XCTAssertLessThan(last, 0.5 * first, "three colour classes are learned: \(losses)")
 
         // Its encoder starts a DDeP run, which keeps it frozen.
