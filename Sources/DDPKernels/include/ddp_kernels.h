@@ -125,6 +125,17 @@ double ddp_normal_at(uint64_t seed, uint64_t i);
 /// returns the achieved GFLOP/s.
 double ddp_sgemm_gflops(int64_t n, int64_t reps);
 
+/// Threads of the runtime pool (DDEPC_THREADS, else the CPUs this process may use).
+int ddp_thread_count(void);
+/// Caps the threads a parallel region uses (1 ... ddp_thread_count()); for
+/// benchmarks and for tests that results do not depend on the thread count.
+void ddp_set_thread_limit(int threads);
+/// The vector ISA the GEMM micro-kernels run: "avx512" or "avx2" (DDEPC_ISA=avx2 forces it).
+const char *ddp_gemm_isa(void);
+/// Chooses the micro-kernels' ISA: "avx2", "avx512" (where the CPU has it) or
+/// "native" (the widest); returns 0 when this CPU cannot run it.
+int ddp_set_isa(const char *name);
+
 #ifdef __cplusplus
 }
 #endif
