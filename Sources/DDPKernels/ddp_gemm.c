@@ -19,12 +19,15 @@
 // Threads split C into contiguous column (or row) ranges of whole panels;
 // every element of C is summed by one thread in the same order whatever the
 // thread count, so results do not depend on it.
+#define _POSIX_C_SOURCE 200809L // clock_gettime under -std=c11
+
 #include "ddp_kernels.h"
 #include "ddp_internal.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define KC 256
 
@@ -374,4 +377,68 @@ int ddp_gemm_with_packed_a(const float *packed_a, int trans_b, int64_t m, int64_
         .accumulate = beta != 0.0f,
     };
     return gemm_run(&g);
+}
+
+// MARK: - Peak
+
+// Independent FMA chains, enough to cover the latency of both FMA pipes; the
+// result is kept so the loop is not optimised away.
+#define PEAK_CHAINS 12
+
+__attribute__((target("avx512f"))) static float fma_loop_avx512(int64_t iterations) {
+    __m512 acc[PEAK_CHAINS], x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (int64_t it = 0; it < iterations; it++)
+#pragma clang loop unroll(full)
+        for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
+    float sum = 0;
+    for (int i = 0; i < PEAK_CHAINS; i++) sum += _mm512_reduce_add_ps(acc[i]);
+    return sum;
+}
+
+__attribute__((target("avx2,fma"))) static float fma_loop_avx2(int64_t iterations) {
+    __m256 acc[PEAK_CHAINS], x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm256_set1_ps((float)i);
+    for (int64_t it = 0; it < iterations; it++)
+#pragma clang loop unroll(full)
+        for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
+    float lanes[8], sum = 0;
+    for (int i = 0; i < PEAK_CHAINS; i++) {
+        _mm256_storeu_ps(lanes, acc[i]);
+        for (int l = 0; l < 8; l++) sum += lanes[l];
+    }
+    return sum;
+}
+
+typedef struct {
+    int64_t iterations;
+    volatile float sink;
+} peak_job;
+
+static void peak_task(void *arg, int64_t begin, int64_t end) {
+    peak_job *job = arg;
+    for (int64_t t = begin; t < end; t++)
+        job->sink = chosen_isa() == &isa_avx512 ? fma_loop_avx512(job->iterations) : fma_loop_avx2(job->iterations);
+}
+
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double ddp_fma_peak_gflops(double seconds) {
+    int threads = ddp_parallel_threads(), lanes = chosen_isa() == &isa_avx512 ? 16 : 8;
+    peak_job job = {.iterations = 1 << 16};
+    double elapsed = 0;
+    // Grow the loop until one round takes a measurable time, then time it.
+    for (;;) {
+        double start = seconds_now();
+        ddp_parallel_for(threads, peak_task, &job);
+        elapsed = seconds_now() - start;
+        if (elapsed >= seconds || job.iterations > ((int64_t)1 << 40)) break;
+        job.iterations *= elapsed > 0 && seconds / elapsed < 16 ? 2 : 8;
+    }
+    double flops = 2.0 * lanes * PEAK_CHAINS * (double)job.iterations * threads;
+    return elapsed > 0 ? flops / elapsed * 1e-9 : 0.0;
 }

@@ -94,9 +94,11 @@ final class GemmKernelTests: XCTestCase {
     }
 
     /// Forward, input gradient and weight gradient against direct f64 sums,
-    /// on one image (the GEMMs split over threads) and on several (the images do).
+    /// on one image (the GEMMs split over threads) and on several (the images
+    /// do); small images share products, large ones (P ≥ 256) do not.
     func testConvolutionsAgreeWithF64() {
         let cases = [
+            ConvCase(n: 2, c: 3, h: 17, w: 17, o: 5, kh: 3, kw: 3, stride: 1, pad: 1, groups: 1),
             ConvCase(n: 3, c: 5, h: 9, w: 11, o: 7, kh: 3, kw: 3, stride: 1, pad: 1, groups: 1),
             ConvCase(n: 1, c: 24, h: 17, w: 15, o: 40, kh: 3, kw: 3, stride: 2, pad: 1, groups: 1),
             ConvCase(n: 2, c: 16, h: 8, w: 8, o: 33, kh: 1, kw: 1, stride: 1, pad: 0, groups: 1),
