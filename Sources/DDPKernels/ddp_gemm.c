@@ -180,9 +180,15 @@ static void pack_b(view b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int n
         int64_t cols = nc - jp < nr ? nc - jp : nr;
         const float *base = b.p + k0 * b.rs + (j0 + jp) * b.cs;
         if (b.cs == 1 && cols == nr) {
+            // A panel row is 64 or 128 bytes: copied inline, not by a memcpy call.
             for (int64_t k = 0; k < kc; k++) {
                 const float *src = base + k * b.rs;
-                for (int j = 0; j < nr; j++) out[k * nr + j] = src[j];
+                if (nr == 32)
+                    __builtin_memcpy_inline(out + k * nr, src, 32 * sizeof(float));
+                else if (nr == 16)
+                    __builtin_memcpy_inline(out + k * nr, src, 16 * sizeof(float));
+                else
+                    for (int j = 0; j < nr; j++) out[k * nr + j] = src[j];
             }
         } else if (b.cs == 1) {
             for (int64_t k = 0; k < kc; k++) {

@@ -94,13 +94,22 @@ double ddp_normal_at(uint64_t seed, uint64_t i) {
     return sqrt(-2.0 * log(u1)) * cos(two_pi * u2);
 }
 
-// random_normal: y[i] = (float)ddp_normal_at(seed, i).
+typedef struct {
+    uint64_t seed;
+    float *y;
+} normal_job;
+
+static void normal_range(void *arg, int64_t begin, int64_t end) {
+    normal_job *job = arg;
+    for (int64_t i = begin; i < end; i++) job->y[i] = (float)ddp_normal_at(job->seed, (uint64_t)i);
+}
+
+// random_normal: y[i] = (float)ddp_normal_at(seed, i); each element depends on
+// its index alone, so the pool's threads split the range freely.
 void ddp_random_normal(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    uint64_t seed = (uint64_t)*(const int64_t *)bufs[0];
-    float *y = bufs[1];
-    int64_t n = ia[0];
-    for (int64_t i = 0; i < n; i++) y[i] = (float)ddp_normal_at(seed, (uint64_t)i);
+    normal_job job = {(uint64_t)*(const int64_t *)bufs[0], bufs[1]};
+    ddp_parallel_for(ia[0], normal_range, &job);
 }
 
 // MARK: - Fill and matmul
