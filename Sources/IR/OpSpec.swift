@@ -88,6 +88,9 @@ public struct OpSpec {
     /// Returns one gradient per operand (nil: no gradient flows there). A
     /// gradient may have a broadcast shape; autodiff reduces it to the operand's.
     public typealias GradientRule = (GradientContext) throws -> [Value?]
+    /// Floating-point operations of one instance (multiply and add counted
+    /// apart); nil for ops that are memory-bound rather than compute-bound.
+    public typealias FlopRule = (_ operands: [TensorType], _ result: TensorType, _ attrs: Attributes) -> Double
 
     public let name: String
     /// One line: the printed form and what it computes.
@@ -103,11 +106,13 @@ public struct OpSpec {
     public let lowering: Lowering
     /// Sample instances for the op registry test: operand types and attributes.
     public let examples: [(operands: [TensorType], attrs: Attributes)]
+    /// The op's arithmetic (benchmarks report GFLOP/s from it).
+    public let flops: FlopRule?
 
     public init(name: String, doc: String, arity: ClosedRange<Int>, requiredAttributes: [String] = [],
                 inferType: @escaping TypeRule, evaluate: @escaping Evaluate,
                 gradient: GradientRule?, lowering: Lowering,
-                examples: [(operands: [TensorType], attrs: Attributes)]) {
+                examples: [(operands: [TensorType], attrs: Attributes)], flops: FlopRule? = nil) {
         self.name = name
         self.doc = doc
         self.arity = arity
@@ -117,6 +122,7 @@ public struct OpSpec {
         self.gradient = gradient
         self.lowering = lowering
         self.examples = examples
+        self.flops = flops
     }
 
     /// Check operand count and required attributes, then apply the shape rule.

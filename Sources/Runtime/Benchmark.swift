@@ -3,32 +3,18 @@ import DDPKernels
 import Foundation
 import IR
 
-/// Floating-point work of the GEMM-shaped ops, the part that can approach
-/// the machine's peak (everything else is memory-bound and not counted).
+/// Floating-point work of the compute-bound ops (the ones whose spec counts
+/// its FLOPs: convolutions, their gradients and fused forms, matmul), the
+/// part that can approach the machine's peak.
 public enum FlopCounter {
     public static func gemmFlops(_ function: Function) -> Double {
-        let types = function.types
+        var types = function.types
         var flops = 0.0
         for node in function.nodes {
-            switch node.op {
-            case "conv2d":
-                // 2 · output elements · (C/groups · KH · KW)
-                let w = types[node.operands[1]]!.shape
-                flops += 2 * Double(node.type.count) * Double(w[1] * w[2] * w[3])
-            case "conv2d_grad_input":
-                let dy = types[node.operands[0]]!.shape, w = types[node.operands[1]]!.shape
-                flops += 2 * Double(dy.reduce(1, *)) * Double(w[1] * w[2] * w[3])
-            case "conv2d_grad_weight":
-                let dy = types[node.operands[1]]!.shape, w = node.type.shape
-                flops += 2 * Double(dy.reduce(1, *)) * Double(w[1] * w[2] * w[3])
-            case "matmul":
-                let a = types[node.operands[0]]!.shape
-                let transA = node.attrs["transpose_a"] == .bool(true)
-                let k = transA ? a[a.count - 2] : a[a.count - 1]
-                flops += 2 * Double(node.type.count) * Double(k)
-            default:
-                break
+            if let rule = OpRegistry.spec(node.op)?.flops {
+                flops += rule(node.operands.map { types[$0]! }, node.type, node.attrs)
             }
+            types[node.id] = node.type
         }
         return flops
     }

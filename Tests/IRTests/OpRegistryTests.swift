@@ -91,4 +91,18 @@ final class OpRegistryTests: XCTestCase {
                                           "max_pool2d_grad", "random_normal", "upsample_bilinear_grad", "upsample_nearest_grad"])
         XCTAssertGreaterThan(Set(checked).count, 30)
     }
+
+    /// The compute-bound ops count their FLOPs (the benchmark's GFLOP/s);
+    /// a convolution's gradients do the same work as the convolution.
+    func testComputeBoundOpsCountTheirFlops() throws {
+        let counted = OpRegistry.all.filter { $0.flops != nil }.map(\.name).sorted()
+        XCTAssertEqual(counted, ["conv2d", "conv2d_grad_input", "conv2d_grad_weight", "fused_conv2d", "matmul"])
+        let conv = try OpRegistry.require("conv2d"), x = TensorType.f32([2, 4, 7, 6]), w = TensorType.f32([6, 2, 3, 3])
+        let attrs: Attributes = ["stride": .ints([2, 1]), "pad": .ints([1, 2]), "dilation": .ints([1, 2]), "groups": .int(2)]
+        let y = try conv.checkedType(operands: [x, w], attrs: attrs)
+        let flops = conv.flops!([x, w], y, attrs)
+        XCTAssertEqual(flops, 2 * Double(y.count) * 2 * 3 * 3)
+        XCTAssertEqual(try OpRegistry.require("conv2d_grad_weight").flops!([x, y], w, attrs), flops)
+        XCTAssertEqual(try OpRegistry.require("matmul").flops!([.f32([3, 4]), .f32([4, 5])], .f32([3, 5]), [:]), 2 * 15 * 4)
+    }
 }

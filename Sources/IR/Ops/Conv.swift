@@ -71,6 +71,12 @@ public enum ConvOps {
 
     static let convAttributes = ["stride", "pad", "dilation", "groups"]
 
+    /// 2 · output elements · (C/groups · KH · KW): the work of a convolution
+    /// and of each of its two gradients.
+    static func macs(output: [Int], weight: [Int]) -> Double {
+        2 * Double(output.reduce(1, *)) * Double(weight.dropFirst().reduce(1, *))
+    }
+
     /// The reference convolution (conv2d's and fused_conv2d's).
     static func evaluate(_ x: HostTensor, _ w: HostTensor, attrs: Attributes, type: TensorType) throws -> HostTensor {
         let geo = try Geometry(input: x.shape, weight: w.shape, attrs: attrs)
@@ -109,7 +115,8 @@ public enum ConvOps {
                                    + FusedConvOps.Epilogue.none)]
                },
                examples: [([f([2, 4, 7, 6]), f([6, 2, 3, 3])], example),
-                          ([f([1, 3, 5, 5]), f([4, 3, 1, 1])], [:])]),
+                          ([f([1, 3, 5, 5]), f([4, 3, 1, 1])], [:])],
+               flops: { operands, result, _ in macs(output: result.shape, weight: operands[1].shape) }),
 
         OpSpec(name: "conv2d_grad_input", doc: "%dx = conv2d_grad_input(%dy, %w) {input_shape=[...], <conv2d's>}: conv2d's VJP wrt x",
                arity: 2...2, requiredAttributes: ["input_shape"],
@@ -133,7 +140,8 @@ public enum ConvOps {
                    [KernelCall("conv2d_grad_input", [.operand(0), .operand(1), .result],
                                ints: try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs).kernelInts)]
                },
-               examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6]))]),
+               examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6]))],
+               flops: { operands, _, _ in macs(output: operands[0].shape, weight: operands[1].shape) }),
 
         OpSpec(name: "conv2d_grad_weight", doc: "%dw = conv2d_grad_weight(%x, %dy) {weight_shape=[...], <conv2d's>}: conv2d's VJP wrt w",
                arity: 2...2, requiredAttributes: ["weight_shape"],
@@ -157,7 +165,8 @@ public enum ConvOps {
                    [KernelCall("conv2d_grad_weight", [.operand(0), .operand(1), .result],
                                ints: try Geometry(input: operands[0].shape, weight: result.shape, attrs: attrs).kernelInts)]
                },
-               examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 6])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3]))]),
+               examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 6])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3]))],
+               flops: { operands, result, _ in macs(output: operands[1].shape, weight: result.shape) }),
     ]
 }
 

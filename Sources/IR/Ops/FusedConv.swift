@@ -135,6 +135,8 @@ public enum FusedConvOps {
                      "epilogue": .expr(.binary(.max, .binary(.add, .input(3), .binary(.add, .input(2), .binary(.mul, .input(1), .input(0)))), .const(0)))]),
                    // conv + bias
                    ([f([1, 3, 5, 5]), f([4, 3, 1, 1]), f([1, 4, 1, 1])], ["epilogue": .expr(.binary(.add, .input(0), .input(1)))]),
-               ]),
+               ],
+               // The epilogue's few operations per element are not counted.
+               flops: { operands, result, _ in ConvOps.macs(output: result.shape, weight: operands[1].shape) }),
     ]
 }

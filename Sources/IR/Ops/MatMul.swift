@@ -84,7 +84,13 @@ public enum MatMulOps {
                examples: [([f([2, 3, 4]), f([2, 4, 5])], [:]),
                           ([f([2, 4, 3]), f([2, 5, 4])], ["transpose_a": .bool(true), "transpose_b": .bool(true)]),
                           ([f([2, 3, 4]), f([5, 4])], ["transpose_b": .bool(true)]),
-                          ([f([3, 4]), f([4, 2])], [:])]),
+                          ([f([3, 4]), f([4, 2])], [:])],
+               // 2 · output elements · the shared dimension
+               flops: { operands, result, attrs in
+                   let a = operands[0].shape
+                   let k = attrs["transpose_a"] == .bool(true) ? a[a.count - 2] : a[a.count - 1]
+                   return 2 * Double(result.count) * Double(k)
+               }),
     ]
 }
 
