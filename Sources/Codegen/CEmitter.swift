@@ -11,6 +11,7 @@ public enum CEmitter {
     #include <string.h>
 
     typedef void (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
+    typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     typedef struct ddp_buffers { char *params; char *state; char *io; char *arena; } ddp_buffers;
 
     """
@@ -25,6 +26,9 @@ public enum CEmitter {
     /// with the same shape, strides and expression (optimizer steps of
     /// same-shaped weights, repeated blocks). C compilers handle many small
     /// functions far faster than one entry point holding thousands of loops.
+    /// Each covers a range [begin, end) of its outermost axis; its `_task`
+    /// twin takes the pointers as an array, the form the runtime's
+    /// parallel_loop kernel calls on each thread.
     struct LoopTable {
         var names: [String: String] = [:]
         var definitions = ""
@@ -34,8 +38,11 @@ public enum CEmitter {
             if let name = names[body] { return name }
             let name = "loop\(names.count)"
             names[body] = name
-            let params = ["float *restrict r"] + loop.operands.indices.map { "const float *restrict p\($0)" }
-            definitions += "static __attribute__((noinline)) void \(name)(\(params.joined(separator: ", "))) {\n\(body)}\n\n"
+            let params = ["int64_t begin", "int64_t end", "float *restrict r"]
+                + loop.operands.indices.map { "const float *restrict p\($0)" }
+            let pointers = (0...loop.operands.count).map { "p[\($0)]" }.joined(separator: ", ")
+            definitions += "static __attribute__((noinline)) void \(name)(\(params.joined(separator: ", "))) {\n\(body)}\n"
+            definitions += "static __attribute__((unused)) void \(name)_task(int64_t begin, int64_t end, void *const *p) { \(name)(begin, end, \(pointers)); }\n\n"
             return name
         }
     }
@@ -117,7 +124,16 @@ public enum CEmitter {
                 body += "  memcpy(\(pointer(to)), \(pointer(from)), \(bytes));\n"
             case .loop(let loop):
                 let args = [pointer(loop.result)] + loop.operands.map(pointer)
-                body += "  \(loops.name(for: loop))(\(args.joined(separator: ", ")));\n"
+                let name = loops.name(for: loop)
+                if loop.parallel {
+                    body += "  {\n"
+                    body += "    void *const bufs[] = {(void *)\(name)_task, \(args.map { "(void *)" + $0 }.joined(separator: ", "))};\n"
+                    body += "    static const int64_t ia[] = {\(loop.shape[0])};\n"
+                    body += "    k[\(LoweredFunction.parallelLoopKernel)](bufs, ia, 0); /* parallel_loop */\n"
+                    body += "  }\n"
+                } else {
+                    body += "  \(name)(0, \(loop.shape[0]), \(args.joined(separator: ", ")));\n"
+                }
             }
         }
         return body + "  return 0;\n}\n"
@@ -136,7 +152,8 @@ public enum CEmitter {
         var indent = "    "
         // Nested loops; i<d> are loop indices, the result index is flat.
         for (d, extent) in loop.shape.enumerated() {
-            out += "\(indent)for (int64_t i\(d) = 0; i\(d) < \(extent); i\(d)++) {\n"
+            let (first, bound) = d == 0 ? ("begin", "end") : ("0", "\(extent)")
+            out += "\(indent)for (int64_t i\(d) = \(first); i\(d) < \(bound); i\(d)++) {\n"
             indent += "  "
         }
         var flat = "i0"

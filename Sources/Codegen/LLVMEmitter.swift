@@ -225,8 +225,10 @@ private final class ModuleEmitter {
         var expr: ScalarExpr
     }
 
-    /// Loop functions already emitted, by what they compute.
+    /// Loop functions already emitted, by what they compute, and the task
+    /// twins (pointers as an array) that the parallel_loop kernel calls.
     private var loopFunctions: [LoopKey: LLVMValueRef] = [:]
+    private var loopTasks: [LoopKey: LLVMValueRef] = [:]
 
     /// Emits every function and verifies the module; the caller owns (and
     /// must dispose) the returned module.
@@ -324,6 +326,7 @@ private final class ModuleEmitter {
         }
         let maxBuffers = function.steps.reduce(0) { most, step in
             if case .kernel(_, _, let buffers, _, _) = step { return max(most, buffers.count) }
+            if case .loop(let loop) = step, loop.parallel { return max(most, loop.operands.count + 2) }
             return most
         }
         if maxBuffers > 0 {
@@ -370,11 +373,18 @@ private final class ModuleEmitter {
 
     private func emitKernel(_ state: FunctionState, function: String, index: Int, name: String,
                             buffers: [LoweredFunction.Address], ints: [Int], floats: [Double]) {
+        emitKernel(state, function: function, index: index, name: name, pointers: buffers.map { bytePointer(state, $0) },
+                   ints: ints, floats: floats)
+    }
+
+    /// A kernel call with its buffers given as i8* values.
+    private func emitKernel(_ state: FunctionState, function: String, index: Int, name: String,
+                            pointers: [LLVMValueRef], ints: [Int], floats: [Double]) {
         globalCounter += 1
         let arrayType = state.bufferArrayType!, array = state.bufferArray!
-        for (slot, address) in buffers.enumerated() {
+        for (slot, pointer) in pointers.enumerated() {
             let element = gep(arrayType, array, [constI64(0), constI64(slot)])
-            LLVMSetAlignment(LLVMBuildStore(builder, bytePointer(state, address), element), 8)
+            LLVMSetAlignment(LLVMBuildStore(builder, pointer, element), 8)
         }
         let bufs = gep(arrayType, array, [constI64(0), constI64(0)], "bufs.\(name)")
         // `static const int64_t ia[] = {...}` ({0} when there are none).
@@ -417,21 +427,61 @@ private final class ModuleEmitter {
 
         let addresses = [loop.result] + loop.operands
         let pointerTypes = addresses.map { LLVMPointerType(llvmType($0.dtype), 0)! }
-        let loopType = functionType(void, pointerTypes)
-        // The call, in the entry point.
-        var arguments: [LLVMValueRef?] = zip(addresses, pointerTypes).map { address, type in
-            LLVMBuildBitCast(builder, bytePointer(state, address), type, "")
-        }
+        let loopType = functionType(void, [i64, i64] + pointerTypes)
         // Loops with the same shape, strides, types and expression share one
         // function (like the C backend), keeping optimization time small.
         let key = LoopKey(shape: loop.shape, strides: loop.operandStrides, dtypes: addresses.map(\.dtype), expr: loop.expr)
+        let loopFunction: LLVMValueRef
         if let shared = loopFunctions[key] {
-            LLVMBuildCall2(builder, loopType, shared, &arguments, UInt32(arguments.count), "")
-            return
+            loopFunction = shared
+        } else {
+            state.loopCounter += 1
+            loopFunction = try emitLoopFunction(name: "ddp_\(function).loop\(state.loopCounter)", type: loopType,
+                                                loop: loop, addresses: addresses)
+            loopFunctions[key] = loopFunction
         }
-        state.loopCounter += 1
-        let loopFunction = LLVMAddFunction(module, "ddp_\(function).loop\(state.loopCounter)", loopType)!
-        loopFunctions[key] = loopFunction
+        // The call, in the entry point: inline, or split over the pool by the
+        // parallel_loop kernel through the loop's task twin.
+        if loop.parallel {
+            let task = loopTasks[key] ?? emitLoopTask(loopFunction, type: loopType, pointerTypes: pointerTypes)
+            loopTasks[key] = task
+            emitKernel(state, function: function, index: LoweredFunction.parallelLoopKernel, name: "parallel_loop",
+                       pointers: [LLVMBuildBitCast(builder, task, i8Ptr, "")!] + addresses.map { bytePointer(state, $0) },
+                       ints: [loop.shape[0]], floats: [])
+        } else {
+            var arguments: [LLVMValueRef?] = [constI64(0), constI64(loop.shape[0])]
+                + zip(addresses, pointerTypes).map { address, type in LLVMBuildBitCast(builder, bytePointer(state, address), type, "") }
+            LLVMBuildCall2(builder, loopType, loopFunction, &arguments, UInt32(arguments.count), "")
+        }
+    }
+
+    /// `internal void @<loop>.task(i64 begin, i64 end, i8** p)`: the loop with
+    /// its pointers taken from an array (the ddp_loop_fn form).
+    private func emitLoopTask(_ loopFunction: LLVMValueRef, type loopType: LLVMTypeRef, pointerTypes: [LLVMTypeRef]) -> LLVMValueRef {
+        let caller = LLVMGetInsertBlock(builder)!
+        var length = 0
+        let name = String(cString: LLVMGetValueName2(loopFunction, &length)) + ".task"
+        let task = LLVMAddFunction(module, name, functionType(void, [i64, i64, i8PtrPtr]))!
+        LLVMSetLinkage(task, LLVMInternalLinkage)
+        LLVMPositionBuilderAtEnd(builder, LLVMAppendBasicBlockInContext(context, task, "entry"))
+        let array = LLVMGetParam(task, 2)!
+        var arguments: [LLVMValueRef?] = [LLVMGetParam(task, 0), LLVMGetParam(task, 1)]
+        for (slot, type) in pointerTypes.enumerated() {
+            let raw = LLVMBuildLoad2(builder, i8Ptr, gep(i8Ptr, array, [constI64(slot)]), "p\(slot)")!
+            LLVMSetAlignment(raw, 8)
+            arguments.append(LLVMBuildBitCast(builder, raw, type, ""))
+        }
+        LLVMBuildCall2(builder, loopType, loopFunction, &arguments, UInt32(arguments.count), "")
+        LLVMBuildRetVoid(builder)
+        LLVMPositionBuilderAtEnd(builder, caller)
+        return task
+    }
+
+    /// The loop nest as `internal void @<name>(i64 begin, i64 end, T* noalias r, T* noalias p0, ...)`
+    /// over rows [begin, end) of its outermost axis.
+    private func emitLoopFunction(name: String, type loopType: LLVMTypeRef, loop: LoweredFunction.Loop,
+                                  addresses: [LoweredFunction.Address]) throws -> LLVMValueRef {
+        let loopFunction = LLVMAddFunction(module, name, loopType)!
         LLVMSetLinkage(loopFunction, LLVMInternalLinkage)
         for attribute in ["nounwind", "noinline"] {
             let kind = LLVMGetEnumAttributeKindForName(attribute, attribute.utf8.count)
@@ -440,36 +490,48 @@ private final class ModuleEmitter {
         let noalias = LLVMGetEnumAttributeKindForName("noalias", 7)
         let nocapture = LLVMGetEnumAttributeKindForName("nocapture", 9)
         let readonly = LLVMGetEnumAttributeKindForName("readonly", 8)
+        let bounds = 2 // begin, end come first
+        LLVMSetValueName2(LLVMGetParam(loopFunction, 0), "begin", 5)
+        LLVMSetValueName2(LLVMGetParam(loopFunction, 1), "end", 3)
         for index in addresses.indices {
             let attributes = index == 0 ? [noalias, nocapture] : [noalias, nocapture, readonly]
             for kind in attributes {
-                LLVMAddAttributeAtIndex(loopFunction, LLVMAttributeIndex(index + 1), LLVMCreateEnumAttribute(context, kind, 0))
+                LLVMAddAttributeAtIndex(loopFunction, LLVMAttributeIndex(bounds + index + 1), LLVMCreateEnumAttribute(context, kind, 0))
             }
             let name = index == 0 ? "r" : "p\(index - 1)"
-            LLVMSetValueName2(LLVMGetParam(loopFunction, UInt32(index)), name, name.utf8.count)
+            LLVMSetValueName2(LLVMGetParam(loopFunction, UInt32(bounds + index)), name, name.utf8.count)
         }
-
-        LLVMBuildCall2(builder, loopType, loopFunction, &arguments, UInt32(arguments.count), "")
         let caller = LLVMGetInsertBlock(builder)!
 
-        // The body.
+        // The body, skipped for an empty range (the nest tests at its end).
         let entry = LLVMAppendBasicBlockInContext(context, loopFunction, "entry")
+        let nest = LLVMAppendBasicBlockInContext(context, loopFunction, "nest")
+        let done = LLVMAppendBasicBlockInContext(context, loopFunction, "done")
         LLVMPositionBuilderAtEnd(builder, entry)
+        let begin = LLVMGetParam(loopFunction, 0)!, end = LLVMGetParam(loopFunction, 1)!
+        LLVMBuildCondBr(builder, LLVMBuildICmp(builder, LLVMIntSLT, begin, end, ""), nest, done)
+        LLVMPositionBuilderAtEnd(builder, nest)
         let pointers = addresses.enumerated().map { index, address in
-            LoopPointer(pointer: LLVMGetParam(loopFunction, UInt32(index))!, dtype: address.dtype)
+            LoopPointer(pointer: LLVMGetParam(loopFunction, UInt32(bounds + index))!, dtype: address.dtype)
         }
         emitNest(loopFunction, loop, depth: 0, flat: nil, offsets: loop.operands.map { _ in nil },
-                 result: pointers[0], operands: Array(pointers.dropFirst()))
+                 result: pointers[0], operands: Array(pointers.dropFirst()), outerRange: (begin, end))
+        LLVMBuildBr(builder, done)
+        LLVMPositionBuilderAtEnd(builder, done)
         LLVMBuildRetVoid(builder)
         LLVMPositionBuilderAtEnd(builder, caller)
+        return loopFunction
     }
 
     /// The loop over axis `depth`; `flat` and `offsets` are the outer axes'
     /// contributions (nil: zero). Leaves the builder in the exit block.
     private func emitNest(_ fn: LLVMValueRef, _ loop: LoweredFunction.Loop, depth: Int,
                           flat outerFlat: LLVMValueRef?, offsets outerOffsets: [LLVMValueRef?],
-                          result: LoopPointer, operands: [LoopPointer]) {
+                          result: LoopPointer, operands: [LoopPointer],
+                          outerRange: (begin: LLVMValueRef, end: LLVMValueRef)? = nil) {
         let extent = loop.shape[depth]
+        // The outermost axis runs over [begin, end), the others over [0, extent).
+        let first = outerRange?.begin ?? constI64(0), bound = outerRange?.end ?? constI64(extent)
         let preheader = LLVMGetInsertBlock(builder)!
         let header = LLVMAppendBasicBlockInContext(context, fn, "d\(depth)")!
         let exit = LLVMAppendBasicBlockInContext(context, fn, "d\(depth).end")!
@@ -499,9 +561,9 @@ private final class ModuleEmitter {
 
         let latch = LLVMGetInsertBlock(builder)!
         let next = LLVMBuildNSWAdd(builder, i, constI64(1), "i\(depth).next")!
-        let done = LLVMBuildICmp(builder, LLVMIntEQ, next, constI64(extent), "")
+        let done = LLVMBuildICmp(builder, LLVMIntEQ, next, bound, "")
         LLVMBuildCondBr(builder, done, exit, header)
-        var incoming: [LLVMValueRef?] = [constI64(0), next]
+        var incoming: [LLVMValueRef?] = [first, next]
         var blocks: [LLVMBasicBlockRef?] = [preheader, latch]
         LLVMAddIncoming(i, &incoming, &blocks, 2)
         LLVMPositionBuilderAtEnd(builder, exit)

@@ -21,7 +21,15 @@ public struct LoweredFunction {
         public var operandStrides: [[Int]]
         public var expr: ScalarExpr
         public var count: Int { shape.reduce(1, *) }
+        /// Large enough to split its outermost axis over the thread pool
+        /// (the runtime's parallel_loop kernel); smaller loops run inline.
+        public var parallel: Bool { count >= Self.parallelMinimum && shape[0] > 1 }
+        /// Elements below which waking the pool costs more than it saves.
+        static let parallelMinimum = 1 << 15
     }
+
+    /// The runtime kernel that runs a parallel loop (see ddp_kernels.h).
+    public static let parallelLoopKernel = Int(ddp_kernel_index("parallel_loop"))
 
     public enum Step {
         case kernel(index: Int, name: String, buffers: [Address], ints: [Int], floats: [Double])

@@ -112,6 +112,28 @@ void ddp_random_normal(void *const *bufs, const int64_t *ia, const double *fa) {
     ddp_parallel_for(ia[0], normal_range, &job);
 }
 
+// MARK: - Generated loops on the pool
+
+typedef struct {
+    ddp_loop_fn loop;
+    void *const *pointers;
+} loop_job;
+
+static void loop_range(void *arg, int64_t begin, int64_t end) {
+    loop_job *job = arg;
+    job->loop(begin, end, job->pointers);
+}
+
+// parallel_loop: an elementwise loop's outer axis split over the pool. Every
+// element is computed alone, so the split does not change any result.
+void ddp_parallel_loop(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    loop_job job;
+    memcpy(&job.loop, &bufs[0], sizeof job.loop); // a function pointer passed as a buffer
+    job.pointers = bufs + 1;
+    ddp_parallel_for(ia[0], loop_range, &job);
+}
+
 // MARK: - Fill and matmul
 
 // fill: dst[0..n) = value.

@@ -45,6 +45,23 @@ final class LLVMEmitterTests: XCTestCase {
         XCTAssertTrue(result.planned.functions[0].nodes.contains { $0.op == "fused_elementwise" })
     }
 
+    /// Loops large enough to split over the thread pool (the parallel_loop
+    /// kernel calls each backend's task twin of the loop on row ranges) give
+    /// the interpreter's values, also with a broadcast operand that makes the
+    /// outer axis short.
+    func testLargeLoopsRunOnTheThreadPool() throws {
+        let b = FunctionBuilder(name: "wide")
+        let x = b.argument("x", .f32([64, 1024]), role: .input)
+        let y = b.argument("y", .f32([8, 16, 512]), role: .input)
+        let a = b.argument("a", .f32([16, 1]), role: .param)
+        b.output(try b.add(try b.unary("tanh", x), try b.constant(0.5)), name: "flat")
+        b.output(try b.mul(try b.unary("exp", y), a), name: "per_row")
+        let result = try check(Module(functions: [b.function]), name: "wide")
+        XCTAssertTrue(result.ir.contains("define internal void @ddp_wide.loop1.task(i64 %0, i64 %1, i8**"), result.ir)
+        XCTAssertTrue(result.ir.contains("@ddp_wide.loop2.task"), result.ir)
+        XCTAssertTrue(result.ir.contains("@ddp_wide.parallel_loop.ia"), result.ir)
+    }
+
     /// Every scalar function, each in its own loop, over an odd length (vector
     /// remainders) with one broadcast operand; inputs on a 0.25 grid so that
     /// comparisons tie.
@@ -137,7 +154,8 @@ final class LLVMEmitterTests: XCTestCase {
         let lowered = try module.functions.map { try Lowerer.lower($0, layout: layout) }
         let raw = try LLVMEmitter.moduleIR(lowered, moduleName: "tiny", optimize: false)
         XCTAssertTrue(raw.contains("define i32 @ddp_tiny(%ddp_buffers* %b, i8** %k)"), raw)
-        XCTAssertTrue(raw.contains("define internal void @ddp_tiny.loop1(float* noalias nocapture %r, float* noalias nocapture readonly %p0)"), raw)
+        XCTAssertTrue(raw.contains("define internal void @ddp_tiny.loop1(i64 %begin, i64 %end, float* noalias nocapture %r, float* noalias nocapture readonly %p0)"), raw)
+        XCTAssertFalse(raw.contains(".task"), "a 16-element loop runs inline")
         let optimized = try LLVMEmitter.optimizedIR(lowered, moduleName: "tiny")
         XCTAssertTrue(optimized.contains("target triple"), optimized)
 

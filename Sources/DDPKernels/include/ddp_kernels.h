@@ -20,6 +20,8 @@ extern "C" {
 #endif
 
 typedef void (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
+/// A generated loop over the range [begin, end) of its outermost axis.
+typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 
 // X(name): the kernel list. The order is the ABI; append only.
 //
@@ -87,6 +89,10 @@ typedef void (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double
 // random_normal      bufs [seed, y]      ia [n]
 //                    seed: one int64. Counter-based: element i depends only on
 //                    (seed, i). See ddp_normal_at() below.
+// parallel_loop      bufs [loop, p0, p1, ...]  ia [extent]
+//                    runs a generated elementwise loop on the thread pool: `loop` is a
+//                    ddp_loop_fn, called with disjoint ranges [begin, end) covering
+//                    [0, extent) of its outermost axis and the pointers p0, p1, ...
 #define DDP_KERNEL_LIST(X) \
     X(conv2d) X(conv2d_grad_input) X(conv2d_grad_weight) X(matmul) \
     X(reduce) X(permute) X(copy_region) X(fill) \
@@ -95,7 +101,7 @@ typedef void (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double
     X(upsample_bilinear) X(upsample_bilinear_grad) \
     X(batch_norm) X(group_norm) X(layer_norm) \
     X(softmax) X(log_softmax) X(mse) X(cross_entropy) X(cross_entropy_grad) \
-    X(random_normal)
+    X(random_normal) X(parallel_loop)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,
