@@ -38,6 +38,8 @@ public enum CompileDriver {
     public static let cFlags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off"]
 
     public static func compile(_ module: Module, to output: URL, options: CompileOptions) throws -> CompileReport {
+        // Refuse a directory that is not ours before the work, not after it.
+        if FileManager.default.fileExists(atPath: output.path) { try requireReplaceableArtifact(output) }
         var module = module
         let manager = PassManager(PassManager.standardPipeline(optimizer: options.optimizer), options: options.passOptions)
         let passStart = Date()
@@ -106,9 +108,7 @@ public enum CompileDriver {
             try fm.moveItem(at: staging, to: output)
             return
         }
-        guard fm.fileExists(atPath: output.appendingPathComponent("manifest.json").path) else {
-            throw RuntimeError("\(output.path) exists and is not a ddepc artifact; refusing to replace it. Choose another -o path.")
-        }
+        try requireReplaceableArtifact(output)
         let old = output.deletingLastPathComponent().appendingPathComponent(".\(output.lastPathComponent).old-\(UUID().uuidString)")
         try fm.moveItem(at: output, to: old)
         do {
@@ -118,6 +118,42 @@ public enum CompileDriver {
             throw error
         }
         try? fm.removeItem(at: old)
+    }
+
+    /// The files a compile writes into an artifact directory (either backend).
+    static let artifactFiles: Set<String> = ["manifest.json", "final.ddir", "module.so", "module.c", "module.ll", "module.o"]
+
+    /// Throws unless `directory` is an artifact ddepc wrote: its manifest.json
+    /// decodes as a ddepc manifest (of any version: an old artifact may be
+    /// recompiled in place) and it holds nothing but artifact files. A
+    /// directory that merely has a manifest.json (web apps, extensions) is
+    /// the user's, and replacing it would delete their work.
+    static func requireReplaceableArtifact(_ directory: URL) throws {
+        let path = directory.path
+        let refusal = "refusing to replace it (nothing was changed). Choose another -o path, or remove it yourself if it is no longer needed."
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw RuntimeError("\(path) exists and is a file, not a ddepc artifact; \(refusal)")
+        }
+        /// The fields every ddepc manifest has had; enough to tell ours from another tool's manifest.json.
+        struct ManifestIdentity: Decodable {
+            var format: Int
+            var ddepcVersion: String
+            var irHash: String
+            var kernelABI: String
+        }
+        let manifest = directory.appendingPathComponent("manifest.json")
+        guard let data = try? Data(contentsOf: manifest), (try? JSONDecoder().decode(ManifestIdentity.self, from: data)) != nil else {
+            let what = FileManager.default.fileExists(atPath: manifest.path)
+                ? "its manifest.json is not a ddepc manifest" : "it has no manifest.json"
+            throw RuntimeError("\(path) exists and is not a ddepc artifact (\(what)); \(refusal)")
+        }
+        let contents = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        let foreign = contents.filter { !artifactFiles.contains($0) }.sorted()
+        guard foreign.isEmpty else {
+            let listed = foreign.prefix(5).joined(separator: ", ") + (foreign.count > 5 ? ", ..." : "")
+            throw RuntimeError("\(path) is a ddepc artifact but also holds files ddepc did not write (\(listed)); \(refusal)")
+        }
     }
 
     /// Identifies the kernel table the code was generated against.

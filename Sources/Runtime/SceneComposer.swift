@@ -60,9 +60,7 @@ public struct SceneComposer {
     public func write(from source: FashionMNIST, count: Int, seed: UInt64, to directory: URL) throws {
         let fm = FileManager.default
         let images = directory.appendingPathComponent("images"), masks = directory.appendingPathComponent("masks")
-        if let existing = try? fm.contentsOfDirectory(atPath: directory.path), !existing.isEmpty {
-            throw RuntimeError("\(directory.path) is not empty; choose a new folder for the scenes (nothing was overwritten)")
-        }
+        try OutputFolder.requireNewOrEmpty(directory, advice: "choose a new folder for the scenes")
         try fm.createDirectory(at: images, withIntermediateDirectories: true)
         try fm.createDirectory(at: masks, withIntermediateDirectories: true)
         var rng = SplitMix64(seed: seed)

@@ -282,6 +282,7 @@ public final class Trainer {
         let fm = FileManager.default
         let manifest = artifact.manifest
         let batch = manifest.batch, size = manifest.size
+        if !options.resume { try requireFreshRunDirectory() }
 
         // The data.
         let source: any ExampleSource
@@ -328,15 +329,16 @@ public final class Trainer {
         var config = runConfig(examples: source.count, augmentation: augmentation)
 
         // The starting point.
-        try fm.createDirectory(at: options.runDirectory, withIntermediateDirectories: true)
+        do {
+            try fm.createDirectory(at: options.runDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw FileProblem.error(error, path: options.runDirectory.path, action: "create the run folder")
+        }
         var step = 0
         store.initialize(seed: options.seed)
         if options.resume {
             step = try resume(config: &config, dataset: dataset)
         } else {
-            if checkpoints.latestValid() != nil {
-                throw RuntimeError("\(options.runDirectory.path) already holds a run's checkpoints; continue it with --resume, or choose another --out")
-            }
             if let initURL = options.initFrom { try initialize(from: initURL) } else if options.mode == .ddep {
                 options.log("note: no --init: the frozen encoder keeps its random initialization (DDeP starts from a pretrained encoder)")
             }
@@ -383,18 +385,27 @@ public final class Trainer {
             let loss = Double(try output("loss", io))
             let gradNorm = entry.outputs.contains { $0.name == "grad_norm" } ? Double(try output("grad_norm", io)) : nil
             step += 1
-            guard loss.isFinite else {
+            // A non-finite gradient poisons the weights even while the loss
+            // stays finite (ReLU maps NaN to 0), so both stop the run.
+            let diverged = !loss.isFinite ? "the loss became \(loss)"
+                : gradNorm.map { !$0.isFinite } == true ? "the gradient norm became \(gradNorm!) (the loss was \(String(format: "%.6g", loss)))" : nil
+            if let diverged {
                 progress.interrupt()
                 let last = lastCheckpoint.map { "the last good checkpoint is \($0.url.path) (step \($0.step))" }
                     ?? "no checkpoint was written yet (use --checkpoint-every N to keep some)"
-                throw RuntimeError("the loss became \(loss) at step \(step); stopping (\(last)). Try a lower --lr, a longer --warmup or --clip-grad-norm.")
+                throw RuntimeError("\(diverged) at step \(step); stopping (\(last)). Try a lower --lr, a longer --warmup or --clip-grad-norm.")
             }
             losses.append(loss)
             let seconds = Date().timeIntervalSince(stepStart)
             var line = String(format: "{\"step\":%d,\"epoch\":%.4f,\"loss\":%.9g,\"lr\":%.6g,\"images_per_s\":%.3f,\"seconds\":%.4f,\"data_wait_s\":%.4f",
                               step, Double(step * batch) / Double(source.count), loss, lr, Double(batch) / seconds, seconds, waited)
             if let gradNorm { line += String(format: ",\"grad_norm\":%.6g", gradNorm) }
-            try metrics.write(contentsOf: Data((line + "}\n").utf8))
+            do {
+                try metrics.write(contentsOf: Data((line + "}\n").utf8))
+            } catch {
+                progress.interrupt()
+                throw FileProblem.error(error, path: metricsURL.path, action: "append step \(step) to the metrics log")
+            }
             progress.update(step: step, loss: loss, lr: lr, seconds: seconds, first: step == firstStep + 1)
             if (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps {
                 lastCheckpoint = (try saveCheckpoint(step: step, config: configText), step)
@@ -452,6 +463,11 @@ public final class Trainer {
         }
         guard let step = file.metadata["step"].flatMap(Int.init) else {
             throw RuntimeError("\(url.path) has no step in its metadata; it is not a ddepc training checkpoint")
+        }
+        // The step indexes the data order; a damaged value must not reach it.
+        let named = checkpoints.checkpoints().first { $0.url == url }?.step
+        guard step >= 0, named == nil || named == step else {
+            throw RuntimeError("\(url.path) is damaged: its metadata says step \(step)\(named.map { " but its name says step \($0)" } ?? ", which is negative"). Move it out of \(checkpoints.directory.path) to resume from the checkpoint before it.")
         }
         if let hash = file.metadata["ir_hash"], hash != artifact.manifest.irHash {
             throw RuntimeError("\(url.path) was written by an artifact with IR hash \(hash), not \(artifact.directory.path) (\(artifact.manifest.irHash)); resume with the artifact the run started with")
@@ -592,9 +608,38 @@ public final class Trainer {
         if !FileManager.default.fileExists(atPath: metricsURL.path) {
             _ = FileManager.default.createFile(atPath: metricsURL.path, contents: nil)
         }
-        let handle = try FileHandle(forWritingTo: metricsURL)
-        try handle.seekToEnd()
-        return handle
+        do {
+            let handle = try FileHandle(forWritingTo: metricsURL)
+            try handle.seekToEnd()
+            return handle
+        } catch {
+            throw FileProblem.error(error, path: metricsURL.path, action: "open the metrics log")
+        }
+    }
+
+    /// The files a run writes at its top level (checkpoints/ holds its own).
+    static let runFiles: Set<String> = ["config.json", "metrics.jsonl", "label_subset.txt", "checkpoints", "last.safetensors",
+                                        "eval.json", "loss.svg"]
+
+    /// A new run writes only into a new or empty --out, or over a run of ours
+    /// that never reached a checkpoint (starting over replaces only its own
+    /// config and log). The user's files, and a run's checkpoints (even
+    /// damaged ones, which --resume can skip), are never overwritten.
+    func requireFreshRunDirectory() throws {
+        let run = options.runDirectory
+        let fm = FileManager.default
+        let hasLink = (try? fm.destinationOfSymbolicLink(atPath: checkpoints.lastLink.path)) != nil
+            || fm.fileExists(atPath: checkpoints.lastLink.path)
+        if !checkpoints.checkpoints().isEmpty || hasLink {
+            throw RuntimeError("\(run.path) already holds a run's checkpoints; continue it with --resume, or choose another --out (nothing was overwritten)")
+        }
+        try OutputFolder.requireNewOrEmpty(run, advice: "choose a new --out for the run, or continue a run there with --resume") { directory in
+            let contents = (try? fm.contentsOfDirectory(atPath: directory.path)) ?? []
+            // Temporary files of an interrupted atomic write: .NAME.tmp-UUID.
+            guard contents.allSatisfy({ Self.runFiles.contains($0) || ($0.hasPrefix(".") && $0.contains(".tmp-")) }),
+                  let saved = try? Data(contentsOf: configURL) else { return false }
+            return (try? JSONDecoder().decode(RunConfig.self, from: saved)) != nil
+        }
     }
 
     /// On resume, drop metric lines logged after the checkpoint's step (and a

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Runtime
 
 @main
 struct Ddepc: ParsableCommand {
@@ -18,7 +19,8 @@ func reportingErrors(_ body: () throws -> Void) throws {
     } catch let error as ExitCode {
         throw error
     } catch {
-        var text = "\(error)"
+        // Foundation's file errors name neither the path nor the reason readably.
+        var text = FileProblem.message(error) ?? "\(error)"
         if !text.hasPrefix("error:") && !text.contains(": error:") { text = "error: " + text }
         FileHandle.standardError.write(Data((text + "\n").utf8))
         throw ExitCode(1)

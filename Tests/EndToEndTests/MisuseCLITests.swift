@@ -1,0 +1,179 @@
+import Foundation
+import Runtime
+import XCTest
+
+/// Hostile input and misuse: output paths that hold the user's files,
+/// damaged or non-finite checkpoints, sizes beyond any memory, file-system
+/// errors. Each is refused with what, where and what to do, and nothing the
+/// user had is changed.
+final class MisuseCLITests: XCTestCase {
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    static let work = FileManager.default.temporaryDirectory.appendingPathComponent("ddepc-misuse-\(UUID().uuidString)")
+    static var artifact: String { work.appendingPathComponent("small.ddepc").path }
+    static let images = "Examples/data/images"
+    nonisolated(unsafe) static var setUpError: String?
+
+    /// One small artifact (batch 2, 32×32, 3 classes) for all tests.
+    override class func setUp() {
+        do {
+            try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+            let compiled = try DdepcCommand.run(["compile", "unet-small", "-o", artifact, "--batch", "2", "--size", "32", "--classes", "3"],
+                                                in: repository)
+            if compiled.status != 0 { setUpError = "compile failed: \(compiled.stderr)" }
+        } catch {
+            setUpError = "\(error)"
+        }
+    }
+
+    override class func tearDown() {
+        try? FileManager.default.removeItem(at: work)
+    }
+
+    override func setUpWithError() throws {
+        if let error = Self.setUpError { throw XCTSkip(error) }
+    }
+
+    func path(_ name: String) -> String { Self.work.appendingPathComponent(name).path }
+
+    @discardableResult
+    func ddepc(_ arguments: [String]) throws -> DdepcCommand.Result {
+        try DdepcCommand.run(arguments, in: Self.repository)
+    }
+
+    func write(_ text: String, to name: String) throws {
+        let url = URL(fileURLWithPath: path(name))
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try text.write(to: url, atomically: true, encoding: .utf8)
+    }
+
+    func read(_ name: String) throws -> String { try String(contentsOfFile: path(name), encoding: .utf8) }
+
+    /// Rewrites one tensor (or the metadata) of a checkpoint into a new file.
+    func mutatedCheckpoint(_ source: String, to name: String, metadata: [String: String] = [:],
+                           tensor: String? = nil, value: Float = 0) throws -> String {
+        var file = try SafetensorsFile(contentsOf: URL(fileURLWithPath: source))
+        for (key, text) in metadata { file.metadata[key] = text }
+        if let tensor {
+            let shape = try file.tensor(tensor).shape
+            try file.set(tensor, values: [Float](repeating: value, count: shape.reduce(1, *)), shape: shape)
+        }
+        try file.write(to: URL(fileURLWithPath: path(name)))
+        return path(name)
+    }
+
+    /// `compile -o` replaces only an artifact ddepc wrote; a folder that just
+    /// has a manifest.json (a web app, a browser extension), or an artifact
+    /// the user added files to, is refused before any work and left as it was.
+    func testCompileReplacesOnlyItsOwnArtifacts() throws {
+        try write(#"{"name": "my browser extension", "version": "1.0"}"#, to: "myext/manifest.json")
+        try write("console.log('years of work')", to: "myext/src/app.js")
+        let refused = try ddepc(["compile", "unet-small", "-o", path("myext"), "--batch", "2", "--size", "32"])
+        XCTAssertEqual(refused.status, 1, refused.all)
+        XCTAssertTrue(refused.stderr.contains("\(path("myext")) exists and is not a ddepc artifact (its manifest.json is not a ddepc manifest)"),
+                      refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("Choose another -o path"), refused.stderr)
+        XCTAssertEqual(try read("myext/src/app.js"), "console.log('years of work')")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path("myext")).sorted(), ["manifest.json", "src"])
+
+        // A real artifact is replaced in place, unless the user keeps files in it.
+        let artifact = path("again.ddepc")
+        for _ in 0..<2 {
+            let compiled = try ddepc(["compile", "unet-small", "-o", artifact, "--batch", "1", "--size", "32"])
+            XCTAssertEqual(compiled.status, 0, compiled.all)
+        }
+        try write("my notes", to: "again.ddepc/notes.txt")
+        let kept = try ddepc(["compile", "unet-small", "-o", artifact, "--batch", "1", "--size", "32"])
+        XCTAssertEqual(kept.status, 1, kept.all)
+        XCTAssertTrue(kept.stderr.contains("also holds files ddepc did not write (notes.txt)"), kept.stderr)
+        XCTAssertEqual(try read("again.ddepc/notes.txt"), "my notes")
+    }
+
+    /// `train --out` writes only into a new or empty folder or over a run of
+    /// its own that has no checkpoint yet; the user's config.json and
+    /// metrics.jsonl, and a run whose checkpoints are damaged, are kept.
+    func testTrainNeverOverwritesFilesItDidNotWrite() throws {
+        try write(#"{"my_project_setting": true}"#, to: "proj/config.json")
+        try write("keep me\n", to: "proj/metrics.jsonl")
+        let train = ["train", Self.artifact, "--images", Self.images, "--steps", "2"]
+        let refused = try ddepc(train + ["--out", path("proj")])
+        XCTAssertEqual(refused.status, 1, refused.all)
+        XCTAssertTrue(refused.stderr.contains("\(path("proj")) is not empty; choose a new --out"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("nothing was overwritten"), refused.stderr)
+        XCTAssertEqual(try read("proj/config.json"), #"{"my_project_setting": true}"#)
+        XCTAssertEqual(try read("proj/metrics.jsonl"), "keep me\n")
+
+        // A run whose checkpoints are all damaged is still a run: not restarted over.
+        XCTAssertEqual(try ddepc(train + ["--out", path("damaged"), "--checkpoint-every", "1"]).status, 0)
+        let checkpoints = CheckpointDirectory(run: URL(fileURLWithPath: path("damaged")))
+        for (_, url) in checkpoints.checkpoints() { try Data("damaged".utf8).write(to: url) }
+        let metrics = try read("damaged/metrics.jsonl")
+        let again = try ddepc(train + ["--out", path("damaged")])
+        XCTAssertEqual(again.status, 1, again.all)
+        XCTAssertTrue(again.stderr.contains("already holds a run's checkpoints; continue it with --resume"), again.stderr)
+        XCTAssertEqual(try read("damaged/metrics.jsonl"), metrics)
+
+        // A run of ours stopped before its first checkpoint starts over.
+        try FileManager.default.createDirectory(atPath: path("fresh"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: path("damaged/config.json"), toPath: path("fresh/config.json"))
+        let restarted = try ddepc(train + ["--out", path("fresh")])
+        XCTAssertEqual(restarted.status, 0, restarted.all)
+
+        // --out naming a file, or below one: the path and the reason, not a Foundation error dump.
+        try write("a file", to: "afile")
+        let file = try ddepc(train + ["--out", path("afile")])
+        XCTAssertEqual(file.status, 1)
+        XCTAssertTrue(file.stderr.contains("\(path("afile")) is a file, not a folder"), file.stderr)
+        let below = try ddepc(train + ["--out", path("afile/run")])
+        XCTAssertEqual(below.status, 1)
+        XCTAssertTrue(below.stderr.contains("\(path("afile/run")): could not create the run folder: Not a directory"), below.stderr)
+        XCTAssertFalse(below.stderr.contains("NSCocoaErrorDomain"), below.stderr)
+        XCTAssertEqual(try read("afile"), "a file")
+    }
+
+    /// Non-finite weights are refused wherever a checkpoint is loaded, naming
+    /// the tensor; a gradient norm that turns non-finite while the loss stays
+    /// finite stops the run like a non-finite loss.
+    func testNonFiniteWeightsAreRefusedAndANonFiniteGradientStops() throws {
+        let train = ["train", Self.artifact, "--mode", "dep", "--images", Self.images, "--steps", "2"]
+        XCTAssertEqual(try ddepc(train + ["--out", path("good"), "--checkpoint-every", "1"]).status, 0)
+        let good = path("good/checkpoints/step-00000002.safetensors")
+        let tensor = "dec.blocks.0.conv1.0.weight"
+        let nan = try mutatedCheckpoint(good, to: "nan.safetensors", tensor: tensor, value: .nan)
+        let expected = "\(nan): tensor \"\(tensor)\" holds nan"
+        for arguments in [train + ["--init", nan, "--out", path("nan-init")],
+                          ["eval", nan, "--artifact", Self.artifact, "--data", path("no-data")]] {
+            let result = try ddepc(arguments)
+            XCTAssertEqual(result.status, 1, "\(arguments): \(result.all)")
+            XCTAssertTrue(result.stderr.contains(expected), "\(arguments): \(result.stderr)")
+        }
+        _ = try mutatedCheckpoint(good, to: "good/checkpoints/step-00000003.safetensors", metadata: ["step": "3"],
+                                  tensor: "opt.m.\(tensor)", value: .infinity)
+        let resumed = try ddepc(train + ["--steps", "4", "--out", path("good"), "--resume"])
+        XCTAssertEqual(resumed.status, 1, resumed.all)
+        XCTAssertTrue(resumed.stderr.contains("tensor \"opt.m.\(tensor)\" holds inf"), resumed.stderr)
+
+        // A batch-norm scale of 3e38 is finite, but the activations after it
+        // overflow: the gradient is NaN while ReLU keeps the loss finite.
+        let huge = try mutatedCheckpoint(good, to: "huge.safetensors", tensor: "dec.blocks.0.conv1.1.weight", value: 3e38)
+        let stopped = try ddepc(train + ["--init", huge, "--out", path("huge")])
+        XCTAssertEqual(stopped.status, 1, stopped.all)
+        XCTAssertTrue(stopped.stderr.contains("the gradient norm became"), stopped.stderr)
+        XCTAssertTrue(stopped.stderr.contains("at step 1; stopping (no checkpoint was written yet"), stopped.stderr)
+        XCTAssertTrue(CheckpointDirectory(run: URL(fileURLWithPath: path("huge"))).checkpoints().isEmpty)
+    }
+
+    /// A checkpoint whose step metadata is negative or disagrees with its
+    /// name is reported as damaged on --resume (the step indexes the data).
+    func testResumeRefusesACheckpointWithADamagedStep() throws {
+        let train = ["train", Self.artifact, "--images", Self.images, "--steps", "4", "--checkpoint-every", "2"]
+        XCTAssertEqual(try ddepc(train + ["--out", path("steps")]).status, 0)
+        let newest = path("steps/checkpoints/step-00000004.safetensors")
+        for (step, says) in [("-5", "step -5 but its name says step 4"), ("1000000", "step 1000000 but its name says step 4")] {
+            _ = try mutatedCheckpoint(newest, to: "steps/checkpoints/step-00000004.safetensors", metadata: ["step": step])
+            let resumed = try ddepc(train + ["--steps", "6", "--out", path("steps"), "--resume"])
+            XCTAssertEqual(resumed.status, 1, resumed.all)
+            XCTAssertTrue(resumed.stderr.contains("\(newest) is damaged: its metadata says \(says)"), resumed.stderr)
+        }
+    }
+}
