@@ -102,6 +102,8 @@ public struct Parser {
     }
 
     private mutating func type() throws -> TensorType {
+        skipSpace()
+        let start = pos
         let name = try wordUntilBracket()
         guard let dtype = DType(rawValue: name) else { throw error("unknown element type '\(name)'") }
         try expect("[")
@@ -110,7 +112,13 @@ public struct Parser {
             repeat { shape.append(try integer()) } while accept(",")
             try expect("]")
         }
-        return TensorType(dtype, shape)
+        let type = TensorType(dtype, shape)
+        if type.checkedByteSize == nil {
+            pos = start  // point at the type, not past it
+            throw error(shape.contains { $0 < 0 } ? "tensor \(type) has a negative dimension"
+                        : "tensor \(type) is too large (its byte size overflows)")
+        }
+        return type
     }
 
     private mutating func wordUntilBracket() throws -> String {

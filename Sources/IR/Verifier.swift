@@ -19,6 +19,7 @@ public enum Verifier {
         var argNames = Set<String>()
         for arg in function.args {
             guard types[arg.id] == nil else { throw fail("value %\(arg.id) is defined twice") }
+            guard arg.type.checkedByteSize != nil else { throw fail("argument \"\(arg.name)\" \(arg.type) is too large (its byte size overflows)") }
             guard argNames.insert(arg.name).inserted else { throw fail("argument name \"\(arg.name)\" is used twice") }
             types[arg.id] = arg.type
         }
@@ -42,6 +43,9 @@ public enum Verifier {
             guard expected == node.type else {
                 let operandText = operandTypes.map(\.description).joined(separator: ", ")
                 throw fail("\(node.op)(\(operandText)) produces \(expected) but the node is typed \(node.type)", node)
+            }
+            guard expected.checkedByteSize != nil else {
+                throw fail("\(node.op) produces \(expected), which is too large (its byte size overflows)", node)
             }
             types[node.id] = node.type
         }

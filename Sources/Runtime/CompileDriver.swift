@@ -30,6 +30,9 @@ public struct CompileReport {
     public var passSeconds: Double
     public var codegenSeconds: Double
     public var nodeCounts: [String: Int]
+    /// Things the user should know, e.g. an entry point that needs more
+    /// memory than this machine has.
+    public var warnings: [String] = []
 }
 
 /// Module → passes → lowered code → C or LLVM → shared library → artifact.
@@ -96,8 +99,14 @@ public enum CompileDriver {
         try encoder.encode(manifest).write(to: staging.appendingPathComponent("manifest.json"))
 
         try install(staging, at: output)
+        let warnings = layout.entries.compactMap { entry -> String? in
+            let bytes = MemoryBudget.bytes(of: entry, in: layout)
+            guard bytes > MemoryBudget.physicalBytes else { return nil }
+            return "@\(entry.name) needs \(MemoryBudget.format(bytes)) of memory, more than this machine has (\(MemoryBudget.format(MemoryBudget.physicalBytes))); it cannot run here. A smaller --batch or --size fits."
+        }
         return CompileReport(artifact: output, memory: memory, passSeconds: passSeconds, codegenSeconds: codegenSeconds,
-                             nodeCounts: Dictionary(uniqueKeysWithValues: module.functions.map { ($0.name, $0.nodes.count) }))
+                             nodeCounts: Dictionary(uniqueKeysWithValues: module.functions.map { ($0.name, $0.nodes.count) }),
+                             warnings: warnings)
     }
 
     /// Move a finished artifact into place; an existing artifact is replaced

@@ -56,8 +56,16 @@ public struct SceneComposer {
         return (image, mask)
     }
 
+    /// Throws when one scene of `size` does not fit in memory: its pixels, its
+    /// mask and their PNG encodings (about 8 bytes per pixel).
+    public func requireMemory() throws {
+        try MemoryBudget.require(Double(size) * Double(size) * 8, for: "a \(size)×\(size) scene",
+                                 advice: "use a smaller --size")
+    }
+
     /// Write `count` scenes into `directory` (created; must be empty or new).
     public func write(from source: FashionMNIST, count: Int, seed: UInt64, to directory: URL) throws {
+        try requireMemory()
         let fm = FileManager.default
         let images = directory.appendingPathComponent("images"), masks = directory.appendingPathComponent("masks")
         try OutputFolder.requireNewOrEmpty(directory, advice: "choose a new folder for the scenes")

@@ -231,6 +231,7 @@ public final class Trainer {
             throw RuntimeError("the artifact has no \(options.mode.entry) entry point for --mode \(options.mode.rawValue); recompile it with this ddepc")
         }
         self.entry = entry
+        try MemoryBudget.require(entry, of: artifact)
         try checkSupported()
     }
 

@@ -13,6 +13,11 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            // An artifact that cannot be used is reported before seconds of measuring.
+            if let artifact {
+                let loaded = try Artifact(directory: URL(fileURLWithPath: artifact))
+                for entry in loaded.manifest.layout.entries { try MemoryBudget.require(entry, of: loaded) }
+            }
             let peak = Benchmark.sgemmPeak(n: n)
             print(String(format: "sgemm %d×%d×%d peak: %.1f GFLOP/s", n, n, n, peak))
             guard let artifact else { return }

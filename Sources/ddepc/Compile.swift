@@ -82,6 +82,7 @@ struct Compile: ParsableCommand {
             text += report.nodeCounts.keys.sorted().map { "\($0) \(report.nodeCounts[$0]!) nodes" }.joined(separator: ", ")
             text += String(format: "\n  passes %.2f s, code generation and C/LLVM compile %.2f s", report.passSeconds, report.codegenSeconds)
             for memory in report.memory { text += "\n  \(memory)" }
+            for warning in report.warnings { text += "\nwarning: \(warning)" }
             // IR printing goes to stdout; the summary to stderr keeps `--print-ir-after` output clean.
             FileHandle.standardError.write(Data((text + "\n").utf8))
         }

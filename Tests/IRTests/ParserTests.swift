@@ -77,6 +77,16 @@ final class ParserTests: XCTestCase {
         expectError("func @f() {\n  return %1 \"y\"\n}", "2:13", "expected 'as'")
     }
 
+    /// A shape whose byte size overflows Int, or a negative dimension, is
+    /// refused where it is written instead of trapping in a later pass.
+    func testOversizedAndNegativeShapesAreRefusedWhereWritten() {
+        expectError("func @infer(%0: f32[4611686018427387904,4] input \"x\") {\n}", "1:17",
+                    "tensor f32[4611686018427387904,4] is too large (its byte size overflows)")
+        expectError("func @f(%0: f32[2] input \"x\") {\n  %1 = exp(%0) : f32[3037000500,3037000500]\n}", "2:18",
+                    "tensor f32[3037000500,3037000500] is too large")
+        expectError("func @f() {\n  %1 = constant() {value=1} : f32[-5]\n}", "2:31", "tensor f32[-5] has a negative dimension")
+    }
+
     func testCommentsAreSkipped() throws {
         let text = """
         // A module with comments everywhere whitespace may be.

@@ -40,6 +40,7 @@ public final class InferenceSession {
             throw RuntimeError("\(directory.path) has no infer entry point; compile the model with it")
         }
         self.entry = entry
+        try MemoryBudget.require(entry, of: artifact)
         module = try artifact.load()
         store = ParameterStore(layout: artifact.manifest.layout)
         store.initialize(seed: 0)
@@ -126,6 +127,7 @@ public final class SegmentationPredictor {
         var passes = 0
         let base = options.resizeShortSide.map { Double($0) / Double(min(w, h)) } ?? 1
         for scale in options.scales {
+            try requireMemory(width: Double(w) * base * scale, height: Double(h) * base * scale, image: image)
             let sw = max(1, Int((Double(w) * base * scale).rounded())), sh = max(1, Int((Double(h) * base * scale).rounded()))
             let planes = image.normalizedPlanes(width: sw, height: sh)
             var variants = [planes]
@@ -141,6 +143,17 @@ public final class SegmentationPredictor {
         let inverse = 1 / Float(passes)
         for i in total.indices { total[i] *= inverse }
         return total
+    }
+
+    /// One pass at a scaled size holds the input planes and the logits of
+    /// every variant (flips) plus the resized probabilities (4-byte floats).
+    func requireMemory(width: Double, height: Double, image: Image) throws {
+        let variants = Double(options.flip ? 2 : 1)
+        let scaled = width.rounded() * height.rounded() * Double(3 + classes) * variants
+        let original = Double(image.width) * Double(image.height) * Double(2 * classes)
+        try MemoryBudget.require((scaled + original) * 4,
+                                 for: "running a \(image.width)×\(image.height) image at \(Int(min(width, 1e15).rounded()))×\(Int(min(height, 1e15).rounded()))",
+                                 advice: "use a smaller --resize or --scales")
     }
 
     /// The most probable class of every pixel.
