@@ -176,4 +176,33 @@ final class MisuseCLITests: XCTestCase {
             XCTAssertTrue(resumed.stderr.contains("\(newest) is damaged: its metadata says \(says)"), resumed.stderr)
         }
     }
+
+    /// Sizes far beyond any machine's memory are refused with how much was
+    /// needed and what to change, before anything is allocated or written.
+    func testSizesBeyondMemoryAreRefusedWithTheAmountNeeded() throws {
+        let big = path("big.ddepc")
+        let compiled = try ddepc(["compile", "unet-small", "-o", big, "--batch", "100000000", "--size", "32"])
+        XCTAssertEqual(compiled.status, 0, compiled.all)
+        XCTAssertTrue(compiled.stderr.contains("warning: @pretrain_step needs "), compiled.stderr)
+        XCTAssertTrue(compiled.stderr.contains("it cannot run here. A smaller --batch or --size fits."), compiled.stderr)
+
+        let trained = try ddepc(["train", big, "--images", Self.images, "--steps", "1", "--out", path("big-run")])
+        XCTAssertEqual(trained.status, 1, trained.all)
+        XCTAssertTrue(trained.stderr.contains("@pretrain_step of big.ddepc (batch 100000000, 32×32) needs "), trained.stderr)
+        XCTAssertTrue(trained.stderr.contains("TB of memory, more than this machine has"), trained.stderr)
+        XCTAssertTrue(trained.stderr.contains("smaller --batch"), trained.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("big-run")), "nothing written")
+
+        let scenes = try ddepc(["make-scenes", "-o", path("huge-scenes"), "--count", "1", "--size", "100000000"])
+        XCTAssertEqual(scenes.status, 1, scenes.all)
+        XCTAssertTrue(scenes.stderr.contains("a 100000000×100000000 scene needs 80.0 PB of memory"), scenes.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("huge-scenes")))
+
+        XCTAssertEqual(try ddepc(["train", Self.artifact, "--images", Self.images, "--steps", "1", "--out", path("small-run")]).status, 0)
+        try SceneFixtures.writeGeneric(at: URL(fileURLWithPath: path("val")), count: 1, classes: 3, width: 40, height: 32, seed: 1)
+        let evaluated = try ddepc(["eval", path("small-run"), "--data", path("val"), "--resize", "1000000000"])
+        XCTAssertEqual(evaluated.status, 1, evaluated.all)
+        XCTAssertTrue(evaluated.stderr.contains("running a 40×32 image at 1250000000×1000000000 needs "), evaluated.stderr)
+        XCTAssertTrue(evaluated.stderr.contains("use a smaller --resize or --scales"), evaluated.stderr)
+    }
 }
