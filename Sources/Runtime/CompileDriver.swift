@@ -64,7 +64,11 @@ public enum CompileDriver {
         // destroys an artifact the user already had.
         let staging = parent.appendingPathComponent(".\(output.lastPathComponent).tmp-\(UUID().uuidString)")
         try fm.createDirectory(at: staging, withIntermediateDirectories: true)
-        defer { try? fm.removeItem(at: staging) }
+        let cleanup = Interruption.shared.removeOnInterrupt(staging)
+        defer {
+            try? fm.removeItem(at: staging)
+            Interruption.shared.forget(cleanup)
+        }
 
         let library = staging.appendingPathComponent("module.so")
         var flags: [String]

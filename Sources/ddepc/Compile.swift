@@ -54,8 +54,11 @@ struct Compile: ParsableCommand {
     var irDumpDir: String?
     @Flag(name: .customLong("time-passes"), help: "Print how long each pass took.") var timePasses = false
     @Flag(name: .customLong("no-verify"), help: "Do not run the verifier after every pass.") var noVerify = false
+    @Option(name: .customLong("model-timeout"), help: "Seconds a model file (.swift) may take to build its model before it is stopped.")
+    var modelTimeout = ModelFileEvaluator.defaultTimeout
 
     func validate() throws {
+        guard modelTimeout > 0, modelTimeout.isFinite else { throw ValidationError("--model-timeout must be a positive number of seconds") }
         let known = Set(PassManager.knownPassNames + ["all"])
         for name in printIRAfter where !known.contains(name) {
             throw ValidationError("unknown pass '\(name)' for --print-ir-after; passes: \(PassManager.knownPassNames.joined(separator: ", ")), or all")
@@ -96,7 +99,7 @@ struct Compile: ParsableCommand {
     func loadModel() throws -> Module {
         if model.hasSuffix(".swift") {
             return try ModelFileEvaluator.evaluate(URL(fileURLWithPath: model), batch: shape.batch, size: shape.size,
-                                                   classes: shape.classes, imageClasses: shape.imageClasses)
+                                                   classes: shape.classes, imageClasses: shape.imageClasses, timeout: modelTimeout)
         }
         if model.hasSuffix(".ddir") {
             let text: String

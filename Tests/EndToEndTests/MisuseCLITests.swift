@@ -205,4 +205,73 @@ final class MisuseCLITests: XCTestCase {
         XCTAssertTrue(evaluated.stderr.contains("running a 40×32 image at 1250000000×1000000000 needs "), evaluated.stderr)
         XCTAssertTrue(evaluated.stderr.contains("use a smaller --resize or --scales"), evaluated.stderr)
     }
+
+    /// A model file that records its process id and folder, then never returns.
+    func writeEndlessModelFile(_ name: String, started: String) throws -> String {
+        try write("""
+            import Foundation
+            import ModelZoo
+            let folder = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+            try! "\\(getpid()) \\(folder)".write(toFile: "\(started)", atomically: true, encoding: .utf8)
+            while true {}
+            ModelFile.main(UNet.small)
+
+            """, to: name)
+        return path(name)
+    }
+
+    /// (process id, temporary folder) the endless model file recorded.
+    func startedModel(_ started: String) throws -> (pid: pid_t, folder: String) {
+        let words = try String(contentsOfFile: started, encoding: .utf8).split(separator: " ")
+        return (pid_t(words[0])!, String(words[1]))
+    }
+
+    /// Running, as opposed to gone or a zombie waiting to be reaped.
+    func isRunning(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let end = stat.range(of: ") ", options: .backwards) else { return false }
+        return stat[end.upperBound...].first != "Z"
+    }
+
+    /// A model file that never finishes is stopped after --model-timeout with
+    /// its process group, and its temporary folder is removed.
+    func testEndlessModelFileIsStoppedAfterTheTimeout() throws {
+        let started = path("endless-started")
+        let model = try writeEndlessModelFile("endless.swift", started: started)
+        let result = try ddepc(["compile", model, "-o", path("endless.ddepc"), "--batch", "1", "--size", "32", "--model-timeout", "1"])
+        XCTAssertEqual(result.status, 1, result.all)
+        XCTAssertTrue(result.stderr.contains("\(model) did not finish building the model within 1 s and was stopped"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("--model-timeout SECONDS"), result.stderr)
+        let (pid, folder) = try startedModel(started)
+        XCTAssertFalse(isRunning(pid), "the model process was killed")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder), "its temporary folder was removed")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("endless.ddepc")))
+    }
+
+    /// SIGTERM of ddepc while a model file runs ends the model process too
+    /// and removes its temporary folder.
+    func testTerminatingCompileEndsTheModelFileProcess() throws {
+        let started = path("terminated-started")
+        let model = try writeEndlessModelFile("terminated.swift", started: started)
+        let compile = Process()
+        compile.executableURL = DdepcCommand.binary
+        compile.arguments = ["compile", model, "-o", path("terminated.ddepc"), "--batch", "1", "--size", "32"]
+        compile.currentDirectoryURL = Self.repository
+        compile.standardOutput = FileHandle.nullDevice
+        compile.standardError = FileHandle.nullDevice
+        try compile.run()
+        let deadline = Date().addingTimeInterval(120)
+        while compile.isRunning, Date() < deadline, !FileManager.default.fileExists(atPath: started) { usleep(10_000) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: started), "the model file started")
+        compile.terminate()
+        compile.waitUntilExit()
+        XCTAssertEqual(compile.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(compile.terminationStatus, SIGTERM)
+        let (pid, folder) = try startedModel(started)
+        // The kill is sent before ddepc exits; reaping the orphan may take a moment.
+        let reaped = Date().addingTimeInterval(10)
+        while isRunning(pid), Date() < reaped { usleep(10_000) }
+        XCTAssertFalse(isRunning(pid), "the model process was killed with ddepc")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder), "its temporary folder was removed")
+    }
 }
