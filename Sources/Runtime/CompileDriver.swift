@@ -44,7 +44,7 @@ public enum CompileDriver {
         // Refuse a directory that is not ours before the work, not after it.
         if FileManager.default.fileExists(atPath: output.path) { try requireReplaceableArtifact(output) }
         var module = module
-        let manager = PassManager(PassManager.standardPipeline(optimizer: options.optimizer), options: options.passOptions)
+        let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer), options: options.passOptions)
         let passStart = Date()
         try manager.run(&module)
         let passSeconds = Date().timeIntervalSince(passStart)
@@ -111,6 +111,28 @@ public enum CompileDriver {
         return CompileReport(artifact: output, memory: memory, passSeconds: passSeconds, codegenSeconds: codegenSeconds,
                              nodeCounts: Dictionary(uniqueKeysWithValues: module.functions.map { ($0.name, $0.nodes.count) }),
                              warnings: warnings)
+    }
+
+    /// A training step a previous compile already differentiated and gave its
+    /// optimizer (the final IR of an artifact, as `dump-ir` prints it).
+    static func isCompiledStep(_ function: Function) -> Bool {
+        function.output(named: Autodiff.lossName) != nil && AdamOptimizer.inputNames.allSatisfy { function.argument(named: $0) != nil }
+    }
+
+    /// The standard pipeline; for a module of compiled steps (dump-ir
+    /// output) the same without differentiation and optimizer, which would
+    /// differentiate the steps a second time.
+    static func pipeline(for module: Module, optimizer: AdamOptimizer?) throws -> [any Pass] {
+        let compiled = module.functions.filter(isCompiledStep).map { "@" + $0.name }
+        guard !compiled.isEmpty else { return PassManager.standardPipeline(optimizer: optimizer) }
+        let uncompiled = module.functions.filter { function in
+            function.output(named: Autodiff.lossName) != nil && !isCompiledStep(function)
+                && !function.outputs.contains { $0.name.hasPrefix(Autodiff.gradientPrefix) }
+        }.map { "@" + $0.name }
+        guard uncompiled.isEmpty else {
+            throw RuntimeError("the module mixes training steps that are compiled already (\(compiled.joined(separator: ", ")): they have optimizer inputs such as lr) with steps that are not (\(uncompiled.joined(separator: ", "))); compile them from separate files, or compile the model itself")
+        }
+        return PassManager.standardPipeline(optimizer: nil).filter { !($0 is Autodiff) }
     }
 
     /// Move a finished artifact into place; an existing artifact is replaced
