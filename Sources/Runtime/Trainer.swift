@@ -366,6 +366,8 @@ public final class Trainer {
         defer { prefetcher.cancel() }
 
         var losses: [Double] = []
+        // Fine-tuning on masks without a labeled pixel gives loss 0 and learns nothing.
+        var labelsChecked = options.mode != .finetune
         var lastCheckpoint: (url: URL, step: Int)? = checkpoints.checkpoints().last.map { ($0.url, $0.step) }
         let start = Date()
         let firstStep = step
@@ -375,6 +377,10 @@ public final class Trainer {
             precondition(inputs.step == step, "the loader delivered step \(inputs.step) for step \(step)")
             let waited = Date().timeIntervalSince(stepStart)
             for (name, values) in inputs.floats { try setFloats(name, values, io) }
+            if !labelsChecked, let labels = inputs.ints["labels"] {
+                if !labels.contains(where: { $0 != Int32(LabelMap.ignoreLabel) }), let dataset { try requireLabeledPixels(dataset) }
+                labelsChecked = true
+            }
             for (name, values) in inputs.ints {
                 // classify_step takes one label per image, carried here as a constant mask.
                 let perImage = options.mode == .classify && name == "labels"
@@ -517,6 +523,18 @@ public final class Trainer {
         if options.mode == .finetune && byScope["dec"] == nil {
             options.log("warning: \(url.path) has no decoder weights (dec.*); fine-tuning starts with a random decoder")
         }
+    }
+
+    /// Throws unless some mask of `dataset` has a labeled pixel (a value other
+    /// than 255). Called when a batch had none: crops can miss the labels, so
+    /// the masks themselves decide; the first labeled one ends the search.
+    func requireLabeledPixels(_ dataset: LabeledDataset) throws {
+        for index in 0..<dataset.count {
+            guard let mask = try? dataset.load(at: index).mask else { continue }
+            if mask.labels.contains(where: { $0 != LabelMap.ignoreLabel }) { return }
+        }
+        let root = options.data?.path ?? "the labeled set"
+        throw RuntimeError("no labeled pixels in the training set: every mask value of the \(dataset.count) images of \(root) (split \(dataset.split)) is 255 (unlabeled), so fine-tuning would learn nothing. Check the masks, or the data set --layout and its class mapping.")
     }
 
     /// The noise seed of a step: depends only on the run seed and the step, so

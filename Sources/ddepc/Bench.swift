@@ -11,6 +11,10 @@ struct Bench: ParsableCommand {
     @Option(help: "Timed calls per entry point (after 2 warm-up calls).") var calls = 10
     @Option(help: "Matrix size n for the n×n×n sgemm peak.") var n = 1024
 
+    func validate() throws {
+        guard calls > 0, n > 0 else { throw ValidationError("--calls and --n must be positive") }
+    }
+
     func run() throws {
         try reportingErrors {
             // An artifact that cannot be used is reported before seconds of measuring.

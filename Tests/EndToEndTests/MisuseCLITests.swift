@@ -274,4 +274,48 @@ final class MisuseCLITests: XCTestCase {
         XCTAssertFalse(isRunning(pid), "the model process was killed with ddepc")
         XCTAssertFalse(FileManager.default.fileExists(atPath: folder), "its temporary folder was removed")
     }
+
+    /// Negative option values reach the option's own check instead of
+    /// "Missing value"; contradictory or degenerate noise options are named.
+    func testNegativeAndContradictoryOptionValuesAreExplained() throws {
+        let train = ["train", Self.artifact, "--images", Self.images, "--out", path("options")]
+        let cases: [([String], String)] = [
+            (train + ["--steps", "-1"], "--steps must be positive"),
+            (train + ["--gamma", "-0.5"], "--gamma must be in [0, 1]"),
+            (train + ["--lr", "-1e-3"], "--lr must be a positive number"),
+            (train + ["--batch-size", "-2"], "--batch-size must be positive"),
+            (["compile", "unet-small", "--batch", "-1"], "--batch, --size, --classes and --image-classes must be positive"),
+            (["eval", path("none"), "--data", path("none"), "--scales", "-1"], "--scales expects positive numbers"),
+            (["eval", path("none"), "--data", path("none"), "--limit", "-3"], "--limit must be positive"),
+            (train + ["--sigma", "0.2", "--gamma", "0.9"], "give --sigma or --gamma, not both"),
+            (train + ["--sigma", "inf"], "--sigma must be a finite, non-negative number"),
+            (train + ["--noise", "simple", "--gamma", "0.5"], "--noise simple takes --sigma"),
+        ]
+        for (arguments, expected) in cases {
+            let result = try ddepc(arguments)
+            XCTAssertNotEqual(result.status, 0, "\(arguments)")
+            XCTAssertTrue(result.stderr.contains(expected), "\(arguments): \(result.stderr)")
+            XCTAssertFalse(result.stderr.contains("Missing value"), "\(arguments): \(result.stderr)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("options")))
+
+        let clean = try ddepc(["train", Self.artifact, "--images", Self.images, "--steps", "1", "--gamma", "1", "--out", path("clean")])
+        XCTAssertEqual(clean.status, 0, clean.all)
+        XCTAssertTrue(clean.stderr.contains("note: the noise level is 0"), clean.stderr)
+    }
+
+    /// Fine-tuning on masks that are all 255 (unlabeled) would train on
+    /// nothing with a loss of 0; it stops and says so.
+    func testFinetuneOnMasksWithoutLabelsStops() throws {
+        let root = URL(fileURLWithPath: path("unlabeled"))
+        try SceneFixtures.writeGeneric(at: root, count: 3, classes: 3, width: 32, height: 32, seed: 7)
+        for i in 0..<3 {
+            let blank = LabelMap(width: 32, height: 32, labels: [UInt8](repeating: LabelMap.ignoreLabel, count: 32 * 32))
+            try blank.image.writePNG(to: root.appendingPathComponent("masks/scene\(i).png"))
+        }
+        let result = try ddepc(["train", Self.artifact, "--mode", "finetune", "--data", root.path, "--steps", "3", "--out", path("no-labels")])
+        XCTAssertEqual(result.status, 1, result.all)
+        XCTAssertTrue(result.stderr.contains("no labeled pixels in the training set: every mask value of the 3 images of \(root.path)"),
+                      result.stderr)
+    }
 }
