@@ -97,7 +97,7 @@ public enum CompileDriver {
         let manifest = Manifest(format: Manifest.formatVersion, ddepcVersion: ddepcVersion, backend: options.backend.rawValue,
                                 irHash: Hashing.fnv1a(finalIR), kernelABI: kernelABIHash(), source: options.source,
                                 compileFlags: flags, batch: options.batch, size: options.size, classes: options.classes,
-                                layout: layout)
+                                layout: layout, moduleHash: Hashing.fnv1a(try Data(contentsOf: library)))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(manifest).write(to: staging.appendingPathComponent("manifest.json"))

@@ -74,8 +74,8 @@ struct Compile: ParsableCommand {
             options.size = shape.size
             options.classes = shape.classes
             // A .ddir fixes its own shapes; the manifest must describe them, not the defaults.
-            if model.hasSuffix(".ddir"), let own = Self.inferShape(of: module) {
-                (options.batch, options.size, options.classes) = own
+            if model.hasSuffix(".ddir"), let own = ModelShape(of: module) {
+                (options.batch, options.size, options.classes) = (own.batch, own.size, own.classes)
             }
             options.source = model
             options.passOptions.printAfter = Set(printIRAfter)
@@ -93,14 +93,6 @@ struct Compile: ParsableCommand {
             // IR printing goes to stdout; the summary to stderr keeps `--print-ir-after` output clean.
             FileHandle.standardError.write(Data((text + "\n").utf8))
         }
-    }
-
-    /// Batch, size and classes of a module's @infer: input x [B,3,S,S] and
-    /// output logits [B,classes,S,S]; nil when it has no such function.
-    static func inferShape(of module: Module) -> (batch: Int, size: Int, classes: Int)? {
-        guard let infer = module["infer"], let x = infer.argument(named: "x")?.type.shape, x.count == 4, x[2] == x[3],
-              let logits = infer.output(named: "logits").flatMap({ infer.types[$0.value]?.shape }), logits.count == 4 else { return nil }
-        return (x[0], x[2], logits[1])
     }
 
     var defaultOutput: String {

@@ -318,4 +318,47 @@ final class MisuseCLITests: XCTestCase {
         XCTAssertTrue(result.stderr.contains("no labeled pixels in the training set: every mask value of the 3 images of \(root.path)"),
                       result.stderr)
     }
+
+    /// A copy of the shared artifact with its manifest edited by `edit`.
+    func tamperedArtifact(_ name: String, edit: (inout [String: Any]) -> Void) throws -> String {
+        let copy = path(name)
+        try FileManager.default.copyItem(atPath: Self.artifact, toPath: copy)
+        let url = URL(fileURLWithPath: copy + "/manifest.json")
+        var manifest = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        edit(&manifest)
+        try JSONSerialization.data(withJSONObject: manifest).write(to: url)
+        return copy
+    }
+
+    /// The manifest's layout, shapes and library are checked against what
+    /// the artifact's IR and compile produced: an edited size or offset, or a
+    /// truncated or swapped module.so, is refused instead of running code
+    /// that writes outside its buffers.
+    func testTamperedManifestOrLibraryIsRefused() throws {
+        let train = { (artifact: String) in ["train", artifact, "--images", Self.images, "--steps", "1", "--out", self.path("tamper-run")] }
+        let resized = try tamperedArtifact("resized.ddepc") { $0["size"] = 64 }
+        let result = try ddepc(train(resized))
+        XCTAssertEqual(result.status, 1, result.all)
+        XCTAssertTrue(result.stderr.contains("\(resized)/manifest.json does not match its final.ddir (batch 2, size 64, 3 classes vs batch 2, size 32, 3 classes in the IR)"),
+                      result.stderr)
+
+        let arena = try tamperedArtifact("arena.ddepc") { manifest in
+            var layout = manifest["layout"] as! [String: Any]
+            var entries = layout["entries"] as! [[String: Any]]
+            entries[0]["arenaBytes"] = 1024
+            layout["entries"] = entries
+            manifest["layout"] = layout
+        }
+        let small = try ddepc(["inspect", arena])
+        XCTAssertEqual(small.status, 1, small.all)
+        XCTAssertTrue(small.stderr.contains("does not match its final.ddir (the buffer layout differs)"), small.stderr)
+
+        let truncated = try tamperedArtifact("truncated.ddepc") { _ in }
+        let library = URL(fileURLWithPath: truncated + "/module.so")
+        try Data(try Data(contentsOf: library).prefix(5000)).write(to: library)
+        let cut = try ddepc(train(truncated))
+        XCTAssertEqual(cut.status, 1, cut.all)
+        XCTAssertTrue(cut.stderr.contains("\(library.path) does not match the manifest's module hash"), cut.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("tamper-run/checkpoints")))
+    }
 }
