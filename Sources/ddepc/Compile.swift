@@ -106,11 +106,14 @@ struct Compile: ParsableCommand {
                                                    classes: shape.classes, imageClasses: shape.imageClasses, timeout: modelTimeout)
         }
         if model.hasSuffix(".ddir") {
-            let text: String
-            do { text = try String(contentsOfFile: model, encoding: .utf8) } catch {
-                throw RuntimeError("cannot read \(model): \(error.localizedDescription)")
+            let (module, written) = try Parser.parseLocated(try readUTF8Text(URL(fileURLWithPath: model)), name: model)
+            guard !module.functions.isEmpty else {
+                throw RuntimeError("\(model) holds no functions; a .ddir file defines at least one `func @name(...) { ... }`")
             }
-            return try Parser.parse(text, name: model)
+            // The file is checked as written: a declared type the op does not
+            // produce is an error at its line, not silently re-inferred.
+            if !noVerify { try Verifier.verify(module, writtenAt: written) }
+            return module
         }
         guard let zooModel = Zoo.models[model] else {
             throw RuntimeError("'\(model)' is not a .swift model file, a .ddir file or a zoo model (\(Zoo.models.keys.sorted().joined(separator: ", ")))")

@@ -361,4 +361,32 @@ final class MisuseCLITests: XCTestCase {
         XCTAssertTrue(cut.stderr.contains("\(library.path) does not match the manifest's module hash"), cut.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("tamper-run/checkpoints")))
     }
+
+    /// A hand-written .ddir is checked as written, and its errors name the
+    /// file's own lines: wrong declared types, duplicate ids, bytes that are
+    /// not UTF-8, a file without functions.
+    func testHandWrittenIRErrorsNameTheirOwnLine() throws {
+        let header = "func @infer(%0: f32[1,3,8,8] input \"x\") {\n  %1 = relu(%0) : f32[1,3,8,8] loc(\"ModelZoo/UNet.swift\":62)\n"
+        let cases: [(String, String, String)] = [
+            ("typed.ddir", header + "  %2 = exp(%1) : f32[1,3,4,8]\n  return %2 as \"logits\"\n}\n",
+             "typed.ddir:3: error: in @infer: exp(f32[1,3,8,8]) produces f32[1,3,8,8] but the node is typed f32[1,3,4,8]"),
+            ("twice.ddir", header + "  %1 = exp(%0) : f32[1,3,8,8]\n  return %1 as \"logits\"\n}\n",
+             "twice.ddir:3: error: in @infer: value %1 is defined twice"),
+            ("empty.ddir", "// nothing here\n", "empty.ddir holds no functions"),
+        ]
+        for (name, text, expected) in cases {
+            try write(text, to: name)
+            let result = try ddepc(["compile", path(name), "-o", path(name + ".ddepc")])
+            XCTAssertEqual(result.status, 1, "\(name): \(result.all)")
+            XCTAssertTrue(result.stderr.contains(expected), "\(name): \(result.stderr)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: path(name + ".ddepc")))
+        }
+        var bytes = Data((header + "  ").utf8)
+        bytes.append(0xFF)
+        bytes.append(Data(" return %1 as \"logits\"\n}\n".utf8))
+        try bytes.write(to: URL(fileURLWithPath: path("binary.ddir")))
+        let binary = try ddepc(["compile", path("binary.ddir"), "-o", path("binary.ddepc")])
+        XCTAssertEqual(binary.status, 1, binary.all)
+        XCTAssertTrue(binary.stderr.contains("\(path("binary.ddir")):3:3: invalid UTF-8 byte 0xff"), binary.stderr)
+    }
 }

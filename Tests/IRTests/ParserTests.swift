@@ -87,6 +87,15 @@ final class ParserTests: XCTestCase {
         expectError("func @f() {\n  %1 = constant() {value=1} : f32[-5]\n}", "2:31", "tensor f32[-5] has a negative dimension")
     }
 
+    /// parseLocated records the line that wrote each node, per function.
+    func testParseLocatedRecordsTheLineOfEveryNode() throws {
+        let (module, written) = try Parser.parseLocated(valid + "// second\nfunc @g() {\n\n  %0 = constant() {value=1} : f32[]\n}\n",
+                                                        name: "v.ddir")
+        XCTAssertEqual(module.functions.map(\.nodes.count), [4, 1])
+        XCTAssertEqual(written.map { $0.map(\.line) }, [[2, 3, 4, 5], [12]])
+        XCTAssertEqual(written[1][0].file, "v.ddir")
+    }
+
     func testCommentsAreSkipped() throws {
         let text = """
         // A module with comments everywhere whitespace may be.
