@@ -389,4 +389,19 @@ final class MisuseCLITests: XCTestCase {
         XCTAssertEqual(binary.status, 1, binary.all)
         XCTAssertTrue(binary.stderr.contains("\(path("binary.ddir")):3:3: invalid UTF-8 byte 0xff"), binary.stderr)
     }
+
+    /// A model file that never hands its model over, or a folder named like
+    /// a model file, is explained instead of a missing temporary file.
+    func testModelFileWithoutMainOrAFolderIsExplained() throws {
+        try write("import ModelZoo\nlet unet = UNet.small\n", to: "no-main.swift")
+        let silent = try ddepc(["compile", path("no-main.swift"), "-o", path("no-main.ddepc")])
+        XCTAssertEqual(silent.status, 1, silent.all)
+        XCTAssertTrue(silent.stderr.contains("\(path("no-main.swift")) ran but did not call ModelFile.main(model)"), silent.stderr)
+        XCTAssertFalse(silent.stderr.contains("NSCocoaErrorDomain"), silent.stderr)
+
+        try FileManager.default.createDirectory(atPath: path("folder.swift"), withIntermediateDirectories: true)
+        let folder = try ddepc(["compile", path("folder.swift"), "-o", path("folder.ddepc")])
+        XCTAssertEqual(folder.status, 1, folder.all)
+        XCTAssertTrue(folder.stderr.contains("\(path("folder.swift")) is a folder, not a model file"), folder.stderr)
+    }
 }
