@@ -43,6 +43,7 @@ public enum CompileDriver {
     public static func compile(_ module: Module, to output: URL, options: CompileOptions) throws -> CompileReport {
         // Refuse a directory that is not ours before the work, not after it.
         if FileManager.default.fileExists(atPath: output.path) { try requireReplaceableArtifact(output) }
+        removeLeftoverStaging(for: output)
         var module = module
         let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer), options: options.passOptions)
         let passStart = Date()
@@ -153,6 +154,18 @@ public enum CompileDriver {
             throw error
         }
         try? fm.removeItem(at: old)
+    }
+
+    /// Removes the staging folders (`.NAME.tmp-UUID`) of compiles of `output`
+    /// that were killed: they are incomplete builds. The previous artifact
+    /// moved aside during an install (`.NAME.old-UUID`) is left alone.
+    static func removeLeftoverStaging(for output: URL) {
+        let parent = output.deletingLastPathComponent()
+        let prefix = ".\(output.lastPathComponent).tmp-"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: parent.path)) ?? []
+        for name in names where name.hasPrefix(prefix) && UUID(uuidString: String(name.dropFirst(prefix.count))) != nil {
+            try? FileManager.default.removeItem(at: parent.appendingPathComponent(name))
+        }
     }
 
     /// The files a compile writes into an artifact directory (either backend).

@@ -335,6 +335,7 @@ public final class Trainer {
         } catch {
             throw FileProblem.error(error, path: options.runDirectory.path, action: "create the run folder")
         }
+        checkpoints.removeLeftoverTemporaryFiles()
         var step = 0
         store.initialize(seed: options.seed)
         if options.resume {
@@ -654,8 +655,7 @@ public final class Trainer {
         }
         try OutputFolder.requireNewOrEmpty(run, advice: "choose a new --out for the run, or continue a run there with --resume") { directory in
             let contents = (try? fm.contentsOfDirectory(atPath: directory.path)) ?? []
-            // Temporary files of an interrupted atomic write: .NAME.tmp-UUID.
-            guard contents.allSatisfy({ Self.runFiles.contains($0) || ($0.hasPrefix(".") && $0.contains(".tmp-")) }),
+            guard contents.allSatisfy({ Self.runFiles.contains($0) || CheckpointDirectory.isTemporaryName($0) }),
                   let saved = try? Data(contentsOf: configURL) else { return false }
             return (try? JSONDecoder().decode(RunConfig.self, from: saved)) != nil
         }

@@ -404,4 +404,25 @@ final class MisuseCLITests: XCTestCase {
         XCTAssertEqual(folder.status, 1, folder.all)
         XCTAssertTrue(folder.stderr.contains("\(path("folder.swift")) is a folder, not a model file"), folder.stderr)
     }
+
+    /// Temporary files of writes a kill interrupted are removed when the run
+    /// continues, and a killed compile's staging folder by the next compile.
+    func testLeftoversOfInterruptedWritesAreRemoved() throws {
+        let train = ["train", Self.artifact, "--images", Self.images, "--steps", "2", "--checkpoint-every", "1"]
+        XCTAssertEqual(try ddepc(train + ["--out", path("leftovers")]).status, 0)
+        let uuid = UUID().uuidString
+        let leftovers = ["leftovers/checkpoints/.step-00000003.safetensors.tmp-\(uuid)", "leftovers/.metrics.jsonl.tmp-\(uuid)"]
+        for name in leftovers { try write("partial", to: name) }
+        try write("mine", to: "leftovers/checkpoints/.notes.tmp-mine")
+        let resumed = try ddepc(train + ["--steps", "3", "--out", path("leftovers"), "--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.all)
+        for name in leftovers { XCTAssertFalse(FileManager.default.fileExists(atPath: path(name)), name) }
+        XCTAssertEqual(try read("leftovers/checkpoints/.notes.tmp-mine"), "mine", "a name ddepc does not make is kept")
+
+        let staging = ".staged.ddepc.tmp-\(uuid)"
+        try write("partial", to: staging + "/module.c")
+        let compiled = try ddepc(["compile", "unet-small", "-o", path("staged.ddepc"), "--batch", "1", "--size", "32"])
+        XCTAssertEqual(compiled.status, 0, compiled.all)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path(staging)))
+    }
 }
