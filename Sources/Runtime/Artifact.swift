@@ -21,7 +21,7 @@ public struct Artifact {
         do {
             manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: manifestURL))
         } catch {
-            throw RuntimeError("\(manifestURL.path) is damaged (\(error)). Recompile the model with `ddepc compile`.")
+            throw RuntimeError("\(manifestURL.path) is damaged (\(Self.describe(error))). Recompile the model with `ddepc compile`.")
         }
         guard manifest.format == Manifest.formatVersion, manifest.ddepcVersion == ddepcVersion else {
             throw RuntimeError("\(directory.path) was built by ddepc \(manifest.ddepcVersion) (format \(manifest.format)); this is ddepc \(ddepcVersion). Recompile it with `ddepc compile`.")
@@ -51,6 +51,24 @@ public struct Artifact {
         }
         if let shape = ModelShape(of: module), shape != ModelShape(batch: manifest.batch, size: manifest.size, classes: manifest.classes) {
             throw RuntimeError("\(manifestURL.path) does not match its final.ddir (batch \(manifest.batch), size \(manifest.size), \(manifest.classes) classes vs batch \(shape.batch), size \(shape.size), \(shape.classes) classes in the IR); \(recompile)")
+        }
+    }
+
+    /// A decoding failure in words: which field and what is wrong with it.
+    static func describe(_ error: Error) -> String {
+        func field(_ path: [CodingKey]) -> String {
+            path.map { $0.intValue.map { "[\($0)]" } ?? "." + $0.stringValue }.joined().drop { $0 == "." }.description
+        }
+        switch error as? DecodingError {
+        case .keyNotFound(let key, let context)?:
+            let parent = field(context.codingPath)
+            return "it lacks \"\(parent.isEmpty ? "" : parent + ".")\(key.stringValue)\""
+        case .typeMismatch(_, let context)?, .valueNotFound(_, let context)?:
+            return "\"\(field(context.codingPath))\" has the wrong type or is null"
+        case .dataCorrupted(let context)?:
+            return context.codingPath.isEmpty ? "it is not valid JSON" : "\"\(field(context.codingPath))\" is invalid"
+        default:
+            return FileProblem.message(error) ?? "\(error)"
         }
     }
 

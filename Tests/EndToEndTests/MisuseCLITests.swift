@@ -149,6 +149,12 @@ final class MisuseCLITests: XCTestCase {
         }
         _ = try mutatedCheckpoint(good, to: "good/checkpoints/step-00000003.safetensors", metadata: ["step": "3"],
                                   tensor: "opt.m.\(tensor)", value: .infinity)
+        // A checkpoint whose artifact is recorded as "" does not mean the current folder.
+        let anonymous = try mutatedCheckpoint(good, to: "anonymous.safetensors", metadata: ["artifact": ""])
+        let unnamed = try ddepc(["eval", anonymous, "--data", path("no-data")])
+        XCTAssertEqual(unnamed.status, 1, unnamed.all)
+        XCTAssertTrue(unnamed.stderr.contains("does not name the artifact it was trained with; pass --artifact"), unnamed.stderr)
+
         let resumed = try ddepc(train + ["--steps", "4", "--out", path("good"), "--resume"])
         XCTAssertEqual(resumed.status, 1, resumed.all)
         XCTAssertTrue(resumed.stderr.contains("tensor \"opt.m.\(tensor)\" holds inf"), resumed.stderr)
@@ -360,6 +366,12 @@ final class MisuseCLITests: XCTestCase {
         XCTAssertEqual(cut.status, 1, cut.all)
         XCTAssertTrue(cut.stderr.contains("\(library.path) does not match the manifest's module hash"), cut.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("tamper-run/checkpoints")))
+
+        let keyless = try tamperedArtifact("keyless.ddepc") { $0["backend"] = nil }
+        let missing = try ddepc(["inspect", keyless])
+        XCTAssertEqual(missing.status, 1, missing.all)
+        XCTAssertTrue(missing.stderr.contains("manifest.json is damaged (it lacks \"backend\")"), missing.stderr)
+        XCTAssertFalse(missing.stderr.contains("DecodingError"), missing.stderr)
     }
 
     /// A hand-written .ddir is checked as written, and its errors name the

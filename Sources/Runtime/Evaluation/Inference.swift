@@ -28,7 +28,8 @@ public final class InferenceSession {
     public init(checkpoint: URL, artifact artifactURL: URL?) throws {
         let file = try SafetensorsFile(contentsOf: checkpoint)
         metadata = file.metadata
-        guard let directory = artifactURL ?? file.metadata["artifact"].map({ URL(fileURLWithPath: $0) }) else {
+        let recorded = file.metadata["artifact"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
+        guard let directory = artifactURL ?? recorded else {
             throw RuntimeError("\(checkpoint.path) does not name the artifact it was trained with; pass --artifact NAME.ddepc")
         }
         if artifactURL == nil && !FileManager.default.fileExists(atPath: directory.path) {
