@@ -193,7 +193,11 @@ public struct Parser {
             } while accept(",")
             try expect(")")
         }
-        if accept("arena") { function.arenaBytes = try integer() }
+        if accept("arena") {
+            let bytes = try integer()
+            guard bytes >= 0 else { throw error("arena size \(bytes) is negative") }
+            function.arenaBytes = bytes
+        }
         try expect("{")
         while !accept("}") {
             if accept("return") {

@@ -110,6 +110,9 @@ struct Compile: ParsableCommand {
             guard !module.functions.isEmpty else {
                 throw RuntimeError("\(model) holds no functions; a .ddir file defines at least one `func @name(...) { ... }`")
             }
+            if let silent = module.functions.first(where: { $0.outputs.isEmpty }) {
+                throw RuntimeError("\(model): @\(silent.name) returns nothing, so its entry point would compute nothing; end it with `return %N as \"name\"`")
+            }
             // The file is checked as written: a declared type the op does not
             // produce is an error at its line, not silently re-inferred.
             if !noVerify { try Verifier.verify(module, writtenAt: written) }

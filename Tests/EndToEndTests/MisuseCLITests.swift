@@ -293,6 +293,7 @@ final class MisuseCLITests: XCTestCase {
             (["compile", "unet-small", "--batch", "-1"], "--batch, --size, --classes and --image-classes must be positive"),
             (["eval", path("none"), "--data", path("none"), "--scales", "-1"], "--scales expects positive numbers"),
             (["eval", path("none"), "--data", path("none"), "--limit", "-3"], "--limit must be positive"),
+            (["eval", path("none"), "--data", path("none"), "--scales", "0.5,,1"], "--scales expects positive numbers"),
             (train + ["--sigma", "0.2", "--gamma", "0.9"], "give --sigma or --gamma, not both"),
             (train + ["--sigma", "inf"], "--sigma must be a finite, non-negative number"),
             (train + ["--noise", "simple", "--gamma", "0.5"], "--noise simple takes --sigma"),
@@ -385,6 +386,7 @@ final class MisuseCLITests: XCTestCase {
             ("twice.ddir", header + "  %1 = exp(%0) : f32[1,3,8,8]\n  return %1 as \"logits\"\n}\n",
              "twice.ddir:3: error: in @infer: value %1 is defined twice"),
             ("empty.ddir", "// nothing here\n", "empty.ddir holds no functions"),
+            ("silent.ddir", header + "}\n", "silent.ddir: @infer returns nothing"),
         ]
         for (name, text, expected) in cases {
             try write(text, to: name)
@@ -436,5 +438,21 @@ final class MisuseCLITests: XCTestCase {
         let compiled = try ddepc(["compile", "unet-small", "-o", path("staged.ddepc"), "--batch", "1", "--size", "32"])
         XCTAssertEqual(compiled.status, 0, compiled.all)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path(staging)))
+    }
+
+    /// A dangling link named like an image is an unreadable file, reported
+    /// by name (or skipped with --on-bad-file skip), not silently left out.
+    func testDanglingImageLinkIsReportedByName() throws {
+        let folder = path("linked-photos")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Self.repository.path + "/" + Self.images + "/apple.png", toPath: folder + "/apple.png")
+        try FileManager.default.createSymbolicLink(atPath: folder + "/gone.png", withDestinationPath: path("no-such-file.png"))
+        let train = ["train", Self.artifact, "--images", folder, "--steps", "2"]
+        let failed = try ddepc(train + ["--out", path("linked-fail")])
+        XCTAssertEqual(failed.status, 1, failed.all)
+        XCTAssertTrue(failed.stderr.contains(folder + "/gone.png: no such file"), failed.stderr)
+        let skipped = try ddepc(train + ["--out", path("linked-skip"), "--on-bad-file", "skip"])
+        XCTAssertEqual(skipped.status, 0, skipped.all)
+        XCTAssertTrue(skipped.stderr.contains("warning: skipping " + folder + "/gone.png"), skipped.stderr)
     }
 }

@@ -85,6 +85,7 @@ final class ParserTests: XCTestCase {
         expectError("func @f(%0: f32[2] input \"x\") {\n  %1 = exp(%0) : f32[3037000500,3037000500]\n}", "2:18",
                     "tensor f32[3037000500,3037000500] is too large")
         expectError("func @f() {\n  %1 = constant() {value=1} : f32[-5]\n}", "2:31", "tensor f32[-5] has a negative dimension")
+        expectError("func @f() arena -5 {\n}", nil, "arena size -5 is negative")
     }
 
     /// parseLocated records the line that wrote each node, per function.
