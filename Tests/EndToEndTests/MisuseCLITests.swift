@@ -455,4 +455,20 @@ final class MisuseCLITests: XCTestCase {
         XCTAssertEqual(skipped.status, 0, skipped.all)
         XCTAssertTrue(skipped.stderr.contains("warning: skipping " + folder + "/gone.png"), skipped.stderr)
     }
+
+    /// A metrics log that cannot grow (a file size limit, a full disk) is
+    /// named with the reason, not reported as a bare Foundation error.
+    func testMetricsWriteFailureNamesTheFile() throws {
+        let run = path("limited")
+        XCTAssertEqual(try ddepc(["train", Self.artifact, "--images", Self.images, "--steps", "1", "--out", run]).status, 0)
+        // 2 KiB: the log holds a dozen lines; SIGXFSZ ignored, so write() fails with EFBIG.
+        let command = "trap '' XFSZ; ulimit -f 2; exec \"$0\" \"$@\""
+        let limited = try DdepcCommand.run(["-c", command, DdepcCommand.binary.path, "train", Self.artifact, "--images", Self.images,
+                                            "--steps", "200", "--out", run, "--resume"],
+                                           in: Self.repository, executable: URL(fileURLWithPath: "/bin/sh"))
+        XCTAssertEqual(limited.status, 1, limited.all)
+        XCTAssertTrue(limited.stderr.contains("\(run)/metrics.jsonl: could not append step "), limited.stderr)
+        XCTAssertTrue(limited.stderr.contains("File too large"), limited.stderr)
+        XCTAssertFalse(limited.stderr.contains("NSCocoaErrorDomain"), limited.stderr)
+    }
 }
