@@ -48,12 +48,12 @@ static int conv_shape_read(const int64_t *ia, conv_shape *s) {
     return 1;
 }
 
-/// Scratch for one band, or NULL for pointwise convolutions (and on failure,
-/// reported through *ok).
-static float *col_alloc(const conv_shape *s, int *ok) {
+/// The calling thread's column buffer for one band (kept between calls), or
+/// NULL for pointwise convolutions; *ok says whether the memory was there.
+static float *col_scratch(const conv_shape *s, int *ok) {
     *ok = 1;
     if (s->pointwise || s->k * s->band_rows * s->ow == 0) return NULL;
-    float *col = malloc((size_t)(s->k * s->band_rows * s->ow) * sizeof(float));
+    float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s->k * s->band_rows * s->ow));
     *ok = col != NULL;
     return col;
 }
@@ -71,11 +71,12 @@ static void valid_range(int64_t off, int64_t stride, int64_t in, int64_t out,
 }
 
 /// col[(c·KH + kh)·KW + kw][(oh - oh0)·OW + ow] = x[c][oh·sh - ph + kh·dh][ow·sw - pw + kw·dw],
-/// zero outside the image; x is one group of one image (Cg × H × W).
+/// zero outside the image, for channels c in [c0, c1); x is one group of one
+/// image (Cg × H × W) and rows of col are ld floats apart.
 static void im2col(const float *restrict x, const conv_shape *s, int64_t oh0, int64_t oh1,
-                   float *restrict col) {
-    int64_t bp = (oh1 - oh0) * s->ow;
-    for (int64_t c = 0; c < s->cg; c++) {
+                   int64_t c0, int64_t c1, float *restrict col, int64_t ld) {
+    int64_t bp = ld;
+    for (int64_t c = c0; c < c1; c++) {
         const float *xc = x + c * s->h * s->w;
         for (int64_t kh = 0; kh < s->kh; kh++) {
             for (int64_t kw = 0; kw < s->kw; kw++) {
@@ -104,8 +105,8 @@ static void im2col(const float *restrict x, const conv_shape *s, int64_t oh0, in
 
 /// The adjoint of im2col: dx[c][ih][iw] += col[...] for every in-image entry.
 static void col2im(const float *restrict col, const conv_shape *s, int64_t oh0, int64_t oh1,
-                   float *restrict dx) {
-    int64_t bp = (oh1 - oh0) * s->ow;
+                   float *restrict dx, int64_t ld) {
+    int64_t bp = ld;
     for (int64_t c = 0; c < s->cg; c++) {
         float *dxc = dx + c * s->h * s->w;
         for (int64_t kh = 0; kh < s->kh; kh++) {
@@ -128,97 +129,251 @@ static void col2im(const float *restrict col, const conv_shape *s, int64_t oh0, 
     }
 }
 
+// MARK: - Drivers
+//
+// Forward and input-gradient convolutions treat each image on its own, so the
+// pool takes whole images (each thread with its own column buffer and a serial
+// GEMM) when there are enough of them, and otherwise the images run one after
+// another with the GEMM spread over the threads. The weight gradient sums over
+// images: it keeps that sum in a fixed order on one thread per element of dw
+// (the GEMM splits dw, never the sum), so dw does not depend on the thread
+// count.
+//
+// Small images (the deep layers) make thin products that waste the wide
+// micro-tiles, so several images share one product: their columns sit side by
+// side (K × nb·P), and the output is gathered from, or scattered to, NCHW.
+
+/// Columns a product should have at least before it runs near full speed.
+#define WANTED_COLUMNS 256
+
+typedef struct {
+    const conv_shape *s;
+    const float *in;      // x or dy
+    const float *packed;  // the weights of each group, packed for the GEMM
+    int64_t packed_group; // floats per group in packed
+    float *out;
+    int failed;
+} conv_job;
+
+static void job_failed(conv_job *job) { __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED); }
+
+/// Packs each group's w (Og × K), or its transpose, once for every image
+/// (into the calling thread's scratch; the pool's threads only read it).
+static int pack_weights(const conv_shape *s, const float *w, int transpose, conv_job *job) {
+    int64_t rows = transpose ? s->k : s->og, cols = transpose ? s->og : s->k;
+    job->packed_group = ddp_gemm_packed_a_floats(rows, cols);
+    float *packed = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(job->packed_group * s->groups));
+    if (packed == NULL) return 0;
+    for (int64_t g = 0; g < s->groups; g++)
+        ddp_gemm_pack_a(transpose, rows, cols, w + g * s->og * s->k, s->k, packed + g * job->packed_group);
+    job->packed = packed;
+    return 1;
+}
+
+/// Images to put side by side in one product, out of `available`: 1 when an
+/// image fills a product (or needs bands of rows), else enough for `wanted`
+/// columns within the column budget.
+static int64_t images_per_product(const conv_shape *s, int64_t available, int64_t wanted) {
+    if (s->band_rows < s->oh || s->p >= wanted || s->p == 0) return 1;
+    int64_t nb = (wanted + s->p - 1) / s->p;
+    int64_t fit = COL_BUDGET / (s->k * s->p > 0 ? s->k * s->p : 1);
+    if (nb > fit) nb = fit;
+    if (nb > available) nb = available;
+    return nb < 1 ? 1 : nb;
+}
+
+/// Runs images [0, n) through per_images: in parallel when there is an image
+/// per thread, else serially (the GEMMs inside then use the pool).
+static int for_each_image(conv_job *job, ddp_task_fn per_images) {
+    if (job->s->n >= ddp_parallel_threads())
+        ddp_parallel_for(job->s->n, per_images, job);
+    else
+        per_images(job, 0, job->s->n);
+    return !job->failed;
+}
+
+/// Copies rows of `count` floats between an NCHW tensor's images (image
+/// stride `image`, channel stride P) and a K × nb·P block (row stride ld).
+static void gather_images(const float *nchw, int64_t image, int64_t rows, int64_t p, int64_t nb,
+                          float *block, int64_t ld) {
+    for (int64_t i = 0; i < nb; i++)
+        for (int64_t r = 0; r < rows; r++) memcpy(block + r * ld + i * p, nchw + i * image + r * p, (size_t)p * sizeof(float));
+}
+
+static void scatter_images(const float *block, int64_t ld, int64_t rows, int64_t p, int64_t nb, float *nchw,
+                           int64_t image) {
+    for (int64_t i = 0; i < nb; i++)
+        for (int64_t r = 0; r < rows; r++) memcpy(nchw + i * image + r * p, block + r * ld + i * p, (size_t)p * sizeof(float));
+}
+
 // conv2d: y[n, g] (Og × P) = w[g] (Og × K) · im2col(x[n, g]) (K × P).
+static void conv2d_images(void *arg, int64_t begin, int64_t end) {
+    conv_job *job = arg;
+    const conv_shape *s = job->s;
+    int64_t xs = s->c * s->h * s->w, ys = s->o * s->p; // image strides
+    int64_t nb = images_per_product(s, end - begin, WANTED_COLUMNS);
+    if (nb > 1) {
+        float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s->k * nb * s->p));
+        float *out = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s->og * nb * s->p));
+        if (col == NULL || out == NULL) { job_failed(job); return; }
+        for (int64_t n = begin; n < end; n += nb) {
+            int64_t count = end - n < nb ? end - n : nb, ld = count * s->p;
+            for (int64_t g = 0; g < s->groups; g++) {
+                for (int64_t i = 0; i < count; i++)
+                    im2col(job->in + (n + i) * xs + g * s->cg * s->h * s->w, s, 0, s->oh, 0, s->cg, col + i * s->p, ld);
+                if (!ddp_gemm_with_packed_a(job->packed + g * job->packed_group, 0, s->og, ld, s->k, col, ld, 0.0f, out, ld)) {
+                    job_failed(job);
+                    return;
+                }
+                scatter_images(out, ld, s->og, s->p, count, job->out + n * ys + g * s->og * s->p, ys);
+            }
+        }
+        return;
+    }
+    int ok;
+    float *col = col_scratch(s, &ok);
+    if (!ok) { job_failed(job); return; }
+    for (int64_t n = begin; n < end; n++) {
+        for (int64_t g = 0; g < s->groups; g++) {
+            const float *xg = job->in + n * xs + g * s->cg * s->h * s->w;
+            const float *wg = job->packed + g * job->packed_group;
+            float *yg = job->out + n * ys + g * s->og * s->p;
+            for (int64_t oh0 = 0; oh0 < s->oh; oh0 += s->band_rows) {
+                int64_t oh1 = oh0 + s->band_rows < s->oh ? oh0 + s->band_rows : s->oh;
+                int64_t bp = (oh1 - oh0) * s->ow;
+                if (s->pointwise) {
+                    ok = ddp_gemm_with_packed_a(wg, 0, s->og, bp, s->k, xg + oh0 * s->ow, s->p, 0.0f,
+                                                yg + oh0 * s->ow, s->p);
+                } else {
+                    im2col(xg, s, oh0, oh1, 0, s->cg, col, bp);
+                    ok = ddp_gemm_with_packed_a(wg, 0, s->og, bp, s->k, col, bp, 0.0f, yg + oh0 * s->ow, s->p);
+                }
+                if (!ok) { job_failed(job); return; }
+            }
+        }
+    }
+}
+
 void ddp_conv2d(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     conv_shape s;
     if (!conv_shape_read(ia, &s)) return;
-    const float *x = bufs[0], *w = bufs[1];
-    float *y = bufs[2];
-    int ok;
-    float *col = col_alloc(&s, &ok);
-    if (!ok) return;
-    for (int64_t n = 0; n < s.n; n++) {
-        for (int64_t g = 0; g < s.groups; g++) {
-            const float *xg = x + (n * s.c + g * s.cg) * s.h * s.w;
-            float *yg = y + (n * s.o + g * s.og) * s.p;
-            for (int64_t oh0 = 0; oh0 < s.oh; oh0 += s.band_rows) {
-                int64_t oh1 = oh0 + s.band_rows < s.oh ? oh0 + s.band_rows : s.oh;
-                int64_t bp = (oh1 - oh0) * s.ow;
-                if (s.pointwise) {
-                    ddp_gemm(0, 0, s.og, bp, s.k, w + g * s.og * s.k, s.k, xg + oh0 * s.ow, s.p,
-                             0.0f, yg + oh0 * s.ow, s.p);
-                } else {
-                    im2col(xg, &s, oh0, oh1, col);
-                    ddp_gemm(0, 0, s.og, bp, s.k, w + g * s.og * s.k, s.k, col, bp, 0.0f,
-                             yg + oh0 * s.ow, s.p);
-                }
-            }
-        }
-    }
-    free(col);
+    conv_job job = {.s = &s, .in = bufs[0], .out = bufs[2]};
+    if (!pack_weights(&s, bufs[1], 0, &job)) return;
+    for_each_image(&job, conv2d_images);
 }
 
 // conv2d_grad_input: col = w[g]ᵀ (K × Og) · dy[n, g] (Og × P), then col2im into dx.
+static void conv2d_grad_input_images(void *arg, int64_t begin, int64_t end) {
+    conv_job *job = arg;
+    const conv_shape *s = job->s;
+    int64_t xs = s->c * s->h * s->w, ys = s->o * s->p; // image strides
+    int64_t nb = images_per_product(s, end - begin, WANTED_COLUMNS);
+    if (nb > 1) {
+        float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s->k * nb * s->p));
+        float *dyb = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s->og * nb * s->p));
+        if (col == NULL || dyb == NULL) { job_failed(job); return; }
+        memset(job->out + begin * xs, 0, (size_t)((end - begin) * xs) * sizeof(float));
+        for (int64_t n = begin; n < end; n += nb) {
+            int64_t count = end - n < nb ? end - n : nb, ld = count * s->p;
+            for (int64_t g = 0; g < s->groups; g++) {
+                gather_images(job->in + n * ys + g * s->og * s->p, ys, s->og, s->p, count, dyb, ld);
+                if (!ddp_gemm_with_packed_a(job->packed + g * job->packed_group, 0, s->k, ld, s->og, dyb, ld, 0.0f, col, ld)) {
+                    job_failed(job);
+                    return;
+                }
+                for (int64_t i = 0; i < count; i++)
+                    col2im(col + i * s->p, s, 0, s->oh, job->out + (n + i) * xs + g * s->cg * s->h * s->w, ld);
+            }
+        }
+        return;
+    }
+    int ok;
+    float *col = col_scratch(s, &ok);
+    if (!ok) { job_failed(job); return; }
+    for (int64_t n = begin; n < end; n++) {
+        float *dxn = job->out + n * xs;
+        if (!s->pointwise) memset(dxn, 0, (size_t)xs * sizeof(float));
+        for (int64_t g = 0; g < s->groups; g++) {
+            const float *dyg = job->in + n * ys + g * s->og * s->p;
+            const float *wg = job->packed + g * job->packed_group;
+            float *dxg = dxn + g * s->cg * s->h * s->w;
+            for (int64_t oh0 = 0; oh0 < s->oh; oh0 += s->band_rows) {
+                int64_t oh1 = oh0 + s->band_rows < s->oh ? oh0 + s->band_rows : s->oh;
+                int64_t bp = (oh1 - oh0) * s->ow;
+                if (s->pointwise) {
+                    ok = ddp_gemm_with_packed_a(wg, 0, s->k, bp, s->og, dyg + oh0 * s->ow, s->p, 0.0f,
+                                                dxg + oh0 * s->ow, s->p);
+                } else {
+                    ok = ddp_gemm_with_packed_a(wg, 0, s->k, bp, s->og, dyg + oh0 * s->ow, s->p, 0.0f, col, bp);
+                    col2im(col, s, oh0, oh1, dxg, bp);
+                }
+                if (!ok) { job_failed(job); return; }
+            }
+        }
+    }
+}
+
 void ddp_conv2d_grad_input(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     conv_shape s;
     if (!conv_shape_read(ia, &s)) return;
-    const float *dy = bufs[0], *w = bufs[1];
-    float *dx = bufs[2];
-    int ok;
-    float *col = col_alloc(&s, &ok);
-    if (!ok) return;
-    if (!s.pointwise) memset(dx, 0, (size_t)(s.n * s.c * s.h * s.w) * sizeof(float));
-    for (int64_t n = 0; n < s.n; n++) {
-        for (int64_t g = 0; g < s.groups; g++) {
-            const float *dyg = dy + (n * s.o + g * s.og) * s.p;
-            float *dxg = dx + (n * s.c + g * s.cg) * s.h * s.w;
-            for (int64_t oh0 = 0; oh0 < s.oh; oh0 += s.band_rows) {
-                int64_t oh1 = oh0 + s.band_rows < s.oh ? oh0 + s.band_rows : s.oh;
-                int64_t bp = (oh1 - oh0) * s.ow;
-                if (s.pointwise) {
-                    ddp_gemm(1, 0, s.k, bp, s.og, w + g * s.og * s.k, s.k, dyg + oh0 * s.ow, s.p,
-                             0.0f, dxg + oh0 * s.ow, s.p);
-                } else {
-                    ddp_gemm(1, 0, s.k, bp, s.og, w + g * s.og * s.k, s.k, dyg + oh0 * s.ow, s.p,
-                             0.0f, col, bp);
-                    col2im(col, &s, oh0, oh1, dxg);
-                }
-            }
-        }
-    }
-    free(col);
+    conv_job job = {.s = &s, .in = bufs[0], .out = bufs[2]};
+    if (!pack_weights(&s, bufs[1], 1, &job)) return;
+    for_each_image(&job, conv2d_grad_input_images);
 }
 
-// conv2d_grad_weight: dw[g] (Og × K) = Σ_n dy[n, g] (Og × P) · im2col(x[n, g])ᵀ (P × K).
+/// Builds the columns of images [n, n + count) of group g side by side
+/// (K × count·rows), one task per channel range.
+typedef struct {
+    const float *x; // image n, group g
+    int64_t image;  // image stride
+    const conv_shape *s;
+    int64_t oh0, oh1, count, ld;
+    float *col;
+} im2col_job;
+
+static void im2col_channels(void *arg, int64_t c0, int64_t c1) {
+    im2col_job *job = arg;
+    int64_t width = (job->oh1 - job->oh0) * job->s->ow;
+    for (int64_t i = 0; i < job->count; i++)
+        im2col(job->x + i * job->image, job->s, job->oh0, job->oh1, c0, c1, job->col + i * width, job->ld);
+}
+
+// conv2d_grad_weight: dw[g] (Og × K) = Σ_n dy[n, g] (Og × P) · im2col(x[n, g])ᵀ (P × K),
+// the sum over images and pixels done as one product per group of images.
 void ddp_conv2d_grad_weight(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     conv_shape s;
     if (!conv_shape_read(ia, &s)) return;
     const float *x = bufs[0], *dy = bufs[1];
     float *dw = bufs[2];
-    int ok;
-    float *col = col_alloc(&s, &ok);
-    if (!ok) return;
+    int64_t xs = s.c * s.h * s.w, ys = s.o * s.p; // image strides
+    int64_t nb = images_per_product(&s, s.n, 4 * WANTED_COLUMNS);
+    float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s.k * nb * s.band_rows * s.ow));
+    float *dyb = nb > 1 ? ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s.og * nb * s.p)) : NULL;
+    if ((col == NULL && s.k * s.band_rows * s.ow > 0) || (nb > 1 && dyb == NULL)) return;
     memset(dw, 0, (size_t)(s.o * s.k) * sizeof(float));
-    for (int64_t n = 0; n < s.n; n++) {
+    for (int64_t n = 0; n < s.n; n += nb) {
+        int64_t count = s.n - n < nb ? s.n - n : nb;
         for (int64_t g = 0; g < s.groups; g++) {
-            const float *xg = x + (n * s.c + g * s.cg) * s.h * s.w;
-            const float *dyg = dy + (n * s.o + g * s.og) * s.p;
+            const float *xg = x + n * xs + g * s.cg * s.h * s.w;
+            const float *dyg = dy + n * ys + g * s.og * s.p;
+            float *dwg = dw + g * s.og * s.k;
             for (int64_t oh0 = 0; oh0 < s.oh; oh0 += s.band_rows) {
                 int64_t oh1 = oh0 + s.band_rows < s.oh ? oh0 + s.band_rows : s.oh;
-                int64_t bp = (oh1 - oh0) * s.ow;
-                if (s.pointwise) {
-                    ddp_gemm(0, 1, s.og, s.k, bp, dyg + oh0 * s.ow, s.p, xg + oh0 * s.ow, s.p,
-                             1.0f, dw + g * s.og * s.k, s.k);
+                int64_t ld = count * (oh1 - oh0) * s.ow;
+                im2col_job columns = {xg, xs, &s, oh0, oh1, count, ld, col};
+                ddp_parallel_for(s.cg, im2col_channels, &columns);
+                int ok;
+                if (count > 1) {
+                    gather_images(dyg, ys, s.og, s.p, count, dyb, ld);
+                    ok = ddp_gemm(0, 1, s.og, s.k, ld, dyb, ld, col, ld, 1.0f, dwg, s.k);
                 } else {
-                    im2col(xg, &s, oh0, oh1, col);
-                    ddp_gemm(0, 1, s.og, s.k, bp, dyg + oh0 * s.ow, s.p, col, bp, 1.0f,
-                             dw + g * s.og * s.k, s.k);
+                    ok = ddp_gemm(0, 1, s.og, s.k, ld, dyg + oh0 * s.ow, s.p, col, ld, 1.0f, dwg, s.k);
                 }
+                if (!ok) return;
             }
         }
     }
-    free(col);
 }

@@ -3,27 +3,38 @@
 #define DDP_INTERNAL_H
 
 #include <cblas.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
 /// Largest rank accepted by reduce, permute and copy_region.
 #define DDP_MAX_RANK 16
 
-/// Row-major C = op(A)·op(B) + beta·C (alpha = 1). Empty products are handled
-/// here so that BLAS never sees a zero leading dimension.
-static inline void ddp_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
-                            const float *a, int64_t lda, const float *b, int64_t ldb,
-                            float beta, float *c, int64_t ldc) {
-    if (m <= 0 || n <= 0) return;
-    if (k <= 0) {
-        if (beta == 0.0f)
-            for (int64_t i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, 1.0f,
-                a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
-}
+/// Row-major C = op(A)·op(B) + beta·C (alpha = 1) on the runtime thread pool
+/// (ddp_gemm.c). Returns 0 when it could not get its packing memory.
+int ddp_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+             const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+/// op(A) (m×k) packed once for many products with it (a convolution's
+/// weights, for every image): ddp_gemm_packed_a_floats(m, k) floats, 64-byte
+/// aligned, filled by ddp_gemm_pack_a and read by ddp_gemm_with_packed_a.
+int64_t ddp_gemm_packed_a_floats(int64_t m, int64_t k);
+void ddp_gemm_pack_a(int trans_a, int64_t m, int64_t k, const float *a, int64_t lda, float *out);
+int ddp_gemm_with_packed_a(const float *packed_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                           const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+/// Per-thread scratch buffers, kept between calls and grown on demand
+/// (ddp_threads.c); NULL when the memory is not there. One slot per use, so
+/// a kernel's buffer and the GEMM's packing space never alias.
+enum { DDP_SCRATCH_GEMM_PACK, DDP_SCRATCH_COLUMNS, DDP_SCRATCH_GATHER, DDP_SCRATCH_WEIGHTS, DDP_SCRATCH_SLOTS };
+float *ddp_thread_scratch(int slot, size_t floats);
+
+/// A task covers [begin, end) of a parallel_for's index range.
+typedef void (*ddp_task_fn)(void *arg, int64_t begin, int64_t end);
+
+/// Runs fn over [0, n) split into one contiguous chunk per pool thread
+/// (ddp_threads.c); serially when called from inside a task.
+void ddp_parallel_for(int64_t n, ddp_task_fn fn, void *arg);
 
 /// Sum of x[0..n) in double. Four independent accumulators keep the loop
 /// throughput-bound rather than latency-bound.

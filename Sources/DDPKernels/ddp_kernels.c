@@ -23,6 +23,46 @@ static const char *const kernel_names[ddp_kernel_count] = {DDP_KERNEL_LIST(DDP_N
 
 const ddp_kernel_fn *ddp_kernel_table(void) { return kernel_table; }
 
+// MARK: - Profiling table
+//
+// The same kernels behind wrappers that add each call's wall time to its
+// kernel's total: a compiled step given this table reports where its time
+// goes, and the time not in any kernel is the generated loops'.
+
+static double profile_seconds[ddp_kernel_count];
+static int64_t profile_calls[ddp_kernel_count];
+
+static double now_seconds(void);
+
+#define DDP_PROFILE_WRAPPER(name)                                                    \
+    static void profiled_##name(void *const *bufs, const int64_t *ia, const double *fa) { \
+        double start = now_seconds();                                                \
+        ddp_##name(bufs, ia, fa);                                                    \
+        profile_seconds[ddp_k_##name] += now_seconds() - start;                      \
+        profile_calls[ddp_k_##name]++;                                               \
+    }
+DDP_KERNEL_LIST(DDP_PROFILE_WRAPPER)
+#undef DDP_PROFILE_WRAPPER
+
+#define DDP_PROFILE_ENTRY(name) profiled_##name,
+static const ddp_kernel_fn profiling_table[ddp_kernel_count] = {DDP_KERNEL_LIST(DDP_PROFILE_ENTRY)};
+#undef DDP_PROFILE_ENTRY
+
+const ddp_kernel_fn *ddp_profiling_kernel_table(void) { return profiling_table; }
+
+void ddp_profile_reset(void) {
+    memset(profile_seconds, 0, sizeof profile_seconds);
+    memset(profile_calls, 0, sizeof profile_calls);
+}
+
+double ddp_profile_kernel_seconds(int index) {
+    return index >= 0 && index < ddp_kernel_count ? profile_seconds[index] : 0.0;
+}
+
+int64_t ddp_profile_kernel_calls(int index) {
+    return index >= 0 && index < ddp_kernel_count ? profile_calls[index] : 0;
+}
+
 int ddp_kernel_index(const char *name) {
     if (name == NULL) return -1;
     for (int i = 0; i < ddp_kernel_count; i++)
@@ -54,13 +94,22 @@ double ddp_normal_at(uint64_t seed, uint64_t i) {
     return sqrt(-2.0 * log(u1)) * cos(two_pi * u2);
 }
 
-// random_normal: y[i] = (float)ddp_normal_at(seed, i).
+typedef struct {
+    uint64_t seed;
+    float *y;
+} normal_job;
+
+static void normal_range(void *arg, int64_t begin, int64_t end) {
+    normal_job *job = arg;
+    for (int64_t i = begin; i < end; i++) job->y[i] = (float)ddp_normal_at(job->seed, (uint64_t)i);
+}
+
+// random_normal: y[i] = (float)ddp_normal_at(seed, i); each element depends on
+// its index alone, so the pool's threads split the range freely.
 void ddp_random_normal(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    uint64_t seed = (uint64_t)*(const int64_t *)bufs[0];
-    float *y = bufs[1];
-    int64_t n = ia[0];
-    for (int64_t i = 0; i < n; i++) y[i] = (float)ddp_normal_at(seed, (uint64_t)i);
+    normal_job job = {(uint64_t)*(const int64_t *)bufs[0], bufs[1]};
+    ddp_parallel_for(ia[0], normal_range, &job);
 }
 
 // MARK: - Fill and matmul

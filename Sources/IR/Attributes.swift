@@ -1,10 +1,13 @@
-/// An attribute value. Printed as `3`, `0.5`, `[1,2]`, `true`, `"text"`.
+/// An attribute value. Printed as `3`, `0.5`, `[1,2]`, `true`, `"text"`, or a
+/// scalar expression `max(add(in0, in1), 0.0)` (fused nodes' computations,
+/// kept typed rather than as text).
 public enum Attr: Hashable, CustomStringConvertible, Sendable {
     case int(Int)
     case float(Double)
     case ints([Int])
     case bool(Bool)
     case string(String)
+    case expr(ScalarExpr)
 
     public var description: String {
         switch self {
@@ -16,6 +19,7 @@ public enum Attr: Hashable, CustomStringConvertible, Sendable {
         case .ints(let v): return "[\(v.map(String.init).joined(separator: ","))]"
         case .bool(let v): return v ? "true" : "false"
         case .string(let v): return quoted(v)
+        case .expr(let v): return v.description
         }
     }
 }
@@ -53,6 +57,11 @@ public struct Attributes: Hashable, ExpressibleByDictionaryLiteral, Sendable {
 
     public func int(_ key: String) throws -> Int {
         guard case .int(let v)? = values[key] else { throw missing(key, "an integer") }
+        return v
+    }
+
+    public func expr(_ key: String) throws -> ScalarExpr {
+        guard case .expr(let v)? = values[key] else { throw missing(key, "a scalar expression") }
         return v
     }
 

@@ -261,11 +261,30 @@ public struct Parser {
             }
             return .ints(values)
         }
+        skipSpace()
+        let start = pos
         let w = try word()
         if w == "true" { return .bool(true) }
         if w == "false" { return .bool(false) }
         if let i = Int(w) { return .int(i) }
         if let d = Double(w) { return .float(d) }
+        if w.hasPrefix("in") || peek("(") { return .expr(try scalarExpression(from: start)) }
         throw error("cannot read attribute value '\(w)'")
+    }
+
+    /// A scalar expression attribute: the name just read and, if any, its
+    /// balanced parentheses (commas inside them do not end the attribute).
+    private mutating func scalarExpression(from start: Int) throws -> ScalarExpr {
+        if peek("(") {
+            var depth = 0
+            repeat {
+                guard pos < text.count else { throw error("unbalanced parentheses in a scalar expression") }
+                if text[pos] == UInt8(ascii: "(") { depth += 1 }
+                if text[pos] == UInt8(ascii: ")") { depth -= 1 }
+                pos += 1
+            } while depth > 0
+        }
+        let source = String(decoding: text[start..<pos], as: UTF8.self)
+        do { return try ScalarExpr.parse(source) } catch let e as IRError { throw error(e.message) }
     }
 }

@@ -63,7 +63,7 @@ public struct FuseElementwise: Pass {
             // A node whose operands were all inlined constants keeps its own form
             // (fused_elementwise needs a tensor operand); its users may still absorb it.
             if inlined, !operands.isEmpty {
-                var attrs: Attributes = ["expr": .string(expr.description)]
+                var attrs: Attributes = ["expr": .expr(expr)]
                 if broadcastShapes(operands.map { types[$0]!.shape }) != node.type.shape { attrs["shape"] = .ints(node.type.shape) }
                 function.nodes[n] = Node(id: node.id, op: "fused_elementwise", operands: operands,
                                          attrs: attrs, type: node.type, loc: node.loc)

@@ -119,13 +119,15 @@ public final class LoadedModule {
 
     public func hasEntry(_ name: String) -> Bool { entries[name] != nil }
 
-    /// Calls an entry point with the four buffers.
+    /// Calls an entry point with the four buffers; `kernels` may be the
+    /// profiling table (`ddp_profiling_kernel_table()`).
     public func call(_ name: String, params: UnsafeMutableRawPointer, state: UnsafeMutableRawPointer,
-                     io: UnsafeMutableRawPointer, arena: UnsafeMutableRawPointer) throws {
+                     io: UnsafeMutableRawPointer, arena: UnsafeMutableRawPointer,
+                     kernels: UnsafePointer<ddp_kernel_fn?> = ddp_kernel_table()) throws {
         guard let function = entries[name] else { throw RuntimeError("the artifact has no entry point '\(name)'") }
         var buffers: [UnsafeMutableRawPointer?] = [params, state, io, arena]
         let status = buffers.withUnsafeMutableBytes { raw in
-            function(UnsafeRawPointer(raw.baseAddress!), UnsafeRawPointer(ddp_kernel_table()!))
+            function(UnsafeRawPointer(raw.baseAddress!), UnsafeRawPointer(kernels))
         }
         guard status == 0 else { throw RuntimeError("entry point \(name) failed with status \(status)") }
     }

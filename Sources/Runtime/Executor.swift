@@ -1,4 +1,5 @@
 import Codegen
+import DDPKernels
 import Foundation
 import IR
 
@@ -38,17 +39,42 @@ public final class Executor {
 
     /// Run `entry` with the given inputs; returns its outputs by name.
     public func run(_ entry: String, inputs: [String: HostTensor]) throws -> [String: HostTensor] {
+        let call = try prepare(entry, inputs: inputs)
+        try call.run()
+        var outputs: [String: HostTensor] = [:]
+        for slot in call.layout.outputs { outputs[slot.name] = read(call.io.pointer + slot.offset, slot: slot) }
+        return outputs
+    }
+
+    /// An entry point with its inputs written and its buffers allocated, to be
+    /// called again and again with nothing else done per call (benchmarks).
+    public final class PreparedCall {
+        let executor: Executor
+        public let layout: BufferLayout.Entry
+        let io: AlignedBuffer
+        let arena: AlignedBuffer
+
+        init(executor: Executor, layout: BufferLayout.Entry) {
+            self.executor = executor
+            self.layout = layout
+            io = AlignedBuffer(byteCount: layout.ioBytes)
+            arena = AlignedBuffer(byteCount: layout.arenaBytes)
+        }
+
+        public func run(kernels: UnsafePointer<ddp_kernel_fn?> = ddp_kernel_table()) throws {
+            try executor.module.call(layout.name, params: executor.store.params.pointer, state: executor.store.state.pointer,
+                                     io: io.pointer, arena: arena.pointer, kernels: kernels)
+        }
+    }
+
+    public func prepare(_ entry: String, inputs: [String: HostTensor]) throws -> PreparedCall {
         guard let layout = artifact.manifest.layout.entry(entry) else { throw RuntimeError("no entry point \(entry)") }
-        let io = AlignedBuffer(byteCount: layout.ioBytes)
-        let arena = AlignedBuffer(byteCount: layout.arenaBytes)
+        let call = PreparedCall(executor: self, layout: layout)
         for slot in layout.inputs {
             guard let tensor = inputs[slot.name] else { throw RuntimeError("entry \(entry) needs input \"\(slot.name)\"") }
-            write(tensor, to: io.pointer + slot.offset, slot: slot)
+            write(tensor, to: call.io.pointer + slot.offset, slot: slot)
         }
-        try module.call(entry, params: store.params.pointer, state: store.state.pointer, io: io.pointer, arena: arena.pointer)
-        var outputs: [String: HostTensor] = [:]
-        for slot in layout.outputs { outputs[slot.name] = read(io.pointer + slot.offset, slot: slot) }
-        return outputs
+        return call
     }
 
     private func write(_ tensor: HostTensor, to pointer: UnsafeMutableRawPointer, slot: BufferLayout.Slot) {

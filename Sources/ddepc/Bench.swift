@@ -1,38 +1,69 @@
 import ArgumentParser
+import DDPKernels
 import Foundation
 import Runtime
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Time an artifact's entry points against this machine's measured sgemm peak.",
-        discussion: "Without an artifact, only the sgemm peak is measured. GFLOP/s counts convolution and matmul work only.")
+        abstract: "Time an artifact's entry points against this machine's measured FMA peak.",
+        discussion: """
+            Each entry point runs on synthetic inputs with its buffers allocated once; the timed calls are the \
+            compiled step alone. GFLOP/s counts convolution and matmul work only and is compared with the fp32 \
+            FMA peak measured on the spot at the kernels' ISA and thread count. Without an artifact, only the \
+            peaks are measured.
+            """)
 
     @ArgumentParser.Argument(help: "Artifact directory (NAME.ddepc).") var artifact: String?
+    @Option(help: "Time only this entry point (repeatable).") var entry: [String] = []
     @Option(help: "Timed calls per entry point (after 2 warm-up calls).") var calls = 10
-    @Option(help: "Matrix size n for the n×n×n sgemm peak.") var n = 1024
+    @Option(help: "Matrix size n for the n×n×n sgemm figure.") var n = 1024
+    @Option(help: "Threads (default: the CPUs this process may use, or DDEPC_THREADS).") var threads: Int?
+    @Option(help: "Micro-kernel ISA: native, avx512 or avx2.") var isa = "native"
+    @Flag(help: "Also report the time per kernel (a timed kernel table; the rest is generated loops).") var profile = false
 
     func validate() throws {
-        guard calls > 0, n > 0 else { throw ValidationError("--calls and --n must be positive") }
+        guard calls >= 1 else { throw ValidationError("--calls must be at least 1 (got \(calls))") }
+        guard n >= 1 else { throw ValidationError("--n must be at least 1 (got \(n))") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1 (got \(threads))") }
     }
 
     func run() throws {
         try reportingErrors {
             // An artifact that cannot be used is reported before seconds of measuring.
-            if let artifact {
-                let loaded = try Artifact(directory: URL(fileURLWithPath: artifact))
+            let loaded = try artifact.map { try Artifact(directory: URL(fileURLWithPath: $0)) }
+            if let loaded {
                 for entry in loaded.manifest.layout.entries { try MemoryBudget.require(entry, of: loaded) }
             }
-            let peak = Benchmark.sgemmPeak(n: n)
-            print(String(format: "sgemm %d×%d×%d peak: %.1f GFLOP/s", n, n, n, peak))
-            guard let artifact else { return }
-            let loaded = try Artifact(directory: URL(fileURLWithPath: artifact))
+            guard ddp_set_isa(isa) != 0 else {
+                throw RuntimeError("--isa \(isa): this CPU cannot run it; use native, avx512 (where the CPU has it) or avx2")
+            }
+            if let threads { ddp_set_thread_limit(Int32(threads)) }
+            let peak = Benchmark.fmaPeak()
+            print(String(format: "fp32 FMA peak: %.1f GFLOP/s (%@, %d threads, measured now)", peak.gflops, peak.isa, peak.threads))
+            print(String(format: "sgemm %d×%d×%d: %.1f GFLOP/s", n, n, n, Benchmark.sgemmPeak(n: n)))
+            guard let artifact, let loaded else { return }
             let m = loaded.manifest
-            print("\(artifact): \(m.backend) backend, batch \(m.batch), \(m.size)×\(m.size)")
-            print("entry                 ms/call   images/s   GFLOP/s  % of peak   arena MB")
-            for r in try Benchmark.run(loaded, calls: calls) {
+            print("\(artifact): \(m.backend) backend, batch \(m.batch), \(m.size)×\(m.size), \(calls) calls each")
+            print("entry                median ms    min ms   images/s   GFLOP/s  % of peak   arena MB")
+            let results = try Benchmark.run(loaded, entries: entry.isEmpty ? nil : entry, calls: calls, profile: profile)
+            for r in results {
                 print(r.entry.padding(toLength: 20, withPad: " ", startingAt: 0)
-                      + String(format: "%9.2f  %9.1f  %8.1f  %8.0f%%  %9.1f", r.secondsPerCall * 1000, r.imagesPerSecond,
-                               r.gflopsPerSecond, 100 * r.gflopsPerSecond / peak, Double(r.arenaBytes) / 1e6))
+                      + String(format: "%10.2f %9.2f  %9.1f  %8.1f  %8.0f%%  %9.1f", r.medianSeconds * 1000, r.minimumSeconds * 1000,
+                               r.imagesPerSecond, r.gflopsPerSecond, 100 * r.gflopsPerSecond / peak.gflops, Double(r.arenaBytes) / 1e6))
+            }
+            print(String(format: "peak RSS of this process: %.1f MB", Double(Benchmark.peakResidentBytes()) / 1e6))
+            guard profile else { return }
+            for r in results {
+                let total = r.callSeconds.reduce(0, +) / Double(r.callSeconds.count)
+                let inKernels = r.kernels.reduce(0) { $0 + $1.seconds }
+                print("\n\(r.entry): \(String(format: "%.2f", total * 1000)) ms per call (mean, profiled)")
+                print("  kernel                     ms/call  calls   share")
+                for k in r.kernels.sorted(by: { $0.seconds > $1.seconds }) {
+                    print("  " + k.name.padding(toLength: 24, withPad: " ", startingAt: 0)
+                          + String(format: "%9.2f %6d  %5.1f%%", k.seconds * 1000, k.calls, 100 * k.seconds / total))
+                }
+                print("  " + "generated loops, other".padding(toLength: 24, withPad: " ", startingAt: 0)
+                      + String(format: "%9.2f %6@  %5.1f%%", (total - inKernels) * 1000, "", 100 * (total - inKernels) / total))
             }
         }
     }

@@ -62,7 +62,7 @@ final class LLVMEmitterTests: XCTestCase {
             "add(mul(in0, 0.1), 3.0)", "mul(in0, 1e-3)",
         ]
         for (i, text) in expressions.enumerated() {
-            let r = try b.emit("fused_elementwise", [x, p, y], ["expr": .string(text)])
+            let r = try b.emit("fused_elementwise", [x, p, y], ["expr": .expr(try ScalarExpr.parse(text))])
             b.output(r, name: "e\(i)")
         }
         let grid: (inout SplitMix, TensorType) -> HostTensor = { rng, type in

@@ -9,7 +9,7 @@ final class ParserTests: XCTestCase {
     func @step(%0: f32[2,3] input "x", %1: f32[3] param "w" init=normal(0.02), %2: f32[3] state "s" init=zeros) arena 128 {
       %3 = mul(%0, %1) : f32[2,3] @0 loc("model.swift":4)
       %4 = reduce_sum(%3) {axes=[0], keepdims=false} : f32[3] @64
-      %5 = fused_elementwise(%4, %2) {expr="add(mul(in0, 0.5), in1)"} : f32[3]
+      %5 = fused_elementwise(%4, %2) {expr=add(mul(in0, 0.5), in1)} : f32[3]
       %6 = constant() {dtype="f64", value=-2.5e-3} : f64[]
       return %3 as "y", %6 as "c"
       update %2 = %5

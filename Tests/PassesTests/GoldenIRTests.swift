@@ -264,7 +264,7 @@ final class GoldenIRTests: XCTestCase {
         }
         // CHECK-NOT: mul(
         // CHECK-NOT: tanh(
-        // CHECK: %6 = fused_elementwise(%0, %1) {expr="sub(tanh(add(mul(in0, in1), 0.5)), in0)"} : f32[2,3] loc("m.swift":5)
+        // CHECK: %6 = fused_elementwise(%0, %1) {expr=sub(tanh(add(mul(in0, in1), 0.5)), in0)} : f32[2,3] loc("m.swift":5)
         // CHECK-NEXT: return %6 as "z"
         """, [FuseElementwise.name, DCE.name])
     }
@@ -282,7 +282,7 @@ final class GoldenIRTests: XCTestCase {
         }
         // exp has two users: computed once, not duplicated into both.
         // CHECK: %2 = exp(%0) : f32[2,3]
-        // CHECK-NEXT: %5 = fused_elementwise(%2, %1) {expr="sub(add(in0, in1), mul(in0, in1))"} : f32[2,3]
+        // CHECK-NEXT: %5 = fused_elementwise(%2, %1) {expr=sub(add(in0, in1), mul(in0, in1))} : f32[2,3]
         // neg is an output: it stays, and relu reads it.
         // CHECK-NEXT: %6 = neg(%0) : f32[2,3]
         // CHECK-NEXT: %7 = relu(%6) : f32[2,3]
@@ -301,7 +301,7 @@ final class GoldenIRTests: XCTestCase {
           return %5 as "y"
         }
         // CHECK: %3 = mul(%1, %2) : f32[1,4,1,1]
-        // CHECK-NEXT: %5 = fused_elementwise(%0, %3) {expr="max(add(in0, in1), 0.0)"} : f32[2,4,3,3]
+        // CHECK-NEXT: %5 = fused_elementwise(%0, %3) {expr=max(add(in0, in1), 0.0)} : f32[2,4,3,3]
         """, [FuseElementwise.name, DCE.name])
     }
 
@@ -315,8 +315,8 @@ final class GoldenIRTests: XCTestCase {
           return %3 as "y", %5 as "z"
         }
         // Every operand is narrower than the result: the fused node carries shape=.
-        // CHECK: %3 = fused_elementwise(%0) {expr="exp(in0)", shape=[2,4]} : f32[2,4]
-        // CHECK-NEXT: %5 = fused_elementwise(%1, %3) {expr="mul(in0, in1)", shape=[3,2,4]} : f32[3,2,4]
+        // CHECK: %3 = fused_elementwise(%0) {expr=exp(in0), shape=[2,4]} : f32[2,4]
+        // CHECK-NEXT: %5 = fused_elementwise(%1, %3) {expr=mul(in0, in1), shape=[3,2,4]} : f32[3,2,4]
         // CHECK-NOT: broadcast_to(
         """, [FuseElementwise.name, DCE.name])
     }
@@ -333,7 +333,7 @@ final class GoldenIRTests: XCTestCase {
           %5 = add(%1, %1) : f32[]
           return %3 as "y", %4 as "z", %5 as "w"
         }
-        // CHECK: %3 = fused_elementwise(%0) {expr="mul(in0, 2.0)"} : f32[2,3]
+        // CHECK: %3 = fused_elementwise(%0) {expr=mul(in0, 2.0)} : f32[2,3]
         // CHECK-NEXT: %4 = broadcast_to(%1) {shape=[3]} : f32[3]
         // CHECK-NEXT: %5 = add(%1, %1) : f32[]
         """, [FuseElementwise.name, DCE.name])
@@ -349,7 +349,7 @@ final class GoldenIRTests: XCTestCase {
         let first64 = (0..<64).map { "%\($0)" }.joined(separator: ", ")
         text += """
         // CHECK: %128 = fused_elementwise(\(first64)) {expr=
-        // CHECK-NEXT: %130 = fused_elementwise(%128, %64, %65) {expr="add(add(in0, in1), in2)"} : f32[2]
+        // CHECK-NEXT: %130 = fused_elementwise(%128, %64, %65) {expr=add(add(in0, in1), in2)} : f32[2]
         // CHECK-NEXT: return %130 as "y"
         """
         try golden(text, [FuseElementwise.name, DCE.name])

@@ -106,6 +106,12 @@ DDP_KERNEL_LIST(DDP_KERNEL_DECL)
 
 /// The table passed to compiled entry points, indexed by ddp_kernel_id.
 const ddp_kernel_fn *ddp_kernel_table(void);
+/// The same kernels, each call timed (for `ddepc bench --profile`): totals per
+/// kernel since the last ddp_profile_reset(). Not for concurrent steps.
+const ddp_kernel_fn *ddp_profiling_kernel_table(void);
+void ddp_profile_reset(void);
+double ddp_profile_kernel_seconds(int index);
+int64_t ddp_profile_kernel_calls(int index);
 /// Index of a kernel by name, or -1.
 int ddp_kernel_index(const char *name);
 /// Name of a kernel by index, or NULL.
@@ -124,6 +130,23 @@ double ddp_normal_at(uint64_t seed, uint64_t i);
 /// Measured-peak helper for benchmarks: runs an n×n×n sgemm `reps` times and
 /// returns the achieved GFLOP/s.
 double ddp_sgemm_gflops(int64_t n, int64_t reps);
+
+/// The fp32 FMA rate of this machine at the micro-kernels' ISA on the pool's
+/// threads, measured by a register-only FMA loop of about `seconds`.
+double ddp_fma_peak_gflops(double seconds);
+
+/// Threads of the runtime pool (DDEPC_THREADS, else the CPUs this process may use).
+int ddp_thread_count(void);
+/// Threads a parallel region uses now (the pool's, or ddp_set_thread_limit's cap).
+int ddp_parallel_threads(void);
+/// Caps the threads a parallel region uses (1 ... ddp_thread_count()); for
+/// benchmarks and for tests that results do not depend on the thread count.
+void ddp_set_thread_limit(int threads);
+/// The vector ISA the GEMM micro-kernels run: "avx512" or "avx2" (DDEPC_ISA=avx2 forces it).
+const char *ddp_gemm_isa(void);
+/// Chooses the micro-kernels' ISA: "avx2", "avx512" (where the CPU has it) or
+/// "native" (the widest); returns 0 when this CPU cannot run it.
+int ddp_set_isa(const char *name);
 
 #ifdef __cplusplus
 }

@@ -147,10 +147,10 @@ public enum ElementwiseOps {
                },
                gradient: { _ in [] }, lowering: .elementwise { attrs in .const(try attrs.float("value")) },
                examples: [([], ["value": .float(0.25)]), ([], ["value": .float(2), "shape": .ints([2, 2])])]),
-        OpSpec(name: "fused_elementwise", doc: "%r = fused_elementwise(%a, ...) {expr=\"add(mul(in0, in1), in2)\", shape=[...]}: a fused chain (shape: when wider than the operands)",
+        OpSpec(name: "fused_elementwise", doc: "%r = fused_elementwise(%a, ...) {expr=add(mul(in0, in1), in2), shape=[...]}: a fused chain (shape: when wider than the operands)",
                arity: 1...64, requiredAttributes: ["expr"],
                inferType: { operands, attrs in
-                   let expr = try ScalarExpr.parse(try attrs.string("expr"))
+                   let expr = try attrs.expr("expr")
                    guard expr.inputCount <= operands.count else {
                        throw IRError("expression uses in\(expr.inputCount - 1) but has \(operands.count) operands")
                    }
@@ -164,11 +164,11 @@ public enum ElementwiseOps {
                    return type.with(shape: shape)
                },
                evaluate: { operands, attrs, type in
-                   evaluateElementwise(try ScalarExpr.parse(try attrs.string("expr")), operands, type)
+                   evaluateElementwise(try attrs.expr("expr"), operands, type)
                },
-               gradient: nil, lowering: .elementwise { attrs in try ScalarExpr.parse(try attrs.string("expr")) },
-               examples: [([f([2, 3]), f([3]), f([2, 1])], ["expr": .string("add(mul(in0, in1), tanh(in2))")]),
-                          ([f([3, 1])], ["expr": .string("mul(in0, 2.5)"), "shape": .ints([2, 3, 4])])]),
+               gradient: nil, lowering: .elementwise { attrs in try attrs.expr("expr") },
+               examples: [([f([2, 3]), f([3]), f([2, 1])], ["expr": .expr(.binary(.add, .binary(.mul, .input(0), .input(1)), .unary(.tanh, .input(2))))]),
+                          ([f([3, 1])], ["expr": .expr(.binary(.mul, .input(0), .const(2.5))), "shape": .ints([2, 3, 4])])]),
     ]
 }
 

@@ -1,0 +1,450 @@
+// ddp_gemm.c — single-precision GEMM with register-tiled micro-kernels for
+// the widest vector ISA the machine has (AVX-512 or AVX2+FMA, chosen at run
+// time from cpuid), on the runtime thread pool.
+//
+// Why not OpenBLAS everywhere: the system OpenBLAS is held to its AVX2 kernels
+// on every machine of this kind (OPENBLAS_CORETYPE=Haswell), which is half the
+// FMA width of an AVX-512 core, and its own threads fight ours on the many
+// small per-image products a convolution makes. The AVX2 path here is the
+// same algorithm at half width, so both ISAs are tested on an AVX-512 machine
+// (DDEPC_ISA=avx2 forces it).
+//
+// The algorithm is the one BLIS and OpenBLAS use (Goto's): C is computed in
+// NC-column slabs; for each KC-deep slice of the sum, a KC×NC block of op(B)
+// is packed into NR-column panels and an MC×KC block of op(A) into MR-row
+// panels, and an MR×NR micro-kernel keeps its whole tile of C in registers
+// while it streams the two panels. Packing absorbs both transposes and the
+// zero padding of ragged edges.
+//
+// Threads split C into contiguous column (or row) ranges of whole panels;
+// every element of C is summed by one thread in the same order whatever the
+// thread count, so results do not depend on it.
+#define _POSIX_C_SOURCE 200809L // clock_gettime under -std=c11
+
+#include "ddp_kernels.h"
+#include "ddp_internal.h"
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define KC 256
+
+typedef void (*micro_kernel)(int64_t kc, const float *restrict a, const float *restrict b,
+                             float *restrict c, int64_t ldc, int accumulate);
+
+typedef struct {
+    const char *name;
+    int mr, nr;     // micro-tile
+    int64_t mc, nc; // cache blocks (multiples of mr and nr)
+    micro_kernel kernel;
+} gemm_isa;
+
+// MARK: - Micro-kernels
+
+// c[r][j] (+)= Σ_k a[k·MR + r] · b[k·NR + j]: MR rows of broadcasts times
+// NR/16 vectors of B, MR·NR/16 accumulators (24 of the 32 zmm registers).
+__attribute__((target("avx512f"))) static void
+kernel_avx512_12x32(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c,
+                    int64_t ldc, int accumulate) {
+    enum { MR = 12 };
+    __m512 acc0[MR], acc1[MR];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+#pragma clang loop unroll(full)
+        for (int r = 0; r < MR; r++) {
+            __m512 av = _mm512_set1_ps(a[r]);
+            acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+            acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+        }
+        a += MR;
+        b += 32;
+    }
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) {
+        float *cr = c + r * ldc;
+        if (accumulate) {
+            acc0[r] = _mm512_add_ps(acc0[r], _mm512_loadu_ps(cr));
+            acc1[r] = _mm512_add_ps(acc1[r], _mm512_loadu_ps(cr + 16));
+        }
+        _mm512_storeu_ps(cr, acc0[r]);
+        _mm512_storeu_ps(cr + 16, acc1[r]);
+    }
+}
+
+// The AVX2 counterpart: 6 rows × 2 ymm vectors, 12 of the 16 ymm registers.
+__attribute__((target("avx2,fma"))) static void
+kernel_avx2_6x16(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c,
+                 int64_t ldc, int accumulate) {
+    enum { MR = 6 };
+    __m256 acc0[MR], acc1[MR];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+#pragma clang loop unroll(full)
+        for (int r = 0; r < MR; r++) {
+            __m256 av = _mm256_broadcast_ss(a + r);
+            acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+        }
+        a += MR;
+        b += 16;
+    }
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) {
+        float *cr = c + r * ldc;
+        if (accumulate) {
+            acc0[r] = _mm256_add_ps(acc0[r], _mm256_loadu_ps(cr));
+            acc1[r] = _mm256_add_ps(acc1[r], _mm256_loadu_ps(cr + 8));
+        }
+        _mm256_storeu_ps(cr, acc0[r]);
+        _mm256_storeu_ps(cr + 8, acc1[r]);
+    }
+}
+
+static const gemm_isa isa_avx512 = {"avx512", 12, 32, 12 * 16, 32 * 128, kernel_avx512_12x32};
+static const gemm_isa isa_avx2 = {"avx2", 6, 16, 6 * 24, 16 * 192, kernel_avx2_6x16};
+
+static const gemm_isa *chosen;
+
+static int cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+
+/// The widest ISA this CPU runs, unless DDEPC_ISA=avx2 asks for the narrower.
+static const gemm_isa *chosen_isa(void) {
+    if (chosen == NULL) {
+        const char *forced = getenv("DDEPC_ISA");
+        int narrow = forced != NULL && strcmp(forced, "avx2") == 0;
+        chosen = (!narrow && cpu_has_avx512()) ? &isa_avx512 : &isa_avx2;
+    }
+    return chosen;
+}
+
+int ddp_set_isa(const char *name) {
+    if (name == NULL || strcmp(name, "native") == 0) {
+        chosen = cpu_has_avx512() ? &isa_avx512 : &isa_avx2;
+        return 1;
+    }
+    if (strcmp(name, "avx2") == 0) chosen = &isa_avx2;
+    else if (strcmp(name, "avx512") == 0 && cpu_has_avx512()) chosen = &isa_avx512;
+    else return 0;
+    return 1;
+}
+
+const char *ddp_gemm_isa(void) { return chosen_isa()->name; }
+
+// MARK: - Packing
+
+/// A general strided matrix view: element (i, j) is at p[i·rs + j·cs].
+typedef struct {
+    const float *p;
+    int64_t rs, cs;
+} view;
+
+/// Rows [i0, i0+mc) × columns [k0, k0+kc) of A, as ⌈mc/MR⌉ panels of kc·MR
+/// floats, each column of a panel contiguous; rows past mc are zero. The
+/// writes are sequential whichever way A is stored.
+static void pack_a(view a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr, float *restrict out) {
+    for (int64_t ip = 0; ip < mc; ip += mr) {
+        int64_t rows = mc - ip < mr ? mc - ip : mr;
+        const float *base = a.p + (i0 + ip) * a.rs + k0 * a.cs;
+        if (a.rs == 1 && rows == mr) {
+            for (int64_t k = 0; k < kc; k++) {
+                const float *src = base + k * a.cs;
+                for (int r = 0; r < mr; r++) out[k * mr + r] = src[r];
+            }
+        } else {
+            const float *row[32];
+            for (int64_t r = 0; r < rows; r++) row[r] = base + r * a.rs;
+            for (int64_t k = 0; k < kc; k++) {
+                float *dst = out + k * mr;
+                int64_t r = 0;
+                for (; r < rows; r++) dst[r] = row[r][k * a.cs];
+                for (; r < mr; r++) dst[r] = 0.0f;
+            }
+        }
+        out += kc * mr;
+    }
+}
+
+/// Rows [k0, k0+kc) × columns [j0, j0+nc) of B, as ⌈nc/NR⌉ panels of kc·NR
+/// floats, each row of a panel contiguous; columns past nc are zero.
+static void pack_b(view b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, float *restrict out) {
+    for (int64_t jp = 0; jp < nc; jp += nr) {
+        int64_t cols = nc - jp < nr ? nc - jp : nr;
+        const float *base = b.p + k0 * b.rs + (j0 + jp) * b.cs;
+        if (b.cs == 1 && cols == nr) {
+            // A panel row is 64 or 128 bytes: copied inline, not by a memcpy call.
+            for (int64_t k = 0; k < kc; k++) {
+                const float *src = base + k * b.rs;
+                if (nr == 32)
+                    __builtin_memcpy_inline(out + k * nr, src, 32 * sizeof(float));
+                else if (nr == 16)
+                    __builtin_memcpy_inline(out + k * nr, src, 16 * sizeof(float));
+                else
+                    for (int j = 0; j < nr; j++) out[k * nr + j] = src[j];
+            }
+        } else if (b.cs == 1) {
+            for (int64_t k = 0; k < kc; k++) {
+                const float *src = base + k * b.rs;
+                float *dst = out + k * nr;
+                int64_t j = 0;
+                for (; j < cols; j++) dst[j] = src[j];
+                for (; j < nr; j++) dst[j] = 0.0f;
+            }
+        } else {
+            for (int64_t j = 0; j < cols; j++) {
+                const float *src = base + j * b.cs;
+                for (int64_t k = 0; k < kc; k++) out[k * nr + j] = src[k * b.rs];
+            }
+            for (int64_t j = cols; j < nr; j++)
+                for (int64_t k = 0; k < kc; k++) out[k * nr + j] = 0.0f;
+        }
+        out += kc * nr;
+    }
+}
+
+// MARK: - Serial GEMM on one thread's part of C
+
+typedef struct {
+    const gemm_isa *isa;
+    view a, b;       // op(A) m×k, op(B) k×n
+    float *c;        // element (i, j) at c[i·rs + j·cs]
+    int64_t rs, cs;
+    int64_t m, n, k;
+    const float *apacked; // op(A) already packed (ddp_gemm_pack_a), or NULL
+    int64_t mpad;         // m rounded up to whole panels
+    int accumulate;  // add to C instead of overwriting it
+    int split_rows;  // threads split the rows of C instead of its columns
+    int failed;
+} gemm_problem;
+
+/// C[i0:i1, j0:j1] (+)= op(A)[i0:i1, :] · op(B)[:, j0:j1].
+static int gemm_block(const gemm_problem *g, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const gemm_isa *isa = g->isa;
+    const int mr = isa->mr, nr = isa->nr;
+    float *packed = ddp_thread_scratch(DDP_SCRATCH_GEMM_PACK, (size_t)(isa->mc * KC + KC * isa->nc));
+    if (packed == NULL) return 0;
+    float *apack = packed, *bpack = packed + isa->mc * KC;
+    float tile[12 * 32] __attribute__((aligned(64)));
+    int direct = g->cs == 1; // the micro-kernel writes rows of C in place
+
+    for (int64_t jc = j0; jc < j1; jc += isa->nc) {
+        int64_t nc = j1 - jc < isa->nc ? j1 - jc : isa->nc;
+        for (int64_t pc = 0; pc < g->k; pc += KC) {
+            int64_t kc = g->k - pc < KC ? g->k - pc : KC;
+            int accumulate = g->accumulate || pc > 0;
+            pack_b(g->b, pc, kc, jc, nc, nr, bpack);
+            for (int64_t ic = i0; ic < i1; ic += isa->mc) {
+                int64_t mc = i1 - ic < isa->mc ? i1 - ic : isa->mc;
+                const float *ablock = apack;
+                if (g->apacked != NULL)
+                    ablock = g->apacked + pc * g->mpad + ic * kc;
+                else
+                    pack_a(g->a, ic, mc, pc, kc, mr, apack);
+                for (int64_t jr = 0; jr < nc; jr += nr) {
+                    int64_t cols = nc - jr < nr ? nc - jr : nr;
+                    for (int64_t ir = 0; ir < mc; ir += mr) {
+                        int64_t rows = mc - ir < mr ? mc - ir : mr;
+                        float *ct = g->c + (ic + ir) * g->rs + (jc + jr) * g->cs;
+                        const float *ap = ablock + ir * kc, *bp = bpack + jr * kc;
+                        if (direct && rows == mr && cols == nr) {
+                            isa->kernel(kc, ap, bp, ct, g->rs, accumulate);
+                            continue;
+                        }
+                        isa->kernel(kc, ap, bp, tile, nr, 0);
+                        for (int64_t r = 0; r < rows; r++)
+                            for (int64_t j = 0; j < cols; j++) {
+                                float *e = ct + r * g->rs + j * g->cs;
+                                *e = accumulate ? *e + tile[r * nr + j] : tile[r * nr + j];
+                            }
+                    }
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+static void gemm_task(void *arg, int64_t begin, int64_t end) {
+    gemm_problem *g = arg;
+    int64_t unit = g->split_rows ? g->isa->mr : g->isa->nr;
+    int64_t extent = g->split_rows ? g->m : g->n;
+    int64_t lo = begin * unit, hi = end * unit < extent ? end * unit : extent;
+    int ok = g->split_rows ? gemm_block(g, lo, hi, 0, g->n) : gemm_block(g, 0, g->m, lo, hi);
+    if (!ok) __atomic_store_n(&g->failed, 1, __ATOMIC_RELAXED);
+}
+
+// MARK: - Entry point
+
+/// Products below this many multiply-adds run on the calling thread: waking
+/// the pool would cost more than it saves.
+#define PARALLEL_MIN_MACS ((int64_t)1 << 18)
+
+/// Splits C between the pool's threads (or not, for small products) and runs.
+static int gemm_run(gemm_problem *g) {
+    const gemm_isa *isa = g->isa;
+    int64_t row_panels = (g->m + isa->mr - 1) / isa->mr, col_panels = (g->n + isa->nr - 1) / isa->nr;
+    // A prepacked A is laid out by panels of rows: split columns to keep it whole.
+    g->split_rows = g->apacked == NULL && row_panels > col_panels;
+    int64_t tasks = g->split_rows ? row_panels : col_panels;
+    if (tasks == 1 || g->m * g->n * g->k < PARALLEL_MIN_MACS)
+        g->failed = !gemm_block(g, 0, g->m, 0, g->n);
+    else
+        ddp_parallel_for(tasks, gemm_task, g);
+    return !g->failed;
+}
+
+/// C = beta·C for beta other than 0 and 1, and C = beta·C alone for an empty
+/// sum; returns whether a product remains to be added.
+static int gemm_prepare_c(int64_t m, int64_t n, int64_t k, float beta, float *c, int64_t ldc) {
+    if (m <= 0 || n <= 0) return 0;
+    if (beta != 0.0f && beta != 1.0f)
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) c[i * ldc + j] *= beta;
+    if (k <= 0) {
+        if (beta == 0.0f)
+            for (int64_t i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
+        return 0;
+    }
+    return 1;
+}
+
+int ddp_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+             const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    if (!gemm_prepare_c(m, n, k, beta, c, ldc)) return 1;
+    const gemm_isa *isa = chosen_isa();
+    gemm_problem g = {
+        .isa = isa,
+        .a = trans_a ? (view){a, 1, lda} : (view){a, lda, 1},
+        .b = trans_b ? (view){b, 1, ldb} : (view){b, ldb, 1},
+        .c = c, .rs = ldc, .cs = 1, .m = m, .n = n, .k = k,
+        .accumulate = beta != 0.0f,
+    };
+    // A product narrower than one panel wastes most of every micro-tile;
+    // computing Cᵀ = op(B)ᵀ·op(A)ᵀ instead puts the long side in the vectors.
+    if (n < isa->nr && m > n) {
+        view at = g.a;
+        g.a = (view){g.b.p, g.b.cs, g.b.rs};
+        g.b = (view){at.p, at.cs, at.rs};
+        g.m = n;
+        g.n = m;
+        g.rs = 1;
+        g.cs = ldc;
+    }
+    return gemm_run(&g);
+}
+
+// MARK: - A packed once for many products
+
+static int64_t padded_rows(int64_t m) {
+    int mr = chosen_isa()->mr;
+    return (m + mr - 1) / mr * mr;
+}
+
+int64_t ddp_gemm_packed_a_floats(int64_t m, int64_t k) { return padded_rows(m) * k; }
+
+typedef struct {
+    view a;
+    int64_t m, k, mpad;
+    int mr;
+    float *out;
+} pack_job;
+
+/// Packs row panels [begin, end) of every KC block.
+static void pack_a_panels(void *arg, int64_t begin, int64_t end) {
+    pack_job *job = arg;
+    for (int64_t pc = 0; pc < job->k; pc += KC) {
+        int64_t kc = job->k - pc < KC ? job->k - pc : KC;
+        int64_t i0 = begin * job->mr, i1 = end * job->mr < job->m ? end * job->mr : job->m;
+        if (i0 < i1) pack_a(job->a, i0, i1 - i0, pc, kc, job->mr, job->out + pc * job->mpad + i0 * kc);
+    }
+}
+
+void ddp_gemm_pack_a(int trans_a, int64_t m, int64_t k, const float *a, int64_t lda, float *out) {
+    pack_job job = {trans_a ? (view){a, 1, lda} : (view){a, lda, 1}, m, k, padded_rows(m), chosen_isa()->mr, out};
+    ddp_parallel_for(job.mpad / job.mr, pack_a_panels, &job);
+}
+
+int ddp_gemm_with_packed_a(const float *packed_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                           const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    if (!gemm_prepare_c(m, n, k, beta, c, ldc)) return 1;
+    gemm_problem g = {
+        .isa = chosen_isa(),
+        .b = trans_b ? (view){b, 1, ldb} : (view){b, ldb, 1},
+        .c = c, .rs = ldc, .cs = 1, .m = m, .n = n, .k = k,
+        .apacked = packed_a, .mpad = padded_rows(m),
+        .accumulate = beta != 0.0f,
+    };
+    return gemm_run(&g);
+}
+
+// MARK: - Peak
+
+// Independent FMA chains, enough to cover the latency of both FMA pipes; the
+// result is kept so the loop is not optimised away.
+#define PEAK_CHAINS 12
+
+__attribute__((target("avx512f"))) static float fma_loop_avx512(int64_t iterations) {
+    __m512 acc[PEAK_CHAINS], x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (int64_t it = 0; it < iterations; it++)
+#pragma clang loop unroll(full)
+        for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
+    float sum = 0;
+    for (int i = 0; i < PEAK_CHAINS; i++) sum += _mm512_reduce_add_ps(acc[i]);
+    return sum;
+}
+
+__attribute__((target("avx2,fma"))) static float fma_loop_avx2(int64_t iterations) {
+    __m256 acc[PEAK_CHAINS], x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm256_set1_ps((float)i);
+    for (int64_t it = 0; it < iterations; it++)
+#pragma clang loop unroll(full)
+        for (int i = 0; i < PEAK_CHAINS; i++) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
+    float lanes[8], sum = 0;
+    for (int i = 0; i < PEAK_CHAINS; i++) {
+        _mm256_storeu_ps(lanes, acc[i]);
+        for (int l = 0; l < 8; l++) sum += lanes[l];
+    }
+    return sum;
+}
+
+typedef struct {
+    int64_t iterations;
+    volatile float sink;
+} peak_job;
+
+static void peak_task(void *arg, int64_t begin, int64_t end) {
+    peak_job *job = arg;
+    for (int64_t t = begin; t < end; t++)
+        job->sink = chosen_isa() == &isa_avx512 ? fma_loop_avx512(job->iterations) : fma_loop_avx2(job->iterations);
+}
+
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double ddp_fma_peak_gflops(double seconds) {
+    int threads = ddp_parallel_threads(), lanes = chosen_isa() == &isa_avx512 ? 16 : 8;
+    peak_job job = {.iterations = 1 << 16};
+    double elapsed = 0;
+    // Grow the loop until one round takes a measurable time, then time it.
+    for (;;) {
+        double start = seconds_now();
+        ddp_parallel_for(threads, peak_task, &job);
+        elapsed = seconds_now() - start;
+        if (elapsed >= seconds || job.iterations > ((int64_t)1 << 40)) break;
+        job.iterations *= elapsed > 0 && seconds / elapsed < 16 ? 2 : 8;
+    }
+    double flops = 2.0 * lanes * PEAK_CHAINS * (double)job.iterations * threads;
+    return elapsed > 0 ? flops / elapsed * 1e-9 : 0.0;
+}

@@ -1,0 +1,187 @@
+// ddp_threads.c — the one runtime thread pool every kernel shares.
+//
+// ddp_parallel_for splits [0, n) into one contiguous chunk per thread, a
+// partition that depends only on n and the thread count; kernels that reduce
+// across chunks therefore never do (every reduction stays inside one task), so
+// their results do not depend on the thread count either.
+//
+// Workers spin briefly for the next region (kernels come back to back within
+// a step) and then sleep on a condition variable, so an idle pool leaves the
+// cores to the data loader. A parallel_for inside a task, or one started while
+// another thread owns the pool, runs serially on its caller: nothing is ever
+// oversubscribed. OpenBLAS, where still called, is held to one thread for the
+// same reason.
+#define _GNU_SOURCE // sched_getaffinity, CPU_COUNT
+
+#include "ddp_kernels.h"
+#include "ddp_internal.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#define DDP_MAX_THREADS 256
+/// Pause iterations a waiting thread spins before it sleeps (about 50 µs).
+#define DDP_SPIN 20000
+
+extern void openblas_set_num_threads(int);
+
+static struct {
+    pthread_once_t once;
+    pthread_mutex_t region;   // held by the thread that owns the pool
+    pthread_mutex_t lock;     // guards the condition variables
+    pthread_cond_t start, done;
+    int threads;              // including the caller
+    atomic_int limit;         // threads a region may use (ddp_set_thread_limit)
+    int active;               // threads the current region uses
+    atomic_uint_fast64_t generation;
+    atomic_int pending;
+    ddp_task_fn fn;
+    void *arg;
+    int64_t n;
+} pool = {.once = PTHREAD_ONCE_INIT,
+          .region = PTHREAD_MUTEX_INITIALIZER,
+          .lock = PTHREAD_MUTEX_INITIALIZER,
+          .start = PTHREAD_COND_INITIALIZER,
+          .done = PTHREAD_COND_INITIALIZER};
+
+static _Thread_local int inside_task;
+
+static void chunk(int64_t n, int threads, int t, int64_t *begin, int64_t *end) {
+    *begin = n * t / threads;
+    *end = n * (t + 1) / threads;
+}
+
+static void run_chunk(int t) {
+    int64_t begin, end;
+    chunk(pool.n, pool.active, t, &begin, &end);
+    if (begin < end) {
+        inside_task = 1;
+        pool.fn(pool.arg, begin, end);
+        inside_task = 0;
+    }
+}
+
+static void *worker(void *index) {
+    int t = (int)(intptr_t)index;
+    uint_fast64_t seen = 0;
+    for (;;) {
+        int spins = 0;
+        while (atomic_load_explicit(&pool.generation, memory_order_acquire) == seen && spins < DDP_SPIN) {
+            _mm_pause();
+            spins++;
+        }
+        if (atomic_load_explicit(&pool.generation, memory_order_acquire) == seen) {
+            pthread_mutex_lock(&pool.lock);
+            while (atomic_load_explicit(&pool.generation, memory_order_acquire) == seen)
+                pthread_cond_wait(&pool.start, &pool.lock);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen = atomic_load_explicit(&pool.generation, memory_order_acquire);
+        run_chunk(t);
+        if (atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&pool.lock);
+            pthread_cond_signal(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
+        }
+    }
+    return NULL;
+}
+
+/// DDEPC_THREADS if set, else the CPUs this process may run on.
+static int wanted_threads(void) {
+    const char *env = getenv("DDEPC_THREADS");
+    if (env != NULL) {
+        long v = strtol(env, NULL, 10);
+        if (v >= 1) return v > DDP_MAX_THREADS ? DDP_MAX_THREADS : (int)v;
+    }
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int count = CPU_COUNT(&set);
+        if (count >= 1) return count > DDP_MAX_THREADS ? DDP_MAX_THREADS : count;
+    }
+    return 1;
+}
+
+static void pool_start(void) {
+    openblas_set_num_threads(1);
+    pool.threads = wanted_threads();
+    atomic_store(&pool.limit, pool.threads);
+    for (int t = 1; t < pool.threads; t++) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&thread, &attr, worker, (void *)(intptr_t)t) != 0) {
+            pool.threads = t; // run with the workers we have
+            pthread_attr_destroy(&attr);
+            break;
+        }
+        pthread_attr_destroy(&attr);
+    }
+}
+
+int ddp_thread_count(void) {
+    pthread_once(&pool.once, pool_start);
+    return pool.threads;
+}
+
+int ddp_parallel_threads(void) {
+    ddp_thread_count();
+    return atomic_load(&pool.limit);
+}
+
+void ddp_set_thread_limit(int threads) {
+    int available = ddp_thread_count();
+    atomic_store(&pool.limit, threads < 1 ? 1 : threads > available ? available : threads);
+}
+
+void ddp_parallel_for(int64_t n, ddp_task_fn fn, void *arg) {
+    if (n <= 0) return;
+    int threads = ddp_thread_count();
+    if (atomic_load(&pool.limit) == 1 || threads == 1 || n == 1 || inside_task || pthread_mutex_trylock(&pool.region) != 0) {
+        fn(arg, 0, n);
+        return;
+    }
+    pool.fn = fn;
+    pool.arg = arg;
+    pool.n = n;
+    pool.active = atomic_load(&pool.limit);
+    atomic_store_explicit(&pool.pending, threads - 1, memory_order_relaxed);
+    pthread_mutex_lock(&pool.lock);
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool.start);
+    pthread_mutex_unlock(&pool.lock);
+
+    run_chunk(0);
+
+    int spins = 0;
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire) != 0 && spins < DDP_SPIN) {
+        _mm_pause();
+        spins++;
+    }
+    if (atomic_load_explicit(&pool.pending, memory_order_acquire) != 0) {
+        pthread_mutex_lock(&pool.lock);
+        while (atomic_load_explicit(&pool.pending, memory_order_acquire) != 0)
+            pthread_cond_wait(&pool.done, &pool.lock);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    pthread_mutex_unlock(&pool.region);
+}
+
+static _Thread_local struct {
+    float *data;
+    size_t floats;
+} scratch[DDP_SCRATCH_SLOTS];
+
+float *ddp_thread_scratch(int slot, size_t floats) {
+    if (floats > scratch[slot].floats) {
+        free(scratch[slot].data);
+        size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
+        scratch[slot].data = aligned_alloc(64, bytes);
+        scratch[slot].floats = scratch[slot].data != NULL ? floats : 0;
+    }
+    return scratch[slot].data;
+}

@@ -1,0 +1,41 @@
+import Foundation
+import XCTest
+
+/// `ddepc bench`: the step alone timed, the FMA peak measured and its ISA
+/// named, peak RSS, and with --profile the time per kernel. Timings are
+/// printed, never asserted.
+final class BenchCLITests: XCTestCase {
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    let work = FileManager.default.temporaryDirectory.appendingPathComponent("ddepc-bench-\(UUID().uuidString)")
+
+    override func tearDown() { try? FileManager.default.removeItem(at: work) }
+
+    func ddepc(_ arguments: [String]) throws -> DdepcCommand.Result {
+        try DdepcCommand.run(arguments, in: Self.repository)
+    }
+
+    func testBenchReportsStepTimesPeakAndKernelProfile() throws {
+        let artifact = work.appendingPathComponent("bench.ddepc").path
+        let compiled = try ddepc(["compile", "unet-small", "-o", artifact, "--batch", "2", "--size", "32"])
+        XCTAssertEqual(compiled.status, 0, compiled.all)
+
+        for isa in ["native", "avx2"] {
+            let bench = try ddepc(["bench", artifact, "--entry", "infer", "--entry", "pretrain_step", "--calls", "2",
+                                   "--profile", "--threads", "1", "--isa", isa, "--n", "128"])
+            XCTAssertEqual(bench.status, 0, bench.all)
+            let out = bench.stdout
+            XCTAssertTrue(out.contains("fp32 FMA peak:") && out.contains("1 threads, measured now"), out)
+            if isa == "avx2" { XCTAssertTrue(out.contains("(avx2,"), out) }
+            XCTAssertTrue(out.contains("peak RSS of this process:"), out)
+            // Only the entries asked for, each with a per-kernel profile.
+            XCTAssertTrue(out.contains("\ninfer ") && out.contains("\npretrain_step "), out)
+            XCTAssertFalse(out.contains("finetune_step"), out)
+            XCTAssertTrue(out.contains("  conv2d ") && out.contains("  conv2d_grad_weight ") && out.contains("generated loops"), out)
+        }
+
+        let unknown = try ddepc(["bench", artifact, "--entry", "nope", "--calls", "1", "--n", "64"])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.stderr.contains("no entry point 'nope'") && unknown.stderr.contains("infer"), unknown.stderr)
+    }
+}
