@@ -41,15 +41,17 @@ func runTool(_ executable: String, _ arguments: [String], timeout: Double? = nil
     let argv = (["/usr/bin/env", executable] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
     var pid: pid_t = 0
-    let spawned = Interruption.shared.spawning {
-        let status = posix_spawn(&pid, "/usr/bin/env", &actions, &attributes, argv, environ)
-        return status == 0 ? pid : nil
+    var spawnStatus: Int32 = 0
+    Interruption.shared.spawning {
+        spawnStatus = posix_spawn(&pid, "/usr/bin/env", &actions, &attributes, argv, environ)
+        return spawnStatus == 0 ? pid : nil
     }
     close(outPipe[1])
     close(errPipe[1])
     let stdoutHandle = FileHandle(fileDescriptor: outPipe[0], closeOnDealloc: true)
     let stderrHandle = FileHandle(fileDescriptor: errPipe[0], closeOnDealloc: true)
-    guard spawned else { throw RuntimeError("cannot run \(executable): \(String(cString: strerror(errno)))") }
+    // posix_spawn returns its error rather than setting errno.
+    guard spawnStatus == 0 else { throw RuntimeError("cannot run \(executable): \(String(cString: strerror(spawnStatus)))") }
     defer { Interruption.shared.finished(group: pid) }
 
     // Read both pipes concurrently so a chatty tool cannot block on a full pipe.
@@ -125,13 +127,11 @@ public final class Interruption: @unchecked Sendable {
     /// Runs `spawn` (which returns the new process group, or nil) with the
     /// handlers installed, so a signal between spawning and registering
     /// cannot miss the group.
-    func spawning(_ spawn: () -> pid_t?) -> Bool {
+    func spawning(_ spawn: () -> pid_t?) {
         lock.lock()
         defer { lock.unlock() }
         installHandlers()
-        guard let group = spawn() else { return false }
-        groups.insert(group)
-        return true
+        if let group = spawn() { groups.insert(group) }
     }
 
     func finished(group: pid_t) {
