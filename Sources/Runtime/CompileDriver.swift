@@ -43,7 +43,7 @@ public enum CompileDriver {
     public static func compile(_ module: Module, to output: URL, options: CompileOptions) throws -> CompileReport {
         // Refuse a directory that is not ours before the work, not after it.
         if FileManager.default.fileExists(atPath: output.path) { try requireReplaceableArtifact(output) }
-        removeLeftoverStaging(for: output)
+        recoverInterruptedInstall(of: output)
         var module = module
         let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer), options: options.passOptions)
         let passStart = Date()
@@ -156,15 +156,27 @@ public enum CompileDriver {
         try? fm.removeItem(at: old)
     }
 
-    /// Removes the staging folders (`.NAME.tmp-UUID`) of compiles of `output`
-    /// that were killed: they are incomplete builds. The previous artifact
-    /// moved aside during an install (`.NAME.old-UUID`) is left alone.
-    static func removeLeftoverStaging(for output: URL) {
+    /// Cleans up after compiles of `output` that were killed. Staging folders
+    /// (`.NAME.tmp-UUID`) are incomplete builds and are removed. A previous
+    /// artifact moved aside by an install (`.NAME.old-UUID`) is moved back
+    /// when the install did not finish (`output` is missing), and removed
+    /// when it did.
+    public static func recoverInterruptedInstall(of output: URL) {
+        let fm = FileManager.default
         let parent = output.deletingLastPathComponent()
-        let prefix = ".\(output.lastPathComponent).tmp-"
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: parent.path)) ?? []
-        for name in names where name.hasPrefix(prefix) && UUID(uuidString: String(name.dropFirst(prefix.count))) != nil {
-            try? FileManager.default.removeItem(at: parent.appendingPathComponent(name))
+        let names = (try? fm.contentsOfDirectory(atPath: parent.path)) ?? []
+        func ours(_ kind: String) -> [URL] {
+            let prefix = ".\(output.lastPathComponent).\(kind)-"
+            return names.filter { $0.hasPrefix(prefix) && UUID(uuidString: String($0.dropFirst(prefix.count))) != nil }
+                .map { parent.appendingPathComponent($0) }
+        }
+        for staging in ours("tmp") { try? fm.removeItem(at: staging) }
+        for old in ours("old") where (try? requireReplaceableArtifact(old)) != nil {
+            if !fm.fileExists(atPath: output.path) {
+                try? fm.moveItem(at: old, to: output)
+            } else {
+                try? fm.removeItem(at: old)
+            }
         }
     }
 

@@ -67,6 +67,8 @@ struct Compile: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            // Before anything can fail: an artifact a killed compile moved aside is put back.
+            CompileDriver.recoverInterruptedInstall(of: URL(fileURLWithPath: output ?? defaultOutput))
             let module = try loadModel()
             var options = CompileOptions()
             options.backend = backend

@@ -420,7 +420,8 @@ final class MisuseCLITests: XCTestCase {
     }
 
     /// Temporary files of writes a kill interrupted are removed when the run
-    /// continues, and a killed compile's staging folder by the next compile.
+    /// continues; a killed compile's staging folder is removed, and the
+    /// artifact it had moved aside put back, by the next compile.
     func testLeftoversOfInterruptedWritesAreRemoved() throws {
         let train = ["train", Self.artifact, "--images", Self.images, "--steps", "2", "--checkpoint-every", "1"]
         XCTAssertEqual(try ddepc(train + ["--out", path("leftovers")]).status, 0)
@@ -438,6 +439,16 @@ final class MisuseCLITests: XCTestCase {
         let compiled = try ddepc(["compile", "unet-small", "-o", path("staged.ddepc"), "--batch", "1", "--size", "32"])
         XCTAssertEqual(compiled.status, 0, compiled.all)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path(staging)))
+
+        // Killed between moving the old artifact aside and moving the new one
+        // in: the next compile puts the old one back, even if it fails itself.
+        let aside = path(".staged.ddepc.old-\(UUID().uuidString)")
+        try FileManager.default.moveItem(atPath: path("staged.ddepc"), toPath: aside)
+        try write("func @broken(", to: "broken.ddir")
+        let failed = try ddepc(["compile", path("broken.ddir"), "-o", path("staged.ddepc")])
+        XCTAssertEqual(failed.status, 1, failed.all)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("staged.ddepc/manifest.json")), "the old artifact is back")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: aside))
     }
 
     /// A dangling link named like an image is an unreadable file, reported
