@@ -157,6 +157,19 @@ public final class SegmentationPredictor {
                                  advice: "use a smaller --resize or --scales")
     }
 
+    /// How many calls of the compiled step an image of `width`×`height`
+    /// takes (tiles of every scale and flip, `batch` per call).
+    public func calls(width: Int, height: Int) -> Int {
+        let base = options.resizeShortSide.map { Double($0) / Double(min(width, height)) } ?? 1
+        let step = options.stride ?? size
+        return options.scales.reduce(0) { total, scale in
+            let sw = max(1, Int(min(Double(width) * base * scale, 1e9).rounded()))
+            let sh = max(1, Int(min(Double(height) * base * scale, 1e9).rounded()))
+            let tiles = Self.tileStarts(length: sw, tile: size, stride: step).count * Self.tileStarts(length: sh, tile: size, stride: step).count
+            return total + (tiles * (options.flip ? 2 : 1) + batch - 1) / batch
+        }
+    }
+
     /// The most probable class of every pixel.
     public func predict(_ image: Image) throws -> LabelMap {
         let probabilities = try probabilities(image)
