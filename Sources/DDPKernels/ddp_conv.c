@@ -146,8 +146,45 @@ static void col2im(const float *restrict col, const conv_shape *s, int64_t oh0, 
 /// Columns a product should have at least before it runs near full speed.
 #define WANTED_COLUMNS 256
 
+/// conv2d's fused epilogue: y = act(y·scale[o] + shift[o] + residual), the
+/// absent parts NULL (see ddp_kernels.h).
+typedef struct {
+    const float *scale, *shift, *residual;
+    int relu, active;
+} conv_epilogue;
+
+static conv_epilogue epilogue_read(void *const *bufs, const int64_t *ia) {
+    conv_epilogue e = {0};
+    int next = 3;
+    if (ia[16]) e.scale = bufs[next++];
+    if (ia[17]) e.shift = bufs[next++];
+    if (ia[18]) e.residual = bufs[next++];
+    e.relu = ia[19] != 0;
+    e.active = e.scale || e.shift || e.residual || e.relu;
+    return e;
+}
+
+/// Applies the epilogue to rows [0, rows) of an output block just computed
+/// (channels channel0 + r, rows `stride` floats apart, `cols` each), while it
+/// is still in cache; `residual` is the same block of the residual tensor.
+static void epilogue_apply(const conv_epilogue *e, float *y, const float *residual, int64_t rows, int64_t channel0,
+                           int64_t stride, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) {
+        float scale = e->scale ? e->scale[channel0 + r] : 1.0f, shift = e->shift ? e->shift[channel0 + r] : 0.0f;
+        float *yr = y + r * stride;
+        const float *rr = residual ? residual + r * stride : NULL;
+        for (int64_t j = 0; j < cols; j++) {
+            float v = yr[j] * scale + shift;
+            if (rr) v += rr[j];
+            if (e->relu) v = v > 0.0f ? v : 0.0f;
+            yr[j] = v;
+        }
+    }
+}
+
 typedef struct {
     const conv_shape *s;
+    conv_epilogue epilogue; // conv2d only
     const float *in;      // x or dy
     const float *packed;  // the weights of each group, packed for the GEMM
     int64_t packed_group; // floats per group in packed
@@ -226,6 +263,12 @@ static void conv2d_images(void *arg, int64_t begin, int64_t end) {
                     return;
                 }
                 scatter_images(out, ld, s->og, s->p, count, job->out + n * ys + g * s->og * s->p, ys);
+                if (job->epilogue.active)
+                    for (int64_t i = 0; i < count; i++) {
+                        int64_t at = (n + i) * ys + g * s->og * s->p;
+                        epilogue_apply(&job->epilogue, job->out + at, job->epilogue.residual ? job->epilogue.residual + at : NULL,
+                                       s->og, g * s->og, s->p, s->p);
+                    }
             }
         }
         return;
@@ -249,6 +292,11 @@ static void conv2d_images(void *arg, int64_t begin, int64_t end) {
                     ok = ddp_gemm_with_packed_a(wg, 0, s->og, bp, s->k, col, bp, 0.0f, yg + oh0 * s->ow, s->p);
                 }
                 if (!ok) { job_failed(job); return; }
+                if (job->epilogue.active) {
+                    int64_t at = n * ys + g * s->og * s->p + oh0 * s->ow;
+                    epilogue_apply(&job->epilogue, job->out + at, job->epilogue.residual ? job->epilogue.residual + at : NULL,
+                                   s->og, g * s->og, s->p, bp);
+                }
             }
         }
     }
@@ -258,7 +306,7 @@ void ddp_conv2d(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     conv_shape s;
     if (!conv_shape_read(ia, &s)) return;
-    conv_job job = {.s = &s, .in = bufs[0], .out = bufs[2]};
+    conv_job job = {.s = &s, .epilogue = epilogue_read(bufs, ia), .in = bufs[0], .out = bufs[2]};
     if (!pack_weights(&s, bufs[1], 0, &job)) return;
     for_each_image(&job, conv2d_images);
 }

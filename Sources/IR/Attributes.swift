@@ -53,6 +53,11 @@ public struct Attributes: Hashable, ExpressibleByDictionaryLiteral, Sendable {
     }
 
     public var isEmpty: Bool { values.isEmpty }
+
+    /// These attributes with `other`'s added (other's win).
+    public func merging(_ other: Attributes) -> Attributes {
+        Attributes(values.merging(other.values) { $1 })
+    }
     public var sortedKeys: [String] { values.keys.sorted() }
 
     public func int(_ key: String) throws -> Int {

@@ -50,12 +50,12 @@ public struct PassManager {
     /// `grad:<param>` outputs and update no weight (gradient checks use this).
     public static func standardPipeline(optimizer: AdamOptimizer? = AdamOptimizer()) -> [any Pass] {
         [InferShapes(), Autodiff()] + (optimizer.map { [$0] } ?? [])
-            + [FoldConstants(), CSE(), DCE(), FuseElementwise(), DCE(), PlanMemory()]
+            + [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseConvEpilogue(), DCE(), PlanMemory()]
     }
 
     public static var knownPassNames: [String] {
         [InferShapes.name, Autodiff.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
-         FuseElementwise.name, PlanMemory.name]
+         FuseElementwise.name, FuseConvEpilogue.name, PlanMemory.name]
     }
 
     @discardableResult

@@ -91,19 +91,21 @@ final class CLITests: XCTestCase {
         let compiled = try ddepc(["compile", "unet-small", "-o", artifact, "--batch", "1", "--size", "32",
                                   "--print-ir-after=all", "--ir-dump-dir", path("dumps"), "--time-passes"])
         XCTAssertEqual(compiled.status, 0, compiled.stderr)
-        for pass in ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce", "fuse-elementwise", "plan-memory"] {
+        for pass in ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce", "fuse-elementwise",
+                     "fuse-conv-epilogue", "plan-memory"] {
             XCTAssertTrue(compiled.stdout.contains("// ----- IR after \(pass) -----"), pass)
         }
         XCTAssertTrue(compiled.stdout.contains("=== pass timing ==="))
         let dumps = try FileManager.default.contentsOfDirectory(atPath: path("dumps")).sorted()
         XCTAssertEqual(dumps.first, "00-input.ddir")
-        XCTAssertEqual(dumps.count, 10, "\(dumps)")
+        XCTAssertEqual(dumps.count, 11, "\(dumps)")
         for dump in dumps { _ = try Parser.parse(try String(contentsOfFile: path("dumps") + "/" + dump, encoding: .utf8)) }
 
         let dumped = try ddepc(["dump-ir", artifact])
         XCTAssertEqual(dumped.status, 0)
         XCTAssertEqual(dumped.stdout, try String(contentsOfFile: artifact + "/final.ddir", encoding: .utf8))
         XCTAssertTrue(dumped.stdout.contains("fused_elementwise"))
+        XCTAssertTrue(dumped.stdout.contains("fused_conv2d("), "inference convolutions carry their norm and ReLU")
         XCTAssertTrue(dumped.stdout.contains("conv2d_grad_weight"))
 
         // The final IR compiles again, to the same IR and the same layout,

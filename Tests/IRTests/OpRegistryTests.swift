@@ -83,10 +83,11 @@ final class OpRegistryTests: XCTestCase {
             }
         }
         // The ops without a gradient rule are backward ops, comparisons and
-        // random_normal; backward ops are checked here as their forward op's rule.
+        // random_normal; backward ops are checked here as their forward op's rule,
+        // and fused ops (formed after autodiff) against their unfused chains.
         let undifferentiated = OpRegistry.all.filter { $0.gradient == nil }.map(\.name).sorted()
         XCTAssertEqual(undifferentiated, ["avg_pool2d_grad", "conv2d_grad_input", "conv2d_grad_weight", "cross_entropy_grad",
-                                          "equal", "fused_elementwise", "gelu_grad", "greater", "greater_equal",
+                                          "equal", "fused_conv2d", "fused_elementwise", "gelu_grad", "greater", "greater_equal",
                                           "max_pool2d_grad", "random_normal", "upsample_bilinear_grad", "upsample_nearest_grad"])
         XCTAssertGreaterThan(Set(checked).count, 30)
     }

@@ -13,7 +13,7 @@ import XCTest
 let passesByName: [String: any Pass] = [
     InferShapes.name: InferShapes(), Autodiff.name: Autodiff(), AdamOptimizer.name: AdamOptimizer(),
     FoldConstants.name: FoldConstants(), CSE.name: CSE(), DCE.name: DCE(),
-    FuseElementwise.name: FuseElementwise(), PlanMemory.name: PlanMemory(),
+    FuseElementwise.name: FuseElementwise(), FuseConvEpilogue.name: FuseConvEpilogue(), PlanMemory.name: PlanMemory(),
 ]
 
 /// Runs the named passes in order, verifying after each (not before the

@@ -23,11 +23,16 @@ typedef void (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double
 
 // X(name): the kernel list. The order is the ABI; append only.
 //
-// conv2d             bufs [x, w, y]      ia [N,C,H,W, O,KH,KW, OH,OW, sh,sw, ph,pw, dh,dw, groups]
+// conv2d             bufs [x, w, y, (scale), (shift), (residual)]
+//                    ia [N,C,H,W, O,KH,KW, OH,OW, sh,sw, ph,pw, dh,dw, groups,
+//                        has_scale, has_shift, has_residual, relu]
 //                    x[N,C,H,W], w[O,C/groups,KH,KW], y[N,O,OH,OW]; cross-correlation
-//                    as in PyTorch; zero padding.
-// conv2d_grad_input  bufs [dy, w, dx]    ia as conv2d. dx[N,C,H,W] = conv2d's VJP wrt x.
-// conv2d_grad_weight bufs [x, dy, dw]    ia as conv2d. dw[O,C/groups,KH,KW] = VJP wrt w.
+//                    as in PyTorch; zero padding. The epilogue (fused_conv2d) makes
+//                    y = act(conv·scale[o] + shift[o] + residual[n,o,i,j]), each part
+//                    present when its flag is 1 (its buffer then follows, in this order);
+//                    act is max(·, 0) when relu is 1.
+// conv2d_grad_input  bufs [dy, w, dx]    ia as conv2d's geometry. dx[N,C,H,W] = conv2d's VJP wrt x.
+// conv2d_grad_weight bufs [x, dy, dw]    ia as conv2d's geometry. dw[O,C/groups,KH,KW] = VJP wrt w.
 // matmul             bufs [a, b, c]      ia [batch, M, K, N, a_batch_stride, b_batch_stride, trans_a, trans_b]
 //                    for each batch i: c[i] (M×N, contiguous) = op(a_i) · op(b_i), where
 //                    a_i starts at a + i*a_batch_stride and is M×K (K×M if trans_a),

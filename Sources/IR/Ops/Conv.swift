@@ -71,6 +71,15 @@ public enum ConvOps {
 
     static let convAttributes = ["stride", "pad", "dilation", "groups"]
 
+    /// The reference convolution (conv2d's and fused_conv2d's).
+    static func evaluate(_ x: HostTensor, _ w: HostTensor, attrs: Attributes, type: TensorType) throws -> HostTensor {
+        let geo = try Geometry(input: x.shape, weight: w.shape, attrs: attrs)
+        var out = [Double](repeating: 0, count: type.count)
+        let xs = x.data, ws = w.data
+        geo.forEachTap { i, k, o in out[o] += xs[i] * ws[k] }
+        return HostTensor(type, out)
+    }
+
     static func passAttrs(_ attrs: Attributes, adding key: String, _ shape: [Int]) -> Attributes {
         var out = Attributes()
         for k in convAttributes { out[k] = attrs[k] }
@@ -88,13 +97,7 @@ public enum ConvOps {
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
                    return operands[0].with(shape: try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs).outputShape)
                },
-               evaluate: { operands, attrs, type in
-                   let geo = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
-                   var out = [Double](repeating: 0, count: type.count)
-                   let x = operands[0].data, w = operands[1].data
-                   geo.forEachTap { i, k, o in out[o] += x[i] * w[k] }
-                   return HostTensor(type, out)
-               },
+               evaluate: { operands, attrs, type in try evaluate(operands[0], operands[1], attrs: attrs, type: type) },
                gradient: { c in
                    let b = c.builder, x = c.operands[0], w = c.operands[1]
                    return [try b.emit("conv2d_grad_input", [c.grad, w], passAttrs(c.attrs, adding: "input_shape", x.shape)),
@@ -102,7 +105,8 @@ public enum ConvOps {
                },
                lowering: .kernels { operands, _, attrs in
                    [KernelCall("conv2d", [.operand(0), .operand(1), .result],
-                               ints: try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs).kernelInts)]
+                               ints: try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs).kernelInts
+                                   + FusedConvOps.Epilogue.none)]
                },
                examples: [([f([2, 4, 7, 6]), f([6, 2, 3, 3])], example),
                           ([f([1, 3, 5, 5]), f([4, 3, 1, 1])], [:])]),

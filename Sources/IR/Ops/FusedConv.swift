@@ -1,0 +1,140 @@
+/// A convolution whose epilogue is applied to each output block as the conv2d
+/// kernel produces it, while it is still in cache: the anchor of a fusion
+/// group, formed by the `fuse-conv-epilogue` pass after autodiff.
+///
+/// `in0` of the epilogue is the convolution's value; `in1`, `in2`, ... are the
+/// operands after `%x, %w`, each either per channel (O elements shaped
+/// `[O,1,1]` or `[1,O,1,1]`) or of the output's shape. The kernel computes the
+/// family `act(in0·scale + shift + residual)` (each part optional, `act` ReLU
+/// or none); the type rule refuses any other expression, so what the IR says
+/// is exactly what runs.
+public enum FusedConvOps {
+    static let f = TensorType.f32
+
+    /// The epilogue in the kernel's terms: which extra operand (0-based, after
+    /// %x and %w) is each part.
+    public struct Epilogue: Equatable {
+        public var scale: Int?
+        public var shift: Int?
+        public var residual: Int?
+        public var relu = false
+
+        /// Recognizes the kernel's family in `expr`; nil if it is not one.
+        /// `perChannel[k]` says whether extra operand k is per channel.
+        public static func match(_ expr: ScalarExpr, perChannel: [Bool]) -> Epilogue? {
+            var epilogue = Epilogue()
+            var body = expr
+            if case .binary(.max, let a, .const(0)) = expr {
+                epilogue.relu = true
+                body = a
+            } else if case .binary(.max, .const(0), let a) = expr {
+                epilogue.relu = true
+                body = a
+            }
+            func extra(_ e: ScalarExpr, perChannel wanted: Bool) -> Int? {
+                guard case .input(let i) = e, i >= 1, i - 1 < perChannel.count, perChannel[i - 1] == wanted else { return nil }
+                return i - 1
+            }
+            // scale·in0, in0·scale or in0
+            func scaled(_ e: ScalarExpr) -> (Int?)? {
+                if e == .input(0) { return .some(nil) }
+                if case .binary(.mul, let a, let b) = e {
+                    if a == .input(0), let s = extra(b, perChannel: true) { return s }
+                    if b == .input(0), let s = extra(a, perChannel: true) { return s }
+                }
+                return nil
+            }
+            // scaled + shift (either order) or scaled
+            func affine(_ e: ScalarExpr) -> (scale: Int?, shift: Int?)? {
+                if let s = scaled(e) { return (s, nil) }
+                if case .binary(.add, let a, let b) = e {
+                    if let s = scaled(a), let t = extra(b, perChannel: true) { return (s, t) }
+                    if let s = scaled(b), let t = extra(a, perChannel: true) { return (s, t) }
+                }
+                return nil
+            }
+            if let parts = affine(body) {
+                (epilogue.scale, epilogue.shift) = parts
+            } else if case .binary(.add, let a, let b) = body {
+                if let r = extra(b, perChannel: false), let parts = affine(a) {
+                    (epilogue.scale, epilogue.shift, epilogue.residual) = (parts.scale, parts.shift, r)
+                } else if let r = extra(a, perChannel: false), let parts = affine(b) {
+                    (epilogue.scale, epilogue.shift, epilogue.residual) = (parts.scale, parts.shift, r)
+                } else {
+                    return nil
+                }
+            } else {
+                return nil
+            }
+            // Every extra operand is used, once.
+            let used = [epilogue.scale, epilogue.shift, epilogue.residual].compactMap { $0 }
+            guard used.count == perChannel.count, Set(used).count == used.count else { return nil }
+            return epilogue
+        }
+
+        /// The kernel's epilogue arguments: conv2d's ia after the geometry.
+        var kernelInts: [Int] { [scale == nil ? 0 : 1, shift == nil ? 0 : 1, residual == nil ? 0 : 1, relu ? 1 : 0] }
+        /// The extra operands in the kernel's buffer order (scale, shift, residual).
+        var kernelOperands: [Int] { [scale, shift, residual].compactMap { $0 } }
+        static let none = [0, 0, 0, 0]
+    }
+
+    /// Whether `shape` holds one value per channel of an NCHW output with O channels.
+    public static func isPerChannel(_ shape: [Int], channels: Int) -> Bool {
+        shape == [channels, 1, 1] || shape == [1, channels, 1, 1]
+    }
+
+    static func epilogue(_ operands: [TensorType], output: [Int], attrs: Attributes) throws -> Epilogue {
+        let expr = try attrs.expr("epilogue")
+        let extras = operands.dropFirst(2)
+        var perChannel: [Bool] = []
+        for (k, extra) in extras.enumerated() {
+            if isPerChannel(extra.shape, channels: output[1]) {
+                perChannel.append(true)
+            } else if extra.shape == output {
+                perChannel.append(false)
+            } else {
+                throw IRError("epilogue operand in\(k + 1) has shape \(extra.shape); it must be per channel ([\(output[1]),1,1]) or the output's \(output)")
+            }
+        }
+        guard let epilogue = Epilogue.match(expr, perChannel: perChannel) else {
+            throw IRError("the conv2d kernel cannot apply the epilogue \(expr) to operands \(perChannel.map { $0 ? "per-channel" : "full" }): it computes act(in0·scale + shift + residual)")
+        }
+        return epilogue
+    }
+
+    public static let all: [OpSpec] = [
+        OpSpec(name: "fused_conv2d",
+               doc: "%y = fused_conv2d(%x, %w, %e1, ...) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0)}: conv2d, then the epilogue on each output element",
+               arity: 2...5, requiredAttributes: ["epilogue"],
+               inferType: { operands, attrs in
+                   guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
+                   let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
+                   _ = try epilogue(operands, output: geometry.outputShape, attrs: attrs)
+                   return operands[0].with(shape: geometry.outputShape)
+               },
+               evaluate: { operands, attrs, type in
+                   let conv = try ConvOps.evaluate(operands[0], operands[1], attrs: attrs, type: type)
+                   return evaluateElementwise(try attrs.expr("epilogue"), [conv] + operands.dropFirst(2), type)
+               },
+               // Formed after autodiff: nothing differentiates it.
+               gradient: nil,
+               lowering: .kernels { operands, result, attrs in
+                   let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
+                   let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
+                   return [KernelCall("conv2d", [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
+                                      ints: geometry.kernelInts + epilogue.kernelInts)]
+               },
+               examples: [
+                   // conv → batch norm (folded to scale and shift) → ReLU
+                   ([f([2, 4, 7, 6]), f([6, 2, 3, 3]), f([6, 1, 1]), f([1, 6, 1, 1])],
+                    ConvOps.example.merging(["epilogue": .expr(.binary(.max, .binary(.add, .binary(.mul, .input(0), .input(1)), .input(2)), .const(0)))])),
+                   // … + a residual, then ReLU
+                   ([f([2, 3, 5, 5]), f([4, 3, 3, 3]), f([4, 1, 1]), f([4, 1, 1]), f([2, 4, 5, 5])],
+                    ["pad": .ints([1, 1]),
+                     "epilogue": .expr(.binary(.max, .binary(.add, .input(3), .binary(.add, .input(2), .binary(.mul, .input(1), .input(0)))), .const(0)))]),
+                   // conv + bias
+                   ([f([1, 3, 5, 5]), f([4, 3, 1, 1]), f([1, 4, 1, 1])], ["epilogue": .expr(.binary(.add, .input(0), .input(1)))]),
+               ]),
+    ]
+}
