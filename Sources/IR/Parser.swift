@@ -4,10 +4,24 @@ public struct Parser {
     private let text: [UInt8]
     private var pos = 0
     private let sourceName: String
+    /// Per function, per node: the line that wrote it.
+    private var written: [[SourceLoc]] = []
+    /// Newlines counted so far (the text before `lineCursor.pos` has
+    /// `lineCursor.line - 1`), so locating every node stays linear.
+    private var lineCursor = (pos: 0, line: 1)
 
     public static func parse(_ source: String, name: String = "<ir>") throws -> Module {
         var parser = Parser(text: Array(source.utf8), sourceName: name)
         return try parser.module()
+    }
+
+    /// The module and, per function and node, where the text wrote the node:
+    /// diagnostics about a hand-written file can then name its own lines
+    /// rather than the model source recorded in `loc(...)`.
+    public static func parseLocated(_ source: String, name: String) throws -> (module: Module, written: [[SourceLoc]]) {
+        var parser = Parser(text: Array(source.utf8), sourceName: name)
+        let module = try parser.module()
+        return (module, parser.written)
     }
 
     private init(text: [UInt8], sourceName: String) {
@@ -23,6 +37,14 @@ public struct Parser {
             if byte == UInt8(ascii: "\n") { line += 1; column = 1 } else { column += 1 }
         }
         return (line, column)
+    }
+
+    private mutating func currentLine() -> Int {
+        while lineCursor.pos < min(pos, text.count) {
+            if text[lineCursor.pos] == UInt8(ascii: "\n") { lineCursor.line += 1 }
+            lineCursor.pos += 1
+        }
+        return lineCursor.line
     }
 
     private func error(_ message: String) -> IRError {
@@ -102,6 +124,8 @@ public struct Parser {
     }
 
     private mutating func type() throws -> TensorType {
+        skipSpace()
+        let start = pos
         let name = try wordUntilBracket()
         guard let dtype = DType(rawValue: name) else { throw error("unknown element type '\(name)'") }
         try expect("[")
@@ -110,7 +134,13 @@ public struct Parser {
             repeat { shape.append(try integer()) } while accept(",")
             try expect("]")
         }
-        return TensorType(dtype, shape)
+        let type = TensorType(dtype, shape)
+        if type.checkedByteSize == nil {
+            pos = start  // point at the type, not past it
+            throw error(shape.contains { $0 < 0 } ? "tensor \(type) has a negative dimension"
+                        : "tensor \(type) is too large (its byte size overflows)")
+        }
+        return type
     }
 
     private mutating func wordUntilBracket() throws -> String {
@@ -137,6 +167,7 @@ public struct Parser {
         try expect("func")
         try expect("@")
         var function = Function(name: try word())
+        written.append([])
         try expect("(")
         if !accept(")") {
             repeat {
@@ -162,7 +193,11 @@ public struct Parser {
             } while accept(",")
             try expect(")")
         }
-        if accept("arena") { function.arenaBytes = try integer() }
+        if accept("arena") {
+            let bytes = try integer()
+            guard bytes >= 0 else { throw error("arena size \(bytes) is negative") }
+            function.arenaBytes = bytes
+        }
         try expect("{")
         while !accept("}") {
             if accept("return") {
@@ -176,6 +211,8 @@ public struct Parser {
                 try expect("=")
                 function.updates.append(Update(target: target, value: try valueRef()))
             } else {
+                skipSpace()
+                written[written.count - 1].append(SourceLoc(file: sourceName, line: currentLine()))
                 function.nodes.append(try node())
             }
         }

@@ -30,6 +30,19 @@ public struct TensorType: Hashable, CustomStringConvertible, Sendable {
     public var count: Int { shape.reduce(1, *) }
     public var byteSize: Int { count * dtype.byteSize }
 
+    /// The byte size, or nil when it does not fit in an Int (or a dimension
+    /// is negative): such a type cannot be allocated, and `count` would trap.
+    public var checkedByteSize: Int? {
+        var bytes = dtype.byteSize
+        for dimension in shape {
+            guard dimension >= 0 else { return nil }
+            let (product, overflow) = bytes.multipliedReportingOverflow(by: dimension)
+            if overflow { return nil }
+            bytes = product
+        }
+        return bytes
+    }
+
     public var description: String {
         "\(dtype.rawValue)[\(shape.map(String.init).joined(separator: ","))]"
     }

@@ -1,24 +1,31 @@
 /// Structural and type checks, run after every pass. Each error names the
 /// function, the node (printed), its operand types and where it came from.
 public enum Verifier {
-    public static func verify(_ module: Module) throws {
+    /// `writtenAt` (from `Parser.parseLocated`): where each node of each
+    /// function was written; errors then name that line instead of the
+    /// node's `loc` (which stays visible in the printed node).
+    public static func verify(_ module: Module, writtenAt: [[SourceLoc]]? = nil) throws {
         var names = Set<String>()
-        for function in module.functions {
+        for (index, function) in module.functions.enumerated() {
             guard names.insert(function.name).inserted else { throw IRError("function @\(function.name) is defined twice") }
-            try verify(function)
+            try verify(function, writtenAt: writtenAt.flatMap { index < $0.count ? $0[index] : nil })
         }
     }
 
-    public static func verify(_ function: Function) throws {
+    public static func verify(_ function: Function, writtenAt: [SourceLoc]? = nil) throws {
         func fail(_ message: String, _ node: Node? = nil) -> IRError {
             var text = "in @\(function.name): \(message)"
             if let node { text += "\n  in: \(Printer.print(node))" }
-            return IRError(text, loc: node?.loc)
+            let written = node.flatMap { node in
+                function.nodes.firstIndex(of: node).flatMap { index in writtenAt.flatMap { index < $0.count ? $0[index] : nil } }
+            }
+            return IRError(text, loc: written ?? node?.loc)
         }
         var types: [ValueID: TensorType] = [:]
         var argNames = Set<String>()
         for arg in function.args {
             guard types[arg.id] == nil else { throw fail("value %\(arg.id) is defined twice") }
+            guard arg.type.checkedByteSize != nil else { throw fail("argument \"\(arg.name)\" \(arg.type) is too large (its byte size overflows)") }
             guard argNames.insert(arg.name).inserted else { throw fail("argument name \"\(arg.name)\" is used twice") }
             types[arg.id] = arg.type
         }
@@ -42,6 +49,9 @@ public enum Verifier {
             guard expected == node.type else {
                 let operandText = operandTypes.map(\.description).joined(separator: ", ")
                 throw fail("\(node.op)(\(operandText)) produces \(expected) but the node is typed \(node.type)", node)
+            }
+            guard expected.checkedByteSize != nil else {
+                throw fail("\(node.op) produces \(expected), which is too large (its byte size overflows)", node)
             }
             types[node.id] = node.type
         }

@@ -21,7 +21,7 @@ public struct Artifact {
         do {
             manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: manifestURL))
         } catch {
-            throw RuntimeError("\(manifestURL.path) is damaged (\(error)). Recompile the model with `ddepc compile`.")
+            throw RuntimeError("\(manifestURL.path) is damaged (\(Self.describe(error))). Recompile the model with `ddepc compile`.")
         }
         guard manifest.format == Manifest.formatVersion, manifest.ddepcVersion == ddepcVersion else {
             throw RuntimeError("\(directory.path) was built by ddepc \(manifest.ddepcVersion) (format \(manifest.format)); this is ddepc \(ddepcVersion). Recompile it with `ddepc compile`.")
@@ -33,7 +33,43 @@ public struct Artifact {
         guard let ir = try? String(contentsOf: irURL, encoding: .utf8), Hashing.fnv1a(ir) == manifest.irHash else {
             throw RuntimeError("\(irURL.path) is missing or does not match the manifest's IR hash \(manifest.irHash): the artifact was modified or is incomplete. Recompile it with `ddepc compile`.")
         }
+        try Self.checkLayout(of: manifest, against: ir, manifestURL: manifestURL)
         self.manifest = manifest
+    }
+
+    /// The generated code addresses its buffers by the layout in the
+    /// manifest, which the IR hash does not cover: an edited size, batch,
+    /// offset or byte count would make the code write outside its buffers.
+    /// So the layout is derived again from `final.ddir` and must be equal.
+    static func checkLayout(of manifest: Manifest, against ir: String, manifestURL: URL) throws {
+        let recompile = "the artifact was modified. Recompile it with `ddepc compile`."
+        guard let module = try? Parser.parse(ir), let layout = try? BufferLayout(module: module) else {
+            throw RuntimeError("\(manifestURL.deletingLastPathComponent().path)/final.ddir cannot be read back; \(recompile)")
+        }
+        guard layout == manifest.layout else {
+            throw RuntimeError("\(manifestURL.path) does not match its final.ddir (the buffer layout differs); \(recompile)")
+        }
+        if let shape = ModelShape(of: module), shape != ModelShape(batch: manifest.batch, size: manifest.size, classes: manifest.classes) {
+            throw RuntimeError("\(manifestURL.path) does not match its final.ddir (batch \(manifest.batch), size \(manifest.size), \(manifest.classes) classes vs batch \(shape.batch), size \(shape.size), \(shape.classes) classes in the IR); \(recompile)")
+        }
+    }
+
+    /// A decoding failure in words: which field and what is wrong with it.
+    static func describe(_ error: Error) -> String {
+        func field(_ path: [CodingKey]) -> String {
+            path.map { $0.intValue.map { "[\($0)]" } ?? "." + $0.stringValue }.joined().drop { $0 == "." }.description
+        }
+        switch error as? DecodingError {
+        case .keyNotFound(let key, let context)?:
+            let parent = field(context.codingPath)
+            return "it lacks \"\(parent.isEmpty ? "" : parent + ".")\(key.stringValue)\""
+        case .typeMismatch(_, let context)?, .valueNotFound(_, let context)?:
+            return "\"\(field(context.codingPath))\" has the wrong type or is null"
+        case .dataCorrupted(let context)?:
+            return context.codingPath.isEmpty ? "it is not valid JSON" : "\"\(field(context.codingPath))\" is invalid"
+        default:
+            return FileProblem.message(error) ?? "\(error)"
+        }
     }
 
     public var finalIR: String {
@@ -41,7 +77,17 @@ public struct Artifact {
     }
 
     public func load() throws -> LoadedModule {
-        try LoadedModule(library: directory.appendingPathComponent("module.so"), layout: manifest.layout)
+        let library = directory.appendingPathComponent("module.so")
+        // dlopen of a truncated library can crash the process (SIGBUS), not fail.
+        if let expected = manifest.moduleHash {
+            guard let data = try? Data(contentsOf: library) else {
+                throw RuntimeError("\(library.path) is missing or unreadable. Recompile the artifact with `ddepc compile`.")
+            }
+            guard Hashing.fnv1a(data) == expected else {
+                throw RuntimeError("\(library.path) does not match the manifest's module hash \(expected): it was truncated, replaced or modified. Recompile the artifact with `ddepc compile`.")
+            }
+        }
+        return try LoadedModule(library: library, layout: manifest.layout)
     }
 }
 

@@ -30,6 +30,9 @@ public struct CompileReport {
     public var passSeconds: Double
     public var codegenSeconds: Double
     public var nodeCounts: [String: Int]
+    /// Things the user should know, e.g. an entry point that needs more
+    /// memory than this machine has.
+    public var warnings: [String] = []
 }
 
 /// Module → passes → lowered code → C or LLVM → shared library → artifact.
@@ -38,8 +41,11 @@ public enum CompileDriver {
     public static let cFlags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off"]
 
     public static func compile(_ module: Module, to output: URL, options: CompileOptions) throws -> CompileReport {
+        // Refuse a directory that is not ours before the work, not after it.
+        if FileManager.default.fileExists(atPath: output.path) { try requireReplaceableArtifact(output) }
+        recoverInterruptedInstall(of: output)
         var module = module
-        let manager = PassManager(PassManager.standardPipeline(optimizer: options.optimizer), options: options.passOptions)
+        let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer), options: options.passOptions)
         let passStart = Date()
         try manager.run(&module)
         let passSeconds = Date().timeIntervalSince(passStart)
@@ -59,7 +65,11 @@ public enum CompileDriver {
         // destroys an artifact the user already had.
         let staging = parent.appendingPathComponent(".\(output.lastPathComponent).tmp-\(UUID().uuidString)")
         try fm.createDirectory(at: staging, withIntermediateDirectories: true)
-        defer { try? fm.removeItem(at: staging) }
+        let cleanup = Interruption.shared.removeOnInterrupt(staging)
+        defer {
+            try? fm.removeItem(at: staging)
+            Interruption.shared.forget(cleanup)
+        }
 
         let library = staging.appendingPathComponent("module.so")
         var flags: [String]
@@ -88,14 +98,42 @@ public enum CompileDriver {
         let manifest = Manifest(format: Manifest.formatVersion, ddepcVersion: ddepcVersion, backend: options.backend.rawValue,
                                 irHash: Hashing.fnv1a(finalIR), kernelABI: kernelABIHash(), source: options.source,
                                 compileFlags: flags, batch: options.batch, size: options.size, classes: options.classes,
-                                layout: layout)
+                                layout: layout, moduleHash: Hashing.fnv1a(try Data(contentsOf: library)))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(manifest).write(to: staging.appendingPathComponent("manifest.json"))
 
         try install(staging, at: output)
+        let warnings = layout.entries.compactMap { entry -> String? in
+            let bytes = MemoryBudget.bytes(of: entry, in: layout)
+            guard bytes > MemoryBudget.physicalBytes else { return nil }
+            return "@\(entry.name) needs \(MemoryBudget.format(bytes)) of memory, more than this machine has (\(MemoryBudget.format(MemoryBudget.physicalBytes))); it cannot run here. A smaller --batch or --size fits."
+        }
         return CompileReport(artifact: output, memory: memory, passSeconds: passSeconds, codegenSeconds: codegenSeconds,
-                             nodeCounts: Dictionary(uniqueKeysWithValues: module.functions.map { ($0.name, $0.nodes.count) }))
+                             nodeCounts: Dictionary(uniqueKeysWithValues: module.functions.map { ($0.name, $0.nodes.count) }),
+                             warnings: warnings)
+    }
+
+    /// A training step a previous compile already differentiated and gave its
+    /// optimizer (the final IR of an artifact, as `dump-ir` prints it).
+    static func isCompiledStep(_ function: Function) -> Bool {
+        function.output(named: Autodiff.lossName) != nil && AdamOptimizer.inputNames.allSatisfy { function.argument(named: $0) != nil }
+    }
+
+    /// The standard pipeline; for a module of compiled steps (dump-ir
+    /// output) the same without differentiation and optimizer, which would
+    /// differentiate the steps a second time.
+    static func pipeline(for module: Module, optimizer: AdamOptimizer?) throws -> [any Pass] {
+        let compiled = module.functions.filter(isCompiledStep).map { "@" + $0.name }
+        guard !compiled.isEmpty else { return PassManager.standardPipeline(optimizer: optimizer) }
+        let uncompiled = module.functions.filter { function in
+            function.output(named: Autodiff.lossName) != nil && !isCompiledStep(function)
+                && !function.outputs.contains { $0.name.hasPrefix(Autodiff.gradientPrefix) }
+        }.map { "@" + $0.name }
+        guard uncompiled.isEmpty else {
+            throw RuntimeError("the module mixes training steps that are compiled already (\(compiled.joined(separator: ", ")): they have optimizer inputs such as lr) with steps that are not (\(uncompiled.joined(separator: ", "))); compile them from separate files, or compile the model itself")
+        }
+        return PassManager.standardPipeline(optimizer: nil).filter { !($0 is Autodiff) }
     }
 
     /// Move a finished artifact into place; an existing artifact is replaced
@@ -106,9 +144,7 @@ public enum CompileDriver {
             try fm.moveItem(at: staging, to: output)
             return
         }
-        guard fm.fileExists(atPath: output.appendingPathComponent("manifest.json").path) else {
-            throw RuntimeError("\(output.path) exists and is not a ddepc artifact; refusing to replace it. Choose another -o path.")
-        }
+        try requireReplaceableArtifact(output)
         let old = output.deletingLastPathComponent().appendingPathComponent(".\(output.lastPathComponent).old-\(UUID().uuidString)")
         try fm.moveItem(at: output, to: old)
         do {
@@ -118,6 +154,66 @@ public enum CompileDriver {
             throw error
         }
         try? fm.removeItem(at: old)
+    }
+
+    /// Cleans up after compiles of `output` that were killed. Staging folders
+    /// (`.NAME.tmp-UUID`) are incomplete builds and are removed. A previous
+    /// artifact moved aside by an install (`.NAME.old-UUID`) is moved back
+    /// when the install did not finish (`output` is missing), and removed
+    /// when it did.
+    public static func recoverInterruptedInstall(of output: URL) {
+        let fm = FileManager.default
+        let parent = output.deletingLastPathComponent()
+        let names = (try? fm.contentsOfDirectory(atPath: parent.path)) ?? []
+        func ours(_ kind: String) -> [URL] {
+            let prefix = ".\(output.lastPathComponent).\(kind)-"
+            return names.filter { $0.hasPrefix(prefix) && UUID(uuidString: String($0.dropFirst(prefix.count))) != nil }
+                .map { parent.appendingPathComponent($0) }
+        }
+        for staging in ours("tmp") { try? fm.removeItem(at: staging) }
+        for old in ours("old") where (try? requireReplaceableArtifact(old)) != nil {
+            if !fm.fileExists(atPath: output.path) {
+                try? fm.moveItem(at: old, to: output)
+            } else {
+                try? fm.removeItem(at: old)
+            }
+        }
+    }
+
+    /// The files a compile writes into an artifact directory (either backend).
+    static let artifactFiles: Set<String> = ["manifest.json", "final.ddir", "module.so", "module.c", "module.ll", "module.o"]
+
+    /// Throws unless `directory` is an artifact ddepc wrote: its manifest.json
+    /// decodes as a ddepc manifest (of any version: an old artifact may be
+    /// recompiled in place) and it holds nothing but artifact files. A
+    /// directory that merely has a manifest.json (web apps, extensions) is
+    /// the user's, and replacing it would delete their work.
+    static func requireReplaceableArtifact(_ directory: URL) throws {
+        let path = directory.path
+        let refusal = "refusing to replace it (nothing was changed). Choose another -o path, or remove it yourself if it is no longer needed."
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw RuntimeError("\(path) exists and is a file, not a ddepc artifact; \(refusal)")
+        }
+        /// The fields every ddepc manifest has had; enough to tell ours from another tool's manifest.json.
+        struct ManifestIdentity: Decodable {
+            var format: Int
+            var ddepcVersion: String
+            var irHash: String
+            var kernelABI: String
+        }
+        let manifest = directory.appendingPathComponent("manifest.json")
+        guard let data = try? Data(contentsOf: manifest), (try? JSONDecoder().decode(ManifestIdentity.self, from: data)) != nil else {
+            let what = FileManager.default.fileExists(atPath: manifest.path)
+                ? "its manifest.json is not a ddepc manifest" : "it has no manifest.json"
+            throw RuntimeError("\(path) exists and is not a ddepc artifact (\(what)); \(refusal)")
+        }
+        let contents = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        let foreign = contents.filter { !artifactFiles.contains($0) }.sorted()
+        guard foreign.isEmpty else {
+            let listed = foreign.prefix(5).joined(separator: ", ") + (foreign.count > 5 ? ", ..." : "")
+            throw RuntimeError("\(path) is a ddepc artifact but also holds files ddepc did not write (\(listed)); \(refusal)")
+        }
     }
 
     /// Identifies the kernel table the code was generated against.

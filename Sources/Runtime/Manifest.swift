@@ -22,6 +22,9 @@ public struct Manifest: Codable, Equatable {
     public var size: Int
     public var classes: Int
     public var layout: BufferLayout
+    /// FNV-1a 64 of `module.so`, hex: a truncated or swapped library is
+    /// refused before it is loaded (nil in artifacts written before it existed).
+    public var moduleHash: String?
 }
 
 /// What the denoising head learns to predict (a run-time choice: the steps
@@ -45,6 +48,19 @@ public enum Hashing {
     }
 
     public static func fnv1a(_ text: String) -> String { fnv1a(Array(text.utf8)) }
+
+    /// The same over a file's bytes, without generic iteration (a library is megabytes).
+    public static func fnv1a(_ data: Data) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+            guard let base = raw.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return }
+            for index in 0..<raw.count {
+                hash ^= UInt64(base[index])
+                hash = hash &* 0x100_0000_01b3
+            }
+        }
+        return String(format: "%016llx", hash)
+    }
 }
 
 /// A user-facing runtime error: what went wrong, where, and what to do.

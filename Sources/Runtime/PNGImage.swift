@@ -97,7 +97,8 @@ public struct Image: Equatable, Sendable {
             let height = Int(image.pointee.height)
             // PNG dimensions are below 2³¹, so the product cannot overflow.
             guard width * height <= maxPixelCount else {
-                throw corrupt("it claims \(width)×\(height) pixels, more than the limit of \(maxPixelCount)")
+                // Valid but too large (or a header that lies): either way, not decoded.
+                throw ImageError(file: name, problem: "the PNG is \(width)×\(height) pixels, more than the limit of \(maxPixelCount) pixels; downscale it (or replace it, if it is damaged)")
             }
             // 16-bit files without gamma information are, in practice, sRGB
             // like 8-bit ones; libpng would otherwise assume linear values.

@@ -87,6 +87,12 @@ public final class ParameterStore {
                 throw RuntimeError("\(path): tensor \"\(slot.name)\" is \(tensor.dtype.rawValue)\(tensor.shape) but the model needs F32\(slot.shape). Was it written for another model or size?")
             }
             let values = try file.floats(slot.name)
+            // NaN/Inf weights train "successfully" (ReLU maps NaN to 0 in the
+            // loss) while every gradient is NaN: refuse them here.
+            if let bad = values.firstIndex(where: { !$0.isFinite }) {
+                let count = values.lazy.filter { !$0.isFinite }.count
+                throw RuntimeError("\(path): tensor \"\(slot.name)\" holds \(values[bad]) (\(count) of its \(values.count) values are not finite, the first at index \(bad)); the file is damaged or comes from a diverged run. Use an earlier checkpoint.")
+            }
             let target = buffer.floats(at: slot.offset, count: values.count)
             for i in values.indices { target[i] = values[i] }
             report.loaded.append(slot.name)

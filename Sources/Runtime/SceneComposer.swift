@@ -56,13 +56,19 @@ public struct SceneComposer {
         return (image, mask)
     }
 
+    /// Throws when one scene of `size` does not fit in memory: its pixels, its
+    /// mask and their PNG encodings (about 8 bytes per pixel).
+    public func requireMemory() throws {
+        try MemoryBudget.require(Double(size) * Double(size) * 8, for: "a \(size)×\(size) scene",
+                                 advice: "use a smaller --size")
+    }
+
     /// Write `count` scenes into `directory` (created; must be empty or new).
     public func write(from source: FashionMNIST, count: Int, seed: UInt64, to directory: URL) throws {
+        try requireMemory()
         let fm = FileManager.default
         let images = directory.appendingPathComponent("images"), masks = directory.appendingPathComponent("masks")
-        if let existing = try? fm.contentsOfDirectory(atPath: directory.path), !existing.isEmpty {
-            throw RuntimeError("\(directory.path) is not empty; choose a new folder for the scenes (nothing was overwritten)")
-        }
+        try OutputFolder.requireNewOrEmpty(directory, advice: "choose a new folder for the scenes")
         try fm.createDirectory(at: images, withIntermediateDirectories: true)
         try fm.createDirectory(at: masks, withIntermediateDirectories: true)
         var rng = SplitMix64(seed: seed)

@@ -231,6 +231,7 @@ public final class Trainer {
             throw RuntimeError("the artifact has no \(options.mode.entry) entry point for --mode \(options.mode.rawValue); recompile it with this ddepc")
         }
         self.entry = entry
+        try MemoryBudget.require(entry, of: artifact)
         try checkSupported()
     }
 
@@ -282,6 +283,7 @@ public final class Trainer {
         let fm = FileManager.default
         let manifest = artifact.manifest
         let batch = manifest.batch, size = manifest.size
+        if !options.resume { try requireFreshRunDirectory() }
 
         // The data.
         let source: any ExampleSource
@@ -328,15 +330,17 @@ public final class Trainer {
         var config = runConfig(examples: source.count, augmentation: augmentation)
 
         // The starting point.
-        try fm.createDirectory(at: options.runDirectory, withIntermediateDirectories: true)
+        do {
+            try fm.createDirectory(at: options.runDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw FileProblem.error(error, path: options.runDirectory.path, action: "create the run folder")
+        }
+        checkpoints.removeLeftoverTemporaryFiles()
         var step = 0
         store.initialize(seed: options.seed)
         if options.resume {
             step = try resume(config: &config, dataset: dataset)
         } else {
-            if checkpoints.latestValid() != nil {
-                throw RuntimeError("\(options.runDirectory.path) already holds a run's checkpoints; continue it with --resume, or choose another --out")
-            }
             if let initURL = options.initFrom { try initialize(from: initURL) } else if options.mode == .ddep {
                 options.log("note: no --init: the frozen encoder keeps its random initialization (DDeP starts from a pretrained encoder)")
             }
@@ -363,6 +367,8 @@ public final class Trainer {
         defer { prefetcher.cancel() }
 
         var losses: [Double] = []
+        // Fine-tuning on masks without a labeled pixel gives loss 0 and learns nothing.
+        var labelsChecked = options.mode != .finetune
         var lastCheckpoint: (url: URL, step: Int)? = checkpoints.checkpoints().last.map { ($0.url, $0.step) }
         let start = Date()
         let firstStep = step
@@ -372,6 +378,10 @@ public final class Trainer {
             precondition(inputs.step == step, "the loader delivered step \(inputs.step) for step \(step)")
             let waited = Date().timeIntervalSince(stepStart)
             for (name, values) in inputs.floats { try setFloats(name, values, io) }
+            if !labelsChecked, let labels = inputs.ints["labels"] {
+                if !labels.contains(where: { $0 != Int32(LabelMap.ignoreLabel) }), let dataset { try requireLabeledPixels(dataset) }
+                labelsChecked = true
+            }
             for (name, values) in inputs.ints {
                 // classify_step takes one label per image, carried here as a constant mask.
                 let perImage = options.mode == .classify && name == "labels"
@@ -383,18 +393,27 @@ public final class Trainer {
             let loss = Double(try output("loss", io))
             let gradNorm = entry.outputs.contains { $0.name == "grad_norm" } ? Double(try output("grad_norm", io)) : nil
             step += 1
-            guard loss.isFinite else {
+            // A non-finite gradient poisons the weights even while the loss
+            // stays finite (ReLU maps NaN to 0), so both stop the run.
+            let diverged = !loss.isFinite ? "the loss became \(loss)"
+                : gradNorm.map { !$0.isFinite } == true ? "the gradient norm became \(gradNorm!) (the loss was \(String(format: "%.6g", loss)))" : nil
+            if let diverged {
                 progress.interrupt()
                 let last = lastCheckpoint.map { "the last good checkpoint is \($0.url.path) (step \($0.step))" }
                     ?? "no checkpoint was written yet (use --checkpoint-every N to keep some)"
-                throw RuntimeError("the loss became \(loss) at step \(step); stopping (\(last)). Try a lower --lr, a longer --warmup or --clip-grad-norm.")
+                throw RuntimeError("\(diverged) at step \(step); stopping (\(last)). Try a lower --lr, a longer --warmup or --clip-grad-norm.")
             }
             losses.append(loss)
             let seconds = Date().timeIntervalSince(stepStart)
             var line = String(format: "{\"step\":%d,\"epoch\":%.4f,\"loss\":%.9g,\"lr\":%.6g,\"images_per_s\":%.3f,\"seconds\":%.4f,\"data_wait_s\":%.4f",
                               step, Double(step * batch) / Double(source.count), loss, lr, Double(batch) / seconds, seconds, waited)
             if let gradNorm { line += String(format: ",\"grad_norm\":%.6g", gradNorm) }
-            try metrics.write(contentsOf: Data((line + "}\n").utf8))
+            do {
+                try metrics.write(contentsOf: Data((line + "}\n").utf8))
+            } catch {
+                progress.interrupt()
+                throw FileProblem.error(error, path: metricsURL.path, action: "append step \(step) to the metrics log")
+            }
             progress.update(step: step, loss: loss, lr: lr, seconds: seconds, first: step == firstStep + 1)
             if (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps {
                 lastCheckpoint = (try saveCheckpoint(step: step, config: configText), step)
@@ -453,6 +472,11 @@ public final class Trainer {
         guard let step = file.metadata["step"].flatMap(Int.init) else {
             throw RuntimeError("\(url.path) has no step in its metadata; it is not a ddepc training checkpoint")
         }
+        // The step indexes the data order; a damaged value must not reach it.
+        let named = checkpoints.checkpoints().first { $0.url == url }?.step
+        guard step >= 0, named == nil || named == step else {
+            throw RuntimeError("\(url.path) is damaged: its metadata says step \(step)\(named.map { " but its name says step \($0)" } ?? ", which is negative"). Move it out of \(checkpoints.directory.path) to resume from the checkpoint before it.")
+        }
         if let hash = file.metadata["ir_hash"], hash != artifact.manifest.irHash {
             throw RuntimeError("\(url.path) was written by an artifact with IR hash \(hash), not \(artifact.directory.path) (\(artifact.manifest.irHash)); resume with the artifact the run started with")
         }
@@ -500,6 +524,18 @@ public final class Trainer {
         if options.mode == .finetune && byScope["dec"] == nil {
             options.log("warning: \(url.path) has no decoder weights (dec.*); fine-tuning starts with a random decoder")
         }
+    }
+
+    /// Throws unless some mask of `dataset` has a labeled pixel (a value other
+    /// than 255). Called when a batch had none: crops can miss the labels, so
+    /// the masks themselves decide; the first labeled one ends the search.
+    func requireLabeledPixels(_ dataset: LabeledDataset) throws {
+        for index in 0..<dataset.count {
+            guard let mask = try? dataset.load(at: index).mask else { continue }
+            if mask.labels.contains(where: { $0 != LabelMap.ignoreLabel }) { return }
+        }
+        let root = options.data?.path ?? "the labeled set"
+        throw RuntimeError("no labeled pixels in the training set: every mask value of the \(dataset.count) images of \(root) (split \(dataset.split)) is 255 (unlabeled), so fine-tuning would learn nothing. Check the masks, or the data set --layout and its class mapping.")
     }
 
     /// The noise seed of a step: depends only on the run seed and the step, so
@@ -592,9 +628,37 @@ public final class Trainer {
         if !FileManager.default.fileExists(atPath: metricsURL.path) {
             _ = FileManager.default.createFile(atPath: metricsURL.path, contents: nil)
         }
-        let handle = try FileHandle(forWritingTo: metricsURL)
-        try handle.seekToEnd()
-        return handle
+        do {
+            let handle = try FileHandle(forWritingTo: metricsURL)
+            try handle.seekToEnd()
+            return handle
+        } catch {
+            throw FileProblem.error(error, path: metricsURL.path, action: "open the metrics log")
+        }
+    }
+
+    /// The files a run writes at its top level (checkpoints/ holds its own).
+    static let runFiles: Set<String> = ["config.json", "metrics.jsonl", "label_subset.txt", "checkpoints", "last.safetensors",
+                                        "eval.json", "loss.svg"]
+
+    /// A new run writes only into a new or empty --out, or over a run of ours
+    /// that never reached a checkpoint (starting over replaces only its own
+    /// config and log). The user's files, and a run's checkpoints (even
+    /// damaged ones, which --resume can skip), are never overwritten.
+    func requireFreshRunDirectory() throws {
+        let run = options.runDirectory
+        let fm = FileManager.default
+        let hasLink = (try? fm.destinationOfSymbolicLink(atPath: checkpoints.lastLink.path)) != nil
+            || fm.fileExists(atPath: checkpoints.lastLink.path)
+        if !checkpoints.checkpoints().isEmpty || hasLink {
+            throw RuntimeError("\(run.path) already holds a run's checkpoints; continue it with --resume, or choose another --out (nothing was overwritten)")
+        }
+        try OutputFolder.requireNewOrEmpty(run, advice: "choose a new --out for the run, or continue a run there with --resume") { directory in
+            let contents = (try? fm.contentsOfDirectory(atPath: directory.path)) ?? []
+            guard contents.allSatisfy({ Self.runFiles.contains($0) || CheckpointDirectory.isTemporaryName($0) }),
+                  let saved = try? Data(contentsOf: configURL) else { return false }
+            return (try? JSONDecoder().decode(RunConfig.self, from: saved)) != nil
+        }
     }
 
     /// On resume, drop metric lines logged after the checkpoint's step (and a

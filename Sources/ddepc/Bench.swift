@@ -23,11 +23,17 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         guard calls >= 1 else { throw ValidationError("--calls must be at least 1 (got \(calls))") }
+        guard n >= 1 else { throw ValidationError("--n must be at least 1 (got \(n))") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1 (got \(threads))") }
     }
 
     func run() throws {
         try reportingErrors {
+            // An artifact that cannot be used is reported before seconds of measuring.
+            let loaded = try artifact.map { try Artifact(directory: URL(fileURLWithPath: $0)) }
+            if let loaded {
+                for entry in loaded.manifest.layout.entries { try MemoryBudget.require(entry, of: loaded) }
+            }
             guard ddp_set_isa(isa) != 0 else {
                 throw RuntimeError("--isa \(isa): this CPU cannot run it; use native, avx512 (where the CPU has it) or avx2")
             }
@@ -35,8 +41,7 @@ struct Bench: ParsableCommand {
             let peak = Benchmark.fmaPeak()
             print(String(format: "fp32 FMA peak: %.1f GFLOP/s (%@, %d threads, measured now)", peak.gflops, peak.isa, peak.threads))
             print(String(format: "sgemm %d×%d×%d: %.1f GFLOP/s", n, n, n, Benchmark.sgemmPeak(n: n)))
-            guard let artifact else { return }
-            let loaded = try Artifact(directory: URL(fileURLWithPath: artifact))
+            guard let artifact, let loaded else { return }
             let m = loaded.manifest
             print("\(artifact): \(m.backend) backend, batch \(m.batch), \(m.size)×\(m.size), \(calls) calls each")
             print("entry                median ms    min ms   images/s   GFLOP/s  % of peak   arena MB")

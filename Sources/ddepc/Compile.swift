@@ -54,8 +54,11 @@ struct Compile: ParsableCommand {
     var irDumpDir: String?
     @Flag(name: .customLong("time-passes"), help: "Print how long each pass took.") var timePasses = false
     @Flag(name: .customLong("no-verify"), help: "Do not run the verifier after every pass.") var noVerify = false
+    @Option(name: .customLong("model-timeout"), help: "Seconds a model file (.swift) may take to build its model before it is stopped.")
+    var modelTimeout = ModelFileEvaluator.defaultTimeout
 
     func validate() throws {
+        guard modelTimeout > 0, modelTimeout.isFinite else { throw ValidationError("--model-timeout must be a positive number of seconds") }
         let known = Set(PassManager.knownPassNames + ["all"])
         for name in printIRAfter where !known.contains(name) {
             throw ValidationError("unknown pass '\(name)' for --print-ir-after; passes: \(PassManager.knownPassNames.joined(separator: ", ")), or all")
@@ -64,12 +67,18 @@ struct Compile: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            // Before anything can fail: an artifact a killed compile moved aside is put back.
+            CompileDriver.recoverInterruptedInstall(of: URL(fileURLWithPath: output ?? defaultOutput))
             let module = try loadModel()
             var options = CompileOptions()
             options.backend = backend
             options.batch = shape.batch
             options.size = shape.size
             options.classes = shape.classes
+            // A .ddir fixes its own shapes; the manifest must describe them, not the defaults.
+            if model.hasSuffix(".ddir"), let own = ModelShape(of: module) {
+                (options.batch, options.size, options.classes) = (own.batch, own.size, own.classes)
+            }
             options.source = model
             options.passOptions.printAfter = Set(printIRAfter)
             options.passOptions.printAfterChange = printIRAfterChange
@@ -82,6 +91,7 @@ struct Compile: ParsableCommand {
             text += report.nodeCounts.keys.sorted().map { "\($0) \(report.nodeCounts[$0]!) nodes" }.joined(separator: ", ")
             text += String(format: "\n  passes %.2f s, code generation and C/LLVM compile %.2f s", report.passSeconds, report.codegenSeconds)
             for memory in report.memory { text += "\n  \(memory)" }
+            for warning in report.warnings { text += "\nwarning: \(warning)" }
             // IR printing goes to stdout; the summary to stderr keeps `--print-ir-after` output clean.
             FileHandle.standardError.write(Data((text + "\n").utf8))
         }
@@ -95,14 +105,20 @@ struct Compile: ParsableCommand {
     func loadModel() throws -> Module {
         if model.hasSuffix(".swift") {
             return try ModelFileEvaluator.evaluate(URL(fileURLWithPath: model), batch: shape.batch, size: shape.size,
-                                                   classes: shape.classes, imageClasses: shape.imageClasses)
+                                                   classes: shape.classes, imageClasses: shape.imageClasses, timeout: modelTimeout)
         }
         if model.hasSuffix(".ddir") {
-            let text: String
-            do { text = try String(contentsOfFile: model, encoding: .utf8) } catch {
-                throw RuntimeError("cannot read \(model): \(error.localizedDescription)")
+            let (module, written) = try Parser.parseLocated(try readUTF8Text(URL(fileURLWithPath: model)), name: model)
+            guard !module.functions.isEmpty else {
+                throw RuntimeError("\(model) holds no functions; a .ddir file defines at least one `func @name(...) { ... }`")
             }
-            return try Parser.parse(text, name: model)
+            if let silent = module.functions.first(where: { $0.outputs.isEmpty }) {
+                throw RuntimeError("\(model): @\(silent.name) returns nothing, so its entry point would compute nothing; end it with `return %N as \"name\"`")
+            }
+            // The file is checked as written: a declared type the op does not
+            // produce is an error at its line, not silently re-inferred.
+            if !noVerify { try Verifier.verify(module, writtenAt: written) }
+            return module
         }
         guard let zooModel = Zoo.models[model] else {
             throw RuntimeError("'\(model)' is not a .swift model file, a .ddir file or a zoo model (\(Zoo.models.keys.sorted().joined(separator: ", ")))")

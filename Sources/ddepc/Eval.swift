@@ -19,6 +19,10 @@ struct Eval: ParsableCommand {
     @Option(help: "Write the results as JSON here.") var json: String?
     @Option(help: "Evaluate only the first N images (in name order).") var limit: Int?
 
+    func validate() throws {
+        if let limit, limit <= 0 { throw ValidationError("--limit must be positive") }
+    }
+
     func run() throws {
         try reportingErrors {
             let checkpointURL = try resolveCheckpoint(checkpoint)

@@ -13,7 +13,7 @@ struct InferenceFlags: ParsableArguments {
     @Option(help: "Tile stride in pixels (default: the artifact's input size).") var stride: Int?
 
     func parsedScales() throws -> [Double] {
-        let values = scales.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
+        let values = scales.split(separator: ",", omittingEmptySubsequences: false).map { Double($0.trimmingCharacters(in: .whitespaces)) }
         guard !values.isEmpty, values.allSatisfy({ $0 != nil && $0! > 0 && $0!.isFinite }) else {
             throw ValidationError("--scales expects positive numbers separated by commas, e.g. 0.5,1.0,1.5 (got '\(scales)')")
         }

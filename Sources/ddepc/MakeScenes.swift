@@ -22,9 +22,10 @@ struct MakeScenes: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let source = try FashionMNIST(directory: URL(fileURLWithPath: fashionMNIST), split: split == "train" ? .train : .test)
             var composer = SceneComposer()
             composer.size = size
+            try composer.requireMemory()
+            let source = try FashionMNIST(directory: URL(fileURLWithPath: fashionMNIST), split: split == "train" ? .train : .test)
             try composer.write(from: source, count: count, seed: seed, to: URL(fileURLWithPath: output))
             print("wrote \(count) scenes of \(size)×\(size) px with \(SceneComposer.classNames.count) classes to \(output)")
         }

@@ -57,6 +57,11 @@ struct Predict: ParsableCommand {
             try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
             for input in inputs {
                 let image = try Image.load(input.url).rgb()
+                // A large image at a small model size is thousands of calls: say so before the wait.
+                let calls = predictor.calls(width: image.width, height: image.height)
+                if calls >= 1000 {
+                    FileHandle.standardError.write(Data("note: \(input.url.path) is \(image.width)×\(image.height) px: \(calls) calls of the \(session.size)×\(session.size) model; this takes a while (--resize makes it smaller)\n".utf8))
+                }
                 let mask = try predictor.predict(image)
                 try Palette.colorize(mask).writePNG(to: out.appendingPathComponent(input.name + "_mask.png"))
                 try Palette.overlay(mask, on: image, alpha: alpha).writePNG(to: out.appendingPathComponent(input.name + "_overlay.png"))

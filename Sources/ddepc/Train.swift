@@ -83,8 +83,8 @@ struct Train: ParsableCommand {
 
     // Denoising.
     @Option(help: "Noise: scaled (√γ·x + √(1−γ)·ε) or simple (x + σ·ε).") var noise: NoiseKind = .scaled
-    @Option(help: "Noise level σ (scaled noise uses γ = 1/(1+σ²)).") var sigma = 0.22
-    @Option(help: "γ for scaled noise (overrides --sigma).") var gamma: Double?
+    @Option(help: "Noise level σ (scaled noise uses γ = 1/(1+σ²)); default 0.22.") var sigma: Double?
+    @Option(help: "γ for scaled noise, instead of --sigma.") var gamma: Double?
     @Option(name: .customLong("gamma-schedule"), help: "fixed γ, or uniform: γ ~ U[0,1] per image.") var gammaSchedule: GammaSchedule = .fixed
     @Option(help: "What the denoiser predicts: eps (the noise) or x (the clean image).")
     var target: DenoiseTargetKind = .eps
@@ -107,8 +107,14 @@ struct Train: ParsableCommand {
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
         guard weightDecay >= 0, weightDecay.isFinite else { throw ValidationError("--weight-decay must not be negative") }
         if let clipGradNorm, !(clipGradNorm > 0 && clipGradNorm.isFinite) { throw ValidationError("--clip-grad-norm must be positive") }
-        guard sigma >= 0 else { throw ValidationError("--sigma must be non-negative") }
+        if let batchSize, batchSize <= 0 { throw ValidationError("--batch-size must be positive") }
+        if let sigma, !(sigma >= 0 && sigma.isFinite) { throw ValidationError("--sigma must be a finite, non-negative number") }
         if let gamma, !(0...1).contains(gamma) { throw ValidationError("--gamma must be in [0, 1]") }
+        if sigma != nil && gamma != nil { throw ValidationError("give --sigma or --gamma, not both (γ = 1/(1+σ²))") }
+        if gamma != nil && noise == .simple { throw ValidationError("--gamma sets scaled noise; --noise simple takes --sigma") }
+        if gammaSchedule == .uniform && (sigma != nil || gamma != nil) {
+            throw ValidationError("--gamma-schedule uniform draws γ for every image; drop --sigma/--gamma (or use --gamma-schedule fixed)")
+        }
         guard keep >= 1 else { throw ValidationError("--keep must be at least 1") }
         guard checkpointEvery >= 0, logEvery >= 1, loaderThreads >= 1 else {
             throw ValidationError("--checkpoint-every must be ≥ 0, --log-every and --loader-threads ≥ 1")
@@ -128,6 +134,14 @@ struct Train: ParsableCommand {
             if data == nil { throw ValidationError("--mode classify needs --data DIR (Fashion-MNIST idx files or one folder per class)") }
             if labelFraction != nil { throw ValidationError("--label-fraction applies to --mode finetune") }
         }
+    }
+
+    /// Noise settings that leave nothing to learn deserve a word.
+    func noiseNote(_ options: TrainOptions) -> String? {
+        let (a, b) = options.noiseCoefficients
+        if b == 0 { return "note: the noise level is 0 (--sigma 0 or --gamma 1): the input is the clean image, so there is nothing to denoise" }
+        if a == 0 { return "note: --gamma 0 is pure noise: the input holds nothing of the image" }
+        return nil
     }
 
     func run() throws {
@@ -163,8 +177,9 @@ struct Train: ParsableCommand {
             options.clipGradNorm = clipGradNorm
             options.batchSize = batchSize
             options.noise = noise
-            options.sigma = sigma
+            options.sigma = sigma ?? options.sigma
             options.gamma = gamma
+            if mode.isDenoising, gammaSchedule == .fixed, let note = noiseNote(options) { FileHandle.standardError.write(Data((note + "\n").utf8)) }
             options.gammaSchedule = gammaSchedule
             options.target = target
             let trainer = try Trainer(artifact: try Artifact(directory: URL(fileURLWithPath: artifact)), options: options)

@@ -1,5 +1,6 @@
 import Foundation
 import IR
+import Runtime
 import XCTest
 
 /// The `ddepc` command line, run as a user runs it: model file → IR →
@@ -106,6 +107,20 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(dumped.stdout.contains("fused_elementwise"))
         XCTAssertTrue(dumped.stdout.contains("fused_conv2d("), "inference convolutions carry their norm and ReLU")
         XCTAssertTrue(dumped.stdout.contains("conv2d_grad_weight"))
+
+        // The final IR compiles again, to the same IR and the same layout,
+        // batch and size (they come from the IR, not the option defaults).
+        try dumped.stdout.write(toFile: path("final.ddir"), atomically: true, encoding: .utf8)
+        let again = try ddepc(["compile", path("final.ddir"), "-o", path("again.ddepc")])
+        XCTAssertEqual(again.status, 0, again.stderr)
+        XCTAssertEqual(try String(contentsOfFile: path("again.ddepc/final.ddir"), encoding: .utf8), dumped.stdout)
+        let manifests = try [artifact, path("again.ddepc")].map { directory in
+            var manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: directory + "/manifest.json")))
+            manifest.source = ""
+            manifest.moduleHash = nil  // the library's bytes are the C compiler's business
+            return manifest
+        }
+        XCTAssertEqual(manifests[0], manifests[1])
     }
 
     func testBadModelFileReportsFileAndLine() throws {

@@ -13,12 +13,13 @@ enum DdepcCommand {
 
     static var binary: URL { Bundle.main.executableURL!.deletingLastPathComponent().appendingPathComponent("ddepc") }
 
-    static func run(_ arguments: [String], in directory: URL) throws -> Result {
+    /// `executable`: another program that runs ddepc (a shell setting limits).
+    static func run(_ arguments: [String], in directory: URL, executable: URL? = nil) throws -> Result {
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             throw XCTSkip("ddepc is not built; run `swift build` before `swift test`")
         }
         let process = Process()
-        process.executableURL = binary
+        process.executableURL = executable ?? binary
         process.arguments = arguments
         process.currentDirectoryURL = directory
         let out = Pipe(), err = Pipe()

@@ -77,6 +77,26 @@ final class ParserTests: XCTestCase {
         expectError("func @f() {\n  return %1 \"y\"\n}", "2:13", "expected 'as'")
     }
 
+    /// A shape whose byte size overflows Int, or a negative dimension, is
+    /// refused where it is written instead of trapping in a later pass.
+    func testOversizedAndNegativeShapesAreRefusedWhereWritten() {
+        expectError("func @infer(%0: f32[4611686018427387904,4] input \"x\") {\n}", "1:17",
+                    "tensor f32[4611686018427387904,4] is too large (its byte size overflows)")
+        expectError("func @f(%0: f32[2] input \"x\") {\n  %1 = exp(%0) : f32[3037000500,3037000500]\n}", "2:18",
+                    "tensor f32[3037000500,3037000500] is too large")
+        expectError("func @f() {\n  %1 = constant() {value=1} : f32[-5]\n}", "2:31", "tensor f32[-5] has a negative dimension")
+        expectError("func @f() arena -5 {\n}", nil, "arena size -5 is negative")
+    }
+
+    /// parseLocated records the line that wrote each node, per function.
+    func testParseLocatedRecordsTheLineOfEveryNode() throws {
+        let (module, written) = try Parser.parseLocated(valid + "// second\nfunc @g() {\n\n  %0 = constant() {value=1} : f32[]\n}\n",
+                                                        name: "v.ddir")
+        XCTAssertEqual(module.functions.map(\.nodes.count), [4, 1])
+        XCTAssertEqual(written.map { $0.map(\.line) }, [[2, 3, 4, 5], [12]])
+        XCTAssertEqual(written[1][0].file, "v.ddir")
+    }
+
     func testCommentsAreSkipped() throws {
         let text = """
         // A module with comments everywhere whitespace may be.

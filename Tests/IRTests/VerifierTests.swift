@@ -83,6 +83,19 @@ final class VerifierTests: XCTestCase {
         expectError(h, ["mul(f32[2,3]): mul takes 2 operands, got 1", "in: %3 = mul(%0) : f32[2,3]"], loc: nil)
     }
 
+    /// Types inferred from legal operands can still be too large to count
+    /// in an Int; the verifier refuses them before memory planning traps.
+    func testTypesWhoseByteSizeOverflows() {
+        var f = valid()
+        f.args[0].type = .f32([3037000500, 1])
+        f.args[1].type = .f32([3037000500])
+        f.nodes[0].type = .f32([3037000500, 3037000500])
+        expectError(f, ["mul produces f32[3037000500,3037000500], which is too large (its byte size overflows)"], loc: loc)
+        var g = valid()
+        g.args[0].type = .f32([Int.max, 2])
+        expectError(g, ["argument \"x\" f32[9223372036854775807,2] is too large"], loc: nil)
+    }
+
     func testUnknownOp() {
         var f = valid()
         f.nodes[1].op = "tanhh"

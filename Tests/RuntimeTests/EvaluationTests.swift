@@ -92,6 +92,16 @@ final class EvaluationTests: XCTestCase {
             XCTAssertEqual(calls[0][((half * 3 + c) * 8 + y) * 8 + x], planes[(c * 8 + y) * 16 + half * 8 + x])
         } } } }
         XCTAssertTrue(calls[0][(2 * 3 * 64)...].allSatisfy { $0 == 0 }, "unused batch slots are zero")
+        XCTAssertEqual(predictor.calls(width: 16, height: 8), calls.count, "the announced number of calls")
+    }
+
+    /// The number of calls announced before a large prediction counts every
+    /// scale and flip, `batch` tiles per call.
+    func testCallCountCoversScalesAndFlips() {
+        let options = InferenceOptions(flip: true, scales: [1, 0.5])
+        let predictor = SegmentationPredictor(batch: 2, size: 32, classes: 2, options: options) { _ in [] }
+        // Scale 1: 2×1 tiles, flipped too: 4 tiles, 2 calls; scale 0.5: 1 tile, twice: 1 call.
+        XCTAssertEqual(predictor.calls(width: 64, height: 32), 3)
     }
 
     /// A pointwise "model" (logit c = channel c) must give the per-pixel

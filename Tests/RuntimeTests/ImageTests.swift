@@ -107,6 +107,13 @@ final class ImageTests: XCTestCase {
         }
         try assertLoadFails(Data("GIF89a, not a PNG".utf8), mentioning: "not a PNG file")
         try assertLoadFails(Data(), mentioning: "not a PNG file")
+
+        // An empty mask is called empty, as an empty image is.
+        let emptyMask = directory.appendingPathComponent("empty-mask.png")
+        try Data().write(to: emptyMask)
+        XCTAssertThrowsError(try LabelMap.load(emptyMask)) {
+            XCTAssertEqual("\($0)", emptyMask.path + ": the mask file is empty; replace it or remove its image from the data set")
+        }
     }
 
     func testCorruptPNGIsAnErrorNamingTheFile() throws {
@@ -123,7 +130,7 @@ final class ImageTests: XCTestCase {
         huge.replaceSubrange(16..<24, with: [0, 1, 0x86, 0xA0, 0, 1, 0x86, 0xA0])
         let crc = crc32(huge[12..<29])
         huge.replaceSubrange(29..<33, with: [24, 16, 8, 0].map { UInt8(truncatingIfNeeded: crc >> $0) })
-        try assertLoadFails(huge + valid.suffix(from: 33), mentioning: "more than the limit")
+        try assertLoadFails(huge + valid.suffix(from: 33), mentioning: "the PNG is 100000×100000 pixels, more than the limit")
     }
 
     func testDamagedPNGsNeverCrash() throws {

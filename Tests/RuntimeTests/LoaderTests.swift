@@ -66,6 +66,11 @@ final class LoaderTests: TemporaryDirectoryTestCase {
         let tiny = Augmentation(cropSize: 32).place(width: 10, height: 20, rng: &rng)
         XCTAssertEqual(tiny.scaledWidth, 32)
         XCTAssertEqual(tiny.scaledHeight, 64)
+        // Absurd factors give a capped size, not an Int overflow trap; the crop still fits.
+        let absurd = Augmentation(cropSize: 8, resizeShortSide: Int.max / 2, scaleRange: 1e300...1e300)
+        let (x, labels) = crop(absurd, try Image(width: 3, height: 2, channels: 3, pixels: [UInt8](repeating: 9, count: 18)),
+                               LabelMap(width: 3, height: 2, labels: [UInt8](repeating: 1, count: 6)), seed: 1)
+        XCTAssertTrue(x.allSatisfy { $0.isFinite } && labels.allSatisfy { $0 == 1 })
     }
 
     func testResizeBilinearMatchesHalfPixelCentres() {

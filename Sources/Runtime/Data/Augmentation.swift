@@ -35,6 +35,9 @@ public struct Augmentation: Equatable, Sendable, Codable {
         public var flipped: Bool
     }
 
+    /// The largest side an image is scaled to (pixels).
+    static let maxScaledSide = 1e15
+
     public func place(width: Int, height: Int, rng: inout SplitMix64) -> Placement {
         let short = Double(min(width, height))
         var factor = resizeShortSide.map { Double($0) / short } ?? 1
@@ -43,8 +46,11 @@ public struct Augmentation: Equatable, Sendable, Codable {
         }
         // Never smaller than the crop: upscale so the short side fits.
         factor = max(factor, Double(cropSize) / short)
-        let w = max(cropSize, Int((Double(width) * factor).rounded()))
-        let h = max(cropSize, Int((Double(height) * factor).rounded()))
+        // Only the crop is sampled, so a huge scaled size costs nothing; it is
+        // capped far beyond any image so an absurd --resize or --scale-range
+        // cannot overflow Int.
+        let w = max(cropSize, Int(min(Double(width) * factor, Self.maxScaledSide).rounded()))
+        let h = max(cropSize, Int(min(Double(height) * factor, Self.maxScaledSide).rounded()))
         let left = Int.random(in: 0...(w - cropSize), using: &rng)
         let top = Int.random(in: 0...(h - cropSize), using: &rng)
         let flipped = flip ? Bool.random(using: &rng) : false

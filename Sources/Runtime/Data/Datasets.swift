@@ -85,8 +85,12 @@ func listFiles(in directory: URL, what: String, keep: (String) -> Bool) throws -
         throw DataError(.invalid, file: directory.path, "cannot list the directory (\(error.localizedDescription))")
     }
     return subpaths.filter { path in
+        guard keep(path) else { return false }
+        let full = directory.path + "/" + path
         var isDir: ObjCBool = false
-        return keep(path) && fm.fileExists(atPath: directory.path + "/" + path, isDirectory: &isDir) && !isDir.boolValue
+        if fm.fileExists(atPath: full, isDirectory: &isDir) { return !isDir.boolValue }
+        // A dangling link is listed, so it fails (or is skipped) by name like any unreadable file.
+        return (try? fm.destinationOfSymbolicLink(atPath: full)) != nil
     }.sorted()
 }
 

@@ -116,6 +116,9 @@ public struct LabelMap: Equatable, Sendable {
     /// PNGs are refused, since converting them would change the ids.
     public static func load(_ url: URL) throws -> LabelMap {
         let bytes = try readFile(url)
+        guard !bytes.isEmpty else {
+            throw ImageError(file: url.path, problem: "the mask file is empty; replace it or remove its image from the data set")
+        }
         guard ImageFormat.sniff(bytes) == .png else {
             throw ImageError(file: url.path, problem: "a mask must be a PNG of 8-bit class ids (lossy JPEG would change them); this file is not a PNG")
         }

@@ -28,7 +28,8 @@ public final class InferenceSession {
     public init(checkpoint: URL, artifact artifactURL: URL?) throws {
         let file = try SafetensorsFile(contentsOf: checkpoint)
         metadata = file.metadata
-        guard let directory = artifactURL ?? file.metadata["artifact"].map({ URL(fileURLWithPath: $0) }) else {
+        let recorded = file.metadata["artifact"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
+        guard let directory = artifactURL ?? recorded else {
             throw RuntimeError("\(checkpoint.path) does not name the artifact it was trained with; pass --artifact NAME.ddepc")
         }
         if artifactURL == nil && !FileManager.default.fileExists(atPath: directory.path) {
@@ -40,6 +41,7 @@ public final class InferenceSession {
             throw RuntimeError("\(directory.path) has no infer entry point; compile the model with it")
         }
         self.entry = entry
+        try MemoryBudget.require(entry, of: artifact)
         module = try artifact.load()
         store = ParameterStore(layout: artifact.manifest.layout)
         store.initialize(seed: 0)
@@ -126,6 +128,7 @@ public final class SegmentationPredictor {
         var passes = 0
         let base = options.resizeShortSide.map { Double($0) / Double(min(w, h)) } ?? 1
         for scale in options.scales {
+            try requireMemory(width: Double(w) * base * scale, height: Double(h) * base * scale, image: image)
             let sw = max(1, Int((Double(w) * base * scale).rounded())), sh = max(1, Int((Double(h) * base * scale).rounded()))
             let planes = image.normalizedPlanes(width: sw, height: sh)
             var variants = [planes]
@@ -141,6 +144,30 @@ public final class SegmentationPredictor {
         let inverse = 1 / Float(passes)
         for i in total.indices { total[i] *= inverse }
         return total
+    }
+
+    /// One pass at a scaled size holds the input planes and the logits of
+    /// every variant (flips) plus the resized probabilities (4-byte floats).
+    func requireMemory(width: Double, height: Double, image: Image) throws {
+        let variants = Double(options.flip ? 2 : 1)
+        let scaled = width.rounded() * height.rounded() * Double(3 + classes) * variants
+        let original = Double(image.width) * Double(image.height) * Double(2 * classes)
+        try MemoryBudget.require((scaled + original) * 4,
+                                 for: "running a \(image.width)×\(image.height) image at \(Int(min(width, 1e15).rounded()))×\(Int(min(height, 1e15).rounded()))",
+                                 advice: "use a smaller --resize or --scales")
+    }
+
+    /// How many calls of the compiled step an image of `width`×`height`
+    /// takes (tiles of every scale and flip, `batch` per call).
+    public func calls(width: Int, height: Int) -> Int {
+        let base = options.resizeShortSide.map { Double($0) / Double(min(width, height)) } ?? 1
+        let step = options.stride ?? size
+        return options.scales.reduce(0) { total, scale in
+            let sw = max(1, Int(min(Double(width) * base * scale, 1e9).rounded()))
+            let sh = max(1, Int(min(Double(height) * base * scale, 1e9).rounded()))
+            let tiles = Self.tileStarts(length: sw, tile: size, stride: step).count * Self.tileStarts(length: sh, tile: size, stride: step).count
+            return total + (tiles * (options.flip ? 2 : 1) + batch - 1) / batch
+        }
     }
 
     /// The most probable class of every pixel.

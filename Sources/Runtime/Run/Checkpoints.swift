@@ -62,6 +62,24 @@ public struct CheckpointDirectory {
         return nil
     }
 
+    /// Removes what interrupted atomic writes left behind: `.NAME.tmp-UUID`
+    /// files in the run folder and in checkpoints/ (up to a checkpoint's size
+    /// each). Only ddepc makes such names, and `keep` never counts them.
+    public func removeLeftoverTemporaryFiles() {
+        for folder in [run, directory] {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
+            for name in names where Self.isTemporaryName(name) {
+                try? FileManager.default.removeItem(at: folder.appendingPathComponent(name))
+            }
+        }
+    }
+
+    /// `.NAME.tmp-UUID`, as `writeAtomically` and `replaceLink` name their temporary files.
+    static func isTemporaryName(_ name: String) -> Bool {
+        guard name.hasPrefix("."), let range = name.range(of: ".tmp-", options: .backwards) else { return false }
+        return UUID(uuidString: String(name[range.upperBound...])) != nil
+    }
+
     /// Atomically makes `link` a symbolic link to `destination`.
     func replaceLink(_ link: URL, with destination: String) throws {
         let temporary = link.deletingLastPathComponent()
