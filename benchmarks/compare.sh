@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# ddepc's compiled steps against the same models in PyTorch, side by side.
+#
+#   benchmarks/compare.sh [--llvm] [--calls K] [--threads T] MODEL [BATCH SIZE] [ROUNDS]
+#
+# MODEL: unet-r18, transunet or transunet-ddep-1x. BATCH (default 8), SIZE
+# (default 128), ROUNDS (default 3).
+#
+#   1. compiles the ddepc artifact with --batch/--size (C backend; with
+#      --llvm also the LLVM backend);
+#   2. runs `ddepc bench` and benchmarks/pytorch_reference.py interleaved,
+#      A B A B, for ROUNDS rounds (two-thread timings swing with what else
+#      shares the cores: only interleaved runs compare);
+#   3. measures the peak RSS of each training step alone on both sides (a
+#      fresh process per step; PyTorch in its fastest variant);
+#   4. prints one table (benchmarks/compare_table.py): per entry, ddepc's
+#      median (range over rounds), PyTorch's best variant, their ratio, the
+#      ISA ddepc measured its peak at, peak RSS and parameter counts.
+#
+# Environment: DDEPC (the ddepc binary; default .build/release/ddepc, built
+# with `swift build -c release` if missing), PYTHON (default python3),
+# VARIANTS (PyTorch variants, space-separated; default: eager channels_last
+# compile), OUT (where the runs are kept; default out/bench/MODEL-bBATCH-sSIZE).
+set -euo pipefail
+script=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+cd "$(dirname "$script")/.."
+
+# The comment block above is the help text.
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$script"; exit "${1:-0}"; }
+
+llvm=0
+calls=10
+threads=2
+while [[ $# -gt 0 && $1 == -* ]]; do
+    case $1 in
+        --llvm) llvm=1 ;;
+        --calls) calls=$2; shift ;;
+        --threads) threads=$2; shift ;;
+        -h | --help) usage ;;
+        *) echo "unknown option $1" >&2; usage 2 >&2 ;;
+    esac
+    shift
+done
+[[ $# -ge 1 && $# -le 4 ]] || usage 2 >&2
+model=$1 batch=${2:-8} size=${3:-128} rounds=${4:-3}
+case $model in unet-r18 | transunet | transunet-ddep-1x) ;; *) echo "unknown model $model" >&2; usage 2 >&2 ;; esac
+
+ddepc=${DDEPC:-.build/release/ddepc}
+python=${PYTHON:-python3}
+read -r -a variants <<< "${VARIANTS:-eager channels_last compile}"
+out=${OUT:-out/bench/$model-b$batch-s$size}
+entries=(infer pretrain_step pretrain_dep_step finetune_step)
+training=(pretrain_step pretrain_dep_step finetune_step)
+
+if [[ ! -x $ddepc ]]; then
+    swift build -c release
+fi
+backends=(c)
+((llvm)) && backends+=(llvm)
+
+mkdir -p "$out"
+rm -f "$out"/ddepc-*.txt "$out"/torch-*.json "$out"/rss-* "$out"/table.txt  # an earlier run's results
+for backend in "${backends[@]}"; do
+    "$ddepc" compile "$model" -o "$out/$model-$backend.ddepc" --backend "$backend" --batch "$batch" --size "$size"
+done
+
+entry_flags=()
+for e in "${entries[@]}"; do entry_flags+=(--entry "$e"); done
+variant_flags=()
+for v in "${variants[@]}"; do variant_flags+=(--variant "$v"); done
+torch_bench=("$python" benchmarks/pytorch_reference.py --model "$model" --batch "$batch" --size "$size"
+             --threads "$threads" --calls "$calls" --json)
+
+for ((r = 1; r <= rounds; r++)); do
+    echo "round $r of $rounds" >&2
+    for backend in "${backends[@]}"; do
+        "$ddepc" bench "$out/$model-$backend.ddepc" --calls "$calls" --threads "$threads" "${entry_flags[@]}" \
+            > "$out/ddepc-$backend-$r.txt"
+    done
+    # The first round also checks the parameter counts against `ddepc inspect`.
+    artifact_flag=()
+    ((r == 1)) && artifact_flag=(--artifact "$out/$model-c.ddepc")
+    DDEPC=$ddepc "${torch_bench[@]}" "${variant_flags[@]}" "${artifact_flag[@]}" > "$out/torch-$r.json"
+done
+
+echo "peak RSS per training step" >&2
+for e in "${training[@]}"; do
+    "$ddepc" bench "$out/$model-c.ddepc" --entry "$e" --calls 2 --threads "$threads" > "$out/rss-ddepc-$e.txt"
+    best=$("$python" benchmarks/compare_table.py --best-variant "$out" "$e")
+    "${torch_bench[@]}" --calls 2 --rss-entry "$e" --variant "$best" > "$out/rss-torch-$e.json"
+done
+
+"$python" benchmarks/compare_table.py "$out" | tee "$out/table.txt"
