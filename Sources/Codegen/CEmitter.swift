@@ -10,7 +10,7 @@ public enum CEmitter {
     #include <stdint.h>
     #include <string.h>
 
-    typedef void (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
+    typedef int (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
     typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     typedef struct ddp_buffers { char *params; char *state; char *io; char *arena; } ddp_buffers;
 
@@ -118,7 +118,8 @@ public enum CEmitter {
                 if !floats.isEmpty {
                     body += "    static const double fa[] = {\(floats.map(doubleLiteral).joined(separator: ", "))};\n"
                 }
-                body += "    k[\(index)](bufs, ia, \(floats.isEmpty ? "0" : "fa")); /* \(name) */\n"
+                body += "    const int status = k[\(index)](bufs, ia, \(floats.isEmpty ? "0" : "fa")); /* \(name) */\n"
+                body += "    if (status != 0) return status;\n"
                 body += "  }\n"
             case .copy(let to, let from, let bytes):
                 body += "  memcpy(\(pointer(to)), \(pointer(from)), \(bytes));\n"
@@ -129,7 +130,8 @@ public enum CEmitter {
                     body += "  {\n"
                     body += "    void *const bufs[] = {(void *)\(name)_task, \(args.map { "(void *)" + $0 }.joined(separator: ", "))};\n"
                     body += "    static const int64_t ia[] = {\(loop.shape[0])};\n"
-                    body += "    k[\(LoweredFunction.parallelLoopKernel)](bufs, ia, 0); /* parallel_loop */\n"
+                    body += "    const int status = k[\(LoweredFunction.parallelLoopKernel)](bufs, ia, 0); /* parallel_loop */\n"
+                    body += "    if (status != 0) return status;\n"
                     body += "  }\n"
                 } else {
                     body += "  \(name)(0, \(loop.shape[0]), \(args.joined(separator: ", ")));\n"

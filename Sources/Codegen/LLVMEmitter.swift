@@ -205,9 +205,9 @@ private final class ModuleEmitter {
         buffersType = LLVMStructCreateNamed(context, "ddp_buffers")
         var fields: [LLVMTypeRef?] = [i8Ptr, i8Ptr, i8Ptr, i8Ptr]
         LLVMStructSetBody(buffersType, &fields, 4, 0)
-        // typedef void (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
+        // typedef int (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
         var kernelParams: [LLVMTypeRef?] = [i8PtrPtr, LLVMPointerType(i64, 0), LLVMPointerType(f64, 0)]
-        kernelType = LLVMFunctionType(void, &kernelParams, 3, 0)
+        kernelType = LLVMFunctionType(i32, &kernelParams, 3, 0)
         // int ddp_<name>(const ddp_buffers *b, const ddp_kernel_fn *k)
         var entryParams: [LLVMTypeRef?] = [LLVMPointerType(buffersType, 0), i8PtrPtr]
         entryType = LLVMFunctionType(i32, &entryParams, 2, 0)
@@ -397,7 +397,15 @@ private final class ModuleEmitter {
         LLVMSetAlignment(raw, 8)
         let kernel = LLVMBuildBitCast(builder, raw, LLVMPointerType(kernelType, 0), "")!
         var args: [LLVMValueRef?] = [bufs, ia, fa]
-        LLVMBuildCall2(builder, kernelType, kernel, &args, 3, "")
+        let status = LLVMBuildCall2(builder, kernelType, kernel, &args, 3, "status.\(name)")!
+        // A failed kernel ends the entry point with its status (as the C backend's `if (status != 0) return status;`).
+        let function = LLVMGetBasicBlockParent(LLVMGetInsertBlock(builder))!
+        let failed = LLVMAppendBasicBlockInContext(context, function, "\(name).failed")!
+        let next = LLVMAppendBasicBlockInContext(context, function, "\(name).ok")!
+        LLVMBuildCondBr(builder, LLVMBuildICmp(builder, LLVMIntNE, status, constI32(0), ""), failed, next)
+        LLVMPositionBuilderAtEnd(builder, failed)
+        LLVMBuildRet(builder, status)
+        LLVMPositionBuilderAtEnd(builder, next)
     }
 
     // MARK: Elementwise loops

@@ -302,13 +302,13 @@ static void conv2d_images(void *arg, int64_t begin, int64_t end) {
     }
 }
 
-void ddp_conv2d(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_conv2d(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     conv_shape s;
-    if (!conv_shape_read(ia, &s)) return;
+    if (!conv_shape_read(ia, &s)) return DDP_ERR_ARGS;
     conv_job job = {.s = &s, .epilogue = epilogue_read(bufs, ia), .in = bufs[0], .out = bufs[2]};
-    if (!pack_weights(&s, bufs[1], 0, &job)) return;
-    for_each_image(&job, conv2d_images);
+    if (!pack_weights(&s, bufs[1], 0, &job)) return DDP_ERR_NOMEM;
+    return for_each_image(&job, conv2d_images) ? DDP_OK : DDP_ERR_NOMEM;
 }
 
 // conv2d_grad_input: col = w[g]ᵀ (K × Og) · dy[n, g] (Og × P), then col2im into dx.
@@ -362,13 +362,13 @@ static void conv2d_grad_input_images(void *arg, int64_t begin, int64_t end) {
     }
 }
 
-void ddp_conv2d_grad_input(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_conv2d_grad_input(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     conv_shape s;
-    if (!conv_shape_read(ia, &s)) return;
+    if (!conv_shape_read(ia, &s)) return DDP_ERR_ARGS;
     conv_job job = {.s = &s, .in = bufs[0], .out = bufs[2]};
-    if (!pack_weights(&s, bufs[1], 1, &job)) return;
-    for_each_image(&job, conv2d_grad_input_images);
+    if (!pack_weights(&s, bufs[1], 1, &job)) return DDP_ERR_NOMEM;
+    return for_each_image(&job, conv2d_grad_input_images) ? DDP_OK : DDP_ERR_NOMEM;
 }
 
 /// Builds the columns of images [n, n + count) of group g side by side
@@ -390,17 +390,17 @@ static void im2col_channels(void *arg, int64_t c0, int64_t c1) {
 
 // conv2d_grad_weight: dw[g] (Og × K) = Σ_n dy[n, g] (Og × P) · im2col(x[n, g])ᵀ (P × K),
 // the sum over images and pixels done as one product per group of images.
-void ddp_conv2d_grad_weight(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_conv2d_grad_weight(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     conv_shape s;
-    if (!conv_shape_read(ia, &s)) return;
+    if (!conv_shape_read(ia, &s)) return DDP_ERR_ARGS;
     const float *x = bufs[0], *dy = bufs[1];
     float *dw = bufs[2];
     int64_t xs = s.c * s.h * s.w, ys = s.o * s.p; // image strides
     int64_t nb = images_per_product(&s, s.n, 4 * WANTED_COLUMNS);
     float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s.k * nb * s.band_rows * s.ow));
     float *dyb = nb > 1 ? ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s.og * nb * s.p)) : NULL;
-    if ((col == NULL && s.k * s.band_rows * s.ow > 0) || (nb > 1 && dyb == NULL)) return;
+    if ((col == NULL && s.k * s.band_rows * s.ow > 0) || (nb > 1 && dyb == NULL)) return DDP_ERR_NOMEM;
     memset(dw, 0, (size_t)(s.o * s.k) * sizeof(float));
     for (int64_t n = 0; n < s.n; n += nb) {
         int64_t count = s.n - n < nb ? s.n - n : nb;
@@ -420,8 +420,9 @@ void ddp_conv2d_grad_weight(void *const *bufs, const int64_t *ia, const double *
                 } else {
                     ok = ddp_gemm(0, 1, s.og, s.k, ld, dyg + oh0 * s.ow, s.p, col, ld, 1.0f, dwg, s.k);
                 }
-                if (!ok) return;
+                if (!ok) return DDP_ERR_NOMEM;
             }
         }
     }
+    return DDP_OK;
 }

@@ -35,11 +35,12 @@ static int64_t profile_calls[ddp_kernel_count];
 static double now_seconds(void);
 
 #define DDP_PROFILE_WRAPPER(name)                                                    \
-    static void profiled_##name(void *const *bufs, const int64_t *ia, const double *fa) { \
+    static int profiled_##name(void *const *bufs, const int64_t *ia, const double *fa) {  \
         double start = now_seconds();                                                \
-        ddp_##name(bufs, ia, fa);                                                    \
+        int status = ddp_##name(bufs, ia, fa);                                       \
         profile_seconds[ddp_k_##name] += now_seconds() - start;                      \
         profile_calls[ddp_k_##name]++;                                               \
+        return status;                                                               \
     }
 DDP_KERNEL_LIST(DDP_PROFILE_WRAPPER)
 #undef DDP_PROFILE_WRAPPER
@@ -106,10 +107,11 @@ static void normal_range(void *arg, int64_t begin, int64_t end) {
 
 // random_normal: y[i] = (float)ddp_normal_at(seed, i); each element depends on
 // its index alone, so the pool's threads split the range freely.
-void ddp_random_normal(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_random_normal(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     normal_job job = {(uint64_t)*(const int64_t *)bufs[0], bufs[1]};
     ddp_parallel_for(ia[0], normal_range, &job);
+    return DDP_OK;
 }
 
 // MARK: - Generated loops on the pool
@@ -126,26 +128,28 @@ static void loop_range(void *arg, int64_t begin, int64_t end) {
 
 // parallel_loop: an elementwise loop's outer axis split over the pool. Every
 // element is computed alone, so the split does not change any result.
-void ddp_parallel_loop(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_parallel_loop(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     loop_job job;
     memcpy(&job.loop, &bufs[0], sizeof job.loop); // a function pointer passed as a buffer
     job.pointers = bufs + 1;
     ddp_parallel_for(ia[0], loop_range, &job);
+    return DDP_OK;
 }
 
 // MARK: - Fill and matmul
 
 // fill: dst[0..n) = value.
-void ddp_fill(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_fill(void *const *bufs, const int64_t *ia, const double *fa) {
     float *dst = bufs[0];
     float v = (float)fa[0];
     int64_t n = ia[0];
     for (int64_t i = 0; i < n; i++) dst[i] = v;
+    return DDP_OK;
 }
 
 // matmul: one sgemm per batch entry; the operands' batch strides may be 0.
-void ddp_matmul(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_matmul(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *a = bufs[0], *b = bufs[1];
     float *c = bufs[2];
@@ -153,8 +157,10 @@ void ddp_matmul(void *const *bufs, const int64_t *ia, const double *fa) {
     int64_t a_stride = ia[4], b_stride = ia[5];
     int trans_a = ia[6] != 0, trans_b = ia[7] != 0;
     for (int64_t i = 0; i < batch; i++)
-        ddp_gemm(trans_a, trans_b, m, n, k, a + i * a_stride, trans_a ? m : k,
-                 b + i * b_stride, trans_b ? k : n, 0.0f, c + i * m * n, n);
+        if (!ddp_gemm(trans_a, trans_b, m, n, k, a + i * a_stride, trans_a ? m : k,
+                      b + i * b_stride, trans_b ? k : n, 0.0f, c + i * m * n, n))
+            return DDP_ERR_NOMEM;
+    return DDP_OK;
 }
 
 // MARK: - Benchmark helper

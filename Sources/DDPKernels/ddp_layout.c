@@ -28,13 +28,13 @@ static inline void odometer_step(int rank, const int64_t *size, int64_t *idx,
 // Size-1 axes are dropped and neighbouring axes with the same flag merged, so
 // the walk alternates kept and reduced axes; the innermost one is either a
 // contiguous reduction or an element-wise update of a run of outputs.
-void ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *x = bufs[0];
     float *y = bufs[1];
     int64_t kind = ia[0], rank = ia[1];
     const int64_t *shape = ia + 2, *reduced = ia + 2 + rank;
-    if (rank < 0 || rank > DDP_MAX_RANK || kind < 0 || kind > 2) return;
+    if (rank < 0 || rank > DDP_MAX_RANK || kind < 0 || kind > 2) return DDP_ERR_ARGS;
 
     int64_t size[DDP_MAX_RANK], red[DDP_MAX_RANK];
     int k = 0;
@@ -52,11 +52,11 @@ void ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
         }
     }
     if (k == 0) { size[0] = 1; red[0] = 0; k = 1; }
-    if (out_n == 0) return;
+    if (out_n == 0) return DDP_OK;
     if (red_n == 0) { // nothing to reduce: the identity of each reduction
         float v = kind == 0 ? 0.0f : kind == 1 ? NAN : -INFINITY;
         for (int64_t i = 0; i < out_n; i++) y[i] = v;
-        return;
+        return DDP_OK;
     }
 
     // Strides of the merged axes in x (contiguous) and in y (0 for reduced axes).
@@ -88,11 +88,11 @@ void ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
             }
             odometer_step(k - 1, size, idx, in_stride, &xo, out_stride, &yo);
         }
-        return;
+        return DDP_OK;
     }
 
     double *acc = calloc((size_t)out_n, sizeof(double));
-    if (acc == NULL) return;
+    if (acc == NULL) return DDP_ERR_NOMEM;
     int64_t xo = 0, yo = 0;
     for (int64_t it = 0; it < outer; it++) {
         const float *xr = x + xo;
@@ -107,17 +107,18 @@ void ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
     double scale = kind == 1 ? 1.0 / (double)red_n : 1.0;
     for (int64_t i = 0; i < out_n; i++) y[i] = (float)(acc[i] * scale);
     free(acc);
+    return DDP_OK;
 }
 
 // permute: y[j0..jr) = x[i] with i[perm[d]] = j[d] (numpy transpose). Output
 // axes whose source elements are adjacent in x are merged first.
-void ddp_permute(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_permute(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *x = bufs[0];
     float *y = bufs[1];
     int64_t rank = ia[0];
     const int64_t *in_shape = ia + 1, *perm = ia + 1 + rank;
-    if (rank < 0 || rank > DDP_MAX_RANK) return;
+    if (rank < 0 || rank > DDP_MAX_RANK) return DDP_ERR_ARGS;
 
     int64_t in_stride[DDP_MAX_RANK];
     int64_t s = 1;
@@ -125,13 +126,13 @@ void ddp_permute(void *const *bufs, const int64_t *ia, const double *fa) {
         in_stride[d] = s;
         s *= in_shape[d];
     }
-    if (s == 0) return;
+    if (s == 0) return DDP_OK;
 
     // Output axes (size, source stride), size-1 axes dropped, mergeable ones merged.
     int64_t size[DDP_MAX_RANK], src_stride[DDP_MAX_RANK];
     int k = 0;
     for (int64_t d = 0; d < rank; d++) {
-        if (perm[d] < 0 || perm[d] >= rank) return;
+        if (perm[d] < 0 || perm[d] >= rank) return DDP_ERR_ARGS;
         int64_t n = in_shape[perm[d]], st = in_stride[perm[d]];
         if (n == 1) continue;
         if (k > 0 && src_stride[k - 1] == st * n) {
@@ -162,16 +163,17 @@ void ddp_permute(void *const *bufs, const int64_t *ia, const double *fa) {
             for (int64_t j = 0; j < inner; j++) yr[j] = xr[j * step];
         odometer_step(k - 1, size, idx, src_stride, &xo, dst_stride, &yo);
     }
+    return DDP_OK;
 }
 
 // copy_region: dst[dst_start + k] = src[src_start + k·src_step] over the box
 // `count`; 4-byte elements copied as raw bits.
-void ddp_copy_region(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_copy_region(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const uint32_t *src = bufs[0];
     uint32_t *dst = bufs[1];
     int64_t rank = ia[0];
-    if (rank < 0 || rank > DDP_MAX_RANK) return;
+    if (rank < 0 || rank > DDP_MAX_RANK) return DDP_ERR_ARGS;
     const int64_t *src_shape = ia + 1, *dst_shape = src_shape + rank;
     const int64_t *src_start = dst_shape + rank, *src_step = src_start + rank;
     const int64_t *dst_start = src_step + rank, *count = dst_start + rank;
@@ -188,10 +190,10 @@ void ddp_copy_region(void *const *bufs, const int64_t *ia, const double *fa) {
         d_el *= dst_shape[d];
         total *= count[d];
     }
-    if (total == 0) return;
+    if (total == 0) return DDP_OK;
     if (rank == 0) {
         dst[0] = src[0];
-        return;
+        return DDP_OK;
     }
     int64_t inner = size[rank - 1], step = ss[rank - 1], outer = total / inner;
     for (int64_t it = 0; it < outer; it++) {
@@ -203,4 +205,5 @@ void ddp_copy_region(void *const *bufs, const int64_t *ia, const double *fa) {
             for (int64_t j = 0; j < inner; j++) dr[j] = sr[j * step];
         odometer_step((int)rank - 1, size, idx, ss, &so, dsr, &doff);
     }
+    return DDP_OK;
 }

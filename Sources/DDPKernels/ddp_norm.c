@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 // batch_norm (inference form): y = (x - mean[c]) · gamma[c]/sqrt(var[c] + eps) + beta[c].
-void ddp_batch_norm(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_batch_norm(void *const *bufs, const int64_t *ia, const double *fa) {
     const float *x = bufs[0], *mean = bufs[1], *var = bufs[2], *gamma = bufs[3], *beta = bufs[4];
     float *y = bufs[5];
     int64_t n = ia[0], c = ia[1], hw = ia[2];
@@ -20,6 +20,7 @@ void ddp_batch_norm(void *const *bufs, const int64_t *ia, const double *fa) {
             for (int64_t j = 0; j < hw; j++) yp[j] = (xp[j] - m) * scale + b;
         }
     }
+    return DDP_OK;
 }
 
 /// Mean and 1/sqrt(biased variance + eps) of x[0..n), two passes in double.
@@ -32,11 +33,11 @@ static void moments(const float *x, int64_t n, double eps, float *mean, float *r
 
 // group_norm: statistics per (n, group) over C/G channels × HW, then the
 // per-channel affine.
-void ddp_group_norm(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_group_norm(void *const *bufs, const int64_t *ia, const double *fa) {
     const float *x = bufs[0], *gamma = bufs[1], *beta = bufs[2];
     float *y = bufs[3];
     int64_t n = ia[0], c = ia[1], hw = ia[2], groups = ia[3];
-    if (groups <= 0 || c % groups != 0) return;
+    if (groups <= 0 || c % groups != 0) return DDP_ERR_ARGS;
     int64_t cg = c / groups;
     for (int64_t i = 0; i < n; i++)
         for (int64_t g = 0; g < groups; g++) {
@@ -52,10 +53,11 @@ void ddp_group_norm(void *const *bufs, const int64_t *ia, const double *fa) {
                 for (int64_t j = 0; j < hw; j++) yp[j] = (xp[j] - mean) * scale + b;
             }
         }
+    return DDP_OK;
 }
 
 // layer_norm: per row, y = (x - mean) · rstd · gamma[j] + beta[j].
-void ddp_layer_norm(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_layer_norm(void *const *bufs, const int64_t *ia, const double *fa) {
     const float *x = bufs[0], *gamma = bufs[1], *beta = bufs[2];
     float *y = bufs[3];
     int64_t rows = ia[0], cols = ia[1];
@@ -66,20 +68,21 @@ void ddp_layer_norm(void *const *bufs, const int64_t *ia, const double *fa) {
         moments(xr, cols, fa[0], &mean, &rstd);
         for (int64_t j = 0; j < cols; j++) yr[j] = (xr[j] - mean) * rstd * gamma[j] + beta[j];
     }
+    return DDP_OK;
 }
 
 /// Softmax or log-softmax over the middle axis of [outer, dim, inner]. The
 /// inner axis is the vector dimension: per-position maxima and sums live in
 /// scratch arrays of length `inner` (sums in double).
-static void softmax_impl(const float *x, float *y, int64_t outer, int64_t dim, int64_t inner,
+static int softmax_impl(const float *x, float *y, int64_t outer, int64_t dim, int64_t inner,
                          int log_form) {
-    if (dim <= 0 || inner <= 0) return;
+    if (dim <= 0 || inner <= 0) return DDP_OK;
     float *mx = malloc((size_t)inner * sizeof(float));
     double *sum = malloc((size_t)inner * sizeof(double));
     if (mx == NULL || sum == NULL) {
         free(mx);
         free(sum);
-        return;
+        return DDP_ERR_NOMEM;
     }
     for (int64_t o = 0; o < outer; o++) {
         const float *xo = x + o * dim * inner;
@@ -118,22 +121,23 @@ static void softmax_impl(const float *x, float *y, int64_t outer, int64_t dim, i
     }
     free(mx);
     free(sum);
+    return DDP_OK;
 }
 
 // softmax: y = exp(x - max) / Σ exp(x - max) over the middle axis.
-void ddp_softmax(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_softmax(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    softmax_impl(bufs[0], bufs[1], ia[0], ia[1], ia[2], 0);
+    return softmax_impl(bufs[0], bufs[1], ia[0], ia[1], ia[2], 0);
 }
 
 // log_softmax: y = x - max - log Σ exp(x - max) over the middle axis.
-void ddp_log_softmax(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_log_softmax(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    softmax_impl(bufs[0], bufs[1], ia[0], ia[1], ia[2], 1);
+    return softmax_impl(bufs[0], bufs[1], ia[0], ia[1], ia[2], 1);
 }
 
 // mse: y[0] = mean((a - b)^2), accumulated in double (NaN for n = 0, as PyTorch).
-void ddp_mse(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_mse(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *a = bufs[0], *b = bufs[1];
     float *y = bufs[2];
@@ -150,6 +154,7 @@ void ddp_mse(void *const *bufs, const int64_t *ia, const double *fa) {
         s0 += d * d;
     }
     y[0] = (float)(((s0 + s1) + (s2 + s3)) / (double)n);
+    return DDP_OK;
 }
 
 /// Per-pixel max and Σ exp(logit - max) over the classes of one image
@@ -175,14 +180,14 @@ static inline int label_counted(int32_t label, int64_t c, int64_t ignore) {
 }
 
 // cross_entropy: mean over counted pixels of log Σ exp(logits) - logits[label].
-void ddp_cross_entropy(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_cross_entropy(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *logits = bufs[0];
     const int32_t *labels = bufs[1];
     float *y = bufs[2];
     int64_t n = ia[0], c = ia[1], hw = ia[2], ignore = ia[3];
     y[0] = 0.0f;
-    if (c <= 0 || hw <= 0) return;
+    if (c <= 0 || hw <= 0) return DDP_OK;
     float *mx = malloc((size_t)hw * sizeof(float));
     double *sum = malloc((size_t)hw * sizeof(double));
     if (mx && sum) {
@@ -202,17 +207,18 @@ void ddp_cross_entropy(void *const *bufs, const int64_t *ia, const double *fa) {
     }
     free(mx);
     free(sum);
+    return DDP_OK;
 }
 
 // cross_entropy_grad: dx = g · (softmax(logits) - onehot(label)) / count on
 // counted pixels, 0 elsewhere.
-void ddp_cross_entropy_grad(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_cross_entropy_grad(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *logits = bufs[0], *g = bufs[2];
     const int32_t *labels = bufs[1];
     float *dx = bufs[3];
     int64_t n = ia[0], c = ia[1], hw = ia[2], ignore = ia[3];
-    if (c <= 0 || hw <= 0) return;
+    if (c <= 0 || hw <= 0) return DDP_OK;
     int64_t count = 0;
     for (int64_t i = 0; i < n * hw; i++) count += label_counted(labels[i], c, ignore);
     float *mx = malloc((size_t)hw * sizeof(float));
@@ -239,4 +245,5 @@ void ddp_cross_entropy_grad(void *const *bufs, const int64_t *ia, const double *
     free(mx);
     free(sum);
     free(scale);
+    return DDP_OK;
 }

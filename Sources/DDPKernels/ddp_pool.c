@@ -40,7 +40,7 @@ static int64_t window_argmax(const float *x, const pool_shape *s, int64_t oh, in
 }
 
 // max_pool2d: padding is -infinity, so an all-padding window gives -infinity.
-void ddp_max_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_max_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *x = bufs[0];
     float *y = bufs[1];
@@ -54,10 +54,11 @@ void ddp_max_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
                 yp[oh * s.ow + ow] = i >= 0 ? xp[i] : -INFINITY;
             }
     }
+    return DDP_OK;
 }
 
 // max_pool2d_grad: dy goes to the first maximal element of each window.
-void ddp_max_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_max_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *x = bufs[0], *dy = bufs[1];
     float *dx = bufs[2];
@@ -73,6 +74,7 @@ void ddp_max_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa)
                 if (i >= 0) dxp[i] += dyp[oh * s.ow + ow];
             }
     }
+    return DDP_OK;
 }
 
 /// Window (oh, ow) clipped to the image, and its divisor as in PyTorch: with
@@ -94,7 +96,7 @@ static float avg_window(const pool_shape *s, int64_t oh, int64_t ow, int include
 }
 
 // avg_pool2d: mean over the window (0 for an empty window).
-void ddp_avg_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_avg_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *x = bufs[0];
     float *y = bufs[1];
@@ -113,10 +115,11 @@ void ddp_avg_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
                 yp[oh * s.ow + ow] = div > 0 ? sum / div : 0.0f;
             }
     }
+    return DDP_OK;
 }
 
 // avg_pool2d_grad: each window spreads dy / divisor over its in-image elements.
-void ddp_avg_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_avg_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *dy = bufs[0];
     float *dx = bufs[1];
@@ -136,6 +139,7 @@ void ddp_avg_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa)
                     for (int64_t iw = w0; iw < w1; iw++) dxp[ih * s.w + iw] += g;
             }
     }
+    return DDP_OK;
 }
 
 /// Nearest source index per output index: (o · in) / out; NULL for an empty input.
@@ -148,13 +152,13 @@ static int64_t *nearest_indices(int64_t in, int64_t out) {
 }
 
 // upsample_nearest: y[oh, ow] = x[oh·H/OH, ow·W/OW].
-void ddp_upsample_nearest(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_upsample_nearest(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *x = bufs[0];
     float *y = bufs[1];
     int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
     int64_t *iw = nearest_indices(w, ow);
-    if (iw == NULL) return;
+    if (iw == NULL) return DDP_ERR_NOMEM;
     for (int64_t p = 0; p < planes; p++)
         for (int64_t r = 0; r < oh; r++) {
             const float *xr = x + (p * h + r * h / oh) * w;
@@ -162,16 +166,17 @@ void ddp_upsample_nearest(void *const *bufs, const int64_t *ia, const double *fa
             for (int64_t c = 0; c < ow; c++) yr[c] = xr[iw[c]];
         }
     free(iw);
+    return DDP_OK;
 }
 
 // upsample_nearest_grad: dx[ih, iw] = Σ dy over the outputs that read it.
-void ddp_upsample_nearest_grad(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_upsample_nearest_grad(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *dy = bufs[0];
     float *dx = bufs[1];
     int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
     int64_t *iw = nearest_indices(w, ow);
-    if (iw == NULL) return;
+    if (iw == NULL) return DDP_ERR_NOMEM;
     memset(dx, 0, (size_t)(planes * h * w) * sizeof(float));
     for (int64_t p = 0; p < planes; p++)
         for (int64_t r = 0; r < oh; r++) {
@@ -180,6 +185,7 @@ void ddp_upsample_nearest_grad(void *const *bufs, const int64_t *ia, const doubl
             for (int64_t c = 0; c < ow; c++) dxr[iw[c]] += dyr[c];
         }
     free(iw);
+    return DDP_OK;
 }
 
 /// Per-axis bilinear taps: output o reads inputs i0[o], i1[o] with weights l0[o], l1[o].
@@ -233,17 +239,17 @@ static void linear_taps_free(linear_taps *t) {
 }
 
 // upsample_bilinear: y = l0h·(l0w·x00 + l1w·x01) + l1h·(l0w·x10 + l1w·x11).
-void ddp_upsample_bilinear(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_upsample_bilinear(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *x = bufs[0];
     float *y = bufs[1];
     int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
     int align = ia[6] != 0;
     linear_taps th, tw;
-    if (!linear_taps_make(h, oh, align, &th)) return;
+    if (!linear_taps_make(h, oh, align, &th)) return DDP_ERR_NOMEM;
     if (!linear_taps_make(w, ow, align, &tw)) {
         linear_taps_free(&th);
-        return;
+        return DDP_ERR_NOMEM;
     }
     for (int64_t p = 0; p < planes; p++)
         for (int64_t r = 0; r < oh; r++) {
@@ -258,20 +264,21 @@ void ddp_upsample_bilinear(void *const *bufs, const int64_t *ia, const double *f
         }
     linear_taps_free(&th);
     linear_taps_free(&tw);
+    return DDP_OK;
 }
 
 // upsample_bilinear_grad: scatter-add dy with the four forward weights.
-void ddp_upsample_bilinear_grad(void *const *bufs, const int64_t *ia, const double *fa) {
+int ddp_upsample_bilinear_grad(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     const float *dy = bufs[0];
     float *dx = bufs[1];
     int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
     int align = ia[6] != 0;
     linear_taps th, tw;
-    if (!linear_taps_make(h, oh, align, &th)) return;
+    if (!linear_taps_make(h, oh, align, &th)) return DDP_ERR_NOMEM;
     if (!linear_taps_make(w, ow, align, &tw)) {
         linear_taps_free(&th);
-        return;
+        return DDP_ERR_NOMEM;
     }
     memset(dx, 0, (size_t)(planes * h * w) * sizeof(float));
     for (int64_t p = 0; p < planes; p++)
@@ -290,4 +297,5 @@ void ddp_upsample_bilinear_grad(void *const *bufs, const int64_t *ia, const doub
         }
     linear_taps_free(&th);
     linear_taps_free(&tw);
+    return DDP_OK;
 }

@@ -129,7 +129,15 @@ public final class LoadedModule {
         let status = buffers.withUnsafeMutableBytes { raw in
             function(UnsafeRawPointer(raw.baseAddress!), UnsafeRawPointer(kernels))
         }
-        guard status == 0 else { throw RuntimeError("entry point \(name) failed with status \(status)") }
+        guard Int(status) == Int(DDP_OK) else {
+            let reason: String
+            switch Int(status) {
+            case Int(DDP_ERR_NOMEM): reason = "a kernel could not get its working memory; free memory or use a smaller --batch or --size"
+            case Int(DDP_ERR_ARGS): reason = "a kernel was given arguments it cannot run (the artifact does not match this ddepc); recompile it with `ddepc compile`"
+            default: reason = "status \(status)"
+            }
+            throw RuntimeError("entry point \(name) stopped: \(reason). Its outputs were not written.")
+        }
     }
 }
 

@@ -21,7 +21,7 @@ final class GemmKernelTests: XCTestCase {
     }
 
     /// Runs a kernel on the given buffers; returns every buffer afterwards.
-    func run(_ kernel: (UnsafePointer<UnsafeMutableRawPointer?>?, UnsafePointer<Int64>?, UnsafePointer<Double>?) -> Void,
+    func run(_ kernel: (UnsafePointer<UnsafeMutableRawPointer?>?, UnsafePointer<Int64>?, UnsafePointer<Double>?) -> Int32,
              _ buffers: [[Float]], _ ints: [Int64]) -> [[Float]] {
         var buffers = buffers
         let pointers = buffers.indices.map { i in
@@ -31,7 +31,8 @@ final class GemmKernelTests: XCTestCase {
         }
         defer { pointers.forEach { $0.deallocate() } }
         let raw: [UnsafeMutableRawPointer?] = pointers.map { UnsafeMutableRawPointer($0) }
-        raw.withUnsafeBufferPointer { b in ints.withUnsafeBufferPointer { i in kernel(b.baseAddress, i.baseAddress, nil) } }
+        let status = raw.withUnsafeBufferPointer { b in ints.withUnsafeBufferPointer { i in kernel(b.baseAddress, i.baseAddress, nil) } }
+        XCTAssertEqual(status, 0, "kernel status")
         for i in buffers.indices { buffers[i] = Array(UnsafeBufferPointer(start: pointers[i], count: buffers[i].count)) }
         return buffers
     }

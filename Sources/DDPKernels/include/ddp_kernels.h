@@ -19,7 +19,13 @@
 extern "C" {
 #endif
 
-typedef void (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
+/// Every kernel returns a status, which the generated entry point returns
+/// at once when it is not DDP_OK: a kernel that cannot do its work (invalid
+/// arguments, no memory for its scratch) never leaves stale output behind
+/// silently.
+enum { DDP_OK = 0, DDP_ERR_ARGS = 1, DDP_ERR_NOMEM = 2 };
+
+typedef int (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
 /// A generated loop over the range [begin, end) of its outermost axis.
 typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 
@@ -111,7 +117,7 @@ typedef enum {
 } ddp_kernel_id;
 
 #define DDP_KERNEL_DECL(name) \
-    void ddp_##name(void *const *bufs, const int64_t *ia, const double *fa);
+    int ddp_##name(void *const *bufs, const int64_t *ia, const double *fa);
 DDP_KERNEL_LIST(DDP_KERNEL_DECL)
 #undef DDP_KERNEL_DECL
 
