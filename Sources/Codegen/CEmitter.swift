@@ -14,6 +14,27 @@ public enum CEmitter {
     typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     typedef struct ddp_buffers { char *params; char *state; char *io; char *arena; } ddp_buffers;
 
+    /* A buffer of a kernel call: a region of ddp_buffers (0 params, 1 state,
+       2 io, 3 arena) and a byte offset in it. Calls name their buffers in
+       static tables and one helper makes the pointers and keeps the status:
+       once a kernel fails, the later ones are skipped and the entry point
+       returns that status. An entry point is thus a flat list of calls with
+       constant arguments and no branches, which C compilers handle quickly
+       (a branch after each of thousands of calls doubled TransUNet's compile). */
+    typedef struct { int64_t region, offset; } ddp_slot;
+
+    static __attribute__((noinline)) void ddp_call(int *status, const ddp_kernel_fn *k, int index, const ddp_buffers *b,
+                                                   void *first, const ddp_slot *slots, int count,
+                                                   const int64_t *ia, const double *fa) {
+      if (*status != 0) return;
+      char *const base[4] = {b->params, b->state, b->io, b->arena};
+      void *bufs[72];
+      int n = 0;
+      if (first) bufs[n++] = first;
+      for (int i = 0; i < count; i++) bufs[n++] = base[slots[i].region] + slots[i].offset;
+      *status = k[index](bufs, ia, fa);
+    }
+
     """
 
     public static func emit(_ functions: [LoweredFunction]) -> String {
@@ -26,9 +47,11 @@ public enum CEmitter {
     /// with the same shape, strides and expression (optimizer steps of
     /// same-shaped weights, repeated blocks). C compilers handle many small
     /// functions far faster than one entry point holding thousands of loops.
-    /// Each covers a range [begin, end) of its outermost axis; its `_task`
-    /// twin takes the pointers as an array, the form the runtime's
-    /// parallel_loop kernel calls on each thread.
+    /// A loop large enough for the thread pool covers a range [begin, end)
+    /// of its outermost axis, and its `_task` twin takes the pointers as an
+    /// array, the form the runtime's parallel_loop kernel calls on each
+    /// thread. The others keep constant bounds, which the C compiler
+    /// vectorizes without run-time versions (twice as fast to compile).
     struct LoopTable {
         var names: [String: String] = [:]
         var definitions = ""
@@ -38,11 +61,14 @@ public enum CEmitter {
             if let name = names[body] { return name }
             let name = "loop\(names.count)"
             names[body] = name
-            let params = ["int64_t begin", "int64_t end", "float *restrict r"]
-                + loop.operands.indices.map { "const float *restrict p\($0)" }
-            let pointers = (0...loop.operands.count).map { "p[\($0)]" }.joined(separator: ", ")
+            let pointers = ["float *restrict r"] + loop.operands.indices.map { "const float *restrict p\($0)" }
+            let params = (loop.parallel ? ["int64_t begin", "int64_t end"] : []) + pointers
             definitions += "static __attribute__((noinline)) void \(name)(\(params.joined(separator: ", "))) {\n\(body)}\n"
-            definitions += "static __attribute__((unused)) void \(name)_task(int64_t begin, int64_t end, void *const *p) { \(name)(begin, end, \(pointers)); }\n\n"
+            if loop.parallel {
+                let elements = (0...loop.operands.count).map { "p[\($0)]" }.joined(separator: ", ")
+                definitions += "static void \(name)_task(int64_t begin, int64_t end, void *const *p) { \(name)(begin, end, \(elements)); }\n"
+            }
+            definitions += "\n"
             return name
         }
     }
@@ -106,39 +132,43 @@ public enum CEmitter {
     }
 
     static func emit(_ function: LoweredFunction, loops: inout LoopTable) -> String {
-        var body = "int ddp_\(function.name)(const ddp_buffers *b, const ddp_kernel_fn *k) {\n"
+        var body = "int ddp_\(function.name)(const ddp_buffers *b, const ddp_kernel_fn *k) {\n  int status = 0;\n"
         for step in function.steps {
             switch step {
             case .comment(let text):
                 body += "  /* \(text.replacingOccurrences(of: "*/", with: "* /")) */\n"
             case .kernel(let index, let name, let buffers, let ints, let floats):
-                body += "  {\n"
-                body += "    void *const bufs[] = {\(buffers.map { "(void *)" + pointer($0) }.joined(separator: ", "))};\n"
-                body += "    static const int64_t ia[] = {\(ints.isEmpty ? "0" : ints.map(String.init).joined(separator: ", "))};\n"
-                if !floats.isEmpty {
-                    body += "    static const double fa[] = {\(floats.map(doubleLiteral).joined(separator: ", "))};\n"
-                }
-                body += "    const int status = k[\(index)](bufs, ia, \(floats.isEmpty ? "0" : "fa")); /* \(name) */\n"
-                body += "    if (status != 0) return status;\n"
-                body += "  }\n"
+                body += call(index: index, name: name, first: nil, buffers: buffers, ints: ints, floats: floats)
             case .copy(let to, let from, let bytes):
                 body += "  memcpy(\(pointer(to)), \(pointer(from)), \(bytes));\n"
             case .loop(let loop):
                 let args = [pointer(loop.result)] + loop.operands.map(pointer)
                 let name = loops.name(for: loop)
                 if loop.parallel {
-                    body += "  {\n"
-                    body += "    void *const bufs[] = {(void *)\(name)_task, \(args.map { "(void *)" + $0 }.joined(separator: ", "))};\n"
-                    body += "    static const int64_t ia[] = {\(loop.shape[0])};\n"
-                    body += "    const int status = k[\(LoweredFunction.parallelLoopKernel)](bufs, ia, 0); /* parallel_loop */\n"
-                    body += "    if (status != 0) return status;\n"
-                    body += "  }\n"
+                    body += call(index: LoweredFunction.parallelLoopKernel, name: "parallel_loop", first: "(void *)\(name)_task",
+                                 buffers: [loop.result] + loop.operands, ints: [loop.shape[0]], floats: [])
                 } else {
-                    body += "  \(name)(0, \(loop.shape[0]), \(args.joined(separator: ", ")));\n"
+                    body += "  \(name)(\(args.joined(separator: ", ")));\n"
                 }
             }
         }
-        return body + "  return 0;\n}\n"
+        return body + "  return status;\n}\n"
+    }
+
+    static let regionIndex: [BufferLayout.Region: Int] = [.params: 0, .state: 1, .io: 2, .arena: 3]
+
+    /// A kernel call through `ddp_call`, skipped once an earlier one failed.
+    static func call(index: Int, name: String, first: String?, buffers: [LoweredFunction.Address],
+                     ints: [Int], floats: [Double]) -> String {
+        let slots = buffers.map { "{\(regionIndex[$0.region]!), \($0.offset)}" }.joined(separator: ", ")
+        var out = "  {\n"
+        out += "    static const ddp_slot s[] = {\(slots.isEmpty ? "{0, 0}" : slots)};\n"
+        out += "    static const int64_t ia[] = {\(ints.isEmpty ? "0" : ints.map(String.init).joined(separator: ", "))};\n"
+        if !floats.isEmpty {
+            out += "    static const double fa[] = {\(floats.map(doubleLiteral).joined(separator: ", "))};\n"
+        }
+        out += "    ddp_call(&status, k, \(index), b, \(first ?? "0"), s, \(buffers.count), ia, \(floats.isEmpty ? "0" : "fa")); /* \(name) */\n"
+        return out + "  }\n"
     }
 
     static func doubleLiteral(_ v: Double) -> String {
@@ -154,7 +184,7 @@ public enum CEmitter {
         var indent = "    "
         // Nested loops; i<d> are loop indices, the result index is flat.
         for (d, extent) in loop.shape.enumerated() {
-            let (first, bound) = d == 0 ? ("begin", "end") : ("0", "\(extent)")
+            let (first, bound) = d == 0 && loop.parallel ? ("begin", "end") : ("0", "\(extent)")
             out += "\(indent)for (int64_t i\(d) = \(first); i\(d) < \(bound); i\(d)++) {\n"
             indent += "  "
         }

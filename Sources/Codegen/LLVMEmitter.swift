@@ -219,6 +219,7 @@ private final class ModuleEmitter {
     }
 
     struct LoopKey: Hashable {
+        var parallel: Bool
         var shape: [Int]
         var strides: [[Int]]
         var dtypes: [DType]
@@ -435,10 +436,11 @@ private final class ModuleEmitter {
 
         let addresses = [loop.result] + loop.operands
         let pointerTypes = addresses.map { LLVMPointerType(llvmType($0.dtype), 0)! }
-        let loopType = functionType(void, [i64, i64] + pointerTypes)
+        // A parallel loop takes the range [begin, end) of its outer axis first.
+        let loopType = functionType(void, (loop.parallel ? [i64, i64] : []) + pointerTypes)
         // Loops with the same shape, strides, types and expression share one
         // function (like the C backend), keeping optimization time small.
-        let key = LoopKey(shape: loop.shape, strides: loop.operandStrides, dtypes: addresses.map(\.dtype), expr: loop.expr)
+        let key = LoopKey(parallel: loop.parallel, shape: loop.shape, strides: loop.operandStrides, dtypes: addresses.map(\.dtype), expr: loop.expr)
         let loopFunction: LLVMValueRef
         if let shared = loopFunctions[key] {
             loopFunction = shared
@@ -457,8 +459,9 @@ private final class ModuleEmitter {
                        pointers: [LLVMBuildBitCast(builder, task, i8Ptr, "")!] + addresses.map { bytePointer(state, $0) },
                        ints: [loop.shape[0]], floats: [])
         } else {
-            var arguments: [LLVMValueRef?] = [constI64(0), constI64(loop.shape[0])]
-                + zip(addresses, pointerTypes).map { address, type in LLVMBuildBitCast(builder, bytePointer(state, address), type, "") }
+            var arguments: [LLVMValueRef?] = zip(addresses, pointerTypes).map { address, type in
+                LLVMBuildBitCast(builder, bytePointer(state, address), type, "")
+            }
             LLVMBuildCall2(builder, loopType, loopFunction, &arguments, UInt32(arguments.count), "")
         }
     }
@@ -485,8 +488,9 @@ private final class ModuleEmitter {
         return task
     }
 
-    /// The loop nest as `internal void @<name>(i64 begin, i64 end, T* noalias r, T* noalias p0, ...)`
-    /// over rows [begin, end) of its outermost axis.
+    /// The loop nest as `internal void @<name>(T* noalias r, T* noalias p0, ...)`;
+    /// a parallel loop takes `i64 begin, i64 end` first and covers rows
+    /// [begin, end) of its outermost axis.
     private func emitLoopFunction(name: String, type loopType: LLVMTypeRef, loop: LoweredFunction.Loop,
                                   addresses: [LoweredFunction.Address]) throws -> LLVMValueRef {
         let loopFunction = LLVMAddFunction(module, name, loopType)!
@@ -498,9 +502,11 @@ private final class ModuleEmitter {
         let noalias = LLVMGetEnumAttributeKindForName("noalias", 7)
         let nocapture = LLVMGetEnumAttributeKindForName("nocapture", 9)
         let readonly = LLVMGetEnumAttributeKindForName("readonly", 8)
-        let bounds = 2 // begin, end come first
-        LLVMSetValueName2(LLVMGetParam(loopFunction, 0), "begin", 5)
-        LLVMSetValueName2(LLVMGetParam(loopFunction, 1), "end", 3)
+        let bounds: Int = loop.parallel ? 2 : 0 // begin, end come first
+        if loop.parallel {
+            LLVMSetValueName2(LLVMGetParam(loopFunction, 0), "begin", 5)
+            LLVMSetValueName2(LLVMGetParam(loopFunction, 1), "end", 3)
+        }
         for index in addresses.indices {
             let attributes = index == 0 ? [noalias, nocapture] : [noalias, nocapture, readonly]
             for kind in attributes {
@@ -511,19 +517,25 @@ private final class ModuleEmitter {
         }
         let caller = LLVMGetInsertBlock(builder)!
 
-        // The body, skipped for an empty range (the nest tests at its end).
+        // The body; a range may be empty, and the nest tests at its end.
         let entry = LLVMAppendBasicBlockInContext(context, loopFunction, "entry")
         let nest = LLVMAppendBasicBlockInContext(context, loopFunction, "nest")
         let done = LLVMAppendBasicBlockInContext(context, loopFunction, "done")
         LLVMPositionBuilderAtEnd(builder, entry)
-        let begin = LLVMGetParam(loopFunction, 0)!, end = LLVMGetParam(loopFunction, 1)!
-        LLVMBuildCondBr(builder, LLVMBuildICmp(builder, LLVMIntSLT, begin, end, ""), nest, done)
+        var range: (begin: LLVMValueRef, end: LLVMValueRef)?
+        if loop.parallel {
+            let begin = LLVMGetParam(loopFunction, 0)!, end = LLVMGetParam(loopFunction, 1)!
+            LLVMBuildCondBr(builder, LLVMBuildICmp(builder, LLVMIntSLT, begin, end, ""), nest, done)
+            range = (begin, end)
+        } else {
+            LLVMBuildBr(builder, nest)
+        }
         LLVMPositionBuilderAtEnd(builder, nest)
         let pointers = addresses.enumerated().map { index, address in
             LoopPointer(pointer: LLVMGetParam(loopFunction, UInt32(bounds + index))!, dtype: address.dtype)
         }
         emitNest(loopFunction, loop, depth: 0, flat: nil, offsets: loop.operands.map { _ in nil },
-                 result: pointers[0], operands: Array(pointers.dropFirst()), outerRange: (begin, end))
+                 result: pointers[0], operands: Array(pointers.dropFirst()), outerRange: range)
         LLVMBuildBr(builder, done)
         LLVMPositionBuilderAtEnd(builder, done)
         LLVMBuildRetVoid(builder)

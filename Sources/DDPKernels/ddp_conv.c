@@ -13,8 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/// Column-buffer budget in floats (16 MiB); a band is at least one output row.
-#define COL_BUDGET ((int64_t)1 << 22)
+/// Column-buffer budget in floats (2 MiB); a band is at least one output row.
+/// Bands this small keep the columns in cache between im2col, packing and the
+/// micro-kernel: measured on unet-r18's layers, 2^19 beat 2^22 by about 10%
+/// on the forward and input-gradient convolutions of the wide decoder stages.
+#define COL_BUDGET ((int64_t)1 << 19)
 
 typedef struct {
     int64_t n, c, h, w, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw, groups;

@@ -154,7 +154,7 @@ final class LLVMEmitterTests: XCTestCase {
         let lowered = try module.functions.map { try Lowerer.lower($0, layout: layout) }
         let raw = try LLVMEmitter.moduleIR(lowered, moduleName: "tiny", optimize: false)
         XCTAssertTrue(raw.contains("define i32 @ddp_tiny(%ddp_buffers* %b, i8** %k)"), raw)
-        XCTAssertTrue(raw.contains("define internal void @ddp_tiny.loop1(i64 %begin, i64 %end, float* noalias nocapture %r, float* noalias nocapture readonly %p0)"), raw)
+        XCTAssertTrue(raw.contains("define internal void @ddp_tiny.loop1(float* noalias nocapture %r, float* noalias nocapture readonly %p0)"), raw)
         XCTAssertFalse(raw.contains(".task"), "a 16-element loop runs inline")
         let optimized = try LLVMEmitter.optimizedIR(lowered, moduleName: "tiny")
         XCTAssertTrue(optimized.contains("target triple"), optimized)
