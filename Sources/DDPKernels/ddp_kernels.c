@@ -148,6 +148,21 @@ int ddp_fill(void *const *bufs, const int64_t *ia, const double *fa) {
     return DDP_OK;
 }
 
+typedef struct {
+    const float *a, *b;
+    float *c;
+    int64_t m, k, n, a_stride, b_stride;
+    int trans_a, trans_b, failed;
+} matmul_job;
+
+static void matmul_batches(void *arg, int64_t begin, int64_t end) {
+    matmul_job *j = arg;
+    for (int64_t i = begin; i < end; i++)
+        if (!ddp_gemm(j->trans_a, j->trans_b, j->m, j->n, j->k, j->a + i * j->a_stride, j->trans_a ? j->m : j->k,
+                      j->b + i * j->b_stride, j->trans_b ? j->k : j->n, 0.0f, j->c + i * j->m * j->n, j->n))
+            __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+}
+
 // matmul: one sgemm per batch entry; the operands' batch strides may be 0.
 int ddp_matmul(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
@@ -156,11 +171,14 @@ int ddp_matmul(void *const *bufs, const int64_t *ia, const double *fa) {
     int64_t batch = ia[0], m = ia[1], k = ia[2], n = ia[3];
     int64_t a_stride = ia[4], b_stride = ia[5];
     int trans_a = ia[6] != 0, trans_b = ia[7] != 0;
-    for (int64_t i = 0; i < batch; i++)
-        if (!ddp_gemm(trans_a, trans_b, m, n, k, a + i * a_stride, trans_a ? m : k,
-                      b + i * b_stride, trans_b ? k : n, 0.0f, c + i * m * n, n))
-            return DDP_ERR_NOMEM;
-    return DDP_OK;
+    matmul_job job = {a, b, c, m, k, n, a_stride, b_stride, trans_a, trans_b, 0};
+    // Many small products (attention heads): one per thread at a time, each
+    // serial; few large ones: one after another, each split over the pool.
+    if (batch >= ddp_parallel_threads())
+        ddp_parallel_for(batch, matmul_batches, &job);
+    else
+        matmul_batches(&job, 0, batch);
+    return job.failed ? DDP_ERR_NOMEM : DDP_OK;
 }
 
 // MARK: - Benchmark helper

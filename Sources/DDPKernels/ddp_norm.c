@@ -31,6 +31,46 @@ static void moments(const float *x, int64_t n, double eps, float *mean, float *r
     *rstd = (float)(1.0 / sqrt(v + eps));
 }
 
+/// The pool's threads take whole normalized groups (or rows): each one's
+/// statistics and output stay on one thread, so results do not depend on
+/// the thread count.
+typedef struct {
+    const float *x, *gamma, *beta;
+    float *y;
+    int64_t c, hw, groups; // group_norm; layer_norm: c = columns
+    double eps;
+} norm_job;
+
+static void group_norm_groups(void *arg, int64_t begin, int64_t end) {
+    const norm_job *j = arg;
+    int64_t cg = j->c / j->groups;
+    for (int64_t ig = begin; ig < end; ig++) {
+        int64_t i = ig / j->groups, g = ig % j->groups;
+        const float *xg = j->x + (i * j->c + g * cg) * j->hw;
+        float *yg = j->y + (i * j->c + g * cg) * j->hw;
+        float mean, rstd;
+        moments(xg, cg * j->hw, j->eps, &mean, &rstd);
+        for (int64_t k = 0; k < cg; k++) {
+            int64_t ch = g * cg + k;
+            float scale = rstd * j->gamma[ch], b = j->beta[ch];
+            const float *xp = xg + k * j->hw;
+            float *yp = yg + k * j->hw;
+            for (int64_t t = 0; t < j->hw; t++) yp[t] = (xp[t] - mean) * scale + b;
+        }
+    }
+}
+
+static void layer_norm_rows(void *arg, int64_t begin, int64_t end) {
+    const norm_job *j = arg;
+    for (int64_t r = begin; r < end; r++) {
+        const float *xr = j->x + r * j->c;
+        float *yr = j->y + r * j->c;
+        float mean, rstd;
+        moments(xr, j->c, j->eps, &mean, &rstd);
+        for (int64_t t = 0; t < j->c; t++) yr[t] = (xr[t] - mean) * rstd * j->gamma[t] + j->beta[t];
+    }
+}
+
 // group_norm: statistics per (n, group) over C/G channels × HW, then the
 // per-channel affine.
 int ddp_group_norm(void *const *bufs, const int64_t *ia, const double *fa) {
@@ -38,21 +78,8 @@ int ddp_group_norm(void *const *bufs, const int64_t *ia, const double *fa) {
     float *y = bufs[3];
     int64_t n = ia[0], c = ia[1], hw = ia[2], groups = ia[3];
     if (groups <= 0 || c % groups != 0) return DDP_ERR_ARGS;
-    int64_t cg = c / groups;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t g = 0; g < groups; g++) {
-            const float *xg = x + (i * c + g * cg) * hw;
-            float *yg = y + (i * c + g * cg) * hw;
-            float mean, rstd;
-            moments(xg, cg * hw, fa[0], &mean, &rstd);
-            for (int64_t k = 0; k < cg; k++) {
-                int64_t ch = g * cg + k;
-                float scale = rstd * gamma[ch], b = beta[ch];
-                const float *xp = xg + k * hw;
-                float *yp = yg + k * hw;
-                for (int64_t j = 0; j < hw; j++) yp[j] = (xp[j] - mean) * scale + b;
-            }
-        }
+    norm_job job = {x, gamma, beta, y, c, hw, groups, fa[0]};
+    ddp_parallel_for(n * groups, group_norm_groups, &job);
     return DDP_OK;
 }
 
@@ -60,33 +87,37 @@ int ddp_group_norm(void *const *bufs, const int64_t *ia, const double *fa) {
 int ddp_layer_norm(void *const *bufs, const int64_t *ia, const double *fa) {
     const float *x = bufs[0], *gamma = bufs[1], *beta = bufs[2];
     float *y = bufs[3];
-    int64_t rows = ia[0], cols = ia[1];
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * cols;
-        float *yr = y + r * cols;
-        float mean, rstd;
-        moments(xr, cols, fa[0], &mean, &rstd);
-        for (int64_t j = 0; j < cols; j++) yr[j] = (xr[j] - mean) * rstd * gamma[j] + beta[j];
-    }
+    norm_job job = {x, gamma, beta, y, ia[1], 0, 0, fa[0]};
+    ddp_parallel_for(ia[0], layer_norm_rows, &job);
     return DDP_OK;
 }
 
 /// Softmax or log-softmax over the middle axis of [outer, dim, inner]. The
 /// inner axis is the vector dimension: per-position maxima and sums live in
 /// scratch arrays of length `inner` (sums in double).
-static int softmax_impl(const float *x, float *y, int64_t outer, int64_t dim, int64_t inner,
-                         int log_form) {
-    if (dim <= 0 || inner <= 0) return DDP_OK;
+typedef struct {
+    const float *x;
+    float *y;
+    int64_t dim, inner;
+    int log_form, failed;
+} softmax_job;
+
+/// Rows [begin, end) of the outer axis, with this task's own scratch; the
+/// pool's threads take whole rows, so results do not depend on their count.
+static void softmax_rows(void *arg, int64_t begin, int64_t end) {
+    softmax_job *job = arg;
+    int64_t dim = job->dim, inner = job->inner;
     float *mx = malloc((size_t)inner * sizeof(float));
     double *sum = malloc((size_t)inner * sizeof(double));
     if (mx == NULL || sum == NULL) {
         free(mx);
         free(sum);
-        return DDP_ERR_NOMEM;
+        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        return;
     }
-    for (int64_t o = 0; o < outer; o++) {
-        const float *xo = x + o * dim * inner;
-        float *yo = y + o * dim * inner;
+    for (int64_t o = begin; o < end; o++) {
+        const float *xo = job->x + o * dim * inner;
+        float *yo = job->y + o * dim * inner;
         for (int64_t j = 0; j < inner; j++) {
             mx[j] = xo[j];
             sum[j] = 0.0;
@@ -101,10 +132,10 @@ static int softmax_impl(const float *x, float *y, int64_t outer, int64_t dim, in
             for (int64_t j = 0; j < inner; j++) {
                 float e = expf(xr[j] - mx[j]);
                 sum[j] += e;
-                if (!log_form) yr[j] = e;
+                if (!job->log_form) yr[j] = e;
             }
         }
-        if (log_form) {
+        if (job->log_form) {
             for (int64_t j = 0; j < inner; j++) mx[j] += (float)log(sum[j]);
             for (int64_t d = 0; d < dim; d++) {
                 const float *xr = xo + d * inner;
@@ -121,7 +152,14 @@ static int softmax_impl(const float *x, float *y, int64_t outer, int64_t dim, in
     }
     free(mx);
     free(sum);
-    return DDP_OK;
+}
+
+static int softmax_impl(const float *x, float *y, int64_t outer, int64_t dim, int64_t inner,
+                        int log_form) {
+    if (dim <= 0 || inner <= 0) return DDP_OK;
+    softmax_job job = {x, y, dim, inner, log_form, 0};
+    ddp_parallel_for(outer, softmax_rows, &job);
+    return job.failed ? DDP_ERR_NOMEM : DDP_OK;
 }
 
 // softmax: y = exp(x - max) / Σ exp(x - max) over the middle axis.

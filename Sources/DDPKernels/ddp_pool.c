@@ -2,6 +2,7 @@
 // All operate per (n, c) plane of an NCHW tensor; the VJPs zero dx and then
 // scatter-add.
 #include "ddp_kernels.h"
+#include "ddp_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -238,6 +239,51 @@ static void linear_taps_free(linear_taps *t) {
     free(t->l0);
 }
 
+/// Planes [begin, end) of a bilinear resize or its gradient; planes are
+/// independent, so the pool's threads take whole planes.
+typedef struct {
+    const float *in;
+    float *out;
+    int64_t h, w, oh, ow;
+    const linear_taps *th, *tw;
+} bilinear_job;
+
+static void bilinear_planes(void *arg, int64_t begin, int64_t end) {
+    const bilinear_job *j = arg;
+    const linear_taps *th = j->th, *tw = j->tw;
+    for (int64_t p = begin; p < end; p++)
+        for (int64_t r = 0; r < j->oh; r++) {
+            const float *x0 = j->in + (p * j->h + th->i0[r]) * j->w, *x1 = j->in + (p * j->h + th->i1[r]) * j->w;
+            float a0 = th->l0[r], a1 = th->l1[r];
+            float *yr = j->out + (p * j->oh + r) * j->ow;
+            for (int64_t c = 0; c < j->ow; c++) {
+                int64_t c0 = tw->i0[c], c1 = tw->i1[c];
+                float b0 = tw->l0[c], b1 = tw->l1[c];
+                yr[c] = a0 * (b0 * x0[c0] + b1 * x0[c1]) + a1 * (b0 * x1[c0] + b1 * x1[c1]);
+            }
+        }
+}
+
+static void bilinear_grad_planes(void *arg, int64_t begin, int64_t end) {
+    const bilinear_job *j = arg;
+    const linear_taps *th = j->th, *tw = j->tw;
+    memset(j->out + begin * j->h * j->w, 0, (size_t)((end - begin) * j->h * j->w) * sizeof(float));
+    for (int64_t p = begin; p < end; p++)
+        for (int64_t r = 0; r < j->oh; r++) {
+            float *d0 = j->out + (p * j->h + th->i0[r]) * j->w, *d1 = j->out + (p * j->h + th->i1[r]) * j->w;
+            float a0 = th->l0[r], a1 = th->l1[r];
+            const float *dyr = j->in + (p * j->oh + r) * j->ow;
+            for (int64_t c = 0; c < j->ow; c++) {
+                int64_t c0 = tw->i0[c], c1 = tw->i1[c];
+                float b0 = tw->l0[c], b1 = tw->l1[c], g = dyr[c];
+                d0[c0] += a0 * b0 * g;
+                d0[c1] += a0 * b1 * g;
+                d1[c0] += a1 * b0 * g;
+                d1[c1] += a1 * b1 * g;
+            }
+        }
+}
+
 // upsample_bilinear: y = l0h·(l0w·x00 + l1w·x01) + l1h·(l0w·x10 + l1w·x11).
 int ddp_upsample_bilinear(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
@@ -251,17 +297,8 @@ int ddp_upsample_bilinear(void *const *bufs, const int64_t *ia, const double *fa
         linear_taps_free(&th);
         return DDP_ERR_NOMEM;
     }
-    for (int64_t p = 0; p < planes; p++)
-        for (int64_t r = 0; r < oh; r++) {
-            const float *x0 = x + (p * h + th.i0[r]) * w, *x1 = x + (p * h + th.i1[r]) * w;
-            float a0 = th.l0[r], a1 = th.l1[r];
-            float *yr = y + (p * oh + r) * ow;
-            for (int64_t c = 0; c < ow; c++) {
-                int64_t c0 = tw.i0[c], c1 = tw.i1[c];
-                float b0 = tw.l0[c], b1 = tw.l1[c];
-                yr[c] = a0 * (b0 * x0[c0] + b1 * x0[c1]) + a1 * (b0 * x1[c0] + b1 * x1[c1]);
-            }
-        }
+    bilinear_job job = {x, y, h, w, oh, ow, &th, &tw};
+    ddp_parallel_for(planes, bilinear_planes, &job);
     linear_taps_free(&th);
     linear_taps_free(&tw);
     return DDP_OK;
@@ -280,21 +317,8 @@ int ddp_upsample_bilinear_grad(void *const *bufs, const int64_t *ia, const doubl
         linear_taps_free(&th);
         return DDP_ERR_NOMEM;
     }
-    memset(dx, 0, (size_t)(planes * h * w) * sizeof(float));
-    for (int64_t p = 0; p < planes; p++)
-        for (int64_t r = 0; r < oh; r++) {
-            float *d0 = dx + (p * h + th.i0[r]) * w, *d1 = dx + (p * h + th.i1[r]) * w;
-            float a0 = th.l0[r], a1 = th.l1[r];
-            const float *dyr = dy + (p * oh + r) * ow;
-            for (int64_t c = 0; c < ow; c++) {
-                int64_t c0 = tw.i0[c], c1 = tw.i1[c];
-                float b0 = tw.l0[c], b1 = tw.l1[c], g = dyr[c];
-                d0[c0] += a0 * b0 * g;
-                d0[c1] += a0 * b1 * g;
-                d1[c0] += a1 * b0 * g;
-                d1[c1] += a1 * b1 * g;
-            }
-        }
+    bilinear_job job = {dy, dx, h, w, oh, ow, &th, &tw};
+    ddp_parallel_for(planes, bilinear_grad_planes, &job);
     linear_taps_free(&th);
     linear_taps_free(&tw);
     return DDP_OK;
