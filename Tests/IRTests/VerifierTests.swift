@@ -154,4 +154,20 @@ final class VerifierTests: XCTestCase {
             XCTAssertEqual("\(error)", "model.swift:42: error: mul(f32[2,3], f32[4]): shapes do not broadcast")
         }
     }
+
+    /// A norm's eps is range-checked: a negative or non-finite one would make
+    /// every output NaN or silently wrong.
+    func testNormEpsMustBeFiniteAndNonNegative() throws {
+        for eps in ["-1.0", "nan", "inf"] {
+            let source = """
+                func @f(%0: f32[2,3,4,4] input "x", %1: f32[3] input "m", %2: f32[3] input "v", %3: f32[3] param "g", %4: f32[3] param "b") {
+                  %5 = batch_norm(%0, %1, %2, %3, %4) {eps=\(eps)} : f32[2,3,4,4]
+                  return %5 as "y"
+                }
+                """
+            XCTAssertThrowsError(try Verifier.verify(try Parser.parse(source)), eps) { error in
+                XCTAssertTrue("\(error)".contains("must be a finite number ≥ 0"), "\(eps): \(error)")
+            }
+        }
+    }
 }

@@ -26,7 +26,13 @@ public enum NormOps {
         try b.reshape(v, [1, v.shape[0]] + [Int](repeating: 1, count: rank - 2))
     }
 
-    static func eps(_ attrs: Attributes) throws -> Double { try attrs["eps"] == nil ? 1e-5 : attrs.float("eps") }
+    /// The `eps` attribute (1e-5 when absent); a negative or non-finite one is
+    /// refused, since it makes every output NaN or silently wrong.
+    static func eps(_ attrs: Attributes) throws -> Double {
+        let value = try attrs["eps"] == nil ? 1e-5 : attrs.float("eps")
+        guard value.isFinite, value >= 0 else { throw IRError("eps=\(value) must be a finite number ≥ 0") }
+        return value
+    }
 
     /// Normalize `x` (already grouped so the statistic axis is last) in the interpreter.
     static func normalizeRows(_ data: [Double], rows: Int, cols: Int, eps: Double) -> [Double] {
@@ -61,9 +67,10 @@ public enum NormOps {
         /// ∂x = g·γ·r, ∂mean = −Σ g·γ·r, ∂var = −½ Σ g·(x−mean)·γ·r³, ∂γ = Σ g·(x−mean)·r, ∂β = Σ g
         OpSpec(name: "batch_norm", doc: "%y = batch_norm(%x, %mean, %var, %gamma, %beta) {eps=1e-5}: (x−mean)/√(var+eps)·γ + β per channel",
                arity: 5...5,
-               inferType: { operands, _ in
+               inferType: { operands, attrs in
                    let (_, c, _) = try channelLayout(operands[0].shape)
                    try checkChannelVectors(operands[1...], c)
+                   _ = try eps(attrs)
                    return operands[0]
                },
                evaluate: { operands, attrs, type in
@@ -103,6 +110,7 @@ public enum NormOps {
                arity: 3...3, requiredAttributes: ["groups"],
                inferType: { operands, attrs in
                    let (_, c, _) = try channelLayout(operands[0].shape)
+                   _ = try eps(attrs)
                    let groups = try attrs.int("groups")
                    guard groups > 0, c % groups == 0 else { throw IRError("groups=\(groups) must divide the \(c) channels") }
                    try checkChannelVectors(operands[1...], c)
@@ -138,9 +146,10 @@ public enum NormOps {
         /// ∂x via normalizeBackward over the last axis; ∂γ = Σ g·x̂, ∂β = Σ g
         OpSpec(name: "layer_norm", doc: "%y = layer_norm(%x, %gamma, %beta) {eps=1e-5}: normalization over the last axis",
                arity: 3...3,
-               inferType: { operands, _ in
+               inferType: { operands, attrs in
                    guard let d = operands[0].shape.last else { throw IRError("needs a tensor of rank ≥ 1") }
                    try checkChannelVectors(operands[1...], d)
+                   _ = try eps(attrs)
                    return operands[0]
                },
                evaluate: { operands, attrs, type in
