@@ -19,7 +19,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Matrix size n for the n×n×n sgemm figure.") var n = 1024
     @Option(help: "Threads (default: the CPUs this process may use, or DDEPC_THREADS).") var threads: Int?
     @Option(help: "Micro-kernel ISA: native, avx512 or avx2.") var isa = "native"
-    @Flag(help: "Also report the time per kernel (a timed kernel table; the rest is generated loops).") var profile = false
+    @Flag(help: "Also report the time per kernel (a timed kernel table; parallel_loop is the large generated loops, the rest the small ones and copies).") var profile = false
 
     func validate() throws {
         guard calls >= 1 else { throw ValidationError("--calls must be at least 1 (got \(calls))") }
@@ -62,7 +62,7 @@ struct Bench: ParsableCommand {
                     print("  " + k.name.padding(toLength: 24, withPad: " ", startingAt: 0)
                           + String(format: "%9.2f %6d  %5.1f%%", k.seconds * 1000, k.calls, 100 * k.seconds / total))
                 }
-                print("  " + "generated loops, other".padding(toLength: 24, withPad: " ", startingAt: 0)
+                print("  " + "small loops, copies".padding(toLength: 24, withPad: " ", startingAt: 0)
                       + String(format: "%9.2f %6@  %5.1f%%", (total - inKernels) * 1000, "", 100 * (total - inKernels) / total))
             }
         }

@@ -31,7 +31,7 @@ final class BenchCLITests: XCTestCase {
             // Only the entries asked for, each with a per-kernel profile.
             XCTAssertTrue(out.contains("\ninfer ") && out.contains("\npretrain_step "), out)
             XCTAssertFalse(out.contains("finetune_step"), out)
-            XCTAssertTrue(out.contains("  conv2d ") && out.contains("  conv2d_grad_weight ") && out.contains("generated loops"), out)
+            XCTAssertTrue(out.contains("  conv2d ") && out.contains("  conv2d_grad_weight ") && out.contains("small loops, copies"), out)
         }
 
         let unknown = try ddepc(["bench", artifact, "--entry", "nope", "--calls", "1", "--n", "64"])
