@@ -101,3 +101,9 @@ enum SceneFixtures {
             .write(to: root.appendingPathComponent("classes.txt"), atomically: true, encoding: .utf8)
     }
 }
+
+/// A class-level setUp (compiling the artifact a suite shares) that failed:
+/// thrown by each test, so the suite fails instead of being skipped.
+struct SharedSetUpFailed: Error, CustomStringConvertible {
+    var description: String
+}

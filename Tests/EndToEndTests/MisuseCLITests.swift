@@ -31,7 +31,7 @@ final class MisuseCLITests: XCTestCase {
     }
 
     override func setUpWithError() throws {
-        if let error = Self.setUpError { throw XCTSkip(error) }
+        if let error = Self.setUpError { throw SharedSetUpFailed(description: error) }
     }
 
     func path(_ name: String) -> String { Self.work.appendingPathComponent(name).path }
