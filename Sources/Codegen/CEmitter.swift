@@ -192,7 +192,8 @@ public enum CEmitter {
         for d in 1..<max(rank, 1) where rank > 1 { flat = "(\(flat)) * \(loop.shape[d]) + i\(d)" }
         for (i, strides) in loop.operandStrides.enumerated() {
             let terms = strides.enumerated().filter { $0.element != 0 }.map { $0.element == 1 ? "i\($0.offset)" : "i\($0.offset) * \($0.element)" }
-            out += "\(indent)const float x\(i) = p\(i)[\(terms.isEmpty ? "0" : terms.joined(separator: " + "))];\n"
+            let source = loop.readsResult(i) ? "r" : "p\(i)"
+            out += "\(indent)const float x\(i) = \(source)[\(terms.isEmpty ? "0" : terms.joined(separator: " + "))];\n"
         }
         out += "\(indent)r[\(flat)] = \(render(loop.expr));\n"
         for _ in loop.shape {

@@ -224,6 +224,7 @@ private final class ModuleEmitter {
         var strides: [[Int]]
         var dtypes: [DType]
         var expr: ScalarExpr
+        var readsResult: [Int]
     }
 
     /// Loop functions already emitted, by what they compute, and the task
@@ -440,7 +441,8 @@ private final class ModuleEmitter {
         let loopType = functionType(void, (loop.parallel ? [i64, i64] : []) + pointerTypes)
         // Loops with the same shape, strides, types and expression share one
         // function (like the C backend), keeping optimization time small.
-        let key = LoopKey(parallel: loop.parallel, shape: loop.shape, strides: loop.operandStrides, dtypes: addresses.map(\.dtype), expr: loop.expr)
+        let key = LoopKey(parallel: loop.parallel, shape: loop.shape, strides: loop.operandStrides, dtypes: addresses.map(\.dtype), expr: loop.expr,
+                          readsResult: loop.operands.indices.filter(loop.readsResult))
         let loopFunction: LLVMValueRef
         if let shared = loopFunctions[key] {
             loopFunction = shared
@@ -534,8 +536,10 @@ private final class ModuleEmitter {
         let pointers = addresses.enumerated().map { index, address in
             LoopPointer(pointer: LLVMGetParam(loopFunction, UInt32(bounds + index))!, dtype: address.dtype)
         }
+        // An operand that is the result's own storage is read through `r`.
+        let operandPointers = pointers.dropFirst().enumerated().map { k, pointer in loop.readsResult(k) ? pointers[0] : pointer }
         emitNest(loopFunction, loop, depth: 0, flat: nil, offsets: loop.operands.map { _ in nil },
-                 result: pointers[0], operands: Array(pointers.dropFirst()), outerRange: range)
+                 result: pointers[0], operands: operandPointers, outerRange: range)
         LLVMBuildBr(builder, done)
         LLVMPositionBuilderAtEnd(builder, done)
         LLVMBuildRetVoid(builder)

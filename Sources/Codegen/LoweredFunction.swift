@@ -21,6 +21,10 @@ public struct LoweredFunction {
         public var operandStrides: [[Int]]
         public var expr: ScalarExpr
         public var count: Int { shape.reduce(1, *) }
+        /// Operands that are the result's own storage (an update computed in
+        /// place): emitters read them through the result pointer, so the
+        /// loop's pointers stay free of aliases (C `restrict`, LLVM `noalias`).
+        public func readsResult(_ operand: Int) -> Bool { operands[operand] == result }
         /// Large enough to split its outermost axis over the thread pool
         /// (the runtime's parallel_loop kernel); smaller loops run inline.
         public var parallel: Bool { count >= Self.parallelMinimum && shape[0] > 1 }
@@ -67,10 +71,14 @@ public enum Lowerer {
                 address[node.id] = address[node.operands[0]].map { .init(region: $0.region, offset: $0.offset, dtype: node.type.dtype) }
                 continue
             }
-            guard let offset = node.arenaOffset else {
+            let result: LoweredFunction.Address
+            if let target = node.inPlaceOf, let storage = address[target] {
+                result = storage  // an update written over its argument
+            } else if let offset = node.arenaOffset {
+                result = .init(region: .arena, offset: offset, dtype: node.type.dtype)
+            } else {
                 throw IRError("%\(node.id) has no arena offset: run plan-memory before code generation", loc: node.loc)
             }
-            let result = LoweredFunction.Address(region: .arena, offset: offset, dtype: node.type.dtype)
             address[node.id] = result
             steps.append(.comment(Printer.print(node)))
             let operands = node.operands.map { address[$0]! }

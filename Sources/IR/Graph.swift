@@ -71,6 +71,9 @@ public struct Node: Hashable, Sendable {
     public var loc: SourceLoc?
     /// Byte offset of the result in the activation arena, set by plan-memory.
     public var arenaOffset: Int?
+    /// The argument whose storage the result overwrites instead (an update
+    /// computed in place, see `InPlaceAnalysis`), set by plan-memory.
+    public var inPlaceOf: ValueID?
 
     public init(id: ValueID, op: String, operands: [ValueID], attrs: Attributes = [:],
                 type: TensorType, loc: SourceLoc? = nil, arenaOffset: Int? = nil) {

@@ -241,7 +241,9 @@ public struct Parser {
         }
         try expect(":")
         var node = Node(id: id, op: op, operands: operands, attrs: attrs, type: try type())
-        if accept("@") { node.arenaOffset = try integer() }
+        if accept("@") {
+            if peek("%") { node.inPlaceOf = try valueRef() } else { node.arenaOffset = try integer() }
+        }
         if accept("loc(") {
             let file = try string()
             try expect(":")

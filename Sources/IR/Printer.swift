@@ -3,8 +3,9 @@
 ///
 ///     func @step(%0: f32[2,3] input "x", %1: f32[3] param "b" init=zeros) arena 64 {
 ///       %2 = add(%0, %1) : f32[2,3] @0 loc("model.swift":4)
+///       %3 = sub(%1, %2) : f32[3] @%1
 ///       return %2 as "y"
-///       update %1 = %2
+///       update %1 = %3
 ///     }
 public enum Printer {
     public static func print(_ module: Module) -> String {
@@ -36,6 +37,7 @@ public enum Printer {
         }
         out += " : \(node.type)"
         if let offset = node.arenaOffset { out += " @\(offset)" }
+        if let target = node.inPlaceOf { out += " @%\(target)" }
         if let loc = node.loc { out += " loc(\(quoted(loc.file)):\(loc.line))" }
         return out
     }

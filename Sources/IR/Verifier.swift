@@ -70,5 +70,16 @@ public enum Verifier {
             guard let type = types[update.value] else { throw fail("update of \"\(arg.name)\" uses undefined %\(update.value)") }
             guard type == arg.type else { throw fail("update of \"\(arg.name)\" (\(arg.type)) with a \(type) value") }
         }
+        // Placement: an update written in place must be one nothing can tell apart.
+        let inPlace = function.nodes.filter { $0.inPlaceOf != nil }
+        if !inPlace.isEmpty {
+            let analysis = InPlaceAnalysis(function)
+            for node in inPlace {
+                guard node.arenaOffset == nil else { throw fail("a node is placed both in the arena and in place of %\(node.inPlaceOf!)", node) }
+                if let problem = analysis.problem(placing: node, over: node.inPlaceOf!) {
+                    throw fail("cannot compute in place of %\(node.inPlaceOf!): \(problem)", node)
+                }
+            }
+        }
     }
 }

@@ -6,6 +6,11 @@ import IR
 /// recorded in the IR (`@offset` per node, `arena N` per function) and as a
 /// report whose lower bound (the largest set of simultaneously live bytes)
 /// makes the planner's efficiency a number.
+///
+/// An update that can overwrite its argument (`InPlaceAnalysis`: an
+/// optimizer step's new weights and moments, running statistics) is placed
+/// there (`@%arg`) and takes no arena bytes: nothing is held twice or copied
+/// back after the call.
 public struct PlanMemory: Pass {
     public static let name = "plan-memory"
     public static let alignment = 64
@@ -16,9 +21,13 @@ public struct PlanMemory: Pass {
         public var function: String
         public var arenaBytes: Int
         public var lowerBoundBytes: Int
+        /// Updates computed in place of their argument, and their bytes.
+        public var inPlaceUpdates = 0
+        public var inPlaceBytes = 0
         public var efficiency: Double { arenaBytes == 0 ? 1 : Double(lowerBoundBytes) / Double(arenaBytes) }
         public var description: String {
             "@\(function): arena \(arenaBytes) bytes, lower bound \(lowerBoundBytes) bytes (\(Int((efficiency * 100).rounded()))%)"
+                + (inPlaceUpdates > 0 ? ", \(inPlaceUpdates) updates in place (\(inPlaceBytes) bytes)" : "")
         }
     }
 
@@ -42,6 +51,16 @@ public struct PlanMemory: Pass {
                 root[node.id] = node.id
             }
         }
+        // Updates that can overwrite their argument need no arena bytes.
+        var inPlace: [ValueID: ValueID] = [:]
+        let analysis = InPlaceAnalysis(function)
+        let nodeIndex = Dictionary(uniqueKeysWithValues: function.nodes.enumerated().map { ($1.id, $0) })
+        for update in function.updates {
+            guard let index = nodeIndex[update.value], root[update.value] == update.value else { continue }
+            if analysis.problem(placing: function.nodes[index], over: update.target) == nil {
+                inPlace[update.value] = update.target
+            }
+        }
         // Last use (schedule position) of each arena-resident root.
         let end = function.nodes.count
         var lastUse: [ValueID: Int] = [:]
@@ -57,7 +76,7 @@ public struct PlanMemory: Pass {
         var offsets: [ValueID: Int] = [:]
         var peak = 0, lowerBound = 0
         for (position, node) in function.nodes.enumerated() {
-            if root[node.id] == node.id {
+            if root[node.id] == node.id, inPlace[node.id] == nil {
                 let size = Self.aligned(max(node.type.byteSize, 1))
                 var candidate = 0
                 var insertAt = live.count
@@ -78,8 +97,12 @@ public struct PlanMemory: Pass {
         for n in function.nodes.indices {
             let id = function.nodes[n].id
             function.nodes[n].arenaOffset = offsets[root[id]!]
+            function.nodes[n].inPlaceOf = inPlace[id]
         }
         function.arenaBytes = peak
-        return Report(function: function.name, arenaBytes: peak, lowerBoundBytes: lowerBound)
+        var report = Report(function: function.name, arenaBytes: peak, lowerBoundBytes: lowerBound)
+        report.inPlaceUpdates = inPlace.count
+        report.inPlaceBytes = inPlace.keys.reduce(0) { $0 + function.nodes[nodeIndex[$1]!].type.byteSize }
+        return report
     }
 }

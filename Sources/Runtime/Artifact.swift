@@ -142,17 +142,36 @@ public final class LoadedModule {
 }
 
 /// A 64-byte-aligned, zeroed byte buffer that frees itself.
+///
+/// Large buffers are anonymous mappings: the kernel hands out zero pages as
+/// they are first written, so bytes a run never touches (the Adam moments of
+/// a frozen encoder during DDeP, an arena's unused tail) take no memory.
 public final class AlignedBuffer {
     public let pointer: UnsafeMutableRawPointer
     public let byteCount: Int
+    private let mapped: Bool
+
+    /// Below this, an ordinary allocation (a mapping costs a system call and a page).
+    static let mappingThreshold = 1 << 20
 
     public init(byteCount: Int) {
         self.byteCount = byteCount
-        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 64), alignment: 64)
-        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: max(byteCount, 64))
+        let length = max(byteCount, 64)
+        if length >= Self.mappingThreshold,
+           let region = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+           region != MAP_FAILED {
+            pointer = region  // page-aligned and zero-filled
+            mapped = true
+        } else {
+            pointer = UnsafeMutableRawPointer.allocate(byteCount: length, alignment: 64)
+            pointer.initializeMemory(as: UInt8.self, repeating: 0, count: length)
+            mapped = false
+        }
     }
 
-    deinit { pointer.deallocate() }
+    deinit {
+        if mapped { munmap(pointer, max(byteCount, 64)) } else { pointer.deallocate() }
+    }
 
     public func floats(at offset: Int, count: Int) -> UnsafeMutableBufferPointer<Float> {
         UnsafeMutableBufferPointer(start: (pointer + offset).assumingMemoryBound(to: Float.self), count: count)

@@ -35,7 +35,7 @@ public final class ParameterStore {
         let rule = slot.initRule.flatMap(InitRule.init(text:)) ?? .zeros
         for i in 0..<count {
             switch rule {
-            case .zeros: values[i] = 0
+            case .zeros: if values[i] != 0 { values[i] = 0 }  // fresh buffers are zero: leave their pages untouched
             case .ones: values[i] = 1
             case .he: values[i] = Float(normal() * (2 / Double(fanIn)).squareRoot())
             case .xavier:

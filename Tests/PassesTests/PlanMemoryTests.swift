@@ -39,6 +39,23 @@ struct PlanCheck {
                 root[node.id] = node.id
             }
         }
+        // An update written over its argument: nothing may read the argument's
+        // old value after it, and it must be that argument's update. From
+        // then on it lives in the argument's storage, out of the arena.
+        for (position, node) in function.nodes.enumerated() {
+            guard let target = node.inPlaceOf else { continue }
+            if !function.updates.contains(Update(target: target, value: node.id)) {
+                fail("%\(node.id) is placed over %\(target) but is not its update")
+            }
+            if node.type != function.args.first(where: { $0.id == target })?.type { fail("%\(node.id) is placed over %\(target) of another type") }
+            for later in function.nodes[(position + 1)...] where later.operands.contains(where: { rootOf($0) == target }) {
+                fail("%\(later.id) reads %\(target) after %\(node.id) overwrote it")
+            }
+        }
+        for node in function.nodes {
+            if let target = node.inPlaceOf { root[node.id] = target }
+            else if let operand = node.operands.first, case .alias? = OpRegistry.spec(node.op)?.lowering { root[node.id] = rootOf(operand) }
+        }
         // Live interval [definition, last use] of each arena buffer; results
         // (outputs, updates) live to the end of the call.
         var first: [ValueID: Int] = [:], last: [ValueID: Int] = [:]
@@ -164,12 +181,58 @@ final class PlanMemoryTests: XCTestCase {
         XCTAssertEqual(byID[3]!.arenaOffset, byID[2]!.arenaOffset, "a reshape shares its operand's bytes")
         XCTAssertEqual(byID[10]!.arenaOffset, byID[9]!.arenaOffset)
         XCTAssertNil(byID[6]!.arenaOffset, "a reshape of an argument is not in the arena")
-        // %4 is an output and %8 an update: nothing after them may reuse their bytes.
+        // %8 is the update of %1, which nothing reads: it is computed in place.
+        XCTAssertEqual(byID[8]!.inPlaceOf, 1)
+        XCTAssertNil(byID[8]!.arenaOffset)
+        // %4 is an output: nothing after it may reuse its bytes.
         for late in [9, 11, 12] {
             XCTAssertNotEqual(byID[late]!.arenaOffset, byID[4]!.arenaOffset)
-            XCTAssertNotEqual(byID[late]!.arenaOffset, byID[8]!.arenaOffset)
         }
-        XCTAssertGreaterThanOrEqual(check.arenaBytes, 4 * 1024)
+        XCTAssertGreaterThanOrEqual(check.arenaBytes, 3 * 1024)
+    }
+
+    func testAnUpdateIsComputedInPlaceOnlyWhenNothingCanTell() throws {
+        // %4 (the new s) may overwrite s: s is read only by it, element for element.
+        // %6 may not overwrite t: %7 reads t's old value after it.
+        // %8 may not overwrite u: it is a reduction, not a pointwise loop.
+        let (function, _, report) = try plan("""
+        func @f(%0: f32[64] input "x", %1: f32[64] state "s", %2: f32[64] param "t", %3: f32[] state "u") {
+          %4 = add(%1, %0) : f32[64]
+          %5 = mul(%4, %4) : f32[64]
+          %6 = sub(%2, %5) : f32[64]
+          %7 = add(%6, %2) : f32[64]
+          %8 = reduce_sum(%7) {axes=[0]} : f32[]
+          return %7 as "y"
+          update %1 = %4
+          update %2 = %6
+          update %3 = %8
+        }
+        """)
+        let byID = function.nodesByID
+        XCTAssertEqual(byID[4]!.inPlaceOf, 1)
+        XCTAssertNil(byID[6]!.inPlaceOf)
+        XCTAssertNotNil(byID[6]!.arenaOffset)
+        XCTAssertNil(byID[8]!.inPlaceOf)
+        XCTAssertEqual(report.inPlaceUpdates, 1)
+        XCTAssertEqual(report.inPlaceBytes, 256)
+        // The placement round-trips through the text form.
+        let printed = Printer.print(function)
+        XCTAssertTrue(printed.contains("@%1"), printed)
+        XCTAssertEqual(try Parser.parse(printed).functions[0], function)
+    }
+
+    func testTheVerifierRefusesAnIllegalInPlaceUpdate() throws {
+        let source = """
+        func @f(%0: f32[64] input "x", %1: f32[64] param "t") arena 512 {
+          %2 = sub(%1, %0) : f32[64] @%1
+          %3 = add(%2, %1) : f32[64] @256
+          return %3 as "y"
+          update %1 = %2
+        }
+        """
+        XCTAssertThrowsError(try Verifier.verify(try Parser.parse(source))) { error in
+            XCTAssertTrue("\(error)".contains("is read after %2"), "\(error)")
+        }
     }
 
     func testAFreedGapIsReused() throws {

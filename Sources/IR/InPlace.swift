@@ -1,0 +1,73 @@
+/// In-place updates: `%v = fused_elementwise(%p, ...) : T @%p` writes its
+/// result over the storage of argument `%p` instead of into the arena.
+///
+/// An optimizer step computes new weights and moments and an update puts
+/// them back; written in the arena first, every trained tensor would be
+/// held three times more and copied once per step. Overwriting the argument
+/// is legal only when nothing can tell the difference, which `problem`
+/// decides for the planner (which places nodes) and the verifier (which
+/// checks hand-written or edited IR) alike.
+public struct InPlaceAnalysis {
+    /// The storage root of each value: reshapes share their operand's bytes.
+    public let roots: [ValueID: ValueID]
+    /// Per argument, the last schedule position of a node that reads it
+    /// (directly or through a reshape).
+    let lastRead: [ValueID: Int]
+    /// Arguments whose bytes are read after the call (an output or another
+    /// update that is, or aliases, the argument itself).
+    let readAfterCall: Set<ValueID>
+    let updateValue: [ValueID: ValueID]
+    let positions: [ValueID: Int]
+    let function: Function
+
+    public init(_ function: Function) {
+        self.function = function
+        var roots: [ValueID: ValueID] = [:]
+        for arg in function.args { roots[arg.id] = arg.id }
+        for node in function.nodes {
+            if case .alias? = OpRegistry.spec(node.op)?.lowering, let operand = node.operands.first {
+                roots[node.id] = roots[operand] ?? operand
+            } else {
+                roots[node.id] = node.id
+            }
+        }
+        var lastRead: [ValueID: Int] = [:]
+        var positions: [ValueID: Int] = [:]
+        for (position, node) in function.nodes.enumerated() {
+            positions[node.id] = position
+            for operand in node.operands { lastRead[roots[operand] ?? operand] = position }
+        }
+        self.roots = roots
+        self.lastRead = lastRead
+        self.positions = positions
+        readAfterCall = Set(function.rootValues.compactMap { value in
+            let root = roots[value] ?? value
+            return function.args.contains { $0.id == root } ? root : nil
+        })
+        updateValue = Dictionary(function.updates.map { ($0.target, $0.value) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// Why `node` may not write its result over argument `target`'s storage,
+    /// or nil when it may: it must be the update of `target`, a pointwise
+    /// loop of the same type that reads `target` only element for element,
+    /// and the last reader of `target` in the schedule.
+    public func problem(placing node: Node, over target: ValueID) -> String? {
+        guard let arg = function.args.first(where: { $0.id == target }) else { return "%\(target) is not an argument" }
+        guard arg.role == .param || arg.role == .state else {
+            return "\"\(arg.name)\" is a \(arg.role.rawValue); only param and state arguments are overwritten"
+        }
+        guard updateValue[target] == node.id else { return "%\(node.id) is not the update of \"\(arg.name)\"" }
+        guard node.type == arg.type else { return "%\(node.id) is \(node.type) but \"\(arg.name)\" is \(arg.type)" }
+        guard case .elementwise? = OpRegistry.spec(node.op)?.lowering else {
+            return "\(node.op) is not an elementwise loop, which alone reads each element before writing it"
+        }
+        for operand in node.operands where roots[operand] == target && operand != target {
+            return "%\(node.id) reads \"\(arg.name)\" through the reshape %\(operand), not element for element"
+        }
+        guard let position = positions[node.id], (lastRead[target] ?? -1) <= position else {
+            return "\"\(arg.name)\" is read after %\(node.id) is computed"
+        }
+        guard !readAfterCall.contains(target) else { return "\"\(arg.name)\" itself is a result of the call" }
+        return nil
+    }
+}
