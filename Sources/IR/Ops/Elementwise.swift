@@ -84,10 +84,12 @@ public enum ElementwiseOps {
         },
         /// ∂x = −g
         op("neg", "%r = neg(%x): −x", arity: 1, un(.neg, x)) { c in [try c.builder.neg(c.grad)] },
-        /// ∂x = g·[x > 0]
+        /// ∂x = g·[r > 0]  (r > 0 exactly where x > 0)
         op("relu", "%r = relu(%x): max(x, 0)", arity: 1, bin(.max, x, .const(0))) { c in
             let b = c.builder
-            return [try b.mul(c.grad, try b.compare(.gt, c.operands[0], try b.constant(0, like: c.operands[0])))]
+            // From the result, not the input: the next layer keeps the result
+            // anyway, so the input (a norm's output) can die after the forward.
+            return [try b.mul(c.grad, try b.compare(.gt, c.result, try b.constant(0, like: c.result)))]
         },
         /// ∂x = g·r·(1 − r)
         op("sigmoid", "%r = sigmoid(%x): 1/(1 + e^−x)", arity: 1, un(.sigmoid, x)) { c in
