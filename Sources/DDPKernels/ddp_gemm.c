@@ -31,8 +31,10 @@
 
 #define KC 256
 
+/// Computes rows [0, rows) × columns [0, cols) of one MR×NR tile of C (the
+/// rest of the packed panels is zero padding), writing C in place.
 typedef void (*micro_kernel)(int64_t kc, const float *restrict a, const float *restrict b,
-                             float *restrict c, int64_t ldc, int accumulate);
+                             float *restrict c, int64_t ldc, int accumulate, int rows, int cols);
 
 typedef struct {
     const char *name;
@@ -42,20 +44,23 @@ typedef struct {
 } gemm_isa;
 
 // MARK: - Micro-kernels
+//
+// One body per ISA, instantiated for every row count so that the edge tiles
+// of a thin product (16 output channels are 12 + 4 rows) run only their own
+// rows at full speed instead of a padded full tile copied out of a buffer.
+// Ragged columns are masked loads and stores.
 
-// c[r][j] (+)= Σ_k a[k·MR + r] · b[k·NR + j]: MR rows of broadcasts times
-// NR/16 vectors of B, MR·NR/16 accumulators (24 of the 32 zmm registers).
-__attribute__((target("avx512f"))) static void
-kernel_avx512_12x32(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c,
-                    int64_t ldc, int accumulate) {
+// c[r][j] (+)= Σ_k a[k·MR + r] · b[k·NR + j]: rows of broadcasts times two
+// vectors of B, 2·rows accumulators (at most 24 of the 32 zmm registers).
+__attribute__((target("avx512f"), always_inline)) static inline void
+tile_avx512(const int rows, int64_t kc, const float *restrict a, const float *restrict b, float *restrict c,
+            int64_t ldc, int accumulate, int cols) {
     enum { MR = 12 };
     __m512 acc0[MR], acc1[MR];
-#pragma clang loop unroll(full)
-    for (int r = 0; r < MR; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+    for (int r = 0; r < rows; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k++) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-#pragma clang loop unroll(full)
-        for (int r = 0; r < MR; r++) {
+        for (int r = 0; r < rows; r++) {
             __m512 av = _mm512_set1_ps(a[r]);
             acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
             acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
@@ -63,30 +68,39 @@ kernel_avx512_12x32(int64_t kc, const float *restrict a, const float *restrict b
         a += MR;
         b += 32;
     }
-#pragma clang loop unroll(full)
-    for (int r = 0; r < MR; r++) {
+    __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+    __mmask16 m1 = cols >= 32 ? 0xFFFF : cols > 16 ? (__mmask16)((1u << (cols - 16)) - 1) : 0;
+    for (int r = 0; r < rows; r++) {
         float *cr = c + r * ldc;
         if (accumulate) {
-            acc0[r] = _mm512_add_ps(acc0[r], _mm512_loadu_ps(cr));
-            acc1[r] = _mm512_add_ps(acc1[r], _mm512_loadu_ps(cr + 16));
+            acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, cr));
+            acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, cr + 16));
         }
-        _mm512_storeu_ps(cr, acc0[r]);
-        _mm512_storeu_ps(cr + 16, acc1[r]);
+        _mm512_mask_storeu_ps(cr, m0, acc0[r]);
+        _mm512_mask_storeu_ps(cr + 16, m1, acc1[r]);
     }
 }
 
-// The AVX2 counterpart: 6 rows × 2 ymm vectors, 12 of the 16 ymm registers.
-__attribute__((target("avx2,fma"))) static void
-kernel_avx2_6x16(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c,
-                 int64_t ldc, int accumulate) {
+__attribute__((target("avx512f"))) static void
+kernel_avx512_12x32(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c,
+                    int64_t ldc, int accumulate, int rows, int cols) {
+    switch (rows) {
+#define ROWS(n) case n: tile_avx512(n, kc, a, b, c, ldc, accumulate, cols); break;
+        ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5) ROWS(6) ROWS(7) ROWS(8) ROWS(9) ROWS(10) ROWS(11) ROWS(12)
+#undef ROWS
+    }
+}
+
+// The AVX2 counterpart: rows × 2 ymm vectors, at most 12 of the 16 ymm registers.
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+tile_avx2(const int rows, int64_t kc, const float *restrict a, const float *restrict b, float *restrict c,
+          int64_t ldc, int accumulate, int cols) {
     enum { MR = 6 };
     __m256 acc0[MR], acc1[MR];
-#pragma clang loop unroll(full)
-    for (int r = 0; r < MR; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
+    for (int r = 0; r < rows; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
     for (int64_t k = 0; k < kc; k++) {
         __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-#pragma clang loop unroll(full)
-        for (int r = 0; r < MR; r++) {
+        for (int r = 0; r < rows; r++) {
             __m256 av = _mm256_broadcast_ss(a + r);
             acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
             acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
@@ -94,15 +108,39 @@ kernel_avx2_6x16(int64_t kc, const float *restrict a, const float *restrict b, f
         a += MR;
         b += 16;
     }
-#pragma clang loop unroll(full)
-    for (int r = 0; r < MR; r++) {
+    if (cols == 16) {
+        for (int r = 0; r < rows; r++) {
+            float *cr = c + r * ldc;
+            if (accumulate) {
+                acc0[r] = _mm256_add_ps(acc0[r], _mm256_loadu_ps(cr));
+                acc1[r] = _mm256_add_ps(acc1[r], _mm256_loadu_ps(cr + 8));
+            }
+            _mm256_storeu_ps(cr, acc0[r]);
+            _mm256_storeu_ps(cr + 8, acc1[r]);
+        }
+        return;
+    }
+    __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols), lane);
+    __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols - 8), lane);
+    for (int r = 0; r < rows; r++) {
         float *cr = c + r * ldc;
         if (accumulate) {
-            acc0[r] = _mm256_add_ps(acc0[r], _mm256_loadu_ps(cr));
-            acc1[r] = _mm256_add_ps(acc1[r], _mm256_loadu_ps(cr + 8));
+            acc0[r] = _mm256_add_ps(acc0[r], _mm256_maskload_ps(cr, m0));
+            acc1[r] = _mm256_add_ps(acc1[r], _mm256_maskload_ps(cr + 8, m1));
         }
-        _mm256_storeu_ps(cr, acc0[r]);
-        _mm256_storeu_ps(cr + 8, acc1[r]);
+        _mm256_maskstore_ps(cr, m0, acc0[r]);
+        _mm256_maskstore_ps(cr + 8, m1, acc1[r]);
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void
+kernel_avx2_6x16(int64_t kc, const float *restrict a, const float *restrict b, float *restrict c,
+                 int64_t ldc, int accumulate, int rows, int cols) {
+    switch (rows) {
+#define ROWS(n) case n: tile_avx2(n, kc, a, b, c, ldc, accumulate, cols); break;
+        ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5) ROWS(6)
+#undef ROWS
     }
 }
 
@@ -173,6 +211,52 @@ static void pack_a(view a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int m
     }
 }
 
+/// Transposes the 8×8 block in r[0..7] (row t becomes column t).
+__attribute__((target("avx2"))) static inline void transpose_8x8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/// One panel of a transposed B (element (k, j) at base[k + j·cs], each
+/// column contiguous along k), as in pack_b: 8×8 blocks are transposed in
+/// registers, so each column is read and each panel row written 8 floats at
+/// a time. This is the weight gradient's operand (the columns of im2col),
+/// whose element-wise transposition cost more than the product itself when
+/// a layer has few output channels.
+__attribute__((target("avx2"))) static void pack_b_transposed_panel(const float *base, int64_t cs, int64_t kc,
+                                                                    int64_t cols, int nr, float *restrict out) {
+    int64_t j = 0;
+    for (; j + 8 <= cols; j += 8) {
+        int64_t k = 0;
+        for (; k + 8 <= kc; k += 8) {
+            __m256 r[8];
+            for (int t = 0; t < 8; t++) r[t] = _mm256_loadu_ps(base + (j + t) * cs + k);
+            transpose_8x8(r);
+            for (int t = 0; t < 8; t++) _mm256_storeu_ps(out + (k + t) * nr + j, r[t]);
+        }
+        for (; k < kc; k++)
+            for (int t = 0; t < 8; t++) out[k * nr + j + t] = base[(j + t) * cs + k];
+    }
+    for (; j < cols; j++)
+        for (int64_t k = 0; k < kc; k++) out[k * nr + j] = base[j * cs + k];
+    for (; j < nr; j++)
+        for (int64_t k = 0; k < kc; k++) out[k * nr + j] = 0.0f;
+}
+
 /// Rows [k0, k0+kc) × columns [j0, j0+nc) of B, as ⌈nc/NR⌉ panels of kc·NR
 /// floats, each row of a panel contiguous; columns past nc are zero.
 static void pack_b(view b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr, float *restrict out) {
@@ -198,6 +282,8 @@ static void pack_b(view b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int n
                 for (; j < cols; j++) dst[j] = src[j];
                 for (; j < nr; j++) dst[j] = 0.0f;
             }
+        } else if (b.rs == 1) {
+            pack_b_transposed_panel(base, b.cs, kc, cols, nr, out);
         } else {
             for (int64_t j = 0; j < cols; j++) {
                 const float *src = base + j * b.cs;
@@ -254,11 +340,11 @@ static int gemm_block(const gemm_problem *g, int64_t i0, int64_t i1, int64_t j0,
                         int64_t rows = mc - ir < mr ? mc - ir : mr;
                         float *ct = g->c + (ic + ir) * g->rs + (jc + jr) * g->cs;
                         const float *ap = ablock + ir * kc, *bp = bpack + jr * kc;
-                        if (direct && rows == mr && cols == nr) {
-                            isa->kernel(kc, ap, bp, ct, g->rs, accumulate);
+                        if (direct) {
+                            isa->kernel(kc, ap, bp, ct, g->rs, accumulate, (int)rows, (int)cols);
                             continue;
                         }
-                        isa->kernel(kc, ap, bp, tile, nr, 0);
+                        isa->kernel(kc, ap, bp, tile, nr, 0, mr, nr);
                         for (int64_t r = 0; r < rows; r++)
                             for (int64_t j = 0; j < cols; j++) {
                                 float *e = ct + r * g->rs + j * g->cs;
