@@ -31,6 +31,39 @@ static void moments(const float *x, int64_t n, double eps, float *mean, float *r
     *rstd = (float)(1.0 / sqrt(v + eps));
 }
 
+/// batch_norm_train: one task per channel range; a channel's statistics
+/// (its N planes summed in a fixed order) stay on one thread.
+typedef struct {
+    const float *x, *gamma, *beta;
+    float *y;
+    int64_t n, c, hw;
+    double eps;
+} batch_norm_job;
+
+static void batch_norm_train_channels(void *arg, int64_t begin, int64_t end) {
+    const batch_norm_job *j = arg;
+    double count = (double)(j->n * j->hw);
+    for (int64_t ch = begin; ch < end; ch++) {
+        double sum = 0, squares = 0;
+        for (int64_t i = 0; i < j->n; i++) sum += ddp_sum_f64(j->x + (i * j->c + ch) * j->hw, j->hw);
+        double mean = count > 0 ? sum / count : 0.0;
+        for (int64_t i = 0; i < j->n; i++) squares += ddp_sum_sq_dev_f64(j->x + (i * j->c + ch) * j->hw, j->hw, mean);
+        double variance = count > 0 ? squares / count : 0.0;
+        float scale = (float)((double)j->gamma[ch] / sqrt(variance + j->eps)), m = (float)mean, b = j->beta[ch];
+        for (int64_t i = 0; i < j->n; i++) {
+            const float *xp = j->x + (i * j->c + ch) * j->hw;
+            float *yp = j->y + (i * j->c + ch) * j->hw;
+            for (int64_t t = 0; t < j->hw; t++) yp[t] = (xp[t] - m) * scale + b;
+        }
+    }
+}
+
+int ddp_batch_norm_train(void *const *bufs, const int64_t *ia, const double *fa) {
+    batch_norm_job job = {bufs[0], bufs[1], bufs[2], bufs[3], ia[0], ia[1], ia[2], fa[0]};
+    ddp_parallel_for(job.c, batch_norm_train_channels, &job);
+    return DDP_OK;
+}
+
 /// The pool's threads take whole normalized groups (or rows): each one's
 /// statistics and output stay on one thread, so results do not depend on
 /// the thread count.

@@ -83,6 +83,18 @@ public indirect enum ScalarExpr: Hashable, CustomStringConvertible, Sendable {
         }
     }
 
+    /// How many times `input(index)` occurs in the expression.
+    public func occurrences(ofInput index: Int) -> Int {
+        switch self {
+        case .input(let i): return i == index ? 1 : 0
+        case .const: return 0
+        case .unary(_, let a): return a.occurrences(ofInput: index)
+        case .binary(_, let a, let b): return a.occurrences(ofInput: index) + b.occurrences(ofInput: index)
+        case .select(let c, let a, let b):
+            return c.occurrences(ofInput: index) + a.occurrences(ofInput: index) + b.occurrences(ofInput: index)
+        }
+    }
+
     /// Number of inputs referenced (max index + 1).
     public var inputCount: Int {
         switch self {

@@ -76,12 +76,18 @@ public struct BatchNorm2d {
             guard scope.isTraining else {
                 return x.emit("batch_norm", [runningMean, runningVar, gamma, beta], attrs)
             }
-            let axes = [0] + Array(2..<x.rank)
-            let view = [1, channels] + [Int](repeating: 1, count: x.rank - 2)
-            let mean = x.emit("reduce_mean", [], ["axes": .ints(axes)])
-            let centered = x - mean.emit("reshape", [], ["shape": .ints(view)])
-            let variance = (centered * centered).emit("reduce_mean", [], ["axes": .ints(axes)])
-            let y = x.emit("batch_norm", [mean, variance, gamma, beta], attrs)
+            // One kernel normalizes with the batch statistics; the running
+            // statistics use the same moments as its gradient (built once).
+            let y = x.emit("batch_norm_train", [gamma, beta], attrs)
+            let moments: (mean: Value, centered: Value, variance: Value)
+            do {
+                moments = try NormOps.batchMoments(ctx.builder, x.value)
+            } catch {
+                ctx.fail("BatchNorm2d \"\(scope.path)\": \(error)")
+                return y
+            }
+            let mean = Tensor(moments.mean, ctx).emit("reshape", [], ["shape": .ints([channels])])
+            let variance = Tensor(moments.variance, ctx).emit("reshape", [], ["shape": .ints([channels])])
             let n = Double(x.type.count / channels)
             let unbias = n > 1 ? n / (n - 1) : 1
             ctx.update(runningMean, with: runningMean * (1 - momentum) + mean * momentum)

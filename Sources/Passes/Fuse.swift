@@ -3,8 +3,8 @@ import IR
 /// Fuses chains of elementwise ops into one `fused_elementwise` node whose
 /// scalar expression is the composition: one loop, no intermediate buffers.
 /// A producer is inlined into its consumer when the consumer is its only
-/// user and both have the same shape (so no element is computed twice);
-/// scalar constants are always inlined.
+/// user, reads it once, and both have the same shape (so no element is
+/// computed twice); scalar constants are always inlined.
 public struct FuseElementwise: Pass {
     public static let name = "fuse-elementwise"
     public init() {}
@@ -32,6 +32,7 @@ public struct FuseElementwise: Pass {
                 if node.type.shape.isEmpty { constants[node.id] = try node.attrs.float("value") }
                 continue
             }
+            let nodeExpr = try exprOf(node.attrs)
             var operands: [ValueID] = []
             func input(_ id: ValueID) -> ScalarExpr {
                 if let index = operands.firstIndex(of: id) { return .input(index) }
@@ -42,13 +43,13 @@ public struct FuseElementwise: Pass {
             func replacements(inliningProducers: Bool) -> [ScalarExpr] {
                 operands = []
                 inlined = false
-                return node.operands.map { operand in
+                return node.operands.enumerated().map { index, operand in
                     if let value = constants[operand] {
                         inlined = true
                         return .const(value)
                     }
                     if inliningProducers, let producer = forms[operand], uses[operand] == 1, !roots.contains(operand),
-                       producer.shape == node.type.shape {
+                       producer.shape == node.type.shape, nodeExpr.occurrences(ofInput: index) == 1 {
                         inlined = true
                         return producer.expr.substituting(producer.operands.map(input))
                     }
@@ -58,7 +59,7 @@ public struct FuseElementwise: Pass {
             var replaced = replacements(inliningProducers: true)
             // A fused node takes at most `maxOperands`: past that, a new chain starts here.
             if operands.count > maxOperands { replaced = replacements(inliningProducers: false) }
-            let expr = try exprOf(node.attrs).substituting(replaced)
+            let expr = nodeExpr.substituting(replaced)
             forms[node.id] = (expr, operands, node.type.shape)
             // A node whose operands were all inlined constants keeps its own form
             // (fused_elementwise needs a tensor operand); its users may still absorb it.

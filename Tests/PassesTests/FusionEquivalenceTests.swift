@@ -35,14 +35,17 @@ final class FusionEquivalenceTests: XCTestCase {
         XCTAssertGreaterThan(after.count("fused_elementwise"), 200, "the step has many elementwise chains")
         XCTAssertLessThan(Double(after.nodes.count), 0.7 * Double(before.nodes.count),
                           "fusion removes many nodes (\(before.nodes.count) → \(after.nodes.count))")
-        // No elementwise node is left with a single-use, same-shaped elementwise producer.
+        // No elementwise node is left with a single-use, same-shaped elementwise
+        // producer that it reads once (reading it twice would compute it twice).
         let uses = after.nodes.flatMap(\.operands).reduce(into: [ValueID: Int]()) { $0[$1, default: 0] += 1 }
         let roots = Set(after.rootValues)
         let byID = after.nodesByID
         for node in after.nodes where isElementwise(node) && node.op != "constant" {
-            for operand in node.operands {
+            let expr = node.attrs["expr"].flatMap { if case .expr(let e) = $0 { return e } else { return nil } }
+            for (index, operand) in node.operands.enumerated() {
                 guard let producer = byID[operand], isElementwise(producer), producer.op != "constant",
                       uses[operand] == 1, !roots.contains(operand), producer.type.shape == node.type.shape,
+                      (expr?.occurrences(ofInput: index) ?? 1) == 1,
                       Set(node.operands + producer.operands).count - 1 <= 64 else { continue }
                 XCTFail("%\(node.id) (\(node.op)) could have absorbed its only-use producer %\(operand) (\(producer.op))")
             }

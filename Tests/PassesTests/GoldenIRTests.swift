@@ -290,6 +290,20 @@ final class GoldenIRTests: XCTestCase {
         """, [FuseElementwise.name, DCE.name])
     }
 
+    func testDoesNotInlineAProducerItsConsumerReadsTwice() throws {
+        // %3 is already one loop that reads %2 twice: inlining exp would compute
+        // it twice per element (and a second compile of the dump would do it).
+        try golden("""
+        func @f(%0: f32[2,3] input "x", %1: f32[2,3] input "y") {
+          %2 = exp(%0) : f32[2,3]
+          %3 = fused_elementwise(%2, %1) {expr=sub(add(in0, in1), mul(in0, in1))} : f32[2,3]
+          return %3 as "a"
+        }
+        // CHECK: %2 = exp(%0) : f32[2,3]
+        // CHECK-NEXT: %3 = fused_elementwise(%2, %1) {expr=sub(add(in0, in1), mul(in0, in1))} : f32[2,3]
+        """, [FuseElementwise.name, DCE.name])
+    }
+
     func testDoesNotInlineASmallerBroadcastProducer() throws {
         // A per-channel [1,C,1,1] product inlined into the [N,C,H,W] add would be
         // recomputed N·H·W times per channel.

@@ -76,6 +76,9 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 // upsample_bilinear_grad bufs [dy, dx]   ia as upsample_bilinear
 // batch_norm         bufs [x, mean, var, gamma, beta, y]  ia [N,C,HW]  fa [eps]
 //                    y = (x - mean[c]) / sqrt(var[c] + eps) * gamma[c] + beta[c]
+// batch_norm_train   bufs [x, gamma, beta, y]  ia [N,C,HW]  fa [eps]
+//                    batch_norm with x's own statistics per channel (mean and
+//                    biased variance over N × HW, summed in double).
 // group_norm         bufs [x, gamma, beta, y]  ia [N,C,HW,G]  fa [eps]
 //                    statistics (mean, biased variance) per (n, group) over
 //                    C/G channels × HW; then per-channel affine.
@@ -105,7 +108,7 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(max_pool2d) X(max_pool2d_grad) X(avg_pool2d) X(avg_pool2d_grad) \
     X(upsample_nearest) X(upsample_nearest_grad) \
     X(upsample_bilinear) X(upsample_bilinear_grad) \
-    X(batch_norm) X(group_norm) X(layer_norm) \
+    X(batch_norm) X(batch_norm_train) X(group_norm) X(layer_norm) \
     X(softmax) X(log_softmax) X(mse) X(cross_entropy) X(cross_entropy_grad) \
     X(random_normal) X(parallel_loop)
 

@@ -1,6 +1,7 @@
-/// Normalization: batch_norm (statistics as operands), group_norm, layer_norm.
-/// Forward ops are single kernels; their gradients are built from primitive
-/// ops (and fused later), so they are checked like any other composition.
+/// Normalization: batch_norm (statistics as operands), batch_norm_train (its
+/// own batch statistics), group_norm, layer_norm. Forward ops are single
+/// kernels; their gradients are built from primitive ops (and fused later),
+/// so they are checked like any other composition.
 public enum NormOps {
     static let f = TensorType.f32
 
@@ -32,6 +33,18 @@ public enum NormOps {
         let value = try attrs["eps"] == nil ? 1e-5 : attrs.float("eps")
         guard value.isFinite, value >= 0 else { throw IRError("eps=\(value) must be a finite number ≥ 0") }
         return value
+    }
+
+    /// The batch moments of x over N and the spatial axes (biased variance),
+    /// shaped [1, C, 1, ...] to broadcast. A training batch norm's layer (for
+    /// its running statistics) and batch_norm_train's gradient both build them
+    /// here, so the step computes them once.
+    public static func batchMoments(_ b: FunctionBuilder, _ x: Value) throws -> (mean: Value, centered: Value, variance: Value) {
+        let axes = [0] + Array(2..<x.rank)
+        let mean = try b.mean(x, axes: axes, keepDims: true)
+        let centered = try b.sub(x, mean)
+        let variance = try b.mean(try b.mul(centered, centered), axes: axes, keepDims: true)
+        return (mean, centered, variance)
     }
 
     /// Normalize `x` (already grouped so the statistic axis is last) in the interpreter.
@@ -104,6 +117,57 @@ public enum NormOps {
                                       ints: [n, c, rest], floats: [try eps(attrs)])]
                },
                examples: [([f([2, 3, 2, 2]), f([3]), f([3]), f([3]), f([3])], ["eps": .float(1e-3)])]),
+
+        /// With r = 1/√(var+eps), M = N·HW and the sums over N and HW per channel:
+        /// ∂x = γr·g − γr·Σg/M − (x−μ)·γr³·Σg(x−μ)/M,  ∂γ = r·Σg(x−μ),  ∂β = Σg
+        /// — the total derivative through the batch statistics, as one loop
+        /// over g and x−μ after two channel sums.
+        OpSpec(name: "batch_norm_train", doc: "%y = batch_norm_train(%x, %gamma, %beta) {eps=1e-5}: batch_norm with x's own batch mean and biased variance per channel",
+               arity: 3...3,
+               inferType: { operands, attrs in
+                   let (_, c, _) = try channelLayout(operands[0].shape)
+                   try checkChannelVectors(operands[1...], c)
+                   _ = try eps(attrs)
+                   return operands[0]
+               },
+               evaluate: { operands, attrs, type in
+                   let (n, c, rest) = try channelLayout(type.shape)
+                   let e = try eps(attrs), x = operands[0].data, count = Double(n * rest)
+                   var out = x
+                   for ch in 0..<c {
+                       var indices: [Int] = []
+                       for i in 0..<n { indices += Array((i * c + ch) * rest..<(i * c + ch + 1) * rest) }
+                       var sum = 0.0
+                       for i in indices { sum += x[i] }
+                       let mean = sum / count
+                       var squares = 0.0
+                       for i in indices { squares += (x[i] - mean) * (x[i] - mean) }
+                       let scale: Double = operands[1].data[ch] / (squares / count + e).squareRoot()
+                       let shift: Double = operands[2].data[ch]
+                       for i in indices { out[i] = (x[i] - mean) * scale + shift }
+                   }
+                   return HostTensor(type, out)
+               },
+               gradient: { c in
+                   let b = c.builder, x = c.operands[0], g = c.grad
+                   let axes = [0] + Array(2..<x.rank), channels = x.shape[1]
+                   let (_, centered, variance) = try batchMoments(b, x)
+                   let r = try b.unary("rsqrt", try b.add(variance, try b.constant(try eps(c.attrs), like: x)))
+                   let count = try b.constant(Double(x.type.count / channels), like: x)
+                   let sumG = try b.sum(g, axes: axes, keepDims: true)
+                   let sumGD = try b.sum(try b.mul(g, centered), axes: axes, keepDims: true)
+                   let gammaR = try b.mul(try channelView(b, c.operands[1], rank: x.rank), r)
+                   let shift = try b.div(try b.mul(gammaR, sumG), count)
+                   let slope = try b.div(try b.mul(try b.mul(gammaR, try b.mul(r, r)), sumGD), count)
+                   let dx = try b.sub(try b.sub(try b.mul(gammaR, g), shift), try b.mul(centered, slope))
+                   return [dx, try b.reshape(try b.mul(sumGD, r), [channels]), try b.reshape(sumG, [channels])]
+               },
+               lowering: .kernels { operands, _, attrs in
+                   let (n, c, rest) = try channelLayout(operands[0].shape)
+                   return [KernelCall("batch_norm_train", [.operand(0), .operand(1), .operand(2), .result],
+                                      ints: [n, c, rest], floats: [try eps(attrs)])]
+               },
+               examples: [([f([2, 3, 2, 2]), f([3]), f([3])], ["eps": .float(1e-3)])]),
 
         /// ∂x via normalizeBackward over each (n, group); ∂γ = Σ g·x̂, ∂β = Σ g
         OpSpec(name: "group_norm", doc: "%y = group_norm(%x, %gamma, %beta) {groups=32, eps=1e-5}: per (n, group) normalization, per-channel affine",
