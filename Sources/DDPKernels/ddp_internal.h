@@ -63,4 +63,32 @@ static inline double ddp_sum_sq_dev_f64(const float *x, int64_t n, double mean) 
     return (s0 + s1) + (s2 + s3);
 }
 
+/// e^x within 2 ulp, branch-free so that loops over it vectorize (libm's
+/// expf is a call per element). Cephes' reduction x = n·ln2 + r, |r| ≤ ln2/2,
+/// and its degree-6 polynomial; 2^n is built in the exponent bits. Results
+/// below e^-87.3 flush to about 1e-38 instead of reaching 0, those above
+/// e^88 saturate there; NaN stays NaN.
+static inline float ddp_expf(float x) {
+    x = x < -87.33654f ? -87.33654f : x;
+    x = x > 88.0f ? 88.0f : x;
+    // n = round(x / ln2), read from the low mantissa bits of a float near 1.5·2^23.
+    float shifted = x * 1.44269504088896341f + 12582912.0f;
+    float n = shifted - 12582912.0f;
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    int32_t scale_bits = (int32_t)((uint32_t)(bits - 0x4B400000 + 127) << 23);
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return p * scale;
+}
+
 #endif

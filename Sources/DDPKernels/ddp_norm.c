@@ -135,11 +135,47 @@ typedef struct {
     int log_form, failed;
 } softmax_job;
 
+/// Lanes of the partial maxima and sums of a contiguous row: one vector's
+/// worth, summed in a fixed order so results do not depend on the ISA.
+#define ROW_LANES 16
+
+/// Softmax (or log-softmax) of one contiguous row (inner = 1: attention's
+/// last axis, a classifier's logits): vectorized maximum, exponentials and
+/// sum (in double, lanes combined in a fixed order).
+static void softmax_row(const float *restrict x, float *restrict y, int64_t dim, int log_form) {
+    float lane_max[ROW_LANES];
+    for (int l = 0; l < ROW_LANES; l++) lane_max[l] = x[0];
+    int64_t d = 0;
+    for (; d + ROW_LANES <= dim; d += ROW_LANES)
+        for (int l = 0; l < ROW_LANES; l++) lane_max[l] = x[d + l] > lane_max[l] ? x[d + l] : lane_max[l];
+    float m = lane_max[0];
+    for (int l = 1; l < ROW_LANES; l++) m = lane_max[l] > m ? lane_max[l] : m;
+    for (; d < dim; d++) m = x[d] > m ? x[d] : m;
+    for (d = 0; d < dim; d++) y[d] = ddp_expf(x[d] - m);
+    double lane_sum[ROW_LANES] = {0};
+    for (d = 0; d + ROW_LANES <= dim; d += ROW_LANES)
+        for (int l = 0; l < ROW_LANES; l++) lane_sum[l] += y[d + l];
+    double sum = 0;
+    for (int l = 0; l < ROW_LANES; l++) sum += lane_sum[l];
+    for (; d < dim; d++) sum += y[d];
+    if (log_form) {
+        float shift = m + (float)log(sum);
+        for (d = 0; d < dim; d++) y[d] = x[d] - shift;
+    } else {
+        float scale = (float)(1.0 / sum);
+        for (d = 0; d < dim; d++) y[d] *= scale;
+    }
+}
+
 /// Rows [begin, end) of the outer axis, with this task's own scratch; the
 /// pool's threads take whole rows, so results do not depend on their count.
 static void softmax_rows(void *arg, int64_t begin, int64_t end) {
     softmax_job *job = arg;
     int64_t dim = job->dim, inner = job->inner;
+    if (inner == 1) {
+        for (int64_t o = begin; o < end; o++) softmax_row(job->x + o * dim, job->y + o * dim, dim, job->log_form);
+        return;
+    }
     float *mx = malloc((size_t)inner * sizeof(float));
     double *sum = malloc((size_t)inner * sizeof(double));
     if (mx == NULL || sum == NULL) {
@@ -163,7 +199,7 @@ static void softmax_rows(void *arg, int64_t begin, int64_t end) {
             const float *xr = xo + d * inner;
             float *yr = yo + d * inner;
             for (int64_t j = 0; j < inner; j++) {
-                float e = expf(xr[j] - mx[j]);
+                float e = ddp_expf(xr[j] - mx[j]);
                 sum[j] += e;
                 if (!job->log_form) yr[j] = e;
             }
@@ -241,7 +277,7 @@ static void class_stats(const float *logits, int64_t c, int64_t hw, float *mx, d
     }
     for (int64_t k = 0; k < c; k++) {
         const float *lr = logits + k * hw;
-        for (int64_t p = 0; p < hw; p++) sum[p] += expf(lr[p] - mx[p]);
+        for (int64_t p = 0; p < hw; p++) sum[p] += ddp_expf(lr[p] - mx[p]);
     }
 }
 
@@ -307,7 +343,7 @@ int ddp_cross_entropy_grad(void *const *bufs, const int64_t *ia, const double *f
             for (int64_t k = 0; k < c; k++) {
                 const float *lr = li + k * hw;
                 float *dr = di + k * hw;
-                for (int64_t p = 0; p < hw; p++) dr[p] = expf(lr[p] - mx[p]) * scale[p];
+                for (int64_t p = 0; p < hw; p++) dr[p] = ddp_expf(lr[p] - mx[p]) * scale[p];
             }
             for (int64_t p = 0; p < hw; p++)
                 if (label_counted(lab[p], c, ignore)) di[lab[p] * hw + p] -= gs;

@@ -20,21 +20,9 @@ final class GemmKernelTests: XCTestCase {
         (0..<count).map { Float(($0 &* 7919 &+ seed &* 104_729) % 2001) / 1000 - 1 }
     }
 
-    /// Runs a kernel on the given buffers; returns every buffer afterwards.
     func run(_ kernel: (UnsafePointer<UnsafeMutableRawPointer?>?, UnsafePointer<Int64>?, UnsafePointer<Double>?) -> Int32,
              _ buffers: [[Float]], _ ints: [Int64]) -> [[Float]] {
-        var buffers = buffers
-        let pointers = buffers.indices.map { i in
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(buffers[i].count, 1))
-            p.initialize(from: buffers[i], count: buffers[i].count)
-            return p
-        }
-        defer { pointers.forEach { $0.deallocate() } }
-        let raw: [UnsafeMutableRawPointer?] = pointers.map { UnsafeMutableRawPointer($0) }
-        let status = raw.withUnsafeBufferPointer { b in ints.withUnsafeBufferPointer { i in kernel(b.baseAddress, i.baseAddress, nil) } }
-        XCTAssertEqual(status, 0, "kernel status")
-        for i in buffers.indices { buffers[i] = Array(UnsafeBufferPointer(start: pointers[i], count: buffers[i].count)) }
-        return buffers
+        runKernel(kernel, buffers, ints)
     }
 
     /// Runs `body` under every ISA and thread count; the thread counts must agree bit for bit.
