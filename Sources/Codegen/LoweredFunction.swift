@@ -151,6 +151,7 @@ public enum Lowerer {
             shape = [1]
             strides = strides.map { _ in [0] }
         }
-        return .init(result: result, operands: operands, shape: shape, operandStrides: strides, expr: expr)
+        // erf as arithmetic: a libm call would keep the loop from vectorizing.
+        return .init(result: result, operands: operands, shape: shape, operandStrides: strides, expr: expr.withVectorizableErf)
     }
 }
