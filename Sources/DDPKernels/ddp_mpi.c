@@ -1,0 +1,242 @@
+// ddp_mpi.c — the processes of a data-parallel run, over MPI, and the
+// `allreduce` kernel that compiled steps call.
+//
+// MPI is loaded with dlopen when (and only when) the process was started by
+// Open MPI's mpirun (OMPI_COMM_WORLD_SIZE > 1), rather than linked: a plain
+// build and a single-process run then need no MPI at all, and a data-parallel
+// launch on a machine without the library gets a message saying what to
+// install instead of a loader error before main. The price is a tiny ABI
+// shim: Open MPI's handles are the addresses of its predefined objects
+// (ompi_mpi_comm_world, ompi_mpi_float, ...), stable across 3.x-5.x
+// (libmpi.so.40). MPICH's integer handles are a different ABI; a launch by
+// MPICH's mpiexec is detected (PMI_SIZE) and refused with what to run.
+#include "ddp_kernels.h"
+#include "ddp_internal.h"
+
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef void *mpi_obj;  // MPI_Comm, MPI_Datatype, MPI_Op, MPI_Errhandler in Open MPI
+
+static struct {
+    int active, rank, size;
+    void *lib;
+    int (*init_thread)(int *, char ***, int, int *);
+    int (*initialized)(int *);
+    int (*comm_rank)(mpi_obj, int *);
+    int (*comm_size)(mpi_obj, int *);
+    int (*allreduce)(const void *, void *, int, mpi_obj, mpi_obj, mpi_obj);
+    int (*bcast)(void *, int, mpi_obj, int, mpi_obj);
+    int (*abort_)(mpi_obj, int);
+    int (*finalize)(void);
+    int (*set_errhandler)(mpi_obj, mpi_obj);
+    int (*error_string)(int, char *, int *);
+    mpi_obj comm_world, dt_float, dt_byte, dt_u64, op_sum, op_max, errors_return;
+    double comm_seconds;
+    char error[512];
+} mpi = {.rank = 0, .size = 1};
+
+#define MPI_IN_PLACE_OMPI ((void *)1)
+#define MPI_THREAD_FUNNELED_OMPI 1
+
+static double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int env_int(const char *name) {
+    const char *value = getenv(name);
+    return value && *value ? atoi(value) : 0;
+}
+
+static int fail(char *message, int64_t capacity, const char *text) {
+    if (message && capacity > 0) snprintf(message, (size_t)capacity, "%s", text);
+    return 1;
+}
+
+int ddp_mpi_init(char *message, int64_t capacity) {
+    if (mpi.active) return 0;
+    char text[1024];
+    int size = env_int("OMPI_COMM_WORLD_SIZE");
+    if (size <= 1) {
+        int other = env_int("PMI_SIZE");
+        if (size <= 0 && other > 1) {
+            snprintf(text, sizeof text,
+                     "this process was started by an MPI launcher other than Open MPI's (PMI_SIZE=%d, e.g. MPICH's "
+                     "mpiexec or srun); ddepc runs data-parallel over Open MPI: install it (Debian: apt-get install "
+                     "openmpi-bin libopenmpi-dev) and launch with Open MPI's `mpirun -np N ddepc train ...`",
+                     other);
+            return fail(message, capacity, text);
+        }
+        return 0;  // one process: allreduce is the identity
+    }
+    const char *names[] = {"libmpi.so.40", "libmpi.so"};
+    for (int i = 0; i < 2 && !mpi.lib; i++) mpi.lib = dlopen(names[i], RTLD_NOW | RTLD_GLOBAL);
+    if (!mpi.lib) {
+        snprintf(text, sizeof text,
+                 "started by Open MPI's mpirun (%d processes) but Open MPI's library libmpi.so.40 cannot be loaded (%s); "
+                 "install it on every machine of the job (Debian: apt-get install openmpi-bin libopenmpi-dev, or "
+                 "scripts/install-deps.sh)",
+                 size, dlerror());
+        return fail(message, capacity, text);
+    }
+#define SYM(field, name)                                                                                    \
+    do {                                                                                                    \
+        *(void **)&mpi.field = dlsym(mpi.lib, name);                                                       \
+        if (!mpi.field) {                                                                                   \
+            snprintf(text, sizeof text, "the MPI library found has no symbol %s: it is not Open MPI 3.x-5.x; " \
+                     "install Open MPI (Debian: apt-get install openmpi-bin libopenmpi-dev)", name);        \
+            return fail(message, capacity, text);                                                           \
+        }                                                                                                   \
+    } while (0)
+    SYM(init_thread, "MPI_Init_thread");
+    SYM(initialized, "MPI_Initialized");
+    SYM(comm_rank, "MPI_Comm_rank");
+    SYM(comm_size, "MPI_Comm_size");
+    SYM(allreduce, "MPI_Allreduce");
+    SYM(bcast, "MPI_Bcast");
+    SYM(abort_, "MPI_Abort");
+    SYM(finalize, "MPI_Finalize");
+    SYM(set_errhandler, "MPI_Comm_set_errhandler");
+    SYM(error_string, "MPI_Error_string");
+    SYM(comm_world, "ompi_mpi_comm_world");
+    SYM(dt_float, "ompi_mpi_float");
+    SYM(dt_byte, "ompi_mpi_byte");
+    SYM(dt_u64, "ompi_mpi_uint64_t");
+    SYM(op_sum, "ompi_mpi_op_sum");
+    SYM(op_max, "ompi_mpi_op_max");
+    SYM(errors_return, "ompi_mpi_errors_return");
+#undef SYM
+    int provided = 0;
+    if (mpi.init_thread(NULL, NULL, MPI_THREAD_FUNNELED_OMPI, &provided) != 0)
+        return fail(message, capacity, "MPI_Init_thread failed; see Open MPI's message above");
+    // Errors come back as statuses (and become messages) instead of aborting inside MPI.
+    mpi.set_errhandler(mpi.comm_world, mpi.errors_return);
+    mpi.comm_rank(mpi.comm_world, &mpi.rank);
+    mpi.comm_size(mpi.comm_world, &mpi.size);
+    mpi.active = 1;
+    return 0;
+}
+
+int ddp_mpi_active(void) { return mpi.active; }
+int ddp_mpi_rank(void) { return mpi.rank; }
+int ddp_mpi_size(void) { return mpi.size; }
+double ddp_mpi_comm_seconds(void) { return mpi.comm_seconds; }
+const char *ddp_mpi_last_error(void) { return mpi.error; }
+
+static int check(int code, const char *what) {
+    if (code == 0) return 0;
+    char text[256] = "";
+    int length = 0;
+    if (mpi.error_string) mpi.error_string(code, text, &length);
+    snprintf(mpi.error, sizeof mpi.error, "%s failed on rank %d of %d: %s", what, mpi.rank, mpi.size, text);
+    return 1;
+}
+
+// Sum over the processes, then divide by their number: the mean of the
+// per-process values. MPI_Allreduce gives every rank the same bits.
+int ddp_mpi_allreduce_mean(const float *in, float *out, int64_t n) {
+    if (!mpi.active) {
+        if (in != out) memmove(out, in, (size_t)n * sizeof(float));
+        return DDP_OK;
+    }
+    double start = now_seconds();
+    if (in != out) memcpy(out, in, (size_t)n * sizeof(float));
+    const int64_t chunk = (int64_t)1 << 30;
+    for (int64_t done = 0; done < n; done += chunk) {
+        int count = (int)(n - done < chunk ? n - done : chunk);
+        if (check(mpi.allreduce(MPI_IN_PLACE_OMPI, out + done, count, mpi.dt_float, mpi.op_sum, mpi.comm_world),
+                  "MPI_Allreduce"))
+            return DDP_ERR_COMM;
+    }
+    const float inverse_size = 1.0f / (float)mpi.size;
+    if ((mpi.size & (mpi.size - 1)) == 0) {
+        for (int64_t i = 0; i < n; i++) out[i] *= inverse_size;  // exact for a power of two
+    } else {
+        for (int64_t i = 0; i < n; i++) out[i] /= (float)mpi.size;
+    }
+    mpi.comm_seconds += now_seconds() - start;
+    return DDP_OK;
+}
+
+int ddp_allreduce(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    if (ia[0] < 0) return DDP_ERR_ARGS;
+    return ddp_mpi_allreduce_mean((const float *)bufs[0], (float *)bufs[1], ia[0]);
+}
+
+int ddp_mpi_broadcast(void *data, int64_t bytes, int root) {
+    if (!mpi.active) return 0;
+    const int64_t chunk = (int64_t)1 << 30;
+    for (int64_t done = 0; done < bytes; done += chunk) {
+        int count = (int)(bytes - done < chunk ? bytes - done : chunk);
+        if (check(mpi.bcast((char *)data + done, count, mpi.dt_byte, root, mpi.comm_world), "MPI_Bcast")) return 1;
+    }
+    return 0;
+}
+
+int ddp_mpi_all_equal(uint64_t value) {
+    if (!mpi.active) return 1;
+    // max(v) == v and max(~v) == ~v on every rank iff every rank holds v.
+    uint64_t pair[2] = {value, ~value};
+    if (check(mpi.allreduce(MPI_IN_PLACE_OMPI, pair, 2, mpi.dt_u64, mpi.op_max, mpi.comm_world), "MPI_Allreduce"))
+        return -1;
+    return pair[0] == value && pair[1] == ~value;
+}
+
+int ddp_mpi_max_i64(int64_t *value) {
+    if (!mpi.active) return 0;
+    uint64_t biased = (uint64_t)*value ^ 0x8000000000000000ull;  // order-preserving as unsigned
+    if (check(mpi.allreduce(MPI_IN_PLACE_OMPI, &biased, 1, mpi.dt_u64, mpi.op_max, mpi.comm_world), "MPI_Allreduce"))
+        return 1;
+    *value = (int64_t)(biased ^ 0x8000000000000000ull);
+    return 0;
+}
+
+void ddp_mpi_abort(int code) {
+    if (mpi.active) mpi.abort_(mpi.comm_world, code);
+    _exit(code);
+}
+
+void ddp_mpi_finalize(void) {
+    if (mpi.active) {
+        mpi.finalize();
+        mpi.active = 0;
+    }
+}
+
+// What this process says when mpirun stops it (SIGTERM after another
+// process of the job died): two buffers, so the handler never reads one
+// that is being written.
+static char stop_text[2][2048];
+static volatile sig_atomic_t stop_index = -1;
+
+static void on_stop(int signal_number) {
+    int index = stop_index;
+    if (index >= 0) {
+        const char *text = stop_text[index];
+        ssize_t ignored = write(STDERR_FILENO, text, strlen(text));
+        (void)ignored;
+    }
+    _exit(128 + signal_number);
+}
+
+void ddp_mpi_set_stop_message(const char *text) {
+    int next = stop_index == 0 ? 1 : 0;
+    snprintf(stop_text[next], sizeof stop_text[next], "%s", text);
+    if (stop_index < 0) {
+        struct sigaction action;
+        memset(&action, 0, sizeof action);
+        action.sa_handler = on_stop;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGTERM, &action, NULL);
+        sigaction(SIGINT, &action, NULL);
+        sigaction(SIGHUP, &action, NULL);
+    }
+    stop_index = next;
+}

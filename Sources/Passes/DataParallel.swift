@@ -1,0 +1,127 @@
+import IR
+
+/// Data-parallel training (`ddepc compile --data-parallel`): every process
+/// runs the same step on its own B images of a global batch of N·B, and the
+/// step averages across processes what must be global. The loss of the
+/// global batch is the mean of the processes' mean losses (equal shards), so
+/// the gradient is the mean of their gradients.
+
+/// Batch normalization over the global batch (synchronized batch norm): the
+/// batch mean and variance a training step computes are replaced by their
+/// allreduce, before autodiff, so the backward pass gets allreduce's
+/// gradient too. Statistics over equal shards average to the global ones
+/// (the variance is taken around the global mean), so N processes with batch
+/// B normalize exactly like one process with batch N·B. Statistics that come
+/// in as arguments (running statistics, frozen encoders) are left alone.
+public struct SyncBatchNorm: Pass {
+    public static let name = "sync-batch-norm"
+    public init() {}
+
+    public func run(_ module: inout Module) throws -> Bool {
+        var changed = false
+        for index in module.functions.indices {
+            let function = module.functions[index]
+            guard function.output(named: Autodiff.lossName) != nil,
+                  !function.nodes.contains(where: { $0.op == "allreduce" }) else { continue }
+            let computed = Set(function.nodes.map(\.id))
+            let statistics = Set(function.nodes.filter { $0.op == "batch_norm" }
+                .flatMap { $0.operands[1...2] }.filter { computed.contains($0) })
+            guard !statistics.isEmpty else { continue }
+            var rewritten = function
+            rewritten.nodes = []
+            var renamed: [ValueID: ValueID] = [:]
+            var next = function.nextID
+            for var node in function.nodes {
+                node.operands = node.operands.map { renamed[$0] ?? $0 }
+                rewritten.nodes.append(node)
+                if statistics.contains(node.id) {
+                    rewritten.nodes.append(Node(id: next, op: "allreduce", operands: [node.id], type: node.type, loc: node.loc))
+                    renamed[node.id] = next
+                    next += 1
+                }
+            }
+            rewritten.outputs = function.outputs.map { Output(value: renamed[$0.value] ?? $0.value, name: $0.name) }
+            rewritten.updates = function.updates.map { Update(target: $0.target, value: renamed[$0.value] ?? $0.value) }
+            module.functions[index] = rewritten
+            changed = true
+        }
+        return changed
+    }
+}
+
+/// Averages the gradients (and the reported loss) over the processes, between
+/// autodiff and the optimizer, so every process applies the same update and
+/// the parameters stay bit-identical. Gradients are packed into buckets of at
+/// most `bucketBytes` and 64 gradients (flattened and concatenated, one allreduce per bucket,
+/// then sliced back), so the step makes a few large exchanges rather than one
+/// per parameter. The exchanges are blocking: they do not overlap the
+/// backward pass.
+public struct AllReduceGradients: Pass {
+    public static let name = "allreduce-gradients"
+    public var bucketBytes: Int
+
+    public init(bucketBytes: Int = 16 << 20) { self.bucketBytes = bucketBytes }
+
+    public func run(_ module: inout Module) throws -> Bool {
+        var changed = false
+        for index in module.functions.indices {
+            let function = module.functions[index]
+            let grads = function.outputs.filter { $0.name.hasPrefix(Autodiff.gradientPrefix) }
+            guard !grads.isEmpty else { continue }
+            module.functions[index] = try reduce(function, grads)
+            changed = true
+        }
+        return changed
+    }
+
+    /// concat's operand limit.
+    static let maxBucketMembers = 64
+
+    /// Consecutive gradients (in output order) grouped up to the byte cap
+    /// and concat's operand limit.
+    func buckets(_ types: [TensorType]) -> [[Int]] {
+        var result: [[Int]] = []
+        var bytes = 0
+        for (i, type) in types.enumerated() {
+            if result.isEmpty || bytes + type.byteSize > bucketBytes || result[result.count - 1].count == Self.maxBucketMembers {
+                result.append([])
+                bytes = 0
+            }
+            result[result.count - 1].append(i)
+            bytes += type.byteSize
+        }
+        return result
+    }
+
+    func reduce(_ function: Function, _ grads: [Output]) throws -> Function {
+        let b = FunctionBuilder(function)
+        let values = grads.map { b.value($0.value) }
+        var reduced: [ValueID: ValueID] = [:]
+        for bucket in buckets(values.map(\.type)) {
+            let members = bucket.map { values[$0] }
+            if members.count == 1 {
+                reduced[members[0].id] = try b.allreduce(members[0]).id
+                continue
+            }
+            let flat = try members.map { try b.reshape($0, [$0.type.count]) }
+            let sums = try b.allreduce(try b.concat(flat, axis: 0))
+            var offset = 0
+            for member in members {
+                let count = member.type.count
+                let part = try b.slice(sums, start: [offset], end: [offset + count])
+                reduced[member.id] = try b.reshape(part, member.shape).id
+                offset += count
+            }
+        }
+        var outputs = function.outputs.map { output -> Output in
+            guard output.name.hasPrefix(Autodiff.gradientPrefix) else { return output }
+            return Output(value: reduced[output.value]!, name: output.name)
+        }
+        // The loss every process reports is the global batch's.
+        if let loss = outputs.firstIndex(where: { $0.name == Autodiff.lossName }) {
+            outputs[loss].value = try b.allreduce(b.value(outputs[loss].value)).id
+        }
+        b.setOutputs(outputs)
+        return b.function
+    }
+}
