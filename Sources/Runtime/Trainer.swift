@@ -398,7 +398,7 @@ public final class Trainer {
         // Fine-tuning on masks without a labeled pixel gives loss 0 and learns nothing.
         var labelsChecked = options.mode != .finetune
         var lastCheckpoint: (url: URL, step: Int)? = leader ? checkpoints.checkpoints().last.map { ($0.url, $0.step) } : nil
-        setStopMessage(lastCheckpoint)
+        setStopMessage(lastCheckpoint, resumedAt: step)
         let start = Date()
         let firstStep = step
         while step < totalSteps {
@@ -454,8 +454,8 @@ public final class Trainer {
                 try requireIdenticalWeights(step: step)
                 if leader {
                     lastCheckpoint = (try saveCheckpoint(step: step, config: configText), step)
-                    setStopMessage(lastCheckpoint)
                 }
+                setStopMessage(lastCheckpoint, resumedAt: step)
             }
         }
         let waits = max(0, prefetcher.waits - 1)  // the first batch is always awaited
@@ -685,13 +685,24 @@ public final class Trainer {
         }
     }
 
-    /// What rank 0 says when mpirun stops it because another process of the
-    /// job died (mpirun's own message names that rank).
-    func setStopMessage(_ last: (url: URL, step: Int)?) {
-        guard options.processes.isLeader else { return }
-        let where_ = last.map { "the last checkpoint is \($0.url.path) (step \($0.step)); continue with the same command and --resume (any number of processes with the same global batch)" }
-            ?? "no checkpoint was written yet (--checkpoint-every N keeps some)"
-        options.processes.setStopMessage("ddepc: stopped because mpirun ended the job (a process of it failed; mpirun's message names the rank); \(where_)")
+    /// What ranks 0 and 1 say when mpirun stops them because another
+    /// process of the job died (mpirun's own message names that rank): the
+    /// last checkpoint. Rank 1 speaks for a rank 0 that died; it knows the
+    /// checkpoint rank 0 was to write after the last check of the weights.
+    func setStopMessage(_ last: (url: URL, step: Int)?, resumedAt step: Int) {
+        let processes = options.processes
+        guard processes.rank <= 1 else { return }
+        let resume = "continue with the same command and --resume (any number of processes with the same global batch)"
+        let where_: String
+        if processes.isLeader {
+            where_ = last.map { "the last checkpoint is \($0.url.path) (step \($0.step)); \(resume)" }
+                ?? "no checkpoint was written yet (--checkpoint-every N keeps some)"
+        } else if step > 0 {
+            where_ = "the last checkpoint is \(checkpoints.url(step: step).path) (step \(step)) unless rank 0 stopped while writing it; \(resume), which takes the newest complete one"
+        } else {
+            where_ = "no checkpoint was written yet (--checkpoint-every N keeps some)"
+        }
+        processes.setStopMessage("ddepc (\(processes.prefix.dropLast(2))): stopped because mpirun ended the job (a process of it failed; mpirun's message names the rank); \(where_)")
     }
 
     /// Parameters, optimizer state, step, the random state (seed + step:

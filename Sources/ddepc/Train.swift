@@ -195,7 +195,8 @@ struct Train: ParsableCommand {
             options.checkpointEvery = checkpointEvery
             options.keepCheckpoints = keep
             options.logEvery = logEvery
-            options.interactive = ProgressReporter.standardOutputIsTerminal
+            // mpirun hands rank 0 a terminal even when its own output is a file: plain lines there.
+            options.interactive = ProgressReporter.standardOutputIsTerminal && processes.count == 1
             options.optimizer = optimizer
             options.learningRate = lr
             options.warmupSteps = warmup

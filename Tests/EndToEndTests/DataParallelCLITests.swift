@@ -149,17 +149,12 @@ final class DataParallelCLITests: XCTestCase {
         }
     }
 
-    /// kill -9 of rank 1 mid-run: mpirun stops the job (no hang) naming the
-    /// rank, rank 0 names the last checkpoint; the run then resumes on one
-    /// process with the batch-4 artifact (the same global batch) and
-    /// continues where the two ranks were.
-    func testKilledRankStopsTheJobAndTheRunResumesOnAnotherProcessCount() throws {
-        let run = path("killed")
-        let common = ["--mode", "ddep", "--images", "Examples/data/images", "--seed", "7", "--schedule", "constant",
-                      "--checkpoint-every", "3", "--loader-threads", "1", "--out", run]
+    /// Starts a two-rank run, kills rank `rank` with SIGKILL once `steps`
+    /// steps are logged, and returns mpirun's exit status and stderr.
+    func killRank(_ rank: Int, afterSteps steps: Int, arguments: [String], run: String) throws -> (status: Int32, stderr: String) {
         let job = Process()
         job.executableURL = Self.mpirun!
-        job.arguments = ["-np", "2", DdepcCommand.binary.path, "train", Self.twoRanks, "--steps", "100000"] + common
+        job.arguments = ["-np", "2", DdepcCommand.binary.path] + arguments
         job.currentDirectoryURL = Self.repository
         job.environment = ProcessInfo.processInfo.environment.merging(Self.mpiEnvironment) { _, new in new }
         let err = Pipe()
@@ -170,17 +165,29 @@ final class DataParallelCLITests: XCTestCase {
         var victims: [pid_t] = []
         while job.isRunning, Date() < deadline {
             let logged = ((try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").count
-            if logged >= 7 {
-                victims = pids(rank: 1, run: run)
+            if logged >= steps {
+                victims = pids(rank: rank, run: run)
                 if !victims.isEmpty { break }
             }
             usleep(2000)
         }
-        XCTAssertEqual(victims.count, 1, "rank 1 found")
+        XCTAssertEqual(victims.count, 1, "rank \(rank) found")
         for victim in victims { kill(victim, SIGKILL) }
         let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         job.waitUntilExit()
-        XCTAssertNotEqual(job.terminationStatus, 0)
+        return (job.terminationStatus, stderr)
+    }
+
+    /// kill -9 of rank 1 mid-run: mpirun stops the job (no hang) naming the
+    /// rank, rank 0 names the last checkpoint; the run then resumes on one
+    /// process with the batch-4 artifact (the same global batch) and
+    /// continues where the two ranks were.
+    func testKilledRankStopsTheJobAndTheRunResumesOnAnotherProcessCount() throws {
+        let run = path("killed")
+        let common = ["--mode", "ddep", "--images", "Examples/data/images", "--seed", "7", "--schedule", "constant",
+                      "--checkpoint-every", "3", "--loader-threads", "1", "--out", run]
+        let (status, stderr) = try killRank(1, afterSteps: 7, arguments: ["train", Self.twoRanks, "--steps", "100000"] + common, run: run)
+        XCTAssertNotEqual(status, 0)
         XCTAssertTrue(stderr.contains("rank 1"), stderr)
         XCTAssertTrue(stderr.contains("the last checkpoint is") && stderr.contains("--resume"), stderr)
 
@@ -195,6 +202,43 @@ final class DataParallelCLITests: XCTestCase {
             let (x, y) = ((old["loss"] as! NSNumber).doubleValue, (new["loss"] as! NSNumber).doubleValue)
             XCTAssertLessThan(abs(x - y) / y, 5e-3, "step \(old["step"]!): \(x) before the kill, \(y) after resuming")
         }
+    }
+
+    /// kill -9 of rank 0 (the one that writes): rank 1 names the checkpoint,
+    /// and two ranks resume the run bit for bit like an uninterrupted run.
+    func testKilledRankZeroStopsTheJobAndTwoRanksResumeExactly() throws {
+        let run = path("killed0")
+        let common = ["--mode", "finetune", "--data", Self.labeled, "--seed", "3", "--schedule", "constant",
+                      "--checkpoint-every", "2", "--loader-threads", "1"]
+        let (status, stderr) = try killRank(0, afterSteps: 5, arguments: ["train", Self.twoRanks, "--steps", "100000", "--out", run] + common,
+                                            run: run)
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(stderr.contains("rank 0"), stderr)
+        XCTAssertTrue(stderr.contains("rank 1 of 2") && stderr.contains("the last checkpoint is"), stderr)
+
+        let resumed = try mpirun(2, ["train", Self.twoRanks, "--steps", "8", "--out", run, "--resume"] + common)
+        XCTAssertEqual(resumed.status, 0, resumed.all)
+        let whole = try mpirun(2, ["train", Self.twoRanks, "--steps", "8", "--out", path("whole0")] + common)
+        XCTAssertEqual(whole.status, 0, whole.all)
+        XCTAssertEqual(try values("killed0", "loss").map(\.bitPattern), try values("whole0", "loss").map(\.bitPattern))
+        try assertSameTensors(path("killed0/checkpoints/step-00000008.safetensors"), path("whole0/checkpoints/step-00000008.safetensors"))
+    }
+
+    /// A rank that fails (here: the unreadable image falls in its part of a
+    /// batch) stops every process, and its message names it.
+    func testAFailingRankStopsTheJobNamingIt() throws {
+        let images = path("images-with-a-bad-one")
+        try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+        for name in ["apple.png", "baboon.png", "fruits.png", "orange.png", "home.png", "messi5.png", "butterfly.png"] {
+            try FileManager.default.copyItem(atPath: Self.repository.path + "/Examples/data/images/" + name, toPath: images + "/" + name)
+        }
+        try Data("not a PNG".utf8).write(to: URL(fileURLWithPath: images + "/broken.png"))
+        let result = try mpirun(2, ["train", Self.twoRanks, "--mode", "ddep", "--images", images, "--steps", "8",
+                                    "--out", path("bad-file")])
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.stderr.contains("broken.png"), result.all)
+        XCTAssertTrue(result.stderr.range(of: #"rank [01] of 2: .*broken\.png"#, options: .regularExpression) != nil, result.all)
+        XCTAssertTrue(result.stderr.contains("non-zero"), "mpirun ended the job: \(result.all)")
     }
 
     /// Launches that cannot work say what to do.

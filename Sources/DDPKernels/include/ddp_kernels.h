@@ -190,7 +190,8 @@ int ddp_mpi_broadcast(void *data, int64_t bytes, int root);
 int ddp_mpi_all_equal(uint64_t value);
 /// The maximum over the processes, in place; nonzero on failure.
 int ddp_mpi_max_i64(int64_t *value);
-/// Stops every process of the job (MPI_Abort), or this one alone without MPI.
+/// Ends this process at once with `code` (nonzero); under mpirun that stops every
+/// process of the job.
 void ddp_mpi_abort(int code);
 void ddp_mpi_finalize(void);
 /// Printed on stderr when mpirun stops this process (SIGTERM, SIGINT, SIGHUP),
