@@ -271,7 +271,8 @@ public final class Trainer {
             throw RuntimeError("\(step) has no loss output; recompile the artifact with this ddepc")
         }
         if let batchSize = options.batchSize, batchSize != manifest.batch {
-            throw RuntimeError("--batch-size \(batchSize): the artifact's steps are compiled for batch \(manifest.batch); recompile it with `ddepc compile ... --batch \(batchSize)` (or drop --batch-size)")
+            let each = options.processes.count > 1 ? " (the batch of each of the \(options.processes.count) processes; the global batch is \(options.processes.count) × that)" : ""
+            throw RuntimeError("--batch-size \(batchSize): the artifact's steps are compiled for batch \(manifest.batch)\(each); recompile it with `ddepc compile ... --batch \(batchSize)` (or drop --batch-size)")
         }
         if options.optimizer == .adam && options.weightDecay != 0 && input("l2") == nil {
             throw RuntimeError("--optimizer adam with --weight-decay adds the decay to the gradient (L2), but \(step) only has decoupled (AdamW) weight decay; use --optimizer adamw, or --weight-decay 0")
@@ -497,12 +498,16 @@ public final class Trainer {
             }
             config.initFrom = previous.initFrom
             resplit = (previous.processes ?? 1) != (config.processes ?? 1)
-            if resplit {
-                options.log("note: the run was trained by \(previous.processes ?? 1) process(es) and continues on \(config.processes ?? 1), with the same global batch of \(config.batch) (\(artifact.directory.path))")
+            if resplit && previous.batch != config.batch {
+                let (before, now) = (previous.processes ?? 1, config.processes ?? 1)
+                throw RuntimeError("--resume: \(run) was trained with a global batch of \(previous.batch) (\(before) process(es) × batch \(previous.batch / before)); \(now) process(es) × batch \(artifact.manifest.batch) make \(config.batch), so the run would not continue exactly. Keep the global batch: with \(now) process(es) use an artifact compiled with --batch \(previous.batch % now == 0 ? "\(previous.batch / now)" : "B where \(now) × B = \(previous.batch) (none: choose another process count)")")
             }
             let changed = try config.differences(from: previous)
             if !changed.isEmpty {
                 throw RuntimeError("--resume: the options differ from the ones \(run) was started with, so the run would not continue exactly:\n  \(changed.joined(separator: "\n  "))\nPass the original options (see \(configURL.path)).")
+            }
+            if resplit {
+                options.log("note: the run was trained by \(previous.processes ?? 1) process(es) and continues on \(config.processes ?? 1), with the same global batch of \(config.batch) (\(artifact.directory.path))")
             }
             if previous.steps != config.steps {
                 options.log("note: the run was started for \(previous.steps) steps and now runs to \(config.steps)")

@@ -202,6 +202,11 @@ final class DataParallelCLITests: XCTestCase {
             let (x, y) = ((old["loss"] as! NSNumber).doubleValue, (new["loss"] as! NSNumber).doubleValue)
             XCTAssertLessThan(abs(x - y) / y, 5e-3, "step \(old["step"]!): \(x) before the kill, \(y) after resuming")
         }
+        // Two processes with the batch-4 artifact would make a global batch of 8.
+        let doubled = try mpirun(2, ["train", Self.oneProcess, "--steps", "14"] + common + ["--resume"])
+        XCTAssertNotEqual(doubled.status, 0)
+        XCTAssertTrue(doubled.stderr.contains("global batch of 4") && doubled.stderr.contains("--batch 2"), doubled.all)
+        XCTAssertEqual(try metrics("killed").count, 12, "nothing was written")
     }
 
     /// kill -9 of rank 0 (the one that writes): rank 1 names the checkpoint,
