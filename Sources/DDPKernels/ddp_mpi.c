@@ -14,6 +14,7 @@
 #include "ddp_internal.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,13 +35,36 @@ static struct {
     int (*finalize)(void);
     int (*set_errhandler)(mpi_obj, mpi_obj);
     int (*error_string)(int, char *, int *);
+    int (*comm_dup)(mpi_obj, mpi_obj *);
+    mpi_obj buckets;  // the communication thread's communicator
     mpi_obj comm_world, dt_float, dt_byte, dt_u64, op_sum, op_max, errors_return;
     double comm_seconds;
     char error[512];
 } mpi = {.rank = 0, .size = 1};
 
 #define MPI_IN_PLACE_OMPI ((void *)1)
-#define MPI_THREAD_FUNNELED_OMPI 1
+#define MPI_THREAD_MULTIPLE_OMPI 3
+
+// Overlap: allreduce_start queues a gradient bucket for a communication
+// thread and returns, so the backward pass goes on computing while the
+// bucket is exchanged; allreduce_wait (before the optimizer) waits for it.
+// The thread exchanges buckets in the order the step starts them, on its
+// own communicator (a duplicate of MPI_COMM_WORLD), so its collectives
+// match across ranks while the step's own blocking allreduces (batch-norm
+// statistics, the loss) go on on MPI_COMM_WORLD (MPI_THREAD_MULTIPLE).
+// Without MPI_THREAD_MULTIPLE, or with DDEPC_OVERLAP=0, allreduce_start
+// exchanges its bucket at once.
+enum { COMM_QUEUE = 1024, COMM_PENDING = 256 };
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int running;
+    struct { float *data; int64_t n; } jobs[COMM_QUEUE];
+    uint64_t submitted, completed;
+    struct { const float *data; uint64_t ticket; } pending[COMM_PENDING];
+    int pending_count;
+    int status;  // the first failure, sticky
+} comm = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
 static double now_seconds(void) {
     struct timespec t;
@@ -52,6 +76,8 @@ static int env_int(const char *name) {
     const char *value = getenv(name);
     return value && *value ? atoi(value) : 0;
 }
+
+static void start_comm_thread(void);
 
 static int fail(char *message, int64_t capacity, const char *text) {
     if (message && capacity > 0) snprintf(message, (size_t)capacity, "%s", text);
@@ -102,6 +128,7 @@ int ddp_mpi_init(char *message, int64_t capacity) {
     SYM(finalize, "MPI_Finalize");
     SYM(set_errhandler, "MPI_Comm_set_errhandler");
     SYM(error_string, "MPI_Error_string");
+    SYM(comm_dup, "MPI_Comm_dup");
     SYM(comm_world, "ompi_mpi_comm_world");
     SYM(dt_float, "ompi_mpi_float");
     SYM(dt_byte, "ompi_mpi_byte");
@@ -110,14 +137,20 @@ int ddp_mpi_init(char *message, int64_t capacity) {
     SYM(op_max, "ompi_mpi_op_max");
     SYM(errors_return, "ompi_mpi_errors_return");
 #undef SYM
+    // A process waiting in MPI yields its core to the computing threads.
+    setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
     int provided = 0;
-    if (mpi.init_thread(NULL, NULL, MPI_THREAD_FUNNELED_OMPI, &provided) != 0)
+    if (mpi.init_thread(NULL, NULL, MPI_THREAD_MULTIPLE_OMPI, &provided) != 0)
         return fail(message, capacity, "MPI_Init_thread failed; see Open MPI's message above");
     // Errors come back as statuses (and become messages) instead of aborting inside MPI.
     mpi.set_errhandler(mpi.comm_world, mpi.errors_return);
     mpi.comm_rank(mpi.comm_world, &mpi.rank);
     mpi.comm_size(mpi.comm_world, &mpi.size);
     mpi.active = 1;
+    const char *overlap = getenv("DDEPC_OVERLAP");
+    if (provided >= MPI_THREAD_MULTIPLE_OMPI && !(overlap && strcmp(overlap, "0") == 0) &&
+        mpi.comm_dup(mpi.comm_world, &mpi.buckets) == 0)
+        start_comm_thread();
     return 0;
 }
 
@@ -136,19 +169,13 @@ static int check(int code, const char *what) {
     return 1;
 }
 
-// Sum over the processes, then divide by their number: the mean of the
-// per-process values. MPI_Allreduce gives every rank the same bits.
-int ddp_mpi_allreduce_mean(const float *in, float *out, int64_t n) {
-    if (!mpi.active) {
-        if (in != out) memmove(out, in, (size_t)n * sizeof(float));
-        return DDP_OK;
-    }
-    double start = now_seconds();
-    if (in != out) memcpy(out, in, (size_t)n * sizeof(float));
+// Sum over the processes, then divide by their number, in place: the mean
+// of the per-process values. MPI_Allreduce gives every rank the same bits.
+static int reduce_now(float *out, int64_t n, mpi_obj communicator) {
     const int64_t chunk = (int64_t)1 << 30;
     for (int64_t done = 0; done < n; done += chunk) {
         int count = (int)(n - done < chunk ? n - done : chunk);
-        if (check(mpi.allreduce(MPI_IN_PLACE_OMPI, out + done, count, mpi.dt_float, mpi.op_sum, mpi.comm_world),
+        if (check(mpi.allreduce(MPI_IN_PLACE_OMPI, out + done, count, mpi.dt_float, mpi.op_sum, communicator),
                   "MPI_Allreduce"))
             return DDP_ERR_COMM;
     }
@@ -158,14 +185,117 @@ int ddp_mpi_allreduce_mean(const float *in, float *out, int64_t n) {
     } else {
         for (int64_t i = 0; i < n; i++) out[i] /= (float)mpi.size;
     }
-    mpi.comm_seconds += now_seconds() - start;
     return DDP_OK;
+}
+
+static void *comm_main(void *unused) {
+    (void)unused;
+    pthread_mutex_lock(&comm.lock);
+    for (;;) {
+        while (comm.completed == comm.submitted) pthread_cond_wait(&comm.cond, &comm.lock);
+        float *data = comm.jobs[comm.completed % COMM_QUEUE].data;
+        int64_t n = comm.jobs[comm.completed % COMM_QUEUE].n;
+        int failed = comm.status;
+        pthread_mutex_unlock(&comm.lock);
+        // After a failure the job is over (the error stops this process); no more collectives.
+        int status = failed ? DDP_ERR_COMM : reduce_now(data, n, mpi.buckets);
+        pthread_mutex_lock(&comm.lock);
+        if (status != DDP_OK && !comm.status) comm.status = status;
+        comm.completed++;
+        pthread_cond_broadcast(&comm.cond);
+    }
+    return NULL;
+}
+
+static void start_comm_thread(void) {
+    pthread_t thread;
+    pthread_attr_t attributes;
+    pthread_attr_init(&attributes);
+    pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&thread, &attributes, comm_main, NULL) == 0) comm.running = 1;
+    pthread_attr_destroy(&attributes);
+}
+
+// Queues `data` (caller holds the lock); returns its ticket.
+static uint64_t submit(float *data, int64_t n) {
+    while (comm.submitted - comm.completed == COMM_QUEUE) pthread_cond_wait(&comm.cond, &comm.lock);
+    uint64_t ticket = comm.submitted++;
+    comm.jobs[ticket % COMM_QUEUE].data = data;
+    comm.jobs[ticket % COMM_QUEUE].n = n;
+    pthread_cond_broadcast(&comm.cond);
+    return ticket;
+}
+
+// Waits for `ticket` (caller holds the lock); the time waited is the
+// communication the step could not hide.
+static int await(uint64_t ticket) {
+    double start = now_seconds();
+    while (comm.completed <= ticket) pthread_cond_wait(&comm.cond, &comm.lock);
+    mpi.comm_seconds += now_seconds() - start;
+    return comm.status;
+}
+
+int ddp_mpi_allreduce_mean(const float *in, float *out, int64_t n) {
+    if (in != out) memmove(out, in, (size_t)n * sizeof(float));
+    if (!mpi.active) return DDP_OK;
+    double start = now_seconds();
+    int status = reduce_now(out, n, mpi.comm_world);
+    pthread_mutex_lock(&comm.lock);
+    mpi.comm_seconds += now_seconds() - start;
+    pthread_mutex_unlock(&comm.lock);
+    return status;
 }
 
 int ddp_allreduce(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     if (ia[0] < 0) return DDP_ERR_ARGS;
     return ddp_mpi_allreduce_mean((const float *)bufs[0], (float *)bufs[1], ia[0]);
+}
+
+int ddp_allreduce_start(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *x = (const float *)bufs[0];
+    float *h = (float *)bufs[1];
+    int64_t n = ia[0];
+    if (n < 0) return DDP_ERR_ARGS;
+    if (!mpi.active || !comm.running) return ddp_mpi_allreduce_mean(x, h, n);
+    if (x != h) memmove(h, x, (size_t)n * sizeof(float));
+    pthread_mutex_lock(&comm.lock);
+    if (comm.pending_count == COMM_PENDING) {
+        pthread_mutex_unlock(&comm.lock);
+        return DDP_ERR_ARGS;
+    }
+    uint64_t ticket = submit(h, n);
+    comm.pending[comm.pending_count].data = h;
+    comm.pending[comm.pending_count].ticket = ticket;
+    comm.pending_count++;
+    pthread_mutex_unlock(&comm.lock);
+    return DDP_OK;
+}
+
+int ddp_allreduce_wait(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *h = (const float *)bufs[0];
+    float *y = (float *)bufs[1];
+    int64_t n = ia[0];
+    if (n < 0) return DDP_ERR_ARGS;
+    int status = DDP_OK;
+    if (mpi.active && comm.running) {
+        pthread_mutex_lock(&comm.lock);
+        int found = -1;
+        for (int i = 0; i < comm.pending_count; i++)
+            if (comm.pending[i].data == h) found = i;
+        if (found < 0) {
+            pthread_mutex_unlock(&comm.lock);
+            return DDP_ERR_ARGS;  // no allreduce_start of this buffer
+        }
+        uint64_t ticket = comm.pending[found].ticket;
+        comm.pending[found] = comm.pending[--comm.pending_count];
+        status = await(ticket);
+        pthread_mutex_unlock(&comm.lock);
+    }
+    if (status == DDP_OK && y != h) memmove(y, h, (size_t)n * sizeof(float));
+    return status;
 }
 
 int ddp_mpi_broadcast(void *data, int64_t bytes, int root) {

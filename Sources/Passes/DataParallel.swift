@@ -52,15 +52,19 @@ public struct SyncBatchNorm: Pass {
 /// Averages the gradients (and the reported loss) over the processes, between
 /// autodiff and the optimizer, so every process applies the same update and
 /// the parameters stay bit-identical. Gradients are packed into buckets of at
-/// most `bucketBytes` and 64 gradients (flattened and concatenated, one allreduce per bucket,
-/// then sliced back), so the step makes a few large exchanges rather than one
-/// per parameter. The exchanges are blocking: they do not overlap the
-/// backward pass.
+/// most `bucketBytes` and 64 gradients (flattened and concatenated) in the
+/// order the backward pass completes them. Each bucket's exchange starts
+/// (`allreduce_start`) right after its last gradient is computed, so it
+/// overlaps the rest of the backward pass, and is awaited
+/// (`allreduce_wait`) before the optimizer, which reads it sliced back.
 public struct AllReduceGradients: Pass {
     public static let name = "allreduce-gradients"
     public var bucketBytes: Int
 
-    public init(bucketBytes: Int = 16 << 20) { self.bucketBytes = bucketBytes }
+    /// 4 MiB: large enough that an exchange costs its bytes rather than its
+    /// latency, small enough that the first buckets start early in the
+    /// backward pass of a large model.
+    public init(bucketBytes: Int = 4 << 20) { self.bucketBytes = bucketBytes }
 
     public func run(_ module: inout Module) throws -> Bool {
         var changed = false
@@ -77,8 +81,7 @@ public struct AllReduceGradients: Pass {
     /// concat's operand limit.
     static let maxBucketMembers = 64
 
-    /// Consecutive gradients (in output order) grouped up to the byte cap
-    /// and concat's operand limit.
+    /// Consecutive gradients grouped up to the byte cap and concat's operand limit.
     func buckets(_ types: [TensorType]) -> [[Int]] {
         var result: [[Int]] = []
         var bytes = 0
@@ -95,20 +98,35 @@ public struct AllReduceGradients: Pass {
 
     func reduce(_ function: Function, _ grads: [Output]) throws -> Function {
         let b = FunctionBuilder(function)
-        let values = grads.map { b.value($0.value) }
-        var reduced: [ValueID: ValueID] = [:]
+        let original = function.nodes.count
+        // Where each gradient is complete (-1: an argument, from the start).
+        let position = Dictionary(uniqueKeysWithValues: function.nodes.enumerated().map { ($1.id, $0) })
+        var seen = Set<ValueID>()
+        let values = grads.map { b.value($0.value) }.filter { seen.insert($0.id).inserted }
+            .sorted { (position[$0.id] ?? -1, $0.id) < (position[$1.id] ?? -1, $1.id) }
+
+        var starts: [(ready: Int, nodes: Range<Int>)] = []
+        var pending: [(handle: Value, members: [Value])] = []
         for bucket in buckets(values.map(\.type)) {
             let members = bucket.map { values[$0] }
-            if members.count == 1 {
-                reduced[members[0].id] = try b.allreduce(members[0]).id
+            let first = b.function.nodes.count
+            let packed = members.count == 1 ? members[0]
+                : try b.concat(try members.map { try b.reshape($0, [$0.type.count]) }, axis: 0)
+            let handle = try b.allreduceStart(packed)
+            starts.append((members.map { position[$0.id] ?? -1 }.max()!, first..<b.function.nodes.count))
+            pending.append((handle, members))
+        }
+        var reduced: [ValueID: ValueID] = [:]
+        for (handle, members) in pending {
+            let mean = try b.allreduceWait(handle)
+            guard members.count > 1 else {
+                reduced[members[0].id] = mean.id
                 continue
             }
-            let flat = try members.map { try b.reshape($0, [$0.type.count]) }
-            let sums = try b.allreduce(try b.concat(flat, axis: 0))
             var offset = 0
             for member in members {
                 let count = member.type.count
-                let part = try b.slice(sums, start: [offset], end: [offset + count])
+                let part = try b.slice(mean, start: [offset], end: [offset + count])
                 reduced[member.id] = try b.reshape(part, member.shape).id
                 offset += count
             }
@@ -122,6 +140,19 @@ public struct AllReduceGradients: Pass {
             outputs[loss].value = try b.allreduce(b.value(outputs[loss].value)).id
         }
         b.setOutputs(outputs)
-        return b.function
+
+        // Schedule: each bucket's packing and start right after its last gradient.
+        var result = b.function
+        let built = result.nodes
+        var after: [Int: [Node]] = [:]
+        for start in starts { after[start.ready, default: []] += built[start.nodes] }
+        let moved = Set(starts.flatMap { built[$0.nodes].map(\.id) })
+        var nodes = after[-1] ?? []
+        for (index, node) in built.enumerated() where !moved.contains(node.id) {
+            nodes.append(node)
+            if index < original { nodes += after[index] ?? [] }
+        }
+        result.nodes = nodes
+        return result
     }
 }

@@ -59,9 +59,9 @@ final class DataParallelCLITests: XCTestCase {
         try DdepcCommand.run(arguments, in: Self.repository, environment: Self.mpiEnvironment.merging(environment) { _, new in new })
     }
 
-    func mpirun(_ ranks: Int, _ arguments: [String]) throws -> DdepcCommand.Result {
+    func mpirun(_ ranks: Int, _ arguments: [String], environment: [String: String] = [:]) throws -> DdepcCommand.Result {
         try DdepcCommand.run(["-np", "\(ranks)", DdepcCommand.binary.path] + arguments, in: Self.repository,
-                             executable: Self.mpirun!, environment: Self.mpiEnvironment)
+                             executable: Self.mpirun!, environment: Self.mpiEnvironment.merging(environment) { _, new in new })
     }
 
     /// The logged (loss, grad_norm, processes) of each step.
@@ -95,7 +95,8 @@ final class DataParallelCLITests: XCTestCase {
     /// updates are about lr·sign(g), so rounding-level differences in tiny
     /// gradients grow, to about 1e-3 relative within 8 steps (measured up to
     /// 1.3e-3; 2.7e-3 by step 30): the curve must stay within 5e-3. A repeat
-    /// with the same seed is bit-identical.
+    /// with the same seed is bit-identical, with the gradient exchange
+    /// overlapped with the backward pass or not (DDEPC_OVERLAP=0).
     func testTwoRankDDePFollowsOneProcessWithTheDoubledBatchAndRepeatsExactly() throws {
         let common = ["--mode", "ddep", "--images", "Examples/data/images", "--steps", "8", "--seed", "5", "--loader-threads", "1"]
         let two = try mpirun(2, ["train", Self.twoRanks] + common + ["--out", path("ddep2")])
@@ -121,6 +122,13 @@ final class DataParallelCLITests: XCTestCase {
         XCTAssertEqual(again.status, 0, again.all)
         XCTAssertEqual(try values("ddep2-again", "loss").map(\.bitPattern), a.map(\.bitPattern))
         try assertSameTensors(path("ddep2/checkpoints/step-00000008.safetensors"), path("ddep2-again/checkpoints/step-00000008.safetensors"))
+
+        // Exchanging each gradient bucket where it is started instead of on
+        // the communication thread computes the same bits.
+        let inline = try mpirun(2, ["train", Self.twoRanks] + common + ["--out", path("ddep2-inline")], environment: ["DDEPC_OVERLAP": "0"])
+        XCTAssertEqual(inline.status, 0, inline.all)
+        XCTAssertEqual(try values("ddep2-inline", "loss").map(\.bitPattern), a.map(\.bitPattern))
+        try assertSameTensors(path("ddep2/checkpoints/step-00000008.safetensors"), path("ddep2-inline/checkpoints/step-00000008.safetensors"))
     }
 
     /// Fine-tuning (cross-entropy, every pixel labeled) on two ranks follows

@@ -50,23 +50,30 @@ final class DataParallelTests: XCTestCase {
             let grads = function.outputs.filter { $0.name.hasPrefix("grad:") }
             if name != "pretrain_step" { XCTAssertGreaterThan(grads.count, 64, "\(name): enough gradients for two buckets") }
             for grad in grads {
-                // reshape(slice(allreduce(concat(...)))) or allreduce(g)
+                // reshape(slice(allreduce_wait(allreduce_start(concat(...))))) or allreduce_wait(allreduce_start(g))
                 var node = try XCTUnwrap(nodes[grad.value])
                 while node.op == "reshape" || node.op == "slice" { node = try XCTUnwrap(nodes[node.operands[0]]) }
-                XCTAssertEqual(node.op, "allreduce", "\(name): \(grad.name)")
+                XCTAssertEqual(node.op, "allreduce_wait", "\(name): \(grad.name)")
+                XCTAssertEqual(nodes[node.operands[0]]?.op, "allreduce_start", "\(name): \(grad.name)")
             }
-            let buckets = function.nodes.filter { $0.op == "allreduce" && nodes[$0.operands[0]]?.op == "concat" }
+            let starts = function.nodes.indices.filter { function.nodes[$0].op == "allreduce_start" }
+            let buckets = starts.filter { nodes[function.nodes[$0].operands[0]]?.op == "concat" }
             XCTAssertEqual(buckets.count, (grads.count + 63) / 64, "\(name): buckets of at most 64 gradients")
+            // Overlap: the first bucket starts while the backward pass still has work to do.
+            guard buckets.count > 1 else { continue }
+            let lastBackward = try XCTUnwrap(function.nodes.lastIndex { $0.op == "conv2d_grad_weight" || $0.op == "conv2d_grad_input" })
+            XCTAssertLessThan(try XCTUnwrap(starts.first), lastBackward, "\(name): a bucket starts before the backward pass ends")
+            XCTAssertGreaterThan(try XCTUnwrap(function.nodes.firstIndex { $0.op == "allreduce_wait" }), lastBackward)
             XCTAssertEqual(nodes[try XCTUnwrap(function.output(named: "loss")).value]?.op, "allreduce")
         }
         // A smaller byte cap makes more, smaller buckets.
         var small = UNetSmall.module
         try PassManager([InferShapes(), Autodiff(), AllReduceGradients(bucketBytes: 4096)]).run(&small)
         let function = try XCTUnwrap(small["finetune_step"])
-        for bucket in function.nodes where bucket.op == "allreduce" && bucket.type.count > 1024 {
+        for bucket in function.nodes where bucket.op == "allreduce_start" && bucket.type.count > 1024 {
             XCTAssertNotEqual(function.nodesByID[bucket.operands[0]]?.op, "concat", "only a lone gradient exceeds the cap")
         }
-        XCTAssertTrue(Printer.print(small).contains("= allreduce(%"))
+        XCTAssertTrue(Printer.print(small).contains("= allreduce_start(%"))
     }
 
     /// In one process the data-parallel step computes what the plain step

@@ -104,6 +104,14 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    their x[0..n) (MPI_Allreduce sum, then / size: every process gets
 //                    the same bits); x itself in a single process. y may be x.
 //                    DDP_ERR_COMM when MPI fails (ddp_mpi_last_error() says how).
+// allreduce_start    bufs [x, h]         ia [n]
+//                    h = x, and h's mean over the processes begins on the
+//                    communication thread (the step goes on computing); h is complete
+//                    once allreduce_wait(h) has returned. Single process: h = x.
+// allreduce_wait     bufs [h, y]         ia [n]
+//                    waits for allreduce_start's h, then y = h (y may be h).
+//                    Buckets are exchanged in the order they are started, on their own
+//                    communicator; DDEPC_OVERLAP=0 makes allreduce_start exchange at once.
 #define DDP_KERNEL_LIST(X) \
     X(conv2d) X(conv2d_grad_input) X(conv2d_grad_weight) X(matmul) \
     X(reduce) X(permute) X(copy_region) X(fill) \
@@ -112,7 +120,8 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(upsample_bilinear) X(upsample_bilinear_grad) \
     X(batch_norm) X(group_norm) X(layer_norm) \
     X(softmax) X(log_softmax) X(mse) X(cross_entropy) X(cross_entropy_grad) \
-    X(random_normal) X(parallel_loop) X(allreduce)
+    X(random_normal) X(parallel_loop) X(allreduce) \
+    X(allreduce_start) X(allreduce_wait)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,
@@ -178,7 +187,8 @@ int ddp_mpi_init(char *message, int64_t capacity);
 int ddp_mpi_active(void);
 int ddp_mpi_rank(void);
 int ddp_mpi_size(void);
-/// Seconds spent in the allreduce kernel so far (waiting for the others included).
+/// Seconds the steps have waited for communication so far (exchanges not hidden
+/// behind computation, and waiting for the slowest process).
 double ddp_mpi_comm_seconds(void);
 /// What the last failed MPI call said.
 const char *ddp_mpi_last_error(void);
