@@ -57,6 +57,8 @@ public struct SyncBatchNorm: Pass {
 /// (`allreduce_start`) right after its last gradient is computed, so it
 /// overlaps the rest of the backward pass, and is awaited
 /// (`allreduce_wait`) before the optimizer, which reads it sliced back.
+/// (The runtime overlaps only when asked, DDEPC_OVERLAP=1: it needs a free
+/// core; see ddp_mpi.c.)
 public struct AllReduceGradients: Pass {
     public static let name = "allreduce-gradients"
     public var bucketBytes: Int

@@ -96,7 +96,7 @@ final class DataParallelCLITests: XCTestCase {
     /// gradients grow, to about 1e-3 relative within 8 steps (measured up to
     /// 1.3e-3; 2.7e-3 by step 30): the curve must stay within 5e-3. A repeat
     /// with the same seed is bit-identical, with the gradient exchange
-    /// overlapped with the backward pass or not (DDEPC_OVERLAP=0).
+    /// overlapped with the backward pass (DDEPC_OVERLAP=1) or not.
     func testTwoRankDDePFollowsOneProcessWithTheDoubledBatchAndRepeatsExactly() throws {
         let common = ["--mode", "ddep", "--images", "Examples/data/images", "--steps", "8", "--seed", "5", "--loader-threads", "1"]
         let two = try mpirun(2, ["train", Self.twoRanks] + common + ["--out", path("ddep2")])
@@ -123,12 +123,12 @@ final class DataParallelCLITests: XCTestCase {
         XCTAssertEqual(try values("ddep2-again", "loss").map(\.bitPattern), a.map(\.bitPattern))
         try assertSameTensors(path("ddep2/checkpoints/step-00000008.safetensors"), path("ddep2-again/checkpoints/step-00000008.safetensors"))
 
-        // Exchanging each gradient bucket where it is started instead of on
-        // the communication thread computes the same bits.
-        let inline = try mpirun(2, ["train", Self.twoRanks] + common + ["--out", path("ddep2-inline")], environment: ["DDEPC_OVERLAP": "0"])
-        XCTAssertEqual(inline.status, 0, inline.all)
-        XCTAssertEqual(try values("ddep2-inline", "loss").map(\.bitPattern), a.map(\.bitPattern))
-        try assertSameTensors(path("ddep2/checkpoints/step-00000008.safetensors"), path("ddep2-inline/checkpoints/step-00000008.safetensors"))
+        // Exchanging the gradient buckets on the communication thread while
+        // the backward pass goes on computes the same bits.
+        let overlapped = try mpirun(2, ["train", Self.twoRanks] + common + ["--out", path("ddep2-overlap")], environment: ["DDEPC_OVERLAP": "1"])
+        XCTAssertEqual(overlapped.status, 0, overlapped.all)
+        XCTAssertEqual(try values("ddep2-overlap", "loss").map(\.bitPattern), a.map(\.bitPattern))
+        try assertSameTensors(path("ddep2/checkpoints/step-00000008.safetensors"), path("ddep2-overlap/checkpoints/step-00000008.safetensors"))
     }
 
     /// Fine-tuning (cross-entropy, every pixel labeled) on two ranks follows

@@ -110,8 +110,9 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    once allreduce_wait(h) has returned. Single process: h = x.
 // allreduce_wait     bufs [h, y]         ia [n]
 //                    waits for allreduce_start's h, then y = h (y may be h).
-//                    Buckets are exchanged in the order they are started, on their own
-//                    communicator; DDEPC_OVERLAP=0 makes allreduce_start exchange at once.
+//                    With DDEPC_OVERLAP=1 buckets are exchanged on a communication thread
+//                    (own communicator) in the order they are started, while the step
+//                    computes on; otherwise allreduce_start exchanges at once (the same bits).
 #define DDP_KERNEL_LIST(X) \
     X(conv2d) X(conv2d_grad_input) X(conv2d_grad_weight) X(matmul) \
     X(reduce) X(permute) X(copy_region) X(fill) \
