@@ -105,14 +105,16 @@ int ddp_mpi_init(char *message, int64_t capacity) {
         }
         return 0;  // one process: allreduce is the identity
     }
-    const char *names[] = {"libmpi.so.40", "libmpi.so"};
-    for (int i = 0; i < 2 && !mpi.lib; i++) mpi.lib = dlopen(names[i], RTLD_NOW | RTLD_GLOBAL);
+    // DDEPC_MPI_LIBRARY names Open MPI's libmpi where the loader does not find it.
+    const char *given = getenv("DDEPC_MPI_LIBRARY");
+    const char *names[] = {given && *given ? given : "libmpi.so.40", "libmpi.so"};
+    for (int i = 0; i < (given && *given ? 1 : 2) && !mpi.lib; i++) mpi.lib = dlopen(names[i], RTLD_NOW | RTLD_GLOBAL);
     if (!mpi.lib) {
         snprintf(text, sizeof text,
-                 "started by Open MPI's mpirun (%d processes) but Open MPI's library libmpi.so.40 cannot be loaded (%s); "
+                 "started by Open MPI's mpirun (%d processes) but Open MPI's library %s cannot be loaded (%s); "
                  "install it on every machine of the job (Debian: apt-get install openmpi-bin libopenmpi-dev, or "
-                 "scripts/install-deps.sh)",
-                 size, dlerror());
+                 "scripts/install-deps.sh), or name it with DDEPC_MPI_LIBRARY=/path/to/libmpi.so",
+                 size, names[0], dlerror());
         return fail(message, capacity, text);
     }
 #define SYM(field, name)                                                                                    \

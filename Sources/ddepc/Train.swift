@@ -148,13 +148,8 @@ struct Train: ParsableCommand {
         // Under `mpirun -np N` every process runs this; rank 0 alone writes
         // the run directory and prints progress. An error in any process ends
         // the whole job (MPI_Abort) instead of leaving the others waiting.
-        let processes: Processes
-        do {
-            processes = try Processes.start()
-        } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            throw ExitCode(1)
-        }
+        var processes = Processes.single
+        try reportingErrors { processes = try Processes.start() }
         do {
             try train(processes)
         } catch {

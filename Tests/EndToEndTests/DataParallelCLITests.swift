@@ -269,5 +269,11 @@ final class DataParallelCLITests: XCTestCase {
                                "--out", path("other")], environment: ["PMI_SIZE": "2", "PMI_RANK": "0"])
         XCTAssertNotEqual(other.status, 0)
         XCTAssertTrue(other.stderr.contains("mpirun -np N"), other.all)
+
+        let missing = try mpirun(2, ["train", Self.twoRanks, "--mode", "ddep", "--images", "Examples/data/images", "--steps", "2",
+                                     "--out", path("no-mpi")], environment: ["DDEPC_MPI_LIBRARY": "/nonexistent/libmpi.so.40"])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(missing.stderr.contains("apt-get install openmpi-bin libopenmpi-dev"), missing.all)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("no-mpi")), "nothing was written")
     }
 }
