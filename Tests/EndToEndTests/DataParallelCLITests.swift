@@ -146,6 +146,30 @@ final class DataParallelCLITests: XCTestCase {
         XCTAssertEqual(two.stdout.components(separatedBy: "fine-tuning on 8 of 8").count, 2, "rank 0 alone speaks: \(two.stdout)")
     }
 
+    /// The other two modes: DeP (the whole model denoises) and encoder
+    /// classification (one folder per class), the same way.
+    func testTwoRankDePAndClassifyFollowOneProcessWithTheDoubledBatch() throws {
+        let classes = path("classes")
+        for c in 0..<10 {
+            try FileManager.default.createDirectory(atPath: classes + "/class\(c)", withIntermediateDirectories: true)
+            for i in 0..<2 {
+                let (image, _) = try SceneFixtures.scene(width: 36, height: 36, classes: 2 + c % 3, seed: UInt64(40 + 2 * c + i))
+                try image.writePNG(to: URL(fileURLWithPath: classes + "/class\(c)/image\(i).png"))
+            }
+        }
+        for (mode, data) in [("dep", ["--images", "Examples/data/images"]), ("classify", ["--data", classes])] {
+            let common = ["--mode", mode] + data + ["--steps", "6", "--seed", "6", "--loader-threads", "1"]
+            let two = try mpirun(2, ["train", Self.twoRanks] + common + ["--out", path(mode + "2")])
+            XCTAssertEqual(two.status, 0, two.all)
+            let one = try ddepc(["train", Self.oneProcess] + common + ["--out", path(mode + "1")])
+            XCTAssertEqual(one.status, 0, one.all)
+            let (a, b) = (try values(mode + "2", "loss"), try values(mode + "1", "loss"))
+            XCTAssertEqual(a.count, 6)
+            XCTAssertLessThan(abs(a[0] - b[0]) / b[0], 1e-5, "\(mode) step 1: \(a[0]) vs \(b[0])")
+            XCTAssertLessThan(maxRelativeDifference(a, b), 5e-3, "\(mode): two ranks \(a)\none process \(b)")
+        }
+    }
+
     /// The process ids of rank `rank` of runs writing `run`.
     func pids(rank: Int, run: String) -> [pid_t] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
