@@ -590,7 +590,8 @@ public final class Trainer {
 
     /// The noise seed of a step: depends only on the run seed and the step, so
     /// a resumed run draws the same noise. Kept below 2^52 (exact in the IR's
-    /// f64 interpreter).
+    /// f64 interpreter) for one process and rank 0; the other ranks' seeds
+    /// are any 64-bit value, which only compiled steps see.
     ///
     /// The noise of a step covers the global batch: a data-parallel process
     /// draws its own images' part of that stream (rank r of N starts r·B
