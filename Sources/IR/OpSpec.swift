@@ -143,7 +143,7 @@ public struct OpSpec {
 public enum OpRegistry {
     public static let all: [OpSpec] = ElementwiseOps.all + ShapeOps.all + ReductionOps.all
         + ConvOps.all + FusedConvOps.all + PoolOps.all + UpsampleOps.all + NormOps.all + MatMulOps.all
-        + SoftmaxOps.all + LossOps.all + RandomOps.all
+        + SoftmaxOps.all + LossOps.all + RandomOps.all + CollectiveOps.all
 
     private static let byName: [String: OpSpec] = Dictionary(all.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
 

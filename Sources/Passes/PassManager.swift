@@ -48,13 +48,20 @@ public struct PassManager {
     /// The compiler's pipeline, from built entry points to planned code.
     /// Without an optimizer the training steps keep their gradients as
     /// `grad:<param>` outputs and update no weight (gradient checks use this).
-    public static func standardPipeline(optimizer: AdamOptimizer? = AdamOptimizer()) -> [any Pass] {
-        [InferShapes(), Autodiff()] + (optimizer.map { [$0] } ?? [])
-            + [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseConvEpilogue(), DCE(), PlanMemory()]
+    /// `dataParallel` adds the passes of a step that runs on several
+    /// processes: batch statistics and gradients averaged across them.
+    public static func standardPipeline(optimizer: AdamOptimizer? = AdamOptimizer(), dataParallel: Bool = false) -> [any Pass] {
+        var passes: [any Pass] = [InferShapes()]
+        if dataParallel { passes.append(SyncBatchNorm()) }
+        passes.append(Autodiff())
+        if dataParallel { passes.append(AllReduceGradients()) }
+        if let optimizer { passes.append(optimizer) }
+        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseConvEpilogue(), DCE(), PlanMemory()]
+        return passes + rest
     }
 
     public static var knownPassNames: [String] {
-        [InferShapes.name, Autodiff.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
+        [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
          FuseElementwise.name, FuseConvEpilogue.name, PlanMemory.name]
     }
 

@@ -134,6 +134,7 @@ public final class LoadedModule {
             switch Int(status) {
             case Int(DDP_ERR_NOMEM): reason = "a kernel could not get its working memory; free memory or use a smaller --batch or --size"
             case Int(DDP_ERR_ARGS): reason = "a kernel was given arguments it cannot run (the artifact does not match this ddepc); recompile it with `ddepc compile`"
+            case Int(DDP_ERR_COMM): reason = "the gradient exchange between the processes failed (\(String(cString: ddp_mpi_last_error())))"
             default: reason = "status \(status)"
             }
             throw RuntimeError("entry point \(name) stopped: \(reason). Its outputs were not written.")

@@ -18,6 +18,9 @@ public struct CompileOptions {
     public var batch = 4
     public var size = 64
     public var classes = 2
+    /// Steps for `mpirun -np N ddepc train`: gradients (and batch statistics)
+    /// averaged across the processes inside the step.
+    public var dataParallel = false
     /// Where the model came from (file path, zoo name), for the manifest.
     public var source = ""
     public init() {}
@@ -45,7 +48,7 @@ public enum CompileDriver {
         if FileManager.default.fileExists(atPath: output.path) { try requireReplaceableArtifact(output) }
         recoverInterruptedInstall(of: output)
         var module = module
-        let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer), options: options.passOptions)
+        let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer, dataParallel: options.dataParallel), options: options.passOptions)
         let passStart = Date()
         try manager.run(&module)
         let passSeconds = Date().timeIntervalSince(passStart)
@@ -98,7 +101,8 @@ public enum CompileDriver {
         let manifest = Manifest(format: Manifest.formatVersion, ddepcVersion: ddepcVersion, backend: options.backend.rawValue,
                                 irHash: Hashing.fnv1a(finalIR), kernelABI: kernelABIHash(), source: options.source,
                                 compileFlags: flags, batch: options.batch, size: options.size, classes: options.classes,
-                                layout: layout, moduleHash: Hashing.fnv1a(try Data(contentsOf: library)))
+                                layout: layout, moduleHash: Hashing.fnv1a(try Data(contentsOf: library)),
+                                dataParallel: module.functions.contains { $0.nodes.contains { $0.op == "allreduce" } } ? true : nil)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(manifest).write(to: staging.appendingPathComponent("manifest.json"))
@@ -123,9 +127,12 @@ public enum CompileDriver {
     /// The standard pipeline; for a module of compiled steps (dump-ir
     /// output) the same without differentiation and optimizer, which would
     /// differentiate the steps a second time.
-    static func pipeline(for module: Module, optimizer: AdamOptimizer?) throws -> [any Pass] {
+    static func pipeline(for module: Module, optimizer: AdamOptimizer?, dataParallel: Bool = false) throws -> [any Pass] {
         let compiled = module.functions.filter(isCompiledStep).map { "@" + $0.name }
-        guard !compiled.isEmpty else { return PassManager.standardPipeline(optimizer: optimizer) }
+        guard !compiled.isEmpty else { return PassManager.standardPipeline(optimizer: optimizer, dataParallel: dataParallel) }
+        if dataParallel, !module.functions.contains(where: { $0.nodes.contains { $0.op == "allreduce" } }) {
+            throw RuntimeError("--data-parallel: the module's training steps (\(compiled.joined(separator: ", "))) are compiled already, without allreduce; compile the model itself (its .swift file or zoo name) with --data-parallel")
+        }
         let uncompiled = module.functions.filter { function in
             function.output(named: Autodiff.lossName) != nil && !isCompiledStep(function)
                 && !function.outputs.contains { $0.name.hasPrefix(Autodiff.gradientPrefix) }

@@ -25,6 +25,9 @@ public struct Manifest: Codable, Equatable {
     /// FNV-1a 64 of `module.so`, hex: a truncated or swapped library is
     /// refused before it is loaded (nil in artifacts written before it existed).
     public var moduleHash: String?
+    /// Compiled with --data-parallel: the steps average gradients over the
+    /// processes of `mpirun -np N` (nil: a single-process artifact).
+    public var dataParallel: Bool?
 }
 
 /// What the denoising head learns to predict (a run-time choice: the steps

@@ -101,6 +101,8 @@ public struct TrainOptions {
     public var logEvery = 10
     /// Draw a progress bar (on a terminal) instead of plain lines.
     public var interactive = false
+    /// The processes of a data-parallel run; rank 0 alone writes the run directory.
+    public var processes = Processes.single
     /// Messages (resuming, initialization, warnings).
     public var log: (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
     /// Progress output (lines or the bar, with their own line ends).
@@ -140,7 +142,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var artifact: String
     public var irHash: String
     public var mode: TrainMode
+    /// The global batch: processes × the artifact's batch.
     public var batch: Int
+    /// Processes of a data-parallel run (nil: one). A run may resume with
+    /// another count (and an artifact compiled for another batch) when the
+    /// global batch stays the same.
+    public var processes: Int?
     public var size: Int
     public var classes: Int
     public var seed: UInt64
@@ -177,10 +184,15 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     /// The settings that differ from `other`, ignoring the step count.
     func differences(from other: RunConfig) throws -> [String] {
+        let resplit = (processes ?? 1) != (other.processes ?? 1)
         func flat(_ config: RunConfig) throws -> [String: String] {
             var copy = config
             copy.steps = 0
             copy.epochs = nil
+            copy.processes = nil
+            // The same global batch split over another number of processes
+            // takes an artifact compiled for that share of it.
+            if resplit { (copy.artifact, copy.irHash) = ("", "") }
             let object = try JSONSerialization.jsonObject(with: try copy.json(pretty: false)) as? [String: Any] ?? [:]
             // Canonical JSON per setting (a nested object's description would depend on hashing order).
             return try object.mapValues { value in
@@ -231,6 +243,9 @@ public final class Trainer {
             throw RuntimeError("the artifact has no \(options.mode.entry) entry point for --mode \(options.mode.rawValue); recompile it with this ddepc")
         }
         self.entry = entry
+        if options.processes.count > 1 && artifact.manifest.dataParallel != true {
+            throw RuntimeError("\(artifact.directory.path) was compiled for one process: its steps do not exchange gradients, so the \(options.processes.count) processes would train \(options.processes.count) different models. Recompile it with `ddepc compile ... --data-parallel`")
+        }
         try MemoryBudget.require(entry, of: artifact)
         try checkSupported()
     }
@@ -256,7 +271,8 @@ public final class Trainer {
             throw RuntimeError("\(step) has no loss output; recompile the artifact with this ddepc")
         }
         if let batchSize = options.batchSize, batchSize != manifest.batch {
-            throw RuntimeError("--batch-size \(batchSize): the artifact's steps are compiled for batch \(manifest.batch); recompile it with `ddepc compile ... --batch \(batchSize)` (or drop --batch-size)")
+            let each = options.processes.count > 1 ? " (the batch of each of the \(options.processes.count) processes; the global batch is \(options.processes.count) × that)" : ""
+            throw RuntimeError("--batch-size \(batchSize): the artifact's steps are compiled for batch \(manifest.batch)\(each); recompile it with `ddepc compile ... --batch \(batchSize)` (or drop --batch-size)")
         }
         if options.optimizer == .adam && options.weightDecay != 0 && input("l2") == nil {
             throw RuntimeError("--optimizer adam with --weight-decay adds the decay to the gradient (L2), but \(step) only has decoupled (AdamW) weight decay; use --optimizer adamw, or --weight-decay 0")
@@ -283,7 +299,10 @@ public final class Trainer {
         let fm = FileManager.default
         let manifest = artifact.manifest
         let batch = manifest.batch, size = manifest.size
-        if !options.resume { try requireFreshRunDirectory() }
+        let processes = options.processes
+        let leader = processes.isLeader
+        let globalBatch = batch * processes.count
+        if !options.resume && leader { try requireFreshRunDirectory() }
 
         // The data.
         let source: any ExampleSource
@@ -323,22 +342,27 @@ public final class Trainer {
                                         flip: options.flip)
         let maker = BatchMaker(source: source, batchSize: batch, augmentation: augmentation, seed: options.seed,
                                withLabels: options.mode == .finetune || options.mode == .classify, onBadFile: options.onBadFile,
-                               threads: options.loaderThreads, warn: { message in
+                               threads: options.loaderThreads, processes: processes, warn: { message in
                                    FileHandle.standardError.write(Data((message + "\n").utf8))
                                })
         if let epochs = options.epochs { options.steps = maker.steps(forEpochs: epochs) }
         var config = runConfig(examples: source.count, augmentation: augmentation)
 
-        // The starting point.
-        do {
-            try fm.createDirectory(at: options.runDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw FileProblem.error(error, path: options.runDirectory.path, action: "create the run folder")
+        // The starting point: rank 0's, sent to the others (only rank 0 reads
+        // the run directory and --init, so they need not share a file system).
+        if leader {
+            do {
+                try fm.createDirectory(at: options.runDirectory, withIntermediateDirectories: true)
+            } catch {
+                throw FileProblem.error(error, path: options.runDirectory.path, action: "create the run folder")
+            }
+            checkpoints.removeLeftoverTemporaryFiles()
         }
-        checkpoints.removeLeftoverTemporaryFiles()
         var step = 0
         store.initialize(seed: options.seed)
-        if options.resume {
+        if !leader {
+            // Rank 0 reads and writes the run directory; the others wait for its starting point below.
+        } else if options.resume {
             step = try resume(config: &config, dataset: dataset)
         } else {
             if let initURL = options.initFrom { try initialize(from: initURL) } else if options.mode == .ddep {
@@ -351,6 +375,11 @@ public final class Trainer {
             try writeAtomically(try config.json(pretty: true), to: configURL)
         }
         let configText = String(decoding: try config.json(pretty: false), as: UTF8.self)
+        if processes.count > 1 {
+            step = try processes.broadcast(step)
+            try processes.broadcast(store.params.pointer, bytes: store.params.byteCount)
+            try processes.broadcast(store.state.pointer, bytes: store.state.byteCount)
+        }
 
         let totalSteps = options.steps
         guard step < totalSteps else {
@@ -359,9 +388,9 @@ public final class Trainer {
         }
         let io = AlignedBuffer(byteCount: entry.ioBytes)
         let arena = AlignedBuffer(byteCount: entry.arenaBytes)
-        let metrics = try openMetrics()
-        defer { try? metrics.close() }
-        let progress = ProgressReporter(totalSteps: totalSteps, batch: batch, interactive: options.interactive,
+        let metrics = leader ? try openMetrics() : nil
+        defer { try? metrics?.close() }
+        let progress = ProgressReporter(totalSteps: totalSteps, batch: globalBatch, interactive: options.interactive,
                                         every: options.logEvery, write: options.progressOutput)
         let prefetcher = Prefetcher(steps: step..<totalSteps, depth: options.prefetchDepth) { try maker.batch(step: $0) }
         defer { prefetcher.cancel() }
@@ -369,7 +398,8 @@ public final class Trainer {
         var losses: [Double] = []
         // Fine-tuning on masks without a labeled pixel gives loss 0 and learns nothing.
         var labelsChecked = options.mode != .finetune
-        var lastCheckpoint: (url: URL, step: Int)? = checkpoints.checkpoints().last.map { ($0.url, $0.step) }
+        var lastCheckpoint: (url: URL, step: Int)? = leader ? checkpoints.checkpoints().last.map { ($0.url, $0.step) } : nil
+        setStopMessage(lastCheckpoint, resumedAt: step)
         let start = Date()
         let firstStep = step
         while step < totalSteps {
@@ -389,6 +419,7 @@ public final class Trainer {
             }
             let lr = options.learningRate(at: step)
             try setStepScalars(step: step, lr: lr, io: io)
+            let communicationBefore = processes.communicationSeconds
             try module.call(entry.name, params: store.params.pointer, state: store.state.pointer, io: io.pointer, arena: arena.pointer)
             let loss = Double(try output("loss", io))
             let gradNorm = entry.outputs.contains { $0.name == "grad_norm" } ? Double(try output("grad_norm", io)) : nil
@@ -406,17 +437,26 @@ public final class Trainer {
             losses.append(loss)
             let seconds = Date().timeIntervalSince(stepStart)
             var line = String(format: "{\"step\":%d,\"epoch\":%.4f,\"loss\":%.9g,\"lr\":%.6g,\"images_per_s\":%.3f,\"seconds\":%.4f,\"data_wait_s\":%.4f",
-                              step, Double(step * batch) / Double(source.count), loss, lr, Double(batch) / seconds, seconds, waited)
+                              step, Double(step * globalBatch) / Double(source.count), loss, lr, Double(globalBatch) / seconds, seconds, waited)
             if let gradNorm { line += String(format: ",\"grad_norm\":%.6g", gradNorm) }
-            do {
-                try metrics.write(contentsOf: Data((line + "}\n").utf8))
-            } catch {
-                progress.interrupt()
-                throw FileProblem.error(error, path: metricsURL.path, action: "append step \(step) to the metrics log")
+            if processes.count > 1 {
+                line += String(format: ",\"processes\":%d,\"comm_s\":%.5f", processes.count, processes.communicationSeconds - communicationBefore)
             }
-            progress.update(step: step, loss: loss, lr: lr, seconds: seconds, first: step == firstStep + 1)
+            if let metrics {
+                do {
+                    try metrics.write(contentsOf: Data((line + "}\n").utf8))
+                } catch {
+                    progress.interrupt()
+                    throw FileProblem.error(error, path: metricsURL.path, action: "append step \(step) to the metrics log")
+                }
+                progress.update(step: step, loss: loss, lr: lr, seconds: seconds, first: step == firstStep + 1)
+            }
             if (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps {
-                lastCheckpoint = (try saveCheckpoint(step: step, config: configText), step)
+                try requireIdenticalWeights(step: step)
+                if leader {
+                    lastCheckpoint = (try saveCheckpoint(step: step, config: configText), step)
+                }
+                setStopMessage(lastCheckpoint, resumedAt: step)
             }
         }
         let waits = max(0, prefetcher.waits - 1)  // the first batch is always awaited
@@ -431,7 +471,8 @@ public final class Trainer {
         let manifest = artifact.manifest
         let denoising = options.mode.isDenoising
         return RunConfig(artifact: artifact.directory.standardizedFileURL.path, irHash: manifest.irHash, mode: options.mode,
-                         batch: manifest.batch, size: manifest.size, classes: manifest.classes, seed: options.seed,
+                         batch: manifest.batch * options.processes.count, processes: options.processes.count > 1 ? options.processes.count : nil,
+                         size: manifest.size, classes: manifest.classes, seed: options.seed,
                          steps: options.steps, epochs: options.epochs,
                          images: denoising ? options.images?.standardizedFileURL.path : nil,
                          data: denoising ? nil : options.data?.standardizedFileURL.path,
@@ -450,14 +491,23 @@ public final class Trainer {
     /// its recorded initial weights (`--init` is not repeated on resume).
     func resume(config: inout RunConfig, dataset: LabeledDataset?) throws -> Int {
         let run = options.runDirectory.path
+        var resplit = false
         if let saved = try? Data(contentsOf: configURL) {
             guard let previous = try? JSONDecoder().decode(RunConfig.self, from: saved) else {
                 throw RuntimeError("\(configURL.path) is not a configuration this ddepc wrote; cannot resume \(run)")
             }
             config.initFrom = previous.initFrom
+            resplit = (previous.processes ?? 1) != (config.processes ?? 1)
+            if resplit && previous.batch != config.batch {
+                let (before, now) = (previous.processes ?? 1, config.processes ?? 1)
+                throw RuntimeError("--resume: \(run) was trained with a global batch of \(previous.batch) (\(before) process(es) × batch \(previous.batch / before)); \(now) process(es) × batch \(artifact.manifest.batch) make \(config.batch), so the run would not continue exactly. Keep the global batch: with \(now) process(es) use an artifact compiled with --batch \(previous.batch % now == 0 ? "\(previous.batch / now)" : "B where \(now) × B = \(previous.batch) (none: choose another process count)")")
+            }
             let changed = try config.differences(from: previous)
             if !changed.isEmpty {
                 throw RuntimeError("--resume: the options differ from the ones \(run) was started with, so the run would not continue exactly:\n  \(changed.joined(separator: "\n  "))\nPass the original options (see \(configURL.path)).")
+            }
+            if resplit {
+                options.log("note: the run was trained by \(previous.processes ?? 1) process(es) and continues on \(config.processes ?? 1), with the same global batch of \(config.batch) (\(artifact.directory.path))")
             }
             if previous.steps != config.steps {
                 options.log("note: the run was started for \(previous.steps) steps and now runs to \(config.steps)")
@@ -477,7 +527,7 @@ public final class Trainer {
         guard step >= 0, named == nil || named == step else {
             throw RuntimeError("\(url.path) is damaged: its metadata says step \(step)\(named.map { " but its name says step \($0)" } ?? ", which is negative"). Move it out of \(checkpoints.directory.path) to resume from the checkpoint before it.")
         }
-        if let hash = file.metadata["ir_hash"], hash != artifact.manifest.irHash {
+        if let hash = file.metadata["ir_hash"], hash != artifact.manifest.irHash, !resplit {
             throw RuntimeError("\(url.path) was written by an artifact with IR hash \(hash), not \(artifact.directory.path) (\(artifact.manifest.irHash)); resume with the artifact the run started with")
         }
         try store.load(file, from: url.path)
@@ -540,10 +590,19 @@ public final class Trainer {
 
     /// The noise seed of a step: depends only on the run seed and the step, so
     /// a resumed run draws the same noise. Kept below 2^52 (exact in the IR's
-    /// f64 interpreter).
+    /// f64 interpreter) for one process and rank 0; the other ranks' seeds
+    /// are any 64-bit value, which only compiled steps see.
+    ///
+    /// The noise of a step covers the global batch: a data-parallel process
+    /// draws its own images' part of that stream (rank r of N starts r·B
+    /// images in), so N processes draw exactly the noise one process with
+    /// batch N·B draws, and no two processes draw the same.
     func noiseSeed(step: Int) -> UInt64 {
         var rng = SplitMix64(seed: options.seed &* 0x9E37_79B9 &+ UInt64(step))
-        return rng.next() & ((1 << 52) - 1)
+        let seed = rng.next() & ((1 << 52) - 1)
+        let imageElements = (input("x")?.shape.dropFirst().reduce(1, *)) ?? 0
+        let offset = options.processes.rank * artifact.manifest.batch * imageElements
+        return RandomOps.seed(seed, advancedBy: UInt64(offset))
     }
 
     /// The per-step scalars: noise (denoising), optimizer, clipping.
@@ -559,7 +618,8 @@ public final class Trainer {
                     a.append(Float(ca))
                     b.append(Float(cb))
                 case .uniform:
-                    var rng = SplitMix64(seed: options.seed, keys: RandomStream.gamma.rawValue, UInt64(step), UInt64(i))
+                    let image = options.processes.rank * perImage + i  // in the global batch
+                    var rng = SplitMix64(seed: options.seed, keys: RandomStream.gamma.rawValue, UInt64(step), UInt64(image))
                     let gamma = Double(rng.next() >> 11) * 0x1p-53
                     a.append(Float(gamma.squareRoot()))
                     b.append(Float((1 - gamma).squareRoot()))
@@ -613,6 +673,42 @@ public final class Trainer {
 
     func output(_ name: String, _ io: AlignedBuffer) throws -> Float {
         io.floats(at: try slot(name).offset, count: 1)[0]
+    }
+
+    /// Every process must hold the same weights (the same start, the same
+    /// averaged gradients): checked at each checkpoint by a checksum of the
+    /// parameters and state, compared across the processes.
+    func requireIdenticalWeights(step: Int) throws {
+        let processes = options.processes
+        guard processes.count > 1 else { return }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for buffer in [store.params, store.state] {
+            let words = buffer.pointer.bindMemory(to: UInt64.self, capacity: buffer.byteCount / 8)
+            for i in 0..<(buffer.byteCount / 8) { hash = (hash ^ words[i]) &* 0x100_0000_01b3 }
+        }
+        guard try processes.allEqual(hash) else {
+            throw RuntimeError("the processes' weights differ at step \(step) (checksum \(String(hash, radix: 16)) here): their gradient exchange did not keep them identical, so no checkpoint was written. Report this with the mpirun command line")
+        }
+    }
+
+    /// What ranks 0 and 1 say when mpirun stops them because another
+    /// process of the job died (mpirun's own message names that rank): the
+    /// last checkpoint. Rank 1 speaks for a rank 0 that died; it knows the
+    /// checkpoint rank 0 was to write after the last check of the weights.
+    func setStopMessage(_ last: (url: URL, step: Int)?, resumedAt step: Int) {
+        let processes = options.processes
+        guard processes.rank <= 1 else { return }
+        let resume = "continue with the same command and --resume (any number of processes with the same global batch)"
+        let where_: String
+        if processes.isLeader {
+            where_ = last.map { "the last checkpoint is \($0.url.path) (step \($0.step)); \(resume)" }
+                ?? "no checkpoint was written yet (--checkpoint-every N keeps some)"
+        } else if step > 0 {
+            where_ = "the last checkpoint is \(checkpoints.url(step: step).path) (step \(step)) unless rank 0 stopped while writing it; \(resume), which takes the newest complete one"
+        } else {
+            where_ = "no checkpoint was written yet (--checkpoint-every N keeps some)"
+        }
+        processes.setStopMessage("ddepc (\(processes.prefix.dropLast(2))): stopped because mpirun ended the job (a process of it failed; mpirun's message names the rank); \(where_)")
     }
 
     /// Parameters, optimizer state, step, the random state (seed + step:

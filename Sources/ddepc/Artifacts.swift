@@ -64,6 +64,9 @@ struct Inspect: ParsableCommand {
                 if sum(.read) > 0 { parts.append("reads \(sum(.read))") }
                 print("entry \(entry.name): \(parts.joined(separator: ", ")); inputs \(entry.inputs.map(\.name).joined(separator: ", ")); arena \(entry.arenaBytes) bytes")
             }
+            if manifest.dataParallel == true {
+                print("data-parallel: batch \(manifest.batch) per process; `mpirun -np N ddepc train` trains on N × \(manifest.batch)")
+            }
         }
     }
 }

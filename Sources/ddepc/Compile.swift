@@ -53,6 +53,8 @@ struct Compile: ParsableCommand {
     @Option(name: .customLong("ir-dump-dir"), help: "Write one numbered .ddir file per pass into this directory.")
     var irDumpDir: String?
     @Flag(name: .customLong("time-passes"), help: "Print how long each pass took.") var timePasses = false
+    @Flag(name: .customLong("data-parallel"), help: "Steps for `mpirun -np N ddepc train`: gradients and batch-norm statistics averaged across the processes inside the step (a single process runs them as usual).")
+    var dataParallel = false
     @Flag(name: .customLong("no-verify"), help: "Do not run the verifier after every pass.") var noVerify = false
     @Option(name: .customLong("model-timeout"), help: "Seconds a model file (.swift) may take to build its model before it is stopped.")
     var modelTimeout = ModelFileEvaluator.defaultTimeout
@@ -80,6 +82,7 @@ struct Compile: ParsableCommand {
                 (options.batch, options.size, options.classes) = (own.batch, own.size, own.classes)
             }
             options.source = model
+            options.dataParallel = dataParallel
             options.passOptions.printAfter = Set(printIRAfter)
             options.passOptions.printAfterChange = printIRAfterChange
             options.passOptions.dumpDirectory = irDumpDir.map { URL(fileURLWithPath: $0) }

@@ -47,7 +47,8 @@ struct Ddepc: ParsableCommand {
 
 /// Runs a command body and turns any error into `error: ...` on stderr and
 /// exit status 1 (argument errors are reported by ArgumentParser itself).
-func reportingErrors(_ body: () throws -> Void) throws {
+/// `process` names the process of a data-parallel run ("rank 1 of 2: ").
+func reportingErrors(process: String = "", _ body: () throws -> Void) throws {
     do {
         try body()
     } catch let error as ExitCode {
@@ -55,7 +56,7 @@ func reportingErrors(_ body: () throws -> Void) throws {
     } catch {
         // Foundation's file errors name neither the path nor the reason readably.
         var text = FileProblem.message(error) ?? "\(error)"
-        if !text.hasPrefix("error:") && !text.contains(": error:") { text = "error: " + text }
+        if !text.hasPrefix("error:") && !text.contains(": error:") { text = "error: " + process + text } else { text = process + text }
         FileHandle.standardError.write(Data((text + "\n").utf8))
         throw ExitCode(1)
     }

@@ -145,8 +145,31 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        try reportingErrors {
+        // Under `mpirun -np N` every process runs this; rank 0 alone writes
+        // the run directory and prints progress. An error in any process ends
+        // the whole job (MPI_Abort) instead of leaving the others waiting.
+        var processes = Processes.single
+        try reportingErrors { processes = try Processes.start() }
+        do {
+            try train(processes)
+        } catch {
+            guard processes.count > 1 else { throw error }
+            if !(error is ExitCode) {
+                FileHandle.standardError.write(Data("error: \(processes.prefix)\(error)\n".utf8))
+            }
+            processes.abort(code: 1)
+        }
+        processes.finish()
+    }
+
+    func train(_ processes: Processes) throws {
+        try reportingErrors(process: processes.prefix) {
             var options = TrainOptions()
+            options.processes = processes
+            if !processes.isLeader {
+                options.log = { _ in }
+                options.progressOutput = { _ in }
+            }
             options.mode = mode
             options.images = images.map { URL(fileURLWithPath: $0) }
             options.data = data.map { URL(fileURLWithPath: $0) }
@@ -167,7 +190,8 @@ struct Train: ParsableCommand {
             options.checkpointEvery = checkpointEvery
             options.keepCheckpoints = keep
             options.logEvery = logEvery
-            options.interactive = ProgressReporter.standardOutputIsTerminal
+            // mpirun hands rank 0 a terminal even when its own output is a file: plain lines there.
+            options.interactive = ProgressReporter.standardOutputIsTerminal && processes.count == 1
             options.optimizer = optimizer
             options.learningRate = lr
             options.warmupSteps = warmup
@@ -183,8 +207,11 @@ struct Train: ParsableCommand {
             options.gammaSchedule = gammaSchedule
             options.target = target
             let trainer = try Trainer(artifact: try Artifact(directory: URL(fileURLWithPath: artifact)), options: options)
+            if processes.count == 1, trainer.artifact.manifest.dataParallel == true {
+                options.log("note: one process (no mpirun): the data-parallel steps train on batch \(trainer.artifact.manifest.batch) alone; `mpirun -np N ddepc train ...` trains on N × \(trainer.artifact.manifest.batch)")
+            }
             let summary = try trainer.run()
-            guard !summary.losses.isEmpty else { return }
+            guard !summary.losses.isEmpty, processes.isLeader else { return }
             let first = summary.losses.first!, last = summary.losses.last!
             var text = String(format: "done: loss %.5f → %.5f, %.3f s/step; checkpoint %@", first, last, summary.secondsPerStep,
                               summary.checkpoint.path)

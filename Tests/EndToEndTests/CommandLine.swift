@@ -14,7 +14,9 @@ enum DdepcCommand {
     static var binary: URL { Bundle.main.executableURL!.deletingLastPathComponent().appendingPathComponent("ddepc") }
 
     /// `executable`: another program that runs ddepc (a shell setting limits).
-    static func run(_ arguments: [String], in directory: URL, executable: URL? = nil) throws -> Result {
+    /// `environment`: variables set on top of this process's.
+    static func run(_ arguments: [String], in directory: URL, executable: URL? = nil,
+                    environment: [String: String] = [:]) throws -> Result {
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             throw XCTSkip("ddepc is not built; run `swift build` before `swift test`")
         }
@@ -22,6 +24,9 @@ enum DdepcCommand {
         process.executableURL = executable ?? binary
         process.arguments = arguments
         process.currentDirectoryURL = directory
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err

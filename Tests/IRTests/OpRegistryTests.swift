@@ -84,9 +84,10 @@ final class OpRegistryTests: XCTestCase {
         }
         // The ops without a gradient rule are backward ops, comparisons and
         // random_normal; backward ops are checked here as their forward op's rule,
-        // and fused ops (formed after autodiff) against their unfused chains.
+        // and fused ops (formed after autodiff) against their unfused chains;
+        // allreduce_start/wait split a gradient bucket's exchange after autodiff.
         let undifferentiated = OpRegistry.all.filter { $0.gradient == nil }.map(\.name).sorted()
-        XCTAssertEqual(undifferentiated, ["avg_pool2d_grad", "conv2d_grad_input", "conv2d_grad_weight", "cross_entropy_grad",
+        XCTAssertEqual(undifferentiated, ["allreduce_start", "allreduce_wait", "avg_pool2d_grad", "conv2d_grad_input", "conv2d_grad_weight", "cross_entropy_grad",
                                           "equal", "fused_conv2d", "fused_elementwise", "gelu_grad", "greater", "greater_equal",
                                           "max_pool2d_grad", "random_normal", "upsample_bilinear_grad", "upsample_nearest_grad"])
         XCTAssertGreaterThan(Set(checked).count, 30)

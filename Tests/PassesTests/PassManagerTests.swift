@@ -37,7 +37,10 @@ final class PassManagerTests: XCTestCase {
         let pipeline = PassManager.standardPipeline()
         XCTAssertEqual(pipeline.map(\.name), ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce",
                                               "fuse-elementwise", "fuse-conv-epilogue", "dce", "plan-memory"])
-        XCTAssertEqual(Set(PassManager.knownPassNames), Set(pipeline.map(\.name)))
+        let dataParallel = PassManager.standardPipeline(dataParallel: true)
+        XCTAssertEqual(dataParallel.map(\.name), ["infer-shapes", "sync-batch-norm", "autodiff", "allreduce-gradients", "optimizer",
+                                                  "fold-constants", "cse", "dce", "fuse-elementwise", "fuse-conv-epilogue", "dce", "plan-memory"])
+        XCTAssertEqual(Set(PassManager.knownPassNames), Set(dataParallel.map(\.name)))
         XCTAssertEqual(Set(passesByName.keys), Set(PassManager.knownPassNames), "the tests know every pass")
         for name in PassManager.knownPassNames {
             XCTAssertTrue(name.allSatisfy { $0.isLowercase || $0 == "-" }, "\(name) is kebab-case")

@@ -23,7 +23,7 @@ extern "C" {
 /// at once when it is not DDP_OK: a kernel that cannot do its work (invalid
 /// arguments, no memory for its scratch) never leaves stale output behind
 /// silently.
-enum { DDP_OK = 0, DDP_ERR_ARGS = 1, DDP_ERR_NOMEM = 2 };
+enum { DDP_OK = 0, DDP_ERR_ARGS = 1, DDP_ERR_NOMEM = 2, DDP_ERR_COMM = 3 };
 
 typedef int (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
 /// A generated loop over the range [begin, end) of its outermost axis.
@@ -102,6 +102,20 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    runs a generated elementwise loop on the thread pool: `loop` is a
 //                    ddp_loop_fn, called with disjoint ranges [begin, end) covering
 //                    [0, extent) of its outermost axis and the pointers p0, p1, ...
+// allreduce          bufs [x, y]         ia [n]
+//                    y[0..n) = the mean over the processes of a data-parallel run of
+//                    their x[0..n) (MPI_Allreduce sum, then / size: every process gets
+//                    the same bits); x itself in a single process. y may be x.
+//                    DDP_ERR_COMM when MPI fails (ddp_mpi_last_error() says how).
+// allreduce_start    bufs [x, h]         ia [n]
+//                    h = x, and h's mean over the processes begins on the
+//                    communication thread (the step goes on computing); h is complete
+//                    once allreduce_wait(h) has returned. Single process: h = x.
+// allreduce_wait     bufs [h, y]         ia [n]
+//                    waits for allreduce_start's h, then y = h (y may be h).
+//                    With DDEPC_OVERLAP=1 buckets are exchanged on a communication thread
+//                    (own communicator) in the order they are started, while the step
+//                    computes on; otherwise allreduce_start exchanges at once (the same bits).
 #define DDP_KERNEL_LIST(X) \
     X(conv2d) X(conv2d_grad_input) X(conv2d_grad_weight) X(matmul) \
     X(reduce) X(permute) X(copy_region) X(fill) \
@@ -110,7 +124,8 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(upsample_bilinear) X(upsample_bilinear_grad) \
     X(batch_norm) X(batch_norm_train) X(group_norm) X(layer_norm) \
     X(softmax) X(log_softmax) X(mse) X(cross_entropy) X(cross_entropy_grad) \
-    X(random_normal) X(parallel_loop)
+    X(random_normal) X(parallel_loop) X(allreduce) \
+    X(allreduce_start) X(allreduce_wait)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,
@@ -167,6 +182,35 @@ const char *ddp_gemm_isa(void);
 /// Chooses the micro-kernels' ISA: "avx2", "avx512" (where the CPU has it) or
 /// "native" (the widest); returns 0 when this CPU cannot run it.
 int ddp_set_isa(const char *name);
+
+/// The processes of a data-parallel run (ddp_mpi.c). ddp_mpi_init starts
+/// MPI when the process was launched by Open MPI's mpirun with more than one
+/// process, and does nothing otherwise (rank 0 of 1); it returns nonzero and
+/// writes what to install or run into `message` when that cannot work.
+int ddp_mpi_init(char *message, int64_t capacity);
+int ddp_mpi_active(void);
+int ddp_mpi_rank(void);
+int ddp_mpi_size(void);
+/// Seconds the steps have waited for communication so far (exchanges not hidden
+/// behind computation, and waiting for the slowest process).
+double ddp_mpi_comm_seconds(void);
+/// What the last failed MPI call said.
+const char *ddp_mpi_last_error(void);
+/// Mean over the processes (see the allreduce kernel); in may be out.
+int ddp_mpi_allreduce_mean(const float *in, float *out, int64_t n);
+/// Rank `root`'s bytes to every process; nonzero on failure.
+int ddp_mpi_broadcast(void *data, int64_t bytes, int root);
+/// 1 when every process passed the same value, 0 when not, -1 on failure.
+int ddp_mpi_all_equal(uint64_t value);
+/// The maximum over the processes, in place; nonzero on failure.
+int ddp_mpi_max_i64(int64_t *value);
+/// Ends this process at once with `code` (nonzero); under mpirun that stops every
+/// process of the job.
+void ddp_mpi_abort(int code);
+void ddp_mpi_finalize(void);
+/// Printed on stderr when mpirun stops this process (SIGTERM, SIGINT, SIGHUP),
+/// which then exits; the first call installs the handler.
+void ddp_mpi_set_stop_message(const char *text);
 
 #ifdef __cplusplus
 }

@@ -20,6 +20,32 @@ public enum RandomOps {
         return (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
     }
 
+    /// mix⁻¹: splitmix64's finalizer is a bijection (xor-shifts and odd multipliers).
+    static func unmix(_ output: UInt64) -> UInt64 {
+        func unshift(_ y: UInt64, _ s: UInt64) -> UInt64 {
+            var x = y
+            for _ in 0..<(64 / s + 1) { x = y ^ (x >> s) }
+            return x
+        }
+        func inverse(_ c: UInt64) -> UInt64 {
+            var x = c  // Newton's iteration doubles the correct low bits each time
+            for _ in 0..<6 { x = x &* (2 &- c &* x) }
+            return x
+        }
+        var z = unshift(output, 31)
+        z = unshift(z &* inverse(0x94D0_49BB_1331_11EB), 27)
+        z = unshift(z &* inverse(0xBF58_476D_1CE4_E5B9), 30)
+        return z &- 0x9E37_79B9_7F4A_7C15
+    }
+
+    /// The seed whose stream is `seed`'s from element `offset` on:
+    /// normal(seed: shifted, index: i) == normal(seed: seed, index: offset + i).
+    /// A process of a data-parallel run draws its images' part of the noise
+    /// of the whole global batch this way.
+    public static func seed(_ seed: UInt64, advancedBy offset: UInt64) -> UInt64 {
+        offset == 0 ? seed : unmix(mix(seed) &+ 2 &* offset)
+    }
+
     public static let all: [OpSpec] = [
         OpSpec(name: "random_normal", doc: "%e = random_normal(%seed) {shape=[...]}: N(0, 1) noise from an i64 seed",
                arity: 1...1, requiredAttributes: ["shape"],

@@ -66,6 +66,11 @@ public final class BatchMaker: @unchecked Sendable {
     public let warn: @Sendable (String) -> Void
     /// Decode the examples of a batch on this many threads.
     public let threads: Int
+    /// Data-parallel runs: the global batch of a step is `processes` ×
+    /// `batchSize` consecutive positions of the order, and this process makes
+    /// part `rank` of it. A position's example and augmentation do not depend
+    /// on how the global batch is split.
+    public let processes: Processes
 
     private let lock = NSLock()
     private var bad: [Int: String] = [:]
@@ -76,7 +81,8 @@ public final class BatchMaker: @unchecked Sendable {
     public var cacheLimit = 512 << 20
 
     public init(source: any ExampleSource, batchSize: Int, augmentation: Augmentation, seed: UInt64, withLabels: Bool,
-                onBadFile: BadFilePolicy = .fail, threads: Int = 1, warn: @escaping @Sendable (String) -> Void = { _ in }) {
+                onBadFile: BadFilePolicy = .fail, threads: Int = 1, processes: Processes = .single,
+                warn: @escaping @Sendable (String) -> Void = { _ in }) {
         self.source = source
         self.order = SampleOrder(count: source.count, seed: seed)
         self.batchSize = batchSize
@@ -85,13 +91,14 @@ public final class BatchMaker: @unchecked Sendable {
         self.withLabels = withLabels
         self.onBadFile = onBadFile
         self.threads = max(1, threads)
+        self.processes = processes
         self.warn = warn
     }
 
     /// The number of steps that make `epochs` passes over the data (the last
     /// batch may run into the next epoch's order).
     public func steps(forEpochs epochs: Double) -> Int {
-        max(1, Int((epochs * Double(source.count) / Double(batchSize)).rounded(.up)))
+        max(1, Int((epochs * Double(source.count) / Double(batchSize * processes.count)).rounded(.up)))
     }
 
     /// The batch of `step`: `x` [B,3,S,S] and, with labels, `labels` [B,S,S].
@@ -108,7 +115,7 @@ public final class BatchMaker: @unchecked Sendable {
                         let (xb, lb, nb, eb) = (xs, ls, ns, es)  // captured as lets
                         let work = { (slot: Int) in
                             do {
-                                let position = step * self.batchSize + slot
+                                let position = (step * self.processes.count + self.processes.rank) * self.batchSize + slot
                                 let (index, image, mask) = try self.example(at: position)
                                 var rng = SplitMix64(seed: self.seed, keys: RandomStream.augmentation.rawValue, UInt64(position))
                                 let xSlice = UnsafeMutableBufferPointer(rebasing: xb[(slot * 3 * plane)..<((slot + 1) * 3 * plane)])
