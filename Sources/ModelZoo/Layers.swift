@@ -78,16 +78,15 @@ public struct BatchNorm2d {
             }
             // One kernel normalizes with the batch statistics; the running
             // statistics use the same moments as its gradient (built once).
-            let y = x.emit("batch_norm_train", [gamma, beta], attrs)
             let moments: (mean: Value, centered: Value, variance: Value)
             do {
                 moments = try NormOps.batchMoments(ctx.builder, x.value)
             } catch {
                 ctx.fail("BatchNorm2d \"\(scope.path)\": \(error)")
-                return y
+                return x
             }
-            let mean = Tensor(moments.mean, ctx).emit("reshape", [], ["shape": .ints([channels])])
-            let variance = Tensor(moments.variance, ctx).emit("reshape", [], ["shape": .ints([channels])])
+            let y = x.emit("batch_norm_train", [gamma, beta], attrs)
+            let mean = Tensor(moments.mean, ctx), variance = Tensor(moments.variance, ctx)
             let n = Double(x.type.count / channels)
             let unbias = n > 1 ? n / (n - 1) : 1
             ctx.update(runningMean, with: runningMean * (1 - momentum) + mean * momentum)

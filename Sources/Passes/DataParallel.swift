@@ -13,6 +13,11 @@ import IR
 /// (the variance is taken around the global mean), so N processes with batch
 /// B normalize exactly like one process with batch N·B. Statistics that come
 /// in as arguments (running statistics, frozen encoders) are left alone.
+///
+/// batch_norm_train computes its statistics inside its kernel, where no
+/// allreduce reaches them: each one becomes batch_norm over the moments its
+/// layer built with NormOps.batchMoments (which its running statistics use
+/// too), and those are averaged like any other.
 public struct SyncBatchNorm: Pass {
     public static let name = "sync-batch-norm"
     public init() {}
@@ -20,9 +25,10 @@ public struct SyncBatchNorm: Pass {
     public func run(_ module: inout Module) throws -> Bool {
         var changed = false
         for index in module.functions.indices {
+            guard module.functions[index].output(named: Autodiff.lossName) != nil,
+                  !module.functions[index].nodes.contains(where: { $0.op == "allreduce" }) else { continue }
+            try Self.exposeStatistics(&module.functions[index])
             let function = module.functions[index]
-            guard function.output(named: Autodiff.lossName) != nil,
-                  !function.nodes.contains(where: { $0.op == "allreduce" }) else { continue }
             let computed = Set(function.nodes.map(\.id))
             let statistics = Set(function.nodes.filter { $0.op == "batch_norm" }
                 .flatMap { $0.operands[1...2] }.filter { computed.contains($0) })
@@ -46,6 +52,42 @@ public struct SyncBatchNorm: Pass {
             changed = true
         }
         return changed
+    }
+}
+
+extension SyncBatchNorm {
+    /// Rewrites each batch_norm_train as batch_norm over its batch moments.
+    static func exposeStatistics(_ function: inout Function) throws {
+        for (position, node) in function.nodes.enumerated() where node.op == "batch_norm_train" {
+            let x = node.operands[0]
+            guard let (mean, variance) = moments(of: x, in: function, before: position) else {
+                throw IRError("batch_norm_train %\(node.id) has no batch moments of %\(x) (NormOps.batchMoments) before it, so --data-parallel cannot average its statistics", loc: node.loc)
+            }
+            function.nodes[position] = Node(id: node.id, op: "batch_norm", operands: [x, mean, variance, node.operands[1], node.operands[2]],
+                                            attrs: node.attrs, type: node.type, loc: node.loc)
+        }
+    }
+
+    /// The mean and variance nodes NormOps.batchMoments builds for x —
+    /// reduce_mean(x), and reduce_mean(c·c) with c = x − reshape(mean) —
+    /// among the nodes before `position`.
+    static func moments(of x: ValueID, in function: Function, before position: Int) -> (mean: ValueID, variance: ValueID)? {
+        let nodes = function.nodes[..<position]
+        guard let rank = function.types[x]?.rank, rank >= 2 else { return nil }
+        let axes = [0] + Array(2..<rank)
+        func isBatchMean(_ node: Node, of value: ValueID) -> Bool {
+            node.op == "reduce_mean" && node.operands == [value] && (try? node.attrs.ints("axes")) == axes && node.attrs["keepdims"] == nil
+        }
+        for mean in nodes where isBatchMean(mean, of: x) {
+            for view in nodes where view.op == "reshape" && view.operands == [mean.id] {
+                for centered in nodes where centered.op == "sub" && centered.operands == [x, view.id] {
+                    for square in nodes where square.op == "mul" && square.operands == [centered.id, centered.id] {
+                        if let variance = nodes.first(where: { isBatchMean($0, of: square.id) }) { return (mean.id, variance.id) }
+                    }
+                }
+            }
+        }
+        return nil
     }
 }
 

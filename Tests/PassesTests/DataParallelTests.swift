@@ -82,17 +82,21 @@ final class DataParallelTests: XCTestCase {
     /// cheapest to interpret).
     func testDataParallelStepEqualsThePlainStepInOneProcess() throws {
         let parallel = try compiled(Self.dataParallel), plain = try compiled(Self.singleProcess)
+        // The plain step differentiates batch_norm_train in closed form, the
+        // data-parallel one its exposed statistics: equal in exact arithmetic,
+        // apart by f64 rounding (measured 1.1e-12 relative).
+        let tolerance = 1e-10
         for name in ["pretrain_step"] {
             let p = try XCTUnwrap(parallel[name]), q = try XCTUnwrap(plain[name])
             let arguments = randomArguments(for: p, seed: 11)
             let a = try Interpreter.run(p, arguments: arguments), b = try Interpreter.run(q, arguments: arguments)
             XCTAssertEqual(Set(a.outputs.keys), Set(b.outputs.keys))
             for (key, value) in b.outputs {
-                XCTAssertLessThanOrEqual(maxRelativeDifference(a.outputs[key]!.data, value.data), 1e-12, "\(name) \(key)")
+                XCTAssertLessThanOrEqual(maxRelativeDifference(a.outputs[key]!.data, value.data), tolerance, "\(name) \(key)")
             }
             XCTAssertEqual(Set(a.updates.keys), Set(b.updates.keys))
             for (key, value) in b.updates {
-                XCTAssertLessThanOrEqual(maxRelativeDifference(a.updates[key]!.data, value.data), 1e-12, "\(name) \(key)")
+                XCTAssertLessThanOrEqual(maxRelativeDifference(a.updates[key]!.data, value.data), tolerance, "\(name) \(key)")
             }
         }
     }

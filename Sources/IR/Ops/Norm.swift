@@ -35,15 +35,17 @@ public enum NormOps {
         return value
     }
 
-    /// The batch moments of x over N and the spatial axes (biased variance),
-    /// shaped [1, C, 1, ...] to broadcast. A training batch norm's layer (for
-    /// its running statistics) and batch_norm_train's gradient both build them
-    /// here, so the step computes them once.
+    /// The batch moments of x over N and the spatial axes: mean and biased
+    /// variance per channel ([C]), and x − mean. A training batch norm's layer
+    /// (for its running statistics) and batch_norm_train's gradient both build
+    /// them here, so the step computes them once; data-parallel compilation
+    /// (sync-batch-norm) finds them by this shape and averages them across
+    /// processes.
     public static func batchMoments(_ b: FunctionBuilder, _ x: Value) throws -> (mean: Value, centered: Value, variance: Value) {
         let axes = [0] + Array(2..<x.rank)
-        let mean = try b.mean(x, axes: axes, keepDims: true)
-        let centered = try b.sub(x, mean)
-        let variance = try b.mean(try b.mul(centered, centered), axes: axes, keepDims: true)
+        let mean = try b.mean(x, axes: axes)
+        let centered = try b.sub(x, try channelView(b, mean, rank: x.rank))
+        let variance = try b.mean(try b.mul(centered, centered), axes: axes)
         return (mean, centered, variance)
     }
 
@@ -152,7 +154,7 @@ public enum NormOps {
                    let b = c.builder, x = c.operands[0], g = c.grad
                    let axes = [0] + Array(2..<x.rank), channels = x.shape[1]
                    let (_, centered, variance) = try batchMoments(b, x)
-                   let r = try b.unary("rsqrt", try b.add(variance, try b.constant(try eps(c.attrs), like: x)))
+                   let r = try b.unary("rsqrt", try b.add(try channelView(b, variance, rank: x.rank), try b.constant(try eps(c.attrs), like: x)))
                    let count = try b.constant(Double(x.type.count / channels), like: x)
                    let sumG = try b.sum(g, axes: axes, keepDims: true)
                    let sumGD = try b.sum(try b.mul(g, centered), axes: axes, keepDims: true)
