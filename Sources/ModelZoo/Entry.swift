@@ -8,8 +8,12 @@ public protocol SegmentationModel {
     func encode(_ x: Tensor, scope: Scope) -> [Tensor]
     /// Feature maps → the decoder's full-resolution output [N, C, S, S].
     func decode(_ features: [Tensor], scope: Scope) -> Tensor
-    /// Decoder output → `channels` maps. Default: 3×3 conv with bias.
+    /// Decoder output → `channels` maps. Default: 3×3 conv with bias,
+    /// PyTorch's default init.
     func head(_ x: Tensor, channels: Int, scope: Scope) -> Tensor
+    /// Pooled encoder features [N, C] → `classes` logits (classify_step's
+    /// `head.cls`). Default: a linear layer with PyTorch's default init.
+    func classifier(_ pooled: Tensor, classes: Int, scope: Scope) -> Tensor
     /// The input size must be a multiple of this. Default 1.
     var inputMultiple: Int { get }
 }
@@ -17,6 +21,9 @@ public protocol SegmentationModel {
 extension SegmentationModel {
     public func head(_ x: Tensor, channels: Int, scope: Scope) -> Tensor {
         Conv2d(scope, x.channels, channels, kernel: 3, padding: 1, bias: true)(x)
+    }
+    public func classifier(_ pooled: Tensor, classes: Int, scope: Scope) -> Tensor {
+        Linear(scope, pooled.shape.last ?? 1, classes)(pooled)
     }
     public var inputMultiple: Int { 1 }
 }
@@ -130,7 +137,7 @@ public func buildFunction(_ entry: EntryPoint, model: any SegmentationModel, con
             return try ctx.finish()
         }
         let pooled = last.mean(axes: [2, 3])
-        let logits = Linear(root["head.cls"], last.channels, config.imageClasses)(pooled)
+        let logits = model.classifier(pooled, classes: config.imageClasses, scope: root["head.cls"])
         ctx.output(logits.emit("cross_entropy", [labels], ["ignore_index": .int(config.ignoreIndex)]), name: "loss")
     }
     return try ctx.finish()
