@@ -45,6 +45,10 @@ public enum EntryPoint: String, CaseIterable, Sendable {
     /// globally average-pooled last feature map; only the encoder and that
     /// head are trained.
     case classifyStep = "classify_step"
+    /// `x` (a noisy image) → the denoising head's `prediction` [B, 3, S, S]
+    /// (the noise ε or the clean image, as pretrained); eval-mode batch norm.
+    /// What `ddepc denoise` runs.
+    case denoise
 }
 
 /// Static shapes and options of the built entry points.
@@ -121,6 +125,10 @@ public func buildFunction(_ entry: EntryPoint, model: any SegmentationModel, con
         let noisy = x * a.reshape(perSample) + noise * bScale.reshape(perSample)
         let prediction = forward(model, noisy, headScope: "head.denoise", channels: 3)
         ctx.output(prediction.emit("mse", [noise * targetNoise + x * targetImage]), name: "loss")
+    case .denoise:
+        ctx = BuildContext(function: entry.rawValue, training: false)
+        let x = ctx.input("x", image)
+        ctx.output(forward(model, x, headScope: "head.denoise", channels: 3), name: "prediction")
     case .finetuneStep:
         ctx = BuildContext(function: entry.rawValue, training: true)
         let x = ctx.input("x", image)

@@ -220,12 +220,12 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(inspect.status, 0, inspect.stderr)
         let lines = inspect.stdout.split(separator: "\n").map(String.init)
         let columns = { (name: String) in lines.first { $0.hasPrefix(name + " ") }?.split(separator: " ").map(String.init) ?? [] }
-        // name, shape (4 words), count, infer, pretrain_step, pretrain_dep_step, finetune_step, classify_step
-        XCTAssertEqual(columns("enc.root.conv.weight").suffix(6), ["2352", "read", "frozen", "train", "train", "train"], inspect.stdout)
-        XCTAssertEqual(columns("head.denoise.bias").suffix(6), ["3", "-", "train", "train", "-", "-"], inspect.stdout)
+        // name, shape (4 words), count, infer, pretrain_step, pretrain_dep_step, finetune_step, classify_step, denoise
+        XCTAssertEqual(columns("enc.root.conv.weight").suffix(7), ["2352", "read", "frozen", "train", "train", "train", "read"], inspect.stdout)
+        XCTAssertEqual(columns("head.denoise.bias").suffix(7), ["3", "-", "train", "train", "-", "-", "read"], inspect.stdout)
         let encoder = lines.filter { $0.hasPrefix("enc.") }.compactMap { line in
             let words = line.split(separator: " ")
-            return Int(words[words.count - 6])
+            return Int(words[words.count - 7])
         }
         let total = lines.filter { $0.hasPrefix("enc.") || $0.hasPrefix("dec.") || $0.hasPrefix("head.") }
         XCTAssertFalse(encoder.isEmpty)

@@ -31,6 +31,7 @@ final class DenoisingLearnsTests: XCTestCase {
     /// ε target) on the bundled photos, and returns the loss curve.
     func denoise(_ model: String, batch: Int, size: Int, steps: Int, lr: String) throws -> [Double] {
         try FileManager.default.createDirectory(at: Self.work, withIntermediateDirectories: true)
+        if FileManager.default.fileExists(atPath: path("run-\(model)/metrics.jsonl")) { return try losses("run-\(model)") }
         let artifact = path("\(model).ddepc")
         let compile = try ddepc(["compile", model, "-o", artifact, "--batch", "\(batch)", "--size", "\(size)", "--classes", "2"])
         XCTAssertEqual(compile.status, 0, compile.all)
@@ -50,6 +51,31 @@ final class DenoisingLearnsTests: XCTestCase {
         let last = curve.suffix(20).reduce(0, +) / 20
         XCTAssertLessThan(last, 0.85, "the denoising loss ends clearly below 1.0 (predicting zero): \(curve.suffix(20))")
         XCTAssertTrue(curve.allSatisfy(\.isFinite))
+    }
+
+    /// `ddepc denoise` on that run: four PNGs per image, a noise MSE that
+    /// agrees with the training loss's scale (well below 1.0), PSNR that
+    /// rises, and no file overwritten on a second call.
+    func testDenoiseCommandWritesImagesAndFigures() throws {
+        let curve = try denoise("unet-vgg16-tiny", batch: 4, size: 32, steps: 300, lr: "1e-2")
+        XCTAssertLessThan(curve.suffix(20).reduce(0, +) / 20, 0.85)
+        let out = path("denoised")
+        let args = ["denoise", path("run-unet-vgg16-tiny"), "Examples/data/images/fruits.png", "Examples/data/images/baboon.png",
+                    "-o", out, "--resize", "256"]
+        let result = try ddepc(args)
+        XCTAssertEqual(result.status, 0, result.all)
+        XCTAssertTrue(result.stdout.contains("scaled noise, σ = 0.22, eps target, 32×32 crops"), result.stdout)
+        for name in ["fruits", "baboon"] {
+            for suffix in ["clean", "noisy", "denoised", "panel"] {
+                XCTAssertTrue(FileManager.default.fileExists(atPath: "\(out)/\(name)_\(suffix).png"), "\(name)_\(suffix).png")
+            }
+        }
+        let summary = try XCTUnwrap(result.stdout.split(separator: "\n").last { $0.hasPrefix("mean noise MSE ") })
+        let mse = try XCTUnwrap(Double(summary.split(separator: " ")[3]))
+        XCTAssertLessThan(mse, 0.9, "the model removes noise: \(result.stdout)")
+        let again = try ddepc(args)
+        XCTAssertNotEqual(again.status, 0)
+        XCTAssertTrue(again.stderr.contains("exists; choose another -o (nothing was overwritten)"), again.all)
     }
 
     /// The ResNet-18 U-Net at the setting (64 px, batch 8, 600
