@@ -212,6 +212,23 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(damaged.stderr.hasPrefix("error: ") && damaged.stderr.contains("truncated"), damaged.stderr)
     }
 
+    /// `--format hed-vgg16` on the fixture's HED-named tiny encoder: the
+    /// tiny VGG U-Net takes it; the default model (the full-width
+    /// unet-vgg16) refuses it and nothing is written.
+    func testImportWeightsConvertsHEDNamesAndRefusesMisfits() throws {
+        let hed = Self.repository.appendingPathComponent("Tests/Fixtures/unet-vgg16-tiny-hed.safetensors").path
+        let ok = try ddepc(["import-weights", "--format", "hed-vgg16", hed, "-o", path("hed-enc.safetensors"), "--model", "unet-vgg16-tiny"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("26 tensors") && ok.stdout.contains("for unet-vgg16-tiny"), ok.stdout)
+        XCTAssertTrue(ok.stdout.contains("ignored (not part of the encoder): dsn1/vars/0"), ok.stdout)
+        XCTAssertEqual(try SafetensorsFile(contentsOf: URL(fileURLWithPath: path("hed-enc.safetensors"))).names.count, 26)
+
+        let misfit = try ddepc(["import-weights", "--format", "hed-vgg16", hed, "-o", path("hed-misfit.safetensors")])
+        XCTAssertEqual(misfit.status, 1)
+        XCTAssertTrue(misfit.stderr.contains("nothing was written") && misfit.stderr.contains("enc.features.28.weight"), misfit.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("hed-misfit.safetensors")))
+    }
+
     func testInspectShowsTrainableAndFrozenWeightsPerEntryPoint() throws {
         let artifact = path("tiny-transunet.ddepc")
         let compiled = try ddepc(["compile", "transunet-tiny", "-o", artifact, "--batch", "1", "--size", "32", "--classes", "3"])
