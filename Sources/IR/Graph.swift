@@ -14,19 +14,73 @@ public enum ArgRole: String, CaseIterable, Sendable {
 /// How the runtime initializes a weight or state buffer.
 public enum InitRule: Hashable, CustomStringConvertible, Sendable {
     case zeros, ones
-    /// He/Kaiming normal: std = sqrt(2 / fan_in), fan_in = prod(shape[1...]).
+    /// He/Kaiming normal over fan_in: std = sqrt(2 / fan_in), fan_in = prod(shape[1...]).
     case he
+    /// Kaiming normal over fan_out for ReLU (`kaiming_normal_(mode="fan_out",
+    /// nonlinearity="relu")`, torchvision's ResNet convs): std = sqrt(2 / fan_out),
+    /// fan_out = shape[0]·prod(shape[2...]).
+    case heFanOut
+    /// Kaiming uniform over fan_in with leaky-ReLU slope `a`: bound =
+    /// sqrt(6 / ((1 + a²)·fan_in)). a = √5 is PyTorch's default for Conv and
+    /// Linear weights (bound 1/√fan_in); a = 0 is `nonlinearity="relu"`
+    /// (smp's decoder convs; bound √(6/fan_in)).
+    case kaimingUniform(a: Double)
     /// Xavier/Glorot uniform: bound = sqrt(6 / (fan_in + fan_out)).
     case xavier
+    /// Uniform on [-bound, bound] (PyTorch's default bias: bound = 1/√fan_in of its weight).
+    case uniform(Double)
     /// Normal with a given standard deviation.
     case normal(Double)
+
+    /// PyTorch's `nn.Conv2d`/`nn.Linear` weight default (`kaiming_uniform_(a=√5)`).
+    public static let pytorchWeight = InitRule.kaimingUniform(a: 5.0.squareRoot())
+
+    /// PyTorch's `nn.Conv2d`/`nn.Linear` bias default for a weight with `fanIn` inputs.
+    public static func pytorchBias(fanIn: Int) -> InitRule { .uniform(1 / Double(Swift.max(fanIn, 1)).squareRoot()) }
+
+    /// fan_in and fan_out of a weight of `shape`, as PyTorch computes them
+    /// (receptive field = prod(shape[2...])); at least 1.
+    public static func fans(_ shape: [Int]) -> (fanIn: Int, fanOut: Int) {
+        let receptive = shape.dropFirst(2).reduce(1, *)
+        let fanIn = shape.count >= 2 ? shape[1] * receptive : (shape.first ?? 1)
+        let fanOut = (shape.first ?? 1) * receptive
+        return (Swift.max(fanIn, 1), Swift.max(fanOut, 1))
+    }
+
+    /// The standard deviation of the values this rule draws for `shape` (0 for constants).
+    public func standardDeviation(shape: [Int]) -> Double {
+        let (fanIn, fanOut) = InitRule.fans(shape)
+        switch self {
+        case .zeros, .ones: return 0
+        case .he: return (2 / Double(fanIn)).squareRoot()
+        case .heFanOut: return (2 / Double(fanOut)).squareRoot()
+        case .kaimingUniform(let a): return (2 / ((1 + a * a) * Double(fanIn))).squareRoot()
+        case .xavier: return (2 / Double(fanIn + fanOut)).squareRoot()
+        case .uniform(let bound): return bound / 3.0.squareRoot()
+        case .normal(let std): return std
+        }
+    }
+
+    /// The bound of a uniform rule for `shape` (nil for the others).
+    public func uniformBound(shape: [Int]) -> Double? {
+        let (fanIn, fanOut) = InitRule.fans(shape)
+        switch self {
+        case .kaimingUniform(let a): return (6 / ((1 + a * a) * Double(fanIn))).squareRoot()
+        case .xavier: return (6 / Double(fanIn + fanOut)).squareRoot()
+        case .uniform(let bound): return bound
+        default: return nil
+        }
+    }
 
     public var description: String {
         switch self {
         case .zeros: return "zeros"
         case .ones: return "ones"
         case .he: return "he"
+        case .heFanOut: return "he_fan_out"
+        case .kaimingUniform(let a): return "kaiming_uniform(\(a))"
         case .xavier: return "xavier"
+        case .uniform(let bound): return "uniform(\(bound))"
         case .normal(let std): return "normal(\(std))"
         }
     }
@@ -36,11 +90,18 @@ public enum InitRule: Hashable, CustomStringConvertible, Sendable {
         case "zeros": self = .zeros
         case "ones": self = .ones
         case "he": self = .he
+        case "he_fan_out": self = .heFanOut
         case "xavier": self = .xavier
         default:
-            guard text.hasPrefix("normal("), text.hasSuffix(")"),
-                  let std = Double(text.dropFirst(7).dropLast()) else { return nil }
-            self = .normal(std)
+            func argument(_ prefix: String) -> Double? {
+                guard text.hasPrefix(prefix + "("), text.hasSuffix(")"),
+                      let value = Double(text.dropFirst(prefix.count + 1).dropLast()), value.isFinite, value >= 0 else { return nil }
+                return value
+            }
+            if let std = argument("normal") { self = .normal(std) }
+            else if let a = argument("kaiming_uniform") { self = .kaimingUniform(a: a) }
+            else if let bound = argument("uniform") { self = .uniform(bound) }
+            else { return nil }
         }
     }
 }

@@ -8,8 +8,12 @@ public protocol SegmentationModel {
     func encode(_ x: Tensor, scope: Scope) -> [Tensor]
     /// Feature maps → the decoder's full-resolution output [N, C, S, S].
     func decode(_ features: [Tensor], scope: Scope) -> Tensor
-    /// Decoder output → `channels` maps. Default: 3×3 conv with bias.
+    /// Decoder output → `channels` maps. Default: 3×3 conv with bias,
+    /// PyTorch's default init.
     func head(_ x: Tensor, channels: Int, scope: Scope) -> Tensor
+    /// Pooled encoder features [N, C] → `classes` logits (classify_step's
+    /// `head.cls`). Default: a linear layer with PyTorch's default init.
+    func classifier(_ pooled: Tensor, classes: Int, scope: Scope) -> Tensor
     /// The input size must be a multiple of this. Default 1.
     var inputMultiple: Int { get }
 }
@@ -17,6 +21,9 @@ public protocol SegmentationModel {
 extension SegmentationModel {
     public func head(_ x: Tensor, channels: Int, scope: Scope) -> Tensor {
         Conv2d(scope, x.channels, channels, kernel: 3, padding: 1, bias: true)(x)
+    }
+    public func classifier(_ pooled: Tensor, classes: Int, scope: Scope) -> Tensor {
+        Linear(scope, pooled.shape.last ?? 1, classes)(pooled)
     }
     public var inputMultiple: Int { 1 }
 }
@@ -38,6 +45,10 @@ public enum EntryPoint: String, CaseIterable, Sendable {
     /// globally average-pooled last feature map; only the encoder and that
     /// head are trained.
     case classifyStep = "classify_step"
+    /// `x` (a noisy image) → the denoising head's `prediction` [B, 3, S, S]
+    /// (the noise ε or the clean image, as pretrained); eval-mode batch norm.
+    /// What `ddepc denoise` runs.
+    case denoise
 }
 
 /// Static shapes and options of the built entry points.
@@ -114,6 +125,10 @@ public func buildFunction(_ entry: EntryPoint, model: any SegmentationModel, con
         let noisy = x * a.reshape(perSample) + noise * bScale.reshape(perSample)
         let prediction = forward(model, noisy, headScope: "head.denoise", channels: 3)
         ctx.output(prediction.emit("mse", [noise * targetNoise + x * targetImage]), name: "loss")
+    case .denoise:
+        ctx = BuildContext(function: entry.rawValue, training: false)
+        let x = ctx.input("x", image)
+        ctx.output(forward(model, x, headScope: "head.denoise", channels: 3), name: "prediction")
     case .finetuneStep:
         ctx = BuildContext(function: entry.rawValue, training: true)
         let x = ctx.input("x", image)
@@ -130,7 +145,7 @@ public func buildFunction(_ entry: EntryPoint, model: any SegmentationModel, con
             return try ctx.finish()
         }
         let pooled = last.mean(axes: [2, 3])
-        let logits = Linear(root["head.cls"], last.channels, config.imageClasses)(pooled)
+        let logits = model.classifier(pooled, classes: config.imageClasses, scope: root["head.cls"])
         ctx.output(logits.emit("cross_entropy", [labels], ["ignore_index": .int(config.ignoreIndex)]), name: "loss")
     }
     return try ctx.finish()

@@ -4,17 +4,24 @@ import IR
 // its parameters (on first use) and appends its nodes. Names follow PyTorch
 // (`weight`, `bias`, `running_mean`, `running_var`).
 
-/// 2-D convolution: weight [O, I/groups, k, k] (He init), optional bias [O].
+/// 2-D convolution: weight [O, I/groups, k, k], optional bias [O]. Unless
+/// told otherwise both start as PyTorch's `nn.Conv2d` does: weight
+/// `kaiming_uniform_(a=√5)` (U(±1/√fan_in)), bias U(±1/√fan_in).
 public struct Conv2d {
     public let scope: Scope
     public var inChannels, outChannels, kernel, stride, padding, dilation, groups: Int
     public var bias: Bool
+    public var weightInit: InitRule
+    public var biasInit: InitRule
 
     public init(_ scope: Scope, _ inChannels: Int, _ outChannels: Int, kernel: Int, stride: Int = 1,
-                padding: Int = 0, dilation: Int = 1, groups: Int = 1, bias: Bool = true) {
+                padding: Int = 0, dilation: Int = 1, groups: Int = 1, bias: Bool = true,
+                weightInit: InitRule = .pytorchWeight, biasInit: InitRule? = nil) {
         self.scope = scope
         (self.inChannels, self.outChannels, self.kernel, self.stride) = (inChannels, outChannels, kernel, stride)
         (self.padding, self.dilation, self.groups, self.bias) = (padding, dilation, groups, bias)
+        self.weightInit = weightInit
+        self.biasInit = biasInit ?? .pytorchBias(fanIn: inChannels / Swift.max(groups, 1) * kernel * kernel)
     }
 
     public var parameterCount: Int { outChannels * (inChannels / max(groups, 1)) * kernel * kernel + (bias ? outChannels : 0) }
@@ -25,7 +32,7 @@ public struct Conv2d {
                 scope.context.fail("Conv2d \"\(scope.path)\": groups=\(groups) must divide the \(inChannels) input channels")
                 return x
             }
-            let w = scope.param("weight", [outChannels, inChannels / groups, kernel, kernel], init: .he)
+            let w = scope.param("weight", [outChannels, inChannels / groups, kernel, kernel], init: weightInit)
             var attrs: Attributes = [:]
             if stride != 1 { attrs["stride"] = .ints([stride, stride]) }
             if padding != 0 { attrs["pad"] = .ints([padding, padding]) }
@@ -33,7 +40,7 @@ public struct Conv2d {
             if groups != 1 { attrs["groups"] = .int(groups) }
             var y = x.emit("conv2d", [w], attrs)
             if bias {
-                let b = scope.param("bias", [outChannels], init: .zeros)
+                let b = scope.param("bias", [outChannels], init: biasInit)
                 y = y + b.emit("reshape", [], ["shape": .ints([1, outChannels, 1, 1])])
             }
             return y
@@ -118,24 +125,30 @@ public struct GroupNorm {
     }
 }
 
-/// Fully connected layer on the last axis: weight [out, in] (Xavier), bias [out].
+/// Fully connected layer on the last axis: weight [out, in], bias [out];
+/// by default PyTorch's `nn.Linear` init (weight U(±1/√in), bias U(±1/√in)).
 public struct Linear {
     public let scope: Scope
     public var inFeatures, outFeatures: Int
     public var bias: Bool
+    public var weightInit: InitRule
+    public var biasInit: InitRule
 
-    public init(_ scope: Scope, _ inFeatures: Int, _ outFeatures: Int, bias: Bool = true) {
+    public init(_ scope: Scope, _ inFeatures: Int, _ outFeatures: Int, bias: Bool = true,
+                weightInit: InitRule = .pytorchWeight, biasInit: InitRule? = nil) {
         self.scope = scope
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
         self.bias = bias
+        self.weightInit = weightInit
+        self.biasInit = biasInit ?? .pytorchBias(fanIn: inFeatures)
     }
 
     public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
         scope.context.at(file, line) {
-            let w = scope.param("weight", [outFeatures, inFeatures], init: .xavier)
+            let w = scope.param("weight", [outFeatures, inFeatures], init: weightInit)
             var y = x.emit("matmul", [w], ["transpose_b": .bool(true)])
-            if bias { y = y + scope.param("bias", [outFeatures], init: .zeros) }
+            if bias { y = y + scope.param("bias", [outFeatures], init: biasInit) }
             return y
         }
     }
@@ -163,14 +176,16 @@ public struct MaxPool2d {
 }
 
 /// conv (no bias) → BatchNorm → ReLU, named `0` (conv) and `1` (BN) like
-/// smp's `Conv2dReLU`.
+/// smp's `Conv2dReLU`; the conv weight starts by `weightInit` (PyTorch's default
+/// unless the model's reference implementation re-initialises it).
 public struct Conv2dBNReLU {
     public let conv: Conv2d
     public let norm: BatchNorm2d
 
-    public init(_ scope: Scope, _ inChannels: Int, _ outChannels: Int, kernel: Int = 3, stride: Int = 1, padding: Int? = nil) {
+    public init(_ scope: Scope, _ inChannels: Int, _ outChannels: Int, kernel: Int = 3, stride: Int = 1, padding: Int? = nil,
+                weightInit: InitRule = .pytorchWeight) {
         conv = Conv2d(scope["0"], inChannels, outChannels, kernel: kernel, stride: stride,
-                      padding: padding ?? kernel / 2, bias: false)
+                      padding: padding ?? kernel / 2, bias: false, weightInit: weightInit)
         norm = BatchNorm2d(scope["1"], outChannels)
     }
 

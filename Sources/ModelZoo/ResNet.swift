@@ -25,7 +25,9 @@ extension FeatureEncoder where Self == ResNetEncoder {
 /// layer2 (1/8), layer3 (1/16), layer4 (1/32)]. Parameter names match
 /// torchvision (`conv1.weight`, `bn1.*`, `layer1.0.conv1.weight`,
 /// `layer2.0.downsample.0.weight`, ...). `baseWidth` (64 in torchvision)
-/// scales every width, so `baseWidth: 8` is a tiny CPU variant.
+/// scales every width, so `baseWidth: 8` is a tiny CPU variant. Convs start
+/// as torchvision's do (`kaiming_normal_(mode="fan_out", nonlinearity="relu")`,
+/// which smp's ResNet encoders inherit), batch norms at weight 1, bias 0.
 public struct ResNetEncoder: FeatureEncoder, Hashable {
     public var depth: Int
     public var baseWidth: Int
@@ -62,7 +64,7 @@ public struct ResNetEncoder: FeatureEncoder, Hashable {
             ctx.fail("unsupported ResNet depth \(depth) or base width \(baseWidth) (depths: 18, 34, 50, 101, 152)")
             return [x]
         }
-        let conv1 = Conv2d(scope["conv1"], inChannels, baseWidth, kernel: 7, stride: 2, padding: 3, bias: false)
+        let conv1 = Conv2d(scope["conv1"], inChannels, baseWidth, kernel: 7, stride: 2, padding: 3, bias: false, weightInit: .heFanOut)
         let bn1 = BatchNorm2d(scope["bn1"], baseWidth)
         let stem = bn1(conv1(x)).relu()
         var y = MaxPool2d(kernel: 3, stride: 2, padding: 1)(stem)
@@ -90,7 +92,7 @@ public struct ResNetEncoder: FeatureEncoder, Hashable {
 /// where the shape changes.
 func shortcut(_ x: Tensor, _ scope: Scope, _ inChannels: Int, _ outChannels: Int, stride: Int) -> Tensor {
     guard stride != 1 || inChannels != outChannels else { return x }
-    let conv = Conv2d(scope["downsample.0"], inChannels, outChannels, kernel: 1, stride: stride, bias: false)
+    let conv = Conv2d(scope["downsample.0"], inChannels, outChannels, kernel: 1, stride: stride, bias: false, weightInit: .heFanOut)
     return BatchNorm2d(scope["downsample.1"], outChannels)(conv(x))
 }
 
@@ -108,9 +110,9 @@ public struct BasicBlock {
 
     public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
         x.context.at(file, line) {
-            let conv1 = Conv2d(scope["conv1"], inChannels, planes, kernel: 3, stride: stride, padding: 1, bias: false)
+            let conv1 = Conv2d(scope["conv1"], inChannels, planes, kernel: 3, stride: stride, padding: 1, bias: false, weightInit: .heFanOut)
             let bn1 = BatchNorm2d(scope["bn1"], planes)
-            let conv2 = Conv2d(scope["conv2"], planes, planes, kernel: 3, padding: 1, bias: false)
+            let conv2 = Conv2d(scope["conv2"], planes, planes, kernel: 3, padding: 1, bias: false, weightInit: .heFanOut)
             let bn2 = BatchNorm2d(scope["bn2"], planes)
             var y = bn1(conv1(x)).relu()
             y = bn2(conv2(y))
@@ -137,11 +139,11 @@ public struct Bottleneck {
     public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
         x.context.at(file, line) {
             let out = planes * Bottleneck.expansion
-            let conv1 = Conv2d(scope["conv1"], inChannels, planes, kernel: 1, bias: false)
+            let conv1 = Conv2d(scope["conv1"], inChannels, planes, kernel: 1, bias: false, weightInit: .heFanOut)
             let bn1 = BatchNorm2d(scope["bn1"], planes)
-            let conv2 = Conv2d(scope["conv2"], planes, planes, kernel: 3, stride: stride, padding: 1, bias: false)
+            let conv2 = Conv2d(scope["conv2"], planes, planes, kernel: 3, stride: stride, padding: 1, bias: false, weightInit: .heFanOut)
             let bn2 = BatchNorm2d(scope["bn2"], planes)
-            let conv3 = Conv2d(scope["conv3"], planes, out, kernel: 1, bias: false)
+            let conv3 = Conv2d(scope["conv3"], planes, out, kernel: 1, bias: false, weightInit: .heFanOut)
             let bn3 = BatchNorm2d(scope["bn3"], out)
             var y = bn1(conv1(x)).relu()
             y = bn2(conv2(y)).relu()

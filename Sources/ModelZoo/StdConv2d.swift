@@ -30,13 +30,14 @@ public struct StdConv2d {
 
     public func callAsFunction(_ x: Tensor, file: StaticString = #fileID, line: UInt = #line) -> Tensor {
         scope.context.at(file, line) {
-            let w = scope.param("weight", [outChannels, inChannels, kernel, kernel], init: .he)
+            // nn.Conv2d's default (TransUNet's StdConv2d subclasses it).
+            let w = scope.param("weight", [outChannels, inChannels, kernel, kernel], init: .pytorchWeight)
             var attrs: Attributes = [:]
             if stride != 1 { attrs["stride"] = .ints([stride, stride]) }
             if padding != 0 { attrs["pad"] = .ints([padding, padding]) }
             var y = x.emit("conv2d", [StdConv2d.standardize(w, eps: eps)], attrs)
             if bias {
-                let b = scope.param("bias", [outChannels], init: .zeros)
+                let b = scope.param("bias", [outChannels], init: .pytorchBias(fanIn: inChannels * kernel * kernel))
                 y = y + b.emit("reshape", [], ["shape": .ints([1, outChannels, 1, 1])])
             }
             return y

@@ -5,6 +5,7 @@ import IR
 /// with bias), plus a learned position embedding (`position_embeddings`,
 /// [1, tokens, hidden], no class token), then pre-LayerNorm transformer
 /// blocks (`layer.{i}`) and a final LayerNorm (`encoder_norm`, eps 1e-6).
+/// The position embedding starts at zeros, as in TransUNet's `Embeddings`.
 public struct TransUNetEncoder: Hashable, Sendable {
     public var resnet: ResNetV2Encoder
     public var hidden, layers, heads, mlpDim: Int
@@ -40,7 +41,7 @@ public struct TransUNetEncoder: Hashable, Sendable {
         let (b, h, w) = (last.shape[0], last.shape[2], last.shape[3])
         let patches = Conv2d(scope["patch_embeddings"], last.channels, hidden, kernel: 1)(last)
         var tokens = patches.reshape([b, hidden, h * w]).permute([0, 2, 1])
-        tokens = tokens + scope.param("position_embeddings", [1, h * w, hidden], init: .normal(0.02))
+        tokens = tokens + scope.param("position_embeddings", [1, h * w, hidden], init: .zeros)
         for i in 0..<layers {
             tokens = TransformerBlock(scope["layer.\(i)"], dim: hidden, heads: heads, mlpDim: mlpDim)(tokens)
         }
@@ -57,6 +58,8 @@ public struct TransUNetEncoder: Hashable, Sendable {
 /// (align_corners=True) → concat the skip (ResNet features from coarse to
 /// fine; the last block has none) → two (3×3 conv, no bias + BN + ReLU),
 /// named `conv1.0/conv1.1`, `conv2.0/conv2.1`. Heads: 3×3 conv with bias.
+/// Decoder and heads keep PyTorch's layer defaults (the official code does
+/// not re-initialise them).
 ///
 /// The encoder's total stride is 2^(stages+1), so a model with three ResNet
 /// stages needs five decoder widths (four upsampling blocks).

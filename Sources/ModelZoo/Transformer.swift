@@ -36,7 +36,9 @@ public struct MultiHeadSelfAttention {
 
 /// A pre-LayerNorm transformer block (TransUNet's `Block`):
 /// x + attn(attention_norm(x)), then + ffn(ffn_norm(·)) with
-/// ffn = fc2(gelu(fc1(·))) (the erf GELU). LayerNorm eps 1e-6.
+/// ffn = fc2(gelu(fc1(·))) (the erf GELU). LayerNorm eps 1e-6. Initialised
+/// as TransUNet's code does: attention projections PyTorch's `nn.Linear`
+/// default, fc1/fc2 xavier_uniform with normal(std 1e-6) biases.
 public struct TransformerBlock {
     public let scope: Scope
     public var dim, heads, mlpDim: Int
@@ -55,8 +57,9 @@ public struct TransformerBlock {
             let attended = x + MultiHeadSelfAttention(scope["attn"], dim: dim, heads: heads)(
                 LayerNorm(scope["attention_norm"], dim, eps: eps)(x))
             let normed = LayerNorm(scope["ffn_norm"], dim, eps: eps)(attended)
-            let hidden = Linear(scope["ffn.fc1"], dim, mlpDim)(normed).gelu()
-            return attended + Linear(scope["ffn.fc2"], mlpDim, dim)(hidden)
+            // TransUNet's Mlp._init_weights: xavier_uniform weights, normal(1e-6) biases.
+            let hidden = Linear(scope["ffn.fc1"], dim, mlpDim, weightInit: .xavier, biasInit: .normal(1e-6))(normed).gelu()
+            return attended + Linear(scope["ffn.fc2"], mlpDim, dim, weightInit: .xavier, biasInit: .normal(1e-6))(hidden)
         }
     }
 }

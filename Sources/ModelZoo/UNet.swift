@@ -5,6 +5,11 @@ import IR
 /// nearest ×2 upsample → concat the skip (the encoder's features from coarse
 /// to fine; the last block has none) → two (3×3 conv, no bias + BN + ReLU),
 /// named `conv1.0/conv1.1` and `conv2.0/conv2.1`. Heads: 3×3 conv with bias.
+///
+/// Initialised as smp does: decoder convs `kaiming_uniform_(mode="fan_in",
+/// nonlinearity="relu")` (`initialize_decoder`), batch norms 1 and 0, heads
+/// (segmentation, denoising, classification) xavier_uniform with zero bias
+/// (`initialize_head`); the encoder keeps its own (torchvision's for ResNets).
 public struct UNet: SegmentationModel, Sendable {
     public var encoder: any FeatureEncoder
     public var decoderWidths: [Int]
@@ -18,11 +23,22 @@ public struct UNet: SegmentationModel, Sendable {
     /// 16, 32, 64), decoder widths [64, 32, 16, 8, 8].
     public static let small = UNet(encoder: ResNetEncoder(depth: 18, baseWidth: 8), decoderWidths: [64, 32, 16, 8, 8])
 
+    /// smp's `initialize_decoder` rule for decoder convs (Kaiming uniform, fan_in, ReLU gain).
+    public static let decoderInit = InitRule.kaimingUniform(a: 0)
+
     /// Each decoder block doubles the resolution.
     public var inputMultiple: Int { 1 << decoderWidths.count }
 
     public func encode(_ x: Tensor, scope: Scope) -> [Tensor] {
         encoder.features(x, scope: scope)
+    }
+
+    public func head(_ x: Tensor, channels: Int, scope: Scope) -> Tensor {
+        Conv2d(scope, x.channels, channels, kernel: 3, padding: 1, bias: true, weightInit: .xavier, biasInit: .zeros)(x)
+    }
+
+    public func classifier(_ pooled: Tensor, classes: Int, scope: Scope) -> Tensor {
+        Linear(scope, pooled.shape.last ?? 1, classes, weightInit: .xavier, biasInit: .zeros)(pooled)
     }
 
     public func decode(_ features: [Tensor], scope: Scope) -> Tensor {
@@ -46,8 +62,8 @@ public struct UNetDecoderBlock {
     public let conv2: Conv2dBNReLU
 
     public init(_ scope: Scope, _ inChannels: Int, _ skipChannels: Int, _ outChannels: Int) {
-        conv1 = Conv2dBNReLU(scope["conv1"], inChannels + skipChannels, outChannels)
-        conv2 = Conv2dBNReLU(scope["conv2"], outChannels, outChannels)
+        conv1 = Conv2dBNReLU(scope["conv1"], inChannels + skipChannels, outChannels, weightInit: UNet.decoderInit)
+        conv2 = Conv2dBNReLU(scope["conv2"], outChannels, outChannels, weightInit: UNet.decoderInit)
     }
 
     public func callAsFunction(_ x: Tensor, skip: Tensor?, file: StaticString = #fileID, line: UInt = #line) -> Tensor {

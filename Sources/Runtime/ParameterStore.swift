@@ -25,23 +25,21 @@ public final class ParameterStore {
     private func fill(_ slot: BufferLayout.Slot, in buffer: AlignedBuffer, seed: UInt64) {
         let count = slot.shape.reduce(1, *)
         let values = buffer.floats(at: slot.offset, count: count)
-        let fanIn = max(slot.shape.dropFirst().reduce(1, *), 1)
-        let fanOut = max((slot.shape.first ?? 1) * slot.shape.dropFirst(2).reduce(1, *), 1)
         var rng = SplitMix64(seed: seed ^ UInt64(Hashing.fnv1a(slot.name), radix: 16)!)
         func normal() -> Double {
             let u1 = Double((rng.next() >> 11) + 1) * 0x1p-53, u2 = Double(rng.next() >> 11) * 0x1p-53
             return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
         }
+        func symmetric(_ bound: Double) -> Float { Float((Double(rng.next() >> 11) * 0x1p-53 * 2 - 1) * bound) }
         let rule = slot.initRule.flatMap(InitRule.init(text:)) ?? .zeros
+        let std = rule.standardDeviation(shape: slot.shape)
+        let bound = rule.uniformBound(shape: slot.shape) ?? 0
         for i in 0..<count {
             switch rule {
             case .zeros: if values[i] != 0 { values[i] = 0 }  // fresh buffers are zero: leave their pages untouched
             case .ones: values[i] = 1
-            case .he: values[i] = Float(normal() * (2 / Double(fanIn)).squareRoot())
-            case .xavier:
-                let bound = (6 / Double(fanIn + fanOut)).squareRoot()
-                values[i] = Float((Double(rng.next() >> 11) * 0x1p-53 * 2 - 1) * bound)
-            case .normal(let std): values[i] = Float(normal() * std)
+            case .he, .heFanOut, .normal: values[i] = Float(normal() * std)
+            case .kaimingUniform, .xavier, .uniform: values[i] = symmetric(bound)
             }
         }
     }

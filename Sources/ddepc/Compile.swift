@@ -14,6 +14,8 @@ enum Zoo {
         "unet-r18": UNet(encoder: .resnet18),
         "unet-r34": UNet(encoder: .resnet34),
         "unet-r50": UNet(encoder: .resnet50),
+        "unet-vgg16": UNet.vgg16,
+        "unet-vgg16-tiny": UNet.vgg16Tiny,
         "transunet": TransUNet.r50ViTB16,
         "transunet-ddep-1x": TransUNet(.r50ViTB16, decoder: .ddep1x),
         "transunet-ddep-2x": TransUNet(.r50ViTB16, decoder: .ddep2x),

@@ -7,7 +7,7 @@ struct Ddepc: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ddepc",
         abstract: "Compile and train segmentation models with decoder denoising pretraining (DDeP).",
-        subcommands: [Compile.self, DumpIR.self, Train.self, Eval.self, Predict.self, Report.self, Inspect.self,
+        subcommands: [Compile.self, DumpIR.self, Train.self, Eval.self, Predict.self, Denoise.self, Report.self, Inspect.self,
                       ImportWeights.self, MakeScenes.self, Bench.self])
 
     static func main() {

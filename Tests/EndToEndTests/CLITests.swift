@@ -212,6 +212,23 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(damaged.stderr.hasPrefix("error: ") && damaged.stderr.contains("truncated"), damaged.stderr)
     }
 
+    /// `--format hed-vgg16` on the fixture's HED-named tiny encoder: the
+    /// tiny VGG U-Net takes it; the default model (the full-width
+    /// unet-vgg16) refuses it and nothing is written.
+    func testImportWeightsConvertsHEDNamesAndRefusesMisfits() throws {
+        let hed = Self.repository.appendingPathComponent("Tests/Fixtures/unet-vgg16-tiny-hed.safetensors").path
+        let ok = try ddepc(["import-weights", "--format", "hed-vgg16", hed, "-o", path("hed-enc.safetensors"), "--model", "unet-vgg16-tiny"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("26 tensors") && ok.stdout.contains("for unet-vgg16-tiny"), ok.stdout)
+        XCTAssertTrue(ok.stdout.contains("ignored (not part of the encoder): dsn1/vars/0"), ok.stdout)
+        XCTAssertEqual(try SafetensorsFile(contentsOf: URL(fileURLWithPath: path("hed-enc.safetensors"))).names.count, 26)
+
+        let misfit = try ddepc(["import-weights", "--format", "hed-vgg16", hed, "-o", path("hed-misfit.safetensors")])
+        XCTAssertEqual(misfit.status, 1)
+        XCTAssertTrue(misfit.stderr.contains("nothing was written") && misfit.stderr.contains("enc.features.28.weight"), misfit.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("hed-misfit.safetensors")))
+    }
+
     func testInspectShowsTrainableAndFrozenWeightsPerEntryPoint() throws {
         let artifact = path("tiny-transunet.ddepc")
         let compiled = try ddepc(["compile", "transunet-tiny", "-o", artifact, "--batch", "1", "--size", "32", "--classes", "3"])
@@ -220,12 +237,12 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(inspect.status, 0, inspect.stderr)
         let lines = inspect.stdout.split(separator: "\n").map(String.init)
         let columns = { (name: String) in lines.first { $0.hasPrefix(name + " ") }?.split(separator: " ").map(String.init) ?? [] }
-        // name, shape (4 words), count, infer, pretrain_step, pretrain_dep_step, finetune_step, classify_step
-        XCTAssertEqual(columns("enc.root.conv.weight").suffix(6), ["2352", "read", "frozen", "train", "train", "train"], inspect.stdout)
-        XCTAssertEqual(columns("head.denoise.bias").suffix(6), ["3", "-", "train", "train", "-", "-"], inspect.stdout)
+        // name, shape (4 words), count, infer, pretrain_step, pretrain_dep_step, finetune_step, classify_step, denoise
+        XCTAssertEqual(columns("enc.root.conv.weight").suffix(7), ["2352", "read", "frozen", "train", "train", "train", "read"], inspect.stdout)
+        XCTAssertEqual(columns("head.denoise.bias").suffix(7), ["3", "-", "train", "train", "-", "-", "read"], inspect.stdout)
         let encoder = lines.filter { $0.hasPrefix("enc.") }.compactMap { line in
             let words = line.split(separator: " ")
-            return Int(words[words.count - 6])
+            return Int(words[words.count - 7])
         }
         let total = lines.filter { $0.hasPrefix("enc.") || $0.hasPrefix("dec.") || $0.hasPrefix("head.") }
         XCTAssertFalse(encoder.isEmpty)

@@ -4,7 +4,7 @@ import XCTest
 
 /// The four entry points: names, roles, shapes, updates.
 final class EntryPointTests: XCTestCase {
-    static let allNames = ["infer", "pretrain_step", "pretrain_dep_step", "finetune_step", "classify_step"]
+    static let allNames = ["infer", "pretrain_step", "pretrain_dep_step", "finetune_step", "classify_step", "denoise"]
 
     func testSmallUNetBuildsAllEntryPoints() throws {
         let module = try buildModule(UNet.small, config: EntryConfig(batch: 1, size: 64, classes: 2))

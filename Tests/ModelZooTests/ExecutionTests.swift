@@ -9,15 +9,13 @@ final class ExecutionTests: XCTestCase {
     func arguments(for function: Function, inputs: [String: HostTensor]) -> [String: HostTensor] {
         var out = inputs
         for (k, arg) in function.args.enumerated() where out[arg.name] == nil {
-            let fanIn = Double(arg.type.shape.dropFirst().reduce(1, *))
-            let std: Double
-            switch arg.initRule ?? .zeros {
+            let rule = arg.initRule ?? .zeros
+            switch rule {
             case .zeros: out[arg.name] = HostTensor(zeros: arg.type); continue
             case .ones: out[arg.name] = HostTensor(arg.type, [Double](repeating: 1, count: arg.type.count)); continue
-            case .he: std = (2 / fanIn).squareRoot()
-            case .xavier: std = (2 / (fanIn + Double(arg.type.shape.first ?? 1))).squareRoot()
-            case .normal(let s): std = s
+            default: break
             }
+            let std = rule.standardDeviation(shape: arg.type.shape)
             out[arg.name] = HostTensor(arg.type, (0..<arg.type.count).map {
                 std * RandomOps.normal(seed: UInt64(k), index: UInt64($0))
             })

@@ -45,7 +45,7 @@ struct ParityFixture {
     func inputs(for entry: EntryPoint) throws -> [String: HostTensor] {
         var inputs = ["x": try tensor("input/x")]
         switch entry {
-        case .infer: break
+        case .infer, .denoise: break
         case .finetuneStep, .classifyStep: inputs["labels"] = try tensor("input/labels")
         case .pretrainStep, .pretrainDepStep:
             inputs["seed"] = try tensor("input/seed")

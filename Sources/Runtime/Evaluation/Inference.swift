@@ -2,8 +2,10 @@ import Codegen
 import Foundation
 import IR
 
-/// The `infer` entry point of an artifact with a checkpoint's weights:
-/// `logits(x)` maps a batch [B,3,S,S] to logits [B,classes,S,S].
+/// An inference entry point of an artifact with a checkpoint's weights:
+/// `infer`, where `logits(x)` maps a batch [B,3,S,S] to logits
+/// [B,classes,S,S], or `denoise`, where `output(x, "prediction")` gives the
+/// denoising head's [B,3,S,S].
 public final class InferenceSession {
     public let artifact: Artifact
     public let checkpoint: URL
@@ -25,7 +27,7 @@ public final class InferenceSession {
     /// checkpoint's metadata names when `artifact` is nil. Weights are
     /// matched by name and shape, so an artifact compiled from the same
     /// model with other entry points or batch also works (with a note).
-    public init(checkpoint: URL, artifact artifactURL: URL?) throws {
+    public init(checkpoint: URL, artifact artifactURL: URL?, entry entryName: String = "infer") throws {
         let file = try SafetensorsFile(contentsOf: checkpoint)
         metadata = file.metadata
         let recorded = file.metadata["artifact"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
@@ -37,8 +39,8 @@ public final class InferenceSession {
         }
         artifact = try Artifact(directory: directory)
         self.checkpoint = checkpoint
-        guard let entry = artifact.manifest.layout.entry("infer") else {
-            throw RuntimeError("\(directory.path) has no infer entry point; compile the model with it")
+        guard let entry = artifact.manifest.layout.entry(entryName) else {
+            throw RuntimeError("\(directory.path) has no \(entryName) entry point; compile the model again with it (`ddepc compile` builds every entry point unless told otherwise), and pass the new artifact with --artifact")
         }
         self.entry = entry
         try MemoryBudget.require(entry, of: artifact)
@@ -48,7 +50,7 @@ public final class InferenceSession {
         if let hash = file.metadata["ir_hash"], hash != artifact.manifest.irHash {
             notes.append("\(checkpoint.lastPathComponent) was trained with another artifact (IR hash \(hash)); its weights are matched to \(directory.lastPathComponent) by name and shape")
         }
-        if let mode = file.metadata["mode"], mode != TrainMode.finetune.rawValue {
+        if entryName == "infer", let mode = file.metadata["mode"], mode != TrainMode.finetune.rawValue {
             notes.append("\(checkpoint.lastPathComponent) is a \(mode) pretraining checkpoint: its segmentation head was never trained")
         }
         try store.load(file, from: checkpoint.path, allowMissing: { $0.hasPrefix("opt.") })
@@ -57,14 +59,17 @@ public final class InferenceSession {
     }
 
     /// Logits [B,classes,S,S] of images [B,3,S,S] (values in [-1, 1]).
-    public func logits(_ x: [Float]) throws -> [Float] {
-        guard let input = entry.inputs.first(where: { $0.name == "x" }), let output = entry.outputs.first(where: { $0.name == "logits" }) else {
-            throw RuntimeError("the infer entry point has no x input or logits output; recompile the artifact")
+    public func logits(_ x: [Float]) throws -> [Float] { try output(x, "logits") }
+
+    /// The entry point's output `name` for images [B,3,S,S] (values in [-1, 1]).
+    public func output(_ x: [Float], _ name: String) throws -> [Float] {
+        guard let input = entry.inputs.first(where: { $0.name == "x" }), let output = entry.outputs.first(where: { $0.name == name }) else {
+            throw RuntimeError("the \(entry.name) entry point has no x input or \(name) output; recompile the artifact")
         }
-        precondition(x.count == input.shape.reduce(1, *), "infer: \(x.count) values for \(input.shape)")
+        precondition(x.count == input.shape.reduce(1, *), "\(entry.name): \(x.count) values for \(input.shape)")
         let target = io.floats(at: input.offset, count: x.count)
         x.withUnsafeBufferPointer { target.baseAddress!.update(from: $0.baseAddress!, count: x.count) }
-        try module.call("infer", params: store.params.pointer, state: store.state.pointer, io: io.pointer, arena: arena.pointer)
+        try module.call(entry.name, params: store.params.pointer, state: store.state.pointer, io: io.pointer, arena: arena.pointer)
         return Array(io.floats(at: output.offset, count: output.shape.reduce(1, *)))
     }
 }
