@@ -23,6 +23,33 @@ public enum CEmitter {
        (a branch after each of thousands of calls doubled TransUNet's compile). */
     typedef struct { int64_t region, offset; } ddp_slot;
 
+    /* e^x without a libm call, so loops over it vectorize: Cephes' reduction
+       x = n ln2 + r and degree-6 polynomial, 2^n built in the exponent bits
+       (within 1 ulp; below e^-87.3 flushes to about 1e-38, above e^88
+       saturates; NaN stays NaN). The runtime kernels' ddp_expf and the LLVM
+       backend compute exactly these operations. */
+    static inline float ddp_expf(float x) {
+      x = x < -87.33654f ? -87.33654f : x;
+      x = x > 88.0f ? 88.0f : x;
+      float shifted = x * 1.44269504088896341f + 12582912.0f;
+      float n = shifted - 12582912.0f;
+      float r = x - n * 0.693359375f;
+      r = r + n * 2.12194440e-4f;
+      float p = 1.9875691500e-4f;
+      p = p * r + 1.3981999507e-3f;
+      p = p * r + 8.3334519073e-3f;
+      p = p * r + 4.1665795894e-2f;
+      p = p * r + 1.6666665459e-1f;
+      p = p * r + 5.0000001201e-1f;
+      p = p * r * r + r + 1.0f;
+      int32_t bits;
+      memcpy(&bits, &shifted, sizeof bits);
+      int32_t scale_bits = (int32_t)((uint32_t)(bits - 0x4B400000 + 127) << 23);
+      float scale;
+      memcpy(&scale, &scale_bits, sizeof scale);
+      return p * scale;
+    }
+
     static __attribute__((noinline)) void ddp_call(int *status, const ddp_kernel_fn *k, int index, const ddp_buffers *b,
                                                    void *first, const ddp_slot *slots, int count,
                                                    const int64_t *ia, const double *fa) {
@@ -102,14 +129,14 @@ public enum CEmitter {
             let x = render(a)
             switch fn {
             case .neg: return "(-\(x))"
-            case .exp: return "expf(\(x))"
+            case .exp: return "ddp_expf(\(x))"
             case .log: return "logf(\(x))"
             case .sqrt: return "sqrtf(\(x))"
             case .rsqrt: return "(1.0f / sqrtf(\(x)))"
             case .tanh: return "tanhf(\(x))"
             case .erf: return "erff(\(x))"
             case .abs: return "fabsf(\(x))"
-            case .sigmoid: return "(1.0f / (1.0f + expf(-\(x))))"
+            case .sigmoid: return "(1.0f / (1.0f + ddp_expf(-\(x))))"
             case .recip: return "(1.0f / \(x))"
             }
         case .binary(let fn, let a, let b):

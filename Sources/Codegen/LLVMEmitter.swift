@@ -630,7 +630,7 @@ private final class ModuleEmitter {
             let x = expression(a, inputs)
             switch fn {
             case .neg: return LLVMBuildFNeg(builder, x, "")
-            case .exp: return call("expf", [x])
+            case .exp: return exponential(x)
             case .log: return call("logf", [x])
             case .sqrt: return call("llvm.sqrt.f32", [x])
             case .rsqrt: return LLVMBuildFDiv(builder, constF32(1), call("llvm.sqrt.f32", [x]), "")
@@ -639,7 +639,7 @@ private final class ModuleEmitter {
             case .abs: return call("llvm.fabs.f32", [x])
             case .sigmoid:
                 // 1.0f / (1.0f + expf(-x))
-                let e = call("expf", [LLVMBuildFNeg(builder, x, "")])
+                let e = exponential(LLVMBuildFNeg(builder, x, ""))
                 return LLVMBuildFDiv(builder, constF32(1), LLVMBuildFAdd(builder, constF32(1), e, ""), "")
             case .recip: return LLVMBuildFDiv(builder, constF32(1), x, "")
             }
@@ -662,6 +662,29 @@ private final class ModuleEmitter {
             let condition = LLVMBuildFCmp(builder, LLVMRealOGT, expression(c, inputs), constF32(0), "")
             return LLVMBuildSelect(builder, condition, expression(a, inputs), expression(b, inputs), "")
         }
+    }
+
+    /// e^x as the C backend's ddp_expf computes it, operation for operation
+    /// (Cephes' reduction and polynomial, 2^n in the exponent bits): plain
+    /// arithmetic, so the loop vectorizes, where a call to expf would not.
+    private func exponential(_ input: LLVMValueRef) -> LLVMValueRef {
+        func mul(_ a: LLVMValueRef, _ b: LLVMValueRef) -> LLVMValueRef { LLVMBuildFMul(builder, a, b, "")! }
+        func add(_ a: LLVMValueRef, _ b: LLVMValueRef) -> LLVMValueRef { LLVMBuildFAdd(builder, a, b, "")! }
+        let low = constF32(-87.33654), high = constF32(88.0), magic = constF32(12582912.0)
+        var x = LLVMBuildSelect(builder, LLVMBuildFCmp(builder, LLVMRealOLT, input, low, ""), low, input, "")!
+        x = LLVMBuildSelect(builder, LLVMBuildFCmp(builder, LLVMRealOGT, x, high, ""), high, x, "")!
+        let shifted = add(mul(x, constF32(1.44269504088896341)), magic)
+        let n = LLVMBuildFSub(builder, shifted, magic, "")!
+        var r = LLVMBuildFSub(builder, x, mul(n, constF32(0.693359375)), "")!
+        r = add(r, mul(n, constF32(2.12194440e-4)))
+        var p = constF32(1.9875691500e-4)
+        for c: Float in [1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1] {
+            p = add(mul(p, r), constF32(c))
+        }
+        p = add(add(mul(mul(p, r), r), r), constF32(1))
+        let bits = LLVMBuildBitCast(builder, shifted, i32, "")!
+        let exponent = LLVMBuildShl(builder, LLVMBuildAdd(builder, bits, constI32(-0x4B40_0000 + 127), ""), constI32(23), "")!
+        return mul(p, LLVMBuildBitCast(builder, exponent, f32, "")!)
     }
 
     /// `(x <op> y ? 1.0f : 0.0f)`
