@@ -78,16 +78,20 @@ public enum NormOps {
         return (dx, xhat)
     }
 
+    /// x's type, once every other operand is a [C] vector and eps is valid
+    /// (the batch norms).
+    static func perChannelType(_ operands: [TensorType], _ attrs: Attributes) throws -> TensorType {
+        let (_, c, _) = try channelLayout(operands[0].shape)
+        try checkChannelVectors(operands[1...], c)
+        _ = try eps(attrs)
+        return operands[0]
+    }
+
     public static let all: [OpSpec] = [
         /// ∂x = g·γ·r, ∂mean = −Σ g·γ·r, ∂var = −½ Σ g·(x−mean)·γ·r³, ∂γ = Σ g·(x−mean)·r, ∂β = Σ g
         OpSpec(name: "batch_norm", doc: "%y = batch_norm(%x, %mean, %var, %gamma, %beta) {eps=1e-5}: (x−mean)/√(var+eps)·γ + β per channel",
                arity: 5...5,
-               inferType: { operands, attrs in
-                   let (_, c, _) = try channelLayout(operands[0].shape)
-                   try checkChannelVectors(operands[1...], c)
-                   _ = try eps(attrs)
-                   return operands[0]
-               },
+               inferType: perChannelType,
                evaluate: { operands, attrs, type in
                    let (n, c, rest) = try channelLayout(type.shape)
                    let e = try eps(attrs)
@@ -126,12 +130,7 @@ public enum NormOps {
         /// over g and x−μ after two channel sums.
         OpSpec(name: "batch_norm_train", doc: "%y = batch_norm_train(%x, %gamma, %beta) {eps=1e-5}: batch_norm with x's own batch mean and biased variance per channel",
                arity: 3...3,
-               inferType: { operands, attrs in
-                   let (_, c, _) = try channelLayout(operands[0].shape)
-                   try checkChannelVectors(operands[1...], c)
-                   _ = try eps(attrs)
-                   return operands[0]
-               },
+               inferType: perChannelType,
                evaluate: { operands, attrs, type in
                    let (n, c, rest) = try channelLayout(type.shape)
                    let e = try eps(attrs), x = operands[0].data, count = Double(n * rest)
