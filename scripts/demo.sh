@@ -63,15 +63,15 @@ results="$out/results.tsv"
 printf "group\tx\tseed\teval_json\n" > "$results"
 for fraction in "${fractions[@]}"; do
     for seed in "${seeds[@]}"; do
-        for start in random ddep; do
+        for decoder in random ddep; do
             init="$out/hed-enc.safetensors"
             group="random decoder"
-            if [ "$start" = ddep ]; then init="$out/ddep"; group="DDeP decoder"; fi
-            run="$out/finetune-${fraction%\%}-$start-seed$seed"
+            if [ "$decoder" = ddep ]; then init="$out/ddep"; group="DDeP decoder"; fi
+            run="$out/finetune-${fraction%\%}-$decoder-seed$seed"
             "$ddepc" train "$out/vgg.ddepc" --mode finetune --data "$out/tissue" --label-fraction "$fraction" \
                 --init "$init" --steps "$(steps 100)" --lr 1e-3 --warmup 10 --seed "$seed" --out "$run" > "$run.log" 2>&1 \
                 || { cat "$run.log"; exit 1; }
-            "$ddepc" eval "$run" --data "$out/tissue" --split val --json "$run/eval.json" > "$run/eval.txt"
+            "$ddepc" eval "$run" --data "$out/tissue" --split val --json "$run/eval.json" > "$run/eval.txt" 2>&1
             printf "%s\t%s\t%s\t%s\n" "$group" "$fraction" "$seed" "$run/eval.json" >> "$results"
             echo "fine-tuned $fraction labels, $group, seed $seed: $(grep -m1 '^mIoU' "$run/eval.txt")"
         done
