@@ -43,17 +43,10 @@ public struct PlanMemory: Pass {
     public func plan(_ function: inout Function) -> Report {
         let args = Set(function.args.map(\.id))
         // Storage root of each value: reshape results share their operand's.
-        var root: [ValueID: ValueID] = [:]
-        for node in function.nodes {
-            if case .alias = OpRegistry.spec(node.op)!.lowering {
-                root[node.id] = root[node.operands[0]] ?? node.operands[0]
-            } else {
-                root[node.id] = node.id
-            }
-        }
+        let analysis = InPlaceAnalysis(function)
+        let root = analysis.roots
         // Updates that can overwrite their argument need no arena bytes.
         var inPlace: [ValueID: ValueID] = [:]
-        let analysis = InPlaceAnalysis(function)
         let nodeIndex = Dictionary(uniqueKeysWithValues: function.nodes.enumerated().map { ($1.id, $0) })
         for update in function.updates {
             guard let index = nodeIndex[update.value], root[update.value] == update.value else { continue }

@@ -39,31 +39,10 @@ struct Denoise: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            var inputs: [(url: URL, name: String)] = []
-            for path in images {
-                var isDirectory: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-                    throw RuntimeError("\(path): no such file or folder")
-                }
-                if isDirectory.boolValue {
-                    let folder = try ImageCollection(directory: URL(fileURLWithPath: path))
-                    for relative in folder.relativePaths {
-                        inputs.append((folder.directory.appendingPathComponent(relative),
-                                       (relative as NSString).deletingPathExtension.replacingOccurrences(of: "/", with: "_")))
-                    }
-                } else {
-                    let url = URL(fileURLWithPath: path)
-                    inputs.append((url, url.deletingPathExtension().lastPathComponent))
-                }
-            }
+            let inputs = try namedImageInputs(images, verb: "denoise")
             let out = URL(fileURLWithPath: output)
             let suffixes = ["clean", "noisy", "denoised", "panel"]
-            var seen: [String: URL] = [:]
             for input in inputs {
-                if let other = seen[input.name] {
-                    throw RuntimeError("\(other.path) and \(input.url.path) would both be written as \(input.name)_*.png; denoise them into different folders")
-                }
-                seen[input.name] = input.url
                 for suffix in suffixes {
                     let file = out.appendingPathComponent("\(input.name)_\(suffix).png")
                     if FileManager.default.fileExists(atPath: file.path) {

@@ -49,3 +49,35 @@ let inferenceDiscussion = """
     overlap, resized bilinearly back to the image's size and softmaxed; probabilities are averaged over \
     scales and flips.
     """
+
+/// The images named on the command line (files, or folders searched
+/// recursively) and the name each one's outputs take (`NAME_*.png`; a
+/// folder's subpaths joined by `_`). Two inputs that would write the same
+/// files are refused: `verb` says what the command does with them.
+func namedImageInputs(_ paths: [String], verb: String) throws -> [(url: URL, name: String)] {
+    var inputs: [(url: URL, name: String)] = []
+    for path in paths {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw RuntimeError("\(path): no such file or folder")
+        }
+        if isDirectory.boolValue {
+            let folder = try ImageCollection(directory: URL(fileURLWithPath: path))
+            for relative in folder.relativePaths {
+                inputs.append((folder.directory.appendingPathComponent(relative),
+                               (relative as NSString).deletingPathExtension.replacingOccurrences(of: "/", with: "_")))
+            }
+        } else {
+            let url = URL(fileURLWithPath: path)
+            inputs.append((url, url.deletingPathExtension().lastPathComponent))
+        }
+    }
+    var seen: [String: URL] = [:]
+    for input in inputs {
+        if let other = seen[input.name] {
+            throw RuntimeError("\(other.path) and \(input.url.path) would both be written as \(input.name)_*.png; \(verb) them into different folders")
+        }
+        seen[input.name] = input.url
+    }
+    return inputs
+}

@@ -26,31 +26,7 @@ struct Predict: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            // The inputs and their output names.
-            var inputs: [(url: URL, name: String)] = []
-            for path in images {
-                var isDirectory: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-                    throw RuntimeError("\(path): no such file or folder")
-                }
-                if isDirectory.boolValue {
-                    let folder = try ImageCollection(directory: URL(fileURLWithPath: path))
-                    for relative in folder.relativePaths {
-                        inputs.append((folder.directory.appendingPathComponent(relative),
-                                       (relative as NSString).deletingPathExtension.replacingOccurrences(of: "/", with: "_")))
-                    }
-                } else {
-                    let url = URL(fileURLWithPath: path)
-                    inputs.append((url, url.deletingPathExtension().lastPathComponent))
-                }
-            }
-            var seen: [String: URL] = [:]
-            for input in inputs {
-                if let other = seen[input.name] {
-                    throw RuntimeError("\(other.path) and \(input.url.path) would both be written as \(input.name)_*.png; predict them into different folders")
-                }
-                seen[input.name] = input.url
-            }
+            let inputs = try namedImageInputs(images, verb: "predict")
             let session = try inference.session(checkpoint: try resolveCheckpoint(checkpoint))
             let predictor = SegmentationPredictor(session: session, options: try inference.options)
             let out = URL(fileURLWithPath: output)
