@@ -78,16 +78,12 @@ extension SyncBatchNorm {
         func isBatchMean(_ node: Node, of value: ValueID) -> Bool {
             node.op == "reduce_mean" && node.operands == [value] && (try? node.attrs.ints("axes")) == axes && node.attrs["keepdims"] == nil
         }
-        for mean in nodes where isBatchMean(mean, of: x) {
-            for view in nodes where view.op == "reshape" && view.operands == [mean.id] {
-                for centered in nodes where centered.op == "sub" && centered.operands == [x, view.id] {
-                    for square in nodes where square.op == "mul" && square.operands == [centered.id, centered.id] {
-                        if let variance = nodes.first(where: { isBatchMean($0, of: square.id) }) { return (mean.id, variance.id) }
-                    }
-                }
-            }
-        }
-        return nil
+        guard let mean = nodes.first(where: { isBatchMean($0, of: x) }),
+              let view = nodes.first(where: { $0.op == "reshape" && $0.operands == [mean.id] }),
+              let centered = nodes.first(where: { $0.op == "sub" && $0.operands == [x, view.id] }),
+              let square = nodes.first(where: { $0.op == "mul" && $0.operands == [centered.id, centered.id] }),
+              let variance = nodes.first(where: { isBatchMean($0, of: square.id) }) else { return nil }
+        return (mean.id, variance.id)
     }
 }
 
