@@ -26,7 +26,10 @@ int ddp_gemm_with_packed_a(const float *packed_a, int trans_b, int64_t m, int64_
 /// Per-thread scratch buffers, kept between calls and grown on demand
 /// (ddp_threads.c); NULL when the memory is not there. One slot per use, so
 /// a kernel's buffer and the GEMM's packing space never alias.
-enum { DDP_SCRATCH_GEMM_PACK, DDP_SCRATCH_COLUMNS, DDP_SCRATCH_GATHER, DDP_SCRATCH_WEIGHTS, DDP_SCRATCH_SLOTS };
+enum {
+    DDP_SCRATCH_GEMM_PACK, DDP_SCRATCH_COLUMNS, DDP_SCRATCH_GATHER, DDP_SCRATCH_WEIGHTS, DDP_SCRATCH_TRANSFORM,
+    DDP_SCRATCH_SLOTS
+};
 float *ddp_thread_scratch(int slot, size_t floats);
 
 /// A task covers [begin, end) of a parallel_for's index range.

@@ -50,19 +50,22 @@ public struct PassManager {
     /// `grad:<param>` outputs and update no weight (gradient checks use this).
     /// `dataParallel` adds the passes of a step that runs on several
     /// processes: batch statistics and gradients averaged across them.
-    public static func standardPipeline(optimizer: AdamOptimizer? = AdamOptimizer(), dataParallel: Bool = false) -> [any Pass] {
+    /// `convAlgorithm` is select-conv-algorithm's mode.
+    public static func standardPipeline(optimizer: AdamOptimizer? = AdamOptimizer(), dataParallel: Bool = false,
+                                        convAlgorithm: SelectConvAlgorithm.Mode = .auto) -> [any Pass] {
         var passes: [any Pass] = [InferShapes()]
         if dataParallel { passes.append(SyncBatchNorm()) }
         passes.append(Autodiff())
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
-        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseConvEpilogue(), DCE(), PlanMemory()]
+        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseConvEpilogue(), SelectConvAlgorithm(mode: convAlgorithm),
+                                DCE(), PlanMemory()]
         return passes + rest
     }
 
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
-         FuseElementwise.name, FuseConvEpilogue.name, PlanMemory.name]
+         FuseElementwise.name, FuseConvEpilogue.name, SelectConvAlgorithm.name, PlanMemory.name]
     }
 
     @discardableResult
@@ -93,7 +96,7 @@ public struct PassManager {
         if options.timePasses {
             var text = "=== pass timing ===\n"
             for r in records {
-                text += "  " + r.name.padding(toLength: 18, withPad: " ", startingAt: 0)
+                text += "  " + r.name.padding(toLength: 22, withPad: " ", startingAt: 0)
                     + String(format: "%9.3f ms  %@  %6d nodes\n", r.seconds * 1000, r.changed ? "changed" : "       ", r.nodesAfter)
             }
             text += String(format: "  total %14.3f ms\n", records.reduce(0) { $0 + $1.seconds } * 1000)

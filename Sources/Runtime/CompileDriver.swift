@@ -21,6 +21,8 @@ public struct CompileOptions {
     /// Steps for `mpirun -np N ddepc train`: gradients (and batch statistics)
     /// averaged across the processes inside the step.
     public var dataParallel = false
+    /// How convolutions are computed (select-conv-algorithm's mode).
+    public var convAlgorithm: SelectConvAlgorithm.Mode = .auto
     /// Where the model came from (file path, zoo name), for the manifest.
     public var source = ""
     public init() {}
@@ -48,7 +50,8 @@ public enum CompileDriver {
         if FileManager.default.fileExists(atPath: output.path) { try requireReplaceableArtifact(output) }
         recoverInterruptedInstall(of: output)
         var module = module
-        let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer, dataParallel: options.dataParallel), options: options.passOptions)
+        let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer, dataParallel: options.dataParallel,
+                                                   convAlgorithm: options.convAlgorithm), options: options.passOptions)
         let passStart = Date()
         try manager.run(&module)
         let passSeconds = Date().timeIntervalSince(passStart)
@@ -127,9 +130,12 @@ public enum CompileDriver {
     /// The standard pipeline; for a module of compiled steps (dump-ir
     /// output) the same without differentiation and optimizer, which would
     /// differentiate the steps a second time.
-    static func pipeline(for module: Module, optimizer: AdamOptimizer?, dataParallel: Bool = false) throws -> [any Pass] {
+    static func pipeline(for module: Module, optimizer: AdamOptimizer?, dataParallel: Bool = false,
+                         convAlgorithm: SelectConvAlgorithm.Mode = .auto) throws -> [any Pass] {
         let compiled = module.functions.filter(isCompiledStep).map { "@" + $0.name }
-        guard !compiled.isEmpty else { return PassManager.standardPipeline(optimizer: optimizer, dataParallel: dataParallel) }
+        guard !compiled.isEmpty else {
+            return PassManager.standardPipeline(optimizer: optimizer, dataParallel: dataParallel, convAlgorithm: convAlgorithm)
+        }
         if dataParallel, !module.functions.contains(where: { $0.nodes.contains { $0.op == "allreduce" } }) {
             throw RuntimeError("--data-parallel: the module's training steps (\(compiled.joined(separator: ", "))) are compiled already, without allreduce; compile the model itself (its .swift file or zoo name) with --data-parallel")
         }
@@ -140,7 +146,7 @@ public enum CompileDriver {
         guard uncompiled.isEmpty else {
             throw RuntimeError("the module mixes training steps that are compiled already (\(compiled.joined(separator: ", ")): they have optimizer inputs such as lr) with steps that are not (\(uncompiled.joined(separator: ", "))); compile them from separate files, or compile the model itself")
         }
-        return PassManager.standardPipeline(optimizer: nil).filter { !($0 is Autodiff) }
+        return PassManager.standardPipeline(optimizer: nil, convAlgorithm: convAlgorithm).filter { !($0 is Autodiff) }
     }
 
     /// Move a finished artifact into place; an existing artifact is replaced

@@ -6,6 +6,7 @@ import Passes
 import Runtime
 
 extension Backend: ExpressibleByArgument {}
+extension SelectConvAlgorithm.Mode: ExpressibleByArgument {}
 
 /// The models ddepc knows by name.
 enum Zoo {
@@ -57,6 +58,8 @@ struct Compile: ParsableCommand {
     @Flag(name: .customLong("time-passes"), help: "Print how long each pass took.") var timePasses = false
     @Flag(name: .customLong("data-parallel"), help: "Steps for `mpirun -np N ddepc train`: gradients and batch-norm statistics averaged across the processes inside the step (a single process runs them as usual).")
     var dataParallel = false
+    @Option(name: .customLong("conv-algorithm"), help: "How 3×3 stride-1 convolutions are computed: auto (Winograd F(4×4,3×3) where it is faster; rounding about 1e-5 of the output's magnitude), direct (im2col + GEMM everywhere), winograd (wherever it applies).")
+    var convAlgorithm: SelectConvAlgorithm.Mode = .auto
     @Flag(name: .customLong("no-verify"), help: "Do not run the verifier after every pass.") var noVerify = false
     @Option(name: .customLong("model-timeout"), help: "Seconds a model file (.swift) may take to build its model before it is stopped.")
     var modelTimeout = ModelFileEvaluator.defaultTimeout
@@ -85,6 +88,7 @@ struct Compile: ParsableCommand {
             }
             options.source = model
             options.dataParallel = dataParallel
+            options.convAlgorithm = convAlgorithm
             options.passOptions.printAfter = Set(printIRAfter)
             options.passOptions.printAfterChange = printIRAfterChange
             options.passOptions.dumpDirectory = irDumpDir.map { URL(fileURLWithPath: $0) }

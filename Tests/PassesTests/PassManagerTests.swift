@@ -36,10 +36,11 @@ final class PassManagerTests: XCTestCase {
     func testStandardPipelineAndKnownNames() throws {
         let pipeline = PassManager.standardPipeline()
         XCTAssertEqual(pipeline.map(\.name), ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce",
-                                              "fuse-elementwise", "fuse-conv-epilogue", "dce", "plan-memory"])
+                                              "fuse-elementwise", "fuse-conv-epilogue", "select-conv-algorithm", "dce", "plan-memory"])
         let dataParallel = PassManager.standardPipeline(dataParallel: true)
         XCTAssertEqual(dataParallel.map(\.name), ["infer-shapes", "sync-batch-norm", "autodiff", "allreduce-gradients", "optimizer",
-                                                  "fold-constants", "cse", "dce", "fuse-elementwise", "fuse-conv-epilogue", "dce", "plan-memory"])
+                                                  "fold-constants", "cse", "dce", "fuse-elementwise", "fuse-conv-epilogue", "select-conv-algorithm", "dce",
+                                                  "plan-memory"])
         XCTAssertEqual(Set(PassManager.knownPassNames), Set(dataParallel.map(\.name)))
         XCTAssertEqual(Set(passesByName.keys), Set(PassManager.knownPassNames), "the tests know every pass")
         for name in PassManager.knownPassNames {
@@ -47,8 +48,8 @@ final class PassManagerTests: XCTestCase {
         }
         let (_, records, module) = try run(pipeline) { _ in }
         XCTAssertEqual(records.map(\.name), pipeline.map(\.name))
-        // This step has no convolution: fuse-conv-epilogue finds nothing.
-        XCTAssertEqual(records.map(\.changed), [false, true, true, true, true, true, true, false, true, true])
+        // This step has no convolution: fuse-conv-epilogue and select-conv-algorithm find nothing.
+        XCTAssertEqual(records.map(\.changed), [false, true, true, true, true, true, true, false, false, true, true])
         XCTAssertEqual(records.last?.nodesAfter, module.functions[0].nodes.count)
         XCTAssertNotNil(module.functions[0].arenaBytes)
         XCTAssertNotNil(module.functions[0].argument(named: "opt.m.w"))
@@ -70,13 +71,13 @@ final class PassManagerTests: XCTestCase {
         let (all, _, _) = try run(pipeline) { $0.printAfter = ["all"] }
         XCTAssertEqual(occurrences(of: "IR after", in: all), pipeline.count)
         XCTAssertEqual(occurrences(of: "IR after dce -----", in: all), 2, "a pass that runs twice prints twice")
-        // infer-shapes finds nothing to fix in built IR, nor fuse-conv-epilogue a
-        // convolution: with printAfterChange they stay quiet.
+        // infer-shapes finds nothing to fix in built IR, nor fuse-conv-epilogue and
+        // select-conv-algorithm a convolution: with printAfterChange they stay quiet.
         let (changed, _, _) = try run(pipeline) {
             $0.printAfter = ["all"]
             $0.printAfterChange = true
         }
-        XCTAssertEqual(occurrences(of: "IR after", in: changed), pipeline.count - 2)
+        XCTAssertEqual(occurrences(of: "IR after", in: changed), pipeline.count - 3)
         XCTAssertFalse(changed.contains("IR after infer-shapes"))
         XCTAssertFalse(changed.contains("IR after fuse-conv-epilogue"))
         let (quiet, _, _) = try run([InferShapes()]) {

@@ -1,5 +1,6 @@
 /// 2-D convolution (cross-correlation, NCHW, OIHW weights) and its two
-/// backward ops. All three lower to the im2col + sgemm kernels.
+/// backward ops. All three lower to the im2col + sgemm kernels, or conv2d and
+/// conv2d_grad_input to the Winograd ones when their `algorithm` says so.
 public enum ConvOps {
     static let f = TensorType.f32
 
@@ -36,6 +37,15 @@ public enum ConvOps {
         }
 
         var kernelInts: [Int] { [n, c, h, w, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw, groups] }
+
+        /// Whether the Winograd F(4×4, 3×3) kernels compute this convolution:
+        /// 3×3, stride 1, undilated, one group, padding at most 2.
+        public var winogradApplies: Bool {
+            kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && groups == 1 && ph <= 2 && pw <= 2
+        }
+
+        /// 4×4 output tiles the Winograd kernels compute.
+        public var winogradTiles: Int { n * ((oh + 3) / 4) * ((ow + 3) / 4) }
         var outputShape: [Int] { [n, o, oh, ow] }
         var inputShape: [Int] { [n, c, h, w] }
         var weightShape: [Int] { [o, c / groups, kh, kw] }
@@ -71,6 +81,29 @@ public enum ConvOps {
 
     static let convAttributes = ["stride", "pad", "dilation", "groups"]
 
+    /// The `algorithm` attribute of conv2d, fused_conv2d and
+    /// conv2d_grad_input: absent for im2col + GEMM, "winograd" for Winograd's
+    /// F(4×4, 3×3) (select-conv-algorithm sets it). It changes rounding only:
+    /// the interpreter computes the convolution exactly either way.
+    public enum Algorithm {
+        public static let key = "algorithm"
+        public static let winograd = "winograd"
+    }
+
+    /// Whether `attrs` ask for Winograd; an error when they ask for an
+    /// algorithm that does not exist or that cannot compute `geometry`.
+    static func usesWinograd(_ attrs: Attributes, _ geometry: Geometry) throws -> Bool {
+        guard attrs[Algorithm.key] != nil else { return false }
+        let name = try attrs.string(Algorithm.key)
+        guard name == Algorithm.winograd else {
+            throw IRError("unknown algorithm \"\(name)\"; the convolution kernels are im2col + GEMM (no attribute) and \"\(Algorithm.winograd)\"")
+        }
+        guard geometry.winogradApplies else {
+            throw IRError("algorithm=\"winograd\" computes 3×3 convolutions with stride 1, dilation 1, one group and padding at most 2; this one is \(geometry.kh)×\(geometry.kw), stride [\(geometry.sh),\(geometry.sw)], dilation [\(geometry.dh),\(geometry.dw)], groups \(geometry.groups), pad [\(geometry.ph),\(geometry.pw)]")
+        }
+        return true
+    }
+
     /// 2 · output elements · (C/groups · KH · KW): the work of a convolution
     /// and of each of its two gradients.
     static func macs(output: [Int], weight: [Int]) -> Double {
@@ -95,13 +128,35 @@ public enum ConvOps {
 
     static let example: Attributes = ["stride": .ints([2, 1]), "pad": .ints([1, 2]), "dilation": .ints([1, 2]), "groups": .int(2)]
 
+    /// The 4×4 tiles a Winograd kernel would compute for this node (conv2d,
+    /// fused_conv2d or conv2d_grad_input), or nil when Winograd cannot
+    /// compute it.
+    public static func winogradTiles(_ node: Node, operandTypes: [TensorType]) -> Int? {
+        let input: [Int]
+        switch node.op {
+        case "conv2d", "fused_conv2d": input = operandTypes[0].shape
+        case "conv2d_grad_input": input = node.type.shape
+        default: return nil
+        }
+        guard let geometry = try? Geometry(input: input, weight: operandTypes[1].shape, attrs: node.attrs),
+              geometry.winogradApplies else { return nil }
+        // The input gradient's kernel computes a convolution onto x's grid.
+        return node.op == "conv2d_grad_input" ? geometry.n * ((geometry.h + 3) / 4) * ((geometry.w + 3) / 4) : geometry.winogradTiles
+    }
+
+    static func winogradExample(pad: [Int]) -> Attributes {
+        ["pad": .ints(pad), Algorithm.key: .string(Algorithm.winograd)]
+    }
+
     public static let all: [OpSpec] = [
         /// ∂x = conv2d_grad_input(g, w), ∂w = conv2d_grad_weight(x, g)
         OpSpec(name: "conv2d", doc: "%y = conv2d(%x, %w) {stride=[1,1], pad=[0,0], dilation=[1,1], groups=1}: NCHW cross-correlation",
                arity: 2...2,
                inferType: { operands, attrs in
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
-                   return operands[0].with(shape: try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs).outputShape)
+                   let geometry = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
+                   _ = try usesWinograd(attrs, geometry)
+                   return operands[0].with(shape: geometry.outputShape)
                },
                evaluate: { operands, attrs, type in try evaluate(operands[0], operands[1], attrs: attrs, type: type) },
                gradient: { c in
@@ -110,12 +165,15 @@ public enum ConvOps {
                            try b.emit("conv2d_grad_weight", [x, c.grad], passAttrs(c.attrs, adding: "weight_shape", w.shape))]
                },
                lowering: .kernels { operands, _, attrs in
-                   [KernelCall("conv2d", [.operand(0), .operand(1), .result],
-                               ints: try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs).kernelInts
-                                   + FusedConvOps.Epilogue.none)]
+                   let geometry = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
+                   return [KernelCall(try usesWinograd(attrs, geometry) ? "conv2d_winograd" : "conv2d", [.operand(0), .operand(1), .result],
+                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none)]
                },
                examples: [([f([2, 4, 7, 6]), f([6, 2, 3, 3])], example),
-                          ([f([1, 3, 5, 5]), f([4, 3, 1, 1])], [:])],
+                          ([f([1, 3, 5, 5]), f([4, 3, 1, 1])], [:]),
+                          // Tiles cut by the image's edge on both sides, padding 1 and 0.
+                          ([f([2, 3, 9, 7]), f([5, 3, 3, 3])], winogradExample(pad: [1, 1])),
+                          ([f([1, 4, 6, 11]), f([3, 4, 3, 3])], winogradExample(pad: [0, 2]))],
                flops: { operands, result, _ in macs(output: result.shape, weight: operands[1].shape) }),
 
         OpSpec(name: "conv2d_grad_input", doc: "%dx = conv2d_grad_input(%dy, %w) {input_shape=[...], <conv2d's>}: conv2d's VJP wrt x",
@@ -126,6 +184,7 @@ public enum ConvOps {
                    guard geo.outputShape == operands[0].shape else {
                        throw IRError("dy has shape \(operands[0].shape); conv2d of \(input) gives \(geo.outputShape)")
                    }
+                   _ = try usesWinograd(attrs, geo)
                    return operands[0].with(shape: input)
                },
                evaluate: { operands, attrs, type in
@@ -137,10 +196,13 @@ public enum ConvOps {
                },
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
-                   [KernelCall("conv2d_grad_input", [.operand(0), .operand(1), .result],
-                               ints: try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs).kernelInts)]
+                   let geometry = try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs)
+                   return [KernelCall(try usesWinograd(attrs, geometry) ? "conv2d_grad_input_winograd" : "conv2d_grad_input",
+                                      [.operand(0), .operand(1), .result], ints: geometry.kernelInts)]
                },
-               examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6]))],
+               examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6])),
+                          ([f([2, 5, 9, 7]), f([5, 3, 3, 3])], winogradExample(pad: [1, 1]).merging(["input_shape": .ints([2, 3, 9, 7])])),
+                          ([f([1, 3, 4, 13]), f([3, 4, 3, 3])], winogradExample(pad: [0, 2]).merging(["input_shape": .ints([1, 4, 6, 11])]))],
                flops: { operands, _, _ in macs(output: operands[0].shape, weight: operands[1].shape) }),
 
         OpSpec(name: "conv2d_grad_weight", doc: "%dw = conv2d_grad_weight(%x, %dy) {weight_shape=[...], <conv2d's>}: conv2d's VJP wrt w",

@@ -111,6 +111,7 @@ public enum FusedConvOps {
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
                    let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
                    _ = try epilogue(operands, output: geometry.outputShape, attrs: attrs)
+                   _ = try ConvOps.usesWinograd(attrs, geometry)
                    return operands[0].with(shape: geometry.outputShape)
                },
                evaluate: { operands, attrs, type in
@@ -122,7 +123,8 @@ public enum FusedConvOps {
                lowering: .kernels { operands, result, attrs in
                    let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
                    let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
-                   return [KernelCall("conv2d", [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
+                   let kernel = try ConvOps.usesWinograd(attrs, geometry) ? "conv2d_winograd" : "conv2d"
+                   return [KernelCall(kernel, [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
                                       ints: geometry.kernelInts + epilogue.kernelInts)]
                },
                examples: [
@@ -135,6 +137,10 @@ public enum FusedConvOps {
                      "epilogue": .expr(.binary(.max, .binary(.add, .input(3), .binary(.add, .input(2), .binary(.mul, .input(1), .input(0)))), .const(0)))]),
                    // conv + bias
                    ([f([1, 3, 5, 5]), f([4, 3, 1, 1]), f([1, 4, 1, 1])], ["epilogue": .expr(.binary(.add, .input(0), .input(1)))]),
+                   // … the same by Winograd, tiles cut by the image's edge
+                   ([f([2, 3, 7, 6]), f([4, 3, 3, 3]), f([4, 1, 1]), f([4, 1, 1]), f([2, 4, 7, 6])],
+                    ConvOps.winogradExample(pad: [1, 1]).merging(
+                        ["epilogue": .expr(.binary(.max, .binary(.add, .input(3), .binary(.add, .input(2), .binary(.mul, .input(1), .input(0)))), .const(0)))])),
                ],
                // The epilogue's few operations per element are not counted.
                flops: { operands, result, _ in ConvOps.macs(output: result.shape, weight: operands[1].shape) }),

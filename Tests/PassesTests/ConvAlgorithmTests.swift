@@ -1,0 +1,76 @@
+import Foundation
+import IR
+import Passes
+import TestSupport
+import XCTest
+
+/// `select-conv-algorithm`: which convolutions it gives to Winograd in each
+/// mode, what the dump shows, and the type rule's refusals of an algorithm
+/// that cannot compute a node. (The kernels' numerics: WinogradKernelTests;
+/// C and LLVM against the interpreter: the op examples in OpAgreementTests.)
+final class ConvAlgorithmTests: XCTestCase {
+    /// 4 images of 32×32 make 256 tiles, above the threshold; one 8×8 image
+    /// makes 4; the strided and 1×1 convolutions are not Winograd's.
+    static let source = """
+        func @f(%0: f32[4,8,32,32] input "x", %1: f32[8,8,3,3] param "w", %2: f32[1,8,8,8] input "small",
+                %3: f32[8,8,1,1] param "pointwise", %4: f32[8,1,1] param "bias") {
+          %5 = conv2d(%0, %1) {pad=[1,1]} : f32[4,8,32,32]
+          %6 = conv2d(%2, %1) {pad=[1,1]} : f32[1,8,8,8]
+          %7 = conv2d(%0, %1) {pad=[1,1], stride=[2,2]} : f32[4,8,16,16]
+          %8 = conv2d(%0, %3) : f32[4,8,32,32]
+          %9 = fused_conv2d(%0, %1, %4) {epilogue=add(in0, in1), pad=[1,1]} : f32[4,8,32,32]
+          %10 = conv2d_grad_input(%5, %1) {input_shape=[4,8,32,32], pad=[1,1]} : f32[4,8,32,32]
+          return %5 as "a", %6 as "b", %7 as "c", %8 as "d", %9 as "e", %10 as "g"
+        }
+        """
+
+    func testAutoPicksWinogradForStrideOneThreeByThreeWithEnoughTiles() throws {
+        _ = try checkIR(Self.source + """
+
+            // CHECK: %5 = conv2d(%0, %1) {algorithm="winograd", pad=[1,1]}
+            // CHECK-NEXT: %6 = conv2d(%2, %1) {pad=[1,1]}
+            // CHECK-NEXT: %7 = conv2d(%0, %1) {pad=[1,1], stride=[2,2]}
+            // CHECK-NEXT: %8 = conv2d(%0, %3) :
+            // CHECK-NEXT: %9 = fused_conv2d(%0, %1, %4) {algorithm="winograd", epilogue=add(in0, in1), pad=[1,1]}
+            // CHECK-NEXT: %10 = conv2d_grad_input(%5, %1) {algorithm="winograd", input_shape=[4,8,32,32], pad=[1,1]}
+            """, passes: [SelectConvAlgorithm.name])
+    }
+
+    func algorithms(after mode: SelectConvAlgorithm.Mode, on source: String = source) throws -> [String?] {
+        var module = try Parser.parse(source)
+        _ = try SelectConvAlgorithm(mode: mode).run(&module)
+        try Verifier.verify(module)
+        return module.functions[0].nodes.map { node in
+            if case .string(let name)? = node.attrs[ConvOps.Algorithm.key] { return name }
+            return nil
+        }
+    }
+
+    func testModes() throws {
+        let winograd = ConvOps.Algorithm.winograd
+        XCTAssertEqual(try algorithms(after: .auto), [winograd, nil, nil, nil, winograd, winograd])
+        XCTAssertEqual(try algorithms(after: .winograd), [winograd, winograd, nil, nil, winograd, winograd])
+        XCTAssertEqual(try algorithms(after: .direct), [nil, nil, nil, nil, nil, nil])
+        // A recompiled module keeps its choices under auto and loses them under direct.
+        let chosen = Self.source.replacingOccurrences(of: "%6 = conv2d(%2, %1) {pad=[1,1]}",
+                                                      with: "%6 = conv2d(%2, %1) {algorithm=\"winograd\", pad=[1,1]}")
+        XCTAssertEqual(try algorithms(after: .auto, on: chosen), [winograd, winograd, nil, nil, winograd, winograd])
+        XCTAssertEqual(try algorithms(after: .direct, on: chosen), [nil, nil, nil, nil, nil, nil])
+    }
+
+    func testTheTypeRuleRefusesAnAlgorithmThatCannotComputeTheNode() throws {
+        let strided = Self.source.replacingOccurrences(of: "{pad=[1,1], stride=[2,2]}",
+                                                       with: "{algorithm=\"winograd\", pad=[1,1], stride=[2,2]}")
+        XCTAssertThrowsError(try Verifier.verify(try Parser.parse(strided))) { error in
+            let message = (error as? IRError)?.message ?? "\(error)"
+            XCTAssertTrue(message.contains("algorithm=\"winograd\" computes 3×3 convolutions with stride 1"), message)
+            XCTAssertTrue(message.contains("stride [2,2]"), message)
+        }
+        let unknown = Self.source.replacingOccurrences(of: "%6 = conv2d(%2, %1) {pad=[1,1]}",
+                                                       with: "%6 = conv2d(%2, %1) {algorithm=\"fft\", pad=[1,1]}")
+        XCTAssertThrowsError(try Verifier.verify(try Parser.parse(unknown))) { error in
+            let message = (error as? IRError)?.message ?? "\(error)"
+            XCTAssertTrue(message.contains("unknown algorithm \"fft\""), message)
+        }
+    }
+}
