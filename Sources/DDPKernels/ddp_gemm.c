@@ -436,6 +436,10 @@ static int64_t padded_rows(int64_t m) {
 
 int64_t ddp_gemm_packed_a_floats(int64_t m, int64_t k) { return padded_rows(m) * k; }
 
+ddp_packed_a_layout ddp_gemm_packed_a_layout(int64_t m) {
+    return (ddp_packed_a_layout){chosen_isa()->mr, KC, padded_rows(m)};
+}
+
 typedef struct {
     view a;
     int64_t m, k, mpad;

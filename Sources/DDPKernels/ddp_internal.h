@@ -23,6 +23,20 @@ void ddp_gemm_pack_a(int trans_a, int64_t m, int64_t k, const float *a, int64_t 
 int ddp_gemm_with_packed_a(const float *packed_a, int trans_b, int64_t m, int64_t n, int64_t k,
                            const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/// Where ddp_gemm_pack_a puts element (i, k) of an m × k matrix, for code
+/// that writes a packed A directly (the Winograd filter transforms): row
+/// panels of `mr` rows, in blocks of `kc` columns, rows padded to `mpad`
+/// (the padding rows must be zero).
+typedef struct {
+    int mr;
+    int64_t kc, mpad;
+} ddp_packed_a_layout;
+ddp_packed_a_layout ddp_gemm_packed_a_layout(int64_t m);
+static inline int64_t ddp_packed_a_index(const ddp_packed_a_layout *l, int64_t k_total, int64_t i, int64_t k) {
+    int64_t pc = k / l->kc * l->kc, kc = k_total - pc < l->kc ? k_total - pc : l->kc;
+    return pc * l->mpad + i / l->mr * l->mr * kc + (k - pc) * l->mr + i % l->mr;
+}
+
 /// Per-thread scratch buffers, kept between calls and grown on demand
 /// (ddp_threads.c); NULL when the memory is not there. One slot per use, so
 /// a kernel's buffer and the GEMM's packing space never alias.

@@ -33,9 +33,14 @@
 #define PATCH 6  // transformed tile side, TILE + 3 - 1
 #define POINTS 36
 
-/// Floats of V and M one block may take (2 MiB each): a block's transformed
-/// input and its products stay in L2 between the transforms and the GEMMs.
-#define BLOCK_BUDGET ((int64_t)1 << 19)
+/// Floats of V (or M) one block may take (4 MiB): the block's transformed
+/// input and products stay in the caches between the transforms and the
+/// GEMMs; measured, 1 MiB was 10-20% slower at 128 channels and 2 MiB
+/// as much slower at 512.
+#define BLOCK_BUDGET ((int64_t)1 << 20)
+/// Fewest columns (tiles) a block's GEMMs get, whatever the budget: narrower
+/// products waste the micro-kernel's 32-column panels and repack more.
+#define BLOCK_MIN_COLUMNS 128
 
 typedef struct {
     // The convolution as the kernel computes it: x (N × C × H × W) to
@@ -76,46 +81,50 @@ typedef struct {
         u[5] = g2;                                   \
     } while (0)
 
-/// Filters transformed per group of FILTER_LANES input channels, so each U[ξ]
-/// receives a contiguous run (the 36 destinations are planes apart).
-#define FILTER_LANES 16
+/// Most rows a GEMM panel has (12 for AVX-512, 6 for AVX2): the filter
+/// transform works on one panel of output channels at a time.
+#define PANEL_LANES 16
 
-/// U[ξ][oo][ic] = (G g Gᵀ)[ξ] for output channels [begin, end) of the
-/// convolution the kernel computes; g is w[oo][ic] (forward) or w[ic][oo]
-/// rotated by 180° (input gradient).
+/// Writes U[ξ] = (G g Gᵀ)[ξ] for every ξ straight into the GEMM's packed
+/// layout of A (O × C per ξ), one panel of output channels per step, so each
+/// store is a panel row of contiguous floats; g is w[oo][ic] (forward) or
+/// w[ic][oo] rotated by 180° (input gradient). Tasks take row panels.
 typedef struct {
     const float *w;
     int64_t outputs, inputs; // of the computed convolution
     int transposed;
-    float *u;
+    ddp_packed_a_layout layout;
+    float *packed;
+    int64_t packed_floats; // per ξ
 } filter_job;
 
 static void transform_filters(void *arg, int64_t begin, int64_t end) {
     filter_job *job = arg;
-    int64_t plane = job->outputs * job->inputs;
-    for (int64_t oo = begin; oo < end; oo++) {
-        for (int64_t ic0 = 0; ic0 < job->inputs; ic0 += FILTER_LANES) {
-            int lanes = job->inputs - ic0 < FILTER_LANES ? (int)(job->inputs - ic0) : FILTER_LANES;
-            float g[9][FILTER_LANES] = {{0}}, gc[3][PATCH][FILTER_LANES], u[POINTS][FILTER_LANES];
+    int mr = job->layout.mr;
+    for (int64_t panel = begin; panel < end; panel++) {
+        int64_t oo0 = panel * mr;
+        int lanes = job->outputs - oo0 < mr ? (int)(job->outputs - oo0) : mr; // the rest are zero padding
+        for (int64_t ic = 0; ic < job->inputs; ic++) {
+            float g[9][PANEL_LANES] = {{0}}, gc[3][PATCH][PANEL_LANES], u[POINTS][PANEL_LANES];
             for (int l = 0; l < lanes; l++) {
-                int64_t ic = ic0 + l;
+                int64_t oo = oo0 + l;
                 const float *src = job->transposed ? job->w + (ic * job->outputs + oo) * 9 : job->w + (oo * job->inputs + ic) * 9;
                 for (int k = 0; k < 9; k++) g[k][l] = job->transposed ? src[8 - k] : src[k];
             }
             for (int s = 0; s < 3; s++) // G·g, column s
-                for (int l = 0; l < FILTER_LANES; l++) {
+                for (int l = 0; l < PANEL_LANES; l++) {
                     float col[PATCH];
                     FILTER_TRANSFORM(g[s][l], g[3 + s][l], g[6 + s][l], col);
                     for (int i = 0; i < PATCH; i++) gc[s][i][l] = col[i];
                 }
             for (int i = 0; i < PATCH; i++) // (G·g)·Gᵀ, row i
-                for (int l = 0; l < FILTER_LANES; l++) {
+                for (int l = 0; l < PANEL_LANES; l++) {
                     float row[PATCH];
                     FILTER_TRANSFORM(gc[0][i][l], gc[1][i][l], gc[2][i][l], row);
                     for (int j = 0; j < PATCH; j++) u[i * PATCH + j][l] = row[j];
                 }
-            float *dst = job->u + oo * job->inputs + ic0;
-            for (int xi = 0; xi < POINTS; xi++) memcpy(dst + xi * plane, u[xi], (size_t)lanes * sizeof(float));
+            float *dst = job->packed + ddp_packed_a_index(&job->layout, job->inputs, oo0, ic);
+            for (int xi = 0; xi < POINTS; xi++) memcpy(dst + xi * job->packed_floats, u[xi], (size_t)mr * sizeof(float));
         }
     }
 }
@@ -262,19 +271,6 @@ static void transform_output_channel(const wino_job *job, int64_t row0, int64_t 
 
 // MARK: - Driver
 
-/// Packs U[ξ] for ξ in [begin, end), one point per task (each serially).
-typedef struct {
-    const float *u;
-    int64_t plane, o, c, packed_floats;
-    float *packed;
-} pack_job;
-
-static void pack_points(void *arg, int64_t begin, int64_t end) {
-    pack_job *job = arg;
-    for (int64_t xi = begin; xi < end; xi++)
-        ddp_gemm_pack_a(0, job->o, job->c, job->u + xi * job->plane, job->c, job->packed + xi * job->packed_floats);
-}
-
 /// Floats of transform work space for blocks of `rows` tile rows.
 static int64_t work_floats(const wino_job *job, int64_t rows) {
     int64_t span = job->tw + 1, ld = rows * span;
@@ -313,24 +309,20 @@ static int winograd(wino_job *job, const float *w, int transposed) {
     job->th = (job->oh + TILE - 1) / TILE;
     job->tw = (job->ow + TILE - 1) / TILE;
 
-    // Filters: transformed into U, then packed for the GEMM.
-    int64_t plane = job->o * job->c;
+    // Filters: transformed straight into the GEMM's packed layout.
     job->packed_floats = ddp_gemm_packed_a_floats(job->o, job->c);
-    float *u = ddp_thread_scratch(DDP_SCRATCH_TRANSFORM, (size_t)(POINTS * plane));
     float *packed = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(POINTS * job->packed_floats));
-    if (u == NULL || packed == NULL) return DDP_ERR_NOMEM;
-    filter_job filters = {w, job->o, job->c, transposed, u};
-    ddp_parallel_for(job->o, transform_filters, &filters);
-    pack_job packing = {u, plane, job->o, job->c, job->packed_floats, packed};
-    ddp_parallel_for(POINTS, pack_points, &packing);
+    if (packed == NULL) return DDP_ERR_NOMEM;
+    filter_job filters = {w, job->o, job->c, transposed, ddp_gemm_packed_a_layout(job->o), packed, job->packed_floats};
+    ddp_parallel_for(filters.layout.mpad / filters.layout.mr, transform_filters, &filters);
     job->packed_u = packed;
 
     // Blocks of whole tile rows within the budget, as many as the threads
     // can share evenly when the budget allows fewer.
     int64_t rows_total = job->n * job->th;
     int64_t per_row = POINTS * (job->c > job->o ? job->c : job->o) * (job->tw + 1);
-    int64_t rows = BLOCK_BUDGET / (per_row > 0 ? per_row : 1);
-    if (rows < 1) rows = 1;
+    int64_t rows = BLOCK_BUDGET / (per_row > 0 ? per_row : 1), fewest = (BLOCK_MIN_COLUMNS + job->tw) / (job->tw + 1);
+    if (rows < fewest) rows = fewest;
     int64_t threads = ddp_parallel_threads(), blocks = (rows_total + rows - 1) / rows;
     if (blocks < 4 * threads) blocks = (blocks + threads - 1) / threads * threads;
     if (blocks > rows_total) blocks = rows_total;

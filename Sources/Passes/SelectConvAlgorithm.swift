@@ -7,10 +7,11 @@ import IR
 /// Winograd does a quarter of the multiplications of a 3×3 convolution but
 /// transforms the filters on every call (36 matrices of O × C), so it pays
 /// only when there are enough output tiles to spread that over. Measured per
-/// layer of unet-r18 and TransUNet's decoder on AVX-512 (2 threads), forward
-/// and input gradient alike: at 128 tiles and more it was 1.4–2.5× faster at
-/// every channel count from 16 to 768; at 32 tiles (256 or more channels on
-/// 8×8 images) and 8 tiles (512 on 4×4) it was 1.3–6× slower.
+/// layer of unet-r18, ResNet-50 and TransUNet's decoder on AVX-512 (2
+/// threads), forward and input gradient alike: from 128 tiles up it was
+/// 1.3–2.4× faster at every channel count from 16 to 768 (1.0–1.3× at 16
+/// channels); at 64 tiles (256 channels on 14×14) it was 5% slower, at 32
+/// (8×8 images) 10–20% slower, at 8 (512 channels on 4×4) 3× slower.
 ///
 /// Its rounding differs from the direct sum's (about 1e-5 of the output's
 /// magnitude against 1e-7): `mode = .direct` keeps every convolution on
@@ -28,7 +29,7 @@ public struct SelectConvAlgorithm: Pass {
     }
 
     /// Fewest output tiles at which `auto` picks Winograd.
-    public static let minimumTiles = 64
+    public static let minimumTiles = 128
 
     public var mode: Mode
     public init(mode: Mode = .auto) { self.mode = mode }
