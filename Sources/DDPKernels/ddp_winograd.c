@@ -332,6 +332,160 @@ static int winograd(wino_job *job, const float *w, int transposed) {
     return job->failed ? DDP_ERR_NOMEM : DDP_OK;
 }
 
+// MARK: - Weight gradient
+//
+// y_t = Aᵀ (U ⊙ V_t) A is linear in U = G g Gᵀ, so the gradient of a filter
+// is dg = Gᵀ [ Σ_t (A dY_t Aᵀ) ⊙ V_t ] G: the same input transform V, the
+// output gradient's 4×4 tiles taken to 6×6 by A·dY·Aᵀ (Ŷ), and per point ξ
+// one product summed over every tile, dU[ξ] (O × C) += Ŷ[ξ] (O × tiles) ·
+// V[ξ]ᵀ (tiles × C). The blocks of tiles run in order, and each product is
+// one task's, so the sums' order (hence dw) does not depend on the thread
+// count.
+
+/// A·y for one column y0..y3 of an output-gradient tile: six values.
+#define GRADIENT_TRANSFORM(y0, y1, y2, y3, u)                             \
+    do {                                                                  \
+        float e_ = (y0) + (y2), o_ = (y1) + (y3);                         \
+        float e4_ = (y0) + 4.0f * (y2), o8_ = 2.0f * (y1) + 8.0f * (y3);  \
+        u[0] = (y0);                                                      \
+        u[1] = e_ + o_;                                                   \
+        u[2] = e_ - o_;                                                   \
+        u[3] = e4_ + o8_;                                                 \
+        u[4] = e4_ - o8_;                                                 \
+        u[5] = (y3);                                                      \
+    } while (0)
+
+/// Gᵀ·u for one column u0..u5 of a 6×6 filter gradient: three values.
+#define FILTER_GRADIENT(u0, u1, u2, u3, u4, u5, g)                                                      \
+    do {                                                                                                \
+        g[0] = (u0) * 0.25f - ((u1) + (u2)) * (1.0f / 6) + ((u3) + (u4)) * (1.0f / 24);                  \
+        g[1] = ((u2) - (u1)) * (1.0f / 6) + ((u3) - (u4)) * (1.0f / 12);                                 \
+        g[2] = ((u3) + (u4) - (u1) - (u2)) * (1.0f / 6) + (u5);                                          \
+    } while (0)
+
+typedef struct {
+    wino_job geometry; // x, sizes, padding, tiles; o is dy's channels
+    const float *dy;
+    int64_t row0, rows, ld; // the block being transformed
+    float *v, *dyt;         // its V[ξ] (C × ld) and Ŷ[ξ] (O × ld)
+    float *du;              // Σ over blocks of Ŷ[ξ]·V[ξ]ᵀ: 36 × O × C
+    float *dw;
+    int failed;
+} wgrad_job;
+
+static void failed_task(int *failed) { __atomic_store_n(failed, 1, __ATOMIC_RELAXED); }
+
+/// Floats a task needs to transform one channel of a block.
+static int64_t wgrad_work_floats(const wino_job *g, int64_t ld) {
+    int64_t span = g->tw + 1;
+    return 2 * PATCH * 4 * (ld + span) + 4 * span;
+}
+
+static void wgrad_input_channels(void *arg, int64_t begin, int64_t end) {
+    wgrad_job *job = arg;
+    float *work = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)wgrad_work_floats(&job->geometry, job->ld));
+    if (work == NULL) { failed_task(&job->failed); return; }
+    const wino_job *g = &job->geometry;
+    int64_t span = g->tw + 1;
+    for (int64_t c = begin; c < end; c++) {
+        transform_input_channel(g, job->row0, job->rows, c, job->v, job->ld, work);
+        // The padding columns hold whatever the flat loops left there; Ŷ is
+        // zero in them, and 0 · (a stray NaN) would not be.
+        for (int xi = 0; xi < POINTS; xi++)
+            for (int64_t lr = 0; lr < job->rows; lr++) job->v[(xi * g->c + c) * job->ld + lr * span + g->tw] = 0.0f;
+    }
+}
+
+/// Ŷ[ξ][o][·] for output-gradient channels [begin, end) of the block; the
+/// padding column of each tile row is zero, so the garbage V has there adds
+/// nothing.
+static void wgrad_gradient_channels(void *arg, int64_t begin, int64_t end) {
+    wgrad_job *job = arg;
+    const wino_job *g = &job->geometry;
+    int64_t tw = g->tw, span = tw + 1, ld = job->ld, step = g->o * ld;
+    float *work = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(2 * PATCH * 4 * ld + 4 * span));
+    if (work == NULL) { failed_task(&job->failed); return; }
+    float *p = work;                 // p[a][q][·]: column q of row a of each tile (phases of dy's rows)
+    float *z = p + 4 * 4 * ld;       // z[i][q][·]: A applied down the tile's four rows
+    float *padded = z + PATCH * 4 * ld;
+    for (int64_t o = begin; o < end; o++) {
+        for (int64_t lr = 0; lr < job->rows; lr++) {
+            int64_t row = job->row0 + lr, image = row / g->th, tr = row % g->th;
+            const float *dyo = job->dy + (image * g->o + o) * g->oh * g->ow;
+            for (int a = 0; a < TILE; a++) {
+                int64_t oh = tr * TILE + a;
+                memset(padded, 0, (size_t)(4 * span) * sizeof(float));
+                if (oh < g->oh) memcpy(padded, dyo + oh * g->ow, (size_t)g->ow * sizeof(float));
+                float *pa = p + a * 4 * ld + lr * span;
+                for (int64_t t = 0; t < span; t++)
+                    for (int q = 0; q < 4; q++) pa[q * ld + t] = t < tw ? padded[4 * t + q] : 0.0f;
+            }
+        }
+        for (int q = 0; q < 4; q++) {
+            const float *y0 = p + (0 * 4 + q) * ld, *y1 = p + (1 * 4 + q) * ld, *y2 = p + (2 * 4 + q) * ld,
+                        *y3 = p + (3 * 4 + q) * ld;
+            float *z0 = z + (0 * 4 + q) * ld, *z1 = z + (1 * 4 + q) * ld, *z2 = z + (2 * 4 + q) * ld,
+                  *z3 = z + (3 * 4 + q) * ld, *z4 = z + (4 * 4 + q) * ld, *z5 = z + (5 * 4 + q) * ld;
+            for (int64_t k = 0; k < ld; k++) {
+                float u[PATCH];
+                GRADIENT_TRANSFORM(y0[k], y1[k], y2[k], y3[k], u);
+                z0[k] = u[0]; z1[k] = u[1]; z2[k] = u[2]; z3[k] = u[3]; z4[k] = u[4]; z5[k] = u[5];
+            }
+        }
+        for (int i = 0; i < PATCH; i++) {
+            const float *q0 = z + (i * 4) * ld, *q1 = q0 + ld, *q2 = q0 + 2 * ld, *q3 = q0 + 3 * ld;
+            float *d0 = job->dyt + (int64_t)(i * PATCH) * step + o * ld;
+            float *d1 = d0 + step, *d2 = d0 + 2 * step, *d3 = d0 + 3 * step, *d4 = d0 + 4 * step, *d5 = d0 + 5 * step;
+            for (int64_t k = 0; k < ld; k++) {
+                float u[PATCH];
+                GRADIENT_TRANSFORM(q0[k], q1[k], q2[k], q3[k], u);
+                d0[k] = u[0]; d1[k] = u[1]; d2[k] = u[2]; d3[k] = u[3]; d4[k] = u[4]; d5[k] = u[5];
+            }
+        }
+    }
+}
+
+/// dU[ξ] += Ŷ[ξ]·V[ξ]ᵀ for ξ in [begin, end), each product on this task.
+static void wgrad_products(void *arg, int64_t begin, int64_t end) {
+    wgrad_job *job = arg;
+    const wino_job *g = &job->geometry;
+    for (int64_t xi = begin; xi < end; xi++)
+        if (!ddp_gemm(0, 1, g->o, g->c, job->ld, job->dyt + xi * g->o * job->ld, job->ld, job->v + xi * g->c * job->ld,
+                      job->ld, 1.0f, job->du + xi * g->o * g->c, g->c)) {
+            failed_task(&job->failed);
+            return;
+        }
+}
+
+/// dw[o][c] = Gᵀ dU[·][o][c] G for output channels [begin, end).
+static void wgrad_filters(void *arg, int64_t begin, int64_t end) {
+    wgrad_job *job = arg;
+    const wino_job *g = &job->geometry;
+    int64_t plane = g->o * g->c;
+    for (int64_t o = begin; o < end; o++)
+        for (int64_t c = 0; c < g->c; c++) {
+            const float *u = job->du + o * g->c + c;
+            float rows[3][PATCH]; // Gᵀ applied down each column j
+            for (int j = 0; j < PATCH; j++) {
+                float col[3];
+                FILTER_GRADIENT(u[(0 * PATCH + j) * plane], u[(1 * PATCH + j) * plane], u[(2 * PATCH + j) * plane],
+                                u[(3 * PATCH + j) * plane], u[(4 * PATCH + j) * plane], u[(5 * PATCH + j) * plane], col);
+                for (int s = 0; s < 3; s++) rows[s][j] = col[s];
+            }
+            float *dw = job->dw + (o * g->c + c) * 9;
+            for (int s = 0; s < 3; s++) {
+                float out[3];
+                FILTER_GRADIENT(rows[s][0], rows[s][1], rows[s][2], rows[s][3], rows[s][4], rows[s][5], out);
+                dw[s * 3 + 0] = out[0]; dw[s * 3 + 1] = out[1]; dw[s * 3 + 2] = out[2];
+            }
+        }
+}
+
+/// Tiles per block of the weight gradient: the products' sums run over
+/// them, so long blocks make long, efficient GEMMs; fixed (not from the
+/// thread count), so dw is the same on every machine.
+#define WGRAD_BLOCK_COLUMNS 1024
+
 /// Whether the geometry is one this kernel computes: 3×3, stride 1,
 /// dilation 1, one group, padding at most 2.
 static int winograd_geometry(const int64_t *ia) {
@@ -350,6 +504,43 @@ int ddp_conv2d_winograd(void *const *bufs, const int64_t *ia, const double *fa) 
     if (ia[17]) job.shift = bufs[next++];
     if (ia[18]) job.residual = bufs[next++];
     return winograd(&job, bufs[1], 0);
+}
+
+int ddp_conv2d_grad_weight_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    if (!winograd_geometry(ia)) return DDP_ERR_ARGS;
+    wgrad_job job = {.geometry = {.n = ia[0], .c = ia[1], .h = ia[2], .w = ia[3], .o = ia[4], .oh = ia[7], .ow = ia[8],
+                                  .ph = ia[11], .pw = ia[12], .x = bufs[0]},
+                     .dy = bufs[1], .dw = bufs[2]};
+    wino_job *g = &job.geometry;
+    int64_t plane = g->o * g->c;
+    if (plane == 0) return DDP_OK;
+    if (g->n * g->oh * g->ow == 0) {
+        memset(job.dw, 0, (size_t)(plane * 9) * sizeof(float));
+        return DDP_OK;
+    }
+    g->th = (g->oh + TILE - 1) / TILE;
+    g->tw = (g->ow + TILE - 1) / TILE;
+    int64_t span = g->tw + 1, rows_total = g->n * g->th;
+    int64_t rows = (WGRAD_BLOCK_COLUMNS + span - 1) / span;
+    if (rows > rows_total) rows = rows_total;
+    int64_t most = rows * span;
+    float *blocks = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(POINTS * (g->c + g->o) * most));
+    job.du = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(POINTS * plane));
+    if (blocks == NULL || job.du == NULL) return DDP_ERR_NOMEM;
+    memset(job.du, 0, (size_t)(POINTS * plane) * sizeof(float));
+    job.v = blocks;
+    job.dyt = blocks + POINTS * g->c * most;
+    for (job.row0 = 0; job.row0 < rows_total; job.row0 += rows) {
+        job.rows = rows_total - job.row0 < rows ? rows_total - job.row0 : rows;
+        job.ld = job.rows * span;
+        ddp_parallel_for(g->c, wgrad_input_channels, &job);
+        ddp_parallel_for(g->o, wgrad_gradient_channels, &job);
+        ddp_parallel_for(POINTS, wgrad_products, &job);
+        if (job.failed) return DDP_ERR_NOMEM;
+    }
+    ddp_parallel_for(g->o, wgrad_filters, &job);
+    return DDP_OK;
 }
 
 int ddp_conv2d_grad_input_winograd(void *const *bufs, const int64_t *ia, const double *fa) {

@@ -1,16 +1,18 @@
 import IR
 
 /// Chooses how each convolution is computed, visibly: it sets
-/// `algorithm="winograd"` on the conv2d, fused_conv2d and conv2d_grad_input
-/// nodes that Winograd's F(4×4, 3×3) computes faster than im2col + GEMM.
+/// `algorithm="winograd"` on the conv2d, fused_conv2d, conv2d_grad_input and
+/// conv2d_grad_weight nodes that Winograd's F(4×4, 3×3) computes faster than
+/// im2col + GEMM.
 ///
 /// Winograd does a quarter of the multiplications of a 3×3 convolution but
 /// transforms the filters on every call (36 matrices of O × C), so it pays
 /// only when there are enough output tiles to spread that over. Measured per
 /// layer of unet-r18, ResNet-50 and TransUNet's decoder on AVX-512 (2
-/// threads), forward and input gradient alike: from 128 tiles up it was
-/// 1.3–2.4× faster at every channel count from 16 to 768 (1.0–1.3× at 16
-/// channels); at 64 tiles (256 channels on 14×14) it was 5% slower, at 32
+/// threads): from 128 tiles up the forward and input gradient were 1.3–2.4×
+/// faster at every channel count from 16 to 768 (1.0–1.3× at 16 channels)
+/// and the weight gradient 1.1–2.0× (16 channels in and out: 0.95–1.06×);
+/// at 64 tiles (256 channels on 14×14) the forward was 5% slower, at 32
 /// (8×8 images) 10–20% slower, at 8 (512 channels on 4×4) 3× slower.
 ///
 /// Its rounding differs from the direct sum's (about 1e-5 of the output's

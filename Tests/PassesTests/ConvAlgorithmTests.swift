@@ -20,7 +20,9 @@ final class ConvAlgorithmTests: XCTestCase {
           %8 = conv2d(%0, %3) : f32[4,8,32,32]
           %9 = fused_conv2d(%0, %1, %4) {epilogue=add(in0, in1), pad=[1,1]} : f32[4,8,32,32]
           %10 = conv2d_grad_input(%5, %1) {input_shape=[4,8,32,32], pad=[1,1]} : f32[4,8,32,32]
-          return %5 as "a", %6 as "b", %7 as "c", %8 as "d", %9 as "e", %10 as "g"
+          %11 = conv2d_grad_weight(%0, %5) {pad=[1,1], weight_shape=[8,8,3,3]} : f32[8,8,3,3]
+          %12 = conv2d_grad_weight(%2, %6) {pad=[1,1], weight_shape=[8,8,3,3]} : f32[8,8,3,3]
+          return %5 as "a", %6 as "b", %7 as "c", %8 as "d", %9 as "e", %10 as "g", %11 as "h", %12 as "i"
         }
         """
 
@@ -33,6 +35,8 @@ final class ConvAlgorithmTests: XCTestCase {
             // CHECK-NEXT: %8 = conv2d(%0, %3) :
             // CHECK-NEXT: %9 = fused_conv2d(%0, %1, %4) {algorithm="winograd", epilogue=add(in0, in1), pad=[1,1]}
             // CHECK-NEXT: %10 = conv2d_grad_input(%5, %1) {algorithm="winograd", input_shape=[4,8,32,32], pad=[1,1]}
+            // CHECK-NEXT: %11 = conv2d_grad_weight(%0, %5) {algorithm="winograd", pad=[1,1], weight_shape=[8,8,3,3]}
+            // CHECK-NEXT: %12 = conv2d_grad_weight(%2, %6) {pad=[1,1], weight_shape=[8,8,3,3]}
             """, passes: [SelectConvAlgorithm.name])
     }
 
@@ -48,14 +52,14 @@ final class ConvAlgorithmTests: XCTestCase {
 
     func testModes() throws {
         let winograd = ConvOps.Algorithm.winograd
-        XCTAssertEqual(try algorithms(after: .auto), [winograd, nil, nil, nil, winograd, winograd])
-        XCTAssertEqual(try algorithms(after: .winograd), [winograd, winograd, nil, nil, winograd, winograd])
-        XCTAssertEqual(try algorithms(after: .direct), [nil, nil, nil, nil, nil, nil])
+        XCTAssertEqual(try algorithms(after: .auto), [winograd, nil, nil, nil, winograd, winograd, winograd, nil])
+        XCTAssertEqual(try algorithms(after: .winograd), [winograd, winograd, nil, nil, winograd, winograd, winograd, winograd])
+        XCTAssertEqual(try algorithms(after: .direct), [nil, nil, nil, nil, nil, nil, nil, nil])
         // A recompiled module keeps its choices under auto and loses them under direct.
         let chosen = Self.source.replacingOccurrences(of: "%6 = conv2d(%2, %1) {pad=[1,1]}",
                                                       with: "%6 = conv2d(%2, %1) {algorithm=\"winograd\", pad=[1,1]}")
-        XCTAssertEqual(try algorithms(after: .auto, on: chosen), [winograd, winograd, nil, nil, winograd, winograd])
-        XCTAssertEqual(try algorithms(after: .direct, on: chosen), [nil, nil, nil, nil, nil, nil])
+        XCTAssertEqual(try algorithms(after: .auto, on: chosen), [winograd, winograd, nil, nil, winograd, winograd, winograd, nil])
+        XCTAssertEqual(try algorithms(after: .direct, on: chosen), [nil, nil, nil, nil, nil, nil, nil, nil])
     }
 
     func testTheTypeRuleRefusesAnAlgorithmThatCannotComputeTheNode() throws {

@@ -1,8 +1,8 @@
 import DDPKernels
 import XCTest
 
-/// The Winograd F(4×4, 3×3) kernels (forward with its fused epilogue, and the
-/// input gradient) against f64 sums: ragged tiles at the image's edges,
+/// The Winograd F(4×4, 3×3) kernels (forward with its fused epilogue, and
+/// both gradients) against f64 sums: ragged tiles at the image's edges,
 /// padding 0, 1 and 2, images smaller than a tile, several blocks of tiles;
 /// under both ISAs, with the same bits at every thread count; and geometries
 /// they cannot compute refused.
@@ -32,9 +32,10 @@ final class WinogradKernelTests: XCTestCase {
         (0..<count).map { Float(($0 &* 7919 &+ seed &* 104_729) % 2001) / 1000 - 1 }
     }
 
-    /// y = conv(x, w) and dx = conv's VJP of dy, in f64.
-    func reference(_ t: Case, x: [Float], w: [Float], dy: [Float]) -> (y: [Double], dx: [Double]) {
+    /// y = conv(x, w) and dx, dw = conv's VJPs of dy, in f64.
+    func reference(_ t: Case, x: [Float], w: [Float], dy: [Float]) -> (y: [Double], dx: [Double], dw: [Double]) {
         var y = [Double](repeating: 0, count: t.n * t.o * t.oh * t.ow), dx = [Double](repeating: 0, count: x.count)
+        var dw = [Double](repeating: 0, count: w.count)
         for n in 0..<t.n {
             for o in 0..<t.o {
                 for i in 0..<t.oh {
@@ -48,6 +49,7 @@ final class WinogradKernelTests: XCTestCase {
                                     let xi = ((n * t.c + c) * t.h + ih) * t.w + iw, wi = ((o * t.c + c) * 3 + a) * 3 + b
                                     y[yi] += Double(x[xi]) * Double(w[wi])
                                     dx[xi] += Double(dy[yi]) * Double(w[wi])
+                                    dw[wi] += Double(dy[yi]) * Double(x[xi])
                                 }
                             }
                         }
@@ -55,7 +57,7 @@ final class WinogradKernelTests: XCTestCase {
                 }
             }
         }
-        return (y, dx)
+        return (y, dx, dw)
     }
 
     /// Worst error relative to the largest magnitude of the expected values.
@@ -82,7 +84,7 @@ final class WinogradKernelTests: XCTestCase {
         }
     }
 
-    func testForwardAndInputGradientAgreeWithF64() {
+    func testForwardAndBothGradientsAgreeWithF64() {
         for t in cases {
             let x = values(t.n * t.c * t.h * t.w, seed: 3), w = values(t.o * t.c * 9, seed: 4)
             let dy = values(t.n * t.o * t.oh * t.ow, seed: 5)
@@ -92,6 +94,9 @@ final class WinogradKernelTests: XCTestCase {
             }
             check("conv2d_grad_input_winograd \(t)", bound: 2e-5, want: want.dx) {
                 runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints)[2]
+            }
+            check("conv2d_grad_weight_winograd \(t)", bound: 2e-5, want: want.dw) {
+                runKernel(ddp_conv2d_grad_weight_winograd, [x, dy, [Float](repeating: .nan, count: w.count)], t.ints)[2]
             }
         }
     }
@@ -127,6 +132,10 @@ final class WinogradKernelTests: XCTestCase {
                 ints.withUnsafeBufferPointer { ddp_conv2d_grad_input_winograd(b.baseAddress, $0.baseAddress, nil) }
             }
             XCTAssertEqual(gradient, Int32(DDP_ERR_ARGS))
+            let weights = buffers.withUnsafeBufferPointer { b in
+                ints.withUnsafeBufferPointer { ddp_conv2d_grad_weight_winograd(b.baseAddress, $0.baseAddress, nil) }
+            }
+            XCTAssertEqual(weights, Int32(DDP_ERR_ARGS))
         }
     }
 }

@@ -44,6 +44,7 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 // conv2d_winograd    as conv2d, for 3×3, stride 1, dilation 1, one group, padding ≤ 2
 //                    (DDP_ERR_ARGS otherwise): Winograd F(4×4, 3×3), see ddp_winograd.c.
 // conv2d_grad_input_winograd  as conv2d_grad_input, same geometries as conv2d_winograd.
+// conv2d_grad_weight_winograd as conv2d_grad_weight, same geometries as conv2d_winograd.
 // matmul             bufs [a, b, c]      ia [batch, M, K, N, a_batch_stride, b_batch_stride, trans_a, trans_b]
 //                    for each batch i: c[i] (M×N, contiguous) = op(a_i) · op(b_i), where
 //                    a_i starts at a + i*a_batch_stride and is M×K (K×M if trans_a),
@@ -129,7 +130,7 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(softmax) X(log_softmax) X(mse) X(cross_entropy) X(cross_entropy_grad) \
     X(random_normal) X(parallel_loop) X(allreduce) \
     X(allreduce_start) X(allreduce_wait) \
-    X(conv2d_winograd) X(conv2d_grad_input_winograd)
+    X(conv2d_winograd) X(conv2d_grad_input_winograd) X(conv2d_grad_weight_winograd)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,

@@ -1,6 +1,6 @@
 /// 2-D convolution (cross-correlation, NCHW, OIHW weights) and its two
-/// backward ops. All three lower to the im2col + sgemm kernels, or conv2d and
-/// conv2d_grad_input to the Winograd ones when their `algorithm` says so.
+/// backward ops. All three lower to the im2col + GEMM kernels, or to the
+/// Winograd ones when their `algorithm` says so.
 public enum ConvOps {
     static let f = TensorType.f32
 
@@ -81,8 +81,8 @@ public enum ConvOps {
 
     static let convAttributes = ["stride", "pad", "dilation", "groups"]
 
-    /// The `algorithm` attribute of conv2d, fused_conv2d and
-    /// conv2d_grad_input: absent for im2col + GEMM, "winograd" for Winograd's
+    /// The `algorithm` attribute of conv2d, fused_conv2d and both gradients:
+    /// absent for im2col + GEMM, "winograd" for Winograd's
     /// F(4×4, 3×3) (select-conv-algorithm sets it). It changes rounding only:
     /// the interpreter computes the convolution exactly either way.
     public enum Algorithm {
@@ -129,16 +129,18 @@ public enum ConvOps {
     static let example: Attributes = ["stride": .ints([2, 1]), "pad": .ints([1, 2]), "dilation": .ints([1, 2]), "groups": .int(2)]
 
     /// The 4×4 tiles a Winograd kernel would compute for this node (conv2d,
-    /// fused_conv2d or conv2d_grad_input), or nil when Winograd cannot
-    /// compute it.
+    /// fused_conv2d, conv2d_grad_input or conv2d_grad_weight), or nil when
+    /// Winograd cannot compute it.
     public static func winogradTiles(_ node: Node, operandTypes: [TensorType]) -> Int? {
         let input: [Int]
+        let weight: [Int]
         switch node.op {
-        case "conv2d", "fused_conv2d": input = operandTypes[0].shape
-        case "conv2d_grad_input": input = node.type.shape
+        case "conv2d", "fused_conv2d": (input, weight) = (operandTypes[0].shape, operandTypes[1].shape)
+        case "conv2d_grad_input": (input, weight) = (node.type.shape, operandTypes[1].shape)
+        case "conv2d_grad_weight": (input, weight) = (operandTypes[0].shape, node.type.shape)
         default: return nil
         }
-        guard let geometry = try? Geometry(input: input, weight: operandTypes[1].shape, attrs: node.attrs),
+        guard let geometry = try? Geometry(input: input, weight: weight, attrs: node.attrs),
               geometry.winogradApplies else { return nil }
         // The input gradient's kernel computes a convolution onto x's grid.
         return node.op == "conv2d_grad_input" ? geometry.n * ((geometry.h + 3) / 4) * ((geometry.w + 3) / 4) : geometry.winogradTiles
@@ -213,6 +215,7 @@ public enum ConvOps {
                    guard geo.outputShape == operands[1].shape else {
                        throw IRError("dy has shape \(operands[1].shape); conv2d gives \(geo.outputShape)")
                    }
+                   _ = try usesWinograd(attrs, geo)
                    return operands[0].with(shape: weight)
                },
                evaluate: { operands, attrs, type in
@@ -224,10 +227,13 @@ public enum ConvOps {
                },
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
-                   [KernelCall("conv2d_grad_weight", [.operand(0), .operand(1), .result],
-                               ints: try Geometry(input: operands[0].shape, weight: result.shape, attrs: attrs).kernelInts)]
+                   let geometry = try Geometry(input: operands[0].shape, weight: result.shape, attrs: attrs)
+                   return [KernelCall(try usesWinograd(attrs, geometry) ? "conv2d_grad_weight_winograd" : "conv2d_grad_weight",
+                                      [.operand(0), .operand(1), .result], ints: geometry.kernelInts)]
                },
-               examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 6])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3]))],
+               examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 6])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3])),
+                          ([f([2, 3, 9, 7]), f([2, 5, 9, 7])], winogradExample(pad: [1, 1]).merging(["weight_shape": .ints([5, 3, 3, 3])])),
+                          ([f([1, 4, 6, 11]), f([1, 3, 4, 13])], winogradExample(pad: [0, 2]).merging(["weight_shape": .ints([3, 4, 3, 3])]))],
                flops: { operands, result, _ in macs(output: operands[1].shape, weight: result.shape) }),
     ]
 }
