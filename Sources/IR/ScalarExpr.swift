@@ -83,6 +83,32 @@ public indirect enum ScalarExpr: Hashable, CustomStringConvertible, Sendable {
         }
     }
 
+    /// A rough cost per element, in simple operations: 1 for each add, mul,
+    /// comparison or select, 4 for a division or square root, 20 for a
+    /// transcendental function (exp, log, tanh, erf, sigmoid, pow).
+    public var arithmeticCost: Int {
+        switch self {
+        case .input, .const: return 0
+        case .unary(let fn, let a):
+            let own: Int
+            switch fn {
+            case .neg, .abs: own = 1
+            case .sqrt, .rsqrt, .recip: own = 4
+            case .exp, .log, .tanh, .erf, .sigmoid: own = 20
+            }
+            return own + a.arithmeticCost
+        case .binary(let fn, let a, let b):
+            let own: Int
+            switch fn {
+            case .add, .sub, .mul, .max, .min, .gt, .ge, .eq: own = 1
+            case .div: own = 4
+            case .pow: own = 20
+            }
+            return own + a.arithmeticCost + b.arithmeticCost
+        case .select(let c, let a, let b): return 1 + c.arithmeticCost + a.arithmeticCost + b.arithmeticCost
+        }
+    }
+
     /// How many times `input(index)` occurs in the expression.
     public func occurrences(ofInput index: Int) -> Int {
         switch self {

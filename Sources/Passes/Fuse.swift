@@ -3,19 +3,40 @@ import IR
 /// Fuses chains of elementwise ops into one `fused_elementwise` node whose
 /// scalar expression is the composition: one loop, no intermediate buffers.
 /// A producer is inlined into its consumer when the consumer is its only
-/// user, reads it once, and both have the same shape (so no element is
-/// computed twice); scalar constants are always inlined.
+/// user and both have the same shape (so no element is computed twice), and
+/// the consumer reads it once, or the producer is so cheap (a bias add) that
+/// computing it again beats a pass over memory; scalar constants are always
+/// inlined.
 public struct FuseElementwise: Pass {
     public static let name = "fuse-elementwise"
     public init() {}
 
+    /// The most a producer may cost (ScalarExpr.arithmeticCost) to be
+    /// inlined where its consumer reads it more than once: GELU reads its
+    /// input twice, and the bias add before it then costs one more add per
+    /// element instead of a loop of its own.
+    public static let recomputedCost = 2
+
+    /// Runs to a fixed point, so that compiling the final IR again fuses
+    /// nothing more: a node that could not absorb all its producers within
+    /// the operand limit may absorb some once they are fused themselves.
+    /// The producers it absorbs are removed as it goes (their uses would
+    /// otherwise keep other values from fusing).
     public func run(_ module: inout Module) throws -> Bool {
         var changed = false
-        for f in module.functions.indices {
-            changed = try fuse(&module.functions[f]) || changed
+        for _ in 0..<Self.maximumRounds {
+            var round = false
+            for f in module.functions.indices {
+                round = try fuse(&module.functions[f]) || round
+            }
+            guard round else { break }
+            _ = try DCE().run(&module)
+            changed = true
         }
         return changed
     }
+
+    static let maximumRounds = 8
 
     func fuse(_ function: inout Function) throws -> Bool {
         let uses = function.useCounts
@@ -49,7 +70,8 @@ public struct FuseElementwise: Pass {
                         return .const(value)
                     }
                     if inliningProducers, let producer = forms[operand], uses[operand] == 1, !roots.contains(operand),
-                       producer.shape == node.type.shape, nodeExpr.occurrences(ofInput: index) == 1 {
+                       producer.shape == node.type.shape,
+                       nodeExpr.occurrences(ofInput: index) == 1 || producer.expr.arithmeticCost <= Self.recomputedCost {
                         inlined = true
                         return producer.expr.substituting(producer.operands.map(input))
                     }
