@@ -137,41 +137,57 @@ static void transform_filters(void *arg, int64_t begin, int64_t end) {
 
 /// Input rows split into four phases: phase q of a row holds its columns
 /// 4t + q - pw (zero outside the image) at t = 0..span, so the six columns
-/// under tile t are phases 0..3 at t and phases 0..1 at t + 1.
-static void split_row(const wino_job *job, const float *xrow, int64_t span, float *padded, float *p0, float *p1,
-                      float *p2, float *p3) {
-    int64_t lo = job->pw, hi = job->pw + job->w < 4 * span ? job->pw + job->w : 4 * span;
+/// under tile t are phases 0..3 at t and phases 0..1 at t + 1. Tiles whose
+/// four columns are all inside the row read it directly; only the edge tiles
+/// check (xrow NULL: a row of padding).
+static void split_row(const wino_job *job, const float *xrow, int64_t span, float *p0, float *p1, float *p2, float *p3) {
     if (xrow == NULL) {
-        memset(padded, 0, (size_t)(4 * span) * sizeof(float));
-    } else {
-        memset(padded, 0, (size_t)lo * sizeof(float));
-        memcpy(padded + lo, xrow, (size_t)(hi - lo) * sizeof(float));
-        memset(padded + hi, 0, (size_t)(4 * span - hi) * sizeof(float));
+        memset(p0, 0, (size_t)span * sizeof(float));
+        memset(p1, 0, (size_t)span * sizeof(float));
+        memset(p2, 0, (size_t)span * sizeof(float));
+        memset(p3, 0, (size_t)span * sizeof(float));
+        return;
     }
+    int64_t pw = job->pw, w = job->w;
+    int64_t first = (pw + 3) / 4;                                // 4t - pw >= 0 from here
+    int64_t last = w + pw - 4 >= 0 ? (w + pw - 4) / 4 : -1;       // 4t + 3 - pw < w up to here
+    if (last > span - 1) last = span - 1;
     for (int64_t t = 0; t < span; t++) {
-        p0[t] = padded[4 * t];
-        p1[t] = padded[4 * t + 1];
-        p2[t] = padded[4 * t + 2];
-        p3[t] = padded[4 * t + 3];
+        if (t == first && first <= last) {
+            const float *x = xrow + 4 * first - pw;
+            for (int64_t i = 0; i <= last - first; i++) {
+                p0[first + i] = x[4 * i];
+                p1[first + i] = x[4 * i + 1];
+                p2[first + i] = x[4 * i + 2];
+                p3[first + i] = x[4 * i + 3];
+            }
+            t = last;
+            continue;
+        }
+        float v[4];
+        for (int q = 0; q < 4; q++) {
+            int64_t iw = 4 * t + q - pw;
+            v[q] = iw >= 0 && iw < w ? xrow[iw] : 0.0f;
+        }
+        p0[t] = v[0]; p1[t] = v[1]; p2[t] = v[2]; p3[t] = v[3];
     }
 }
 
 /// V[ξ][c][·] (rows ld floats apart) for channel c of the block's tile rows
-/// [row0, row0 + rows). `work` holds 2·PATCH·4·(ld + span) + 4·span floats.
+/// [row0, row0 + rows). `work` holds 2·PATCH·4·(ld + span) floats.
 static void transform_input_channel(const wino_job *job, int64_t row0, int64_t rows, int64_t c, float *v,
                                     int64_t ld, float *work) {
     int64_t span = job->tw + 1, stride = ld + span; // phase arrays carry one spare tile row
     float *p = work;                         // p[r][q][·]: phase q of input row r under each tile row
     float *z = p + PATCH * 4 * stride;       // z[i][q][·]: Bᵀ applied down the six rows
-    float *padded = z + PATCH * 4 * stride;  // one zero-padded input row
     for (int64_t lr = 0; lr < rows; lr++) {
         int64_t row = row0 + lr, image = row / job->th, tr = row % job->th;
         const float *xc = job->x + (image * job->c + c) * job->h * job->w;
         for (int r = 0; r < PATCH; r++) {
             int64_t ih = tr * TILE - job->ph + r;
             float *pr = p + r * 4 * stride + lr * span;
-            split_row(job, ih >= 0 && ih < job->h ? xc + ih * job->w : NULL, span, padded, pr, pr + stride,
-                      pr + 2 * stride, pr + 3 * stride);
+            split_row(job, ih >= 0 && ih < job->h ? xc + ih * job->w : NULL, span, pr, pr + stride, pr + 2 * stride,
+                      pr + 3 * stride);
         }
     }
     for (int q = 0; q < 4; q++) {
