@@ -1,40 +1,55 @@
 import IR
 
-/// Chooses how each convolution is computed, visibly: it sets
-/// `algorithm="winograd"` on the conv2d, fused_conv2d, conv2d_grad_input and
-/// conv2d_grad_weight nodes that Winograd's F(4×4, 3×3) computes faster than
-/// im2col + GEMM.
+/// Chooses how each convolution is computed, visibly: it sets `algorithm`
+/// to "winograd4" (F(4×4, 3×3)) or "winograd2" (F(2×2, 3×3)) on the conv2d,
+/// fused_conv2d, conv2d_grad_input and conv2d_grad_weight nodes that
+/// Winograd computes faster than im2col + GEMM.
 ///
-/// Winograd does a quarter of the multiplications of a 3×3 convolution but
-/// transforms the filters on every call (36 matrices of O × C), so it pays
-/// only when there are enough output tiles to spread that over. Measured per
-/// layer of unet-r18, ResNet-50 and TransUNet's decoder on AVX-512 (2
-/// threads): from 128 tiles up the forward and input gradient were 1.3–2.4×
-/// faster at every channel count from 16 to 768 (1.0–1.3× at 16 channels)
-/// and the weight gradient 1.1–2.0× (16 channels in and out: 0.95–1.06×);
-/// at 64 tiles (256 channels on 14×14) the forward was 5% slower, at 32
-/// (8×8 images) 10–20% slower, at 8 (512 channels on 4×4) 3× slower.
+/// Winograd does fewer multiplications than a direct 3×3 convolution (a
+/// quarter with 4×4 tiles, 1/2.25 with 2×2) but transforms the filters on
+/// every call (36 or 16 matrices of O × C), so it pays only when there are
+/// enough output tiles to spread that over. Measured per layer of unet-r18,
+/// ResNet-50 and TransUNet's decoder on AVX-512 (2 threads), forward, input
+/// gradient and weight gradient:
+/// - from 128 tiles of 4×4 up, F(4×4) was 1.3–2.4× faster than im2col at
+///   every channel count from 16 to 1024 (16 channels in and out: 0.95–1.15×);
+///   at 64 tiles (256 channels on 14×14) it was 5% slower, at 32 (8×8
+///   images) 10–20% slower, at 8 (512 channels on 4×4) 3× slower;
+/// - below that, from 128 tiles of 2×2 up (8×8 images at batch 8, 14×14 at
+///   batch 4), F(2×2) was 1.05–1.5× faster; at 32 (4×4 images) it was
+///   0.65–0.95×.
 ///
-/// Its rounding differs from the direct sum's (about 1e-5 of the output's
-/// magnitude against 1e-7): `mode = .direct` keeps every convolution on
-/// im2col + GEMM, and removes algorithms a recompiled module carries.
+/// F(4×4)'s rounding differs from the direct sum's (about 1e-5 of the
+/// output's magnitude against 1e-7); F(2×2)'s does not measurably.
+/// `mode = .direct` keeps every convolution on im2col + GEMM, and removes
+/// algorithms a recompiled module carries.
 public struct SelectConvAlgorithm: Pass {
     public static let name = "select-conv-algorithm"
 
     public enum Mode: String, CaseIterable, Sendable {
-        /// Winograd where the tile count says it is faster.
+        /// Winograd where the tile counts say it is faster.
         case auto
         /// im2col + GEMM everywhere.
         case direct
-        /// Winograd wherever it applies (tests, experiments).
+        /// F(4×4) wherever Winograd applies (tests, experiments).
         case winograd
     }
 
-    /// Fewest output tiles at which `auto` picks Winograd.
+    /// Fewest output tiles at which `auto` picks a tile size.
     public static let minimumTiles = 128
 
     public var mode: Mode
     public init(mode: Mode = .auto) { self.mode = mode }
+
+    /// The algorithm `auto` picks for a node, from its tile counts.
+    static func automatic(_ node: Node, operandTypes: [TensorType]) -> String? {
+        for tile in [4, 2] {
+            if let tiles = ConvOps.winogradTiles(node, operandTypes: operandTypes, tile: tile), tiles >= minimumTiles {
+                return ConvOps.Algorithm.winograd(tile: tile)
+            }
+        }
+        return nil
+    }
 
     public func run(_ module: inout Module) throws -> Bool {
         var changed = false
@@ -42,14 +57,21 @@ public struct SelectConvAlgorithm: Pass {
             let types = module.functions[f].types
             for n in module.functions[f].nodes.indices {
                 let node = module.functions[f].nodes[n]
-                guard let tiles = ConvOps.winogradTiles(node, operandTypes: node.operands.map { types[$0]! }) else { continue }
-                let wanted: Bool
+                let operandTypes = node.operands.map { types[$0]! }
+                guard ConvOps.winogradTiles(node, operandTypes: operandTypes, tile: 4) != nil else { continue }
+                let wanted: String?
                 switch mode {
-                case .auto: wanted = node.attrs[ConvOps.Algorithm.key] != nil || tiles >= Self.minimumTiles
-                case .direct: wanted = false
-                case .winograd: wanted = true
+                case .auto:
+                    // A recompiled module keeps the choices it carries.
+                    if case .string(let chosen)? = node.attrs[ConvOps.Algorithm.key] {
+                        wanted = chosen
+                    } else {
+                        wanted = Self.automatic(node, operandTypes: operandTypes)
+                    }
+                case .direct: wanted = nil
+                case .winograd: wanted = ConvOps.Algorithm.winograd(tile: 4)
                 }
-                let value: Attr? = wanted ? .string(ConvOps.Algorithm.winograd) : nil
+                let value = wanted.map(Attr.string)
                 if node.attrs[ConvOps.Algorithm.key] != value {
                     module.functions[f].nodes[n].attrs[ConvOps.Algorithm.key] = value
                     changed = true

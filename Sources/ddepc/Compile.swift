@@ -58,7 +58,7 @@ struct Compile: ParsableCommand {
     @Flag(name: .customLong("time-passes"), help: "Print how long each pass took.") var timePasses = false
     @Flag(name: .customLong("data-parallel"), help: "Steps for `mpirun -np N ddepc train`: gradients and batch-norm statistics averaged across the processes inside the step (a single process runs them as usual).")
     var dataParallel = false
-    @Option(name: .customLong("conv-algorithm"), help: "How 3×3 stride-1 convolutions are computed: auto (Winograd F(4×4,3×3) where it is faster; rounding about 1e-5 of the output's magnitude), direct (im2col + GEMM everywhere), winograd (wherever it applies).")
+    @Option(name: .customLong("conv-algorithm"), help: "How 3×3 stride-1 convolutions are computed: auto (Winograd F(4×4,3×3) or F(2×2,3×3) where it is faster; F(4×4) rounds to about 1e-5 of the output's magnitude), direct (im2col + GEMM everywhere), winograd (F(4×4,3×3) wherever it applies).")
     var convAlgorithm: SelectConvAlgorithm.Mode = .auto
     @Flag(name: .customLong("no-verify"), help: "Do not run the verifier after every pass.") var noVerify = false
     @Option(name: .customLong("model-timeout"), help: "Seconds a model file (.swift) may take to build its model before it is stopped.")

@@ -10,9 +10,9 @@ import XCTest
 /// and the f64 reference interpreter (on the artifact's final, fused IR)
 /// compute the same loss, gradients (seen through Adam's first moment,
 /// m = 0.1·g after one step), running statistics and weights. The default
-/// compile computes the 32×32 layers' convolutions by Winograd (enough tiles)
-/// and the smaller ones by im2col; a third compile has Winograd wherever it
-/// applies.
+/// compile computes the 32×32 layers' convolutions by Winograd F(4×4), the
+/// 16×16 ones by F(2×2) and the smaller ones by im2col; a third compile has
+/// F(4×4) wherever it applies.
 final class StepAgreementTests: XCTestCase {
     static let config = EntryConfig(batch: 2, size: 32, classes: 3, entries: [.pretrainStep, .finetuneStep])
     static let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ddepc-steps-\(UUID().uuidString)")
@@ -109,14 +109,16 @@ final class StepAgreementTests: XCTestCase {
     func testPretrainStepAgrees() throws { try checkStep("pretrain_step") }
     func testFinetuneStepAgrees() throws { try checkStep("finetune_step") }
 
-    func winogradNodes(_ executor: Executor) throws -> Int {
-        try executor.artifact.finalIR.components(separatedBy: "algorithm=\"winograd\"").count - 1
+    func nodes(_ executor: Executor, algorithm: String) throws -> Int {
+        try executor.artifact.finalIR.components(separatedBy: "algorithm=\"\(algorithm)\"").count - 1
     }
 
-    func testTheDefaultCompileUsesBothAlgorithms() throws {
-        let ir = try compiled(.c).artifact.finalIR
-        XCTAssertGreaterThan(try winogradNodes(try compiled(.c)), 5)
-        XCTAssertTrue(ir.contains("conv2d(") && ir.contains("{pad=[1,1]}"), "small layers stay on im2col")
+    func testTheDefaultCompileUsesEveryAlgorithm() throws {
+        let executor = try compiled(.c)
+        // 32×32 layers (128 tiles of 4×4 at batch 2), 16×16 ones (128 of 2×2), and im2col below.
+        XCTAssertGreaterThan(try nodes(executor, algorithm: "winograd4"), 5)
+        XCTAssertGreaterThan(try nodes(executor, algorithm: "winograd2"), 5)
+        XCTAssertTrue(try executor.artifact.finalIR.contains("{pad=[1,1]} : f32[2,64,2,2]"), "the smallest layers stay on im2col")
     }
 
     /// Only the DDeP step: fine-tuning trains the encoder's batch norms, and
@@ -124,7 +126,7 @@ final class StepAgreementTests: XCTestCase {
     /// variance magnifies Winograd's 1e-5 rounding past this test's
     /// tolerance (auto leaves those 4-tile layers to im2col).
     func testTheDDePStepWithWinogradWhereverItAppliesAgrees() throws {
-        XCTAssertGreaterThan(try winogradNodes(try compiled(.c, convAlgorithm: .winograd)), 20)
+        XCTAssertGreaterThan(try nodes(try compiled(.c, convAlgorithm: .winograd), algorithm: "winograd4"), 20)
         try checkStep("pretrain_step", convAlgorithm: .winograd)
     }
 }

@@ -9,11 +9,12 @@ import XCTest
 /// that cannot compute a node. (The kernels' numerics: WinogradKernelTests;
 /// C and LLVM against the interpreter: the op examples in OpAgreementTests.)
 final class ConvAlgorithmTests: XCTestCase {
-    /// 4 images of 32×32 make 256 tiles, above the threshold; one 8×8 image
-    /// makes 4; the strided and 1×1 convolutions are not Winograd's.
+    /// 4 images of 32×32 make 256 tiles of 4×4, above the threshold; 8 images
+    /// of 8×8 make 32 of 4×4 but 128 of 2×2; one 8×8 image makes 4 (or 16);
+    /// the strided and 1×1 convolutions are not Winograd's.
     static let source = """
         func @f(%0: f32[4,8,32,32] input "x", %1: f32[8,8,3,3] param "w", %2: f32[1,8,8,8] input "small",
-                %3: f32[8,8,1,1] param "pointwise", %4: f32[8,1,1] param "bias") {
+                %3: f32[8,8,1,1] param "pointwise", %4: f32[8,1,1] param "bias", %13: f32[8,8,8,8] input "batch") {
           %5 = conv2d(%0, %1) {pad=[1,1]} : f32[4,8,32,32]
           %6 = conv2d(%2, %1) {pad=[1,1]} : f32[1,8,8,8]
           %7 = conv2d(%0, %1) {pad=[1,1], stride=[2,2]} : f32[4,8,16,16]
@@ -22,21 +23,23 @@ final class ConvAlgorithmTests: XCTestCase {
           %10 = conv2d_grad_input(%5, %1) {input_shape=[4,8,32,32], pad=[1,1]} : f32[4,8,32,32]
           %11 = conv2d_grad_weight(%0, %5) {pad=[1,1], weight_shape=[8,8,3,3]} : f32[8,8,3,3]
           %12 = conv2d_grad_weight(%2, %6) {pad=[1,1], weight_shape=[8,8,3,3]} : f32[8,8,3,3]
-          return %5 as "a", %6 as "b", %7 as "c", %8 as "d", %9 as "e", %10 as "g", %11 as "h", %12 as "i"
+          %14 = conv2d(%13, %1) {pad=[1,1]} : f32[8,8,8,8]
+          return %5 as "a", %6 as "b", %7 as "c", %8 as "d", %9 as "e", %10 as "g", %11 as "h", %12 as "i", %14 as "j"
         }
         """
 
     func testAutoPicksWinogradForStrideOneThreeByThreeWithEnoughTiles() throws {
         _ = try checkIR(Self.source + """
 
-            // CHECK: %5 = conv2d(%0, %1) {algorithm="winograd", pad=[1,1]}
+            // CHECK: %5 = conv2d(%0, %1) {algorithm="winograd4", pad=[1,1]}
             // CHECK-NEXT: %6 = conv2d(%2, %1) {pad=[1,1]}
             // CHECK-NEXT: %7 = conv2d(%0, %1) {pad=[1,1], stride=[2,2]}
             // CHECK-NEXT: %8 = conv2d(%0, %3) :
-            // CHECK-NEXT: %9 = fused_conv2d(%0, %1, %4) {algorithm="winograd", epilogue=add(in0, in1), pad=[1,1]}
-            // CHECK-NEXT: %10 = conv2d_grad_input(%5, %1) {algorithm="winograd", input_shape=[4,8,32,32], pad=[1,1]}
-            // CHECK-NEXT: %11 = conv2d_grad_weight(%0, %5) {algorithm="winograd", pad=[1,1], weight_shape=[8,8,3,3]}
+            // CHECK-NEXT: %9 = fused_conv2d(%0, %1, %4) {algorithm="winograd4", epilogue=add(in0, in1), pad=[1,1]}
+            // CHECK-NEXT: %10 = conv2d_grad_input(%5, %1) {algorithm="winograd4", input_shape=[4,8,32,32], pad=[1,1]}
+            // CHECK-NEXT: %11 = conv2d_grad_weight(%0, %5) {algorithm="winograd4", pad=[1,1], weight_shape=[8,8,3,3]}
             // CHECK-NEXT: %12 = conv2d_grad_weight(%2, %6) {pad=[1,1], weight_shape=[8,8,3,3]}
+            // CHECK-NEXT: %14 = conv2d(%13, %1) {algorithm="winograd2", pad=[1,1]}
             """, passes: [SelectConvAlgorithm.name])
     }
 
@@ -51,23 +54,23 @@ final class ConvAlgorithmTests: XCTestCase {
     }
 
     func testModes() throws {
-        let winograd = ConvOps.Algorithm.winograd
-        XCTAssertEqual(try algorithms(after: .auto), [winograd, nil, nil, nil, winograd, winograd, winograd, nil])
-        XCTAssertEqual(try algorithms(after: .winograd), [winograd, winograd, nil, nil, winograd, winograd, winograd, winograd])
-        XCTAssertEqual(try algorithms(after: .direct), [nil, nil, nil, nil, nil, nil, nil, nil])
+        let winograd = "winograd4", two = "winograd2"
+        XCTAssertEqual(try algorithms(after: .auto), [winograd, nil, nil, nil, winograd, winograd, winograd, nil, two])
+        XCTAssertEqual(try algorithms(after: .winograd), [winograd, winograd, nil, nil, winograd, winograd, winograd, winograd, winograd])
+        XCTAssertEqual(try algorithms(after: .direct), [nil, nil, nil, nil, nil, nil, nil, nil, nil])
         // A recompiled module keeps its choices under auto and loses them under direct.
         let chosen = Self.source.replacingOccurrences(of: "%6 = conv2d(%2, %1) {pad=[1,1]}",
-                                                      with: "%6 = conv2d(%2, %1) {algorithm=\"winograd\", pad=[1,1]}")
-        XCTAssertEqual(try algorithms(after: .auto, on: chosen), [winograd, winograd, nil, nil, winograd, winograd, winograd, nil])
-        XCTAssertEqual(try algorithms(after: .direct, on: chosen), [nil, nil, nil, nil, nil, nil, nil, nil])
+                                                      with: "%6 = conv2d(%2, %1) {algorithm=\"winograd2\", pad=[1,1]}")
+        XCTAssertEqual(try algorithms(after: .auto, on: chosen), [winograd, two, nil, nil, winograd, winograd, winograd, nil, two])
+        XCTAssertEqual(try algorithms(after: .direct, on: chosen), [nil, nil, nil, nil, nil, nil, nil, nil, nil])
     }
 
     func testTheTypeRuleRefusesAnAlgorithmThatCannotComputeTheNode() throws {
         let strided = Self.source.replacingOccurrences(of: "{pad=[1,1], stride=[2,2]}",
-                                                       with: "{algorithm=\"winograd\", pad=[1,1], stride=[2,2]}")
+                                                       with: "{algorithm=\"winograd2\", pad=[1,1], stride=[2,2]}")
         XCTAssertThrowsError(try Verifier.verify(try Parser.parse(strided))) { error in
             let message = (error as? IRError)?.message ?? "\(error)"
-            XCTAssertTrue(message.contains("algorithm=\"winograd\" computes 3×3 convolutions with stride 1"), message)
+            XCTAssertTrue(message.contains("algorithm=\"winograd2\" computes 3×3 convolutions with stride 1"), message)
             XCTAssertTrue(message.contains("stride [2,2]"), message)
         }
         let unknown = Self.source.replacingOccurrences(of: "%6 = conv2d(%2, %1) {pad=[1,1]}",

@@ -41,10 +41,11 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    act is max(·, 0) when relu is 1.
 // conv2d_grad_input  bufs [dy, w, dx]    ia as conv2d's geometry. dx[N,C,H,W] = conv2d's VJP wrt x.
 // conv2d_grad_weight bufs [x, dy, dw]    ia as conv2d's geometry. dw[O,C/groups,KH,KW] = VJP wrt w.
-// conv2d_winograd    as conv2d, for 3×3, stride 1, dilation 1, one group, padding ≤ 2
-//                    (DDP_ERR_ARGS otherwise): Winograd F(4×4, 3×3), see ddp_winograd.c.
-// conv2d_grad_input_winograd  as conv2d_grad_input, same geometries as conv2d_winograd.
-// conv2d_grad_weight_winograd as conv2d_grad_weight, same geometries as conv2d_winograd.
+// conv2d_winograd    as conv2d, ia followed by the tile size m (4 or 2), for 3×3, stride 1,
+//                    dilation 1, one group, padding ≤ 2 (DDP_ERR_ARGS otherwise): Winograd
+//                    F(m×m, 3×3), see ddp_winograd.c.
+// conv2d_grad_input_winograd  as conv2d_grad_input, ia followed by m; geometries as above.
+// conv2d_grad_weight_winograd as conv2d_grad_weight, ia followed by m; geometries as above.
 // matmul             bufs [a, b, c]      ia [batch, M, K, N, a_batch_stride, b_batch_stride, trans_a, trans_b]
 //                    for each batch i: c[i] (M×N, contiguous) = op(a_i) · op(b_i), where
 //                    a_i starts at a + i*a_batch_stride and is M×K (K×M if trans_a),

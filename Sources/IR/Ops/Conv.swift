@@ -38,14 +38,11 @@ public enum ConvOps {
 
         var kernelInts: [Int] { [n, c, h, w, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw, groups] }
 
-        /// Whether the Winograd F(4×4, 3×3) kernels compute this convolution:
-        /// 3×3, stride 1, undilated, one group, padding at most 2.
+        /// Whether the Winograd kernels compute this convolution: 3×3,
+        /// stride 1, undilated, one group, padding at most 2.
         public var winogradApplies: Bool {
             kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 && groups == 1 && ph <= 2 && pw <= 2
         }
-
-        /// 4×4 output tiles the Winograd kernels compute.
-        public var winogradTiles: Int { n * ((oh + 3) / 4) * ((ow + 3) / 4) }
         var outputShape: [Int] { [n, o, oh, ow] }
         var inputShape: [Int] { [n, c, h, w] }
         var weightShape: [Int] { [o, c / groups, kh, kw] }
@@ -82,27 +79,37 @@ public enum ConvOps {
     static let convAttributes = ["stride", "pad", "dilation", "groups"]
 
     /// The `algorithm` attribute of conv2d, fused_conv2d and both gradients:
-    /// absent for im2col + GEMM, "winograd" for Winograd's
-    /// F(4×4, 3×3) (select-conv-algorithm sets it). It changes rounding only:
-    /// the interpreter computes the convolution exactly either way.
+    /// absent for im2col + GEMM, "winograd4" for Winograd's F(4×4, 3×3),
+    /// "winograd2" for F(2×2, 3×3) (select-conv-algorithm sets it). It
+    /// changes rounding only: the interpreter computes the convolution
+    /// exactly either way.
     public enum Algorithm {
         public static let key = "algorithm"
-        public static let winograd = "winograd"
+        /// The Winograd algorithms by name, with their output tile size.
+        public static let winograd: [String: Int] = ["winograd4": 4, "winograd2": 2]
+        public static func winograd(tile: Int) -> String { "winograd\(tile)" }
     }
 
-    /// Whether `attrs` ask for Winograd; an error when they ask for an
-    /// algorithm that does not exist or that cannot compute `geometry`.
-    static func usesWinograd(_ attrs: Attributes, _ geometry: Geometry) throws -> Bool {
-        guard attrs[Algorithm.key] != nil else { return false }
+    /// The Winograd tile size `attrs` ask for (nil: im2col + GEMM); an error
+    /// when they name an algorithm that does not exist or cannot compute
+    /// `geometry`.
+    static func winogradTile(_ attrs: Attributes, _ geometry: Geometry) throws -> Int? {
+        guard attrs[Algorithm.key] != nil else { return nil }
         let name = try attrs.string(Algorithm.key)
-        guard name == Algorithm.winograd else {
-            throw IRError("unknown algorithm \"\(name)\"; the convolution kernels are im2col + GEMM (no attribute) and \"\(Algorithm.winograd)\"")
+        guard let tile = Algorithm.winograd[name] else {
+            let known = Algorithm.winograd.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
+            throw IRError("unknown algorithm \"\(name)\"; the convolution kernels are im2col + GEMM (no attribute), \(known)")
         }
         guard geometry.winogradApplies else {
-            throw IRError("algorithm=\"winograd\" computes 3×3 convolutions with stride 1, dilation 1, one group and padding at most 2; this one is \(geometry.kh)×\(geometry.kw), stride [\(geometry.sh),\(geometry.sw)], dilation [\(geometry.dh),\(geometry.dw)], groups \(geometry.groups), pad [\(geometry.ph),\(geometry.pw)]")
+            throw IRError("algorithm=\"\(name)\" computes 3×3 convolutions with stride 1, dilation 1, one group and padding at most 2; this one is \(geometry.kh)×\(geometry.kw), stride [\(geometry.sh),\(geometry.sw)], dilation [\(geometry.dh),\(geometry.dw)], groups \(geometry.groups), pad [\(geometry.ph),\(geometry.pw)]")
         }
-        return true
+        return tile
     }
+
+    /// A Winograd kernel's ints: the geometry (and epilogue flags) it was
+    /// given, then the tile size.
+    static func kernel(_ name: String, tile: Int?) -> String { tile == nil ? name : name + "_winograd" }
+    static func tileInts(_ tile: Int?) -> [Int] { tile.map { [$0] } ?? [] }
 
     /// 2 · output elements · (C/groups · KH · KW): the work of a convolution
     /// and of each of its two gradients.
@@ -128,10 +135,10 @@ public enum ConvOps {
 
     static let example: Attributes = ["stride": .ints([2, 1]), "pad": .ints([1, 2]), "dilation": .ints([1, 2]), "groups": .int(2)]
 
-    /// The 4×4 tiles a Winograd kernel would compute for this node (conv2d,
-    /// fused_conv2d, conv2d_grad_input or conv2d_grad_weight), or nil when
-    /// Winograd cannot compute it.
-    public static func winogradTiles(_ node: Node, operandTypes: [TensorType]) -> Int? {
+    /// The m×m output tiles a Winograd kernel would compute for this node
+    /// (conv2d, fused_conv2d, conv2d_grad_input or conv2d_grad_weight), or
+    /// nil when Winograd cannot compute it.
+    public static func winogradTiles(_ node: Node, operandTypes: [TensorType], tile m: Int) -> Int? {
         let input: [Int]
         let weight: [Int]
         switch node.op {
@@ -143,11 +150,12 @@ public enum ConvOps {
         guard let geometry = try? Geometry(input: input, weight: weight, attrs: node.attrs),
               geometry.winogradApplies else { return nil }
         // The input gradient's kernel computes a convolution onto x's grid.
-        return node.op == "conv2d_grad_input" ? geometry.n * ((geometry.h + 3) / 4) * ((geometry.w + 3) / 4) : geometry.winogradTiles
+        let (h, w) = node.op == "conv2d_grad_input" ? (geometry.h, geometry.w) : (geometry.oh, geometry.ow)
+        return geometry.n * ((h + m - 1) / m) * ((w + m - 1) / m)
     }
 
-    static func winogradExample(pad: [Int]) -> Attributes {
-        ["pad": .ints(pad), Algorithm.key: .string(Algorithm.winograd)]
+    static func winogradExample(pad: [Int], tile: Int = 4) -> Attributes {
+        ["pad": .ints(pad), Algorithm.key: .string(Algorithm.winograd(tile: tile))]
     }
 
     public static let all: [OpSpec] = [
@@ -157,7 +165,7 @@ public enum ConvOps {
                inferType: { operands, attrs in
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
                    let geometry = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
-                   _ = try usesWinograd(attrs, geometry)
+                   _ = try winogradTile(attrs, geometry)
                    return operands[0].with(shape: geometry.outputShape)
                },
                evaluate: { operands, attrs, type in try evaluate(operands[0], operands[1], attrs: attrs, type: type) },
@@ -168,14 +176,16 @@ public enum ConvOps {
                },
                lowering: .kernels { operands, _, attrs in
                    let geometry = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
-                   return [KernelCall(try usesWinograd(attrs, geometry) ? "conv2d_winograd" : "conv2d", [.operand(0), .operand(1), .result],
-                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none)]
+                   let tile = try winogradTile(attrs, geometry)
+                   return [KernelCall(kernel("conv2d", tile: tile), [.operand(0), .operand(1), .result],
+                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + tileInts(tile))]
                },
                examples: [([f([2, 4, 7, 6]), f([6, 2, 3, 3])], example),
                           ([f([1, 3, 5, 5]), f([4, 3, 1, 1])], [:]),
                           // Tiles cut by the image's edge on both sides, padding 1 and 0.
                           ([f([2, 3, 9, 7]), f([5, 3, 3, 3])], winogradExample(pad: [1, 1])),
-                          ([f([1, 4, 6, 11]), f([3, 4, 3, 3])], winogradExample(pad: [0, 2]))],
+                          ([f([1, 4, 6, 11]), f([3, 4, 3, 3])], winogradExample(pad: [0, 2])),
+                          ([f([2, 3, 7, 5]), f([4, 3, 3, 3])], winogradExample(pad: [1, 2], tile: 2))],
                flops: { operands, result, _ in macs(output: result.shape, weight: operands[1].shape) }),
 
         OpSpec(name: "conv2d_grad_input", doc: "%dx = conv2d_grad_input(%dy, %w) {input_shape=[...], <conv2d's>}: conv2d's VJP wrt x",
@@ -186,7 +196,7 @@ public enum ConvOps {
                    guard geo.outputShape == operands[0].shape else {
                        throw IRError("dy has shape \(operands[0].shape); conv2d of \(input) gives \(geo.outputShape)")
                    }
-                   _ = try usesWinograd(attrs, geo)
+                   _ = try winogradTile(attrs, geo)
                    return operands[0].with(shape: input)
                },
                evaluate: { operands, attrs, type in
@@ -199,12 +209,14 @@ public enum ConvOps {
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
                    let geometry = try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs)
-                   return [KernelCall(try usesWinograd(attrs, geometry) ? "conv2d_grad_input_winograd" : "conv2d_grad_input",
-                                      [.operand(0), .operand(1), .result], ints: geometry.kernelInts)]
+                   let tile = try winogradTile(attrs, geometry)
+                   return [KernelCall(kernel("conv2d_grad_input", tile: tile), [.operand(0), .operand(1), .result],
+                                      ints: geometry.kernelInts + tileInts(tile))]
                },
                examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6])),
                           ([f([2, 5, 9, 7]), f([5, 3, 3, 3])], winogradExample(pad: [1, 1]).merging(["input_shape": .ints([2, 3, 9, 7])])),
-                          ([f([1, 3, 4, 13]), f([3, 4, 3, 3])], winogradExample(pad: [0, 2]).merging(["input_shape": .ints([1, 4, 6, 11])]))],
+                          ([f([1, 3, 4, 13]), f([3, 4, 3, 3])], winogradExample(pad: [0, 2]).merging(["input_shape": .ints([1, 4, 6, 11])])),
+                          ([f([2, 4, 7, 7]), f([4, 3, 3, 3])], winogradExample(pad: [1, 2], tile: 2).merging(["input_shape": .ints([2, 3, 7, 5])]))],
                flops: { operands, _, _ in macs(output: operands[0].shape, weight: operands[1].shape) }),
 
         OpSpec(name: "conv2d_grad_weight", doc: "%dw = conv2d_grad_weight(%x, %dy) {weight_shape=[...], <conv2d's>}: conv2d's VJP wrt w",
@@ -215,7 +227,7 @@ public enum ConvOps {
                    guard geo.outputShape == operands[1].shape else {
                        throw IRError("dy has shape \(operands[1].shape); conv2d gives \(geo.outputShape)")
                    }
-                   _ = try usesWinograd(attrs, geo)
+                   _ = try winogradTile(attrs, geo)
                    return operands[0].with(shape: weight)
                },
                evaluate: { operands, attrs, type in
@@ -228,12 +240,14 @@ public enum ConvOps {
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
                    let geometry = try Geometry(input: operands[0].shape, weight: result.shape, attrs: attrs)
-                   return [KernelCall(try usesWinograd(attrs, geometry) ? "conv2d_grad_weight_winograd" : "conv2d_grad_weight",
-                                      [.operand(0), .operand(1), .result], ints: geometry.kernelInts)]
+                   let tile = try winogradTile(attrs, geometry)
+                   return [KernelCall(kernel("conv2d_grad_weight", tile: tile), [.operand(0), .operand(1), .result],
+                                      ints: geometry.kernelInts + tileInts(tile))]
                },
                examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 6])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3])),
                           ([f([2, 3, 9, 7]), f([2, 5, 9, 7])], winogradExample(pad: [1, 1]).merging(["weight_shape": .ints([5, 3, 3, 3])])),
-                          ([f([1, 4, 6, 11]), f([1, 3, 4, 13])], winogradExample(pad: [0, 2]).merging(["weight_shape": .ints([3, 4, 3, 3])]))],
+                          ([f([1, 4, 6, 11]), f([1, 3, 4, 13])], winogradExample(pad: [0, 2]).merging(["weight_shape": .ints([3, 4, 3, 3])])),
+                          ([f([2, 3, 7, 5]), f([2, 4, 7, 7])], winogradExample(pad: [1, 2], tile: 2).merging(["weight_shape": .ints([4, 3, 3, 3])]))],
                flops: { operands, result, _ in macs(output: operands[1].shape, weight: result.shape) }),
     ]
 }

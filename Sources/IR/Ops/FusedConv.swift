@@ -103,6 +103,10 @@ public enum FusedConvOps {
         return epilogue
     }
 
+    /// max(conv·scale + shift + residual, 0), in an example's operand order.
+    static let residualReLU = ScalarExpr.binary(.max, .binary(.add, .input(3), .binary(.add, .input(2), .binary(.mul, .input(1), .input(0)))),
+                                                .const(0))
+
     public static let all: [OpSpec] = [
         OpSpec(name: "fused_conv2d",
                doc: "%y = fused_conv2d(%x, %w, %e1, ...) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0)}: conv2d, then the epilogue on each output element",
@@ -111,7 +115,7 @@ public enum FusedConvOps {
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
                    let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
                    _ = try epilogue(operands, output: geometry.outputShape, attrs: attrs)
-                   _ = try ConvOps.usesWinograd(attrs, geometry)
+                   _ = try ConvOps.winogradTile(attrs, geometry)
                    return operands[0].with(shape: geometry.outputShape)
                },
                evaluate: { operands, attrs, type in
@@ -123,9 +127,10 @@ public enum FusedConvOps {
                lowering: .kernels { operands, result, attrs in
                    let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
                    let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
-                   let kernel = try ConvOps.usesWinograd(attrs, geometry) ? "conv2d_winograd" : "conv2d"
-                   return [KernelCall(kernel, [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
-                                      ints: geometry.kernelInts + epilogue.kernelInts)]
+                   let tile = try ConvOps.winogradTile(attrs, geometry)
+                   return [KernelCall(ConvOps.kernel("conv2d", tile: tile),
+                                      [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
+                                      ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile))]
                },
                examples: [
                    // conv → batch norm (folded to scale and shift) → ReLU
@@ -137,10 +142,11 @@ public enum FusedConvOps {
                      "epilogue": .expr(.binary(.max, .binary(.add, .input(3), .binary(.add, .input(2), .binary(.mul, .input(1), .input(0)))), .const(0)))]),
                    // conv + bias
                    ([f([1, 3, 5, 5]), f([4, 3, 1, 1]), f([1, 4, 1, 1])], ["epilogue": .expr(.binary(.add, .input(0), .input(1)))]),
-                   // … the same by Winograd, tiles cut by the image's edge
+                   // … a residual block's conv by Winograd F(4×4) and F(2×2), tiles cut by the image's edge
                    ([f([2, 3, 7, 6]), f([4, 3, 3, 3]), f([4, 1, 1]), f([4, 1, 1]), f([2, 4, 7, 6])],
-                    ConvOps.winogradExample(pad: [1, 1]).merging(
-                        ["epilogue": .expr(.binary(.max, .binary(.add, .input(3), .binary(.add, .input(2), .binary(.mul, .input(1), .input(0)))), .const(0)))])),
+                    ConvOps.winogradExample(pad: [1, 1]).merging(["epilogue": .expr(residualReLU)])),
+                   ([f([2, 3, 7, 5]), f([4, 3, 3, 3]), f([4, 1, 1]), f([4, 1, 1]), f([2, 4, 7, 5])],
+                    ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["epilogue": .expr(residualReLU)])),
                ],
                // The epilogue's few operations per element are not counted.
                flops: { operands, result, _ in ConvOps.macs(output: result.shape, weight: operands[1].shape) }),

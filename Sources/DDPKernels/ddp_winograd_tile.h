@@ -1,0 +1,481 @@
+// ddp_winograd_tile.h — Winograd F(m×m, 3×3) for one tile size m, included
+// by ddp_winograd.c once per size with WT_TILE (m) and WT(name) (the name
+// with the size appended) defined. Everything here depends on m: the
+// transform matrices, the patch (m + 2) and point ((m + 2)²) counts, and the
+// phase split of rows into m columns per tile.
+//
+// The flat loops over a block's columns (and the phase splits) write arrays
+// that none of their inputs overlap; `assume_safety` says so, since the
+// compiler cannot prove it through pointer arrays and runtime strides (and
+// would not vectorise them).
+//
+// The tiles of a block sit in V and M as rows × span columns, span = tw + 1:
+// tile t of local tile row lr is column lr·span + t, and column lr·span + tw
+// is padding. With it every transform runs as one flat loop over the block's
+// columns (vectorised however short the rows are); the GEMMs compute the
+// padding columns too, 1/span of their work, and nothing reads them.
+
+#define TILE WT_TILE
+#define PATCH (WT_TILE + 2)
+#define POINTS (PATCH * PATCH)
+
+#if WT_TILE == 4
+// Lavin & Gray's F(4×4, 3×3), points 0, ±1, ±2, ∞.
+/// Bᵀ·d for one column d[0..5] of an input patch.
+#define INPUT_TRANSFORM(d, z)                              \
+    do {                                                   \
+        z[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];           \
+        z[1] = -4.0f * d[1] - 4.0f * d[2] + d[3] + d[4];   \
+        z[2] = 4.0f * d[1] - 4.0f * d[2] - d[3] + d[4];    \
+        z[3] = -2.0f * d[1] - d[2] + 2.0f * d[3] + d[4];   \
+        z[4] = 2.0f * d[1] - d[2] - 2.0f * d[3] + d[4];    \
+        z[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];           \
+    } while (0)
+/// G·g for one column g0..g2 of a filter.
+#define FILTER_TRANSFORM(g0, g1, g2, u)                                   \
+    do {                                                                  \
+        u[0] = (g0) * 0.25f;                                              \
+        u[1] = ((g0) + (g1) + (g2)) * (-1.0f / 6);                        \
+        u[2] = ((g0) - (g1) + (g2)) * (-1.0f / 6);                        \
+        u[3] = (g0) * (1.0f / 24) + (g1) * (1.0f / 12) + (g2) * (1.0f / 6); \
+        u[4] = (g0) * (1.0f / 24) - (g1) * (1.0f / 12) + (g2) * (1.0f / 6); \
+        u[5] = (g2);                                                      \
+    } while (0)
+/// Aᵀ·m for one column m[0..5] of a product: the tile's four outputs.
+#define OUTPUT_TRANSFORM(m, y)                                                     \
+    do {                                                                           \
+        float a_ = m[1] + m[2], b_ = m[1] - m[2], c_ = m[3] + m[4], d_ = m[3] - m[4]; \
+        y[0] = m[0] + a_ + c_;                                                     \
+        y[1] = b_ + 2.0f * d_;                                                     \
+        y[2] = a_ + 4.0f * c_;                                                     \
+        y[3] = b_ + 8.0f * d_ + m[5];                                              \
+    } while (0)
+/// A·y for one column y[0..3] of an output-gradient tile: six values.
+#define GRADIENT_TRANSFORM(y, u)                                                    \
+    do {                                                                            \
+        float e_ = y[0] + y[2], o_ = y[1] + y[3];                                   \
+        float e4_ = y[0] + 4.0f * y[2], o8_ = 2.0f * y[1] + 8.0f * y[3];            \
+        u[0] = y[0]; u[1] = e_ + o_; u[2] = e_ - o_; u[3] = e4_ + o8_; u[4] = e4_ - o8_; u[5] = y[3]; \
+    } while (0)
+/// Gᵀ·u for one column u[0..5] of a transformed filter gradient: three values.
+#define FILTER_GRADIENT(u, g)                                                                  \
+    do {                                                                                       \
+        g[0] = u[0] * 0.25f - (u[1] + u[2]) * (1.0f / 6) + (u[3] + u[4]) * (1.0f / 24);        \
+        g[1] = (u[2] - u[1]) * (1.0f / 6) + (u[3] - u[4]) * (1.0f / 12);                       \
+        g[2] = (u[3] + u[4] - u[1] - u[2]) * (1.0f / 6) + u[5];                                \
+    } while (0)
+#elif WT_TILE == 2
+// F(2×2, 3×3), points 0, ±1, ∞.
+#define INPUT_TRANSFORM(d, z)                              \
+    do {                                                   \
+        z[0] = d[0] - d[2];                                \
+        z[1] = d[1] + d[2];                                \
+        z[2] = d[2] - d[1];                                \
+        z[3] = d[1] - d[3];                                \
+    } while (0)
+#define FILTER_TRANSFORM(g0, g1, g2, u)                    \
+    do {                                                   \
+        u[0] = (g0);                                       \
+        u[1] = ((g0) + (g1) + (g2)) * 0.5f;                \
+        u[2] = ((g0) - (g1) + (g2)) * 0.5f;                \
+        u[3] = (g2);                                       \
+    } while (0)
+#define OUTPUT_TRANSFORM(m, y)                             \
+    do {                                                   \
+        y[0] = m[0] + m[1] + m[2];                         \
+        y[1] = m[1] - m[2] - m[3];                         \
+    } while (0)
+#define GRADIENT_TRANSFORM(y, u)                           \
+    do {                                                   \
+        u[0] = y[0]; u[1] = y[0] + y[1]; u[2] = y[0] - y[1]; u[3] = -y[1]; \
+    } while (0)
+#define FILTER_GRADIENT(u, g)                              \
+    do {                                                   \
+        g[0] = u[0] + (u[1] + u[2]) * 0.5f;                \
+        g[1] = (u[1] - u[2]) * 0.5f;                       \
+        g[2] = (u[1] + u[2]) * 0.5f + u[3];                \
+    } while (0)
+#else
+#error "WT_TILE must be 2 or 4"
+#endif
+
+/// Writes U[ξ] = (G g Gᵀ)[ξ] for every ξ straight into the GEMM's packed
+/// layout of A (O × C per ξ), one panel of output channels per step, so each
+/// store is a panel row of contiguous floats; g is w[oo][ic] (forward) or
+/// w[ic][oo] rotated by 180° (input gradient). Tasks take row panels.
+static void WT(transform_filters)(void *arg, int64_t begin, int64_t end) {
+    filter_job *job = arg;
+    int mr = job->layout.mr;
+    for (int64_t panel = begin; panel < end; panel++) {
+        int64_t oo0 = panel * mr;
+        int lanes = job->outputs - oo0 < mr ? (int)(job->outputs - oo0) : mr; // the rest are zero padding
+        for (int64_t ic = 0; ic < job->inputs; ic++) {
+            float g[9][PANEL_LANES] = {{0}}, gc[3][PATCH][PANEL_LANES], u[POINTS][PANEL_LANES];
+            for (int l = 0; l < lanes; l++) {
+                int64_t oo = oo0 + l;
+                const float *src = job->transposed ? job->w + (ic * job->outputs + oo) * 9 : job->w + (oo * job->inputs + ic) * 9;
+                for (int k = 0; k < 9; k++) g[k][l] = job->transposed ? src[8 - k] : src[k];
+            }
+            for (int s = 0; s < 3; s++) // G·g, column s
+                for (int l = 0; l < PANEL_LANES; l++) {
+                    float col[PATCH];
+                    FILTER_TRANSFORM(g[s][l], g[3 + s][l], g[6 + s][l], col);
+                    for (int i = 0; i < PATCH; i++) gc[s][i][l] = col[i];
+                }
+            for (int i = 0; i < PATCH; i++) // (G·g)·Gᵀ, row i
+                for (int l = 0; l < PANEL_LANES; l++) {
+                    float row[PATCH];
+                    FILTER_TRANSFORM(gc[0][i][l], gc[1][i][l], gc[2][i][l], row);
+                    for (int j = 0; j < PATCH; j++) u[i * PATCH + j][l] = row[j];
+                }
+            float *dst = job->packed + ddp_packed_a_index(&job->layout, job->inputs, oo0, ic);
+            for (int xi = 0; xi < POINTS; xi++) memcpy(dst + xi * job->packed_floats, u[xi], (size_t)mr * sizeof(float));
+        }
+    }
+}
+
+/// Input rows split into TILE phases: phase q of a row holds its columns
+/// TILE·t + q - pw (zero outside the image) at t = 0..span, so the PATCH
+/// columns under tile t are phases 0..TILE-1 at t and phases 0..1 at t + 1.
+/// Tiles whose columns are all inside the row read it directly; only the
+/// edge tiles check (xrow NULL: a row of padding). `p` has TILE phase
+/// arrays, `stride` floats apart.
+static void WT(split_row)(const wino_job *job, const float *xrow, int64_t span, float *p, int64_t stride) {
+    if (xrow == NULL) {
+        for (int q = 0; q < TILE; q++) memset(p + q * stride, 0, (size_t)span * sizeof(float));
+        return;
+    }
+    int64_t pw = job->pw, w = job->w;
+    int64_t first = (pw + TILE - 1) / TILE;                                      // TILE·t - pw >= 0 from here
+    int64_t last = w + pw - TILE >= 0 ? (w + pw - TILE) / TILE : -1;             // TILE·t + TILE-1 - pw < w up to here
+    if (last > span - 1) last = span - 1;
+    for (int64_t t = 0; t < span; t++) {
+        if (t == first && first <= last) {
+            const float *x = xrow + TILE * first - pw;
+#pragma clang loop vectorize(assume_safety)
+            for (int64_t i = 0; i <= last - first; i++)
+                for (int q = 0; q < TILE; q++) p[q * stride + first + i] = x[TILE * i + q];
+            t = last;
+            continue;
+        }
+        for (int q = 0; q < TILE; q++) {
+            int64_t iw = TILE * t + q - pw;
+            p[q * stride + t] = iw >= 0 && iw < w ? xrow[iw] : 0.0f;
+        }
+    }
+}
+
+/// Floats `transform_input_channel` needs as work space for ld columns.
+static int64_t WT(input_work_floats)(const wino_job *job, int64_t ld) {
+    return 2 * PATCH * TILE * (ld + job->tw + 1);
+}
+
+/// V[ξ][c][·] (rows ld floats apart) for channel c of the block's tile rows
+/// [row0, row0 + rows).
+static void WT(transform_input_channel)(const wino_job *job, int64_t row0, int64_t rows, int64_t c, float *v,
+                                        int64_t ld, float *work) {
+    int64_t span = job->tw + 1, stride = ld + span; // phase arrays carry one spare tile row
+    float *p = work;                         // p[r][q][·]: phase q of input row r under each tile row
+    float *z = p + PATCH * TILE * stride;    // z[i][q][·]: Bᵀ applied down the PATCH rows
+    for (int64_t lr = 0; lr < rows; lr++) {
+        int64_t row = row0 + lr, image = row / job->th, tr = row % job->th;
+        const float *xc = job->x + (image * job->c + c) * job->h * job->w;
+        for (int r = 0; r < PATCH; r++) {
+            int64_t ih = tr * TILE - job->ph + r;
+            WT(split_row)(job, ih >= 0 && ih < job->h ? xc + ih * job->w : NULL, span, p + r * TILE * stride + lr * span, stride);
+        }
+    }
+    for (int q = 0; q < TILE; q++) {
+        const float *d[PATCH];
+        float *zq[PATCH];
+        for (int r = 0; r < PATCH; r++) {
+            d[r] = p + (r * TILE + q) * stride;
+            zq[r] = z + (r * TILE + q) * stride;
+        }
+        #pragma clang loop vectorize(assume_safety)
+        for (int64_t k = 0; k < ld; k++) {
+            float in[PATCH], out[PATCH];
+            for (int r = 0; r < PATCH; r++) in[r] = d[r][k];
+            INPUT_TRANSFORM(in, out);
+            for (int r = 0; r < PATCH; r++) zq[r][k] = out[r];
+        }
+    }
+    int64_t step = job->c * ld; // from V[ξ] to V[ξ + 1]
+    for (int i = 0; i < PATCH; i++) {
+        const float *zi = z + (i * TILE) * stride;
+        float *vi[PATCH];
+        for (int j = 0; j < PATCH; j++) vi[j] = v + (int64_t)(i * PATCH + j) * step + c * ld;
+        #pragma clang loop vectorize(assume_safety)
+        for (int64_t k = 0; k < ld; k++) {
+            float in[PATCH], out[PATCH];
+            for (int q = 0; q < TILE; q++) in[q] = zi[q * stride + k];
+            in[TILE] = zi[k + 1];
+            in[TILE + 1] = zi[stride + k + 1];
+            INPUT_TRANSFORM(in, out);
+            for (int j = 0; j < PATCH; j++) vi[j][k] = out[j];
+        }
+    }
+}
+
+/// Floats `transform_output_channel` needs as work space for ld columns.
+static int64_t WT(output_work_floats)(const wino_job *job, int64_t ld) {
+    return (PATCH * TILE + TILE * TILE) * ld + TILE * (job->tw + 1);
+}
+
+/// The outputs of channel o under the block's tile rows from M[ξ][o][·]
+/// (rows ld floats apart): Aᵀ m A, then the epilogue, stored into y.
+static void WT(transform_output_channel)(const wino_job *job, int64_t row0, int64_t rows, int64_t o,
+                                         const float *m, int64_t ld, float *work) {
+    int64_t tw = job->tw, span = tw + 1;
+    float *wa = work;                      // wa[i][b][·]: m·A along row i of each tile
+    float *ya = wa + PATCH * TILE * ld;    // ya[a][b][·]: Aᵀ·(m·A)
+    float *line = ya + TILE * TILE * ld;   // one output row, interleaved from ya
+    int64_t step = job->o * ld;            // from M[ξ] to M[ξ + 1]
+    const float *mo = m + o * ld;
+    for (int i = 0; i < PATCH; i++) {
+        const float *mi[PATCH];
+        float *wi[TILE];
+        for (int j = 0; j < PATCH; j++) mi[j] = mo + (i * PATCH + j) * step;
+        for (int b = 0; b < TILE; b++) wi[b] = wa + (i * TILE + b) * ld;
+        #pragma clang loop vectorize(assume_safety)
+        for (int64_t k = 0; k < ld; k++) {
+            float in[PATCH], out[TILE];
+            for (int j = 0; j < PATCH; j++) in[j] = mi[j][k];
+            OUTPUT_TRANSFORM(in, out);
+            for (int b = 0; b < TILE; b++) wi[b][k] = out[b];
+        }
+    }
+    for (int col = 0; col < TILE; col++) {
+        #pragma clang loop vectorize(assume_safety)
+        for (int64_t k = 0; k < ld; k++) {
+            float in[PATCH], out[TILE];
+            for (int i = 0; i < PATCH; i++) in[i] = wa[(i * TILE + col) * ld + k];
+            OUTPUT_TRANSFORM(in, out);
+            for (int a = 0; a < TILE; a++) ya[(a * TILE + col) * ld + k] = out[a];
+        }
+    }
+    float scale = job->scale ? job->scale[o] : 1.0f, shift = job->shift ? job->shift[o] : 0.0f;
+    int64_t plane = job->oh * job->ow;
+    for (int64_t lr = 0; lr < rows; lr++) {
+        int64_t row = row0 + lr, image = row / job->th, tr = row % job->th;
+        for (int r = 0; r < TILE && tr * TILE + r < job->oh; r++) {
+            int64_t at = (image * job->o + o) * plane + (tr * TILE + r) * job->ow;
+            const float *q = ya + (r * TILE) * ld + lr * span;
+#pragma clang loop vectorize(assume_safety)
+            for (int64_t t = 0; t < tw; t++)
+                for (int b = 0; b < TILE; b++) line[TILE * t + b] = q[b * ld + t];
+            float *yr = job->y + at;
+            if (job->residual) {
+                const float *res = job->residual + at;
+                for (int64_t ow = 0; ow < job->ow; ow++) {
+                    float e = line[ow] * scale + shift + res[ow];
+                    yr[ow] = job->relu && e < 0.0f ? 0.0f : e;
+                }
+            } else {
+                for (int64_t ow = 0; ow < job->ow; ow++) {
+                    float e = line[ow] * scale + shift;
+                    yr[ow] = job->relu && e < 0.0f ? 0.0f : e;
+                }
+            }
+        }
+    }
+}
+
+/// Blocks [begin, end): transform, POINTS GEMMs, transform back.
+static void WT(blocks)(void *arg, int64_t begin, int64_t end) {
+    wino_job *job = arg;
+    int64_t rows_total = job->n * job->th, span = job->tw + 1, most = job->rows_per_block * span;
+    int64_t v_floats = POINTS * job->c * most, m_floats = POINTS * job->o * most;
+    int64_t in = WT(input_work_floats)(job, most), out = WT(output_work_floats)(job, most);
+    float *scratch = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(v_floats + m_floats + (in > out ? in : out)));
+    if (scratch == NULL) { failed_task(&job->failed); return; }
+    float *v = scratch, *m = scratch + v_floats, *work = m + m_floats;
+    for (int64_t b = begin; b < end; b++) {
+        int64_t row0 = b * job->rows_per_block;
+        int64_t rows = rows_total - row0 < job->rows_per_block ? rows_total - row0 : job->rows_per_block;
+        int64_t ld = rows * span;
+        for (int64_t c = 0; c < job->c; c++) WT(transform_input_channel)(job, row0, rows, c, v, ld, work);
+        for (int xi = 0; xi < POINTS; xi++)
+            if (!ddp_gemm_with_packed_a(job->packed_u + xi * job->packed_floats, 0, job->o, ld, job->c,
+                                        v + (int64_t)xi * job->c * ld, ld, 0.0f, m + (int64_t)xi * job->o * ld, ld)) {
+                failed_task(&job->failed);
+                return;
+            }
+        for (int64_t o = 0; o < job->o; o++) WT(transform_output_channel)(job, row0, rows, o, m, ld, work);
+    }
+}
+
+/// Runs the convolution described by job (x, y, sizes, padding, epilogue)
+/// with filters w: w[o][c] (transposed = 0) or w[c][o] rotated (1).
+static int WT(winograd)(wino_job *job, const float *w, int transposed) {
+    if (job->n * job->oh * job->ow == 0 || job->o == 0) return DDP_OK;
+    job->th = (job->oh + TILE - 1) / TILE;
+    job->tw = (job->ow + TILE - 1) / TILE;
+
+    // Filters: transformed straight into the GEMM's packed layout.
+    job->packed_floats = ddp_gemm_packed_a_floats(job->o, job->c);
+    float *packed = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(POINTS * job->packed_floats));
+    if (packed == NULL) return DDP_ERR_NOMEM;
+    filter_job filters = {w, job->o, job->c, transposed, ddp_gemm_packed_a_layout(job->o), packed, job->packed_floats};
+    ddp_parallel_for(filters.layout.mpad / filters.layout.mr, WT(transform_filters), &filters);
+    job->packed_u = packed;
+
+    // Blocks of whole tile rows within the budget, as many as the threads
+    // can share evenly when the budget allows fewer.
+    int64_t rows_total = job->n * job->th;
+    int64_t per_row = POINTS * (job->c > job->o ? job->c : job->o) * (job->tw + 1);
+    int64_t rows = BLOCK_BUDGET / (per_row > 0 ? per_row : 1), fewest = (BLOCK_MIN_COLUMNS + job->tw) / (job->tw + 1);
+    if (rows < fewest) rows = fewest;
+    int64_t threads = ddp_parallel_threads(), blocks = (rows_total + rows - 1) / rows;
+    if (blocks < 4 * threads) blocks = (blocks + threads - 1) / threads * threads;
+    if (blocks > rows_total) blocks = rows_total;
+    job->rows_per_block = (rows_total + blocks - 1) / blocks;
+    blocks = (rows_total + job->rows_per_block - 1) / job->rows_per_block;
+    ddp_parallel_for(blocks, WT(blocks), job);
+    return job->failed ? DDP_ERR_NOMEM : DDP_OK;
+}
+
+// MARK: - Weight gradient
+//
+// y_t = Aᵀ (U ⊙ V_t) A is linear in U = G g Gᵀ, so the gradient of a filter
+// is dg = Gᵀ [ Σ_t (A dY_t Aᵀ) ⊙ V_t ] G: the same input transform V, the
+// output gradient's tiles taken to PATCH × PATCH by A·dY·Aᵀ (Ŷ), and per
+// point ξ one product summed over every tile, dU[ξ] (O × C) += Ŷ[ξ]
+// (O × tiles) · V[ξ]ᵀ (tiles × C). The blocks of tiles run in order, and
+// each product is one task's, so the sums' order (hence dw) does not depend
+// on the thread count.
+
+static void WT(wgrad_input_channels)(void *arg, int64_t begin, int64_t end) {
+    wgrad_job *job = arg;
+    const wino_job *g = &job->geometry;
+    float *work = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)WT(input_work_floats)(g, job->ld));
+    if (work == NULL) { failed_task(&job->failed); return; }
+    int64_t span = g->tw + 1;
+    for (int64_t c = begin; c < end; c++) {
+        WT(transform_input_channel)(g, job->row0, job->rows, c, job->v, job->ld, work);
+        // The padding columns hold whatever the flat loops left there; Ŷ is
+        // zero in them, and 0 · (a stray NaN) would not be.
+        for (int xi = 0; xi < POINTS; xi++)
+            for (int64_t lr = 0; lr < job->rows; lr++) job->v[(xi * g->c + c) * job->ld + lr * span + g->tw] = 0.0f;
+    }
+}
+
+/// Ŷ[ξ][o][·] for output-gradient channels [begin, end) of the block; the
+/// padding column of each tile row is zero.
+static void WT(wgrad_gradient_channels)(void *arg, int64_t begin, int64_t end) {
+    wgrad_job *job = arg;
+    const wino_job *g = &job->geometry;
+    int64_t tw = g->tw, span = tw + 1, ld = job->ld, step = g->o * ld;
+    float *work = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)((TILE * TILE + PATCH * TILE) * ld + TILE * span));
+    if (work == NULL) { failed_task(&job->failed); return; }
+    float *p = work;                     // p[a][q][·]: column q of row a of each tile
+    float *z = p + TILE * TILE * ld;     // z[i][q][·]: A applied down the tile's rows
+    float *padded = z + PATCH * TILE * ld;
+    for (int64_t o = begin; o < end; o++) {
+        for (int64_t lr = 0; lr < job->rows; lr++) {
+            int64_t row = job->row0 + lr, image = row / g->th, tr = row % g->th;
+            const float *dyo = job->dy + (image * g->o + o) * g->oh * g->ow;
+            for (int a = 0; a < TILE; a++) {
+                int64_t oh = tr * TILE + a;
+                memset(padded, 0, (size_t)(TILE * span) * sizeof(float));
+                if (oh < g->oh) memcpy(padded, dyo + oh * g->ow, (size_t)g->ow * sizeof(float));
+                float *pa = p + a * TILE * ld + lr * span;
+#pragma clang loop vectorize(assume_safety)
+                for (int64_t t = 0; t < span; t++)
+                    for (int q = 0; q < TILE; q++) pa[q * ld + t] = t < tw ? padded[TILE * t + q] : 0.0f;
+            }
+        }
+        for (int q = 0; q < TILE; q++) {
+            #pragma clang loop vectorize(assume_safety)
+            for (int64_t k = 0; k < ld; k++) {
+                float in[TILE], out[PATCH];
+                for (int a = 0; a < TILE; a++) in[a] = p[(a * TILE + q) * ld + k];
+                GRADIENT_TRANSFORM(in, out);
+                for (int i = 0; i < PATCH; i++) z[(i * TILE + q) * ld + k] = out[i];
+            }
+        }
+        for (int i = 0; i < PATCH; i++) {
+            float *d[PATCH];
+            for (int j = 0; j < PATCH; j++) d[j] = job->dyt + (int64_t)(i * PATCH + j) * step + o * ld;
+            #pragma clang loop vectorize(assume_safety)
+            for (int64_t k = 0; k < ld; k++) {
+                float in[TILE], out[PATCH];
+                for (int q = 0; q < TILE; q++) in[q] = z[(i * TILE + q) * ld + k];
+                GRADIENT_TRANSFORM(in, out);
+                for (int j = 0; j < PATCH; j++) d[j][k] = out[j];
+            }
+        }
+    }
+}
+
+/// dU[ξ] += Ŷ[ξ]·V[ξ]ᵀ for ξ in [begin, end), each product on this task.
+static void WT(wgrad_products)(void *arg, int64_t begin, int64_t end) {
+    wgrad_job *job = arg;
+    const wino_job *g = &job->geometry;
+    for (int64_t xi = begin; xi < end; xi++)
+        if (!ddp_gemm(0, 1, g->o, g->c, job->ld, job->dyt + xi * g->o * job->ld, job->ld, job->v + xi * g->c * job->ld,
+                      job->ld, 1.0f, job->du + xi * g->o * g->c, g->c)) {
+            failed_task(&job->failed);
+            return;
+        }
+}
+
+/// dw[o][c] = Gᵀ dU[·][o][c] G for output channels [begin, end).
+static void WT(wgrad_filters)(void *arg, int64_t begin, int64_t end) {
+    wgrad_job *job = arg;
+    const wino_job *g = &job->geometry;
+    int64_t plane = g->o * g->c;
+    for (int64_t o = begin; o < end; o++)
+        for (int64_t c = 0; c < g->c; c++) {
+            const float *u = job->du + o * g->c + c;
+            float rows[3][PATCH]; // Gᵀ applied down each column j
+            for (int j = 0; j < PATCH; j++) {
+                float col[PATCH], out[3];
+                for (int i = 0; i < PATCH; i++) col[i] = u[(i * PATCH + j) * plane];
+                FILTER_GRADIENT(col, out);
+                for (int s = 0; s < 3; s++) rows[s][j] = out[s];
+            }
+            float *dw = job->dw + (o * g->c + c) * 9;
+            for (int s = 0; s < 3; s++) {
+                float out[3];
+                FILTER_GRADIENT(rows[s], out);
+                dw[s * 3 + 0] = out[0]; dw[s * 3 + 1] = out[1]; dw[s * 3 + 2] = out[2];
+            }
+        }
+}
+
+static int WT(grad_weight)(wgrad_job *job) {
+    wino_job *g = &job->geometry;
+    int64_t plane = g->o * g->c;
+    g->th = (g->oh + TILE - 1) / TILE;
+    g->tw = (g->ow + TILE - 1) / TILE;
+    int64_t span = g->tw + 1, rows_total = g->n * g->th;
+    int64_t rows = (WGRAD_BLOCK_COLUMNS + span - 1) / span;
+    if (rows > rows_total) rows = rows_total;
+    int64_t most = rows * span;
+    float *blocks = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(POINTS * (g->c + g->o) * most));
+    job->du = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(POINTS * plane));
+    if (blocks == NULL || job->du == NULL) return DDP_ERR_NOMEM;
+    memset(job->du, 0, (size_t)(POINTS * plane) * sizeof(float));
+    job->v = blocks;
+    job->dyt = blocks + POINTS * g->c * most;
+    for (job->row0 = 0; job->row0 < rows_total; job->row0 += rows) {
+        job->rows = rows_total - job->row0 < rows ? rows_total - job->row0 : rows;
+        job->ld = job->rows * span;
+        ddp_parallel_for(g->c, WT(wgrad_input_channels), job);
+        ddp_parallel_for(g->o, WT(wgrad_gradient_channels), job);
+        ddp_parallel_for(POINTS, WT(wgrad_products), job);
+        if (job->failed) return DDP_ERR_NOMEM;
+    }
+    ddp_parallel_for(g->o, WT(wgrad_filters), job);
+    return DDP_OK;
+}
+
+#undef TILE
+#undef PATCH
+#undef POINTS
+#undef INPUT_TRANSFORM
+#undef FILTER_TRANSFORM
+#undef OUTPUT_TRANSFORM
+#undef GRADIENT_TRANSFORM
+#undef FILTER_GRADIENT
