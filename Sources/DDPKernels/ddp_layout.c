@@ -24,58 +24,40 @@ static inline void odometer_step(int rank, const int64_t *size, int64_t *idx,
     }
 }
 
+/// Below this many elements a kernel here runs on its caller: waking the
+/// pool would cost more than it saves.
+#define PARALLEL_MIN_ELEMENTS ((int64_t)1 << 15)
+
 // reduce: sum/mean (double accumulation) or max over the flagged axes.
 // Size-1 axes are dropped and neighbouring axes with the same flag merged, so
 // the walk alternates kept and reduced axes; the innermost one is either a
-// contiguous reduction or an element-wise update of a run of outputs.
-int ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
-    (void)fa;
-    const float *x = bufs[0];
-    float *y = bufs[1];
-    int64_t kind = ia[0], rank = ia[1];
-    const int64_t *shape = ia + 2, *reduced = ia + 2 + rank;
-    if (rank < 0 || rank > DDP_MAX_RANK || kind < 0 || kind > 2) return DDP_ERR_ARGS;
+// contiguous reduction or an element-wise update of a run of outputs. The
+// pool's threads split the largest kept axis: each output is summed by one
+// thread in the serial order, so the result does not depend on the thread
+// count.
+typedef struct {
+    const float *x;
+    float *y;
+    double *acc;
+    int64_t kind, k, split;
+    int64_t size[DDP_MAX_RANK], red[DDP_MAX_RANK], in_stride[DDP_MAX_RANK], out_stride[DDP_MAX_RANK];
+} reduce_job;
 
-    int64_t size[DDP_MAX_RANK], red[DDP_MAX_RANK];
-    int k = 0;
-    int64_t out_n = 1, red_n = 1;
-    for (int64_t d = 0; d < rank; d++) {
-        int64_t r = reduced[d] != 0;
-        if (r) red_n *= shape[d]; else out_n *= shape[d];
-        if (shape[d] == 1) continue;
-        if (k > 0 && red[k - 1] == r) {
-            size[k - 1] *= shape[d];
-        } else {
-            size[k] = shape[d];
-            red[k] = r;
-            k++;
-        }
-    }
-    if (k == 0) { size[0] = 1; red[0] = 0; k = 1; }
-    if (out_n == 0) return DDP_OK;
-    if (red_n == 0) { // nothing to reduce: the identity of each reduction
-        float v = kind == 0 ? 0.0f : kind == 1 ? NAN : -INFINITY;
-        for (int64_t i = 0; i < out_n; i++) y[i] = v;
-        return DDP_OK;
-    }
-
-    // Strides of the merged axes in x (contiguous) and in y (0 for reduced axes).
-    int64_t in_stride[DDP_MAX_RANK], out_stride[DDP_MAX_RANK], idx[DDP_MAX_RANK] = {0};
-    int64_t is = 1, os = 1;
-    for (int d = k - 1; d >= 0; d--) {
-        in_stride[d] = is;
-        is *= size[d];
-        out_stride[d] = red[d] ? 0 : os;
-        if (!red[d]) os *= size[d];
-    }
-    int64_t inner = size[k - 1], outer = is / inner;
-    int inner_reduced = (int)red[k - 1];
-
-    if (kind == 2) {
-        for (int64_t i = 0; i < out_n; i++) y[i] = -INFINITY;
-        int64_t xo = 0, yo = 0;
+/// The reduction restricted to [begin, end) of the split axis.
+static void reduce_range(void *arg, int64_t begin, int64_t end) {
+    const reduce_job *job = arg;
+    int k = (int)job->k;
+    int64_t size[DDP_MAX_RANK], idx[DDP_MAX_RANK] = {0};
+    for (int d = 0; d < k; d++) size[d] = job->size[d];
+    size[job->split] = end - begin;
+    int64_t xo = begin * job->in_stride[job->split], yo = begin * job->out_stride[job->split];
+    int64_t inner = size[k - 1], outer = 1;
+    for (int d = 0; d < k - 1; d++) outer *= size[d];
+    int inner_reduced = (int)job->red[k - 1];
+    if (job->kind == 2) {
+        float *y = job->y;
         for (int64_t it = 0; it < outer; it++) {
-            const float *xr = x + xo;
+            const float *xr = job->x + xo;
             if (inner_reduced) {
                 float m = y[yo];
                 for (int64_t j = 0; j < inner; j++)
@@ -86,36 +68,125 @@ int ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
                 for (int64_t j = 0; j < inner; j++)
                     yr[j] = (xr[j] > yr[j] || isnan(xr[j])) ? xr[j] : yr[j];
             }
-            odometer_step(k - 1, size, idx, in_stride, &xo, out_stride, &yo);
+            odometer_step(k - 1, size, idx, job->in_stride, &xo, job->out_stride, &yo);
         }
+        return;
+    }
+    for (int64_t it = 0; it < outer; it++) {
+        const float *xr = job->x + xo;
+        if (inner_reduced) {
+            job->acc[yo] += ddp_sum_f64(xr, inner);
+        } else {
+            double *ar = job->acc + yo;
+            for (int64_t j = 0; j < inner; j++) ar[j] += xr[j];
+        }
+        odometer_step(k - 1, size, idx, job->in_stride, &xo, job->out_stride, &yo);
+    }
+}
+
+int ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    const float *x = bufs[0];
+    float *y = bufs[1];
+    int64_t kind = ia[0], rank = ia[1];
+    const int64_t *shape = ia + 2, *reduced = ia + 2 + rank;
+    if (rank < 0 || rank > DDP_MAX_RANK || kind < 0 || kind > 2) return DDP_ERR_ARGS;
+
+    reduce_job job = {.x = x, .y = y, .kind = kind};
+    int k = 0;
+    int64_t out_n = 1, red_n = 1;
+    for (int64_t d = 0; d < rank; d++) {
+        int64_t r = reduced[d] != 0;
+        if (r) red_n *= shape[d]; else out_n *= shape[d];
+        if (shape[d] == 1) continue;
+        if (k > 0 && job.red[k - 1] == r) {
+            job.size[k - 1] *= shape[d];
+        } else {
+            job.size[k] = shape[d];
+            job.red[k] = r;
+            k++;
+        }
+    }
+    if (k == 0) { job.size[0] = 1; job.red[0] = 0; k = 1; }
+    job.k = k;
+    if (out_n == 0) return DDP_OK;
+    if (red_n == 0) { // nothing to reduce: the identity of each reduction
+        float v = kind == 0 ? 0.0f : kind == 1 ? NAN : -INFINITY;
+        for (int64_t i = 0; i < out_n; i++) y[i] = v;
         return DDP_OK;
     }
 
-    double *acc = calloc((size_t)out_n, sizeof(double));
-    if (acc == NULL) return DDP_ERR_NOMEM;
-    int64_t xo = 0, yo = 0;
-    for (int64_t it = 0; it < outer; it++) {
-        const float *xr = x + xo;
-        if (inner_reduced) {
-            acc[yo] += ddp_sum_f64(xr, inner);
-        } else {
-            double *ar = acc + yo;
-            for (int64_t j = 0; j < inner; j++) ar[j] += xr[j];
-        }
-        odometer_step(k - 1, size, idx, in_stride, &xo, out_stride, &yo);
+    // Strides of the merged axes in x (contiguous) and in y (0 for reduced
+    // axes); the largest kept axis is the one the threads split.
+    int64_t is = 1, os = 1;
+    job.split = k - 1;
+    for (int d = k - 1; d >= 0; d--) {
+        job.in_stride[d] = is;
+        is *= job.size[d];
+        job.out_stride[d] = job.red[d] ? 0 : os;
+        if (!job.red[d]) os *= job.size[d];
+        if (!job.red[d] && (job.red[job.split] || job.size[d] > job.size[job.split])) job.split = d;
     }
-    double scale = kind == 1 ? 1.0 / (double)red_n : 1.0;
-    for (int64_t i = 0; i < out_n; i++) y[i] = (float)(acc[i] * scale);
-    free(acc);
+    int64_t extent = job.red[job.split] ? 1 : job.size[job.split];
+    if (job.red[job.split]) job.split = 0; // a full reduction: one task
+    if (kind != 2) {
+        job.acc = calloc((size_t)out_n, sizeof(double));
+        if (job.acc == NULL) return DDP_ERR_NOMEM;
+    } else {
+        for (int64_t i = 0; i < out_n; i++) y[i] = -INFINITY;
+    }
+    if (extent > 1 && is >= PARALLEL_MIN_ELEMENTS)
+        ddp_parallel_for(extent, reduce_range, &job);
+    else
+        reduce_range(&job, 0, job.size[job.split]);
+    if (kind != 2) {
+        double scale = kind == 1 ? 1.0 / (double)red_n : 1.0;
+        for (int64_t i = 0; i < out_n; i++) y[i] = (float)(job.acc[i] * scale);
+        free(job.acc);
+    }
     return DDP_OK;
+}
+
+// A strided copy of 4-byte elements over merged axes (permute and
+// copy_region): the pool's threads split the outermost axis.
+typedef struct {
+    const uint32_t *src;
+    uint32_t *dst;
+    int k;
+    int64_t size[DDP_MAX_RANK], src_stride[DDP_MAX_RANK], dst_stride[DDP_MAX_RANK];
+} copy_job;
+
+static void copy_range(void *arg, int64_t begin, int64_t end) {
+    const copy_job *job = arg;
+    int k = job->k;
+    int64_t size[DDP_MAX_RANK], idx[DDP_MAX_RANK] = {0};
+    for (int d = 0; d < k; d++) size[d] = job->size[d];
+    size[0] = end - begin;
+    int64_t so = begin * job->src_stride[0], doff = begin * job->dst_stride[0];
+    int64_t inner = size[k - 1], step = job->src_stride[k - 1], dstep = job->dst_stride[k - 1], outer = 1;
+    for (int d = 0; d < k - 1; d++) outer *= size[d];
+    for (int64_t it = 0; it < outer; it++) {
+        const uint32_t *sr = job->src + so;
+        uint32_t *dr = job->dst + doff;
+        if (step == 1 && dstep == 1)
+            for (int64_t j = 0; j < inner; j++) dr[j] = sr[j];
+        else
+            for (int64_t j = 0; j < inner; j++) dr[j * dstep] = sr[j * step];
+        odometer_step(k - 1, size, idx, job->src_stride, &so, job->dst_stride, &doff);
+    }
+}
+
+static void copy_run(const copy_job *job, int64_t total) {
+    if (job->size[0] > 1 && total >= PARALLEL_MIN_ELEMENTS)
+        ddp_parallel_for(job->size[0], copy_range, (void *)job);
+    else
+        copy_range((void *)job, 0, job->size[0]);
 }
 
 // permute: y[j0..jr) = x[i] with i[perm[d]] = j[d] (numpy transpose). Output
 // axes whose source elements are adjacent in x are merged first.
 int ddp_permute(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    const float *x = bufs[0];
-    float *y = bufs[1];
     int64_t rank = ia[0];
     const int64_t *in_shape = ia + 1, *perm = ia + 1 + rank;
     if (rank < 0 || rank > DDP_MAX_RANK) return DDP_ERR_ARGS;
@@ -129,40 +200,29 @@ int ddp_permute(void *const *bufs, const int64_t *ia, const double *fa) {
     if (s == 0) return DDP_OK;
 
     // Output axes (size, source stride), size-1 axes dropped, mergeable ones merged.
-    int64_t size[DDP_MAX_RANK], src_stride[DDP_MAX_RANK];
+    copy_job job = {.src = bufs[0], .dst = bufs[1]};
     int k = 0;
     for (int64_t d = 0; d < rank; d++) {
         if (perm[d] < 0 || perm[d] >= rank) return DDP_ERR_ARGS;
         int64_t n = in_shape[perm[d]], st = in_stride[perm[d]];
         if (n == 1) continue;
-        if (k > 0 && src_stride[k - 1] == st * n) {
-            size[k - 1] *= n;
-            src_stride[k - 1] = st;
+        if (k > 0 && job.src_stride[k - 1] == st * n) {
+            job.size[k - 1] *= n;
+            job.src_stride[k - 1] = st;
         } else {
-            size[k] = n;
-            src_stride[k] = st;
+            job.size[k] = n;
+            job.src_stride[k] = st;
             k++;
         }
     }
-    if (k == 0) { size[0] = 1; src_stride[0] = 1; k = 1; }
-
-    int64_t dst_stride[DDP_MAX_RANK], idx[DDP_MAX_RANK] = {0};
+    if (k == 0) { job.size[0] = 1; job.src_stride[0] = 1; k = 1; }
+    job.k = k;
     int64_t ds = 1;
     for (int d = k - 1; d >= 0; d--) {
-        dst_stride[d] = ds;
-        ds *= size[d];
+        job.dst_stride[d] = ds;
+        ds *= job.size[d];
     }
-    int64_t inner = size[k - 1], step = src_stride[k - 1], outer = ds / inner;
-    int64_t xo = 0, yo = 0;
-    for (int64_t it = 0; it < outer; it++) {
-        const float *xr = x + xo;
-        float *yr = y + yo;
-        if (step == 1)
-            for (int64_t j = 0; j < inner; j++) yr[j] = xr[j];
-        else
-            for (int64_t j = 0; j < inner; j++) yr[j] = xr[j * step];
-        odometer_step(k - 1, size, idx, src_stride, &xo, dst_stride, &yo);
-    }
+    copy_run(&job, s);
     return DDP_OK;
 }
 
@@ -178,12 +238,12 @@ int ddp_copy_region(void *const *bufs, const int64_t *ia, const double *fa) {
     const int64_t *src_start = dst_shape + rank, *src_step = src_start + rank;
     const int64_t *dst_start = src_step + rank, *count = dst_start + rank;
 
-    int64_t size[DDP_MAX_RANK], ss[DDP_MAX_RANK], dsr[DDP_MAX_RANK], idx[DDP_MAX_RANK] = {0};
+    copy_job job = {.k = (int)rank};
     int64_t s_el = 1, d_el = 1, so = 0, doff = 0, total = 1;
     for (int64_t d = rank - 1; d >= 0; d--) {
-        size[d] = count[d];
-        ss[d] = s_el * src_step[d];
-        dsr[d] = d_el;
+        job.size[d] = count[d];
+        job.src_stride[d] = s_el * src_step[d];
+        job.dst_stride[d] = d_el;
         so += s_el * src_start[d];
         doff += d_el * dst_start[d];
         s_el *= src_shape[d];
@@ -195,15 +255,8 @@ int ddp_copy_region(void *const *bufs, const int64_t *ia, const double *fa) {
         dst[0] = src[0];
         return DDP_OK;
     }
-    int64_t inner = size[rank - 1], step = ss[rank - 1], outer = total / inner;
-    for (int64_t it = 0; it < outer; it++) {
-        const uint32_t *sr = src + so;
-        uint32_t *dr = dst + doff;
-        if (step == 1)
-            for (int64_t j = 0; j < inner; j++) dr[j] = sr[j];
-        else
-            for (int64_t j = 0; j < inner; j++) dr[j] = sr[j * step];
-        odometer_step((int)rank - 1, size, idx, ss, &so, dsr, &doff);
-    }
+    job.src = src + so;
+    job.dst = dst + doff;
+    copy_run(&job, total);
     return DDP_OK;
 }

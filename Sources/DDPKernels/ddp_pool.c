@@ -1,6 +1,7 @@
 // ddp_pool.c — max/avg pooling and nearest/bilinear upsampling, with VJPs.
 // All operate per (n, c) plane of an NCHW tensor; the VJPs zero dx and then
-// scatter-add.
+// scatter-add. Max pooling, nearest and bilinear upsampling split the planes
+// over the pool's threads.
 #include "ddp_kernels.h"
 #include "ddp_internal.h"
 
@@ -40,41 +41,69 @@ static int64_t window_argmax(const float *x, const pool_shape *s, int64_t oh, in
     return best;
 }
 
+/// A per-plane kernel's operands; the pool's threads take whole planes (each
+/// plane's result is computed by one thread, so nothing depends on the
+/// thread count).
+typedef struct {
+    const float *x, *dy;
+    float *y, *dx;
+    pool_shape s;
+    const int64_t *iw; // upsampling: the source column of each output column
+} plane_job;
+
+/// Planes below this many elements in all run on the caller.
+#define PARALLEL_MIN_ELEMENTS ((int64_t)1 << 15)
+
+static void run_planes(int64_t planes, int64_t elements, ddp_task_fn fn, plane_job *job) {
+    if (planes > 1 && elements >= PARALLEL_MIN_ELEMENTS)
+        ddp_parallel_for(planes, fn, job);
+    else
+        fn(job, 0, planes);
+}
+
+static void max_pool_planes(void *arg, int64_t begin, int64_t end) {
+    const plane_job *job = arg;
+    const pool_shape *s = &job->s;
+    for (int64_t p = begin; p < end; p++) {
+        const float *xp = job->x + p * s->h * s->w;
+        float *yp = job->y + p * s->oh * s->ow;
+        for (int64_t oh = 0; oh < s->oh; oh++)
+            for (int64_t ow = 0; ow < s->ow; ow++) {
+                int64_t i = window_argmax(xp, s, oh, ow);
+                yp[oh * s->ow + ow] = i >= 0 ? xp[i] : -INFINITY;
+            }
+    }
+}
+
 // max_pool2d: padding is -infinity, so an all-padding window gives -infinity.
 int ddp_max_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    const float *x = bufs[0];
-    float *y = bufs[1];
-    pool_shape s = pool_shape_read(ia);
-    for (int64_t p = 0; p < s.planes; p++) {
-        const float *xp = x + p * s.h * s.w;
-        float *yp = y + p * s.oh * s.ow;
-        for (int64_t oh = 0; oh < s.oh; oh++)
-            for (int64_t ow = 0; ow < s.ow; ow++) {
-                int64_t i = window_argmax(xp, &s, oh, ow);
-                yp[oh * s.ow + ow] = i >= 0 ? xp[i] : -INFINITY;
+    plane_job job = {.x = bufs[0], .y = bufs[1], .s = pool_shape_read(ia)};
+    run_planes(job.s.planes, job.s.planes * job.s.h * job.s.w, max_pool_planes, &job);
+    return DDP_OK;
+}
+
+static void max_pool_grad_planes(void *arg, int64_t begin, int64_t end) {
+    const plane_job *job = arg;
+    const pool_shape *s = &job->s;
+    for (int64_t p = begin; p < end; p++) {
+        const float *xp = job->x + p * s->h * s->w;
+        const float *dyp = job->dy + p * s->oh * s->ow;
+        float *dxp = job->dx + p * s->h * s->w;
+        memset(dxp, 0, (size_t)(s->h * s->w) * sizeof(float));
+        for (int64_t oh = 0; oh < s->oh; oh++)
+            for (int64_t ow = 0; ow < s->ow; ow++) {
+                int64_t i = window_argmax(xp, s, oh, ow);
+                if (i >= 0) dxp[i] += dyp[oh * s->ow + ow];
             }
     }
-    return DDP_OK;
 }
 
 // max_pool2d_grad: dy goes to the first maximal element of each window.
 int ddp_max_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    const float *x = bufs[0], *dy = bufs[1];
-    float *dx = bufs[2];
-    pool_shape s = pool_shape_read(ia);
-    memset(dx, 0, (size_t)(s.planes * s.h * s.w) * sizeof(float));
-    for (int64_t p = 0; p < s.planes; p++) {
-        const float *xp = x + p * s.h * s.w;
-        const float *dyp = dy + p * s.oh * s.ow;
-        float *dxp = dx + p * s.h * s.w;
-        for (int64_t oh = 0; oh < s.oh; oh++)
-            for (int64_t ow = 0; ow < s.ow; ow++) {
-                int64_t i = window_argmax(xp, &s, oh, ow);
-                if (i >= 0) dxp[i] += dyp[oh * s.ow + ow];
-            }
-    }
+    plane_job job = {.x = bufs[0], .dy = bufs[1], .dx = bufs[2], .s = pool_shape_read(ia)};
+    run_planes(job.s.planes, job.s.planes * job.s.h * job.s.w, max_pool_grad_planes, &job);
     return DDP_OK;
 }
 
@@ -152,39 +181,50 @@ static int64_t *nearest_indices(int64_t in, int64_t out) {
     return idx;
 }
 
+static void nearest_planes(void *arg, int64_t begin, int64_t end) {
+    const plane_job *job = arg;
+    const pool_shape *s = &job->s;
+    for (int64_t p = begin; p < end; p++)
+        for (int64_t r = 0; r < s->oh; r++) {
+            const float *xr = job->x + (p * s->h + r * s->h / s->oh) * s->w;
+            float *yr = job->y + (p * s->oh + r) * s->ow;
+            for (int64_t c = 0; c < s->ow; c++) yr[c] = xr[job->iw[c]];
+        }
+}
+
 // upsample_nearest: y[oh, ow] = x[oh·H/OH, ow·W/OW].
 int ddp_upsample_nearest(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    const float *x = bufs[0];
-    float *y = bufs[1];
-    int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
-    int64_t *iw = nearest_indices(w, ow);
+    plane_job job = {.x = bufs[0], .y = bufs[1], .s = {.planes = ia[0] * ia[1], .h = ia[2], .w = ia[3], .oh = ia[4], .ow = ia[5]}};
+    int64_t *iw = nearest_indices(job.s.w, job.s.ow);
     if (iw == NULL) return DDP_ERR_NOMEM;
-    for (int64_t p = 0; p < planes; p++)
-        for (int64_t r = 0; r < oh; r++) {
-            const float *xr = x + (p * h + r * h / oh) * w;
-            float *yr = y + (p * oh + r) * ow;
-            for (int64_t c = 0; c < ow; c++) yr[c] = xr[iw[c]];
-        }
+    job.iw = iw;
+    run_planes(job.s.planes, job.s.planes * job.s.oh * job.s.ow, nearest_planes, &job);
     free(iw);
     return DDP_OK;
+}
+
+static void nearest_grad_planes(void *arg, int64_t begin, int64_t end) {
+    const plane_job *job = arg;
+    const pool_shape *s = &job->s;
+    for (int64_t p = begin; p < end; p++) {
+        memset(job->dx + p * s->h * s->w, 0, (size_t)(s->h * s->w) * sizeof(float));
+        for (int64_t r = 0; r < s->oh; r++) {
+            float *dxr = job->dx + (p * s->h + r * s->h / s->oh) * s->w;
+            const float *dyr = job->dy + (p * s->oh + r) * s->ow;
+            for (int64_t c = 0; c < s->ow; c++) dxr[job->iw[c]] += dyr[c];
+        }
+    }
 }
 
 // upsample_nearest_grad: dx[ih, iw] = Σ dy over the outputs that read it.
 int ddp_upsample_nearest_grad(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    const float *dy = bufs[0];
-    float *dx = bufs[1];
-    int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
-    int64_t *iw = nearest_indices(w, ow);
+    plane_job job = {.dy = bufs[0], .dx = bufs[1], .s = {.planes = ia[0] * ia[1], .h = ia[2], .w = ia[3], .oh = ia[4], .ow = ia[5]}};
+    int64_t *iw = nearest_indices(job.s.w, job.s.ow);
     if (iw == NULL) return DDP_ERR_NOMEM;
-    memset(dx, 0, (size_t)(planes * h * w) * sizeof(float));
-    for (int64_t p = 0; p < planes; p++)
-        for (int64_t r = 0; r < oh; r++) {
-            float *dxr = dx + (p * h + r * h / oh) * w;
-            const float *dyr = dy + (p * oh + r) * ow;
-            for (int64_t c = 0; c < ow; c++) dxr[iw[c]] += dyr[c];
-        }
+    job.iw = iw;
+    run_planes(job.s.planes, job.s.planes * job.s.oh * job.s.ow, nearest_grad_planes, &job);
     free(iw);
     return DDP_OK;
 }
