@@ -8,9 +8,10 @@ struct Bench: ParsableCommand {
         abstract: "Time an artifact's entry points against this machine's measured FMA peak.",
         discussion: """
             Each entry point runs on synthetic inputs with its buffers allocated once; the timed calls are the \
-            compiled step alone. GFLOP/s counts convolution and matmul work only and is compared with the fp32 \
-            FMA peak measured on the spot at the kernels' ISA and thread count. Without an artifact, only the \
-            peaks are measured.
+            compiled step alone. GFLOP/s counts convolution and matmul work only, as a direct convolution \
+            does it (a Winograd convolution does less, so its rate is an effective one and can pass the peak), \
+            and is compared with the fp32 FMA peak measured on the spot at the kernels' ISA and thread count. \
+            Without an artifact, only the peaks are measured.
             """)
 
     @ArgumentParser.Argument(help: "Artifact directory (NAME.ddepc).") var artifact: String?
