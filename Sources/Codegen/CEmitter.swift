@@ -88,11 +88,11 @@ public enum CEmitter {
             if let name = names[body] { return name }
             let name = "loop\(names.count)"
             names[body] = name
-            let pointers = ["float *restrict r"] + loop.operands.indices.map { "const float *restrict p\($0)" }
+            let pointers = loop.results.indices.map { "float *restrict r\($0)" } + loop.operands.indices.map { "const float *restrict p\($0)" }
             let params = (loop.parallel ? ["int64_t begin", "int64_t end"] : []) + pointers
             definitions += "static __attribute__((noinline)) void \(name)(\(params.joined(separator: ", "))) {\n\(body)}\n"
             if loop.parallel {
-                let elements = (0...loop.operands.count).map { "p[\($0)]" }.joined(separator: ", ")
+                let elements = (0..<(loop.results.count + loop.operands.count)).map { "p[\($0)]" }.joined(separator: ", ")
                 definitions += "static void \(name)_task(int64_t begin, int64_t end, void *const *p) { \(name)(begin, end, \(elements)); }\n"
             }
             definitions += "\n"
@@ -169,11 +169,11 @@ public enum CEmitter {
             case .copy(let to, let from, let bytes):
                 body += "  memcpy(\(pointer(to)), \(pointer(from)), \(bytes));\n"
             case .loop(let loop):
-                let args = [pointer(loop.result)] + loop.operands.map(pointer)
+                let args = (loop.results + loop.operands).map(pointer)
                 let name = loops.name(for: loop)
                 if loop.parallel {
                     body += call(index: LoweredFunction.parallelLoopKernel, name: "parallel_loop", first: "(void *)\(name)_task",
-                                 buffers: [loop.result] + loop.operands, ints: [loop.shape[0]], floats: [])
+                                 buffers: loop.results + loop.operands, ints: [loop.shape[0]], floats: [])
                 } else {
                     body += "  \(name)(\(args.joined(separator: ", ")));\n"
                 }
@@ -204,7 +204,9 @@ public enum CEmitter {
         return String(format: "%.17g", v)
     }
 
-    /// The loop nest over parameters r (result) and p0, p1, ... (operands).
+    /// The loop nest over parameters r0, r1, ... (results) and p0, p1, ...
+    /// (operands): every operand is loaded first, then each statement's
+    /// value is computed (x<operands + k>) and stored where it has a result.
     static func emitLoopBody(_ loop: LoweredFunction.Loop) -> String {
         var out = "  {\n"
         let rank = loop.shape.count
@@ -219,10 +221,14 @@ public enum CEmitter {
         for d in 1..<max(rank, 1) where rank > 1 { flat = "(\(flat)) * \(loop.shape[d]) + i\(d)" }
         for (i, strides) in loop.operandStrides.enumerated() {
             let terms = strides.enumerated().filter { $0.element != 0 }.map { $0.element == 1 ? "i\($0.offset)" : "i\($0.offset) * \($0.element)" }
-            let source = loop.readsResult(i) ? "r" : "p\(i)"
+            let source = loop.resultRead(byOperand: i).map { "r\($0)" } ?? "p\(i)"
             out += "\(indent)const float x\(i) = \(source)[\(terms.isEmpty ? "0" : terms.joined(separator: " + "))];\n"
         }
-        out += "\(indent)r[\(flat)] = \(render(loop.expr));\n"
+        for (k, statement) in loop.statements.enumerated() {
+            let value = "x\(loop.operands.count + k)"
+            out += "\(indent)const float \(value) = \(render(statement.expr));\n"
+            if let result = statement.result { out += "\(indent)r\(result)[\(flat)] = \(value);\n" }
+        }
         for _ in loop.shape {
             indent.removeLast(2)
             out += "\(indent)}\n"

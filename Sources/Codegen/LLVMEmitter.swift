@@ -223,8 +223,8 @@ private final class ModuleEmitter {
         var shape: [Int]
         var strides: [[Int]]
         var dtypes: [DType]
-        var expr: ScalarExpr
-        var readsResult: [Int]
+        var statements: [LoweredFunction.Loop.Statement]
+        var resultReads: [Int?]
     }
 
     /// Loop functions already emitted, by what they compute, and the task
@@ -328,7 +328,7 @@ private final class ModuleEmitter {
         }
         let maxBuffers = function.steps.reduce(0) { most, step in
             if case .kernel(_, _, let buffers, _, _) = step { return max(most, buffers.count) }
-            if case .loop(let loop) = step, loop.parallel { return max(most, loop.operands.count + 2) }
+            if case .loop(let loop) = step, loop.parallel { return max(most, loop.results.count + loop.operands.count + 1) }
             return most
         }
         if maxBuffers > 0 {
@@ -420,7 +420,7 @@ private final class ModuleEmitter {
 
     /// Emits the loop nest as its own function,
     ///
-    ///     internal void @ddp_<name>.loop<n>(T* noalias r, T* noalias p0, ...)
+    ///     internal void @ddp_<name>.loop<n>(T* noalias r0, ..., T* noalias p0, ...)
     ///
     /// and calls it. `noalias` is the C backend's `restrict` (the memory
     /// planner never overlaps a result with a live operand), and one small
@@ -430,19 +430,19 @@ private final class ModuleEmitter {
               loop.operandStrides.allSatisfy({ $0.count == loop.shape.count }), !loop.shape.isEmpty else {
             throw CodegenError("malformed loop in @\(function): shape \(loop.shape), strides \(loop.operandStrides)")
         }
-        guard loop.expr.inputCount <= loop.operands.count else {
-            throw CodegenError("loop in @\(function) computes \(loop.expr) over \(loop.operands.count) operands")
+        for (k, statement) in loop.statements.enumerated() where statement.expr.inputCount > loop.operands.count + k {
+            throw CodegenError("loop in @\(function) computes \(statement.expr) over \(loop.operands.count) operands and \(k) earlier statements")
         }
         if loop.shape.contains(where: { $0 <= 0 }) { return }  // no elements
 
-        let addresses = [loop.result] + loop.operands
+        let addresses = loop.results + loop.operands
         let pointerTypes = addresses.map { LLVMPointerType(llvmType($0.dtype), 0)! }
         // A parallel loop takes the range [begin, end) of its outer axis first.
         let loopType = functionType(void, (loop.parallel ? [i64, i64] : []) + pointerTypes)
         // Loops with the same shape, strides, types and expression share one
         // function (like the C backend), keeping optimization time small.
-        let key = LoopKey(parallel: loop.parallel, shape: loop.shape, strides: loop.operandStrides, dtypes: addresses.map(\.dtype), expr: loop.expr,
-                          readsResult: loop.operands.indices.filter(loop.readsResult))
+        let key = LoopKey(parallel: loop.parallel, shape: loop.shape, strides: loop.operandStrides, dtypes: addresses.map(\.dtype),
+                          statements: loop.statements, resultReads: loop.operands.indices.map(loop.resultRead(byOperand:)))
         let loopFunction: LLVMValueRef
         if let shared = loopFunctions[key] {
             loopFunction = shared
@@ -490,7 +490,7 @@ private final class ModuleEmitter {
         return task
     }
 
-    /// The loop nest as `internal void @<name>(T* noalias r, T* noalias p0, ...)`;
+    /// The loop nest as `internal void @<name>(T* noalias r0, ..., T* noalias p0, ...)`;
     /// a parallel loop takes `i64 begin, i64 end` first and covers rows
     /// [begin, end) of its outermost axis.
     private func emitLoopFunction(name: String, type loopType: LLVMTypeRef, loop: LoweredFunction.Loop,
@@ -509,12 +509,13 @@ private final class ModuleEmitter {
             LLVMSetValueName2(LLVMGetParam(loopFunction, 0), "begin", 5)
             LLVMSetValueName2(LLVMGetParam(loopFunction, 1), "end", 3)
         }
+        let resultCount = loop.results.count
         for index in addresses.indices {
-            let attributes = index == 0 ? [noalias, nocapture] : [noalias, nocapture, readonly]
+            let attributes = index < resultCount ? [noalias, nocapture] : [noalias, nocapture, readonly]
             for kind in attributes {
                 LLVMAddAttributeAtIndex(loopFunction, LLVMAttributeIndex(bounds + index + 1), LLVMCreateEnumAttribute(context, kind, 0))
             }
-            let name = index == 0 ? "r" : "p\(index - 1)"
+            let name = index < resultCount ? "r\(index)" : "p\(index - resultCount)"
             LLVMSetValueName2(LLVMGetParam(loopFunction, UInt32(bounds + index)), name, name.utf8.count)
         }
         let caller = LLVMGetInsertBlock(builder)!
@@ -536,10 +537,13 @@ private final class ModuleEmitter {
         let pointers = addresses.enumerated().map { index, address in
             LoopPointer(pointer: LLVMGetParam(loopFunction, UInt32(bounds + index))!, dtype: address.dtype)
         }
-        // An operand that is the result's own storage is read through `r`.
-        let operandPointers = pointers.dropFirst().enumerated().map { k, pointer in loop.readsResult(k) ? pointers[0] : pointer }
+        // An operand that is a result's own storage is read through that result's pointer.
+        let resultPointers = Array(pointers.prefix(resultCount))
+        let operandPointers = pointers.dropFirst(resultCount).enumerated().map { k, pointer in
+            loop.resultRead(byOperand: k).map { resultPointers[$0] } ?? pointer
+        }
         emitNest(loopFunction, loop, depth: 0, flat: nil, offsets: loop.operands.map { _ in nil },
-                 result: pointers[0], operands: operandPointers, outerRange: range)
+                 results: resultPointers, operands: operandPointers, outerRange: range)
         LLVMBuildBr(builder, done)
         LLVMPositionBuilderAtEnd(builder, done)
         LLVMBuildRetVoid(builder)
@@ -551,7 +555,7 @@ private final class ModuleEmitter {
     /// contributions (nil: zero). Leaves the builder in the exit block.
     private func emitNest(_ fn: LLVMValueRef, _ loop: LoweredFunction.Loop, depth: Int,
                           flat outerFlat: LLVMValueRef?, offsets outerOffsets: [LLVMValueRef?],
-                          result: LoopPointer, operands: [LoopPointer],
+                          results: [LoopPointer], operands: [LoopPointer],
                           outerRange: (begin: LLVMValueRef, end: LLVMValueRef)? = nil) {
         let extent = loop.shape[depth]
         // The outermost axis runs over [begin, end), the others over [0, extent).
@@ -574,13 +578,17 @@ private final class ModuleEmitter {
         }
 
         if depth == loop.shape.count - 1 {
-            let values = operands.enumerated().map { k, operand in
+            // Every operand first, then the statements in order, each seeing the earlier ones' values.
+            var values = operands.enumerated().map { k, operand in
                 load(operand, index: offsets[k] ?? constI64(0), name: "x\(k)")
             }
-            let value = expression(loop.expr, values)
-            store(value, to: result, index: flat)
+            for statement in loop.statements {
+                let value = expression(statement.expr, values)
+                if let result = statement.result { store(value, to: results[result], index: flat) }
+                values.append(value)
+            }
         } else {
-            emitNest(fn, loop, depth: depth + 1, flat: flat, offsets: offsets, result: result, operands: operands)
+            emitNest(fn, loop, depth: depth + 1, flat: flat, offsets: offsets, results: results, operands: operands)
         }
 
         let latch = LLVMGetInsertBlock(builder)!

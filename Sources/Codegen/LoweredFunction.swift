@@ -11,20 +11,50 @@ public struct LoweredFunction {
         public var dtype: DType
     }
 
-    /// One loop over the result's elements, after merging contiguous axes.
+    /// One loop over the results' elements, after merging contiguous axes.
+    /// Each element computes the statements in order: statement k's
+    /// expression reads the operands as inputs 0..<operands.count and the
+    /// values of earlier statements as inputs operands.count + j, and its
+    /// value is stored into `results[k]` or only kept for later statements.
+    /// A single elementwise node is one statement; a `loop` group of nodes
+    /// (group-loops) is one statement per node, so an optimizer step reads
+    /// the weight, gradient and moments once and writes each once.
     public struct Loop {
-        public var result: Address
+        public struct Statement: Hashable {
+            public var expr: ScalarExpr
+            /// Index into `results`, or nil for a value only later statements read.
+            public var result: Int?
+        }
+
+        public var results: [Address]
         public var operands: [Address]
         /// Loop extents, outermost first (product = element count).
         public var shape: [Int]
         /// Per operand, its element stride along each loop axis (0 = broadcast).
         public var operandStrides: [[Int]]
-        public var expr: ScalarExpr
+        public var statements: [Statement]
         public var count: Int { shape.reduce(1, *) }
-        /// Operands that are the result's own storage (an update computed in
-        /// place): emitters read them through the result pointer, so the
-        /// loop's pointers stay free of aliases (C `restrict`, LLVM `noalias`).
-        public func readsResult(_ operand: Int) -> Bool { operands[operand] == result }
+
+        public init(results: [Address], operands: [Address], shape: [Int], operandStrides: [[Int]], statements: [Statement]) {
+            self.results = results
+            self.operands = operands
+            self.shape = shape
+            self.operandStrides = operandStrides
+            self.statements = statements
+        }
+
+        /// One node's loop: one statement stored into `result`.
+        public init(result: Address, operands: [Address], shape: [Int], operandStrides: [[Int]], expr: ScalarExpr) {
+            self.init(results: [result], operands: operands, shape: shape, operandStrides: operandStrides,
+                      statements: [Statement(expr: expr, result: 0)])
+        }
+
+        /// Operands that are a result's own storage (an update computed in
+        /// place): emitters read them through that result's pointer, so the
+        /// loop's pointers stay free of aliases (C `restrict`, LLVM
+        /// `noalias`). Every operand is read at the top of an element's
+        /// iteration, before any statement stores.
+        public func resultRead(byOperand operand: Int) -> Int? { results.firstIndex(of: operands[operand]) }
         /// Large enough to split its outermost axis over the thread pool
         /// (the runtime's parallel_loop kernel); smaller loops run inline.
         public var parallel: Bool { count >= Self.parallelMinimum && shape[0] > 1 }
@@ -65,7 +95,12 @@ public enum Lowerer {
         }
         var steps: [LoweredFunction.Step] = []
         var types = function.types
-        for node in function.nodes {
+        if let problem = LoopGroups.problem(function) { throw IRError("in @\(function.name): \(problem)") }
+        let groups = Dictionary(uniqueKeysWithValues: LoopGroups.runs(function).map { ($0.lowerBound, $0) })
+        let outside = valuesReadOutsideTheirGroup(function)
+        var pendingGroup: Range<Int>?
+        for (position, node) in function.nodes.enumerated() {
+            if let run = groups[position] { pendingGroup = run }
             let spec = try OpRegistry.require(node.op)
             if case .alias = spec.lowering {
                 address[node.id] = address[node.operands[0]].map { .init(region: $0.region, offset: $0.offset, dtype: node.type.dtype) }
@@ -87,8 +122,16 @@ public enum Lowerer {
             case .alias:
                 break
             case .elementwise(let exprOf):
-                steps.append(.loop(makeLoop(result: result, type: node.type, operands: operands,
-                                            operandShapes: operandTypes.map(\.shape), expr: try exprOf(node.attrs))))
+                if let run = pendingGroup {
+                    // The group's loop goes where its last member is.
+                    if position == run.upperBound - 1 {
+                        steps.append(.loop(try makeGroupLoop(function.nodes[run], address: address, types: types, storing: outside)))
+                        pendingGroup = nil
+                    }
+                } else {
+                    steps.append(.loop(makeLoop(result: result, type: node.type, operands: operands,
+                                                operandShapes: operandTypes.map(\.shape), expr: try exprOf(node.attrs))))
+                }
             case .kernels(let lower):
                 for call in try lower(operandTypes, node.type, node.attrs) {
                     let index = Int(ddp_kernel_index(call.kernel))
@@ -118,12 +161,77 @@ public enum Lowerer {
         return LoweredFunction(name: function.name, steps: steps)
     }
 
+    /// Values of grouped nodes that something outside their group reads
+    /// (a later node, an output or an update): their statements store them.
+    static func valuesReadOutsideTheirGroup(_ function: Function) -> Set<ValueID> {
+        var group: [ValueID: Int] = [:]
+        for node in function.nodes { group[node.id] = LoopGroups.group(of: node) }
+        var read = Set(function.rootValues)
+        for node in function.nodes {
+            for operand in node.operands where group[operand] != nil && group[operand] != LoopGroups.group(of: node) {
+                read.insert(operand)
+            }
+        }
+        return read
+    }
+
+    /// One loop for a group of elementwise nodes: their operands from
+    /// outside the group are the loop's operands, and each node is a
+    /// statement that reads earlier members' values directly.
+    static func makeGroupLoop(_ members: ArraySlice<Node>, address: [ValueID: LoweredFunction.Address], types: [ValueID: TensorType],
+                              storing stored: Set<ValueID>) throws -> LoweredFunction.Loop {
+        var operands: [ValueID] = []
+        var statementOf: [ValueID: Int] = [:]
+        var results: [LoweredFunction.Address] = []
+        var statements: [LoweredFunction.Loop.Statement] = []
+        for (k, node) in members.enumerated() {
+            guard case .elementwise(let exprOf)? = OpRegistry.spec(node.op)?.lowering else {
+                throw IRError("%\(node.id) = \(node.op) is grouped but is not an elementwise loop", loc: node.loc)
+            }
+            var inputs: [ScalarExpr] = []
+            for operand in node.operands {
+                if let j = statementOf[operand] {
+                    inputs.append(.input(-1 - j)) // renumbered below, once the operands are known
+                } else {
+                    if !operands.contains(operand) { operands.append(operand) }
+                    inputs.append(.input(operands.firstIndex(of: operand)!))
+                }
+            }
+            var result: Int?
+            if stored.contains(node.id) {
+                results.append(address[node.id]!)
+                result = results.count - 1
+            }
+            statements.append(.init(expr: try exprOf(node.attrs).substituting(inputs), result: result))
+            statementOf[node.id] = k
+        }
+        // Statement j's value is input operands.count + j.
+        let count = operands.count
+        statements = statements.map { statement in
+            var renumbered = statement
+            renumbered.expr = statement.expr.mappingInputs { $0 < 0 ? count + (-1 - $0) : $0 }
+            return renumbered
+        }
+        let shape = members.first!.type.shape
+        let (merged, strides) = mergedAxes(shape: shape, operandShapes: operands.map { types[$0]!.shape })
+        return .init(results: results, operands: operands.map { address[$0]! }, shape: merged, operandStrides: strides,
+                     statements: statements.map { .init(expr: $0.expr.withVectorizableErf, result: $0.result) })
+    }
+
     /// Build the loop nest of an elementwise node, merging axes that are
     /// contiguous for the result and every operand.
     static func makeLoop(result: LoweredFunction.Address, type: TensorType, operands: [LoweredFunction.Address],
                          operandShapes: [[Int]], expr: ScalarExpr) -> LoweredFunction.Loop {
-        var shape = type.shape
-        var strides = operandShapes.map { BroadcastIndexer(from: $0, to: type.shape).strides }
+        let (shape, strides) = mergedAxes(shape: type.shape, operandShapes: operandShapes)
+        // erf as arithmetic: a libm call would keep the loop from vectorizing.
+        return .init(result: result, operands: operands, shape: shape, operandStrides: strides, expr: expr.withVectorizableErf)
+    }
+
+    /// The loop axes of a result shape with size-1 axes dropped and axes
+    /// merged where every operand's strides chain, and each operand's strides.
+    static func mergedAxes(shape type: [Int], operandShapes: [[Int]]) -> (shape: [Int], strides: [[Int]]) {
+        var shape = type
+        var strides = operandShapes.map { BroadcastIndexer(from: $0, to: type).strides }
         // Drop size-1 axes, then merge axis i into i+1 where every stride chains.
         var axis = 0
         while axis < shape.count {
@@ -151,7 +259,6 @@ public enum Lowerer {
             shape = [1]
             strides = strides.map { _ in [0] }
         }
-        // erf as arithmetic: a libm call would keep the loop from vectorizing.
-        return .init(result: result, operands: operands, shape: shape, operandStrides: strides, expr: expr.withVectorizableErf)
+        return (shape, strides)
     }
 }

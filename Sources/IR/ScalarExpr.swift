@@ -109,6 +109,17 @@ public indirect enum ScalarExpr: Hashable, CustomStringConvertible, Sendable {
         }
     }
 
+    /// The expression with every input(i) renumbered to input(f(i)).
+    public func mappingInputs(_ f: (Int) -> Int) -> ScalarExpr {
+        switch self {
+        case .input(let i): return .input(f(i))
+        case .const: return self
+        case .unary(let fn, let a): return .unary(fn, a.mappingInputs(f))
+        case .binary(let fn, let a, let b): return .binary(fn, a.mappingInputs(f), b.mappingInputs(f))
+        case .select(let c, let a, let b): return .select(c.mappingInputs(f), a.mappingInputs(f), b.mappingInputs(f))
+        }
+    }
+
     /// How many times `input(index)` occurs in the expression.
     public func occurrences(ofInput index: Int) -> Int {
         switch self {

@@ -70,6 +70,7 @@ public enum Verifier {
             guard let type = types[update.value] else { throw fail("update of \"\(arg.name)\" uses undefined %\(update.value)") }
             guard type == arg.type else { throw fail("update of \"\(arg.name)\" (\(arg.type)) with a \(type) value") }
         }
+        if let problem = LoopGroups.problem(function) { throw fail(problem) }
         // Placement: an update written in place must be one nothing can tell apart.
         let inPlace = function.nodes.filter { $0.inPlaceOf != nil }
         if !inPlace.isEmpty {

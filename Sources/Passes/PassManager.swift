@@ -59,13 +59,13 @@ public struct PassManager {
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
         let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseConvEpilogue(), SelectConvAlgorithm(mode: convAlgorithm),
-                                DCE(), PlanMemory()]
+                                DCE(), GroupLoops(), PlanMemory()]
         return passes + rest
     }
 
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
-         FuseElementwise.name, FuseConvEpilogue.name, SelectConvAlgorithm.name, PlanMemory.name]
+         FuseElementwise.name, FuseConvEpilogue.name, SelectConvAlgorithm.name, GroupLoops.name, PlanMemory.name]
     }
 
     @discardableResult

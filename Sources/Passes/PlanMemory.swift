@@ -64,6 +64,18 @@ public struct PlanMemory: Pass {
             }
         }
         for value in function.rootValues where !args.contains(value) { lastUse[root[value]!] = end }
+        // A loop group reads every operand and writes every result once per
+        // element, all in one loop: nothing one member touches may be reused
+        // before the group's last member (a later member's result placed
+        // over an earlier one's operand would overwrite elements not read yet).
+        for run in LoopGroups.runs(function) {
+            let last = run.upperBound - 1
+            for node in function.nodes[run] {
+                for value in node.operands + [node.id] where !args.contains(value) {
+                    lastUse[root[value]!] = max(lastUse[root[value]!] ?? last, last)
+                }
+            }
+        }
 
         var live: [(offset: Int, size: Int, id: ValueID)] = []  // sorted by offset
         var offsets: [ValueID: Int] = [:]

@@ -144,6 +144,32 @@ final class LLVMEmitterTests: XCTestCase {
         try check(Module(functions: [f.function, s.function]), name: "twoentries")
     }
 
+    /// An optimizer-like step grouped into one loop (group-loops): moments
+    /// and weight updated in place, the regularised gradient kept in a
+    /// register; inline and split over the pool (40000 elements).
+    func testLoopGroupsComputeTheirNodesInOneLoop() throws {
+        for count in [12, 40_000] {
+            let s = FunctionBuilder(name: "adam")
+            let w = s.argument("w", .f32([count]), role: .param)
+            let m = s.argument("m", .f32([count]), role: .state)
+            let v = s.argument("v", .f32([count]), role: .state)
+            let g = s.argument("g", .f32([count]), role: .input)
+            let lr = s.argument("lr", .f32([]), role: .input)
+            let regularised = try s.add(g, try s.mul(w, try s.constant(0.01)))
+            let m2 = try s.add(try s.mul(m, try s.constant(0.9)), try s.mul(regularised, try s.constant(0.1)))
+            let v2 = try s.add(try s.mul(v, try s.constant(0.999)), try s.mul(try s.mul(regularised, regularised), try s.constant(0.001)))
+            let step = try s.div(m2, try s.add(try s.unary("sqrt", v2), try s.constant(1e-8)))
+            let w2 = try s.sub(w, try s.mul(step, lr))
+            s.update(m, with: m2)
+            s.update(v, with: v2)
+            s.update(w, with: w2)
+            s.output(try s.sum(w2, axes: [0]), name: "w_sum")
+            let checked = try check(Module(functions: [s.function]), name: "adam\(count)",
+                                    passes: [FuseElementwise(), DCE(), GroupLoops(), PlanMemory()])
+            XCTAssertTrue(checked.ir.contains("float* noalias nocapture %r2"), "one loop writes three results")
+        }
+    }
+
     func testIROutputAndLinkErrors() throws {
         let b = FunctionBuilder(name: "tiny")
         let x = b.argument("x", .f32([16]), role: .input)
@@ -154,7 +180,7 @@ final class LLVMEmitterTests: XCTestCase {
         let lowered = try module.functions.map { try Lowerer.lower($0, layout: layout) }
         let raw = try LLVMEmitter.moduleIR(lowered, moduleName: "tiny", optimize: false)
         XCTAssertTrue(raw.contains("define i32 @ddp_tiny(%ddp_buffers* %b, i8** %k)"), raw)
-        XCTAssertTrue(raw.contains("define internal void @ddp_tiny.loop1(float* noalias nocapture %r, float* noalias nocapture readonly %p0)"), raw)
+        XCTAssertTrue(raw.contains("define internal void @ddp_tiny.loop1(float* noalias nocapture %r0, float* noalias nocapture readonly %p0)"), raw)
         XCTAssertFalse(raw.contains(".task"), "a 16-element loop runs inline")
         let optimized = try LLVMEmitter.optimizedIR(lowered, moduleName: "tiny")
         XCTAssertTrue(optimized.contains("target triple"), optimized)
@@ -178,9 +204,10 @@ final class LLVMEmitterTests: XCTestCase {
     /// entry point on the same data and compares the backends with each
     /// other and with the f64 interpreter (on the unplanned functions).
     @discardableResult
-    func check(_ module: Module, name: String, arguments given: [String: HostTensor] = [:]) throws -> Checked {
+    func check(_ module: Module, name: String, arguments given: [String: HostTensor] = [:],
+               passes: [any Pass] = [FuseElementwise(), DCE(), PlanMemory()]) throws -> Checked {
         var planned = module
-        try PassManager([FuseElementwise(), DCE(), PlanMemory()]).run(&planned)
+        try PassManager(passes).run(&planned)
         let layout = try BufferLayout(module: planned)
         let lowered = try planned.functions.map { try Lowerer.lower($0, layout: layout) }
 

@@ -14,7 +14,7 @@ let passesByName: [String: any Pass] = [
     InferShapes.name: InferShapes(), Autodiff.name: Autodiff(), AdamOptimizer.name: AdamOptimizer(),
     FoldConstants.name: FoldConstants(), CSE.name: CSE(), DCE.name: DCE(),
     FuseElementwise.name: FuseElementwise(), FuseConvEpilogue.name: FuseConvEpilogue(), PlanMemory.name: PlanMemory(),
-    SelectConvAlgorithm.name: SelectConvAlgorithm(),
+    SelectConvAlgorithm.name: SelectConvAlgorithm(), GroupLoops.name: GroupLoops(),
     SyncBatchNorm.name: SyncBatchNorm(), AllReduceGradients.name: AllReduceGradients(),
 ]
 
