@@ -44,9 +44,13 @@
 /// products waste the micro-kernel's 32-column panels and repack more.
 #define BLOCK_MIN_COLUMNS 128
 /// Tiles per block of the weight gradient: the products' sums run over
-/// them, so long blocks make long, efficient GEMMs; fixed (not from the
-/// thread count), so dw is the same on every machine.
+/// them, so long blocks make long, efficient GEMMs, up to 1024 columns; but
+/// a block's V and Ŷ (points × (C + O) × columns) stay within 16 MiB, down
+/// to 128 columns. Both from the shape alone (not the thread count), so dw
+/// is the same on every machine.
 #define WGRAD_BLOCK_COLUMNS 1024
+#define WGRAD_MIN_COLUMNS 128
+#define WGRAD_BLOCK_BUDGET ((int64_t)1 << 22)
 /// Most rows a GEMM panel has (12 for AVX-512, 6 for AVX2): the filter
 /// transform works on one panel of output channels at a time.
 #define PANEL_LANES 16

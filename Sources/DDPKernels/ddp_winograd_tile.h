@@ -450,7 +450,10 @@ static int WT(grad_weight)(wgrad_job *job) {
     g->th = (g->oh + TILE - 1) / TILE;
     g->tw = (g->ow + TILE - 1) / TILE;
     int64_t span = g->tw + 1, rows_total = g->n * g->th;
-    int64_t rows = (WGRAD_BLOCK_COLUMNS + span - 1) / span;
+    int64_t columns = WGRAD_BLOCK_BUDGET / (POINTS * (g->c + g->o));
+    if (columns > WGRAD_BLOCK_COLUMNS) columns = WGRAD_BLOCK_COLUMNS;
+    if (columns < WGRAD_MIN_COLUMNS) columns = WGRAD_MIN_COLUMNS;
+    int64_t rows = (columns + span - 1) / span;
     if (rows > rows_total) rows = rows_total;
     int64_t most = rows * span;
     float *blocks = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(POINTS * (g->c + g->o) * most));
