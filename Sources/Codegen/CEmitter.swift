@@ -64,10 +64,32 @@ public enum CEmitter {
 
     """
 
-    public static func emit(_ functions: [LoweredFunction]) -> String {
+    /// With `parts` > 1 each entry point is wrapped in `#if DDP_PART == p`,
+    /// the parts balanced by their number of steps: the file then compiles
+    /// as that many translation units side by side (`-DDDP_PART=p`), each
+    /// keeping only the loops its entry points call (unused static functions
+    /// are dropped before they are optimized).
+    public static func emit(_ functions: [LoweredFunction], parts: Int = 1) -> String {
         var loops = LoopTable()
-        let bodies = functions.map { emit($0, loops: &loops) }
+        let part = partition(functions, into: parts)
+        let bodies = functions.enumerated().map { index, function in
+            let body = emit(function, loops: &loops)
+            return parts > 1 ? "#if DDP_PART == \(part[index])\n\(body)#endif\n" : body
+        }
         return prelude + loops.definitions + bodies.joined(separator: "\n")
+    }
+
+    /// The part of each function: the largest first, each to the part with
+    /// the fewest steps so far.
+    static func partition(_ functions: [LoweredFunction], into parts: Int) -> [Int] {
+        var load = [Int](repeating: 0, count: max(parts, 1))
+        var part = [Int](repeating: 0, count: functions.count)
+        for index in functions.indices.sorted(by: { functions[$0].steps.count > functions[$1].steps.count }) {
+            let lightest = load.indices.min { load[$0] < load[$1] }!
+            part[index] = lightest
+            load[lightest] += functions[index].steps.count
+        }
+        return part
     }
 
     /// Loops become small functions of their pointers, shared by every loop

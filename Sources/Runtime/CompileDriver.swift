@@ -82,10 +82,31 @@ public enum CompileDriver {
         switch options.backend {
         case .c:
             let source = staging.appendingPathComponent("module.c")
-            try CEmitter.emit(lowered).write(to: source, atomically: true, encoding: .utf8)
+            // The C compiler uses one core: the entry points are split into
+            // one translation unit per core, compiled side by side.
+            let parts = max(1, min(ProcessInfo.processInfo.activeProcessorCount, lowered.count))
+            try CEmitter.emit(lowered, parts: parts).write(to: source, atomically: true, encoding: .utf8)
             flags = cFlags
             do {
-                try runTool("cc", flags + ["-o", library.path, source.path, "-lm"])
+                if parts == 1 {
+                    try runTool("cc", flags + ["-o", library.path, source.path, "-lm"])
+                } else {
+                    let objects = (0..<parts).map { staging.appendingPathComponent("module.part\($0).o") }
+                    let compileFlags = flags.filter { $0 != "-shared" }
+                    var failures = [ToolError?](repeating: nil, count: parts)
+                    failures.withUnsafeMutableBufferPointer { failed in
+                        DispatchQueue.concurrentPerform(iterations: parts) { part in
+                            do {
+                                _ = try runTool("cc", compileFlags + ["-c", "-DDDP_PART=\(part)", "-o", objects[part].path, source.path])
+                            } catch let error as ToolError {
+                                failed[part] = error
+                            } catch {}
+                        }
+                    }
+                    if let failure = failures.compactMap({ $0 }).first { throw failure }
+                    try runTool("cc", ["-shared", "-o", library.path] + objects.map(\.path) + ["-lm"])
+                    for object in objects { try? fm.removeItem(at: object) }
+                }
             } catch let error as ToolError {
                 throw RuntimeError("the C compiler rejected the generated code (a ddepc bug; please report it):\n\(error)")
             }
