@@ -53,6 +53,11 @@ typedef void (*ddp_task_fn)(void *arg, int64_t begin, int64_t end);
 /// (ddp_threads.c); serially when called from inside a task.
 void ddp_parallel_for(int64_t n, ddp_task_fn fn, void *arg);
 
+/// ddp_parallel_for when the work touches at least 2^15 elements, else fn
+/// over [0, n) on the caller: below that, waking the pool costs more than
+/// it saves.
+void ddp_parallel_for_elements(int64_t n, int64_t elements, ddp_task_fn fn, void *arg);
+
 /// Sum of x[0..n) in double. Four independent accumulators keep the loop
 /// throughput-bound rather than latency-bound.
 static inline double ddp_sum_f64(const float *x, int64_t n) {

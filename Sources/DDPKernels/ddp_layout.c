@@ -24,10 +24,6 @@ static inline void odometer_step(int rank, const int64_t *size, int64_t *idx,
     }
 }
 
-/// Below this many elements a kernel here runs on its caller: waking the
-/// pool would cost more than it saves.
-#define PARALLEL_MIN_ELEMENTS ((int64_t)1 << 15)
-
 // reduce: sum/mean (double accumulation) or max over the flagged axes.
 // Size-1 axes are dropped and neighbouring axes with the same flag merged, so
 // the walk alternates kept and reduced axes; the innermost one is either a
@@ -127,18 +123,15 @@ int ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
         if (!job.red[d]) os *= job.size[d];
         if (!job.red[d] && (job.red[job.split] || job.size[d] > job.size[job.split])) job.split = d;
     }
-    int64_t extent = job.red[job.split] ? 1 : job.size[job.split];
-    if (job.red[job.split]) job.split = 0; // a full reduction: one task
+    int full = (int)job.red[job.split]; // no kept axis: one task over axis 0
+    if (full) job.split = 0;
     if (kind != 2) {
         job.acc = calloc((size_t)out_n, sizeof(double));
         if (job.acc == NULL) return DDP_ERR_NOMEM;
     } else {
         for (int64_t i = 0; i < out_n; i++) y[i] = -INFINITY;
     }
-    if (extent > 1 && is >= PARALLEL_MIN_ELEMENTS)
-        ddp_parallel_for(extent, reduce_range, &job);
-    else
-        reduce_range(&job, 0, job.size[job.split]);
+    ddp_parallel_for_elements(job.size[job.split], full ? 0 : is, reduce_range, &job);
     if (kind != 2) {
         double scale = kind == 1 ? 1.0 / (double)red_n : 1.0;
         for (int64_t i = 0; i < out_n; i++) y[i] = (float)(job.acc[i] * scale);
@@ -174,13 +167,6 @@ static void copy_range(void *arg, int64_t begin, int64_t end) {
             for (int64_t j = 0; j < inner; j++) dr[j * dstep] = sr[j * step];
         odometer_step(k - 1, size, idx, job->src_stride, &so, job->dst_stride, &doff);
     }
-}
-
-static void copy_run(const copy_job *job, int64_t total) {
-    if (job->size[0] > 1 && total >= PARALLEL_MIN_ELEMENTS)
-        ddp_parallel_for(job->size[0], copy_range, (void *)job);
-    else
-        copy_range((void *)job, 0, job->size[0]);
 }
 
 // permute: y[j0..jr) = x[i] with i[perm[d]] = j[d] (numpy transpose). Output
@@ -222,7 +208,7 @@ int ddp_permute(void *const *bufs, const int64_t *ia, const double *fa) {
         job.dst_stride[d] = ds;
         ds *= job.size[d];
     }
-    copy_run(&job, s);
+    ddp_parallel_for_elements(job.size[0], s, copy_range, &job);
     return DDP_OK;
 }
 
@@ -257,6 +243,6 @@ int ddp_copy_region(void *const *bufs, const int64_t *ia, const double *fa) {
     }
     job.src = src + so;
     job.dst = dst + doff;
-    copy_run(&job, total);
+    ddp_parallel_for_elements(job.size[0], total, copy_range, &job);
     return DDP_OK;
 }

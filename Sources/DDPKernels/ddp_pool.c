@@ -51,16 +51,6 @@ typedef struct {
     const int64_t *iw; // upsampling: the source column of each output column
 } plane_job;
 
-/// Planes below this many elements in all run on the caller.
-#define PARALLEL_MIN_ELEMENTS ((int64_t)1 << 15)
-
-static void run_planes(int64_t planes, int64_t elements, ddp_task_fn fn, plane_job *job) {
-    if (planes > 1 && elements >= PARALLEL_MIN_ELEMENTS)
-        ddp_parallel_for(planes, fn, job);
-    else
-        fn(job, 0, planes);
-}
-
 static void max_pool_planes(void *arg, int64_t begin, int64_t end) {
     const plane_job *job = arg;
     const pool_shape *s = &job->s;
@@ -79,7 +69,7 @@ static void max_pool_planes(void *arg, int64_t begin, int64_t end) {
 int ddp_max_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     plane_job job = {.x = bufs[0], .y = bufs[1], .s = pool_shape_read(ia)};
-    run_planes(job.s.planes, job.s.planes * job.s.h * job.s.w, max_pool_planes, &job);
+    ddp_parallel_for_elements(job.s.planes, job.s.planes * job.s.h * job.s.w, max_pool_planes, &job);
     return DDP_OK;
 }
 
@@ -103,7 +93,7 @@ static void max_pool_grad_planes(void *arg, int64_t begin, int64_t end) {
 int ddp_max_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     plane_job job = {.x = bufs[0], .dy = bufs[1], .dx = bufs[2], .s = pool_shape_read(ia)};
-    run_planes(job.s.planes, job.s.planes * job.s.h * job.s.w, max_pool_grad_planes, &job);
+    ddp_parallel_for_elements(job.s.planes, job.s.planes * job.s.h * job.s.w, max_pool_grad_planes, &job);
     return DDP_OK;
 }
 
@@ -199,7 +189,7 @@ int ddp_upsample_nearest(void *const *bufs, const int64_t *ia, const double *fa)
     int64_t *iw = nearest_indices(job.s.w, job.s.ow);
     if (iw == NULL) return DDP_ERR_NOMEM;
     job.iw = iw;
-    run_planes(job.s.planes, job.s.planes * job.s.oh * job.s.ow, nearest_planes, &job);
+    ddp_parallel_for_elements(job.s.planes, job.s.planes * job.s.oh * job.s.ow, nearest_planes, &job);
     free(iw);
     return DDP_OK;
 }
@@ -224,7 +214,7 @@ int ddp_upsample_nearest_grad(void *const *bufs, const int64_t *ia, const double
     int64_t *iw = nearest_indices(job.s.w, job.s.ow);
     if (iw == NULL) return DDP_ERR_NOMEM;
     job.iw = iw;
-    run_planes(job.s.planes, job.s.planes * job.s.oh * job.s.ow, nearest_grad_planes, &job);
+    ddp_parallel_for_elements(job.s.planes, job.s.planes * job.s.oh * job.s.ow, nearest_grad_planes, &job);
     free(iw);
     return DDP_OK;
 }

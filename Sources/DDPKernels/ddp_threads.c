@@ -176,6 +176,13 @@ static _Thread_local struct {
     size_t floats;
 } scratch[DDP_SCRATCH_SLOTS];
 
+void ddp_parallel_for_elements(int64_t n, int64_t elements, ddp_task_fn fn, void *arg) {
+    if (n > 1 && elements >= ((int64_t)1 << 15))
+        ddp_parallel_for(n, fn, arg);
+    else if (n > 0)
+        fn(arg, 0, n);
+}
+
 float *ddp_thread_scratch(int slot, size_t floats) {
     if (floats > scratch[slot].floats) {
         free(scratch[slot].data);

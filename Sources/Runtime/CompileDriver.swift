@@ -93,14 +93,14 @@ public enum CompileDriver {
                 } else {
                     let objects = (0..<parts).map { staging.appendingPathComponent("module.part\($0).o") }
                     let compileFlags = flags.filter { $0 != "-shared" }
-                    var failures = [ToolError?](repeating: nil, count: parts)
+                    var failures = [Error?](repeating: nil, count: parts)
                     failures.withUnsafeMutableBufferPointer { failed in
                         DispatchQueue.concurrentPerform(iterations: parts) { part in
                             do {
                                 _ = try runTool("cc", compileFlags + ["-c", "-DDDP_PART=\(part)", "-o", objects[part].path, source.path])
-                            } catch let error as ToolError {
+                            } catch {
                                 failed[part] = error
-                            } catch {}
+                            }
                         }
                     }
                     if let failure = failures.compactMap({ $0 }).first { throw failure }
