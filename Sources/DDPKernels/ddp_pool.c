@@ -19,26 +19,88 @@ static pool_shape pool_shape_read(const int64_t *ia) {
     return s;
 }
 
-/// Index of the first maximal element (row-major; NaN counts as maximal) of
-/// window (oh, ow) in plane x, or -1 when the window lies entirely in padding.
-static int64_t window_argmax(const float *x, const pool_shape *s, int64_t oh, int64_t ow) {
-    int64_t h0 = oh * s->sh - s->ph, w0 = ow * s->sw - s->pw;
-    int64_t h1 = h0 + s->kh < s->h ? h0 + s->kh : s->h;
-    int64_t w1 = w0 + s->kw < s->w ? w0 + s->kw : s->w;
+/// NaN counts as the largest value, so a window holding one has a NaN maximum.
+static inline int pool_greater(float v, float m) { return (v > m) | ((v != v) & (m == m)); } // no branches
+
+/// Per-thread buffers for row_argmax, each as long as an input row: the
+/// maxima of the columns, and of the windows starting at each column.
+typedef struct {
+    float *column_max, *best_max;
+    int32_t *column_row, *best_row, *best_column;
+} row_scratch;
+
+/// The windows of output row oh of plane x, their maxima found in two
+/// passes: down each column of the window's rows, then along the row of
+/// column maxima. at[ow] is the index in x of the first maximal element of
+/// window ow in row-major order (ties go to the smaller row, then the smaller
+/// column), or -1 for a window entirely in padding. The column pass runs over
+/// whole rows and vectorizes; this is what makes pooling cheap next to the
+/// window-by-window scan.
+static void row_argmax(const float *restrict x, const pool_shape *s, int64_t oh, const row_scratch *scratch,
+                       int64_t *restrict at) {
+    float *restrict column_max = scratch->column_max, *restrict best_max = scratch->best_max;
+    int32_t *restrict column_row = scratch->column_row, *restrict best_row = scratch->best_row,
+                      *restrict best_column = scratch->best_column;
+    int64_t h0 = oh * s->sh - s->ph, h1 = h0 + s->kh < s->h ? h0 + s->kh : s->h;
     if (h0 < 0) h0 = 0;
-    if (w0 < 0) w0 = 0;
-    if (h0 >= h1 || w0 >= w1) return -1;
-    int64_t best = h0 * s->w + w0;
-    float m = x[best];
-    for (int64_t ih = h0; ih < h1; ih++) {
-        for (int64_t iw = w0; iw < w1; iw++) {
-            float v = x[ih * s->w + iw];
-            int take = v > m || (isnan(v) && !isnan(m)); // selects, not branches
-            best = take ? ih * s->w + iw : best;
-            m = take ? v : m;
+    if (h0 >= h1) {
+        for (int64_t ow = 0; ow < s->ow; ow++) at[ow] = -1;
+        return;
+    }
+    const int64_t w = s->w;
+    memcpy(column_max, x + h0 * w, (size_t)w * sizeof(float));
+    for (int64_t iw = 0; iw < w; iw++) column_row[iw] = (int32_t)h0;
+    for (int64_t ih = h0 + 1; ih < h1; ih++) {
+        const float *row = x + ih * w;
+        for (int64_t iw = 0; iw < w; iw++) {
+            int take = pool_greater(row[iw], column_max[iw]); // a select, so the loop vectorizes
+            column_max[iw] = take ? row[iw] : column_max[iw];
+            column_row[iw] = take ? (int32_t)ih : column_row[iw];
         }
     }
-    return best;
+    // The windows wholly inside the row, [inside0, inside1): first the best
+    // of every kw consecutive columns at every start (contiguous selects that
+    // vectorize, sw times the work but no strided access), then every sw-th
+    // start. The windows at the edges are clipped and go one by one.
+    int64_t inside0 = (s->pw + s->sw - 1) / s->sw, inside1 = w - s->kw + s->pw >= 0 ? (w - s->kw + s->pw) / s->sw + 1 : 0;
+    if (inside1 > s->ow) inside1 = s->ow;
+    if (inside0 > inside1) inside0 = inside1;
+    if (inside0 < inside1) {
+        int64_t starts = w - s->kw + 1;
+        memcpy(best_max, column_max, (size_t)starts * sizeof(float));
+        memcpy(best_row, column_row, (size_t)starts * sizeof(int32_t));
+        for (int64_t c = 0; c < starts; c++) best_column[c] = (int32_t)c;
+        for (int64_t j = 1; j < s->kw; j++)
+            for (int64_t c = 0; c < starts; c++) {
+                float v = column_max[c + j], m = best_max[c];
+                int greater = pool_greater(v, m), tie = !greater & !pool_greater(m, v);
+                int take = greater | (tie & (column_row[c + j] < best_row[c]));
+                best_max[c] = take ? v : m;
+                best_row[c] = take ? column_row[c + j] : best_row[c];
+                best_column[c] = take ? (int32_t)(c + j) : best_column[c];
+            }
+        for (int64_t ow = inside0; ow < inside1; ow++) {
+            int64_t c = ow * s->sw - s->pw;
+            at[ow] = (int64_t)best_row[c] * w + best_column[c];
+        }
+    }
+    for (int64_t ow = 0; ow < s->ow; ow++) {
+        if (ow == inside0) ow = inside1;
+        if (ow >= s->ow) break;
+        int64_t w0 = ow * s->sw - s->pw, w1 = w0 + s->kw < w ? w0 + s->kw : w;
+        if (w0 < 0) w0 = 0;
+        if (w0 >= w1) {
+            at[ow] = -1;
+            continue;
+        }
+        int64_t best = w0;
+        for (int64_t iw = w0 + 1; iw < w1; iw++) {
+            float v = column_max[iw], m = column_max[best];
+            int tie = !pool_greater(v, m) & !pool_greater(m, v);
+            best = pool_greater(v, m) | (tie & (column_row[iw] < column_row[best])) ? iw : best;
+        }
+        at[ow] = (int64_t)column_row[best] * w + best;
+    }
 }
 
 /// A per-plane kernel's operands; the pool's threads take whole planes (each
@@ -51,50 +113,83 @@ typedef struct {
     const int64_t *iw; // upsampling: the source column of each output column
 } plane_job;
 
+/// The calling thread's buffers for row_argmax and its output, or 0
+/// without memory.
+static int row_argmax_scratch(const pool_shape *s, row_scratch *r, int64_t **at) {
+    // One allocation, each part a whole number of 64-byte lines.
+    size_t w = (size_t)((s->w + 15) & ~15), ow = (size_t)((s->ow + 15) & ~15);
+    float *scratch = ddp_thread_scratch(DDP_SCRATCH_GATHER, 5 * w + 2 * ow);
+    if (scratch == NULL) return 0;
+    r->column_max = scratch;
+    r->column_row = (int32_t *)(scratch + w);
+    r->best_max = scratch + 2 * w;
+    r->best_row = (int32_t *)(scratch + 3 * w);
+    r->best_column = (int32_t *)(scratch + 4 * w);
+    *at = (int64_t *)(scratch + 5 * w);
+    return 1;
+}
+
+typedef struct {
+    plane_job plane;
+    int failed;
+} pool_job;
+
 static void max_pool_planes(void *arg, int64_t begin, int64_t end) {
-    const plane_job *job = arg;
-    const pool_shape *s = &job->s;
+    pool_job *job = arg;
+    const pool_shape *s = &job->plane.s;
+    row_scratch scratch;
+    int64_t *at;
+    if (!row_argmax_scratch(s, &scratch, &at)) {
+        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     for (int64_t p = begin; p < end; p++) {
-        const float *xp = job->x + p * s->h * s->w;
-        float *yp = job->y + p * s->oh * s->ow;
-        for (int64_t oh = 0; oh < s->oh; oh++)
-            for (int64_t ow = 0; ow < s->ow; ow++) {
-                int64_t i = window_argmax(xp, s, oh, ow);
-                yp[oh * s->ow + ow] = i >= 0 ? xp[i] : -INFINITY;
-            }
+        const float *xp = job->plane.x + p * s->h * s->w;
+        float *yp = job->plane.y + p * s->oh * s->ow;
+        for (int64_t oh = 0; oh < s->oh; oh++) {
+            row_argmax(xp, s, oh, &scratch, at);
+            for (int64_t ow = 0; ow < s->ow; ow++) yp[oh * s->ow + ow] = at[ow] >= 0 ? xp[at[ow]] : -INFINITY;
+        }
     }
 }
 
 // max_pool2d: padding is -infinity, so an all-padding window gives -infinity.
 int ddp_max_pool2d(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    plane_job job = {.x = bufs[0], .y = bufs[1], .s = pool_shape_read(ia)};
-    ddp_parallel_for_elements(job.s.planes, job.s.planes * job.s.h * job.s.w, max_pool_planes, &job);
-    return DDP_OK;
+    pool_job job = {.plane = {.x = bufs[0], .y = bufs[1], .s = pool_shape_read(ia)}};
+    ddp_parallel_for_elements(job.plane.s.planes, job.plane.s.planes * job.plane.s.h * job.plane.s.w, max_pool_planes, &job);
+    return job.failed ? DDP_ERR_NOMEM : DDP_OK;
 }
 
 static void max_pool_grad_planes(void *arg, int64_t begin, int64_t end) {
-    const plane_job *job = arg;
-    const pool_shape *s = &job->s;
+    pool_job *job = arg;
+    const pool_shape *s = &job->plane.s;
+    row_scratch scratch;
+    int64_t *at;
+    if (!row_argmax_scratch(s, &scratch, &at)) {
+        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     for (int64_t p = begin; p < end; p++) {
-        const float *xp = job->x + p * s->h * s->w;
-        const float *dyp = job->dy + p * s->oh * s->ow;
-        float *dxp = job->dx + p * s->h * s->w;
+        const float *xp = job->plane.x + p * s->h * s->w;
+        const float *dyp = job->plane.dy + p * s->oh * s->ow;
+        float *dxp = job->plane.dx + p * s->h * s->w;
         memset(dxp, 0, (size_t)(s->h * s->w) * sizeof(float));
-        for (int64_t oh = 0; oh < s->oh; oh++)
-            for (int64_t ow = 0; ow < s->ow; ow++) {
-                int64_t i = window_argmax(xp, s, oh, ow);
-                if (i >= 0) dxp[i] += dyp[oh * s->ow + ow];
-            }
+        for (int64_t oh = 0; oh < s->oh; oh++) {
+            row_argmax(xp, s, oh, &scratch, at);
+            for (int64_t ow = 0; ow < s->ow; ow++)
+                if (at[ow] >= 0) dxp[at[ow]] += dyp[oh * s->ow + ow];
+        }
     }
 }
 
 // max_pool2d_grad: dy goes to the first maximal element of each window.
 int ddp_max_pool2d_grad(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    plane_job job = {.x = bufs[0], .dy = bufs[1], .dx = bufs[2], .s = pool_shape_read(ia)};
-    ddp_parallel_for_elements(job.s.planes, job.s.planes * job.s.h * job.s.w, max_pool_grad_planes, &job);
-    return DDP_OK;
+    pool_job job = {.plane = {.x = bufs[0], .dy = bufs[1], .dx = bufs[2], .s = pool_shape_read(ia)}};
+    ddp_parallel_for_elements(job.plane.s.planes, job.plane.s.planes * job.plane.s.h * job.plane.s.w, max_pool_grad_planes,
+                              &job);
+    return job.failed ? DDP_ERR_NOMEM : DDP_OK;
 }
 
 /// Window (oh, ow) clipped to the image, and its divisor as in PyTorch: with
