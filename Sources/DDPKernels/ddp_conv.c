@@ -132,6 +132,23 @@ static void col2im(const float *restrict col, const conv_shape *s, int64_t oh0, 
     }
 }
 
+/// Builds the columns of images [n, n + count) of group g side by side
+/// (K × count·rows), one task per channel range.
+typedef struct {
+    const float *x; // image n, group g
+    int64_t image;  // image stride
+    const conv_shape *s;
+    int64_t oh0, oh1, count, ld;
+    float *col;
+} im2col_job;
+
+static void im2col_channels(void *arg, int64_t c0, int64_t c1) {
+    im2col_job *job = arg;
+    int64_t width = (job->oh1 - job->oh0) * job->s->ow;
+    for (int64_t i = 0; i < job->count; i++)
+        im2col(job->x + i * job->image, job->s, job->oh0, job->oh1, c0, c1, job->col + i * width, job->ld);
+}
+
 // MARK: - Drivers
 //
 // Forward and input-gradient convolutions treat each image on its own, so the
@@ -212,14 +229,25 @@ static int pack_weights(const conv_shape *s, const float *w, int transpose, conv
 
 /// Images to put side by side in one product, out of `available`: 1 when an
 /// image fills a product (or needs bands of rows), else enough for `wanted`
-/// columns within the column budget.
-static int64_t images_per_product(const conv_shape *s, int64_t available, int64_t wanted) {
+/// columns within `budget` floats of columns.
+static int64_t images_per_product(const conv_shape *s, int64_t available, int64_t wanted, int64_t budget) {
     if (s->band_rows < s->oh || s->p >= wanted || s->p == 0) return 1;
     int64_t nb = (wanted + s->p - 1) / s->p;
-    int64_t fit = COL_BUDGET / (s->k * s->p > 0 ? s->k * s->p : 1);
+    int64_t fit = budget / (s->k * s->p > 0 ? s->k * s->p : 1);
     if (nb > fit) nb = fit;
     if (nb > available) nb = available;
     return nb < 1 ? 1 : nb;
+}
+
+/// Whether a layer's weights outweigh the columns of its whole batch (the
+/// deep layers of small images: 512 channels at 4×4 hold 9 MiB of weights
+/// against 2 MiB of columns). Such a layer runs as one product over the
+/// batch, the threads splitting the weights' rows: each thread packs and
+/// streams its own share of the weights once, where one product per thread's
+/// images would stream all of them through every thread. The columns of the
+/// batch then take no more scratch than the packed weights would.
+static int weights_dominate(const conv_shape *s) {
+    return s->groups == 1 && s->band_rows == s->oh && s->og >= s->n * s->p && s->p > 0;
 }
 
 /// Runs images [0, n) through per_images: in parallel when there is an image
@@ -251,7 +279,7 @@ static void conv2d_images(void *arg, int64_t begin, int64_t end) {
     conv_job *job = arg;
     const conv_shape *s = job->s;
     int64_t xs = s->c * s->h * s->w, ys = s->o * s->p; // image strides
-    int64_t nb = images_per_product(s, end - begin, WANTED_COLUMNS);
+    int64_t nb = images_per_product(s, end - begin, WANTED_COLUMNS, COL_BUDGET);
     if (nb > 1) {
         float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s->k * nb * s->p));
         float *out = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s->og * nb * s->p));
@@ -305,11 +333,46 @@ static void conv2d_images(void *arg, int64_t begin, int64_t end) {
     }
 }
 
+typedef struct {
+    const conv_job *job;
+    const float *block; // Og × N·P
+} scatter_job;
+
+/// Writes images [begin, end) of a batch product's output into NCHW and
+/// applies the epilogue there.
+static void scatter_epilogue_images(void *arg, int64_t begin, int64_t end) {
+    scatter_job *sj = arg;
+    const conv_shape *s = sj->job->s;
+    const conv_epilogue *e = &sj->job->epilogue;
+    int64_t ys = s->o * s->p, ld = s->n * s->p;
+    scatter_images(sj->block + begin * s->p, ld, s->og, s->p, end - begin, sj->job->out + begin * ys, ys);
+    if (e->active)
+        for (int64_t n = begin; n < end; n++)
+            epilogue_apply(e, sj->job->out + n * ys, e->residual ? e->residual + n * ys : NULL, s->og, 0, s->p, s->p);
+}
+
+/// conv2d of a layer whose weights dominate: y (O × N·P) = w · im2col(x) as
+/// one product, then scattered to NCHW.
+static int conv2d_batch(conv_job *job, const float *w) {
+    const conv_shape *s = job->s;
+    int64_t ld = s->n * s->p;
+    float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s->k * ld));
+    float *out = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s->og * ld));
+    if (col == NULL || out == NULL) return DDP_ERR_NOMEM;
+    im2col_job columns = {job->in, s->c * s->h * s->w, s, 0, s->oh, s->n, ld, col};
+    ddp_parallel_for(s->cg, im2col_channels, &columns);
+    if (!ddp_gemm(0, 0, s->og, ld, s->k, w, s->k, col, ld, 0.0f, out, ld)) return DDP_ERR_NOMEM;
+    scatter_job scatter = {job, out};
+    ddp_parallel_for_elements(s->n, s->og * ld, scatter_epilogue_images, &scatter);
+    return DDP_OK;
+}
+
 int ddp_conv2d(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     conv_shape s;
     if (!conv_shape_read(ia, &s)) return DDP_ERR_ARGS;
     conv_job job = {.s = &s, .epilogue = epilogue_read(bufs, ia), .in = bufs[0], .out = bufs[2]};
+    if (weights_dominate(&s)) return conv2d_batch(&job, bufs[1]);
     if (!pack_weights(&s, bufs[1], 0, &job)) return DDP_ERR_NOMEM;
     return for_each_image(&job, conv2d_images) ? DDP_OK : DDP_ERR_NOMEM;
 }
@@ -319,7 +382,7 @@ static void conv2d_grad_input_images(void *arg, int64_t begin, int64_t end) {
     conv_job *job = arg;
     const conv_shape *s = job->s;
     int64_t xs = s->c * s->h * s->w, ys = s->o * s->p; // image strides
-    int64_t nb = images_per_product(s, end - begin, WANTED_COLUMNS);
+    int64_t nb = images_per_product(s, end - begin, WANTED_COLUMNS, COL_BUDGET);
     if (nb > 1) {
         float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s->k * nb * s->p));
         float *dyb = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s->og * nb * s->p));
@@ -365,30 +428,45 @@ static void conv2d_grad_input_images(void *arg, int64_t begin, int64_t end) {
     }
 }
 
+typedef struct {
+    const conv_shape *s;
+    const float *col; // K × N·P
+    float *dx;
+} col2im_job;
+
+static void col2im_images(void *arg, int64_t begin, int64_t end) {
+    col2im_job *job = arg;
+    const conv_shape *s = job->s;
+    int64_t xs = s->c * s->h * s->w;
+    for (int64_t n = begin; n < end; n++) {
+        memset(job->dx + n * xs, 0, (size_t)xs * sizeof(float));
+        col2im(job->col + n * s->p, s, 0, s->oh, job->dx + n * xs, s->n * s->p);
+    }
+}
+
+/// conv2d_grad_input of a layer whose weights dominate: col (K × N·P) =
+/// wᵀ · dy as one product, then col2im image by image.
+static int conv2d_grad_input_batch(conv_job *job, const float *w) {
+    const conv_shape *s = job->s;
+    int64_t ld = s->n * s->p;
+    float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s->k * ld));
+    float *dyb = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s->og * ld));
+    if (col == NULL || dyb == NULL) return DDP_ERR_NOMEM;
+    gather_images(job->in, s->o * s->p, s->og, s->p, s->n, dyb, ld);
+    if (!ddp_gemm(1, 0, s->k, ld, s->og, w, s->k, dyb, ld, 0.0f, col, ld)) return DDP_ERR_NOMEM;
+    col2im_job scatter = {s, col, job->out};
+    ddp_parallel_for_elements(s->n, s->k * ld, col2im_images, &scatter);
+    return DDP_OK;
+}
+
 int ddp_conv2d_grad_input(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     conv_shape s;
     if (!conv_shape_read(ia, &s)) return DDP_ERR_ARGS;
     conv_job job = {.s = &s, .in = bufs[0], .out = bufs[2]};
+    if (weights_dominate(&s)) return conv2d_grad_input_batch(&job, bufs[1]);
     if (!pack_weights(&s, bufs[1], 1, &job)) return DDP_ERR_NOMEM;
     return for_each_image(&job, conv2d_grad_input_images) ? DDP_OK : DDP_ERR_NOMEM;
-}
-
-/// Builds the columns of images [n, n + count) of group g side by side
-/// (K × count·rows), one task per channel range.
-typedef struct {
-    const float *x; // image n, group g
-    int64_t image;  // image stride
-    const conv_shape *s;
-    int64_t oh0, oh1, count, ld;
-    float *col;
-} im2col_job;
-
-static void im2col_channels(void *arg, int64_t c0, int64_t c1) {
-    im2col_job *job = arg;
-    int64_t width = (job->oh1 - job->oh0) * job->s->ow;
-    for (int64_t i = 0; i < job->count; i++)
-        im2col(job->x + i * job->image, job->s, job->oh0, job->oh1, c0, c1, job->col + i * width, job->ld);
 }
 
 // conv2d_grad_weight: dw[g] (Og × K) = Σ_n dy[n, g] (Og × P) · im2col(x[n, g])ᵀ (P × K),
@@ -400,7 +478,9 @@ int ddp_conv2d_grad_weight(void *const *bufs, const int64_t *ia, const double *f
     const float *x = bufs[0], *dy = bufs[1];
     float *dw = bufs[2];
     int64_t xs = s.c * s.h * s.w, ys = s.o * s.p; // image strides
-    int64_t nb = images_per_product(&s, s.n, 4 * WANTED_COLUMNS);
+    // A layer whose weights dominate sums its whole batch in one product (its
+    // columns take no more memory than dw itself).
+    int64_t nb = images_per_product(&s, s.n, 4 * WANTED_COLUMNS, weights_dominate(&s) ? s.og * s.k : COL_BUDGET);
     float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s.k * nb * s.band_rows * s.ow));
     float *dyb = nb > 1 ? ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s.og * nb * s.p)) : NULL;
     if ((col == NULL && s.k * s.band_rows * s.ow > 0) || (nb > 1 && dyb == NULL)) return DDP_ERR_NOMEM;

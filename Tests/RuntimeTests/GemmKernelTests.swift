@@ -84,7 +84,9 @@ final class GemmKernelTests: XCTestCase {
 
     /// Forward, input gradient and weight gradient against direct f64 sums,
     /// on one image (the GEMMs split over threads) and on several (the images
-    /// do); small images share products, large ones (P ≥ 256) do not.
+    /// do); small images share products, large ones (P ≥ 256) do not, and
+    /// layers whose weights outweigh the batch's columns (the last two) run
+    /// as one product over the batch.
     func testConvolutionsAgreeWithF64() {
         let cases = [
             ConvCase(n: 2, c: 3, h: 17, w: 17, o: 5, kh: 3, kw: 3, stride: 1, pad: 1, groups: 1),
@@ -92,6 +94,8 @@ final class GemmKernelTests: XCTestCase {
             ConvCase(n: 1, c: 24, h: 17, w: 15, o: 40, kh: 3, kw: 3, stride: 2, pad: 1, groups: 1),
             ConvCase(n: 2, c: 16, h: 8, w: 8, o: 33, kh: 1, kw: 1, stride: 1, pad: 0, groups: 1),
             ConvCase(n: 4, c: 6, h: 7, w: 7, o: 4, kh: 3, kw: 3, stride: 1, pad: 1, groups: 2),
+            ConvCase(n: 3, c: 20, h: 3, w: 3, o: 40, kh: 3, kw: 3, stride: 1, pad: 1, groups: 1),
+            ConvCase(n: 2, c: 16, h: 5, w: 4, o: 13, kh: 1, kw: 1, stride: 2, pad: 0, groups: 1),
         ]
         for t in cases {
             let cg = t.c / t.groups, og = t.o / t.groups
@@ -129,6 +133,15 @@ final class GemmKernelTests: XCTestCase {
             }
             forEachConfiguration("conv2d \(t)", { run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count)], t.ints + [0, 0, 0, 0])[2] },
                                  check: { check($0, y, "conv2d") })
+            // The fused epilogue: relu(y·scale[o] + shift[o] + residual).
+            let scale = values(t.o, seed: 6), shift = values(t.o, seed: 7), residual = values(y.count, seed: 8)
+            let fused = y.indices.map { i -> Double in
+                let o = i / (t.oh * t.ow) % t.o
+                return max(0, y[i] * Double(scale[o]) + Double(shift[o]) + Double(residual[i]))
+            }
+            forEachConfiguration("conv2d with epilogue \(t)", {
+                run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count), scale, shift, residual], t.ints + [1, 1, 1, 1])[2]
+            }, check: { check($0, fused, "conv2d with epilogue") })
             forEachConfiguration("conv2d_grad_input \(t)", { run(ddp_conv2d_grad_input, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints)[2] },
                                  check: { check($0, dx, "conv2d_grad_input") })
             forEachConfiguration("conv2d_grad_weight \(t)", { run(ddp_conv2d_grad_weight, [x, dy, [Float](repeating: .nan, count: w.count)], t.ints)[2] },
