@@ -50,6 +50,12 @@ public enum CEmitter {
       return p * scale;
     }
 
+    /* fmaxf and fminf (a NaN operand yields the other one) as comparisons and
+       selects: GCC calls libm for fmaxf, and that call kept every ReLU loop
+       from vectorizing. The LLVM backend builds the same selects. */
+    static inline float ddp_fmaxf(float x, float y) { return x != x ? y : ((x >= y) | (y != y)) ? x : y; }
+    static inline float ddp_fminf(float x, float y) { return x != x ? y : ((x <= y) | (y != y)) ? x : y; }
+
     static __attribute__((noinline)) void ddp_call(int *status, const ddp_kernel_fn *k, int index, const ddp_buffers *b,
                                                    void *first, const ddp_slot *slots, int count,
                                                    const int64_t *ia, const double *fa) {
@@ -168,8 +174,8 @@ public enum CEmitter {
             case .sub: return "(\(x) - \(y))"
             case .mul: return "(\(x) * \(y))"
             case .div: return "(\(x) / \(y))"
-            case .max: return "fmaxf(\(x), \(y))"
-            case .min: return "fminf(\(x), \(y))"
+            case .max: return "ddp_fmaxf(\(x), \(y))"
+            case .min: return "ddp_fminf(\(x), \(y))"
             case .pow: return "powf(\(x), \(y))"
             case .gt: return "(\(x) > \(y) ? 1.0f : 0.0f)"
             case .ge: return "(\(x) >= \(y) ? 1.0f : 0.0f)"

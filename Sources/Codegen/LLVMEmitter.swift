@@ -19,7 +19,7 @@ public struct CodegenError: Error, CustomStringConvertible {
 /// and computes exactly what `CEmitter`'s code computes, step for step: the
 /// same kernel calls with the same arguments, the same copies and the same
 /// float arithmetic in elementwise loops (libm's expf/logf/tanhf/erff/powf,
-/// sqrt and fabs as IEEE operations, maxnum/minnum as fmaxf/fminf, ordered
+/// sqrt and fabs as IEEE operations, fmaxf/fminf as compares and selects, ordered
 /// comparisons). Like the C backend, each elementwise loop is its own small
 /// `noinline` function, here with `noalias` pointers (C's `restrict`). The
 /// module is optimized with the `default<O3>` pipeline for the host CPU, so
@@ -658,8 +658,8 @@ private final class ModuleEmitter {
             case .sub: return LLVMBuildFSub(builder, x, y, "")
             case .mul: return LLVMBuildFMul(builder, x, y, "")
             case .div: return LLVMBuildFDiv(builder, x, y, "")
-            case .max: return call("llvm.maxnum.f32", [x, y])
-            case .min: return call("llvm.minnum.f32", [x, y])
+            case .max: return extremum(LLVMRealOGE, x, y)
+            case .min: return extremum(LLVMRealOLE, x, y)
             case .pow: return call("powf", [x, y])
             case .gt: return flag(LLVMRealOGT, x, y)
             case .ge: return flag(LLVMRealOGE, x, y)
@@ -693,6 +693,14 @@ private final class ModuleEmitter {
         let bits = LLVMBuildBitCast(builder, shifted, i32, "")!
         let exponent = LLVMBuildShl(builder, LLVMBuildAdd(builder, bits, constI32(-0x4B40_0000 + 127), ""), constI32(23), "")!
         return mul(p, LLVMBuildBitCast(builder, exponent, f32, "")!)
+    }
+
+    /// fmaxf (`OGE`) or fminf (`OLE`) as the C backend's ddp_fmaxf/ddp_fminf
+    /// select it: `x != x ? y : ((x <op> y) | (y != y)) ? x : y`.
+    private func extremum(_ predicate: LLVMRealPredicate, _ x: LLVMValueRef, _ y: LLVMValueRef) -> LLVMValueRef {
+        let keepX = LLVMBuildOr(builder, LLVMBuildFCmp(builder, predicate, x, y, ""), LLVMBuildFCmp(builder, LLVMRealUNO, y, y, ""), "")
+        let chosen = LLVMBuildSelect(builder, keepX, x, y, "")
+        return LLVMBuildSelect(builder, LLVMBuildFCmp(builder, LLVMRealUNO, x, x, ""), y, chosen, "")!
     }
 
     /// `(x <op> y ? 1.0f : 0.0f)`

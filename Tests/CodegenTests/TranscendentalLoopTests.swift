@@ -39,4 +39,33 @@ final class TranscendentalLoopTests: XCTestCase {
             XCTAssertEqual(c["gelu_grad"]!.data[i], phi + z * density, accuracy: 1e-6, "gelu_grad(\(z))")
         }
     }
+
+    /// maximum, minimum and relu are compares and selects in both backends
+    /// (so they vectorize under GCC too) with fmaxf's and fminf's rules: a
+    /// NaN operand yields the other operand, and ties keep the first.
+    func testMaximumAndMinimumLoopsFollowFmaxfAndAgreeAcrossBackends() throws {
+        let specials: [Double] = [.nan, -0.0, 0.0, -.infinity, .infinity, 1, -1, 2.5]
+        let pairs = specials.flatMap { a in specials.map { (a, $0) } }
+        let b = FunctionBuilder(name: "f")
+        let x = b.argument("x", .f32([pairs.count]), role: .input), y = b.argument("y", .f32([pairs.count]), role: .input)
+        b.output(try b.emit("maximum", [x, y]), name: "maximum")
+        b.output(try b.emit("minimum", [x, y]), name: "minimum")
+        b.output(try b.emit("relu", [x]), name: "relu")
+        let module = Module(functions: [b.function])
+        let inputs = ["x": HostTensor(.f32([pairs.count]), pairs.map(\.0)), "y": HostTensor(.f32([pairs.count]), pairs.map(\.1))]
+        var results: [Backend: [String: HostTensor]] = [:]
+        for backend in Backend.allCases { results[backend] = try compile(module, backend: backend).run("f", inputs: inputs) }
+        func fmax(_ a: Double, _ b: Double) -> Double { a.isNaN ? b : (a >= b || b.isNaN) ? a : b }
+        func fmin(_ a: Double, _ b: Double) -> Double { a.isNaN ? b : (a <= b || b.isNaN) ? a : b }
+        for backend in Backend.allCases {
+            let got = try XCTUnwrap(results[backend])
+            for (i, (a, b)) in pairs.enumerated() {
+                for (name, want) in [("maximum", fmax(a, b)), ("minimum", fmin(a, b)), ("relu", fmax(a, 0))] {
+                    let value = got[name]!.data[i]
+                    XCTAssertTrue(value.bitPattern == want.bitPattern || (value.isNaN && want.isNaN),
+                                  "\(backend) \(name)(\(a), \(b)) is \(value), not \(want)")
+                }
+            }
+        }
+    }
 }
