@@ -199,7 +199,10 @@ public enum CEmitter {
             case .loop(let loop):
                 let args = (loop.results + loop.operands).map(pointer)
                 let name = loops.name(for: loop)
-                if loop.parallel {
+                if let caller = loop.caller {
+                    body += call(index: caller.index, name: caller.name, first: "(void *)\(name)_task",
+                                 buffers: loop.results + loop.operands, ints: caller.ints, floats: [])
+                } else if loop.parallel {
                     body += call(index: LoweredFunction.parallelLoopKernel, name: "parallel_loop", first: "(void *)\(name)_task",
                                  buffers: loop.results + loop.operands, ints: [loop.shape[0]], floats: [])
                 } else {

@@ -433,7 +433,7 @@ private final class ModuleEmitter {
         for (k, statement) in loop.statements.enumerated() where statement.expr.inputCount > loop.operands.count + k {
             throw CodegenError("loop in @\(function) computes \(statement.expr) over \(loop.operands.count) operands and \(k) earlier statements")
         }
-        if loop.shape.contains(where: { $0 <= 0 }) { return }  // no elements
+        if loop.caller == nil, loop.shape.contains(where: { $0 <= 0 }) { return }  // no elements (a caller still runs: a sum of none is 0)
 
         let addresses = loop.results + loop.operands
         let pointerTypes = addresses.map { LLVMPointerType(llvmType($0.dtype), 0)! }
@@ -452,14 +452,16 @@ private final class ModuleEmitter {
                                                 loop: loop, addresses: addresses)
             loopFunctions[key] = loopFunction
         }
-        // The call, in the entry point: inline, or split over the pool by the
-        // parallel_loop kernel through the loop's task twin.
+        // The call, in the entry point: inline, or through the loop's task
+        // twin by the parallel_loop kernel (split over the pool) or the
+        // loop's own caller (a fused reduction's kernel).
         if loop.parallel {
             let task = loopTasks[key] ?? emitLoopTask(loopFunction, type: loopType, pointerTypes: pointerTypes)
             loopTasks[key] = task
-            emitKernel(state, function: function, index: LoweredFunction.parallelLoopKernel, name: "parallel_loop",
+            let caller = loop.caller ?? .init(index: LoweredFunction.parallelLoopKernel, name: "parallel_loop", ints: [loop.shape[0]])
+            emitKernel(state, function: function, index: caller.index, name: caller.name,
                        pointers: [LLVMBuildBitCast(builder, task, i8Ptr, "")!] + addresses.map { bytePointer(state, $0) },
-                       ints: [loop.shape[0]], floats: [])
+                       ints: caller.ints, floats: [])
         } else {
             var arguments: [LLVMValueRef?] = zip(addresses, pointerTypes).map { address, type in
                 LLVMBuildBitCast(builder, bytePointer(state, address), type, "")

@@ -33,7 +33,17 @@ public struct LoweredFunction {
         /// Per operand, its element stride along each loop axis (0 = broadcast).
         public var operandStrides: [[Int]]
         public var statements: [Statement]
+        /// The kernel that runs the loop when it is not parallel_loop: a fused
+        /// reduction's kernel calls the loop's task twin itself, chunk by
+        /// chunk, with its first pointer set to a buffer of its own.
+        public var caller: Caller?
         public var count: Int { shape.reduce(1, *) }
+
+        public struct Caller: Hashable {
+            public var index: Int
+            public var name: String
+            public var ints: [Int]
+        }
 
         public init(results: [Address], operands: [Address], shape: [Int], operandStrides: [[Int]], statements: [Statement]) {
             self.results = results
@@ -55,9 +65,11 @@ public struct LoweredFunction {
         /// `noalias`). Every operand is read at the top of an element's
         /// iteration, before any statement stores.
         public func resultRead(byOperand operand: Int) -> Int? { results.firstIndex(of: operands[operand]) }
-        /// Large enough to split its outermost axis over the thread pool
-        /// (the runtime's parallel_loop kernel); smaller loops run inline.
-        public var parallel: Bool { count >= Self.parallelMinimum && shape[0] > 1 }
+        /// Called by a kernel over ranges [begin, end) of its outermost axis
+        /// (through its task twin): by parallel_loop when it is large enough
+        /// to split over the thread pool, or by its `caller`. Smaller loops
+        /// run inline.
+        public var parallel: Bool { caller != nil || (count >= Self.parallelMinimum && shape[0] > 1) }
         /// Elements below which waking the pool costs more than it saves.
         static let parallelMinimum = 1 << 15
     }
@@ -132,6 +144,18 @@ public enum Lowerer {
                     steps.append(.loop(makeLoop(result: result, type: node.type, operands: operands,
                                                 operandShapes: operandTypes.map(\.shape), expr: try exprOf(node.attrs))))
                 }
+            case .kernelOverLoop(let exprOf, let kernelOf):
+                let call = try kernelOf(operandTypes, node.type, node.attrs)
+                let index = Int(ddp_kernel_index(call.kernel))
+                guard index >= 0 else { throw IRError("op \(node.op) needs kernel '\(call.kernel)', which the runtime lacks") }
+                // The loop's result pointer is the kernel's own buffer; `result` only stands in for it.
+                var loop = makeLoop(result: result, type: operandTypes[0], operands: operands,
+                                    operandShapes: operandTypes.map(\.shape), expr: try exprOf(node.attrs))
+                guard loop.shape.count == 1, loop.operandStrides.allSatisfy({ $0 == [1] || loop.count == 1 }) else {
+                    throw IRError("%\(node.id) = \(node.op): its operands are not all of one shape", loc: node.loc)
+                }
+                loop.caller = .init(index: index, name: call.kernel, ints: call.ints)
+                steps.append(.loop(loop))
             case .kernels(let lower):
                 for call in try lower(operandTypes, node.type, node.attrs) {
                     let index = Int(ddp_kernel_index(call.kernel))

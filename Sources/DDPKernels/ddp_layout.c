@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 /// Advances the odometer over axes [0, rank) of `size`, moving the two offsets
 /// by the matching strides.
@@ -31,13 +32,33 @@ static inline void odometer_step(int rank, const int64_t *size, int64_t *idx,
 // pool's threads split the largest kept axis: each output is summed by one
 // thread in the serial order, so the result does not depend on the thread
 // count.
+//
+// reduce_loop reduces values that no buffer holds: a generated loop computes
+// them from its operands into a chunk on the stack, run by run, and the same
+// walk reduces the chunk. A fused reduction thus never writes its input.
 typedef struct {
     const float *x;
     float *y;
     double *acc;
     int64_t kind, k, split;
     int64_t size[DDP_MAX_RANK], red[DDP_MAX_RANK], in_stride[DDP_MAX_RANK], out_stride[DDP_MAX_RANK];
+    ddp_loop_fn produce;          // reduce_loop: computes x's elements, else NULL
+    void *const *operands;        // its operands (each of x's shape)
+    int64_t operand_count;
 } reduce_job;
+
+/// Elements of x computed at a time by reduce_loop's loop (16 KiB, in L1).
+#define REDUCE_CHUNK 4096
+
+/// x[offset, offset + count): in x, or computed into `chunk` (count ≤ REDUCE_CHUNK).
+static const float *reduce_values(const reduce_job *job, int64_t offset, int64_t count, float *chunk) {
+    if (job->produce == NULL) return job->x + offset;
+    void *pointers[1 + 64];
+    pointers[0] = chunk;
+    for (int64_t i = 0; i < job->operand_count; i++) pointers[1 + i] = (float *)job->operands[i] + offset;
+    job->produce(0, count, pointers);
+    return chunk;
+}
 
 /// The reduction restricted to [begin, end) of the split axis.
 static void reduce_range(void *arg, int64_t begin, int64_t end) {
@@ -50,45 +71,43 @@ static void reduce_range(void *arg, int64_t begin, int64_t end) {
     int64_t inner = size[k - 1], outer = 1;
     for (int d = 0; d < k - 1; d++) outer *= size[d];
     int inner_reduced = (int)job->red[k - 1];
-    if (job->kind == 2) {
-        float *y = job->y;
-        for (int64_t it = 0; it < outer; it++) {
-            const float *xr = job->x + xo;
-            if (inner_reduced) {
-                float m = y[yo];
-                for (int64_t j = 0; j < inner; j++)
-                    if (xr[j] > m || isnan(xr[j])) m = xr[j];
-                y[yo] = m;
-            } else {
-                float *yr = y + yo;
-                for (int64_t j = 0; j < inner; j++)
-                    yr[j] = (xr[j] > yr[j] || isnan(xr[j])) ? xr[j] : yr[j];
-            }
-            odometer_step(k - 1, size, idx, job->in_stride, &xo, job->out_stride, &yo);
-        }
-        return;
-    }
+    // A materialized x is read in whole runs (the order reduce has always
+    // had); computed values come a chunk at a time.
+    int64_t piece = job->produce != NULL && inner > REDUCE_CHUNK ? REDUCE_CHUNK : inner;
+    float chunk[REDUCE_CHUNK] __attribute__((aligned(64))); // used by reduce_loop only
     for (int64_t it = 0; it < outer; it++) {
-        const float *xr = job->x + xo;
-        if (inner_reduced) {
-            job->acc[yo] += ddp_sum_f64(xr, inner);
-        } else {
-            double *ar = job->acc + yo;
-            for (int64_t j = 0; j < inner; j++) ar[j] += xr[j];
+        for (int64_t j0 = 0; j0 < inner; j0 += piece) {
+            int64_t count = inner - j0 < piece ? inner - j0 : piece;
+            const float *xr = reduce_values(job, xo + j0, count, chunk);
+            if (job->kind == 2) {
+                if (inner_reduced) {
+                    float m = job->y[yo];
+                    for (int64_t j = 0; j < count; j++)
+                        if (xr[j] > m || isnan(xr[j])) m = xr[j];
+                    job->y[yo] = m;
+                } else {
+                    float *yr = job->y + yo + j0;
+                    for (int64_t j = 0; j < count; j++)
+                        yr[j] = (xr[j] > yr[j] || isnan(xr[j])) ? xr[j] : yr[j];
+                }
+            } else if (inner_reduced) {
+                job->acc[yo] += ddp_sum_f64(xr, count);
+            } else {
+                double *ar = job->acc + yo + j0;
+                for (int64_t j = 0; j < count; j++) ar[j] += xr[j];
+            }
         }
         odometer_step(k - 1, size, idx, job->in_stride, &xo, job->out_stride, &yo);
     }
 }
 
-int ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
-    (void)fa;
-    const float *x = bufs[0];
-    float *y = bufs[1];
+/// reduce and reduce_loop: x's values from `x`, or from `produce`.
+static int reduce_run(reduce_job job, const int64_t *ia) {
+    float *y = job.y;
     int64_t kind = ia[0], rank = ia[1];
     const int64_t *shape = ia + 2, *reduced = ia + 2 + rank;
     if (rank < 0 || rank > DDP_MAX_RANK || kind < 0 || kind > 2) return DDP_ERR_ARGS;
-
-    reduce_job job = {.x = x, .y = y, .kind = kind};
+    job.kind = kind;
     int k = 0;
     int64_t out_n = 1, red_n = 1;
     for (int64_t d = 0; d < rank; d++) {
@@ -138,6 +157,22 @@ int ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
         free(job.acc);
     }
     return DDP_OK;
+}
+
+int ddp_reduce(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    return reduce_run((reduce_job){.x = bufs[0], .y = bufs[1]}, ia);
+}
+
+int ddp_reduce_loop(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    int64_t rank = ia[1];
+    if (rank < 0 || rank > DDP_MAX_RANK) return DDP_ERR_ARGS;
+    int64_t operands = ia[2 + 2 * rank];
+    if (operands < 1 || operands > 64) return DDP_ERR_ARGS;
+    reduce_job job = {.y = bufs[1], .operands = bufs + 2, .operand_count = operands};
+    memcpy(&job.produce, &bufs[0], sizeof job.produce); // a function pointer passed as a buffer
+    return reduce_run(job, ia);
 }
 
 // A strided copy of 4-byte elements over merged axes (permute and

@@ -59,6 +59,13 @@ public enum Lowering {
     case alias
     /// Calls to runtime kernels, in order.
     case kernels((_ operands: [TensorType], _ result: TensorType, _ attrs: Attributes) throws -> [KernelCall])
+    /// A runtime kernel fed by a generated loop (a fused reduction): the loop
+    /// computes the expression over the operands' elements (all of one shape)
+    /// into a small buffer, and the kernel, given the loop first, calls it a
+    /// chunk at a time and reduces what it computed. The call's buffers are
+    /// the result and then the operands.
+    case kernelOverLoop(expr: (Attributes) throws -> ScalarExpr,
+                        kernel: (_ operands: [TensorType], _ result: TensorType, _ attrs: Attributes) throws -> KernelCall)
 }
 
 /// What a gradient rule sees: the forward node, its operands and result, the

@@ -58,14 +58,15 @@ public struct PassManager {
         passes.append(Autodiff())
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
-        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseConvEpilogue(), SelectConvAlgorithm(mode: convAlgorithm),
+        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseReductions(), FuseConvEpilogue(),
+                                SelectConvAlgorithm(mode: convAlgorithm),
                                 DCE(), GroupLoops(), PlanMemory()]
         return passes + rest
     }
 
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
-         FuseElementwise.name, FuseConvEpilogue.name, SelectConvAlgorithm.name, GroupLoops.name, PlanMemory.name]
+         FuseElementwise.name, FuseReductions.name, FuseConvEpilogue.name, SelectConvAlgorithm.name, GroupLoops.name, PlanMemory.name]
     }
 
     @discardableResult

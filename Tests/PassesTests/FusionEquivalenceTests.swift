@@ -119,6 +119,47 @@ final class FusionEquivalenceTests: XCTestCase {
         XCTAssertEqual(moved, reference.updates.count, "the step really trains: every updated buffer changed")
     }
 
+    /// fuse-reductions on the fused fine-tuning step: each batch norm's
+    /// variance and gradient sums become fused reductions, and each one
+    /// computes what its reduction of its producer computed.
+    func testEveryFusedReductionComputesItsReductionOfItsProducer() throws {
+        let (_, before) = try Self.finetune.get()
+        var module = Module(functions: [before])
+        XCTAssertEqual(try runPasses([FuseReductions.name, DCE.name], on: &module), [true, false], "fuse-reductions removes what it absorbs")
+        let after = module.functions[0]
+        let batchNorms = before.count("batch_norm_train")
+        XCTAssertGreaterThanOrEqual(after.count("fused_reduce"), 2 * batchNorms, "a variance and a gradient sum per batch norm")
+        XCTAssertEqual(before.nodes.count - after.nodes.count, after.count("fused_reduce"), "each absorbed one producer")
+        let original = before.nodesByID, types = before.types
+        var checked = 0
+        for node in after.nodes where node != original[node.id] {
+            let reduction = try XCTUnwrap(original[node.id])
+            let producer = try XCTUnwrap(original[reduction.operands[0]])
+            XCTAssertEqual(node.op, "fused_reduce")
+            XCTAssertEqual(node.operands, producer.operands)
+            XCTAssertEqual(node.type, reduction.type)
+            XCTAssertEqual(node.loc, reduction.loc)
+            // Shapes shrunk to at most 3 per axis keep every reduction pattern.
+            var distinct: [ValueID] = []
+            for operand in node.operands where !distinct.contains(operand) { distinct.append(operand) }
+            let args = distinct.map { Argument(id: $0, type: shrunk(types[$0]!), role: .input, name: "v\($0)") }
+            let resultType = try OpRegistry.require(reduction.op).checkedType(operands: [shrunk(producer.type)], attrs: reduction.attrs)
+            var shrunkReduction = reduction, shrunkFused = node
+            shrunkReduction.type = resultType
+            shrunkFused.type = resultType
+            let reference = Function(name: "chain", args: args, nodes: [shrunk(producer), shrunkReduction], outputs: [Output(value: node.id, name: "r")])
+            let candidate = Function(name: "fused", args: args, nodes: [shrunkFused], outputs: [Output(value: node.id, name: "r")])
+            try Verifier.verify(reference)
+            try Verifier.verify(candidate)
+            let arguments = randomArguments(for: reference, seed: UInt64(node.id))
+            let expected = try Interpreter.run(reference, arguments: arguments).outputs["r"]!
+            let got = try Interpreter.run(candidate, arguments: arguments).outputs["r"]!
+            XCTAssertLessThanOrEqual(maxRelativeDifference(got.data, expected.data), 1e-12, "%\(node.id) differs from its reduction")
+            checked += 1
+        }
+        XCTAssertEqual(checked, after.count("fused_reduce"))
+    }
+
     // MARK: - Node-by-node equivalence
 
     /// Every node of `fused` is either a node of `unfused` unchanged, or a

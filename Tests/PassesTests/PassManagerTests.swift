@@ -36,12 +36,12 @@ final class PassManagerTests: XCTestCase {
     func testStandardPipelineAndKnownNames() throws {
         let pipeline = PassManager.standardPipeline()
         XCTAssertEqual(pipeline.map(\.name), ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce",
-                                              "fuse-elementwise", "fuse-conv-epilogue", "select-conv-algorithm", "dce", "group-loops",
-                                              "plan-memory"])
+                                              "fuse-elementwise", "fuse-reductions", "fuse-conv-epilogue", "select-conv-algorithm", "dce",
+                                              "group-loops", "plan-memory"])
         let dataParallel = PassManager.standardPipeline(dataParallel: true)
         XCTAssertEqual(dataParallel.map(\.name), ["infer-shapes", "sync-batch-norm", "autodiff", "allreduce-gradients", "optimizer",
-                                                  "fold-constants", "cse", "dce", "fuse-elementwise", "fuse-conv-epilogue", "select-conv-algorithm", "dce",
-                                                  "group-loops", "plan-memory"])
+                                                  "fold-constants", "cse", "dce", "fuse-elementwise", "fuse-reductions", "fuse-conv-epilogue",
+                                                  "select-conv-algorithm", "dce", "group-loops", "plan-memory"])
         XCTAssertEqual(Set(PassManager.knownPassNames), Set(dataParallel.map(\.name)))
         XCTAssertEqual(Set(passesByName.keys), Set(PassManager.knownPassNames), "the tests know every pass")
         for name in PassManager.knownPassNames {
@@ -50,9 +50,9 @@ final class PassManagerTests: XCTestCase {
         let (_, records, module) = try run(pipeline) { _ in }
         XCTAssertEqual(records.map(\.name), pipeline.map(\.name))
         // This step has no convolution: fuse-conv-epilogue and select-conv-algorithm find nothing,
-        // and fuse-elementwise removes what it absorbs, so the last DCE has nothing to do;
-        // group-loops puts the optimizer's step into one loop.
-        XCTAssertEqual(records.map(\.changed), [false, true, true, true, true, true, true, false, false, false, true, true])
+        // and fuse-elementwise and fuse-reductions remove what they absorb, so the last DCE has
+        // nothing to do; group-loops puts the optimizer's step into one loop.
+        XCTAssertEqual(records.map(\.changed), [false, true, true, true, true, true, true, true, false, false, false, true, true])
         XCTAssertEqual(records.last?.nodesAfter, module.functions[0].nodes.count)
         XCTAssertNotNil(module.functions[0].arenaBytes)
         XCTAssertNotNil(module.functions[0].argument(named: "opt.m.w"))

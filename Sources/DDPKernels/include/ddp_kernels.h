@@ -55,6 +55,12 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    kind 0 = sum, 1 = mean, 2 = max over the axes whose `reduced`
 //                    flag is 1; y has the same rank with those axes of size 1.
 //                    Sums accumulate in double.
+// reduce_loop        bufs [loop, y, p0, p1, ...]  ia as reduce, then [operands]
+//                    reduce of a fused reduction's input, which no buffer holds: `loop`
+//                    (a ddp_loop_fn over one flat axis of x's elements) writes the
+//                    values of x[begin, end) to its first pointer from its operands
+//                    p0, p1, ... (each of x's shape), and the kernel reduces them in
+//                    chunks small enough to stay in cache, in reduce's order.
 // permute            bufs [x, y]         ia [rank, in_shape[rank]..., perm[rank]...]
 //                    y.shape[i] = x.shape[perm[i]]; y[j...] = x[...] (numpy transpose).
 // copy_region        bufs [src, dst]     ia [rank, src_shape[rank], dst_shape[rank],
@@ -131,7 +137,8 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(softmax) X(log_softmax) X(mse) X(cross_entropy) X(cross_entropy_grad) \
     X(random_normal) X(parallel_loop) X(allreduce) \
     X(allreduce_start) X(allreduce_wait) \
-    X(conv2d_winograd) X(conv2d_grad_input_winograd) X(conv2d_grad_weight_winograd)
+    X(conv2d_winograd) X(conv2d_grad_input_winograd) X(conv2d_grad_weight_winograd) \
+    X(reduce_loop)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,

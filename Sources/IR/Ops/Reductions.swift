@@ -16,38 +16,51 @@ public enum ReductionOps {
         shape.indices.map { axes.contains($0) ? 1 : shape[$0] }
     }
 
+    /// The interpreter's reduction of x over `axes`: kind 0 sum, 1 mean, 2 max.
+    static func reduced(_ x: HostTensor, axes: [Int], kind: Int, _ type: TensorType) -> HostTensor {
+        let kept = TensorType(.f64, keptShape(x.shape, axes))
+        let indexer = BroadcastIndexer(from: kept.shape, to: x.shape)
+        var acc = [Double](repeating: kind == 2 ? -.infinity : 0, count: kept.count)
+        for i in 0..<x.data.count {
+            let o = indexer.sourceIndex(i)
+            acc[o] = kind == 2 ? max(acc[o], x.data[i]) : acc[o] + x.data[i]
+        }
+        if kind == 1 {
+            let n = Double(x.data.count / max(kept.count, 1))
+            acc = acc.map { $0 / n }
+        }
+        return HostTensor(type, acc)
+    }
+
+    /// The result shape of reducing `shape` over `axes`.
+    static func resultShape(_ shape: [Int], _ attrs: Attributes, axes: [Int]) throws -> [Int] {
+        let keep = try attrs["keepdims"] == nil ? false : attrs.bool("keepdims")
+        return keep ? keptShape(shape, axes) : shape.indices.filter { !axes.contains($0) }.map { shape[$0] }
+    }
+
+    /// The reduce kernel's ints: kind, rank, the shape and a flag per reduced axis.
+    static func kernelInts(kind: Int, _ x: TensorType, axes: [Int]) -> [Int] {
+        [kind, x.rank] + x.shape + x.shape.indices.map { axes.contains($0) ? 1 : 0 }
+    }
+
+    /// What fused_reduce computes, by its `kind` attribute.
+    public static let fusedKinds = ["sum": 0, "mean": 1, "max": 2]
+
     static func reduction(_ name: String, kind: Int, _ doc: String, gradient: @escaping OpSpec.GradientRule) -> OpSpec {
         OpSpec(name: name, doc: doc, arity: 1...1, requiredAttributes: ["axes"],
                inferType: { operands, attrs in
                    let x = operands[0]
                    guard x.dtype.isFloat else { throw IRError("needs a floating-point operand") }
-                   let axes = try axes(attrs, rank: x.rank)
-                   let keep = try attrs["keepdims"] == nil ? false : attrs.bool("keepdims")
-                   let shape = keep ? keptShape(x.shape, axes) : x.shape.indices.filter { !axes.contains($0) }.map { x.shape[$0] }
-                   return x.with(shape: shape)
+                   return x.with(shape: try resultShape(x.shape, attrs, axes: try axes(attrs, rank: x.rank)))
                },
                evaluate: { operands, attrs, type in
-                   let x = operands[0]
-                   let axes = try axes(attrs, rank: x.type.rank)
-                   let kept = TensorType(.f64, keptShape(x.shape, axes))
-                   let indexer = BroadcastIndexer(from: kept.shape, to: x.shape)
-                   var acc = [Double](repeating: kind == 2 ? -.infinity : 0, count: kept.count)
-                   for i in 0..<x.data.count {
-                       let o = indexer.sourceIndex(i)
-                       acc[o] = kind == 2 ? max(acc[o], x.data[i]) : acc[o] + x.data[i]
-                   }
-                   if kind == 1 {
-                       let n = Double(x.data.count / max(kept.count, 1))
-                       acc = acc.map { $0 / n }
-                   }
-                   return HostTensor(type, acc)
+                   reduced(operands[0], axes: try axes(attrs, rank: operands[0].type.rank), kind: kind, type)
                },
                gradient: gradient,
                lowering: .kernels { operands, _, attrs in
                    let x = operands[0]
                    let axes = try axes(attrs, rank: x.rank)
-                   return [KernelCall("reduce", [.operand(0), .result],
-                                      ints: [kind, x.rank] + x.shape + x.shape.indices.map { axes.contains($0) ? 1 : 0 })]
+                   return [KernelCall("reduce", [.operand(0), .result], ints: kernelInts(kind: kind, x, axes: axes))]
                },
                examples: [([f([2, 3, 4])], ["axes": .ints([0, 2])]),
                           ([f([2, 3])], ["axes": .ints([-1]), "keepdims": .bool(true)])])
@@ -60,7 +73,48 @@ public enum ReductionOps {
         return try c.builder.broadcast(try c.builder.reshape(c.grad, keptShape(x.shape, axes)), to: x.shape)
     }
 
+    /// reduce_<kind> of an elementwise expression of same-shaped operands,
+    /// which fuse-reductions builds from a reduction and its elementwise
+    /// producer: the producer's values are computed in cache, chunk by
+    /// chunk, and never stored. Made after autodiff, so it has no gradient.
+    static let fusedReduce = OpSpec(
+        name: "fused_reduce",
+        doc: "%r = fused_reduce(%a, ...) {kind=\"sum\", expr=mul(in0, in1), axes=[...], keepdims=false}: reduce_<kind> of expr over same-shaped operands",
+        arity: 1...63, requiredAttributes: ["kind", "expr", "axes"],
+        inferType: { operands, attrs in
+            let x = operands[0]
+            guard fusedKinds[try attrs.string("kind")] != nil else {
+                throw IRError("kind=\"\(try attrs.string("kind"))\" is not one of \(fusedKinds.keys.sorted())")
+            }
+            guard operands.allSatisfy({ $0.shape == x.shape && $0.dtype.isFloat }) else {
+                throw IRError("operands must be floating-point tensors of one shape, got \(operands.map(\.description))")
+            }
+            let expr = try attrs.expr("expr")
+            guard expr.inputCount <= operands.count else {
+                throw IRError("expression uses in\(expr.inputCount - 1) but has \(operands.count) operands")
+            }
+            return x.with(shape: try resultShape(x.shape, attrs, axes: try axes(attrs, rank: x.rank)))
+        },
+        evaluate: { operands, attrs, type in
+            let input = operands[0].type
+            let values = evaluateElementwise(try attrs.expr("expr"), operands, input)
+            return reduced(values, axes: try axes(attrs, rank: input.rank), kind: fusedKinds[try attrs.string("kind")]!, type)
+        },
+        gradient: nil,
+        lowering: .kernelOverLoop(expr: { attrs in try attrs.expr("expr") }, kernel: { operands, _, attrs in
+            let x = operands[0], kind = fusedKinds[try attrs.string("kind")]!
+            return KernelCall("reduce_loop", [.result] + operands.indices.map { .operand($0) },
+                              ints: kernelInts(kind: kind, x, axes: try axes(attrs, rank: x.rank)) + [operands.count])
+        }),
+        examples: [([f([2, 3, 4]), f([2, 3, 4])], ["kind": .string("sum"), "axes": .ints([0, 2]),
+                                                  "expr": .expr(.binary(.mul, .input(0), .input(1)))]),
+                   ([f([3, 5])], ["kind": .string("mean"), "axes": .ints([-1]), "keepdims": .bool(true),
+                                  "expr": .expr(.binary(.mul, .binary(.sub, .input(0), .const(0.5)), .binary(.sub, .input(0), .const(0.5))))]),
+                   ([f([4, 6]), f([4, 6])], ["kind": .string("max"), "axes": .ints([0]),
+                                             "expr": .expr(.binary(.add, .input(0), .unary(.exp, .input(1))))])])
+
     public static let all: [OpSpec] = [
+        fusedReduce,
         /// ∂x = broadcast(g)
         reduction("reduce_sum", kind: 0, "%r = reduce_sum(%x) {axes=[...], keepdims=false}: Σ over axes") { c in
             [try expand(c)]
