@@ -38,6 +38,7 @@ typedef struct {
     float *y;
     int64_t n, c, hw;
     double eps;
+    int relu; // y = max(normalized, 0): the ReLU that follows, in the same pass
 } batch_norm_job;
 
 static void batch_norm_train_channels(void *arg, int64_t begin, int64_t end) {
@@ -53,13 +54,19 @@ static void batch_norm_train_channels(void *arg, int64_t begin, int64_t end) {
         for (int64_t i = 0; i < j->n; i++) {
             const float *xp = j->x + (i * j->c + ch) * j->hw;
             float *yp = j->y + (i * j->c + ch) * j->hw;
-            for (int64_t t = 0; t < j->hw; t++) yp[t] = (xp[t] - m) * scale + b;
+            if (j->relu)
+                for (int64_t t = 0; t < j->hw; t++) {
+                    float v = (xp[t] - m) * scale + b;
+                    yp[t] = v != v ? 0.0f : (v >= 0.0f ? v : 0.0f); // fmaxf(v, 0), as generated loops compute it
+                }
+            else
+                for (int64_t t = 0; t < j->hw; t++) yp[t] = (xp[t] - m) * scale + b;
         }
     }
 }
 
 int ddp_batch_norm_train(void *const *bufs, const int64_t *ia, const double *fa) {
-    batch_norm_job job = {bufs[0], bufs[1], bufs[2], bufs[3], ia[0], ia[1], ia[2], fa[0]};
+    batch_norm_job job = {bufs[0], bufs[1], bufs[2], bufs[3], ia[0], ia[1], ia[2], fa[0], ia[3] != 0};
     ddp_parallel_for(job.c, batch_norm_train_channels, &job);
     return DDP_OK;
 }

@@ -58,8 +58,9 @@ public indirect enum ScalarExpr: Hashable, CustomStringConvertible, Sendable {
             case .sub: return x - y
             case .mul: return x * y
             case .div: return x / y
-            case .max: return Swift.max(x, y)
-            case .min: return Swift.min(x, y)
+            // As the generated code computes them (C's fmaxf, fminf): a NaN operand yields the other.
+            case .max: return x.isNaN ? y : y.isNaN ? x : Swift.max(x, y)
+            case .min: return x.isNaN ? y : y.isNaN ? x : Swift.min(x, y)
             case .pow: return Foundation.pow(x, y)
             case .gt: return x > y ? 1 : 0
             case .ge: return x >= y ? 1 : 0

@@ -58,7 +58,7 @@ public struct PassManager {
         passes.append(Autodiff())
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
-        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseReductions(), FuseConvEpilogue(),
+        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(),
                                 SelectConvAlgorithm(mode: convAlgorithm),
                                 DCE(), GroupLoops(), PlanMemory()]
         return passes + rest
@@ -66,7 +66,8 @@ public struct PassManager {
 
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
-         FuseElementwise.name, FuseReductions.name, FuseConvEpilogue.name, SelectConvAlgorithm.name, GroupLoops.name, PlanMemory.name]
+         FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
+         FuseConvEpilogue.name, SelectConvAlgorithm.name, GroupLoops.name, PlanMemory.name]
     }
 
     @discardableResult

@@ -92,7 +92,7 @@ final class OpRegistryTests: XCTestCase {
         // allreduce_start/wait split a gradient bucket's exchange after autodiff.
         let undifferentiated = OpRegistry.all.filter { $0.gradient == nil }.map(\.name).sorted()
         XCTAssertEqual(undifferentiated, ["allreduce_start", "allreduce_wait", "avg_pool2d_grad", "conv2d_grad_input", "conv2d_grad_weight", "cross_entropy_grad",
-                                          "equal", "fused_conv2d", "fused_elementwise", "fused_reduce", "gelu_grad", "greater", "greater_equal",
+                                          "equal", "fused_batch_norm_train", "fused_conv2d", "fused_elementwise", "fused_reduce", "gelu_grad", "greater", "greater_equal",
                                           "max_pool2d_grad", "random_normal", "upsample_bilinear_grad", "upsample_nearest_grad"])
         XCTAssertGreaterThan(Set(checked).count, 30)
     }

@@ -160,6 +160,34 @@ final class FusionEquivalenceTests: XCTestCase {
         XCTAssertEqual(checked, after.count("fused_reduce"))
     }
 
+    /// fuse-norm-activation on the fused fine-tuning step: every training
+    /// batch norm followed by a ReLU becomes one node computing both.
+    func testEveryFusedNormComputesItsNormAndReLU() throws {
+        let (_, before) = try Self.finetune.get()
+        var module = Module(functions: [before])
+        XCTAssertEqual(try runPasses([FuseNormActivation.name, DCE.name], on: &module), [true, false], "fuse-norm-activation removes what it absorbs")
+        let after = module.functions[0]
+        XCTAssertGreaterThan(after.count("fused_batch_norm_train"), 0)
+        XCTAssertEqual(before.count("batch_norm_train") - after.count("batch_norm_train"), after.count("fused_batch_norm_train"))
+        let original = before.nodesByID, types = before.types
+        for node in after.nodes where node != original[node.id] {
+            let relu = try XCTUnwrap(original[node.id]), norm = try XCTUnwrap(original[relu.operands[0]])
+            XCTAssertEqual(node.op, "fused_batch_norm_train")
+            XCTAssertEqual(relu.op, "relu")
+            XCTAssertEqual(node.operands, norm.operands)
+            XCTAssertEqual(node.type, relu.type)
+            let args = node.operands.map { Argument(id: $0, type: types[$0]!, role: .input, name: "v\($0)") }
+            let reference = Function(name: "chain", args: args, nodes: [norm, relu], outputs: [Output(value: node.id, name: "r")])
+            let candidate = Function(name: "fused", args: args, nodes: [node], outputs: [Output(value: node.id, name: "r")])
+            try Verifier.verify(reference)
+            try Verifier.verify(candidate)
+            let arguments = randomArguments(for: reference, seed: UInt64(node.id))
+            let expected = try Interpreter.run(reference, arguments: arguments).outputs["r"]!
+            let got = try Interpreter.run(candidate, arguments: arguments).outputs["r"]!
+            XCTAssertLessThanOrEqual(maxRelativeDifference(got.data, expected.data), 1e-12, "%\(node.id) differs from its norm and ReLU")
+        }
+    }
+
     // MARK: - Node-by-node equivalence
 
     /// Every node of `fused` is either a node of `unfused` unchanged, or a

@@ -13,7 +13,8 @@ import XCTest
 let passesByName: [String: any Pass] = [
     InferShapes.name: InferShapes(), Autodiff.name: Autodiff(), AdamOptimizer.name: AdamOptimizer(),
     FoldConstants.name: FoldConstants(), CSE.name: CSE(), DCE.name: DCE(),
-    FuseElementwise.name: FuseElementwise(), FuseReductions.name: FuseReductions(), FuseConvEpilogue.name: FuseConvEpilogue(),
+    FuseElementwise.name: FuseElementwise(), FuseReductions.name: FuseReductions(),
+    FuseNormActivation.name: FuseNormActivation(), FuseConvEpilogue.name: FuseConvEpilogue(),
     PlanMemory.name: PlanMemory(),
     SelectConvAlgorithm.name: SelectConvAlgorithm(), GroupLoops.name: GroupLoops(),
     SyncBatchNorm.name: SyncBatchNorm(), AllReduceGradients.name: AllReduceGradients(),

@@ -87,9 +87,10 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 // upsample_bilinear_grad bufs [dy, dx]   ia as upsample_bilinear
 // batch_norm         bufs [x, mean, var, gamma, beta, y]  ia [N,C,HW]  fa [eps]
 //                    y = (x - mean[c]) / sqrt(var[c] + eps) * gamma[c] + beta[c]
-// batch_norm_train   bufs [x, gamma, beta, y]  ia [N,C,HW]  fa [eps]
+// batch_norm_train   bufs [x, gamma, beta, y]  ia [N,C,HW, relu]  fa [eps]
 //                    batch_norm with x's own statistics per channel (mean and
-//                    biased variance over N × HW, summed in double).
+//                    biased variance over N × HW, summed in double); then
+//                    y = fmaxf(y, 0) when relu is 1.
 // group_norm         bufs [x, gamma, beta, y]  ia [N,C,HW,G]  fa [eps]
 //                    statistics (mean, biased variance) per (n, group) over
 //                    C/G channels × HW; then per-channel affine.

@@ -87,6 +87,36 @@ public enum NormOps {
         return operands[0]
     }
 
+    /// The one epilogue fused_batch_norm_train applies: a ReLU.
+    public static let reluEpilogue = ScalarExpr.binary(.max, .input(0), .const(0))
+
+    static func batchNormTrainKernel(_ operands: [TensorType], _ attrs: Attributes, relu: Bool) throws -> [KernelCall] {
+        let (n, c, rest) = try channelLayout(operands[0].shape)
+        return [KernelCall("batch_norm_train", [.operand(0), .operand(1), .operand(2), .result],
+                           ints: [n, c, rest, relu ? 1 : 0], floats: [try eps(attrs)])]
+    }
+
+    /// batch_norm_train in f64: per channel, the mean and biased variance
+    /// over N × HW, then the affine.
+    static func evaluateBatchNormTrain(_ operands: [HostTensor], _ attrs: Attributes, _ type: TensorType) throws -> HostTensor {
+        let (n, c, rest) = try channelLayout(type.shape)
+        let e = try eps(attrs), x = operands[0].data, count = Double(n * rest)
+        var out = x
+        for ch in 0..<c {
+            var indices: [Int] = []
+            for i in 0..<n { indices += Array((i * c + ch) * rest..<(i * c + ch + 1) * rest) }
+            var sum = 0.0
+            for i in indices { sum += x[i] }
+            let mean = sum / count
+            var squares = 0.0
+            for i in indices { squares += (x[i] - mean) * (x[i] - mean) }
+            let scale: Double = operands[1].data[ch] / (squares / count + e).squareRoot()
+            let shift: Double = operands[2].data[ch]
+            for i in indices { out[i] = (x[i] - mean) * scale + shift }
+        }
+        return HostTensor(type, out)
+    }
+
     public static let all: [OpSpec] = [
         /// ∂x = g·γ·r, ∂mean = −Σ g·γ·r, ∂var = −½ Σ g·(x−mean)·γ·r³, ∂γ = Σ g·(x−mean)·r, ∂β = Σ g
         OpSpec(name: "batch_norm", doc: "%y = batch_norm(%x, %mean, %var, %gamma, %beta) {eps=1e-5}: (x−mean)/√(var+eps)·γ + β per channel",
@@ -131,24 +161,7 @@ public enum NormOps {
         OpSpec(name: "batch_norm_train", doc: "%y = batch_norm_train(%x, %gamma, %beta) {eps=1e-5}: batch_norm with x's own batch mean and biased variance per channel",
                arity: 3...3,
                inferType: perChannelType,
-               evaluate: { operands, attrs, type in
-                   let (n, c, rest) = try channelLayout(type.shape)
-                   let e = try eps(attrs), x = operands[0].data, count = Double(n * rest)
-                   var out = x
-                   for ch in 0..<c {
-                       var indices: [Int] = []
-                       for i in 0..<n { indices += Array((i * c + ch) * rest..<(i * c + ch + 1) * rest) }
-                       var sum = 0.0
-                       for i in indices { sum += x[i] }
-                       let mean = sum / count
-                       var squares = 0.0
-                       for i in indices { squares += (x[i] - mean) * (x[i] - mean) }
-                       let scale: Double = operands[1].data[ch] / (squares / count + e).squareRoot()
-                       let shift: Double = operands[2].data[ch]
-                       for i in indices { out[i] = (x[i] - mean) * scale + shift }
-                   }
-                   return HostTensor(type, out)
-               },
+               evaluate: evaluateBatchNormTrain,
                gradient: { c in
                    let b = c.builder, x = c.operands[0], g = c.grad
                    let axes = [0] + Array(2..<x.rank), channels = x.shape[1]
@@ -163,12 +176,29 @@ public enum NormOps {
                    let dx = try b.sub(try b.sub(try b.mul(gammaR, g), shift), try b.mul(centered, slope))
                    return [dx, try b.reshape(try b.mul(sumGD, r), [channels]), try b.reshape(sumG, [channels])]
                },
-               lowering: .kernels { operands, _, attrs in
-                   let (n, c, rest) = try channelLayout(operands[0].shape)
-                   return [KernelCall("batch_norm_train", [.operand(0), .operand(1), .operand(2), .result],
-                                      ints: [n, c, rest], floats: [try eps(attrs)])]
-               },
+               lowering: .kernels { operands, _, attrs in try batchNormTrainKernel(operands, attrs, relu: false) },
                examples: [([f([2, 3, 2, 2]), f([3]), f([3])], ["eps": .float(1e-3)])]),
+
+        /// batch_norm_train and the activation after it in one pass (made by
+        /// fuse-norm-activation after autodiff, so it has no gradient rule).
+        OpSpec(name: "fused_batch_norm_train",
+               doc: "%y = fused_batch_norm_train(%x, %gamma, %beta) {eps=1e-5, epilogue=max(in0, 0.0)}: batch_norm_train, then the epilogue (a ReLU)",
+               arity: 3...3, requiredAttributes: ["epilogue"],
+               inferType: { operands, attrs in
+                   let epilogue = try attrs.expr("epilogue")
+                   guard epilogue == reluEpilogue else {
+                       throw IRError("epilogue \(epilogue) is not one the kernel applies (only \(reluEpilogue))")
+                   }
+                   return try perChannelType(operands, attrs)
+               },
+               evaluate: { operands, attrs, type in
+                   let normalized = try evaluateBatchNormTrain(operands, attrs, type)
+                   let epilogue = try attrs.expr("epilogue")
+                   return HostTensor(type, normalized.data.map { epilogue.evaluate([$0]) })
+               },
+               gradient: nil,
+               lowering: .kernels { operands, _, attrs in try batchNormTrainKernel(operands, attrs, relu: true) },
+               examples: [([f([2, 3, 2, 2]), f([3]), f([3])], ["eps": .float(1e-3), "epilogue": .expr(reluEpilogue)])]),
 
         /// ∂x via normalizeBackward over each (n, group); ∂γ = Σ g·x̂, ∂β = Σ g
         OpSpec(name: "group_norm", doc: "%y = group_norm(%x, %gamma, %beta) {groups=32, eps=1e-5}: per (n, group) normalization, per-channel affine",
