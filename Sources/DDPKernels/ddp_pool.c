@@ -73,7 +73,7 @@ static void row_argmax(const float *restrict x, const pool_shape *s, int64_t oh,
         for (int64_t j = 1; j < s->kw; j++)
             for (int64_t c = 0; c < starts; c++) {
                 float v = column_max[c + j], m = best_max[c];
-                int greater = pool_greater(v, m), tie = !greater & !pool_greater(m, v);
+                int greater = pool_greater(v, m), tie = (greater | pool_greater(m, v)) == 0;
                 int take = greater | (tie & (column_row[c + j] < best_row[c]));
                 best_max[c] = take ? v : m;
                 best_row[c] = take ? column_row[c + j] : best_row[c];
@@ -96,7 +96,7 @@ static void row_argmax(const float *restrict x, const pool_shape *s, int64_t oh,
         int64_t best = w0;
         for (int64_t iw = w0 + 1; iw < w1; iw++) {
             float v = column_max[iw], m = column_max[best];
-            int tie = !pool_greater(v, m) & !pool_greater(m, v);
+            int tie = (pool_greater(v, m) | pool_greater(m, v)) == 0;
             best = pool_greater(v, m) | (tie & (column_row[iw] < column_row[best])) ? iw : best;
         }
         at[ow] = (int64_t)column_row[best] * w + best;
@@ -113,13 +113,22 @@ typedef struct {
     const int64_t *iw; // upsampling: the source column of each output column
 } plane_job;
 
-/// The calling thread's buffers for row_argmax and its output, or 0
-/// without memory.
-static int row_argmax_scratch(const pool_shape *s, row_scratch *r, int64_t **at) {
+typedef struct {
+    plane_job plane;
+    int failed;
+} pool_job;
+
+/// The calling thread's buffers for row_argmax and its output; 0 (and the
+/// job marked failed) without memory.
+static int row_argmax_scratch(pool_job *job, row_scratch *r, int64_t **at) {
+    const pool_shape *s = &job->plane.s;
     // One allocation, each part a whole number of 64-byte lines.
     size_t w = (size_t)((s->w + 15) & ~15), ow = (size_t)((s->ow + 15) & ~15);
     float *scratch = ddp_thread_scratch(DDP_SCRATCH_GATHER, 5 * w + 2 * ow);
-    if (scratch == NULL) return 0;
+    if (scratch == NULL) {
+        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
     r->column_max = scratch;
     r->column_row = (int32_t *)(scratch + w);
     r->best_max = scratch + 2 * w;
@@ -129,20 +138,12 @@ static int row_argmax_scratch(const pool_shape *s, row_scratch *r, int64_t **at)
     return 1;
 }
 
-typedef struct {
-    plane_job plane;
-    int failed;
-} pool_job;
-
 static void max_pool_planes(void *arg, int64_t begin, int64_t end) {
     pool_job *job = arg;
     const pool_shape *s = &job->plane.s;
     row_scratch scratch;
     int64_t *at;
-    if (!row_argmax_scratch(s, &scratch, &at)) {
-        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
+    if (!row_argmax_scratch(job, &scratch, &at)) return;
     for (int64_t p = begin; p < end; p++) {
         const float *xp = job->plane.x + p * s->h * s->w;
         float *yp = job->plane.y + p * s->oh * s->ow;
@@ -166,10 +167,7 @@ static void max_pool_grad_planes(void *arg, int64_t begin, int64_t end) {
     const pool_shape *s = &job->plane.s;
     row_scratch scratch;
     int64_t *at;
-    if (!row_argmax_scratch(s, &scratch, &at)) {
-        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
+    if (!row_argmax_scratch(job, &scratch, &at)) return;
     for (int64_t p = begin; p < end; p++) {
         const float *xp = job->plane.x + p * s->h * s->w;
         const float *dyp = job->plane.dy + p * s->oh * s->ow;

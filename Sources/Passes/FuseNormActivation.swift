@@ -9,18 +9,9 @@ import IR
 /// norm's value is not an output (nothing else needs it; the backward pass
 /// reads the ReLU's result for its mask). Runs after autodiff, whose
 /// gradient rules see the two ops apart.
-public struct FuseNormActivation: Pass {
+public struct FuseNormActivation: NodeFusionPass {
     public static let name = "fuse-norm-activation"
     public init() {}
-
-    public func run(_ module: inout Module) throws -> Bool {
-        var changed = false
-        for f in module.functions.indices {
-            changed = try fuse(&module.functions[f]) || changed
-        }
-        if changed { _ = try DCE().run(&module) }
-        return changed
-    }
 
     func fuse(_ function: inout Function) throws -> Bool {
         let uses = function.useCounts

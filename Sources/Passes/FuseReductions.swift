@@ -12,20 +12,11 @@ import IR
 /// computed twice and nothing else needs it stored) and all its operands have
 /// its shape (the loop then walks every operand in the same flat order; a
 /// broadcast operand would need the reduction's index arithmetic in the loop).
-public struct FuseReductions: Pass {
+public struct FuseReductions: NodeFusionPass {
     public static let name = "fuse-reductions"
     public init() {}
 
     static let kinds = ["reduce_sum": "sum", "reduce_mean": "mean", "reduce_max": "max"]
-
-    public func run(_ module: inout Module) throws -> Bool {
-        var changed = false
-        for f in module.functions.indices {
-            changed = try fuse(&module.functions[f]) || changed
-        }
-        if changed { _ = try DCE().run(&module) }
-        return changed
-    }
 
     func fuse(_ function: inout Function) throws -> Bool {
         let uses = function.useCounts

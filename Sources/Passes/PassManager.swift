@@ -12,6 +12,23 @@ extension Pass {
     public var name: String { Self.name }
 }
 
+/// A pass that replaces nodes of each function by fused ones, leaving the
+/// nodes they absorbed dead, which it then removes.
+protocol NodeFusionPass: Pass {
+    func fuse(_ function: inout Function) throws -> Bool
+}
+
+extension NodeFusionPass {
+    public func run(_ module: inout Module) throws -> Bool {
+        var changed = false
+        for f in module.functions.indices {
+            changed = try fuse(&module.functions[f]) || changed
+        }
+        if changed { _ = try DCE().run(&module) }
+        return changed
+    }
+}
+
 public struct PassOptions {
     /// Pass names after which to print the IR; "all" prints after every pass.
     public var printAfter: Set<String> = []

@@ -147,14 +147,7 @@ final class FusionEquivalenceTests: XCTestCase {
             var shrunkReduction = reduction, shrunkFused = node
             shrunkReduction.type = resultType
             shrunkFused.type = resultType
-            let reference = Function(name: "chain", args: args, nodes: [shrunk(producer), shrunkReduction], outputs: [Output(value: node.id, name: "r")])
-            let candidate = Function(name: "fused", args: args, nodes: [shrunkFused], outputs: [Output(value: node.id, name: "r")])
-            try Verifier.verify(reference)
-            try Verifier.verify(candidate)
-            let arguments = randomArguments(for: reference, seed: UInt64(node.id))
-            let expected = try Interpreter.run(reference, arguments: arguments).outputs["r"]!
-            let got = try Interpreter.run(candidate, arguments: arguments).outputs["r"]!
-            XCTAssertLessThanOrEqual(maxRelativeDifference(got.data, expected.data), 1e-12, "%\(node.id) differs from its reduction")
+            try assertSameValue(of: [shrunk(producer), shrunkReduction], as: shrunkFused, args: args, "%\(node.id) differs from its reduction")
             checked += 1
         }
         XCTAssertEqual(checked, after.count("fused_reduce"))
@@ -177,15 +170,22 @@ final class FusionEquivalenceTests: XCTestCase {
             XCTAssertEqual(node.operands, norm.operands)
             XCTAssertEqual(node.type, relu.type)
             let args = node.operands.map { Argument(id: $0, type: types[$0]!, role: .input, name: "v\($0)") }
-            let reference = Function(name: "chain", args: args, nodes: [norm, relu], outputs: [Output(value: node.id, name: "r")])
-            let candidate = Function(name: "fused", args: args, nodes: [node], outputs: [Output(value: node.id, name: "r")])
-            try Verifier.verify(reference)
-            try Verifier.verify(candidate)
-            let arguments = randomArguments(for: reference, seed: UInt64(node.id))
-            let expected = try Interpreter.run(reference, arguments: arguments).outputs["r"]!
-            let got = try Interpreter.run(candidate, arguments: arguments).outputs["r"]!
-            XCTAssertLessThanOrEqual(maxRelativeDifference(got.data, expected.data), 1e-12, "%\(node.id) differs from its norm and ReLU")
+            try assertSameValue(of: [norm, relu], as: node, args: args, "%\(node.id) differs from its norm and ReLU")
         }
+    }
+
+    /// The fused node computes in the interpreter what the unfused nodes
+    /// (whose last one has its id) computed, from the same arguments.
+    func assertSameValue(of unfused: [Node], as fused: Node, args: [Argument], _ what: String,
+                         file: StaticString = #filePath, line: UInt = #line) throws {
+        let reference = Function(name: "chain", args: args, nodes: unfused, outputs: [Output(value: fused.id, name: "r")])
+        let candidate = Function(name: "fused", args: args, nodes: [fused], outputs: [Output(value: fused.id, name: "r")])
+        try Verifier.verify(reference)
+        try Verifier.verify(candidate)
+        let arguments = randomArguments(for: reference, seed: UInt64(fused.id))
+        let expected = try Interpreter.run(reference, arguments: arguments).outputs["r"]!
+        let got = try Interpreter.run(candidate, arguments: arguments).outputs["r"]!
+        XCTAssertLessThanOrEqual(maxRelativeDifference(got.data, expected.data), 1e-12, what, file: file, line: line)
     }
 
     // MARK: - Node-by-node equivalence
