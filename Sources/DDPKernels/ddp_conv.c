@@ -97,6 +97,8 @@ static void im2col(const float *restrict x, const conv_shape *s, int64_t oh0, in
                     for (int64_t ow = 0; ow < lo; ow++) r[ow] = 0.0f;
                     if (s->sw == 1)
                         for (int64_t ow = lo; ow < hi; ow++) r[ow] = xr[ow];
+                    else if (s->sw == 2) // a constant stride, so the gather vectorizes (the strided stems and downsamplings)
+                        for (int64_t ow = lo; ow < hi; ow++) r[ow] = xr[2 * ow];
                     else
                         for (int64_t ow = lo; ow < hi; ow++) r[ow] = xr[ow * s->sw];
                     for (int64_t ow = hi; ow < s->ow; ow++) r[ow] = 0.0f;

@@ -185,32 +185,6 @@ typedef struct {
     int64_t rs, cs;
 } view;
 
-/// Rows [i0, i0+mc) × columns [k0, k0+kc) of A, as ⌈mc/MR⌉ panels of kc·MR
-/// floats, each column of a panel contiguous; rows past mc are zero. The
-/// writes are sequential whichever way A is stored.
-static void pack_a(view a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr, float *restrict out) {
-    for (int64_t ip = 0; ip < mc; ip += mr) {
-        int64_t rows = mc - ip < mr ? mc - ip : mr;
-        const float *base = a.p + (i0 + ip) * a.rs + k0 * a.cs;
-        if (a.rs == 1 && rows == mr) {
-            for (int64_t k = 0; k < kc; k++) {
-                const float *src = base + k * a.cs;
-                for (int r = 0; r < mr; r++) out[k * mr + r] = src[r];
-            }
-        } else {
-            const float *row[32];
-            for (int64_t r = 0; r < rows; r++) row[r] = base + r * a.rs;
-            for (int64_t k = 0; k < kc; k++) {
-                float *dst = out + k * mr;
-                int64_t r = 0;
-                for (; r < rows; r++) dst[r] = row[r][k * a.cs];
-                for (; r < mr; r++) dst[r] = 0.0f;
-            }
-        }
-        out += kc * mr;
-    }
-}
-
 /// Transposes the 8×8 block in r[0..7] (row t becomes column t).
 __attribute__((target("avx2"))) static inline void transpose_8x8(__m256 r[8]) {
     __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -255,6 +229,75 @@ __attribute__((target("avx2"))) static void pack_b_transposed_panel(const float 
         for (int64_t k = 0; k < kc; k++) out[k * nr + j] = base[j * cs + k];
     for (; j < nr; j++)
         for (int64_t k = 0; k < kc; k++) out[k * nr + j] = 0.0f;
+}
+
+/// One panel of an A stored by rows (element (r, k) at base[r·rs + k]), as
+/// in pack_a: blocks of 8 rows × 8 columns are transposed in registers, so
+/// each row is read and each panel column written 8 floats at a time. These
+/// are a convolution's weights (output channels × C·KH·KW); gathered one
+/// element at a time, their packing took a fifth of a deep layer's forward
+/// convolution. Lanes past `rows` are zero.
+__attribute__((target("avx2"))) static void pack_a_rows_panel(const float *base, int64_t rs, int64_t kc, int rows, int mr,
+                                                              float *restrict out) {
+    for (int r0 = 0; r0 < mr; r0 += 8) {
+        int width = mr - r0 < 8 ? mr - r0 : 8; // the panel's lanes this block fills
+        int real = rows - r0 < width ? rows - r0 : width;
+        if (real <= 0) {
+            for (int64_t k = 0; k < kc; k++)
+                for (int l = 0; l < width; l++) out[k * mr + r0 + l] = 0.0f;
+            continue;
+        }
+        const float *row[8];
+        for (int t = 0; t < 8; t++) row[t] = base + (r0 + (t < real ? t : real - 1)) * rs; // lanes past real are dropped
+        int64_t k = 0;
+        for (; k + 8 <= kc; k += 8) {
+            __m256 r[8];
+            for (int t = 0; t < 8; t++) r[t] = _mm256_loadu_ps(row[t] + k);
+            transpose_8x8(r); // r[t]: column k + t, one lane per row
+            for (int t = 0; t < 8; t++) {
+                float *dst = out + (k + t) * mr + r0;
+                if (real == 8) {
+                    _mm256_storeu_ps(dst, r[t]);
+                } else if (real == 4 && width == 4) {
+                    _mm_storeu_ps(dst, _mm256_castps256_ps128(r[t]));
+                } else {
+                    float lanes[8];
+                    _mm256_storeu_ps(lanes, r[t]);
+                    for (int l = 0; l < width; l++) dst[l] = l < real ? lanes[l] : 0.0f;
+                }
+            }
+        }
+        for (; k < kc; k++)
+            for (int l = 0; l < width; l++) out[k * mr + r0 + l] = l < real ? row[l][k] : 0.0f;
+    }
+}
+
+/// Rows [i0, i0+mc) × columns [k0, k0+kc) of A, as ⌈mc/MR⌉ panels of kc·MR
+/// floats, each column of a panel contiguous; rows past mc are zero. The
+/// writes are sequential whichever way A is stored.
+static void pack_a(view a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr, float *restrict out) {
+    for (int64_t ip = 0; ip < mc; ip += mr) {
+        int64_t rows = mc - ip < mr ? mc - ip : mr;
+        const float *base = a.p + (i0 + ip) * a.rs + k0 * a.cs;
+        if (a.rs == 1 && rows == mr) {
+            for (int64_t k = 0; k < kc; k++) {
+                const float *src = base + k * a.cs;
+                for (int r = 0; r < mr; r++) out[k * mr + r] = src[r];
+            }
+        } else if (a.cs == 1) {
+            pack_a_rows_panel(base, a.rs, kc, (int)rows, mr, out);
+        } else {
+            const float *row[32];
+            for (int64_t r = 0; r < rows; r++) row[r] = base + r * a.rs;
+            for (int64_t k = 0; k < kc; k++) {
+                float *dst = out + k * mr;
+                int64_t r = 0;
+                for (; r < rows; r++) dst[r] = row[r][k * a.cs];
+                for (; r < mr; r++) dst[r] = 0.0f;
+            }
+        }
+        out += kc * mr;
+    }
 }
 
 /// Rows [k0, k0+kc) × columns [j0, j0+nc) of B, as ⌈nc/NR⌉ panels of kc·NR
