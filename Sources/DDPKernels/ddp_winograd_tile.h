@@ -325,6 +325,8 @@ static int WT(winograd)(wino_job *job, const float *w, int transposed) {
     int64_t rows_total = job->n * job->th;
     int64_t per_row = POINTS * (job->c > job->o ? job->c : job->o) * (job->tw + 1);
     int64_t rows = BLOCK_BUDGET / (per_row > 0 ? per_row : 1), fewest = (BLOCK_MIN_COLUMNS + job->tw) / (job->tw + 1);
+    int64_t most = (BLOCK_MAX_COLUMNS + job->tw) / (job->tw + 1);
+    if (rows > most) rows = most;
     if (rows < fewest) rows = fewest;
     int64_t threads = ddp_parallel_threads(), blocks = (rows_total + rows - 1) / rows;
     if (blocks < 4 * threads) blocks = (blocks + threads - 1) / threads * threads;
