@@ -445,10 +445,77 @@ static int gemm_prepare_c(int64_t m, int64_t n, int64_t k, float beta, float *c,
     return 1;
 }
 
+// MARK: - Thin, deep products of rows
+
+/// c[i][j] (+)= Σ_p a[i·lda + p] · b[j·ldb + p] for a block of at most 4×4
+/// elements: each a dot product of two contiguous rows, 16 lanes of p at a
+/// time (16 accumulators), the lanes then summed in a fixed order. Rows and
+/// columns past the block's own repeat its last one and are not stored.
+__attribute__((target("avx512f"))) static void dot_block_avx512(const float *a, int64_t lda, const float *b, int64_t ldb,
+                                                                int64_t k, int rows, int cols, float *c, int64_t ldc,
+                                                                int accumulate) {
+    const float *ar[4], *br[4];
+    for (int i = 0; i < 4; i++) ar[i] = a + (i < rows ? i : rows - 1) * lda;
+    for (int j = 0; j < 4; j++) br[j] = b + (j < cols ? j : cols - 1) * ldb;
+    __m512 acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < k; p += 16) {
+        __mmask16 mask = k - p >= 16 ? 0xFFFF : (__mmask16)((1u << (k - p)) - 1);
+        __m512 av[4], bv[4];
+        for (int i = 0; i < 4; i++) av[i] = _mm512_maskz_loadu_ps(mask, ar[i] + p);
+        for (int j = 0; j < 4; j++) bv[j] = _mm512_maskz_loadu_ps(mask, br[j] + p);
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm512_fmadd_ps(av[i], bv[j], acc[i][j]);
+    }
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+            float sum = _mm512_reduce_add_ps(acc[i][j]);
+            c[i * ldc + j] = accumulate ? c[i * ldc + j] + sum : sum;
+        }
+}
+
+typedef struct {
+    const float *a, *b;
+    float *c;
+    int64_t lda, ldb, ldc, m, n, k;
+    int accumulate;
+} dot_job;
+
+/// Row blocks [begin, end) of C (4 rows each), every column.
+static void dot_rows(void *arg, int64_t begin, int64_t end) {
+    const dot_job *job = arg;
+    for (int64_t i0 = 4 * begin; i0 < 4 * end && i0 < job->m; i0 += 4) {
+        int rows = job->m - i0 < 4 ? (int)(job->m - i0) : 4;
+        for (int64_t j0 = 0; j0 < job->n; j0 += 4) {
+            int cols = job->n - j0 < 4 ? (int)(job->n - j0) : 4;
+            dot_block_avx512(job->a + i0 * job->lda, job->lda, job->b + j0 * job->ldb, job->ldb, job->k, rows, cols,
+                             job->c + i0 * job->ldc + j0, job->ldc, job->accumulate);
+        }
+    }
+}
+
+/// The products dot_rows takes: A·Bᵀ with both stored by rows along the sum,
+/// at most 16 × 32 and at least 128 deep. A Winograd point's weight gradient
+/// in a 16-channel layer is 16×16 summed over 1024 tiles: it filled a 12×32
+/// micro-tile a third and packed both operands for each product.
+#define DOT_MAX_ROWS 16
+#define DOT_MAX_COLS 32
+#define DOT_MIN_DEPTH 128
+
 int ddp_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
              const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
     if (!gemm_prepare_c(m, n, k, beta, c, ldc)) return 1;
     const gemm_isa *isa = chosen_isa();
+    if (isa == &isa_avx512 && !trans_a && trans_b && m <= DOT_MAX_ROWS && n <= DOT_MAX_COLS && k >= DOT_MIN_DEPTH) {
+        dot_job job = {a, b, c, lda, ldb, ldc, m, n, k, beta != 0.0f};
+        int64_t blocks = (m + 3) / 4; // each element is summed by one task in one order
+        if (m * n * k < PARALLEL_MIN_MACS)
+            dot_rows(&job, 0, blocks);
+        else
+            ddp_parallel_for(blocks, dot_rows, &job);
+        return 1;
+    }
     gemm_problem g = {
         .isa = isa,
         .a = trans_a ? (view){a, 1, lda} : (view){a, lda, 1},

@@ -41,8 +41,11 @@ final class GemmKernelTests: XCTestCase {
 
     func testMatmulAgreesWithF64ForRaggedShapesAndTransposes() {
         // Shapes straddle the micro-tiles (6×16, 12×32), the 256-deep sum
-        // blocks, and a product narrower than a panel (n < 16 takes Cᵀ).
-        let shapes: [(m: Int, n: Int, k: Int)] = [(1, 1, 1), (5, 7, 3), (13, 33, 257), (40, 9, 300), (70, 100, 600), (205, 99, 513)]
+        // blocks, and a product narrower than a panel (n < 16 takes Cᵀ);
+        // thin deep products of rows (A·Bᵀ, at most 16×32, at least 128 deep)
+        // take dot products on AVX-512, over ragged 4×4 blocks and 16 lanes.
+        let shapes: [(m: Int, n: Int, k: Int)] = [(1, 1, 1), (5, 7, 3), (13, 33, 257), (40, 9, 300), (70, 100, 600), (205, 99, 513),
+                                                  (13, 30, 301), (2, 17, 1000), (16, 32, 128)]
         for (m, n, k) in shapes {
             for (transA, transB) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
                 let batch = 2
