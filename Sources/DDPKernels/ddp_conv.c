@@ -471,6 +471,70 @@ int ddp_conv2d_grad_input(void *const *bufs, const int64_t *ia, const double *fa
     return for_each_image(&job, conv2d_grad_input_images) ? DDP_OK : DDP_ERR_NOMEM;
 }
 
+/// dw (+)= the weight gradient of images [n0, n1), one product per group of
+/// images (and band of rows) on the calling thread's scratch; dw must start
+/// zeroed. A layer whose weights dominate sums its images in one product
+/// (its columns take no more memory than dw itself).
+static int grad_weight_images(const conv_shape *s, const float *x, const float *dy, int64_t n0, int64_t n1, float *dw) {
+    int64_t xs = s->c * s->h * s->w, ys = s->o * s->p; // image strides
+    int64_t nb = images_per_product(s, n1 - n0, 4 * WANTED_COLUMNS, weights_dominate(s) ? s->og * s->k : COL_BUDGET);
+    float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s->k * nb * s->band_rows * s->ow));
+    float *dyb = nb > 1 ? ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s->og * nb * s->p)) : NULL;
+    if ((col == NULL && s->k * s->band_rows * s->ow > 0) || (nb > 1 && dyb == NULL)) return 0;
+    for (int64_t n = n0; n < n1; n += nb) {
+        int64_t count = n1 - n < nb ? n1 - n : nb;
+        for (int64_t g = 0; g < s->groups; g++) {
+            const float *xg = x + n * xs + g * s->cg * s->h * s->w;
+            const float *dyg = dy + n * ys + g * s->og * s->p;
+            float *dwg = dw + g * s->og * s->k;
+            for (int64_t oh0 = 0; oh0 < s->oh; oh0 += s->band_rows) {
+                int64_t oh1 = oh0 + s->band_rows < s->oh ? oh0 + s->band_rows : s->oh;
+                int64_t ld = count * (oh1 - oh0) * s->ow;
+                im2col_job columns = {xg, xs, s, oh0, oh1, count, ld, col};
+                ddp_parallel_for(s->cg, im2col_channels, &columns);
+                int ok;
+                if (count > 1) {
+                    gather_images(dyg, ys, s->og, s->p, count, dyb, ld);
+                    ok = ddp_gemm(0, 1, s->og, s->k, ld, dyb, ld, col, ld, 1.0f, dwg, s->k);
+                } else {
+                    ok = ddp_gemm(0, 1, s->og, s->k, ld, dyg + oh0 * s->ow, s->p, col, ld, 1.0f, dwg, s->k);
+                }
+                if (!ok) return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+/// A small weight gradient (at most WGRAD_SPLIT_FLOATS) sums its images in
+/// WGRAD_SPLIT_GROUPS groups: each group is one task's, into a partial dw of
+/// its own, and the partials are added in group order, so dw does not depend
+/// on the thread count. One product over the batch split its few weights
+/// between the threads, and each thread packed all of both long operands:
+/// for the 7×7 stem (64 × 147 weights over 8 × 4096 pixels) the packing
+/// cost more than the product.
+#define WGRAD_SPLIT_GROUPS 8
+#define WGRAD_SPLIT_FLOATS ((int64_t)1 << 16)
+
+typedef struct {
+    const conv_shape *s;
+    const float *x, *dy;
+    float *partials; // WGRAD_SPLIT_GROUPS × O·K
+    int64_t groups;
+    int failed;
+} grad_weight_job;
+
+static void grad_weight_groups(void *arg, int64_t begin, int64_t end) {
+    grad_weight_job *job = arg;
+    const conv_shape *s = job->s;
+    for (int64_t g = begin; g < end; g++) {
+        float *partial = job->partials + g * s->o * s->k;
+        memset(partial, 0, (size_t)(s->o * s->k) * sizeof(float));
+        int64_t n0 = s->n * g / job->groups, n1 = s->n * (g + 1) / job->groups;
+        if (!grad_weight_images(s, job->x, job->dy, n0, n1, partial)) __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+    }
+}
+
 // conv2d_grad_weight: dw[g] (Og × K) = Σ_n dy[n, g] (Og × P) · im2col(x[n, g])ᵀ (P × K),
 // the sum over images and pixels done as one product per group of images.
 int ddp_conv2d_grad_weight(void *const *bufs, const int64_t *ia, const double *fa) {
@@ -479,35 +543,20 @@ int ddp_conv2d_grad_weight(void *const *bufs, const int64_t *ia, const double *f
     if (!conv_shape_read(ia, &s)) return DDP_ERR_ARGS;
     const float *x = bufs[0], *dy = bufs[1];
     float *dw = bufs[2];
-    int64_t xs = s.c * s.h * s.w, ys = s.o * s.p; // image strides
-    // A layer whose weights dominate sums its whole batch in one product (its
-    // columns take no more memory than dw itself).
-    int64_t nb = images_per_product(&s, s.n, 4 * WANTED_COLUMNS, weights_dominate(&s) ? s.og * s.k : COL_BUDGET);
-    float *col = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(s.k * nb * s.band_rows * s.ow));
-    float *dyb = nb > 1 ? ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(s.og * nb * s.p)) : NULL;
-    if ((col == NULL && s.k * s.band_rows * s.ow > 0) || (nb > 1 && dyb == NULL)) return DDP_ERR_NOMEM;
-    memset(dw, 0, (size_t)(s.o * s.k) * sizeof(float));
-    for (int64_t n = 0; n < s.n; n += nb) {
-        int64_t count = s.n - n < nb ? s.n - n : nb;
-        for (int64_t g = 0; g < s.groups; g++) {
-            const float *xg = x + n * xs + g * s.cg * s.h * s.w;
-            const float *dyg = dy + n * ys + g * s.og * s.p;
-            float *dwg = dw + g * s.og * s.k;
-            for (int64_t oh0 = 0; oh0 < s.oh; oh0 += s.band_rows) {
-                int64_t oh1 = oh0 + s.band_rows < s.oh ? oh0 + s.band_rows : s.oh;
-                int64_t ld = count * (oh1 - oh0) * s.ow;
-                im2col_job columns = {xg, xs, &s, oh0, oh1, count, ld, col};
-                ddp_parallel_for(s.cg, im2col_channels, &columns);
-                int ok;
-                if (count > 1) {
-                    gather_images(dyg, ys, s.og, s.p, count, dyb, ld);
-                    ok = ddp_gemm(0, 1, s.og, s.k, ld, dyb, ld, col, ld, 1.0f, dwg, s.k);
-                } else {
-                    ok = ddp_gemm(0, 1, s.og, s.k, ld, dyg + oh0 * s.ow, s.p, col, ld, 1.0f, dwg, s.k);
-                }
-                if (!ok) return DDP_ERR_NOMEM;
-            }
+    int64_t weights = s.o * s.k;
+    if (s.n > 1 && weights <= WGRAD_SPLIT_FLOATS) {
+        grad_weight_job job = {&s, x, dy, NULL, s.n < WGRAD_SPLIT_GROUPS ? s.n : WGRAD_SPLIT_GROUPS, 0};
+        job.partials = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(job.groups * weights));
+        if (job.partials == NULL) return DDP_ERR_NOMEM;
+        ddp_parallel_for(job.groups, grad_weight_groups, &job);
+        if (job.failed) return DDP_ERR_NOMEM;
+        for (int64_t i = 0; i < weights; i++) {
+            float sum = job.partials[i];
+            for (int64_t g = 1; g < job.groups; g++) sum += job.partials[g * weights + i];
+            dw[i] = sum;
         }
+        return DDP_OK;
     }
-    return DDP_OK;
+    memset(dw, 0, (size_t)weights * sizeof(float));
+    return grad_weight_images(&s, x, dy, 0, s.n, dw) ? DDP_OK : DDP_ERR_NOMEM;
 }
