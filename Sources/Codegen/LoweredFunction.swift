@@ -89,6 +89,35 @@ public struct LoweredFunction {
     public var steps: [Step]
 }
 
+extension LoweredFunction {
+    /// Every runtime kernel call the entry point makes, in order, with the
+    /// printed node it computes (a loop group's last member), as both
+    /// emitters call them: kernels, parallel loops and loops run by their
+    /// caller, not the inline loops and copies. `ddepc bench --profile`
+    /// attributes each call's time to its node with this.
+    public var kernelCalls: [(kernel: String, node: String)] {
+        var calls: [(kernel: String, node: String)] = []
+        var node = ""
+        for step in steps {
+            switch step {
+            case .comment(let text):
+                node = text
+            case .kernel(_, let name, _, _, _):
+                calls.append((name, node))
+            case .loop(let loop):
+                if let caller = loop.caller {
+                    calls.append((caller.name, node))
+                } else if loop.parallel {
+                    calls.append(("parallel_loop", node))
+                }
+            case .copy:
+                break
+            }
+        }
+        return calls
+    }
+}
+
 public enum Lowerer {
     /// Lower a planned function (after plan-memory) against a buffer layout.
     public static func lower(_ function: Function, layout: BufferLayout) throws -> LoweredFunction {

@@ -32,6 +32,19 @@ const ddp_kernel_fn *ddp_kernel_table(void) { return kernel_table; }
 static double profile_seconds[ddp_kernel_count];
 static int64_t profile_calls[ddp_kernel_count];
 
+// The call log: each call's kernel and time, in order, while enabled.
+typedef struct {
+    int32_t kernel;
+    double seconds;
+} logged_call;
+static logged_call *call_log;
+static int64_t call_log_capacity, call_log_count;
+
+static void log_call(int kernel, double seconds) {
+    if (call_log_count < call_log_capacity) call_log[call_log_count] = (logged_call){kernel, seconds};
+    call_log_count++;
+}
+
 static double now_seconds(void);
 
 #define DDP_PROFILE_WRAPPER(name)                                                    \
@@ -40,6 +53,7 @@ static double now_seconds(void);
         int status = ddp_##name(bufs, ia, fa);                                       \
         profile_seconds[ddp_k_##name] += now_seconds() - start;                      \
         profile_calls[ddp_k_##name]++;                                               \
+        if (call_log != NULL) log_call(ddp_k_##name, now_seconds() - start);         \
         return status;                                                               \
     }
 DDP_KERNEL_LIST(DDP_PROFILE_WRAPPER)
@@ -62,6 +76,22 @@ double ddp_profile_kernel_seconds(int index) {
 
 int64_t ddp_profile_kernel_calls(int index) {
     return index >= 0 && index < ddp_kernel_count ? profile_calls[index] : 0;
+}
+
+int ddp_profile_log_calls(int64_t capacity) {
+    free(call_log);
+    call_log = capacity > 0 ? malloc((size_t)capacity * sizeof *call_log) : NULL;
+    call_log_capacity = call_log != NULL ? capacity : 0;
+    call_log_count = 0;
+    return capacity <= 0 || call_log != NULL;
+}
+
+int64_t ddp_profile_logged_calls(void) { return call_log_count; }
+
+int ddp_profile_logged_kernel(int64_t i) { return i >= 0 && i < call_log_count && i < call_log_capacity ? call_log[i].kernel : -1; }
+
+double ddp_profile_logged_seconds(int64_t i) {
+    return i >= 0 && i < call_log_count && i < call_log_capacity ? call_log[i].seconds : 0.0;
 }
 
 int ddp_kernel_index(const char *name) {

@@ -31,6 +31,10 @@ public struct BenchmarkResult {
     /// Kernel name → (seconds, calls) summed over the timed calls; empty
     /// unless profiled.
     public var kernels: [(name: String, seconds: Double, calls: Int)] = []
+    /// Each kernel call of a step, in order: its kernel, the printed node it
+    /// computes, and its median time over the timed calls; empty unless
+    /// profiled (or when the calls did not follow the lowered code's order).
+    public var calls: [(kernel: String, node: String, seconds: Double)] = []
 
     public var medianSeconds: Double { callSeconds.sorted()[callSeconds.count / 2] }
     public var minimumSeconds: Double { callSeconds.min() ?? 0 }
@@ -82,6 +86,10 @@ public enum Benchmark {
             for _ in 0..<warmup { try call.run() }
             let kernels = profile ? ddp_profiling_kernel_table()! : ddp_kernel_table()!
             ddp_profile_reset()
+            // The step's kernel calls as the compiled code makes them, to log each one.
+            let expected = profile ? try Lowerer.lower(function, layout: artifact.manifest.layout).kernelCalls : []
+            if profile { _ = ddp_profile_log_calls(Int64(expected.count * calls)) }
+            defer { _ = ddp_profile_log_calls(0) }
             var seconds: [Double] = []
             for _ in 0..<calls {
                 let start = DispatchTime.now().uptimeNanoseconds
@@ -95,9 +103,29 @@ public enum Benchmark {
                     result.kernels.append((String(cString: ddp_kernel_name(index)), ddp_profile_kernel_seconds(index) / Double(calls),
                                            Int(ddp_profile_kernel_calls(index)) / calls))
                 }
+                result.calls = perCall(expected, calls: calls)
             }
             results.append(result)
         }
         return results
+    }
+
+    /// The logged calls matched position by position to `expected` (one
+    /// step's calls), each position's median over the `calls` steps; empty
+    /// if the log does not hold exactly those calls.
+    static func perCall(_ expected: [(kernel: String, node: String)], calls: Int) -> [(kernel: String, node: String, seconds: Double)] {
+        let perStep = expected.count
+        guard perStep > 0, ddp_profile_logged_calls() == Int64(perStep * calls) else { return [] }
+        var result: [(kernel: String, node: String, seconds: Double)] = []
+        for (position, call) in expected.enumerated() {
+            var times: [Double] = []
+            for step in 0..<calls {
+                let i = Int64(step * perStep + position)
+                guard let name = ddp_kernel_name(ddp_profile_logged_kernel(i)), String(cString: name) == call.kernel else { return [] }
+                times.append(ddp_profile_logged_seconds(i))
+            }
+            result.append((call.kernel, call.node, times.sorted()[times.count / 2]))
+        }
+        return result
     }
 }

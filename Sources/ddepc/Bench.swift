@@ -20,11 +20,13 @@ struct Bench: ParsableCommand {
     @Option(help: "Matrix size n for the n×n×n sgemm figure.") var n = 1024
     @Option(help: "Threads (default: the CPUs this process may use, or DDEPC_THREADS).") var threads: Int?
     @Option(help: "Micro-kernel ISA: native, avx512 or avx2.") var isa = "native"
-    @Flag(help: "Also report the time per kernel (a timed kernel table; parallel_loop is the large generated loops, the rest the small ones and copies).") var profile = false
+    @Flag(help: "Also report the time per kernel (a timed kernel table; parallel_loop is the large generated loops, the rest the small ones and copies) and the slowest calls with the IR node each computes.") var profile = false
+    @Option(help: "With --profile, how many of the slowest calls to list.") var slowest = 12
 
     func validate() throws {
         guard calls >= 1 else { throw ValidationError("--calls must be at least 1 (got \(calls))") }
         guard n >= 1 else { throw ValidationError("--n must be at least 1 (got \(n))") }
+        guard slowest >= 0 else { throw ValidationError("--slowest must be 0 or more (got \(slowest))") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1 (got \(threads))") }
     }
 
@@ -65,7 +67,19 @@ struct Bench: ParsableCommand {
                 }
                 print("  " + "small loops, copies".padding(toLength: 24, withPad: " ", startingAt: 0)
                       + String(format: "%9.2f %6@  %5.1f%%", (total - inKernels) * 1000, "", 100 * (total - inKernels) / total))
+                guard !r.calls.isEmpty else { continue }
+                print("\n  slowest calls (median ms over the timed calls; the node each computes, from final.ddir)")
+                for c in r.calls.sorted(by: { $0.seconds > $1.seconds }).prefix(slowest) {
+                    print(String(format: "  %7.2f  %5.1f%%  ", c.seconds * 1000, 100 * c.seconds / total)
+                          + c.kernel.padding(toLength: 28, withPad: " ", startingAt: 0) + " " + Self.brief(c.node))
+                }
             }
         }
+    }
+
+    /// A printed node without its arena offset, at most 150 characters.
+    static func brief(_ node: String) -> String {
+        let text = node.replacingOccurrences(of: #" @%?[0-9]+"#, with: "", options: .regularExpression)
+        return text.count > 150 ? String(text.prefix(149)) + "…" : text
     }
 }

@@ -2,8 +2,8 @@ import Foundation
 import XCTest
 
 /// `ddepc bench`: the step alone timed, the FMA peak measured and its ISA
-/// named, peak RSS, and with --profile the time per kernel. Timings are
-/// printed, never asserted.
+/// named, peak RSS, and with --profile the time per kernel and the slowest
+/// calls with their IR nodes. Timings are printed, never asserted.
 final class BenchCLITests: XCTestCase {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
@@ -32,6 +32,11 @@ final class BenchCLITests: XCTestCase {
             XCTAssertTrue(out.contains("\ninfer ") && out.contains("\npretrain_step "), out)
             XCTAssertFalse(out.contains("finetune_step"), out)
             XCTAssertTrue(out.contains("  conv2d ") && out.contains("  conv2d_grad_weight ") && out.contains("small loops, copies"), out)
+            // The slowest calls, each with the node of final.ddir it computes.
+            XCTAssertEqual(out.components(separatedBy: "slowest calls").count - 1, 2, out)
+            let calls = out.split(separator: "\n").filter { $0.contains("% ") && $0.contains(" = ") && $0.contains("loc(") }
+            XCTAssertFalse(calls.isEmpty, out)
+            XCTAssertTrue(calls.contains { $0.contains("conv2d_grad_weight") && $0.contains("= conv2d_grad_weight(%") }, out)
         }
 
         let unknown = try ddepc(["bench", artifact, "--entry", "nope", "--calls", "1", "--n", "64"])

@@ -161,6 +161,14 @@ const ddp_kernel_fn *ddp_profiling_kernel_table(void);
 void ddp_profile_reset(void);
 double ddp_profile_kernel_seconds(int index);
 int64_t ddp_profile_kernel_calls(int index);
+/// With a capacity > 0, the profiling table also logs each call (its kernel
+/// and time) in order, the first `capacity` of them; 0 stops and frees the
+/// log. Returns 0 without memory. Logged calls can then be read back by
+/// position; ddp_profile_logged_calls counts past the capacity too.
+int ddp_profile_log_calls(int64_t capacity);
+int64_t ddp_profile_logged_calls(void);
+int ddp_profile_logged_kernel(int64_t i);
+double ddp_profile_logged_seconds(int64_t i);
 /// Index of a kernel by name, or -1.
 int ddp_kernel_index(const char *name);
 /// Name of a kernel by index, or NULL.
