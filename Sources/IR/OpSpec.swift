@@ -115,11 +115,17 @@ public struct OpSpec {
     public let examples: [(operands: [TensorType], attrs: Attributes)]
     /// The op's arithmetic (benchmarks report GFLOP/s from it).
     public let flops: FlopRule?
+    /// An operand of the result's type whose bytes the kernel may write the
+    /// result over (it reads each part of it before writing that part):
+    /// plan-memory then places the result there when nothing reads the
+    /// operand afterwards.
+    public let overwritesOperand: Int?
 
     public init(name: String, doc: String, arity: ClosedRange<Int>, requiredAttributes: [String] = [],
                 inferType: @escaping TypeRule, evaluate: @escaping Evaluate,
                 gradient: GradientRule?, lowering: Lowering,
-                examples: [(operands: [TensorType], attrs: Attributes)], flops: FlopRule? = nil) {
+                examples: [(operands: [TensorType], attrs: Attributes)], flops: FlopRule? = nil,
+                overwritesOperand: Int? = nil) {
         self.name = name
         self.doc = doc
         self.arity = arity
@@ -130,6 +136,7 @@ public struct OpSpec {
         self.lowering = lowering
         self.examples = examples
         self.flops = flops
+        self.overwritesOperand = overwritesOperand
     }
 
     /// Check operand count and required attributes, then apply the shape rule.

@@ -10,7 +10,9 @@ import IR
 /// An update that can overwrite its argument (`InPlaceAnalysis`: an
 /// optimizer step's new weights and moments, running statistics) is placed
 /// there (`@%arg`) and takes no arena bytes: nothing is held twice or copied
-/// back after the call.
+/// back after the call. A kernel that may write its result over an operand
+/// (`OpSpec.overwritesOperand`: a batch norm) takes that operand's bytes
+/// when nothing reads the operand afterwards.
 public struct PlanMemory: Pass {
     public static let name = "plan-memory"
     public static let alignment = 64
@@ -81,7 +83,11 @@ public struct PlanMemory: Pass {
         var offsets: [ValueID: Int] = [:]
         var peak = 0, lowerBound = 0
         for (position, node) in function.nodes.enumerated() {
-            if root[node.id] == node.id, inPlace[node.id] == nil {
+            if root[node.id] == node.id, inPlace[node.id] == nil,
+               let reused = overwritable(node, at: position, live: live, root: root, lastUse: lastUse, args: args) {
+                live[reused].id = node.id
+                offsets[node.id] = live[reused].offset
+            } else if root[node.id] == node.id, inPlace[node.id] == nil {
                 let size = Self.aligned(max(node.type.byteSize, 1))
                 var candidate = 0
                 var insertAt = live.count
@@ -109,5 +115,18 @@ public struct PlanMemory: Pass {
         report.inPlaceUpdates = inPlace.count
         report.inPlaceBytes = inPlace.keys.reduce(0) { $0 + function.nodes[nodeIndex[$1]!].type.byteSize }
         return report
+    }
+
+    /// The index in `live` of the block `node` may write its result over: the
+    /// operand its spec allows, of the result's type, in the arena, read by
+    /// nothing after this node.
+    func overwritable(_ node: Node, at position: Int, live: [(offset: Int, size: Int, id: ValueID)], root: [ValueID: ValueID],
+                      lastUse: [ValueID: Int], args: Set<ValueID>) -> Int? {
+        guard let k = OpRegistry.spec(node.op)?.overwritesOperand, k < node.operands.count else { return nil }
+        let operand = node.operands[k]
+        guard !args.contains(operand), let storage = root[operand], storage == operand, lastUse[storage] == position,
+              let index = live.firstIndex(where: { $0.id == storage }),
+              live[index].size == Self.aligned(max(node.type.byteSize, 1)) else { return nil }
+        return index
     }
 }

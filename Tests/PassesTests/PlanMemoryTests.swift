@@ -108,6 +108,14 @@ struct PlanCheck {
                 return true
             }
             let offset = offsets[node.id], size = sizes[node.id]!
+            // A node its spec lets write over an operand, placed exactly there
+            // at that operand's last read, takes the operand's buffer over.
+            if let k = OpRegistry.spec(node.op)?.overwritesOperand, k < node.operands.count, let offset,
+               let taken = live.firstIndex(where: { $0.id == rootOf(node.operands[k]) && $0.last == position && $0.offset == offset }) {
+                liveBytes -= live[taken].size
+                liveAlignedBytes -= aligned(live[taken].size)
+                live.remove(at: taken)
+            }
             if let offset {
                 for other in live {
                     guard let otherOffset = other.offset else { continue }
@@ -233,6 +241,25 @@ final class PlanMemoryTests: XCTestCase {
         XCTAssertThrowsError(try Verifier.verify(try Parser.parse(source))) { error in
             XCTAssertTrue("\(error)".contains("is read after %2"), "\(error)")
         }
+    }
+
+    /// A batch norm may write its result over its input at the input's last
+    /// read, and only there.
+    func testAKernelWritesOverAnOperandItsSpecAllowsOnlyAtItsLastRead() throws {
+        let (function, check, _) = try plan("""
+        func @f(%0: f32[2,3,4,4] input "x", %1: f32[3] param "g", %2: f32[3] param "b") {
+          %3 = exp(%0) : f32[2,3,4,4]
+          %4 = batch_norm_train(%3, %1, %2) {eps=1e-05} : f32[2,3,4,4]
+          %5 = neg(%4) : f32[2,3,4,4]
+          %6 = batch_norm_train(%5, %1, %2) {eps=1e-05} : f32[2,3,4,4]
+          %7 = add(%6, %5) : f32[2,3,4,4]
+          return %7 as "y"
+        }
+        """)
+        let byID = function.nodesByID
+        XCTAssertEqual(byID[4]!.arenaOffset, byID[3]!.arenaOffset, "%3 is read last by %4, which takes its bytes")
+        XCTAssertNotEqual(byID[6]!.arenaOffset, byID[5]!.arenaOffset, "%7 still reads %5")
+        XCTAssertEqual(check.failures, [])
     }
 
     func testAFreedGapIsReused() throws {

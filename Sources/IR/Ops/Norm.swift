@@ -177,7 +177,8 @@ public enum NormOps {
                    return [dx, try b.reshape(try b.mul(sumGD, r), [channels]), try b.reshape(sumG, [channels])]
                },
                lowering: .kernels { operands, _, attrs in try batchNormTrainKernel(operands, attrs, relu: false) },
-               examples: [([f([2, 3, 2, 2]), f([3]), f([3])], ["eps": .float(1e-3)])]),
+               examples: [([f([2, 3, 2, 2]), f([3]), f([3])], ["eps": .float(1e-3)])],
+               overwritesOperand: 0), // a channel's statistics are read before its planes are written
 
         /// batch_norm_train and the activation after it in one pass (made by
         /// fuse-norm-activation after autodiff, so it has no gradient rule).
@@ -198,7 +199,8 @@ public enum NormOps {
                },
                gradient: nil,
                lowering: .kernels { operands, _, attrs in try batchNormTrainKernel(operands, attrs, relu: true) },
-               examples: [([f([2, 3, 2, 2]), f([3]), f([3])], ["eps": .float(1e-3), "epilogue": .expr(reluEpilogue)])]),
+               examples: [([f([2, 3, 2, 2]), f([3]), f([3])], ["eps": .float(1e-3), "epilogue": .expr(reluEpilogue)])],
+               overwritesOperand: 0),
 
         /// ∂x via normalizeBackward over each (n, group); ∂γ = Σ g·x̂, ∂β = Σ g
         OpSpec(name: "group_norm", doc: "%y = group_norm(%x, %gamma, %beta) {groups=32, eps=1e-5}: per (n, group) normalization, per-channel affine",
