@@ -247,9 +247,10 @@ static int64_t images_per_product(const conv_shape *s, int64_t available, int64_
 /// batch, the threads splitting the weights' rows: each thread packs and
 /// streams its own share of the weights once, where one product per thread's
 /// images would stream all of them through every thread. The columns of the
-/// batch then take no more scratch than the packed weights would.
+/// batch then take no more scratch than the packed weights would. Pointwise
+/// layers keep reading their input in place: for them im2col would only copy it.
 static int weights_dominate(const conv_shape *s) {
-    return s->groups == 1 && s->band_rows == s->oh && s->og >= s->n * s->p && s->p > 0;
+    return s->groups == 1 && !s->pointwise && s->band_rows == s->oh && s->og >= s->n * s->p && s->p > 0;
 }
 
 /// Runs images [0, n) through per_images: in parallel when there is an image

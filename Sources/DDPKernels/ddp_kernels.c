@@ -51,9 +51,10 @@ static double now_seconds(void);
     static int profiled_##name(void *const *bufs, const int64_t *ia, const double *fa) {  \
         double start = now_seconds();                                                \
         int status = ddp_##name(bufs, ia, fa);                                       \
-        profile_seconds[ddp_k_##name] += now_seconds() - start;                      \
+        double seconds = now_seconds() - start;                                      \
+        profile_seconds[ddp_k_##name] += seconds;                                    \
         profile_calls[ddp_k_##name]++;                                               \
-        if (call_log != NULL) log_call(ddp_k_##name, now_seconds() - start);         \
+        if (call_log != NULL) log_call(ddp_k_##name, seconds);                       \
         return status;                                                               \
     }
 DDP_KERNEL_LIST(DDP_PROFILE_WRAPPER)
