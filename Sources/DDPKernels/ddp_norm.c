@@ -31,6 +31,30 @@ static void moments(const float *x, int64_t n, double eps, float *mean, float *r
     *rstd = (float)(1.0 / sqrt(v + eps));
 }
 
+/// y = (x - m)·scale + b, then max(·, 0) when relu (fmaxf's rule, as
+/// generated loops compute it). Two copies because plan-memory may give the
+/// result its input's bytes, and a vectorizer's overlap check sends y == x to
+/// the scalar loop: the in-place form reads and writes one pointer.
+static void normalize_plane(const float *restrict x, float *restrict y, int64_t n, float m, float scale, float b, int relu) {
+    if (relu)
+        for (int64_t t = 0; t < n; t++) {
+            float v = (x[t] - m) * scale + b;
+            y[t] = v != v ? 0.0f : (v >= 0.0f ? v : 0.0f);
+        }
+    else
+        for (int64_t t = 0; t < n; t++) y[t] = (x[t] - m) * scale + b;
+}
+
+static void normalize_plane_in_place(float *y, int64_t n, float m, float scale, float b, int relu) {
+    if (relu)
+        for (int64_t t = 0; t < n; t++) {
+            float v = (y[t] - m) * scale + b;
+            y[t] = v != v ? 0.0f : (v >= 0.0f ? v : 0.0f);
+        }
+    else
+        for (int64_t t = 0; t < n; t++) y[t] = (y[t] - m) * scale + b;
+}
+
 /// batch_norm_train: one task per channel range; a channel's statistics
 /// (its N planes summed in a fixed order) stay on one thread.
 typedef struct {
@@ -54,13 +78,10 @@ static void batch_norm_train_channels(void *arg, int64_t begin, int64_t end) {
         for (int64_t i = 0; i < j->n; i++) {
             const float *xp = j->x + (i * j->c + ch) * j->hw;
             float *yp = j->y + (i * j->c + ch) * j->hw;
-            if (j->relu)
-                for (int64_t t = 0; t < j->hw; t++) {
-                    float v = (xp[t] - m) * scale + b;
-                    yp[t] = v != v ? 0.0f : (v >= 0.0f ? v : 0.0f); // fmaxf(v, 0), as generated loops compute it
-                }
+            if (xp == yp)
+                normalize_plane_in_place(yp, j->hw, m, scale, b, j->relu);
             else
-                for (int64_t t = 0; t < j->hw; t++) yp[t] = (xp[t] - m) * scale + b;
+                normalize_plane(xp, yp, j->hw, m, scale, b, j->relu);
         }
     }
 }
