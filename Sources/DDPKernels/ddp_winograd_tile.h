@@ -137,15 +137,18 @@ static void WT(transform_filters)(void *arg, int64_t begin, int64_t end) {
 /// Input rows split into TILE phases: phase q of a row holds its columns
 /// TILE·t + q - pw (zero outside the image) at t = 0..span, so the PATCH
 /// columns under tile t are phases 0..TILE-1 at t and phases 0..1 at t + 1.
-/// Tiles whose columns are all inside the row read it directly; only the
-/// edge tiles check (xrow NULL: a row of padding). `p` has TILE phase
-/// arrays, `stride` floats apart.
-static void WT(split_row)(const wino_job *job, const float *xrow, int64_t span, float *p, int64_t stride) {
+/// `p` has TILE phase arrays, `stride` floats apart; xrow NULL is a row of
+/// padding.
+static void WT(split_row)(const float *xrow, int64_t w, int64_t pw, int64_t span, float *p, int64_t stride) {
     if (xrow == NULL) {
         for (int q = 0; q < TILE; q++) memset(p + q * stride, 0, (size_t)span * sizeof(float));
         return;
     }
-    int64_t pw = job->pw, w = job->w;
+#ifdef __AVX512F__
+    WT(split_row_avx512)(xrow, w, pw, span, p, stride);
+#else
+    // Tiles whose columns are all inside the row read it directly; only the
+    // edge tiles check.
     int64_t first = (pw + TILE - 1) / TILE;                                      // TILE·t - pw >= 0 from here
     int64_t last = w + pw - TILE >= 0 ? (w + pw - TILE) / TILE : -1;             // TILE·t + TILE-1 - pw < w up to here
     if (last > span - 1) last = span - 1;
@@ -163,6 +166,25 @@ static void WT(split_row)(const wino_job *job, const float *xrow, int64_t span, 
             p[q * stride + t] = iw >= 0 && iw < w ? xrow[iw] : 0.0f;
         }
     }
+#endif
+}
+
+/// Asks for the input rows under the block's tile rows of channel c: the
+/// next channel's, while this one is transformed. Its rows are a few
+/// kilobytes per image, and without the hint each run of them started with
+/// the latency of memory.
+static void WT(prefetch_rows)(const wino_job *job, int64_t row0, int64_t rows, int64_t c) {
+    for (int64_t lr = 0; lr < rows; lr++) {
+        int64_t row = row0 + lr, image = row / job->th, tr = row % job->th;
+        const char *xc = (const char *)(job->x + (image * job->c + c) * job->h * job->w);
+        int64_t from = tr * TILE - job->ph + (lr == 0 ? 0 : 2), to = tr * TILE - job->ph + PATCH; // rows [from, to)
+        if (from < 0) from = 0;
+        if (to > job->h) to = job->h;
+        for (int64_t ih = from; ih < to; ih++) {
+            const char *line = xc + ih * job->w * (int64_t)sizeof(float);
+            for (int64_t b = 0; b < job->w * (int64_t)sizeof(float); b += 64) __builtin_prefetch(line + b);
+        }
+    }
 }
 
 /// Floats `transform_input_channel` needs as work space for ld columns.
@@ -177,12 +199,14 @@ static void WT(transform_input_channel)(const wino_job *job, int64_t row0, int64
     int64_t span = job->tw + 1, stride = ld + span; // phase arrays carry one spare tile row
     float *p = work;                         // p[r][q][·]: phase q of input row r under each tile row
     float *z = p + PATCH * TILE * stride;    // z[i][q][·]: Bᵀ applied down the PATCH rows
+    if (c + 1 < job->c) WT(prefetch_rows)(job, row0, rows, c + 1);
     for (int64_t lr = 0; lr < rows; lr++) {
         int64_t row = row0 + lr, image = row / job->th, tr = row % job->th;
         const float *xc = job->x + (image * job->c + c) * job->h * job->w;
         for (int r = 0; r < PATCH; r++) {
             int64_t ih = tr * TILE - job->ph + r;
-            WT(split_row)(job, ih >= 0 && ih < job->h ? xc + ih * job->w : NULL, span, p + r * TILE * stride + lr * span, stride);
+            WT(split_row)(ih >= 0 && ih < job->h ? xc + ih * job->w : NULL, job->w, job->pw, span,
+                          p + r * TILE * stride + lr * span, stride);
         }
     }
     for (int q = 0; q < TILE; q++) {
@@ -368,23 +392,19 @@ static void WT(wgrad_gradient_channels)(void *arg, int64_t begin, int64_t end) {
     wgrad_job *job = arg;
     const wino_job *g = &job->geometry;
     int64_t tw = g->tw, span = tw + 1, ld = job->ld, step = g->o * ld;
-    float *work = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)((TILE * TILE + PATCH * TILE) * ld + TILE * span));
+    float *work = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)((TILE * TILE + PATCH * TILE) * ld));
     if (work == NULL) { failed_task(&job->failed); return; }
     float *p = work;                     // p[a][q][·]: column q of row a of each tile
     float *z = p + TILE * TILE * ld;     // z[i][q][·]: A applied down the tile's rows
-    float *padded = z + PATCH * TILE * ld;
     for (int64_t o = begin; o < end; o++) {
         for (int64_t lr = 0; lr < job->rows; lr++) {
             int64_t row = job->row0 + lr, image = row / g->th, tr = row % g->th;
             const float *dyo = job->dy + (image * g->o + o) * g->oh * g->ow;
+            // Columns TILE·t + q of the tile's row a, zero past the edge (and
+            // so in the padding column, t = tw).
             for (int a = 0; a < TILE; a++) {
                 int64_t oh = tr * TILE + a;
-                memset(padded, 0, (size_t)(TILE * span) * sizeof(float));
-                if (oh < g->oh) memcpy(padded, dyo + oh * g->ow, (size_t)g->ow * sizeof(float));
-                float *pa = p + a * TILE * ld + lr * span;
-#pragma clang loop vectorize(assume_safety)
-                for (int64_t t = 0; t < span; t++)
-                    for (int q = 0; q < TILE; q++) pa[q * ld + t] = t < tw ? padded[TILE * t + q] : 0.0f;
+                WT(split_row)(oh < g->oh ? dyo + oh * g->ow : NULL, g->ow, 0, span, p + a * TILE * ld + lr * span, ld);
             }
         }
         for (int q = 0; q < TILE; q++) {

@@ -26,6 +26,9 @@ final class WinogradKernelTests: XCTestCase {
         Case(n: 2, c: 3, h: 2, w: 3, o: 2, ph: 2, pw: 1),
         // Enough tiles for several blocks per thread, channels past a GEMM panel.
         Case(n: 2, c: 40, h: 33, w: 29, o: 37, ph: 1, pw: 1),
+        // Rows of more than 16 tiles (and F(2×2)'s of more than 32): the
+        // input and gradient rows are split 16 tiles at a time.
+        Case(n: 1, c: 3, h: 6, w: 70, o: 2, ph: 1, pw: 2),
     ]
 
     func values(_ count: Int, seed: Int) -> [Float] {
