@@ -28,7 +28,7 @@ let package = Package(
 
         // The runtime kernels called by every compiled module (C, OpenBLAS).
         .target(name: "DDPKernels", dependencies: ["CBLAS"], cSettings: kernelFlags,
-                linkerSettings: [.linkedLibrary("openblas"), .linkedLibrary("m")]),
+                linkerSettings: [.linkedLibrary("openblas"), .linkedLibrary("mvec"), .linkedLibrary("m")]),
 
         .target(name: "IR"),
         .target(name: "Passes", dependencies: ["IR"]),

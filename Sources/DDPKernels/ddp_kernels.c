@@ -6,6 +6,8 @@
 #include "ddp_kernels.h"
 #include "ddp_internal.h"
 
+#include <immintrin.h>
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,9 +133,55 @@ typedef struct {
     float *y;
 } normal_job;
 
+// The kernel takes log and cos of whole vectors from glibc's vector math
+// library (libmvec): 20 ns per value was 5% of a DDeP step. Its functions
+// may differ from the scalar ones in the last bits of a double; rounded to
+// float, not one of 2^24 values differed from ddp_normal_at's when checked.
+#if defined(__AVX512F__)
+#define NORMAL_LANES 8
+typedef __m512d normal_vector;
+__m512d _ZGVeN8v_log(__m512d);
+__m512d _ZGVeN8v_cos(__m512d);
+#define VECTOR_LOG _ZGVeN8v_log
+#define VECTOR_COS _ZGVeN8v_cos
+#define VECTOR_LOAD _mm512_loadu_pd
+#define VECTOR_SET1 _mm512_set1_pd
+#define VECTOR_MUL _mm512_mul_pd
+#define VECTOR_SQRT _mm512_sqrt_pd
+#define VECTOR_STORE_FLOATS(p, v) _mm256_storeu_ps((p), _mm512_cvtpd_ps(v))
+#elif defined(__AVX2__)
+#define NORMAL_LANES 4
+typedef __m256d normal_vector;
+__m256d _ZGVdN4v_log(__m256d);
+__m256d _ZGVdN4v_cos(__m256d);
+#define VECTOR_LOG _ZGVdN4v_log
+#define VECTOR_COS _ZGVdN4v_cos
+#define VECTOR_LOAD _mm256_loadu_pd
+#define VECTOR_SET1 _mm256_set1_pd
+#define VECTOR_MUL _mm256_mul_pd
+#define VECTOR_SQRT _mm256_sqrt_pd
+#define VECTOR_STORE_FLOATS(p, v) _mm_storeu_ps((p), _mm256_cvtpd_ps(v))
+#endif
+
 static void normal_range(void *arg, int64_t begin, int64_t end) {
     normal_job *job = arg;
-    for (int64_t i = begin; i < end; i++) job->y[i] = (float)ddp_normal_at(job->seed, (uint64_t)i);
+    int64_t i = begin;
+#ifdef NORMAL_LANES
+    const double two_pi = 6.283185307179586476925286766559; // as in ddp_normal_at
+    uint64_t key = splitmix64(job->seed);
+    for (; i + NORMAL_LANES <= end; i += NORMAL_LANES) {
+        double u1[NORMAL_LANES], u2[NORMAL_LANES];
+        for (int l = 0; l < NORMAL_LANES; l++) {
+            uint64_t r1 = splitmix64(key + 2 * (uint64_t)(i + l)), r2 = splitmix64(key + 2 * (uint64_t)(i + l) + 1);
+            u1[l] = (double)((r1 >> 11) + 1) * 0x1p-53;
+            u2[l] = (double)(r2 >> 11) * 0x1p-53;
+        }
+        normal_vector radius = VECTOR_SQRT(VECTOR_MUL(VECTOR_SET1(-2.0), VECTOR_LOG(VECTOR_LOAD(u1))));
+        normal_vector angle = VECTOR_COS(VECTOR_MUL(VECTOR_SET1(two_pi), VECTOR_LOAD(u2)));
+        VECTOR_STORE_FLOATS(job->y + i, VECTOR_MUL(radius, angle));
+    }
+#endif
+    for (; i < end; i++) job->y[i] = (float)ddp_normal_at(job->seed, (uint64_t)i);
 }
 
 // random_normal: y[i] = (float)ddp_normal_at(seed, i); each element depends on

@@ -182,6 +182,8 @@ const char *ddp_kernel_name(int index);
 ///   u1 = ((r1 >> 11) + 1) * 2^-53   in (0, 1]
 ///   u2 = (r2 >> 11) * 2^-53         in [0, 1)
 ///   z  = sqrt(-2 log u1) * cos(2π u2), in double, rounded to float.
+/// The random_normal kernel computes log and cos with glibc's vector math
+/// library; RandomNormalKernelTests holds its floats equal to this one's.
 double ddp_normal_at(uint64_t seed, uint64_t i);
 
 /// Measured-peak helper for benchmarks: runs an n×n×n sgemm `reps` times and
