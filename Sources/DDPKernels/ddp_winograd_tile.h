@@ -9,11 +9,14 @@
 // compiler cannot prove it through pointer arrays and runtime strides (and
 // would not vectorise them).
 //
-// The tiles of a block sit in V and M as rows × span columns, span = tw + 1:
-// tile t of local tile row lr is column lr·span + t, and column lr·span + tw
-// is padding. With it every transform runs as one flat loop over the block's
-// columns (vectorised however short the rows are); the GEMMs compute the
-// padding columns too, 1/span of their work, and nothing reads them.
+// The tiles of a block sit in V, M and Ŷ as rows × tw columns: tile t of
+// local tile row lr is column lr·tw + t, and every transform is one flat loop
+// over the block's columns (vectorised however short the rows are). Only the
+// input transform's phase arrays keep a padding column per tile row (span =
+// tw + 1 columns), because a tile's last two input columns are the next
+// tile's first phases; it drops them as it stores V. (They were once in V
+// and M too, and the GEMMs computed them: a fifth of their work at 8 and 16
+// px.)
 
 #define TILE WT_TILE
 #define PATCH (WT_TILE + 2)
@@ -232,16 +235,33 @@ static void WT(prefetch_rows)(const wino_job *job, int64_t row0, int64_t rows, i
     }
 }
 
-/// Floats `transform_input_channel` needs as work space for ld columns.
-static int64_t WT(input_work_floats)(const wino_job *job, int64_t ld) {
-    return 2 * PATCH * TILE * (ld + job->tw + 1);
+/// Floats `transform_input_channel` needs as work space for blocks of up to
+/// `rows` tile rows.
+static int64_t WT(input_work_floats)(const wino_job *job, int64_t rows) {
+    return 2 * PATCH * TILE * (rows + 1) * (job->tw + 1);
 }
 
-/// V[ξ][c][·] (rows ld floats apart) for channel c of the block's tile rows
-/// [row0, row0 + rows).
+/// Bᵀ applied along the rows of z (columns k of phases 0..TILE-1, then k + 1
+/// of phases 0 and 1; phases `stride` floats apart) for n columns: point j of
+/// column k goes to out[j][at + k].
+static inline void WT(input_points)(const float *zi, int64_t stride, int64_t n, float *const out[PATCH], int64_t at) {
+    #pragma clang loop vectorize(assume_safety)
+    for (int64_t k = 0; k < n; k++) {
+        float in[PATCH], o[PATCH];
+        for (int q = 0; q < TILE; q++) in[q] = zi[q * stride + k];
+        in[TILE] = zi[k + 1];
+        in[TILE + 1] = zi[stride + k + 1];
+        INPUT_TRANSFORM(in, o);
+        for (int j = 0; j < PATCH; j++) out[j][at + k] = o[j];
+    }
+}
+
+/// V[ξ][c][·] (rows ld = rows·tw floats apart) for channel c of the block's
+/// tile rows [row0, row0 + rows).
 static void WT(transform_input_channel)(const wino_job *job, int64_t row0, int64_t rows, int64_t c, float *v,
                                         int64_t ld, float *work) {
-    int64_t span = job->tw + 1, stride = ld + span; // phase arrays carry one spare tile row
+    int64_t tw = job->tw, span = tw + 1, padded = rows * span;
+    int64_t stride = padded + span; // phase arrays carry one spare tile row
     float *p = work;                         // p[r][q][·]: phase q of input row r under each tile row
     float *z = p + PATCH * TILE * stride;    // z[i][q][·]: Bᵀ applied down the PATCH rows
     if (c + 1 < job->c) WT(prefetch_rows)(job, row0, rows, c + 1);
@@ -262,27 +282,32 @@ static void WT(transform_input_channel)(const wino_job *job, int64_t row0, int64
             zq[r] = z + (r * TILE + q) * stride;
         }
         #pragma clang loop vectorize(assume_safety)
-        for (int64_t k = 0; k < ld; k++) {
+        for (int64_t k = 0; k < padded; k++) {
             float in[PATCH], out[PATCH];
             for (int r = 0; r < PATCH; r++) in[r] = d[r][k];
             INPUT_TRANSFORM(in, out);
             for (int r = 0; r < PATCH; r++) zq[r][k] = out[r];
         }
     }
+    // Row i of the points. Tile rows of 16 tiles or more vectorise alone and
+    // go straight into V; shorter ones are computed over the padded columns
+    // into p (no longer read), and their tiles then copied into V.
     int64_t step = job->c * ld; // from V[ξ] to V[ξ + 1]
     for (int i = 0; i < PATCH; i++) {
         const float *zi = z + (i * TILE) * stride;
-        float *vi[PATCH];
-        for (int j = 0; j < PATCH; j++) vi[j] = v + (int64_t)(i * PATCH + j) * step + c * ld;
-        #pragma clang loop vectorize(assume_safety)
-        for (int64_t k = 0; k < ld; k++) {
-            float in[PATCH], out[PATCH];
-            for (int q = 0; q < TILE; q++) in[q] = zi[q * stride + k];
-            in[TILE] = zi[k + 1];
-            in[TILE + 1] = zi[stride + k + 1];
-            INPUT_TRANSFORM(in, out);
-            for (int j = 0; j < PATCH; j++) vi[j][k] = out[j];
+        float *vi[PATCH], *oj[PATCH];
+        for (int j = 0; j < PATCH; j++) {
+            vi[j] = v + (int64_t)(i * PATCH + j) * step + c * ld;
+            oj[j] = p + j * padded;
         }
+        if (tw >= 16) {
+            for (int64_t lr = 0; lr < rows; lr++) WT(input_points)(zi + lr * span, stride, tw, vi, lr * tw);
+            continue;
+        }
+        WT(input_points)(zi, stride, padded, oj, 0);
+        for (int j = 0; j < PATCH; j++)
+            for (int64_t lr = 0; lr < rows; lr++)
+                for (int64_t t = 0; t < tw; t++) vi[j][lr * tw + t] = oj[j][lr * span + t];
     }
 }
 
@@ -295,7 +320,7 @@ static int64_t WT(output_work_floats)(const wino_job *job, int64_t ld) {
 /// (rows ld floats apart): Aᵀ m A, then the epilogue, stored into y.
 static void WT(transform_output_channel)(const wino_job *job, int64_t row0, int64_t rows, int64_t o,
                                          const float *m, int64_t ld, float *work) {
-    int64_t tw = job->tw, span = tw + 1;
+    int64_t tw = job->tw;
     float *wa = work;                      // wa[i][b][·]: m·A along row i of each tile
     float *ya = wa + PATCH * TILE * ld;    // ya[a][b][·]: Aᵀ·(m·A)
     float *line = ya + TILE * TILE * ld;   // one output row, interleaved from ya
@@ -329,7 +354,7 @@ static void WT(transform_output_channel)(const wino_job *job, int64_t row0, int6
         int64_t row = row0 + lr, image = row / job->th, tr = row % job->th;
         for (int r = 0; r < TILE && tr * TILE + r < job->oh; r++) {
             int64_t at = (image * job->o + o) * plane + (tr * TILE + r) * job->ow;
-            const float *q = ya + (r * TILE) * ld + lr * span;
+            const float *q = ya + (r * TILE) * ld + lr * tw;
 #pragma clang loop vectorize(assume_safety)
             for (int64_t t = 0; t < tw; t++)
                 for (int b = 0; b < TILE; b++) line[TILE * t + b] = q[b * ld + t];
@@ -353,16 +378,16 @@ static void WT(transform_output_channel)(const wino_job *job, int64_t row0, int6
 /// Blocks [begin, end): transform, POINTS GEMMs, transform back.
 static void WT(blocks)(void *arg, int64_t begin, int64_t end) {
     wino_job *job = arg;
-    int64_t rows_total = job->n * job->th, span = job->tw + 1, most = job->rows_per_block * span;
+    int64_t rows_total = job->n * job->th, most = job->rows_per_block * job->tw;
     int64_t v_floats = POINTS * job->c * most, m_floats = POINTS * job->o * most;
-    int64_t in = WT(input_work_floats)(job, most), out = WT(output_work_floats)(job, most);
+    int64_t in = WT(input_work_floats)(job, job->rows_per_block), out = WT(output_work_floats)(job, most);
     float *scratch = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(v_floats + m_floats + (in > out ? in : out)));
     if (scratch == NULL) { failed_task(&job->failed); return; }
     float *v = scratch, *m = scratch + v_floats, *work = m + m_floats;
     for (int64_t b = begin; b < end; b++) {
         int64_t row0 = b * job->rows_per_block;
         int64_t rows = rows_total - row0 < job->rows_per_block ? rows_total - row0 : job->rows_per_block;
-        int64_t ld = rows * span;
+        int64_t ld = rows * job->tw;
         for (int64_t c = 0; c < job->c; c++) WT(transform_input_channel)(job, row0, rows, c, v, ld, work);
         for (int xi = 0; xi < POINTS; xi++)
             if (!ddp_gemm_with_packed_a(job->packed_u + xi * job->packed_floats, 0, job->o, ld, job->c,
@@ -419,24 +444,16 @@ static int WT(winograd)(wino_job *job, const float *w, int transposed) {
 static void WT(wgrad_input_channels)(void *arg, int64_t begin, int64_t end) {
     wgrad_job *job = arg;
     const wino_job *g = &job->geometry;
-    float *work = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)WT(input_work_floats)(g, job->ld));
+    float *work = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)WT(input_work_floats)(g, job->rows));
     if (work == NULL) { failed_task(&job->failed); return; }
-    int64_t span = g->tw + 1;
-    for (int64_t c = begin; c < end; c++) {
-        WT(transform_input_channel)(g, job->row0, job->rows, c, job->v, job->ld, work);
-        // The padding columns hold whatever the flat loops left there; Ŷ is
-        // zero in them, and 0 · (a stray NaN) would not be.
-        for (int xi = 0; xi < POINTS; xi++)
-            for (int64_t lr = 0; lr < job->rows; lr++) job->v[(xi * g->c + c) * job->ld + lr * span + g->tw] = 0.0f;
-    }
+    for (int64_t c = begin; c < end; c++) WT(transform_input_channel)(g, job->row0, job->rows, c, job->v, job->ld, work);
 }
 
-/// Ŷ[ξ][o][·] for output-gradient channels [begin, end) of the block; the
-/// padding column of each tile row is zero.
+/// Ŷ[ξ][o][·] for output-gradient channels [begin, end) of the block.
 static void WT(wgrad_gradient_channels)(void *arg, int64_t begin, int64_t end) {
     wgrad_job *job = arg;
     const wino_job *g = &job->geometry;
-    int64_t tw = g->tw, span = tw + 1, ld = job->ld, step = g->o * ld;
+    int64_t tw = g->tw, ld = job->ld, step = g->o * ld;
     float *work = ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)((TILE * TILE + PATCH * TILE) * ld));
     if (work == NULL) { failed_task(&job->failed); return; }
     float *p = work;                     // p[a][q][·]: column q of row a of each tile
@@ -445,11 +462,10 @@ static void WT(wgrad_gradient_channels)(void *arg, int64_t begin, int64_t end) {
         for (int64_t lr = 0; lr < job->rows; lr++) {
             int64_t row = job->row0 + lr, image = row / g->th, tr = row % g->th;
             const float *dyo = job->dy + (image * g->o + o) * g->oh * g->ow;
-            // Columns TILE·t + q of the tile's row a, zero past the edge (and
-            // so in the padding column, t = tw).
+            // Columns TILE·t + q of the tile's row a, zero past the edge.
             for (int a = 0; a < TILE; a++) {
                 int64_t oh = tr * TILE + a;
-                WT(split_row)(oh < g->oh ? dyo + oh * g->ow : NULL, g->ow, 0, span, p + a * TILE * ld + lr * span, ld);
+                WT(split_row)(oh < g->oh ? dyo + oh * g->ow : NULL, g->ow, 0, tw, p + a * TILE * ld + lr * tw, ld);
             }
         }
         for (int q = 0; q < TILE; q++) {
@@ -522,7 +538,7 @@ static int WT(grad_weight)(wgrad_job *job) {
     if (columns < WGRAD_MIN_COLUMNS) columns = WGRAD_MIN_COLUMNS;
     int64_t rows = (columns + span - 1) / span;
     if (rows > rows_total) rows = rows_total;
-    int64_t most = rows * span;
+    int64_t most = rows * g->tw;
     float *blocks = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(POINTS * (g->c + g->o) * most));
     job->du = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(POINTS * plane));
     if (blocks == NULL || job->du == NULL) return DDP_ERR_NOMEM;
@@ -531,7 +547,7 @@ static int WT(grad_weight)(wgrad_job *job) {
     job->dyt = blocks + POINTS * g->c * most;
     for (job->row0 = 0; job->row0 < rows_total; job->row0 += rows) {
         job->rows = rows_total - job->row0 < rows ? rows_total - job->row0 : rows;
-        job->ld = job->rows * span;
+        job->ld = job->rows * g->tw;
         ddp_parallel_for(g->c, WT(wgrad_input_channels), job);
         ddp_parallel_for(g->o, WT(wgrad_gradient_channels), job);
         ddp_parallel_for(POINTS, WT(wgrad_products), job);
