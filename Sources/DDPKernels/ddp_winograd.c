@@ -48,6 +48,14 @@
 /// then outgrow the cache; 512 made its forward and input gradient 18%
 /// faster and left the wide layers as they were (Zen 5, measured per layer).
 #define BLOCK_MAX_COLUMNS 512
+/// Most floats of the input transform's phase arrays per block (32 KiB, in
+/// the first-level cache), whatever the budgets above allow; about 140 tiles
+/// whatever the width. Thin layers at 64 and 128 px (16 and 32 channels)
+/// took 500 tiles per block, their phase arrays spilled, and this cap made
+/// their forward and input gradient 7-20% faster; the wide layers did not
+/// move (Zen 5, per layer). Half of it helped the 64-px layers more and hurt
+/// the 128-px ones.
+#define WORK_CACHE_FLOATS ((int64_t)8192)
 /// Tiles per block of the weight gradient: the products' sums run over
 /// them, so long blocks make long, efficient GEMMs, up to 1024 columns; but
 /// a block's V and Ŷ (points × (C + O) × columns) stay within 16 MiB, down
