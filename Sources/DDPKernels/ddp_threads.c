@@ -21,6 +21,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #define DDP_MAX_THREADS 256
 /// Pause iterations a waiting thread spins before it sleeps (about 50 µs).
@@ -171,6 +172,9 @@ void ddp_parallel_for(int64_t n, ddp_task_fn fn, void *arg) {
     pthread_mutex_unlock(&pool.region);
 }
 
+/// Bytes of a transparent huge page on x86-64.
+#define HUGE_PAGE ((size_t)2 << 20)
+
 static _Thread_local struct {
     float *data;
     size_t floats;
@@ -187,7 +191,13 @@ float *ddp_thread_scratch(int slot, size_t floats) {
     if (floats > scratch[slot].floats) {
         free(scratch[slot].data);
         size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
-        scratch[slot].data = aligned_alloc(64, bytes);
+        if (bytes >= HUGE_PAGE) { // whole huge pages, asked for (see AlignedBuffer in the runtime)
+            bytes = (bytes + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+            scratch[slot].data = aligned_alloc(HUGE_PAGE, bytes);
+            if (scratch[slot].data != NULL) madvise(scratch[slot].data, bytes, MADV_HUGEPAGE);
+        } else {
+            scratch[slot].data = aligned_alloc(64, bytes);
+        }
         scratch[slot].floats = scratch[slot].data != NULL ? floats : 0;
     }
     return scratch[slot].data;

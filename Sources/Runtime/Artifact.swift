@@ -163,6 +163,10 @@ public final class AlignedBuffer {
            region != MAP_FAILED {
             pointer = region  // page-aligned and zero-filled
             mapped = true
+            // Huge pages where the system gives them on request: the kernels
+            // stride through activations megabytes apart, and with 4 KiB
+            // pages every stride is a TLB miss.
+            _ = madvise(region, length, MADV_HUGEPAGE)
         } else {
             pointer = UnsafeMutableRawPointer.allocate(byteCount: length, alignment: 64)
             pointer.initializeMemory(as: UInt8.self, repeating: 0, count: length)
