@@ -47,14 +47,16 @@
 /// thousands of tiles in the budget, and the input transform's work rows
 /// then outgrow the cache; 512 made its forward and input gradient 18%
 /// faster and left the wide layers as they were (Zen 5, measured per layer).
+/// WORK_CACHE_FLOATS below now caps blocks tighter still.
 #define BLOCK_MAX_COLUMNS 512
 /// Most floats of the input transform's phase arrays per block (32 KiB, in
-/// the first-level cache), whatever the budgets above allow; about 140 tiles
-/// whatever the width. Thin layers at 64 and 128 px (16 and 32 channels)
-/// took 500 tiles per block, their phase arrays spilled, and this cap made
-/// their forward and input gradient 7-20% faster; the wide layers did not
-/// move (Zen 5, per layer). Half of it helped the 64-px layers more and hurt
-/// the 128-px ones.
+/// the first-level cache), down to BLOCK_MIN_COLUMNS whatever the budgets
+/// above allow; about 140 tiles at any width up to 128 px. Thin layers at 64
+/// and 128 px (16 and 32 channels) took 500 tiles per block, their phase
+/// arrays spilled, and this cap made their forward and input gradient 7-20%
+/// faster; the wide layers did not move (Zen 5, per layer). Half of it
+/// helped the 64-px layers more and hurt the 128-px ones; below
+/// BLOCK_MIN_COLUMNS (one tile row at 224 px) it was 6% slower.
 #define WORK_CACHE_FLOATS ((int64_t)8192)
 /// Tiles per block of the weight gradient: the products' sums run over
 /// them, so long blocks make long, efficient GEMMs, up to 1024 columns; but
@@ -149,32 +151,6 @@ static void split_row_avx512_f4(const float *xrow, int64_t w, int64_t pw, int64_
     }
 }
 
-/// Transposes the 16×16 block in r[0..15] (row t becomes column t).
-static inline void transpose_16x16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    // r[4q + j] now holds, in each 128-bit lane L, element j of rows 4L'..:
-    // rows 4q..4q+3's column 4L + j for L = 0..3. Exchange the 128-bit lanes.
-    for (int j = 0; j < 4; j++) {
-        __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
-        __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88), d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
-        t[j] = _mm512_shuffle_f32x4(a, c, 0x88);
-        t[8 + j] = _mm512_shuffle_f32x4(a, c, 0xDD);
-        t[4 + j] = _mm512_shuffle_f32x4(b, d, 0x88);
-        t[12 + j] = _mm512_shuffle_f32x4(b, d, 0xDD);
-    }
-    for (int i = 0; i < 16; i++) r[i] = t[i];
-}
-
 /// split_row for 2 phases, 16 tiles at a time.
 static void split_row_avx512_f2(const float *xrow, int64_t w, int64_t pw, int64_t span, float *p, int64_t stride) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -188,6 +164,32 @@ static void split_row_avx512_f2(const float *xrow, int64_t w, int64_t pw, int64_
         _mm512_mask_storeu_ps(p + t0, keep, _mm512_permutex2var_ps(a0, even, a1));
         _mm512_mask_storeu_ps(p + stride + t0, keep, _mm512_permutex2var_ps(a0, odd, a1));
     }
+}
+
+/// Transposes the 16×16 block in r[0..15] (row t becomes column t).
+static inline void transpose_16x16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    // Each 128-bit lane now holds a 4×4 block transposed: lane L of r[4q + j]
+    // is column 4L + j of rows 4q..4q+3. Moving the lanes finishes the job.
+    for (int j = 0; j < 4; j++) {
+        __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+        __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88), d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+        t[j] = _mm512_shuffle_f32x4(a, c, 0x88);
+        t[8 + j] = _mm512_shuffle_f32x4(a, c, 0xDD);
+        t[4 + j] = _mm512_shuffle_f32x4(b, d, 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(b, d, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 #endif
 
