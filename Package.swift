@@ -26,7 +26,8 @@ let package = Package(
         .target(name: "JPEGCodec", dependencies: ["CJPEG"], cSettings: kernelFlags,
                 linkerSettings: [.linkedLibrary("jpeg")]),
 
-        // The runtime kernels called by every compiled module (C, OpenBLAS).
+        // The runtime kernels called by every compiled module (C, OpenBLAS,
+        // and glibc's vector math library for random_normal).
         .target(name: "DDPKernels", dependencies: ["CBLAS"], cSettings: kernelFlags,
                 linkerSettings: [.linkedLibrary("openblas"), .linkedLibrary("mvec"), .linkedLibrary("m")]),
 
