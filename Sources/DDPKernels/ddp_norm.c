@@ -32,10 +32,12 @@ static void moments(const float *x, int64_t n, double eps, float *mean, float *r
 }
 
 /// y = (x - m)·scale + b, then max(·, 0) when relu (fmaxf's rule, as
-/// generated loops compute it). Two copies because plan-memory may give the
-/// result its input's bytes, and a vectorizer's overlap check sends y == x to
-/// the scalar loop: the in-place form reads and writes one pointer.
-static void normalize_plane(const float *restrict x, float *restrict y, int64_t n, float m, float scale, float b, int relu) {
+/// generated loops compute it). plan-memory may give the result its input's
+/// bytes, and a vectorizer's overlap check sends y == x to the scalar loop;
+/// inlined, the in-place call below reads and writes through one pointer,
+/// which needs no check.
+static inline __attribute__((always_inline)) void normalize_plane(const float *x, float *y, int64_t n, float m,
+                                                                  float scale, float b, int relu) {
     if (relu)
         for (int64_t t = 0; t < n; t++) {
             float v = (x[t] - m) * scale + b;
@@ -43,16 +45,6 @@ static void normalize_plane(const float *restrict x, float *restrict y, int64_t 
         }
     else
         for (int64_t t = 0; t < n; t++) y[t] = (x[t] - m) * scale + b;
-}
-
-static void normalize_plane_in_place(float *y, int64_t n, float m, float scale, float b, int relu) {
-    if (relu)
-        for (int64_t t = 0; t < n; t++) {
-            float v = (y[t] - m) * scale + b;
-            y[t] = v != v ? 0.0f : (v >= 0.0f ? v : 0.0f);
-        }
-    else
-        for (int64_t t = 0; t < n; t++) y[t] = (y[t] - m) * scale + b;
 }
 
 /// batch_norm_train: one task per channel range; a channel's statistics
@@ -79,7 +71,7 @@ static void batch_norm_train_channels(void *arg, int64_t begin, int64_t end) {
             const float *xp = j->x + (i * j->c + ch) * j->hw;
             float *yp = j->y + (i * j->c + ch) * j->hw;
             if (xp == yp)
-                normalize_plane_in_place(yp, j->hw, m, scale, b, j->relu);
+                normalize_plane(yp, yp, j->hw, m, scale, b, j->relu);
             else
                 normalize_plane(xp, yp, j->hw, m, scale, b, j->relu);
         }

@@ -422,7 +422,7 @@ static int WT(winograd)(wino_job *job, const float *w, int transposed) {
     int64_t most = (BLOCK_MAX_COLUMNS + job->tw) / (job->tw + 1);
     if (rows > most) rows = most;
     if (rows < fewest) rows = fewest;
-    int64_t in_cache = WORK_CACHE_FLOATS / (2 * PATCH * TILE * (job->tw + 1)) - 1; // see WORK_CACHE_FLOATS
+    int64_t in_cache = WORK_CACHE_FLOATS / WT(input_work_floats)(job, 0) - 1; // see WORK_CACHE_FLOATS
     if (rows > in_cache) rows = in_cache > fewest ? in_cache : fewest;
     int64_t threads = ddp_parallel_threads(), blocks = (rows_total + rows - 1) / rows;
     if (blocks < 4 * threads) blocks = (blocks + threads - 1) / threads * threads;
