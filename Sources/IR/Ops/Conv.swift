@@ -171,8 +171,10 @@ public enum ConvOps {
                evaluate: { operands, attrs, type in try evaluate(operands[0], operands[1], attrs: attrs, type: type) },
                gradient: { c in
                    let b = c.builder, x = c.operands[0], w = c.operands[1]
-                   return [try b.emit("conv2d_grad_input", [c.grad, w], passAttrs(c.attrs, adding: "input_shape", x.shape)),
-                           try b.emit("conv2d_grad_weight", [x, c.grad], passAttrs(c.attrs, adding: "weight_shape", w.shape))]
+                   // The weight gradient first: x, often read by nothing later, is
+                   // then free before the input gradient's dx is made.
+                   let dw = try b.emit("conv2d_grad_weight", [x, c.grad], passAttrs(c.attrs, adding: "weight_shape", w.shape))
+                   return [try b.emit("conv2d_grad_input", [c.grad, w], passAttrs(c.attrs, adding: "input_shape", x.shape)), dw]
                },
                lowering: .kernels { operands, _, attrs in
                    let geometry = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
