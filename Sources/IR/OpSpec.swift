@@ -120,12 +120,16 @@ public struct OpSpec {
     /// plan-memory then places the result there when nothing reads the
     /// operand afterwards.
     public let overwritesOperand: Int?
+    /// Recomputing the result costs about what storing and reading it back
+    /// does (data movement: resampling, concatenation): `rematerialize` may
+    /// compute it again where it is needed late instead of holding it.
+    public let rematerializable: Bool
 
     public init(name: String, doc: String, arity: ClosedRange<Int>, requiredAttributes: [String] = [],
                 inferType: @escaping TypeRule, evaluate: @escaping Evaluate,
                 gradient: GradientRule?, lowering: Lowering,
                 examples: [(operands: [TensorType], attrs: Attributes)], flops: FlopRule? = nil,
-                overwritesOperand: Int? = nil) {
+                overwritesOperand: Int? = nil, rematerializable: Bool = false) {
         self.name = name
         self.doc = doc
         self.arity = arity
@@ -137,6 +141,7 @@ public struct OpSpec {
         self.examples = examples
         self.flops = flops
         self.overwritesOperand = overwritesOperand
+        self.rematerializable = rematerializable
     }
 
     /// Check operand count and required attributes, then apply the shape rule.

@@ -77,14 +77,14 @@ public struct PassManager {
         if let optimizer { passes.append(optimizer) }
         let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(),
                                 SelectConvAlgorithm(mode: convAlgorithm),
-                                DCE(), GroupLoops(), PlanMemory()]
+                                DCE(), Rematerialize(), GroupLoops(), PlanMemory()]
         return passes + rest
     }
 
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
          FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
-         FuseConvEpilogue.name, SelectConvAlgorithm.name, GroupLoops.name, PlanMemory.name]
+         FuseConvEpilogue.name, SelectConvAlgorithm.name, Rematerialize.name, GroupLoops.name, PlanMemory.name]
     }
 
     @discardableResult

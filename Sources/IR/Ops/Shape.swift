@@ -115,7 +115,7 @@ public enum ShapeOps {
                                                           srcStart: start.map { _ in 0 }, dstStart: start, count: operand.shape))
                    }
                },
-               examples: [([f([2, 1, 3]), f([2, 2, 3])], ["axis": .int(1)])]),
+               examples: [([f([2, 1, 3]), f([2, 2, 3])], ["axis": .int(1)])], rematerializable: true),
 
         /// ∂x = pad(g) back to x's shape with zeros
         OpSpec(name: "slice", doc: "%r = slice(%x) {start=[...], end=[...]}: the box start..<end",

@@ -81,7 +81,7 @@ public enum UpsampleOps {
                        let geo = try Geometry(input: operands[0].shape, size: attrs.ints("size"))
                        return [KernelCall(name, [.operand(0), .result], ints: try ints(geo, attrs))]
                    },
-                   examples: examples.map { ([f([1, 2, 5, 7])], $0) }),
+                   examples: examples.map { ([f([1, 2, 5, 7])], $0) }, rematerializable: true),
             OpSpec(name: gradName, doc: gradDoc, arity: 1...1, requiredAttributes: ["size", "input_shape"],
                    inferType: { operands, attrs in
                        let input = try attrs.ints("input_shape")

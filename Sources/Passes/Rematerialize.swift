@@ -1,0 +1,185 @@
+import IR
+
+/// Computes cheap data movement (`OpSpec.rematerializable`: upsampling,
+/// concatenation) again right before a late use, instead of holding its
+/// result across the turn from the forward to the backward pass.
+///
+/// A training step keeps what its backward pass reads, and a decoder's
+/// upsampled and concatenated inputs, read again by their convolution's
+/// weight gradient, are the largest of these: TransUNet's DDeP step at 224 px
+/// held a 51 MB upsampled tensor and 77 MB of concatenations at its peak.
+/// Their operands are held anyway (the previous block's output) or smaller
+/// (a skip connection), and the op is one pass over memory, about what
+/// storing its result and reading it back costs.
+///
+/// For each such value, largest first, its uses are split at the longest
+/// stretch of the schedule without one, and the uses after it read a copy
+/// computed just before the first of them (with no use before the stretch,
+/// the value simply moves there). An operand of the copy that would be dead
+/// by then is computed again too when it is rematerializable itself, and is
+/// otherwise held longer. A copy is kept only if the function's peak of live
+/// arena bytes (plan-memory's lower bound) drops, so nothing is recomputed
+/// that saves no memory; a function without such a stretch (inference) is
+/// left as it is.
+public struct Rematerialize: Pass {
+    public static let name = "rematerialize"
+    /// Most rematerializable producers one copy recomputes in a chain
+    /// (a concatenation of an upsampling is two).
+    static let maximumChain = 4
+
+    public init() {}
+
+    public func run(_ module: inout Module) throws -> Bool {
+        var changed = false
+        for f in module.functions.indices {
+            changed = rematerialize(&module.functions[f]) || changed
+        }
+        if changed { _ = try DCE().run(&module) } // values that moved leave their old producers dead
+        return changed
+    }
+
+    /// Keeps every copy that lowers the peak, largest value first; a value
+    /// that did not help is tried again after the next copy is kept (the
+    /// peak may have moved to where it is live).
+    func rematerialize(_ function: inout Function) -> Bool {
+        var peak = Schedule(function).peakLiveBytes
+        var settled = Set<ValueID>() // values copied, and the copies
+        var changed = false
+        while true {
+            let candidates = function.nodes
+                .filter { !settled.contains($0.id) && OpRegistry.spec($0.op)?.rematerializable == true }
+                .sorted { ($0.type.byteSize, $1.id) > ($1.type.byteSize, $0.id) }
+            var kept = false
+            for candidate in candidates {
+                guard let trial = recomputingLateUses(of: candidate.id, in: function) else { continue }
+                let trialPeak = Schedule(trial.function).peakLiveBytes
+                guard trialPeak < peak else { continue }
+                function = trial.function
+                peak = trialPeak
+                settled.insert(candidate.id)
+                settled.formUnion(trial.copies)
+                changed = true
+                kept = true
+                break
+            }
+            if !kept { return changed }
+        }
+    }
+
+    struct Trial {
+        var function: Function
+        var copies: [ValueID]
+    }
+
+    /// `function` with the uses of `value` after its longest unused stretch
+    /// reading a copy made just before them, or nil when the value cannot be
+    /// copied (a result of the function, read through an alias, or reading an
+    /// argument an update overwrites during the call).
+    func recomputingLateUses(of value: ValueID, in function: Function) -> Trial? {
+        let schedule = Schedule(function)
+        guard !schedule.results.contains(value), let definition = schedule.position[value],
+              let uses = schedule.uses[value], !uses.isEmpty,
+              !uses.contains(where: { Schedule.isAlias(function.nodes[$0]) }) else { return nil }
+        var split = 0, longest = uses[0] - definition
+        for i in uses.indices.dropFirst() where uses[i] - uses[i - 1] > longest {
+            longest = uses[i] - uses[i - 1]
+            split = i
+        }
+        let at = uses[split]
+        guard longest > 1 else { return nil }
+
+        var nextID = function.nextID
+        var inserted: [Node] = []
+        /// A copy of `id`'s node placed before `at`, its operands copied in
+        /// turn where they would be dead there.
+        func copy(_ id: ValueID, depth: Int) -> ValueID? {
+            var node = function.nodes[schedule.position[id]!]
+            for (index, operand) in node.operands.enumerated() {
+                let root = schedule.root[operand] ?? operand
+                if schedule.overwritten.contains(root) { return nil }
+                guard !schedule.arguments.contains(root), (schedule.lastUse[root] ?? 0) < at,
+                      depth + 1 < Self.maximumChain, root == operand, let position = schedule.position[operand],
+                      OpRegistry.spec(function.nodes[position].op)?.rematerializable == true else { continue }
+                guard let recomputed = copy(operand, depth: depth + 1) else { return nil }
+                node.operands[index] = recomputed
+            }
+            node.id = nextID
+            nextID += 1
+            node.arenaOffset = nil
+            node.inPlaceOf = nil
+            inserted.append(node)
+            return node.id
+        }
+        guard let replacement = copy(value, depth: 0) else { return nil }
+
+        var result = function
+        for position in uses[split...] {
+            result.nodes[position].operands = result.nodes[position].operands.map { $0 == value ? replacement : $0 }
+        }
+        result.nodes.insert(contentsOf: inserted, at: at)
+        return Trial(function: result, copies: inserted.map(\.id))
+    }
+}
+
+/// Positions, uses and storage of a function's values, and its peak of live
+/// arena bytes as plan-memory counts them: a buffer is live from its
+/// definition to its last use (results to the end), aliases share their
+/// operand's bytes, and arguments take none.
+struct Schedule {
+    var position: [ValueID: Int] = [:]
+    /// Positions of the nodes reading each value, ascending.
+    var uses: [ValueID: [Int]] = [:]
+    var root: [ValueID: ValueID]
+    /// Last position reading each storage root; the end for results.
+    var lastUse: [ValueID: Int] = [:]
+    var arguments: Set<ValueID>
+    /// Arguments an update overwrites (in place, during the call).
+    var overwritten: Set<ValueID>
+    /// Values the function returns or updates with.
+    var results: Set<ValueID>
+    let function: Function
+
+    init(_ function: Function) {
+        self.function = function
+        arguments = Set(function.args.map(\.id))
+        root = Dictionary(uniqueKeysWithValues: function.args.map { ($0.id, $0.id) })
+        overwritten = Set(function.updates.map(\.target))
+        results = Set(function.rootValues)
+        for (index, node) in function.nodes.enumerated() {
+            position[node.id] = index
+            let aliased = node.operands.first.flatMap { operand in Self.isAlias(node) ? root[operand] ?? operand : nil }
+            root[node.id] = aliased ?? node.id
+            let storage = root[node.id] ?? node.id
+            lastUse[storage] = max(lastUse[storage] ?? index, index)
+            for operand in node.operands {
+                if uses[operand]?.last != index { uses[operand, default: []].append(index) }
+                let storage = root[operand] ?? operand
+                lastUse[storage] = max(lastUse[storage] ?? index, index)
+            }
+        }
+        for value in results { lastUse[root[value] ?? value] = function.nodes.count }
+    }
+
+    static func isAlias(_ node: Node) -> Bool {
+        if case .alias? = OpRegistry.spec(node.op)?.lowering { return true }
+        return false
+    }
+
+    /// The largest sum of 64-byte-aligned buffers live at one position. An
+    /// update's value is left out: plan-memory writes it over its argument.
+    var peakLiveBytes: Int {
+        let updateValues = Set(function.updates.map(\.value))
+        var change = [Int](repeating: 0, count: function.nodes.count + 2)
+        for (index, node) in function.nodes.enumerated() where root[node.id] == node.id && !updateValues.contains(node.id) {
+            let bytes = PlanMemory.aligned(max(node.type.byteSize, 1))
+            change[index] += bytes
+            change[(lastUse[node.id] ?? index) + 1] -= bytes
+        }
+        var live = 0, peak = 0
+        for delta in change {
+            live += delta
+            peak = max(peak, live)
+        }
+        return peak
+    }
+}

@@ -1,0 +1,166 @@
+import IR
+import ModelZoo
+@testable import Passes
+import TestSupport
+import XCTest
+
+/// rematerialize: cheap data movement computed again before a late use,
+/// kept only where the peak of live bytes drops, computing the same values.
+final class RematerializeTests: XCTestCase {
+    /// An upsampling and a concatenation read by one node early and by one
+    /// late, while a chain of other tensors is live in between (the shape of
+    /// a decoder's forward and backward pass).
+    static let decoderLike = """
+        func @f(%0: f32[1,8,4,4] input "x", %1: f32[1,8,8,8] input "skip") {
+          %2 = upsample_nearest(%0) {size=[8,8]} : f32[1,8,8,8]
+          %3 = concat(%2, %1) {axis=1} : f32[1,16,8,8]
+          %4 = tanh(%3) : f32[1,16,8,8]
+          %5 = exp(%4) : f32[1,16,8,8]
+          %6 = mul(%5, %5) : f32[1,16,8,8]
+          %7 = mse(%6, %3) : f32[]
+          return %7 as "loss"
+        }
+        """
+
+    func testRecomputesAChainBeforeItsLateUseAndLowersThePeak() throws {
+        // The concatenation's late use reads a copy made right before it, and
+        // the upsampling it reads is dead by then: it is computed again too.
+        let source = Self.decoderLike + """
+
+            // CHECK: %6 = mul(%5, %5) : f32[1,16,8,8]
+            // CHECK-NEXT: %8 = upsample_nearest(%0) {size=[8,8]} : f32[1,8,8,8]
+            // CHECK-NEXT: %9 = concat(%8, %1) {axis=1} : f32[1,16,8,8]
+            // CHECK-NEXT: %7 = mse(%6, %9) : f32[]
+            """
+        let after = try checkIR(source, passes: [Rematerialize.name], file: #filePath, line: #line)
+        let before = try Parser.parse(Self.decoderLike)
+        var planned = (before, after)
+        let peakBefore = PlanMemory().plan(&planned.0.functions[0]).lowerBoundBytes
+        let peakAfter = PlanMemory().plan(&planned.1.functions[0]).lowerBoundBytes
+        // Before: the concatenation (4 KiB) beside tanh's and exp's results;
+        // after: the upsampling copy (2 KiB) and the concatenation's beside mul's.
+        XCTAssertEqual(peakBefore, 3 * 4096)
+        XCTAssertEqual(peakAfter, 2 * 4096 + 2048)
+        try checkSameValues(before.functions[0], after.functions[0])
+    }
+
+    func testLeavesAStepAloneWhenRecomputingSavesNothing() throws {
+        // Read once, right away: no stretch to save.
+        var module = try Parser.parse("""
+            func @f(%0: f32[1,8,4,4] input "x", %1: f32[1,8,8,8] input "skip") {
+              %2 = upsample_nearest(%0) {size=[8,8]} : f32[1,8,8,8]
+              %3 = concat(%2, %1) {axis=1} : f32[1,16,8,8]
+              %4 = tanh(%3) : f32[1,16,8,8]
+              %5 = mse(%4, %4) : f32[]
+              return %5 as "loss"
+            }
+            """)
+        XCTAssertEqual(try runPasses([Rematerialize.name], on: &module), [false])
+        // Held across a stretch, but not at the peak: the peak is the chain
+        // after its last use, so a copy would only cost time.
+        var late = try Parser.parse("""
+            func @f(%0: f32[1,8,4,4] input "x", %1: f32[1,64,8,8] input "big") {
+              %2 = upsample_nearest(%0) {size=[8,8]} : f32[1,8,8,8]
+              %3 = tanh(%2) : f32[1,8,8,8]
+              %4 = exp(%3) : f32[1,8,8,8]
+              %5 = mul(%4, %2) : f32[1,8,8,8]
+              %6 = tanh(%1) : f32[1,64,8,8]
+              %7 = exp(%6) : f32[1,64,8,8]
+              %8 = mse(%7, %7) : f32[]
+              %9 = mse(%5, %5) : f32[]
+              %10 = add(%8, %9) : f32[]
+              return %10 as "loss"
+            }
+            """)
+        XCTAssertEqual(try runPasses([Rematerialize.name], on: &late), [false])
+    }
+
+    func testNeverCopiesAResultOrAReadOfAnOverwrittenArgument() throws {
+        // %2 is returned: its storage must hold it at the end.
+        var returned = try Parser.parse("""
+            func @f(%0: f32[1,8,4,4] input "x") {
+              %1 = upsample_nearest(%0) {size=[8,8]} : f32[1,8,8,8]
+              %2 = tanh(%1) : f32[1,8,8,8]
+              %3 = exp(%2) : f32[1,8,8,8]
+              %4 = mul(%3, %1) : f32[1,8,8,8]
+              return %4 as "y", %1 as "up"
+            }
+            """)
+        XCTAssertEqual(try runPasses([Rematerialize.name], on: &returned), [false])
+        // %0 is updated during the call: a copy after the update would read the new value.
+        let overwritten = try Parser.parse("""
+            func @f(%0: f32[1,8,4,4] state "s", %1: f32[1,8,4,4] input "x") {
+              %2 = upsample_nearest(%0) {size=[8,8]} : f32[1,8,8,8]
+              %3 = tanh(%2) : f32[1,8,8,8]
+              %4 = exp(%3) : f32[1,8,8,8]
+              %5 = add(%0, %1) : f32[1,8,4,4]
+              %6 = mul(%4, %2) : f32[1,8,8,8]
+              return %6 as "y"
+              update %0 = %5
+            }
+            """)
+        let function = overwritten.functions[0]
+        XCTAssertNil(Rematerialize().recomputingLateUses(of: 2, in: function))
+    }
+
+    /// UNet.small's training steps at batch 2, 64×64 (at 32×32 the weight
+    /// gradients, not the activations, make the peak): the decoder's
+    /// concatenations and upsamplings are recomputed for the backward pass,
+    /// the peak drops, and every copy is its original node again (same op,
+    /// attributes and type) over the same values, so by induction the step
+    /// computes what it did. Inference has nothing to recompute.
+    func testUNetSmallStepsHoldLessAndComputeTheSame() throws {
+        let config = EntryConfig(batch: 2, size: 64, classes: 2, entries: [.infer, .pretrainStep, .pretrainDepStep, .finetuneStep])
+        var module = try buildModule(UNet.small, config: config)
+        try PassManager(Array(PassManager.standardPipeline().prefix { !($0 is Rematerialize) })).run(&module)
+        let before = module
+        XCTAssertTrue(try Rematerialize().run(&module))
+        for (old, new) in zip(before.functions, module.functions) {
+            var planned = (old, new)
+            let peakBefore = PlanMemory().plan(&planned.0).lowerBoundBytes
+            let peakAfter = PlanMemory().plan(&planned.1).lowerBoundBytes
+            if old.name == "infer" {
+                XCTAssertEqual(new, old, "@infer")
+                continue
+            }
+            XCTAssertGreaterThan(new.count("concat"), old.count("concat"), "@\(old.name)")
+            XCTAssertLessThan(Double(peakAfter), 0.9 * Double(peakBefore), "@\(old.name): \(peakBefore) → \(peakAfter) bytes")
+            try checkCopiesAreOriginals(old, new)
+        }
+    }
+
+    /// Every node of `after` is a node of `before` (same id) or a copy of
+    /// one: same op, attributes and type, its operands the original's
+    /// operands or copies of them.
+    func checkCopiesAreOriginals(_ before: Function, _ after: Function, file: StaticString = #filePath, line: UInt = #line) throws {
+        let originals = before.nodesByID
+        var sameValue: [ValueID: ValueID] = [:] // a value of after → the value of before it equals
+        for arg in after.args { sameValue[arg.id] = arg.id }
+        for node in after.nodes {
+            if let original = originals[node.id] {
+                XCTAssertEqual(node.operands.map { sameValue[$0] }, original.operands.map { Optional($0) }, "%\(node.id) reads other values", file: file, line: line)
+                sameValue[node.id] = node.id
+                continue
+            }
+            let operands = node.operands.map { sameValue[$0] }
+            let match = before.nodes.first { $0.op == node.op && $0.attrs == node.attrs && $0.type == node.type && $0.operands.map { Optional($0) } == operands }
+            guard let match else {
+                XCTFail("%\(node.id) (\(node.op)) is no copy of a node of the step", file: file, line: line)
+                continue
+            }
+            sameValue[node.id] = match.id
+        }
+        XCTAssertEqual(after.outputs, before.outputs, file: file, line: line)
+        XCTAssertEqual(after.updates, before.updates, file: file, line: line)
+    }
+
+    /// The f64 interpreter gives `after` exactly `before`'s outputs.
+    func checkSameValues(_ before: Function, _ after: Function, file: StaticString = #filePath, line: UInt = #line) throws {
+        let arguments = randomArguments(for: before, seed: 11)
+        let expected = try Interpreter.run(before, arguments: arguments), got = try Interpreter.run(after, arguments: arguments)
+        for (name, value) in expected.outputs {
+            XCTAssertEqual(got.outputs[name]?.data, value.data, "output \(name) changed", file: file, line: line)
+        }
+        try checkCopiesAreOriginals(before, after, file: file, line: line)
+    }
+}
