@@ -33,7 +33,9 @@ let package = Package(
 
         .target(name: "IR"),
         .target(name: "Passes", dependencies: ["IR"]),
-        .target(name: "Codegen", dependencies: ["IR", "DDPKernels", "CLLVM"]),
+        // libLLVM, loaded when the LLVM backend first runs (see llvm_loader.c).
+        .target(name: "LLVMLoader", linkerSettings: [.linkedLibrary("dl")]),
+        .target(name: "Codegen", dependencies: ["IR", "DDPKernels", "CLLVM", "LLVMLoader"]),
         .target(name: "ModelZoo", dependencies: ["IR"]),
         .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen", "DDPKernels", "CPNG", "CZLib", "JPEGCodec"]),
         .executableTarget(name: "ddepc", dependencies: [

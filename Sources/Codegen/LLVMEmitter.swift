@@ -1,6 +1,7 @@
 import CLLVM
 import Foundation
 import IR
+import LLVMLoader
 
 /// An error from code generation or from the native toolchain (LLVM, cc).
 public struct CodegenError: Error, CustomStringConvertible {
@@ -52,6 +53,7 @@ public enum LLVMEmitter {
         if optimize {
             return try withOptimizedModule(functions, moduleName: moduleName) { module, _ in printModule(module) }
         }
+        try loadLLVM()
         let context = LLVMContextCreate()!
         defer { LLVMContextDispose(context) }
         let module = try ModuleEmitter(context: context, name: moduleName).emit(functions)
@@ -87,6 +89,13 @@ public enum LLVMEmitter {
 
     // MARK: - Module pipeline
 
+    /// Loads libLLVM on first use: a process that never generates LLVM code
+    /// (training, evaluation, the C backend) does not map it.
+    private static func loadLLVM() throws {
+        var error = [CChar](repeating: 0, count: 512)
+        guard ddp_llvm_load(&error, error.count) != 0 else { throw CodegenError(String(cString: error)) }
+    }
+
     /// Initializes the X86 target once per process.
     private static let nativeTargetInitialized: Bool = {
         LLVMInitializeX86TargetInfo()
@@ -101,6 +110,7 @@ public enum LLVMEmitter {
     /// runs the O3 pipeline and hands both to `body`; frees everything after.
     private static func withOptimizedModule<T>(_ functions: [LoweredFunction], moduleName: String,
                                                _ body: (LLVMModuleRef, LLVMTargetMachineRef) throws -> T) throws -> T {
+        try loadLLVM()
         _ = nativeTargetInitialized
         let context = LLVMContextCreate()!
         defer { LLVMContextDispose(context) }

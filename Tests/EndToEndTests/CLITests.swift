@@ -124,6 +124,17 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(manifests[0], manifests[1])
     }
 
+    /// libLLVM is loaded when the LLVM backend first runs, not at start-up:
+    /// training, evaluation and the C backend do not carry its pages (41 MB
+    /// resident, which the dynamic linker touches to relocate it). The glibc
+    /// loader lists what a program loads at start-up when asked to trace.
+    func testLLVMIsNotLoadedAtStartUp() throws {
+        let traced = try DdepcCommand.run(["--help"], in: Self.repository, environment: ["LD_TRACE_LOADED_OBJECTS": "1"])
+        XCTAssertEqual(traced.status, 0, traced.all)
+        XCTAssertTrue(traced.stdout.contains("libopenblas"), "the trace lists the libraries: \(traced.all)")
+        XCTAssertFalse(traced.stdout.contains("libLLVM"), traced.stdout)
+    }
+
     func testBadModelFileReportsFileAndLine() throws {
         let bad = path("broken.swift")
         try "import ModelZoo\n\nlet model = UNet(encoder: .resnet18\nModelFile.main(model)\n".write(toFile: bad, atomically: true, encoding: .utf8)
