@@ -42,6 +42,7 @@ static struct {
     ddp_task_fn fn;
     void *arg;
     int64_t n;
+    unsigned int mxcsr;       // the region's floating-point mode (the caller's)
 } pool = {.once = PTHREAD_ONCE_INIT,
           .region = PTHREAD_MUTEX_INITIALIZER,
           .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -56,6 +57,9 @@ static void chunk(int64_t n, int threads, int t, int64_t *begin, int64_t *end) {
 }
 
 static void run_chunk(int t) {
+    // Workers take the floating-point mode of the thread that started the
+    // region (denormals flushed inside a compiled step, see ddp_run_entry).
+    if (t != 0 && _mm_getcsr() != pool.mxcsr) _mm_setcsr(pool.mxcsr);
     int64_t begin, end;
     chunk(pool.n, pool.active, t, &begin, &end);
     if (begin < end) {
@@ -149,6 +153,7 @@ void ddp_parallel_for(int64_t n, ddp_task_fn fn, void *arg) {
     pool.fn = fn;
     pool.arg = arg;
     pool.n = n;
+    pool.mxcsr = _mm_getcsr();
     pool.active = atomic_load(&pool.limit);
     atomic_store_explicit(&pool.pending, threads - 1, memory_order_relaxed);
     pthread_mutex_lock(&pool.lock);
@@ -170,6 +175,22 @@ void ddp_parallel_for(int64_t n, ddp_task_fn fn, void *arg) {
         pthread_mutex_unlock(&pool.lock);
     }
     pthread_mutex_unlock(&pool.region);
+}
+
+/// MXCSR's flush-to-zero (results) and denormals-are-zero (operands) bits.
+#define FLUSH_DENORMALS 0x8040u
+
+// Denormal floats (below 1.2e-38) take microcode assists or slow paths on
+// many x86 cores, and a training step makes them where values decay: Adam's
+// first moment of a weight whose gradient stays zero shrinks by 0.9 a step
+// and is denormal after about 800 steps. Flushed, they are zero, the same
+// choice PyTorch's set_flush_denormal and most inference runtimes make.
+int ddp_run_entry(ddp_entry_fn entry, const void *buffers, const ddp_kernel_fn *kernels) {
+    unsigned int caller = _mm_getcsr();
+    _mm_setcsr(caller | FLUSH_DENORMALS);
+    int status = entry(buffers, kernels);
+    _mm_setcsr(caller);
+    return status;
 }
 
 /// Bytes of a transparent huge page on x86-64.

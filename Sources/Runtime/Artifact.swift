@@ -93,10 +93,8 @@ public struct Artifact {
 
 /// A dlopen'ed `module.so`: owns the handle and closes it once.
 public final class LoadedModule {
-    typealias EntryFunction = @convention(c) (UnsafeRawPointer, UnsafeRawPointer) -> Int32
-
     private let handle: UnsafeMutableRawPointer
-    private var entries: [String: EntryFunction] = [:]
+    private var entries: [String: ddp_entry_fn] = [:]
     public let layout: BufferLayout
 
     public init(library: URL, layout: BufferLayout) throws {
@@ -111,7 +109,7 @@ public final class LoadedModule {
                 dlclose(handle)
                 throw RuntimeError("\(library.path) lacks entry point ddp_\(entry.name). Recompile the artifact.")
             }
-            entries[entry.name] = unsafeBitCast(symbol, to: EntryFunction.self)
+            entries[entry.name] = unsafeBitCast(symbol, to: ddp_entry_fn.self)
         }
     }
 
@@ -127,7 +125,7 @@ public final class LoadedModule {
         guard let function = entries[name] else { throw RuntimeError("the artifact has no entry point '\(name)'") }
         var buffers: [UnsafeMutableRawPointer?] = [params, state, io, arena]
         let status = buffers.withUnsafeMutableBytes { raw in
-            function(UnsafeRawPointer(raw.baseAddress!), UnsafeRawPointer(kernels))
+            ddp_run_entry(function, UnsafeRawPointer(raw.baseAddress!), kernels) // denormals flushed
         }
         guard Int(status) == Int(DDP_OK) else {
             let reason: String

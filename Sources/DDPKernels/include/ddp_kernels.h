@@ -153,6 +153,14 @@ typedef enum {
 DDP_KERNEL_LIST(DDP_KERNEL_DECL)
 #undef DDP_KERNEL_DECL
 
+/// A compiled entry point, `int ddp_<name>(const ddp_buffers *b, const ddp_kernel_fn *k)`.
+typedef int (*ddp_entry_fn)(const void *buffers, const ddp_kernel_fn *kernels);
+/// Runs a compiled entry point with denormal floats flushed to zero (MXCSR's
+/// FTZ and DAZ bits) on the calling thread and on the pool's threads for
+/// every parallel region it starts, and gives the caller its own
+/// floating-point mode back after. Returns the entry point's status.
+int ddp_run_entry(ddp_entry_fn entry, const void *buffers, const ddp_kernel_fn *kernels);
+
 /// The table passed to compiled entry points, indexed by ddp_kernel_id.
 const ddp_kernel_fn *ddp_kernel_table(void);
 /// The same kernels, each call timed (for `ddepc bench --profile`): totals per
