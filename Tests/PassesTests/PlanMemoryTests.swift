@@ -1,5 +1,5 @@
 import IR
-import Passes
+@testable import Passes
 import TestSupport
 import XCTest
 
@@ -277,6 +277,30 @@ final class PlanMemoryTests: XCTestCase {
         // After %3 is read, the small buffers fit where the 256-byte ones were.
         XCTAssertLessThanOrEqual(check.arenaBytes, 2 * 256 + 64)
         XCTAssertLessThan(function.nodesByID[6]!.arenaOffset!, 512)
+    }
+
+    /// First fit in schedule order leaves a gap too small for a later, larger
+    /// buffer; placing the largest first reaches the lower bound, and the
+    /// planner keeps the smaller of the two arenas.
+    func testLargestFirstPlacementAvoidsAGapFirstFitLeaves() throws {
+        // Units of 64 bytes: A 1 [0, end], B 2 [1, 2], C 1 [2, end], D 3 [3, end].
+        let (function, check, report) = try plan("""
+        func @f(%0: f32[16] input "x") {
+          %1 = exp(%0) : f32[16]
+          %2 = concat(%1, %1) {axis=0} : f32[32]
+          %3 = slice(%2) {start=[8], end=[24]} : f32[16]
+          %4 = concat(%1, %3, %3) {axis=0} : f32[48]
+          return %4 as "d", %1 as "a", %3 as "c"
+        }
+        """)
+        XCTAssertEqual(report.lowerBoundBytes, 5 * 64)
+        XCTAssertEqual(check.arenaBytes, 5 * 64, "first fit in order needs 7 units: D above the gap B leaves")
+        let inOrder = PlanMemory.placeInScheduleOrder([
+            .init(size: 64, first: 0, last: 4), .init(size: 128, first: 1, last: 2),
+            .init(size: 64, first: 2, last: 4), .init(size: 192, first: 3, last: 4),
+        ])
+        XCTAssertEqual(inOrder.arena, 7 * 64)
+        XCTAssertEqual(function.nodesByID[4]!.arenaOffset, 0, "D, the largest, goes first")
     }
 
     // The four UNet.small entry points after the whole standard pipeline.
