@@ -267,6 +267,23 @@ static int64_t *nearest_indices(int64_t in, int64_t out) {
 static void nearest_planes(void *arg, int64_t begin, int64_t end) {
     const plane_job *job = arg;
     const pool_shape *s = &job->s;
+    if (s->oh == 2 * s->h && s->ow == 2 * s->w) {
+        // Doubling (every U-Net decoder block): each input row is written
+        // twice, each element twice in a row. Unit-stride loads and a copy
+        // of the row instead of an indexed load per output element; the
+        // general loop took 1 ms of unet-r18's inference.
+        for (int64_t p = begin; p < end; p++)
+            for (int64_t r = 0; r < s->h; r++) {
+                const float *restrict xr = job->x + (p * s->h + r) * s->w;
+                float *restrict yr = job->y + (p * s->oh + 2 * r) * s->ow;
+                for (int64_t c = 0; c < s->w; c++) {
+                    yr[2 * c] = xr[c];
+                    yr[2 * c + 1] = xr[c];
+                }
+                memcpy(yr + s->ow, yr, (size_t)s->ow * sizeof(float));
+            }
+        return;
+    }
     for (int64_t p = begin; p < end; p++)
         for (int64_t r = 0; r < s->oh; r++) {
             const float *xr = job->x + (p * s->h + r * s->h / s->oh) * s->w;
@@ -290,6 +307,17 @@ int ddp_upsample_nearest(void *const *bufs, const int64_t *ia, const double *fa)
 static void nearest_grad_planes(void *arg, int64_t begin, int64_t end) {
     const plane_job *job = arg;
     const pool_shape *s = &job->s;
+    if (s->oh == 2 * s->h && s->ow == 2 * s->w) {
+        // Doubling: each source sums its 2×2 block, in the general loop's
+        // order (row by row, left to right), so the sums are the same floats.
+        for (int64_t p = begin; p < end; p++)
+            for (int64_t r = 0; r < s->h; r++) {
+                const float *restrict d0 = job->dy + (p * s->oh + 2 * r) * s->ow, *restrict d1 = d0 + s->ow;
+                float *restrict dxr = job->dx + (p * s->h + r) * s->w;
+                for (int64_t c = 0; c < s->w; c++) dxr[c] = ((d0[2 * c] + d0[2 * c + 1]) + d1[2 * c]) + d1[2 * c + 1];
+            }
+        return;
+    }
     for (int64_t p = begin; p < end; p++) {
         memset(job->dx + p * s->h * s->w, 0, (size_t)(s->h * s->w) * sizeof(float));
         for (int64_t r = 0; r < s->oh; r++) {

@@ -55,9 +55,10 @@ public enum UpsampleOps {
         func ints(_ geo: Geometry, _ attrs: Attributes) throws -> [Int] {
             geo.ints + (bilinear ? [try align(attrs) ? 1 : 0] : [])
         }
+        // Nearest also doubles (the decoders' case, a kernel path of its own).
         let examples: [Attributes] = bilinear
             ? [["size": .ints([8, 3]), "align_corners": .bool(true)], ["size": .ints([8, 3])]]
-            : [["size": .ints([8, 3])]]
+            : [["size": .ints([8, 3])], ["size": .ints([10, 14])]]
         return [
             /// ∂x = <op>_grad(g)
             OpSpec(name: name, doc: doc, arity: 1...1, requiredAttributes: ["size"],
@@ -106,7 +107,8 @@ public enum UpsampleOps {
                    examples: examples.map { attrs in
                        var a = attrs
                        a["input_shape"] = .ints([1, 2, 5, 7])
-                       return ([f([1, 2, 8, 3])], a)
+                       guard case .ints(let size)? = attrs["size"] else { return ([f([1, 2, 8, 3])], a) }
+                       return ([f([1, 2] + size)], a)
                    }),
         ]
     }
