@@ -111,7 +111,17 @@ typedef struct {
     float *y, *dx;
     pool_shape s;
     const int64_t *iw; // upsampling: the source column of each output column
+    // upsample_nearest_into: y has out_channels channels per image, plane p
+    // of x goes to channel channel0 + p % channels (0: y holds x's planes).
+    int64_t out_channels, channel0, channels;
 } plane_job;
+
+/// The output plane of input plane p of an upsampling.
+static float *upsampled_plane(const plane_job *job, int64_t p) {
+    int64_t plane = job->s.oh * job->s.ow;
+    if (job->out_channels == 0) return job->y + p * plane;
+    return job->y + ((p / job->channels) * job->out_channels + job->channel0 + p % job->channels) * plane;
+}
 
 typedef struct {
     plane_job plane;
@@ -275,7 +285,7 @@ static void nearest_planes(void *arg, int64_t begin, int64_t end) {
         for (int64_t p = begin; p < end; p++)
             for (int64_t r = 0; r < s->h; r++) {
                 const float *restrict xr = job->x + (p * s->h + r) * s->w;
-                float *restrict yr = job->y + (p * s->oh + 2 * r) * s->ow;
+                float *restrict yr = upsampled_plane(job, p) + 2 * r * s->ow;
                 for (int64_t c = 0; c < s->w; c++) {
                     yr[2 * c] = xr[c];
                     yr[2 * c + 1] = xr[c];
@@ -287,21 +297,34 @@ static void nearest_planes(void *arg, int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; p++)
         for (int64_t r = 0; r < s->oh; r++) {
             const float *xr = job->x + (p * s->h + r * s->h / s->oh) * s->w;
-            float *yr = job->y + (p * s->oh + r) * s->ow;
+            float *yr = upsampled_plane(job, p) + r * s->ow;
             for (int64_t c = 0; c < s->ow; c++) yr[c] = xr[job->iw[c]];
         }
 }
 
-// upsample_nearest: y[oh, ow] = x[oh·H/OH, ow·W/OW].
-int ddp_upsample_nearest(void *const *bufs, const int64_t *ia, const double *fa) {
-    (void)fa;
-    plane_job job = {.x = bufs[0], .y = bufs[1], .s = {.planes = ia[0] * ia[1], .h = ia[2], .w = ia[3], .oh = ia[4], .ow = ia[5]}};
+static int upsample_nearest(plane_job job) {
     int64_t *iw = nearest_indices(job.s.w, job.s.ow);
     if (iw == NULL) return DDP_ERR_NOMEM;
     job.iw = iw;
     ddp_parallel_for_elements(job.s.planes, job.s.planes * job.s.oh * job.s.ow, nearest_planes, &job);
     free(iw);
     return DDP_OK;
+}
+
+// upsample_nearest: y[oh, ow] = x[oh·H/OH, ow·W/OW].
+int ddp_upsample_nearest(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    return upsample_nearest((plane_job){.x = bufs[0], .y = bufs[1],
+                                        .s = {.planes = ia[0] * ia[1], .h = ia[2], .w = ia[3], .oh = ia[4], .ow = ia[5]}});
+}
+
+// upsample_nearest_into: the same into channels [C0, C0 + C) of a CY-channel y.
+int ddp_upsample_nearest_into(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    if (ia[1] <= 0 || ia[7] < 0 || ia[7] + ia[1] > ia[6]) return DDP_ERR_ARGS;
+    return upsample_nearest((plane_job){.x = bufs[0], .y = bufs[1],
+                                        .s = {.planes = ia[0] * ia[1], .h = ia[2], .w = ia[3], .oh = ia[4], .ow = ia[5]},
+                                        .out_channels = ia[6], .channel0 = ia[7], .channels = ia[1]});
 }
 
 static void nearest_grad_planes(void *arg, int64_t begin, int64_t end) {

@@ -75,7 +75,7 @@ public struct PassManager {
         passes.append(Autodiff())
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
-        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(),
+        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
                                 SelectConvAlgorithm(mode: convAlgorithm),
                                 DCE(), Rematerialize(), GroupLoops(), PlanMemory()]
         return passes + rest
@@ -84,7 +84,7 @@ public struct PassManager {
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
          FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
-         FuseConvEpilogue.name, SelectConvAlgorithm.name, Rematerialize.name, GroupLoops.name, PlanMemory.name]
+         FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, Rematerialize.name, GroupLoops.name, PlanMemory.name]
     }
 
     @discardableResult

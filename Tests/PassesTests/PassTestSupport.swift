@@ -14,7 +14,7 @@ let passesByName: [String: any Pass] = [
     InferShapes.name: InferShapes(), Autodiff.name: Autodiff(), AdamOptimizer.name: AdamOptimizer(),
     FoldConstants.name: FoldConstants(), CSE.name: CSE(), DCE.name: DCE(),
     FuseElementwise.name: FuseElementwise(), FuseReductions.name: FuseReductions(),
-    FuseNormActivation.name: FuseNormActivation(), FuseConvEpilogue.name: FuseConvEpilogue(),
+    FuseNormActivation.name: FuseNormActivation(), FuseConvEpilogue.name: FuseConvEpilogue(), FuseConcat.name: FuseConcat(),
     PlanMemory.name: PlanMemory(),
     SelectConvAlgorithm.name: SelectConvAlgorithm(), Rematerialize.name: Rematerialize(), GroupLoops.name: GroupLoops(),
     SyncBatchNorm.name: SyncBatchNorm(), AllReduceGradients.name: AllReduceGradients(),

@@ -79,6 +79,9 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 // upsample_nearest   bufs [x, y]         ia [N,C,H,W, OH,OW]
 //                    PyTorch 'nearest': src = floor(dst * H / OH) (computed as
 //                    (dst * H) / OH in integers), same for width.
+// upsample_nearest_into bufs [x, y]      ia [N,C,H,W, OH,OW, CY,C0]: upsample_nearest into
+//                    channels [C0, C0 + C) of y (N × CY × OH × OW), the others untouched
+//                    (a concatenation's upsampled operand, written in place).
 // upsample_nearest_grad bufs [dy, dx]    ia as upsample_nearest
 // upsample_bilinear  bufs [x, y]         ia [N,C,H,W, OH,OW, align_corners]
 //                    align_corners=1: src = dst * (H-1)/(OH-1) (0 when OH == 1);
@@ -132,7 +135,7 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(conv2d) X(conv2d_grad_input) X(conv2d_grad_weight) X(matmul) \
     X(reduce) X(permute) X(copy_region) X(fill) \
     X(max_pool2d) X(max_pool2d_grad) X(avg_pool2d) X(avg_pool2d_grad) \
-    X(upsample_nearest) X(upsample_nearest_grad) \
+    X(upsample_nearest) X(upsample_nearest_into) X(upsample_nearest_grad) \
     X(upsample_bilinear) X(upsample_bilinear_grad) \
     X(batch_norm) X(batch_norm_train) X(group_norm) X(layer_norm) \
     X(softmax) X(log_softmax) X(mse) X(cross_entropy) X(cross_entropy_grad) \

@@ -117,6 +117,47 @@ public enum ShapeOps {
                },
                examples: [([f([2, 1, 3]), f([2, 2, 3])], ["axis": .int(1)])], rematerializable: true),
 
+        /// %dst with %src written at `offset` along `axis`, in place when
+        /// nothing reads %dst after it (fuse-concat builds a concatenation
+        /// from these after autodiff, so it has no gradient rule).
+        OpSpec(name: "insert", doc: "%r = insert(%dst, %src) {axis=1, offset=k}: dst with src written at offset k along axis",
+               arity: 2...2, requiredAttributes: ["axis", "offset"],
+               inferType: { operands, attrs in
+                   let (dst, src) = (operands[0], operands[1])
+                   let axis = try attrs.int("axis"), offset = try attrs.int("offset")
+                   guard (0..<dst.rank).contains(axis), src.rank == dst.rank, src.dtype == dst.dtype else {
+                       throw IRError("insert needs operands of one rank and element type and an axis inside them")
+                   }
+                   var a = src.shape, b = dst.shape
+                   guard offset >= 0, offset + a[axis] <= b[axis] else {
+                       throw IRError("[\(offset), \(offset + a[axis])) along axis \(axis) does not fit in \(dst)")
+                   }
+                   a[axis] = 0
+                   b[axis] = 0
+                   guard a == b else { throw IRError("operand shapes differ outside axis \(axis)") }
+                   return dst
+               },
+               evaluate: { operands, attrs, _ in
+                   var out = operands[0]
+                   var start = [Int](repeating: 0, count: out.type.rank)
+                   start[try attrs.int("axis")] = try attrs.int("offset")
+                   copyBox(from: operands[1], srcStart: start.map { _ in 0 }, to: &out, dstStart: start, count: operands[1].shape)
+                   return out
+               },
+               gradient: nil,
+               lowering: .kernels { operands, result, attrs in
+                   var start = [Int](repeating: 0, count: result.rank)
+                   start[try attrs.int("axis")] = try attrs.int("offset")
+                   let zeros = start.map { _ in 0 }
+                   // The first copy does nothing when the result is %dst's own bytes.
+                   return [KernelCall("copy_region", [.operand(0), .result],
+                                      ints: copyRegion(src: result.shape, dst: result.shape, srcStart: zeros, dstStart: zeros, count: result.shape)),
+                           KernelCall("copy_region", [.operand(1), .result],
+                                      ints: copyRegion(src: operands[1].shape, dst: result.shape, srcStart: zeros, dstStart: start, count: operands[1].shape))]
+               },
+               examples: [([f([2, 3, 2]), f([2, 1, 2])], ["axis": .int(1), "offset": .int(1)])],
+               overwritesOperand: 0, rematerializable: true),
+
         /// ∂x = pad(g) back to x's shape with zeros
         OpSpec(name: "slice", doc: "%r = slice(%x) {start=[...], end=[...]}: the box start..<end",
                arity: 1...1, requiredAttributes: ["start", "end"],

@@ -47,6 +47,19 @@ public enum UpsampleOps {
         }
     }
 
+    /// Where a placed upsampling writes (made by fuse-concat after autodiff):
+    /// channels [offset, offset + C) of a result of `channels` channels, the
+    /// others left as they are; nil for a plain one.
+    static func placement(_ attrs: Attributes, channels: Int, bilinear: Bool) throws -> (channels: Int, offset: Int)? {
+        guard attrs["channels"] != nil || attrs["channel_offset"] != nil else { return nil }
+        guard !bilinear else { throw IRError("only upsample_nearest writes into a concatenation") }
+        let total = try attrs.int("channels"), offset = try attrs.int("channel_offset")
+        guard offset >= 0, offset + channels <= total else {
+            throw IRError("channels [\(offset), \(offset + channels)) do not fit in channels=\(total)")
+        }
+        return (total, offset)
+    }
+
     static func pair(_ name: String, bilinear: Bool, doc: String, gradDoc: String) -> [OpSpec] {
         let gradName = name + "_grad"
         func align(_ attrs: Attributes) throws -> Bool {
@@ -63,23 +76,39 @@ public enum UpsampleOps {
             /// ∂x = <op>_grad(g)
             OpSpec(name: name, doc: doc, arity: 1...1, requiredAttributes: ["size"],
                    inferType: { operands, attrs in
-                       operands[0].with(shape: try Geometry(input: operands[0].shape, size: attrs.ints("size")).outputShape)
+                       var shape = try Geometry(input: operands[0].shape, size: attrs.ints("size")).outputShape
+                       if let placed = try placement(attrs, channels: shape[1], bilinear: bilinear) { shape[1] = placed.channels }
+                       return operands[0].with(shape: shape)
                    },
                    evaluate: { operands, attrs, type in
-                       var out = [Double](repeating: 0, count: type.count)
                        let geo = try Geometry(input: operands[0].shape, size: attrs.ints("size"))
+                       var out = [Double](repeating: 0, count: geo.outputShape.reduce(1, *))
                        forEachTap(geo, bilinear: bilinear, alignCorners: try align(attrs)) { i, o, weight in
                            out[o] += weight * operands[0].data[i]
                        }
-                       return HostTensor(type, out)
+                       guard let placed = try placement(attrs, channels: geo.c, bilinear: bilinear) else { return HostTensor(type, out) }
+                       // The other channels are not written: zeros here.
+                       var embedded = [Double](repeating: 0, count: type.count)
+                       let plane = geo.oh * geo.ow
+                       for p in 0..<(geo.n * geo.c) {
+                           let at = ((p / geo.c) * placed.channels + placed.offset + p % geo.c) * plane
+                           embedded.replaceSubrange(at..<(at + plane), with: out[(p * plane)..<((p + 1) * plane)])
+                       }
+                       return HostTensor(type, embedded)
                    },
                    gradient: { c in
+                       guard try placement(c.attrs, channels: c.operands[0].shape[1], bilinear: bilinear) == nil else {
+                           throw IRError("an upsampling placed into a concatenation (made after autodiff) has no gradient rule")
+                       }
                        var attrs = c.attrs
                        attrs["input_shape"] = .ints(c.operands[0].shape)
                        return [try c.builder.emit(gradName, [c.grad], attrs)]
                    },
                    lowering: .kernels { operands, _, attrs in
                        let geo = try Geometry(input: operands[0].shape, size: attrs.ints("size"))
+                       if let placed = try placement(attrs, channels: geo.c, bilinear: bilinear) {
+                           return [KernelCall(name + "_into", [.operand(0), .result], ints: geo.ints + [placed.channels, placed.offset])]
+                       }
                        return [KernelCall(name, [.operand(0), .result], ints: try ints(geo, attrs))]
                    },
                    examples: examples.map { ([f([1, 2, 5, 7])], $0) }, rematerializable: true),
