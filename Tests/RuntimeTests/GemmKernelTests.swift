@@ -88,8 +88,8 @@ final class GemmKernelTests: XCTestCase {
     /// Forward, input gradient and weight gradient against direct f64 sums,
     /// on one image (the GEMMs split over threads) and on several (the images
     /// do); small images share products, large ones (P ≥ 256) do not, and
-    /// layers whose weights outweigh the batch's columns (the last two) run
-    /// as one product over the batch.
+    /// layers whose weights outweigh the batch's columns (the sixth and
+    /// seventh) run as one product over the batch.
     func testConvolutionsAgreeWithF64() {
         let cases = [
             ConvCase(n: 2, c: 3, h: 17, w: 17, o: 5, kh: 3, kw: 3, stride: 1, pad: 1, groups: 1),
@@ -99,6 +99,9 @@ final class GemmKernelTests: XCTestCase {
             ConvCase(n: 4, c: 6, h: 7, w: 7, o: 4, kh: 3, kw: 3, stride: 1, pad: 1, groups: 2),
             ConvCase(n: 3, c: 20, h: 3, w: 3, o: 40, kh: 3, kw: 3, stride: 1, pad: 1, groups: 1),
             ConvCase(n: 2, c: 16, h: 5, w: 4, o: 13, kh: 1, kw: 1, stride: 2, pad: 0, groups: 1),
+            // K = 360: the products' sums run over two KC blocks, with B's
+            // columns read in place (rows 84 floats apart) and a ragged panel packed.
+            ConvCase(n: 2, c: 40, h: 6, w: 7, o: 12, kh: 3, kw: 3, stride: 1, pad: 1, groups: 1),
         ]
         for t in cases {
             let cg = t.c / t.groups, og = t.o / t.groups
