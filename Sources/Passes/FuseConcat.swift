@@ -19,6 +19,7 @@ public struct FuseConcat: NodeFusionPass {
         let uses = function.useCounts
         let roots = Set(function.rootValues)
         let producers = Dictionary(uniqueKeysWithValues: function.nodes.map { ($0.id, $0) })
+        let types = function.types
         var nextID = function.nextID
         var replaced: [Int: [Node]] = [:]
         for (index, concat) in function.nodes.enumerated() where concat.op == "concat" && concat.type.rank == 4 {
@@ -27,7 +28,6 @@ public struct FuseConcat: NodeFusionPass {
                       guard let producer = producers[operand], producer.op == "upsample_nearest" else { return false }
                       return producer.attrs["channels"] == nil && uses[operand] == 1 && !roots.contains(operand)
                   }) else { continue }
-            let types = function.types
             var offsets = [0]
             for operand in concat.operands { offsets.append(offsets.last! + types[operand]!.shape[1]) }
             let upsample = producers[concat.operands[upsampled]]!
