@@ -282,24 +282,28 @@ static void nearest_planes(void *arg, int64_t begin, int64_t end) {
         // twice, each element twice in a row. Unit-stride loads and a copy
         // of the row instead of an indexed load per output element; the
         // general loop took 1 ms of unet-r18's inference.
-        for (int64_t p = begin; p < end; p++)
+        for (int64_t p = begin; p < end; p++) {
+            float *yp = upsampled_plane(job, p);
             for (int64_t r = 0; r < s->h; r++) {
                 const float *restrict xr = job->x + (p * s->h + r) * s->w;
-                float *restrict yr = upsampled_plane(job, p) + 2 * r * s->ow;
+                float *restrict yr = yp + 2 * r * s->ow;
                 for (int64_t c = 0; c < s->w; c++) {
                     yr[2 * c] = xr[c];
                     yr[2 * c + 1] = xr[c];
                 }
                 memcpy(yr + s->ow, yr, (size_t)s->ow * sizeof(float));
             }
+        }
         return;
     }
-    for (int64_t p = begin; p < end; p++)
+    for (int64_t p = begin; p < end; p++) {
+        float *yp = upsampled_plane(job, p);
         for (int64_t r = 0; r < s->oh; r++) {
             const float *xr = job->x + (p * s->h + r * s->h / s->oh) * s->w;
-            float *yr = upsampled_plane(job, p) + r * s->ow;
+            float *yr = yp + r * s->ow;
             for (int64_t c = 0; c < s->ow; c++) yr[c] = xr[job->iw[c]];
         }
+    }
 }
 
 static int upsample_nearest(plane_job job) {

@@ -20,8 +20,9 @@ public struct InPlaceAnalysis {
     let positions: [ValueID: Int]
     let function: Function
 
-    public init(_ function: Function) {
-        self.function = function
+    /// The storage root of every argument and node: a reshape (an alias
+    /// lowering) shares its operand's bytes, everything else owns its own.
+    public static func storageRoots(_ function: Function) -> [ValueID: ValueID] {
         var roots: [ValueID: ValueID] = [:]
         for arg in function.args { roots[arg.id] = arg.id }
         for node in function.nodes {
@@ -31,6 +32,12 @@ public struct InPlaceAnalysis {
                 roots[node.id] = node.id
             }
         }
+        return roots
+    }
+
+    public init(_ function: Function) {
+        self.function = function
+        let roots = Self.storageRoots(function)
         var lastRead: [ValueID: Int] = [:]
         var positions: [ValueID: Int] = [:]
         for (position, node) in function.nodes.enumerated() {

@@ -79,7 +79,7 @@ public struct Rematerialize: Pass {
         let schedule = Schedule(function)
         guard !schedule.results.contains(value), let definition = schedule.position[value],
               let uses = schedule.uses[value], !uses.isEmpty,
-              !uses.contains(where: { Schedule.isAlias(function.nodes[$0]) }) else { return nil }
+              !uses.contains(where: { schedule.root[function.nodes[$0].id] != function.nodes[$0].id }) else { return nil }
         var split = 0, longest = uses[0] - definition
         for i in uses.indices.dropFirst() where uses[i] - uses[i - 1] > longest {
             longest = uses[i] - uses[i - 1]
@@ -142,13 +142,11 @@ struct Schedule {
     init(_ function: Function) {
         self.function = function
         arguments = Set(function.args.map(\.id))
-        root = Dictionary(uniqueKeysWithValues: function.args.map { ($0.id, $0.id) })
+        root = InPlaceAnalysis.storageRoots(function)
         overwritten = Set(function.updates.map(\.target))
         results = Set(function.rootValues)
         for (index, node) in function.nodes.enumerated() {
             position[node.id] = index
-            let aliased = node.operands.first.flatMap { operand in Self.isAlias(node) ? root[operand] ?? operand : nil }
-            root[node.id] = aliased ?? node.id
             let storage = root[node.id] ?? node.id
             lastUse[storage] = max(lastUse[storage] ?? index, index)
             for operand in node.operands {
@@ -158,11 +156,6 @@ struct Schedule {
             }
         }
         for value in results { lastUse[root[value] ?? value] = function.nodes.count }
-    }
-
-    static func isAlias(_ node: Node) -> Bool {
-        if case .alias? = OpRegistry.spec(node.op)?.lowering { return true }
-        return false
     }
 
     /// The largest sum of 64-byte-aligned buffers live at one position. An

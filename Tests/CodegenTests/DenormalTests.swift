@@ -47,7 +47,7 @@ final class DenormalTests: XCTestCase {
         XCTAssertEqual(status, Int32(DDP_OK))
         let plane = oh * ow
         let flushedPlanes = (0..<(n * c)).filter { p in
-            upsampled[(p * plane)..<((p + 1) * plane)].contains { abs($0 - 2e-38) > 2e-40 }
+            upsampled[(p * plane)..<((p + 1) * plane)].contains { abs(Double($0) - 2e-38) > 2e-40 }
         }
         XCTAssertTrue(flushedPlanes.isEmpty, "planes \(flushedPlanes) lost denormal products")
         let tiny = [Float(1e-20)].withUnsafeBufferPointer { $0[0] }
