@@ -35,6 +35,19 @@ public struct InPlaceAnalysis {
         return roots
     }
 
+    /// The operands whose bytes `node` may write its result over, in order:
+    /// the one its kernel names (`OpSpec.overwritesOperand`), or each operand
+    /// of an elementwise loop that has the result's type. A loop reads all of
+    /// an element's operands before it stores the element (an operand held
+    /// by a result is read through that result's pointer); an operand of
+    /// another shape is broadcast, read at other elements, and never qualifies.
+    public static func overwritableOperands(of node: Node, types: [ValueID: TensorType]) -> [Int] {
+        guard let spec = OpRegistry.spec(node.op) else { return [] }
+        if let k = spec.overwritesOperand { return k < node.operands.count ? [k] : [] }
+        guard case .elementwise = spec.lowering else { return [] }
+        return node.operands.indices.filter { types[node.operands[$0]] == node.type }
+    }
+
     public init(_ function: Function) {
         self.function = function
         let roots = Self.storageRoots(function)

@@ -83,4 +83,12 @@ public enum Verifier {
             }
         }
     }
+
+    /// Arena placement (plan-memory's offsets): no two buffers live at once
+    /// share a byte, aliases sit on their storage, offsets are aligned and
+    /// inside the arena (ArenaCheck). Passes before plan-memory do not keep
+    /// offsets, so the pipeline checks this after plan-memory only.
+    public static func verifyPlacement(_ function: Function) throws {
+        if let problem = ArenaCheck(function).failures.first { throw IRError("arena placement: \(problem)") }
+    }
 }

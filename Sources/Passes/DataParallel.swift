@@ -60,30 +60,12 @@ extension SyncBatchNorm {
     static func exposeStatistics(_ function: inout Function) throws {
         for (position, node) in function.nodes.enumerated() where node.op == "batch_norm_train" {
             let x = node.operands[0]
-            guard let (mean, variance) = moments(of: x, in: function, before: position) else {
+            guard let (mean, _, variance) = NormOps.existingBatchMoments(of: x, in: function, before: position) else {
                 throw IRError("batch_norm_train %\(node.id) has no batch moments of %\(x) (NormOps.batchMoments) before it, so --data-parallel cannot average its statistics", loc: node.loc)
             }
             function.nodes[position] = Node(id: node.id, op: "batch_norm", operands: [x, mean, variance, node.operands[1], node.operands[2]],
                                             attrs: node.attrs, type: node.type, loc: node.loc)
         }
-    }
-
-    /// The mean and variance nodes NormOps.batchMoments builds for x —
-    /// reduce_mean(x), and reduce_mean(c·c) with c = x − reshape(mean) —
-    /// among the nodes before `position`.
-    static func moments(of x: ValueID, in function: Function, before position: Int) -> (mean: ValueID, variance: ValueID)? {
-        let nodes = function.nodes[..<position]
-        guard let rank = function.types[x]?.rank, rank >= 2 else { return nil }
-        let axes = [0] + Array(2..<rank)
-        func isBatchMean(_ node: Node, of value: ValueID) -> Bool {
-            node.op == "reduce_mean" && node.operands == [value] && (try? node.attrs.ints("axes")) == axes && node.attrs["keepdims"] == nil
-        }
-        guard let mean = nodes.first(where: { isBatchMean($0, of: x) }),
-              let view = nodes.first(where: { $0.op == "reshape" && $0.operands == [mean.id] }),
-              let centered = nodes.first(where: { $0.op == "sub" && $0.operands == [x, view.id] }),
-              let square = nodes.first(where: { $0.op == "mul" && $0.operands == [centered.id, centered.id] }),
-              let variance = nodes.first(where: { isBatchMean($0, of: square.id) }) else { return nil }
-        return (mean.id, variance.id)
     }
 }
 

@@ -75,7 +75,7 @@ public struct PassManager {
         passes.append(Autodiff())
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
-        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
+        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), BatchNormFromMoments(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
                                 SelectConvAlgorithm(mode: convAlgorithm),
                                 DCE(), Rematerialize(), GroupLoops(), PlanMemory()]
         return passes + rest
@@ -83,7 +83,7 @@ public struct PassManager {
 
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
-         FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
+         BatchNormFromMoments.name, FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
          FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, Rematerialize.name, GroupLoops.name, PlanMemory.name]
     }
 
@@ -103,10 +103,12 @@ public struct PassManager {
                 throw IRError("pass \(pass.name): \(error.message)", loc: error.loc)
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            if options.verifyEachPass {
-                do { try Verifier.verify(module) } catch let error as IRError {
-                    throw IRError("IR is invalid after pass \(pass.name): \(error.message)", loc: error.loc)
-                }
+            do {
+                if options.verifyEachPass { try Verifier.verify(module) }
+                // Always: a placement error would corrupt activations silently.
+                if pass is PlanMemory { try module.functions.forEach(Verifier.verifyPlacement) }
+            } catch let error as IRError {
+                throw IRError("IR is invalid after pass \(pass.name): \(error.message)", loc: error.loc)
             }
             records.append(PassRecord(name: pass.name, seconds: seconds, changed: changed,
                                       nodesAfter: module.functions.reduce(0) { $0 + $1.nodes.count }))
@@ -115,7 +117,7 @@ public struct PassManager {
         if options.timePasses {
             var text = "=== pass timing ===\n"
             for r in records {
-                text += "  " + r.name.padding(toLength: 22, withPad: " ", startingAt: 0)
+                text += "  " + r.name.padding(toLength: 24, withPad: " ", startingAt: 0)
                     + String(format: "%9.3f ms  %@  %6d nodes\n", r.seconds * 1000, r.changed ? "changed" : "       ", r.nodesAfter)
             }
             text += String(format: "  total %14.3f ms\n", records.reduce(0) { $0 + $1.seconds } * 1000)

@@ -2,10 +2,10 @@ import IR
 
 /// Liveness-based placement of every activation in one arena. Each value
 /// is a buffer at a 64-byte-aligned offset, live from its definition to its
-/// last use; reshapes share their operand's bytes. Buffers are placed twice,
-/// first fit in schedule order and largest first into the tightest gap, and
-/// the smaller arena is kept (largest first brought training steps from
-/// 89-96% of the lower bound to 99-100%). The result is
+/// last use; reshapes share their operand's bytes. Buffers are placed three
+/// ways (first fit in schedule order, largest first into the tightest gap,
+/// the fullest positions' buffers first) and the smallest arena is kept. The
+/// result is
 /// recorded in the IR (`@offset` per node, `arena N` per function) and as a
 /// report whose lower bound (the largest set of simultaneously live bytes)
 /// makes the planner's efficiency a number.
@@ -13,12 +13,13 @@ import IR
 /// An update that can overwrite its argument (`InPlaceAnalysis`: an
 /// optimizer step's new weights and moments, running statistics) is placed
 /// there (`@%arg`) and takes no arena bytes: nothing is held twice or copied
-/// back after the call. A kernel that may write its result over an operand
-/// (`OpSpec.overwritesOperand`: a batch norm) takes that operand's bytes
-/// when nothing reads the operand afterwards.
+/// back after the call. A node that may write its result over an operand
+/// (`InPlaceAnalysis.overwritableOperands`: a batch norm, an elementwise
+/// loop) takes that operand's bytes when nothing reads the operand
+/// afterwards.
 public struct PlanMemory: Pass {
     public static let name = "plan-memory"
-    public static let alignment = 64
+    public static let alignment = ArenaCheck.alignment
 
     public init() {}
 
@@ -46,6 +47,46 @@ public struct PlanMemory: Pass {
     /// Plans one function and returns the report.
     @discardableResult
     public func plan(_ function: inout Function) -> Report {
+        let live = Self.liveness(of: function)
+        let buffers = live.buffers
+        // Three placements, the smallest kept (the first on a tie): first fit
+        // in schedule order, largest first into the tightest gap (which packs
+        // a training step's mix of large and small buffers closer to the
+        // lower bound), and the fullest positions' buffers first (which does
+        // better where recomputed values leave many short gaps).
+        let (offsets, peak) = [Self.placeInScheduleOrder(buffers), Self.placeLargestFirst(buffers), Self.placeFullestFirst(buffers)]
+            .min { $0.arena < $1.arena }!
+        for n in function.nodes.indices {
+            let id = function.nodes[n].id
+            function.nodes[n].arenaOffset = live.bufferOf[live.root[id]!].map { offsets[$0] }
+            function.nodes[n].inPlaceOf = live.inPlace[id]
+        }
+        function.arenaBytes = peak
+        var report = Report(function: function.name, arenaBytes: peak, lowerBoundBytes: live.peak.bytes)
+        report.inPlaceUpdates = live.inPlace.count
+        let types = function.types
+        report.inPlaceBytes = live.inPlace.keys.reduce(0) { $0 + types[$1]!.byteSize }
+        return report
+    }
+
+    /// The buffers a function's values need before placement, and their peak.
+    struct Liveness {
+        var buffers: [Buffer]
+        /// The buffer of each storage root in the arena.
+        var bufferOf: [ValueID: Int]
+        /// Updates computed over their argument, which take no buffer.
+        var inPlace: [ValueID: ValueID]
+        var root: [ValueID: ValueID]
+        /// The largest sum of buffers live at one position (the lower bound
+        /// of any placement), and the first position where it is reached.
+        var peak: (bytes: Int, position: Int)
+    }
+
+    /// One buffer per storage root in the arena, live from its definition to
+    /// its last use, with updates computed over their arguments and nodes
+    /// over the operands they may overwrite. rematerialize counts its peak
+    /// with this too, so it judges a copy by what plan-memory will do.
+    static func liveness(of function: Function) -> Liveness {
         let args = Set(function.args.map(\.id))
         // Storage root of each value: reshape results share their operand's.
         let analysis = InPlaceAnalysis(function)
@@ -83,14 +124,16 @@ public struct PlanMemory: Pass {
         }
 
         // One buffer per storage root in the arena, live from its definition
-        // to its last use. A kernel that may write its result over an operand
-        // (a batch norm) joins that operand's buffer when it reads it last.
+        // to its last use. A node that may write its result over an operand
+        // (a batch norm, an elementwise loop) joins that operand's buffer
+        // when it reads it last.
+        let types = function.types
         var buffers: [Buffer] = []
         var bufferOf: [ValueID: Int] = [:]
         for (position, node) in function.nodes.enumerated() where root[node.id] == node.id && inPlace[node.id] == nil {
             let size = Self.aligned(max(node.type.byteSize, 1))
-            if let b = overwritable(node, at: position, buffers: buffers, bufferOf: bufferOf, root: root, lastUse: lastUse, args: args),
-               buffers[b].size == size {
+            if let b = Self.overwritable(node, at: position, size: size, types: types, buffers: buffers, bufferOf: bufferOf,
+                                    root: root, lastUse: lastUse, args: args) {
                 buffers[b].last = lastUse[node.id] ?? position
                 bufferOf[node.id] = b
             } else {
@@ -98,32 +141,17 @@ public struct PlanMemory: Pass {
                 buffers.append(Buffer(size: size, first: position, last: lastUse[node.id] ?? position))
             }
         }
-        // Two placements, the smaller kept: first fit in schedule order, and
-        // largest first into the tightest gap (which packs a training step's
-        // mix of large and small buffers closer to the lower bound).
-        let inOrder = Self.placeInScheduleOrder(buffers), bySize = Self.placeLargestFirst(buffers)
-        let offsets = bySize.arena < inOrder.arena ? bySize.offsets : inOrder.offsets
-        let peak = min(bySize.arena, inOrder.arena)
         var change = [Int](repeating: 0, count: end + 2)
         for buffer in buffers {
             change[buffer.first] += buffer.size
             change[buffer.last + 1] -= buffer.size
         }
-        var liveBytes = 0, lowerBound = 0
-        for delta in change {
+        var liveBytes = 0, peak = (bytes: 0, position: 0)
+        for (position, delta) in change.enumerated() {
             liveBytes += delta
-            lowerBound = max(lowerBound, liveBytes)
+            if liveBytes > peak.bytes { peak = (liveBytes, position) }
         }
-        for n in function.nodes.indices {
-            let id = function.nodes[n].id
-            function.nodes[n].arenaOffset = bufferOf[root[id]!].map { offsets[$0] }
-            function.nodes[n].inPlaceOf = inPlace[id]
-        }
-        function.arenaBytes = peak
-        var report = Report(function: function.name, arenaBytes: peak, lowerBoundBytes: lowerBound)
-        report.inPlaceUpdates = inPlace.count
-        report.inPlaceBytes = inPlace.keys.reduce(0) { $0 + function.nodes[nodeIndex[$1]!].type.byteSize }
-        return report
+        return Liveness(buffers: buffers, bufferOf: bufferOf, inPlace: inPlace, root: root, peak: peak)
     }
 
     /// A buffer of the arena: its size (aligned) and the schedule positions
@@ -135,15 +163,18 @@ public struct PlanMemory: Pass {
         func overlaps(_ other: Buffer) -> Bool { first <= other.last && other.first <= last }
     }
 
-    /// The buffer `node` may write its result over: that of the operand its
-    /// spec allows, in the arena, read by nothing after this node.
-    func overwritable(_ node: Node, at position: Int, buffers: [Buffer], bufferOf: [ValueID: Int], root: [ValueID: ValueID],
-                      lastUse: [ValueID: Int], args: Set<ValueID>) -> Int? {
-        guard let k = OpRegistry.spec(node.op)?.overwritesOperand, k < node.operands.count else { return nil }
-        let operand = node.operands[k]
-        guard !args.contains(operand), let storage = root[operand], storage == operand, lastUse[storage] == position,
-              let b = bufferOf[storage], buffers[b].last == position else { return nil }
-        return b
+    /// The buffer `node` may write its result over: that of the first
+    /// operand it may overwrite (`InPlaceAnalysis.overwritableOperands`), in
+    /// the arena, of the result's size and read by nothing after this node.
+    static func overwritable(_ node: Node, at position: Int, size: Int, types: [ValueID: TensorType], buffers: [Buffer],
+                      bufferOf: [ValueID: Int], root: [ValueID: ValueID], lastUse: [ValueID: Int], args: Set<ValueID>) -> Int? {
+        for k in InPlaceAnalysis.overwritableOperands(of: node, types: types) {
+            let operand = node.operands[k]
+            guard !args.contains(operand), let storage = root[operand], storage == operand, lastUse[storage] == position,
+                  let b = bufferOf[storage], buffers[b].last == position, buffers[b].size == size else { continue }
+            return b
+        }
+        return nil
     }
 
     /// First fit in schedule order: each buffer at the lowest offset free of
@@ -172,7 +203,34 @@ public struct PlanMemory: Pass {
     /// so far that it overlaps in time (the greedy-by-size strategy of
     /// TensorFlow Lite's arena planner), else above them.
     static func placeLargestFirst(_ buffers: [Buffer]) -> (offsets: [Int], arena: Int) {
-        let order = buffers.indices.sorted { (buffers[$0].size, buffers[$1].first, $1) > (buffers[$1].size, buffers[$0].first, $0) }
+        placeBestFit(buffers, order: buffers.indices.sorted { (buffers[$0].size, buffers[$1].first, $1) > (buffers[$1].size, buffers[$0].first, $0) })
+    }
+
+    /// The buffers live where the most bytes are first, largest first among
+    /// them, then those of the next fullest position, each into the smallest
+    /// gap (TensorFlow Lite's greedy-by-breadth): the fullest positions,
+    /// which set the lower bound, are packed before anything fragments them.
+    static func placeFullestFirst(_ buffers: [Buffer]) -> (offsets: [Int], arena: Int) {
+        let end = buffers.map(\.last).max() ?? 0
+        var change = [Int](repeating: 0, count: end + 2)
+        for buffer in buffers {
+            change[buffer.first] += buffer.size
+            change[buffer.last + 1] -= buffer.size
+        }
+        var live = [Int](repeating: 0, count: end + 1), bytes = 0
+        for position in 0...end {
+            bytes += change[position]
+            live[position] = bytes
+        }
+        let breadth = buffers.map { live[$0.first...$0.last].max()! }
+        return placeBestFit(buffers, order: buffers.indices.sorted {
+            (breadth[$0], buffers[$0].size, buffers[$1].first, $1) > (breadth[$1], buffers[$1].size, buffers[$0].first, $0)
+        })
+    }
+
+    /// Places buffers in `order`, each into the smallest gap between the
+    /// buffers placed so far that it overlaps in time, else above them.
+    static func placeBestFit(_ buffers: [Buffer], order: [Int]) -> (offsets: [Int], arena: Int) {
         var offsets = [Int](repeating: 0, count: buffers.count), arena = 0
         var placed: [Int] = [] // buffer indices, by offset
         for b in order {

@@ -38,21 +38,25 @@ public struct Rematerialize: Pass {
         return changed
     }
 
-    /// Keeps every copy that lowers the peak, largest value first; a value
-    /// that did not help is tried again after the next copy is kept (the
-    /// peak may have moved to where it is live).
+    /// Keeps every copy that lowers the peak, largest value first, in sweeps
+    /// over the candidates live at the peak; after a sweep that kept a copy
+    /// the next looks where the peak has moved.
     func rematerialize(_ function: inout Function) -> Bool {
-        var peak = Schedule(function).peakLiveBytes
+        var peak = PlanMemory.liveness(of: function).peak.bytes
         var settled = Set<ValueID>() // values copied, and the copies
         var changed = false
-        while true {
+        var kept = true
+        while kept {
+            kept = false
+            // Only a value live where the peak is can lower it.
+            let schedule = Schedule(function), types = function.types, at = schedule.peakLive.position
             let candidates = function.nodes
-                .filter { !settled.contains($0.id) && OpRegistry.spec($0.op)?.rematerializable == true }
+                .filter { !settled.contains($0.id) && schedule.position[$0.id]! < at && (schedule.lastUse[$0.id] ?? 0) > at }
+                .filter { Self.isCandidate($0, in: schedule, types: types) }
                 .sorted { ($0.type.byteSize, $1.id) > ($1.type.byteSize, $0.id) }
-            var kept = false
             for candidate in candidates {
                 guard let trial = recomputingLateUses(of: candidate.id, in: function) else { continue }
-                let trialPeak = Schedule(trial.function).peakLiveBytes
+                let trialPeak = PlanMemory.liveness(of: trial.function).peak.bytes
                 guard trialPeak < peak else { continue }
                 function = trial.function
                 peak = trialPeak
@@ -60,11 +64,32 @@ public struct Rematerialize: Pass {
                 settled.formUnion(trial.copies)
                 changed = true
                 kept = true
-                break
             }
-            if !kept { return changed }
+        }
+        return changed
+    }
+
+    /// Data movement (`OpSpec.rematerializable`), or an elementwise loop
+    /// whose operands are held at least as long as its result anyway (or
+    /// are arguments, or [C]-sized vectors): computing it again late costs
+    /// one pass and holds nothing longer. A batch norm's output is one
+    /// (batch-norm-from-moments makes it a loop over x − mean, which the
+    /// backward pass reads last), and so is a GELU's, whose input its
+    /// gradient reads.
+    static func isCandidate(_ node: Node, in schedule: Schedule, types: [ValueID: TensorType]) -> Bool {
+        guard let spec = OpRegistry.spec(node.op) else { return false }
+        if spec.rematerializable { return true }
+        guard case .elementwise = spec.lowering, let end = schedule.lastUse[schedule.root[node.id] ?? node.id] else { return false }
+        return node.operands.allSatisfy { operand in
+            let root = schedule.root[operand] ?? operand
+            return schedule.arguments.contains(root) || (schedule.lastUse[root] ?? 0) >= end
+                || types[operand].map { $0.byteSize * Self.smallOperandRatio <= node.type.byteSize } ?? false
         }
     }
+
+    /// An operand this many times smaller than the result is "small": a
+    /// per-channel vector of a feature map, held a little longer for free.
+    static let smallOperandRatio = 64
 
     struct Trial {
         var function: Function
@@ -74,7 +99,7 @@ public struct Rematerialize: Pass {
     /// `function` with the uses of `value` after its longest unused stretch
     /// reading a copy made just before them, or nil when the value cannot be
     /// copied (a result of the function, read through an alias, or reading an
-    /// argument an update overwrites during the call).
+    /// argument an update overwrites before the late use).
     func recomputingLateUses(of value: ValueID, in function: Function) -> Trial? {
         let schedule = Schedule(function)
         guard !schedule.results.contains(value), let definition = schedule.position[value],
@@ -96,7 +121,7 @@ public struct Rematerialize: Pass {
             var node = function.nodes[schedule.position[id]!]
             for (index, operand) in node.operands.enumerated() {
                 let root = schedule.root[operand] ?? operand
-                if schedule.overwritten.contains(root) { return nil }
+                if let overwrite = schedule.overwrittenAt[root], overwrite <= at { return nil }
                 guard !schedule.arguments.contains(root), (schedule.lastUse[root] ?? 0) < at,
                       depth + 1 < Self.maximumChain, root == operand, let position = schedule.position[operand],
                       OpRegistry.spec(function.nodes[position].op)?.rematerializable == true else { continue }
@@ -133,8 +158,11 @@ struct Schedule {
     /// Last position reading each storage root; the end for results.
     var lastUse: [ValueID: Int] = [:]
     var arguments: Set<ValueID>
-    /// Arguments an update overwrites (in place, during the call).
-    var overwritten: Set<ValueID>
+    /// Arguments an update may overwrite during the call, and where: the
+    /// position of the update's value (plan-memory computes it in place
+    /// there when it is the argument's last reader); a copy placed after it
+    /// would read the new value.
+    var overwrittenAt: [ValueID: Int] = [:]
     /// Values the function returns or updates with.
     var results: Set<ValueID>
     let function: Function
@@ -143,7 +171,6 @@ struct Schedule {
         self.function = function
         arguments = Set(function.args.map(\.id))
         root = InPlaceAnalysis.storageRoots(function)
-        overwritten = Set(function.updates.map(\.target))
         results = Set(function.rootValues)
         for (index, node) in function.nodes.enumerated() {
             position[node.id] = index
@@ -156,23 +183,14 @@ struct Schedule {
             }
         }
         for value in results { lastUse[root[value] ?? value] = function.nodes.count }
+        for update in function.updates {
+            overwrittenAt[update.target] = position[root[update.value] ?? update.value] ?? function.nodes.count
+        }
     }
 
-    /// The largest sum of 64-byte-aligned buffers live at one position. An
-    /// update's value is left out: plan-memory writes it over its argument.
-    var peakLiveBytes: Int {
-        let updateValues = Set(function.updates.map(\.value))
-        var change = [Int](repeating: 0, count: function.nodes.count + 2)
-        for (index, node) in function.nodes.enumerated() where root[node.id] == node.id && !updateValues.contains(node.id) {
-            let bytes = PlanMemory.aligned(max(node.type.byteSize, 1))
-            change[index] += bytes
-            change[(lastUse[node.id] ?? index) + 1] -= bytes
-        }
-        var live = 0, peak = 0
-        for delta in change {
-            live += delta
-            peak = max(peak, live)
-        }
-        return peak
-    }
+    /// The largest sum of 64-byte-aligned buffers live at one position, as
+    /// plan-memory counts it (updates and nodes written over what they
+    /// overwrite share its bytes), and the first position where it is reached.
+    var peakLive: (bytes: Int, position: Int) { PlanMemory.liveness(of: function).peak }
+    var peakLiveBytes: Int { peakLive.bytes }
 }

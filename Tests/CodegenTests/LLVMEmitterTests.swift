@@ -170,6 +170,27 @@ final class LLVMEmitterTests: XCTestCase {
         }
     }
 
+    /// Loops whose results plan-memory places over a dead operand of the
+    /// same shape (reading it through the result's pointer, so no two
+    /// `restrict`/`noalias` pointers alias) compute what the interpreter does.
+    func testLoopsWrittenOverTheirOperandsComputeTheSame() throws {
+        let module = try Parser.parse("""
+            func @f(%0: f32[2,3,5,7] input "x", %1: f32[1,3,1,1] input "s") {
+              %2 = exp(%0) : f32[2,3,5,7]
+              %3 = mul(%1, %2) : f32[2,3,5,7]
+              %4 = neg(%3) : f32[2,3,5,7]
+              %5 = add(%4, %3) : f32[2,3,5,7]
+              %6 = mul(%5, %5) : f32[2,3,5,7]
+              return %6 as "y"
+            }
+            """)
+        let checked = try check(module, name: "overwrite", passes: [PlanMemory()])
+        let byID = Dictionary(uniqueKeysWithValues: checked.planned.functions[0].nodes.map { ($0.id, $0) })
+        XCTAssertEqual(byID[3]!.arenaOffset, byID[2]!.arenaOffset, "%3 over %2")
+        XCTAssertEqual(byID[5]!.arenaOffset, byID[4]!.arenaOffset, "%5 over %4, its first operand")
+        XCTAssertEqual(byID[6]!.arenaOffset, byID[5]!.arenaOffset, "%6 over %5, read twice")
+    }
+
     func testIROutputAndLinkErrors() throws {
         let b = FunctionBuilder(name: "tiny")
         let x = b.argument("x", .f32([16]), role: .input)

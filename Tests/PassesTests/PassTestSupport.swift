@@ -12,7 +12,7 @@ import XCTest
 /// Every pass, by the name `--print-ir-after` uses.
 let passesByName: [String: any Pass] = [
     InferShapes.name: InferShapes(), Autodiff.name: Autodiff(), AdamOptimizer.name: AdamOptimizer(),
-    FoldConstants.name: FoldConstants(), CSE.name: CSE(), DCE.name: DCE(),
+    FoldConstants.name: FoldConstants(), CSE.name: CSE(), DCE.name: DCE(), BatchNormFromMoments.name: BatchNormFromMoments(),
     FuseElementwise.name: FuseElementwise(), FuseReductions.name: FuseReductions(),
     FuseNormActivation.name: FuseNormActivation(), FuseConvEpilogue.name: FuseConvEpilogue(), FuseConcat.name: FuseConcat(),
     PlanMemory.name: PlanMemory(),

@@ -16,7 +16,7 @@ final class RematerializeTests: XCTestCase {
           %3 = concat(%2, %1) {axis=1} : f32[1,16,8,8]
           %4 = tanh(%3) : f32[1,16,8,8]
           %5 = exp(%4) : f32[1,16,8,8]
-          %6 = mul(%5, %5) : f32[1,16,8,8]
+          %6 = mul(%5, %4) : f32[1,16,8,8]
           %7 = mse(%6, %3) : f32[]
           return %7 as "loss"
         }
@@ -27,7 +27,7 @@ final class RematerializeTests: XCTestCase {
         // the upsampling it reads is dead by then: it is computed again too.
         let source = Self.decoderLike + """
 
-            // CHECK: %6 = mul(%5, %5) : f32[1,16,8,8]
+            // CHECK: %6 = mul(%5, %4) : f32[1,16,8,8]
             // CHECK-NEXT: %8 = upsample_nearest(%0) {size=[8,8]} : f32[1,8,8,8]
             // CHECK-NEXT: %9 = concat(%8, %1) {axis=1} : f32[1,16,8,8]
             // CHECK-NEXT: %7 = mse(%6, %9) : f32[]
@@ -38,7 +38,8 @@ final class RematerializeTests: XCTestCase {
         let peakBefore = PlanMemory().plan(&planned.0.functions[0]).lowerBoundBytes
         let peakAfter = PlanMemory().plan(&planned.1.functions[0]).lowerBoundBytes
         // Before: the concatenation (4 KiB) beside tanh's and exp's results;
-        // after: the upsampling copy (2 KiB) and the concatenation's beside mul's.
+        // after: tanh's over the concatenation and exp's, or the upsampling
+        // copy (2 KiB) and the concatenation's beside mul's (over exp's).
         XCTAssertEqual(peakBefore, 3 * 4096)
         XCTAssertEqual(peakAfter, 2 * 4096 + 2048)
         try checkSameValues(before.functions[0], after.functions[0])
@@ -101,6 +102,42 @@ final class RematerializeTests: XCTestCase {
             """)
         let function = overwritten.functions[0]
         XCTAssertNil(Rematerialize().recomputingLateUses(of: 2, in: function))
+        // Updated only after the late use, it is read as it was: the copy may be made.
+        var later = function
+        later.nodes.swapAt(3, 4)
+        XCTAssertNotNil(Rematerialize().recomputingLateUses(of: 2, in: later))
+    }
+
+    /// A batch norm's output as batch-norm-from-moments leaves it: a loop
+    /// over the centered tensor, which the backward pass reads last, and a
+    /// per-channel scale. It is computed again before its late use, and the
+    /// centered tensor is held no longer than it was.
+    func testRecomputesALoopWhoseOperandsAreHeldAnyway() throws {
+        let source = """
+            func @f(%0: f32[1,8,8,8] input "x", %1: f32[1,8,1,1] input "s") {
+              %2 = permute(%0) {perm=[0,1,3,2]} : f32[1,8,8,8]
+              %3 = mul(%2, %1) : f32[1,8,8,8]
+              %4 = tanh(%3) : f32[1,8,8,8]
+              %5 = sigmoid(%4) : f32[1,8,8,8]
+              %6 = mul(%5, %4) : f32[1,8,8,8]
+              %7 = mul(%6, %3) : f32[1,8,8,8]
+              %8 = add(%7, %2) : f32[1,8,8,8]
+              %9 = mse(%8, %8) : f32[]
+              return %9 as "loss"
+            }
+            """
+        let after = try checkIR(source + """
+
+            // CHECK: %6 = mul(%5, %4) : f32[1,8,8,8]
+            // CHECK-NEXT: %10 = mul(%2, %1) : f32[1,8,8,8]
+            // CHECK-NEXT: %7 = mul(%6, %10) : f32[1,8,8,8]
+            """, passes: [Rematerialize.name])
+        var planned = (try Parser.parse(source), after)
+        let peakBefore = PlanMemory().plan(&planned.0.functions[0]).lowerBoundBytes
+        let peakAfter = PlanMemory().plan(&planned.1.functions[0]).lowerBoundBytes
+        XCTAssertEqual(peakBefore, 4 * 2048, "%2, %3, %4 and %5 at sigmoid")
+        XCTAssertEqual(peakAfter, 3 * 2048, "%3 is dead by then")
+        try checkSameValues(planned.0.functions[0], after.functions[0])
     }
 
     /// UNet.small's training steps at batch 2, 64×64 (at 32×32 the weight

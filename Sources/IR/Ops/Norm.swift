@@ -49,6 +49,35 @@ public enum NormOps {
         return (mean, centered, variance)
     }
 
+    /// The nodes batchMoments built for x among those before `position`:
+    /// reduce_mean(x), x − reshape(mean), and reduce_mean of its square; nil
+    /// when the function does not compute them there.
+    public static func existingBatchMoments(of x: ValueID, in function: Function, before position: Int)
+        -> (mean: ValueID, centered: ValueID, variance: ValueID)? {
+        let nodes = function.nodes[..<position]
+        guard let rank = function.types[x]?.rank, rank >= 2 else { return nil }
+        let axes = [0] + Array(2..<rank)
+        func isBatchMean(_ node: Node, of value: ValueID) -> Bool {
+            node.op == "reduce_mean" && node.operands == [value] && (try? node.attrs.ints("axes")) == axes && node.attrs["keepdims"] == nil
+        }
+        guard let mean = nodes.first(where: { isBatchMean($0, of: x) }),
+              let view = nodes.first(where: { $0.op == "reshape" && $0.operands == [mean.id] }),
+              let centered = nodes.first(where: { $0.op == "sub" && $0.operands == [x, view.id] }),
+              let square = nodes.first(where: { $0.op == "mul" && $0.operands == [centered.id, centered.id] }),
+              let variance = nodes.first(where: { isBatchMean($0, of: square.id) }) else { return nil }
+        return (mean.id, centered.id, variance.id)
+    }
+
+    /// batch_norm_train's y from its moments: (x − mean)·γ/√(var + eps) + β,
+    /// one elementwise expression of the centered tensor and [C] vectors.
+    public static func normalizeCentered(_ b: FunctionBuilder, centered: Value, variance: Value, gamma: Value, beta: Value,
+                                         attrs: Attributes) throws -> Value {
+        let rank = centered.rank
+        let r = try b.unary("rsqrt", try b.add(variance, try b.constant(try eps(attrs), like: variance)))
+        let scale = try channelView(b, try b.mul(gamma, r), rank: rank)
+        return try b.add(try b.mul(centered, scale), try channelView(b, beta, rank: rank))
+    }
+
     /// Normalize `x` (already grouped so the statistic axis is last) in the interpreter.
     static func normalizeRows(_ data: [Double], rows: Int, cols: Int, eps: Double) -> [Double] {
         var out = data
