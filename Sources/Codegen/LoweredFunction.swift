@@ -195,7 +195,11 @@ public enum Lowerer {
                         case .result: return result
                         }
                     }
+                    // Planned scratch is lent for this call only.
+                    let scratch = call.scratchFloats > 0 ? node.scratchOffset.map { LoweredFunction.Address(region: .arena, offset: $0, dtype: .f32) } : nil
+                    if let scratch { steps.append(lendScratch(scratch, floats: call.scratchFloats)) }
                     steps.append(.kernel(index: index, name: call.kernel, buffers: buffers, ints: call.ints, floats: call.floats))
+                    if let scratch { steps.append(lendScratch(scratch, floats: 0)) }
                 }
             }
             types[node.id] = node.type
@@ -212,6 +216,14 @@ public enum Lowerer {
             }
         }
         return LoweredFunction(name: function.name, steps: steps)
+    }
+
+    static let lendScratchKernel = Int(ddp_kernel_index("lend_scratch"))
+
+    /// The call lending `floats` of the arena at `region` to the next kernel
+    /// call's weights scratch (0: taking the loan back).
+    static func lendScratch(_ region: LoweredFunction.Address, floats: Int) -> LoweredFunction.Step {
+        .kernel(index: lendScratchKernel, name: "lend_scratch", buffers: [region], ints: [floats], floats: [])
     }
 
     /// Values of grouped nodes that something outside their group reads

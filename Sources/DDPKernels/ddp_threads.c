@@ -208,7 +208,28 @@ void ddp_parallel_for_elements(int64_t n, int64_t elements, ddp_task_fn fn, void
         fn(arg, 0, n);
 }
 
+/// The region lend_scratch lent the calling thread, if any.
+static _Thread_local struct {
+    float *data;
+    size_t floats;
+} lent;
+
+int ddp_lend_scratch(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    lent.data = ia[0] > 0 ? bufs[0] : NULL;
+    lent.floats = ia[0] > 0 ? (size_t)ia[0] : 0;
+    return DDP_OK;
+}
+
+static int64_t loan_misses;
+
+int64_t ddp_scratch_loan_misses(void) { return __atomic_load_n(&loan_misses, __ATOMIC_RELAXED); }
+
 float *ddp_thread_scratch(int slot, size_t floats) {
+    if (slot == DDP_SCRATCH_WEIGHTS && lent.data != NULL) {
+        if (floats <= lent.floats) return lent.data;
+        __atomic_add_fetch(&loan_misses, 1, __ATOMIC_RELAXED);
+    }
     if (floats > scratch[slot].floats) {
         free(scratch[slot].data);
         size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;

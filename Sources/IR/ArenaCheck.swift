@@ -1,6 +1,7 @@
 /// An independent check of a function's arena placement (plan-memory's
 /// result, or offsets written by hand in a .ddir): liveness over the
-/// schedule, no two simultaneously live buffers overlapping, aliases sharing
+/// schedule, no two simultaneously live buffers overlapping (a kernel's
+/// borrowed scratch is live during its call), aliases sharing
 /// their operand's storage, 64-byte alignment, and the arena against the
 /// largest live set. The verifier runs it on every placed function, so a
 /// planner error stops the pipeline instead of corrupting a step.
@@ -130,6 +131,24 @@ public struct ArenaCheck {
             live.append((node.id, last[node.id]!, offset, size))
             liveBytes += size
             liveAlignedBytes += aligned(size)
+            // The scratch its kernels borrow, live during this call only.
+            let scratchBytes = 4 * (OpRegistry.spec(node.op)?.kernelScratchFloats(operands: node.operands.map { types[$0]! },
+                                                                                  result: node.type, attrs: node.attrs) ?? 0)
+            if let scratch = node.scratchOffset {
+                if scratchBytes == 0 { fail("%\(node.id) = \(node.op) has scratch at \(scratch) but its kernels borrow none") }
+                if scratch % ArenaCheck.alignment != 0 { fail("scratch of %\(node.id) is at \(scratch), not 64-byte aligned") }
+                if scratch < 0 || scratch + scratchBytes > arena {
+                    fail("scratch of %\(node.id) [\(scratch), \(scratch + scratchBytes)) is outside the \(arena)-byte arena")
+                }
+                for other in live {
+                    guard let otherOffset = other.offset else { continue }
+                    if scratch < otherOffset + other.size && otherOffset < scratch + scratchBytes {
+                        fail("scratch of %\(node.id) [\(scratch), \(scratch + scratchBytes)) overlaps %\(other.id) [\(otherOffset), \(otherOffset + other.size)), live from \(first[other.id]!) to \(other.last), at \(position)")
+                    }
+                }
+                largestLiveBytes = max(largestLiveBytes, liveBytes + scratchBytes)
+                largestLiveAlignedBytes = max(largestLiveAlignedBytes, liveAlignedBytes + aligned(scratchBytes))
+            }
             largestLiveBytes = max(largestLiveBytes, liveBytes)
             largestLiveAlignedBytes = max(largestLiveAlignedBytes, liveAlignedBytes)
         }

@@ -135,6 +135,9 @@ public struct Node: Hashable, Sendable {
     /// The argument whose storage the result overwrites instead (an update
     /// computed in place, see `InPlaceAnalysis`), set by plan-memory.
     public var inPlaceOf: ValueID?
+    /// Byte offset in the arena of the scratch its kernels borrow during
+    /// the call (`KernelCall.scratchFloats`), set by plan-memory.
+    public var scratchOffset: Int?
 
     public init(id: ValueID, op: String, operands: [ValueID], attrs: Attributes = [:],
                 type: TensorType, loc: SourceLoc? = nil, arenaOffset: Int? = nil) {

@@ -41,12 +41,28 @@ public struct KernelCall: Hashable, Sendable {
     public var buffers: [Buffer]
     public var ints: [Int]
     public var floats: [Double]
+    /// Floats of scratch the kernel borrows from the arena for this call
+    /// (its weights scratch, see `lend_scratch` in ddp_kernels.h): at least
+    /// what it asks for on every ISA. plan-memory places it with the node's
+    /// buffers (`Node.scratchOffset`), where the kernel would otherwise keep
+    /// a heap block of that size for the rest of the process.
+    public var scratchFloats: Int
 
-    public init(_ kernel: String, _ buffers: [Buffer], ints: [Int] = [], floats: [Double] = []) {
+    public init(_ kernel: String, _ buffers: [Buffer], ints: [Int] = [], floats: [Double] = [], scratchFloats: Int = 0) {
         self.kernel = kernel
         self.buffers = buffers
         self.ints = ints
         self.floats = floats
+        self.scratchFloats = scratchFloats
+    }
+}
+
+extension OpSpec {
+    /// The most scratch (floats) one of the op's kernel calls borrows from
+    /// the arena (`KernelCall.scratchFloats`); 0 for loops and aliases.
+    public func kernelScratchFloats(operands: [TensorType], result: TensorType, attrs: Attributes) -> Int {
+        guard case .kernels(let lower) = lowering, let calls = try? lower(operands, result, attrs) else { return 0 }
+        return calls.map(\.scratchFloats).max() ?? 0
     }
 }
 

@@ -244,6 +244,10 @@ public struct Parser {
         if accept("@") {
             if peek("%") { node.inPlaceOf = try valueRef() } else { node.arenaOffset = try integer() }
         }
+        if accept("scratch") {
+            try expect("@")
+            node.scratchOffset = try integer()
+        }
         if accept("loc(") {
             let file = try string()
             try expect(":")

@@ -38,6 +38,7 @@ public enum Printer {
         out += " : \(node.type)"
         if let offset = node.arenaOffset { out += " @\(offset)" }
         if let target = node.inPlaceOf { out += " @%\(target)" }
+        if let scratch = node.scratchOffset { out += " scratch @\(scratch)" }
         if let loc = node.loc { out += " loc(\(quoted(loc.file)):\(loc.line))" }
         return out
     }

@@ -8,7 +8,9 @@ import IR
 /// result is
 /// recorded in the IR (`@offset` per node, `arena N` per function) and as a
 /// report whose lower bound (the largest set of simultaneously live bytes)
-/// makes the planner's efficiency a number.
+/// makes the planner's efficiency a number. The scratch a kernel borrows
+/// for its call (`KernelCall.scratchFloats`) is a buffer live at that node
+/// only (`scratch @offset` in the dump).
 ///
 /// An update that can overwrite its argument (`InPlaceAnalysis`: an
 /// optimizer step's new weights and moments, running statistics) is placed
@@ -60,6 +62,7 @@ public struct PlanMemory: Pass {
             let id = function.nodes[n].id
             function.nodes[n].arenaOffset = live.bufferOf[live.root[id]!].map { offsets[$0] }
             function.nodes[n].inPlaceOf = live.inPlace[id]
+            function.nodes[n].scratchOffset = live.scratchOf[id].map { offsets[$0] }
         }
         function.arenaBytes = peak
         var report = Report(function: function.name, arenaBytes: peak, lowerBoundBytes: live.peak.bytes)
@@ -76,6 +79,8 @@ public struct PlanMemory: Pass {
         var bufferOf: [ValueID: Int]
         /// Updates computed over their argument, which take no buffer.
         var inPlace: [ValueID: ValueID]
+        /// The buffer of the scratch each node's kernels borrow during its call.
+        var scratchOf: [ValueID: Int]
         var root: [ValueID: ValueID]
         /// The largest sum of buffers live at one position (the lower bound
         /// of any placement), and the first position where it is reached.
@@ -130,15 +135,25 @@ public struct PlanMemory: Pass {
         let types = function.types
         var buffers: [Buffer] = []
         var bufferOf: [ValueID: Int] = [:]
-        for (position, node) in function.nodes.enumerated() where root[node.id] == node.id && inPlace[node.id] == nil {
-            let size = Self.aligned(max(node.type.byteSize, 1))
-            if let b = Self.overwritable(node, at: position, size: size, types: types, buffers: buffers, bufferOf: bufferOf,
-                                    root: root, lastUse: lastUse, args: args) {
-                buffers[b].last = lastUse[node.id] ?? position
-                bufferOf[node.id] = b
-            } else {
-                bufferOf[node.id] = buffers.count
-                buffers.append(Buffer(size: size, first: position, last: lastUse[node.id] ?? position))
+        var scratchOf: [ValueID: Int] = [:]
+        for (position, node) in function.nodes.enumerated() {
+            if root[node.id] == node.id && inPlace[node.id] == nil {
+                let size = Self.aligned(max(node.type.byteSize, 1))
+                if let b = Self.overwritable(node, at: position, size: size, types: types, buffers: buffers, bufferOf: bufferOf,
+                                             root: root, lastUse: lastUse, args: args) {
+                    buffers[b].last = lastUse[node.id] ?? position
+                    bufferOf[node.id] = b
+                } else {
+                    bufferOf[node.id] = buffers.count
+                    buffers.append(Buffer(size: size, first: position, last: lastUse[node.id] ?? position))
+                }
+            }
+            // Kernel scratch, live during the node's call only.
+            let scratch = OpRegistry.spec(node.op)?.kernelScratchFloats(operands: node.operands.map { types[$0]! }, result: node.type,
+                                                                        attrs: node.attrs) ?? 0
+            if scratch > 0 {
+                scratchOf[node.id] = buffers.count
+                buffers.append(Buffer(size: Self.aligned(scratch * 4), first: position, last: position))
             }
         }
         var change = [Int](repeating: 0, count: end + 2)
@@ -151,7 +166,7 @@ public struct PlanMemory: Pass {
             liveBytes += delta
             if liveBytes > peak.bytes { peak = (liveBytes, position) }
         }
-        return Liveness(buffers: buffers, bufferOf: bufferOf, inPlace: inPlace, root: root, peak: peak)
+        return Liveness(buffers: buffers, bufferOf: bufferOf, inPlace: inPlace, scratchOf: scratchOf, root: root, peak: peak)
     }
 
     /// A buffer of the arena: its size (aligned) and the schedule positions

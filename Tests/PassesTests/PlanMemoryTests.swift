@@ -156,6 +156,35 @@ final class PlanMemoryTests: XCTestCase {
         // LLVMEmitterTests.testLoopsWrittenOverTheirOperandsComputeTheSame runs such loops.
     }
 
+    /// A Winograd convolution's weights scratch is a buffer live during its
+    /// call only: apart from its operands and result, over what is dead.
+    func testKernelScratchIsPlacedForItsCallOnly() throws {
+        let (function, check, report) = try plan("""
+        func @f(%0: f32[1,16,8,8] input "x", %1: f32[16,16,3,3] param "w") {
+          %2 = exp(%0) : f32[1,16,8,8]
+          %3 = tanh(%2) : f32[1,16,8,8]
+          %4 = conv2d(%3, %1) {algorithm="winograd4", pad=[1,1]} : f32[1,16,8,8]
+          %5 = conv2d(%4, %1) {algorithm="winograd4", pad=[1,1]} : f32[1,16,8,8]
+          return %5 as "y"
+        }
+        """)
+        let scratchBytes = 36 * 24 * 16 * 4 // (4+2)² points, 16 output channels padded to 24 rows, 16 inputs
+        let byID = function.nodesByID
+        XCTAssertNotNil(byID[4]!.scratchOffset)
+        XCTAssertNil(byID[3]!.scratchOffset)
+        XCTAssertEqual(report.lowerBoundBytes, 2 * 4096 + scratchBytes, "input, output and scratch of one call")
+        XCTAssertEqual(check.failures, [])
+        // Printed and parsed back; the checker refuses scratch over a live buffer.
+        let printed = Printer.print(function)
+        XCTAssertTrue(printed.contains("scratch @\(byID[5]!.scratchOffset!)"), printed)
+        var overlapping = try Parser.parse(printed).functions[0]
+        XCTAssertEqual(overlapping, function)
+        let conv = overlapping.nodes.firstIndex { $0.id == 5 }!
+        overlapping.nodes[conv].scratchOffset = overlapping.nodes[conv].arenaOffset
+        XCTAssertTrue(ArenaCheck(overlapping).failures.contains { $0.contains("scratch of %5") && $0.contains("overlaps %5") },
+                      "\(ArenaCheck(overlapping).failures)")
+    }
+
     func testAFreedGapIsReused() throws {
         let (function, check, _) = try plan("""
         func @f(%0: f32[64] input "x", %1: f32[16] input "y") {

@@ -131,6 +131,12 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    With DDEPC_OVERLAP=1 buckets are exchanged on a communication thread
 //                    (own communicator) in the order they are started, while the step
 //                    computes on; otherwise allreduce_start exchanges at once (the same bits).
+// lend_scratch       bufs [region]       ia [floats]
+//                    lends `region` (floats × 4 bytes of the arena, planned for the
+//                    next kernel call) to the calling thread: a kernel's request for
+//                    its weights scratch takes it when it fits, instead of a heap
+//                    block the thread keeps. floats = 0 takes the loan back; the
+//                    generated code does so right after the call it planned for.
 #define DDP_KERNEL_LIST(X) \
     X(conv2d) X(conv2d_grad_input) X(conv2d_grad_weight) X(matmul) \
     X(reduce) X(permute) X(copy_region) X(fill) \
@@ -142,7 +148,7 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(random_normal) X(parallel_loop) X(allreduce) \
     X(allreduce_start) X(allreduce_wait) \
     X(conv2d_winograd) X(conv2d_grad_input_winograd) X(conv2d_grad_weight_winograd) \
-    X(reduce_loop)
+    X(reduce_loop) X(lend_scratch)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,
@@ -163,6 +169,11 @@ typedef int (*ddp_entry_fn)(const void *buffers, const ddp_kernel_fn *kernels);
 /// every parallel region it starts, and gives the caller its own
 /// floating-point mode back after. Returns the entry point's status.
 int ddp_run_entry(ddp_entry_fn entry, const void *buffers, const ddp_kernel_fn *kernels);
+
+/// Requests for weights scratch that a lend_scratch loan did not cover (the
+/// kernel then used the thread's heap block): 0 when the compiler's planned
+/// sizes hold. For tests.
+int64_t ddp_scratch_loan_misses(void);
 
 /// The table passed to compiled entry points, indexed by ddp_kernel_id.
 const ddp_kernel_fn *ddp_kernel_table(void);

@@ -111,6 +111,18 @@ public enum ConvOps {
     static func kernel(_ name: String, tile: Int?) -> String { tile == nil ? name : name + "_winograd" }
     static func tileInts(_ tile: Int?) -> [Int] { tile.map { [$0] } ?? [] }
 
+    /// The floats a Winograd kernel asks for as its weights scratch (see
+    /// ddp_winograd_tile.h): the transformed filters U, (m+2)² planes packed
+    /// for the GEMM with the `rows` side padded to its micro-kernel's rows
+    /// (12 with AVX-512, 6 with AVX2; 12 covers both), or for the weight
+    /// gradient the (m+2)² planes of dU, unpadded. Zero without Winograd.
+    static func winogradScratchFloats(tile: Int?, rows: Int, columns: Int, packed: Bool = true) -> Int {
+        guard let tile else { return 0 }
+        let microKernelRows = 12
+        let padded = packed ? (rows + microKernelRows - 1) / microKernelRows * microKernelRows : rows
+        return (tile + 2) * (tile + 2) * padded * columns
+    }
+
     /// 2 · output elements · (C/groups · KH · KW): the work of a convolution
     /// and of each of its two gradients.
     static func macs(output: [Int], weight: [Int]) -> Double {
@@ -180,7 +192,8 @@ public enum ConvOps {
                    let geometry = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
                    let tile = try winogradTile(attrs, geometry)
                    return [KernelCall(kernel("conv2d", tile: tile), [.operand(0), .operand(1), .result],
-                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + tileInts(tile))]
+                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + tileInts(tile),
+                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c))]
                },
                examples: [([f([2, 4, 7, 6]), f([6, 2, 3, 3])], example),
                           ([f([1, 3, 5, 5]), f([4, 3, 1, 1])], [:]),
@@ -213,7 +226,8 @@ public enum ConvOps {
                    let geometry = try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs)
                    let tile = try winogradTile(attrs, geometry)
                    return [KernelCall(kernel("conv2d_grad_input", tile: tile), [.operand(0), .operand(1), .result],
-                                      ints: geometry.kernelInts + tileInts(tile))]
+                                      ints: geometry.kernelInts + tileInts(tile),
+                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.c, columns: geometry.o))]
                },
                examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6])),
                           ([f([2, 5, 9, 7]), f([5, 3, 3, 3])], winogradExample(pad: [1, 1]).merging(["input_shape": .ints([2, 3, 9, 7])])),
@@ -244,7 +258,8 @@ public enum ConvOps {
                    let geometry = try Geometry(input: operands[0].shape, weight: result.shape, attrs: attrs)
                    let tile = try winogradTile(attrs, geometry)
                    return [KernelCall(kernel("conv2d_grad_weight", tile: tile), [.operand(0), .operand(1), .result],
-                                      ints: geometry.kernelInts + tileInts(tile))]
+                                      ints: geometry.kernelInts + tileInts(tile),
+                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c, packed: false))]
                },
                examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 6])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3])),
                           ([f([2, 3, 9, 7]), f([2, 5, 9, 7])], winogradExample(pad: [1, 1]).merging(["weight_shape": .ints([5, 3, 3, 3])])),

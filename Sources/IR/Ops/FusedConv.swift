@@ -130,7 +130,8 @@ public enum FusedConvOps {
                    let tile = try ConvOps.winogradTile(attrs, geometry)
                    return [KernelCall(ConvOps.kernel("conv2d", tile: tile),
                                       [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
-                                      ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile))]
+                                      ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile),
+                                      scratchFloats: ConvOps.winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c))]
                },
                examples: [
                    // conv → batch norm (folded to scale and shift) → ReLU
