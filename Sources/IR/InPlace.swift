@@ -18,6 +18,7 @@ public struct InPlaceAnalysis {
     let readAfterCall: Set<ValueID>
     let updateValue: [ValueID: ValueID]
     let positions: [ValueID: Int]
+    let arguments: [ValueID: Argument]
     let function: Function
 
     /// The storage root of every argument and node: a reshape (an alias
@@ -60,9 +61,11 @@ public struct InPlaceAnalysis {
         self.roots = roots
         self.lastRead = lastRead
         self.positions = positions
+        let arguments = Dictionary(function.args.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        self.arguments = arguments
         readAfterCall = Set(function.rootValues.compactMap { value in
             let root = roots[value] ?? value
-            return function.args.contains { $0.id == root } ? root : nil
+            return arguments[root] != nil ? root : nil
         })
         updateValue = Dictionary(function.updates.map { ($0.target, $0.value) }, uniquingKeysWith: { first, _ in first })
     }
@@ -72,7 +75,7 @@ public struct InPlaceAnalysis {
     /// loop of the same type that reads `target` only element for element,
     /// and the last reader of `target` in the schedule.
     public func problem(placing node: Node, over target: ValueID) -> String? {
-        guard let arg = function.args.first(where: { $0.id == target }) else { return "%\(target) is not an argument" }
+        guard let arg = arguments[target] else { return "%\(target) is not an argument" }
         guard arg.role == .param || arg.role == .state else {
             return "\"\(arg.name)\" is a \(arg.role.rawValue); only param and state arguments are overwritten"
         }

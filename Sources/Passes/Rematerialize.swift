@@ -40,26 +40,31 @@ public struct Rematerialize: Pass {
 
     /// Keeps every copy that lowers the peak, largest value first, in sweeps
     /// over the candidates live at the peak; after a sweep that kept a copy
-    /// the next looks where the peak has moved.
+    /// the next looks where the peak has moved. A copy only lowers the peak
+    /// if the stretch it frees holds the peak's position, so other values
+    /// are not tried.
     func rematerialize(_ function: inout Function) -> Bool {
-        var peak = PlanMemory.liveness(of: function).peak.bytes
+        var peak = PlanMemory.liveness(of: function).peak
         var settled = Set<ValueID>() // values copied, and the copies
         var changed = false
         var kept = true
         while kept {
             kept = false
-            // Only a value live where the peak is can lower it.
-            let schedule = Schedule(function), types = function.types, at = schedule.peakLive.position
+            var schedule = Schedule(function)
+            let types = function.types, at = peak.position
             let candidates = function.nodes
                 .filter { !settled.contains($0.id) && schedule.position[$0.id]! < at && (schedule.lastUse[$0.id] ?? 0) > at }
                 .filter { Self.isCandidate($0, in: schedule, types: types) }
                 .sorted { ($0.type.byteSize, $1.id) > ($1.type.byteSize, $0.id) }
             for candidate in candidates {
-                guard let trial = recomputingLateUses(of: candidate.id, in: function) else { continue }
-                let trialPeak = PlanMemory.liveness(of: trial.function).peak.bytes
-                guard trialPeak < peak else { continue }
+                guard let stretch = Self.longestStretch(of: candidate.id, in: schedule),
+                      stretch.after < peak.position, peak.position < stretch.before,
+                      let trial = recomputingLateUses(of: candidate.id, in: function, schedule: schedule) else { continue }
+                let trialPeak = PlanMemory.liveness(of: trial.function).peak
+                guard trialPeak.bytes < peak.bytes else { continue }
                 function = trial.function
                 peak = trialPeak
+                schedule = Schedule(function)
                 settled.insert(candidate.id)
                 settled.formUnion(trial.copies)
                 changed = true
@@ -67,6 +72,20 @@ public struct Rematerialize: Pass {
             }
         }
         return changed
+    }
+
+    /// The longest stretch of the schedule in which nothing reads `value`
+    /// (between its definition or a use and the next use): `split` indexes
+    /// the use that ends it. Nil when the value has no use or no stretch.
+    static func longestStretch(of value: ValueID, in schedule: Schedule) -> (after: Int, before: Int, split: Int)? {
+        guard let definition = schedule.position[value], let uses = schedule.uses[value], !uses.isEmpty else { return nil }
+        var split = 0, longest = uses[0] - definition
+        for i in uses.indices.dropFirst() where uses[i] - uses[i - 1] > longest {
+            longest = uses[i] - uses[i - 1]
+            split = i
+        }
+        guard longest > 1 else { return nil }
+        return (split == 0 ? definition : uses[split - 1], uses[split], split)
     }
 
     /// Data movement (`OpSpec.rematerializable`), or an elementwise loop
@@ -100,18 +119,11 @@ public struct Rematerialize: Pass {
     /// reading a copy made just before them, or nil when the value cannot be
     /// copied (a result of the function, read through an alias, or reading an
     /// argument an update overwrites before the late use).
-    func recomputingLateUses(of value: ValueID, in function: Function) -> Trial? {
-        let schedule = Schedule(function)
-        guard !schedule.results.contains(value), let definition = schedule.position[value],
-              let uses = schedule.uses[value], !uses.isEmpty,
-              !uses.contains(where: { schedule.root[function.nodes[$0].id] != function.nodes[$0].id }) else { return nil }
-        var split = 0, longest = uses[0] - definition
-        for i in uses.indices.dropFirst() where uses[i] - uses[i - 1] > longest {
-            longest = uses[i] - uses[i - 1]
-            split = i
-        }
-        let at = uses[split]
-        guard longest > 1 else { return nil }
+    func recomputingLateUses(of value: ValueID, in function: Function, schedule given: Schedule? = nil) -> Trial? {
+        let schedule = given ?? Schedule(function)
+        guard !schedule.results.contains(value), let uses = schedule.uses[value],
+              !uses.contains(where: { schedule.root[function.nodes[$0].id] != function.nodes[$0].id }),
+              let (_, at, split) = Self.longestStretch(of: value, in: schedule) else { return nil }
 
         var nextID = function.nextID
         var inserted: [Node] = []
@@ -146,10 +158,10 @@ public struct Rematerialize: Pass {
     }
 }
 
-/// Positions, uses and storage of a function's values, and its peak of live
-/// arena bytes as plan-memory counts them: a buffer is live from its
-/// definition to its last use (results to the end), aliases share their
-/// operand's bytes, and arguments take none.
+/// Positions, uses and storage of a function's values: a buffer is live
+/// from its definition to its last use (results to the end), aliases share
+/// their operand's bytes, and arguments take none. (Its peak of live bytes
+/// is plan-memory's, `PlanMemory.liveness`.)
 struct Schedule {
     var position: [ValueID: Int] = [:]
     /// Positions of the nodes reading each value, ascending.
@@ -165,10 +177,8 @@ struct Schedule {
     var overwrittenAt: [ValueID: Int] = [:]
     /// Values the function returns or updates with.
     var results: Set<ValueID>
-    let function: Function
 
     init(_ function: Function) {
-        self.function = function
         arguments = Set(function.args.map(\.id))
         root = InPlaceAnalysis.storageRoots(function)
         results = Set(function.rootValues)
@@ -187,10 +197,4 @@ struct Schedule {
             overwrittenAt[update.target] = position[root[update.value] ?? update.value] ?? function.nodes.count
         }
     }
-
-    /// The largest sum of 64-byte-aligned buffers live at one position, as
-    /// plan-memory counts it (updates and nodes written over what they
-    /// overwrite share its bytes), and the first position where it is reached.
-    var peakLive: (bytes: Int, position: Int) { PlanMemory.liveness(of: function).peak }
-    var peakLiveBytes: Int { peakLive.bytes }
 }
