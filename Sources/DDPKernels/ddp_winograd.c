@@ -111,10 +111,12 @@ static void failed_task(int *failed) { __atomic_store_n(failed, 1, __ATOMIC_RELA
 #ifdef __AVX512F__
 #include <immintrin.h>
 
-/// Lanes l of the 16 floats from `start` with 0 <= start + l < w.
+/// Lanes l of the 16 floats from `start` with 0 <= start + l < w, without a
+/// branch (lanes [lo, hi) with both clamped to [0, 16]; none when hi <= lo).
 static inline __mmask16 lanes_inside(int64_t start, int64_t w) {
-    int64_t lo = start < 0 ? -start : 0, hi = w - start < 16 ? w - start : 16;
-    if (hi <= lo) return 0;
+    int64_t lo = -start, hi = w - start;
+    lo = lo < 0 ? 0 : lo > 16 ? 16 : lo;
+    hi = hi < 0 ? 0 : hi > 16 ? 16 : hi;
     return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
 }
 
@@ -133,11 +135,14 @@ static void split_row_avx512_f4(const float *xrow, int64_t w, int64_t pw, int64_
     const __m512i high = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
     for (int64_t t0 = 0; t0 < span; t0 += 16) {
         int64_t start = 4 * t0 - pw;
+        if (span - t0 == 1) { // the spare tile column alone (rows of 16·k tiles): four floats
+            for (int q = 0; q < 4; q++) p[q * stride + t0] = start + q >= 0 && start + q < w ? xrow[start + q] : 0.0f;
+            break;
+        }
         __m512 a[4];
         for (int i = 0; i < 4; i++) {
             int64_t at = start + 16 * i;
-            __mmask16 m = lanes_inside(at, w);
-            a[i] = m == 0xFFFF ? _mm512_loadu_ps(xrow + at) : m ? _mm512_maskz_loadu_ps(m, xrow + at) : _mm512_setzero_ps();
+            a[i] = _mm512_maskz_loadu_ps(lanes_inside(at, w), xrow + at); // masked lanes are not read
         }
         // b: phases 0|1 and 2|3 of tiles t0..t0+7; c: of tiles t0+8..t0+15.
         __m512 b01 = _mm512_permutex2var_ps(a[0], pick01, a[1]), b23 = _mm512_permutex2var_ps(a[0], pick23, a[1]);
@@ -157,9 +162,12 @@ static void split_row_avx512_f2(const float *xrow, int64_t w, int64_t pw, int64_
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     for (int64_t t0 = 0; t0 < span; t0 += 16) {
         int64_t start = 2 * t0 - pw;
-        __mmask16 m0 = lanes_inside(start, w), m1 = lanes_inside(start + 16, w);
-        __m512 a0 = m0 ? _mm512_maskz_loadu_ps(m0, xrow + start) : _mm512_setzero_ps();
-        __m512 a1 = m1 ? _mm512_maskz_loadu_ps(m1, xrow + start + 16) : _mm512_setzero_ps();
+        if (span - t0 == 1) { // the spare tile column alone: two floats
+            for (int q = 0; q < 2; q++) p[q * stride + t0] = start + q >= 0 && start + q < w ? xrow[start + q] : 0.0f;
+            break;
+        }
+        __m512 a0 = _mm512_maskz_loadu_ps(lanes_inside(start, w), xrow + start);
+        __m512 a1 = _mm512_maskz_loadu_ps(lanes_inside(start + 16, w), xrow + start + 16);
         __mmask16 keep = first_lanes(span - t0);
         _mm512_mask_storeu_ps(p + t0, keep, _mm512_permutex2var_ps(a0, even, a1));
         _mm512_mask_storeu_ps(p + stride + t0, keep, _mm512_permutex2var_ps(a0, odd, a1));

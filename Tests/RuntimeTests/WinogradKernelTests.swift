@@ -29,6 +29,10 @@ final class WinogradKernelTests: XCTestCase {
         // Rows of more than 16 tiles (and F(2×2)'s of more than 32): the
         // input and gradient rows are split 16 tiles at a time.
         Case(n: 1, c: 3, h: 6, w: 70, o: 2, ph: 1, pw: 2),
+        // Rows of exactly 16 tiles (F(2×2): 32): the spare column after the
+        // last tile is split alone, from padding and from the row itself.
+        Case(n: 1, c: 3, h: 6, w: 64, o: 2, ph: 1, pw: 1),
+        Case(n: 1, c: 2, h: 5, w: 66, o: 3, ph: 0, pw: 0),
     ]
 
     func values(_ count: Int, seed: Int) -> [Float] {
