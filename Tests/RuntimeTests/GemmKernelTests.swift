@@ -98,6 +98,11 @@ final class GemmKernelTests: XCTestCase {
             ConvCase(n: 2, c: 16, h: 8, w: 8, o: 33, kh: 1, kw: 1, stride: 1, pad: 0, groups: 1),
             ConvCase(n: 4, c: 6, h: 7, w: 7, o: 4, kh: 3, kw: 3, stride: 1, pad: 1, groups: 2),
             ConvCase(n: 3, c: 20, h: 3, w: 3, o: 40, kh: 3, kw: 3, stride: 1, pad: 1, groups: 1),
+            // Images of at most 16 pixels (im2col by one permute per tap with
+            // AVX-512): 4×4 as in ResNets' last stage, strided, and a 5×5 kernel.
+            ConvCase(n: 3, c: 10, h: 4, w: 4, o: 7, kh: 3, kw: 3, stride: 1, pad: 1, groups: 1),
+            ConvCase(n: 2, c: 6, h: 4, w: 4, o: 5, kh: 3, kw: 3, stride: 2, pad: 1, groups: 1),
+            ConvCase(n: 2, c: 4, h: 3, w: 5, o: 3, kh: 5, kw: 5, stride: 1, pad: 2, groups: 1),
             ConvCase(n: 2, c: 16, h: 5, w: 4, o: 13, kh: 1, kw: 1, stride: 2, pad: 0, groups: 1),
             // K = 360: the products' sums run over two KC blocks, with B's
             // columns read in place (rows 84 floats apart) and a ragged panel packed.
