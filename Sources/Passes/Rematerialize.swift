@@ -117,13 +117,16 @@ public struct Rematerialize: Pass {
 
     /// `function` with the uses of `value` after its longest unused stretch
     /// reading a copy made just before them, or nil when the value cannot be
-    /// copied (a result of the function, read through an alias, or reading an
+    /// copied (a result of the function, itself or through a reshape, or reading an
     /// argument an update overwrites before the late use).
     func recomputingLateUses(of value: ValueID, in function: Function, schedule given: Schedule? = nil) -> Trial? {
         let schedule = given ?? Schedule(function)
-        guard !schedule.results.contains(value), let uses = schedule.uses[value],
-              !uses.contains(where: { schedule.root[function.nodes[$0].id] != function.nodes[$0].id }),
-              let (_, at, split) = Self.longestStretch(of: value, in: schedule) else { return nil }
+        // A reshape reading the value is a use too: late, it reads the copy,
+        // and so do the nodes reading it (all later still). It shares the
+        // value's storage, so neither may be a result.
+        guard !schedule.results.contains(where: { (schedule.root[$0] ?? $0) == value }),
+              let (_, at, split) = Self.longestStretch(of: value, in: schedule),
+              let uses = schedule.uses[value] else { return nil }
 
         var nextID = function.nextID
         var inserted: [Node] = []
