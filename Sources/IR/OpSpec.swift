@@ -140,12 +140,16 @@ public struct OpSpec {
     /// does (data movement: resampling, concatenation): `rematerialize` may
     /// compute it again where it is needed late instead of holding it.
     public let rematerializable: Bool
+    /// The result is a few passes over the operands (a normalization):
+    /// `rematerialize` may compute it again where its operands are held
+    /// anyway, as it does an elementwise loop's.
+    public let recomputable: Bool
 
     public init(name: String, doc: String, arity: ClosedRange<Int>, requiredAttributes: [String] = [],
                 inferType: @escaping TypeRule, evaluate: @escaping Evaluate,
                 gradient: GradientRule?, lowering: Lowering,
                 examples: [(operands: [TensorType], attrs: Attributes)], flops: FlopRule? = nil,
-                overwritesOperand: Int? = nil, rematerializable: Bool = false) {
+                overwritesOperand: Int? = nil, rematerializable: Bool = false, recomputable: Bool = false) {
         self.name = name
         self.doc = doc
         self.arity = arity
@@ -158,6 +162,7 @@ public struct OpSpec {
         self.flops = flops
         self.overwritesOperand = overwritesOperand
         self.rematerializable = rematerializable
+        self.recomputable = recomputable
     }
 
     /// Check operand count and required attributes, then apply the shape rule.

@@ -1,30 +1,32 @@
 import IR
 
-/// Computes cheap data movement (`OpSpec.rematerializable`: upsampling,
-/// concatenation) again right before a late use, instead of holding its
-/// result across the turn from the forward to the backward pass.
+/// Computes values again right before a late use, instead of holding them
+/// across the turn from the forward to the backward pass, where that costs
+/// a pass or a few and holds nothing else longer: data movement
+/// (`OpSpec.rematerializable`: upsampling, concatenation), and elementwise
+/// loops and normalizations (`OpSpec.recomputable`) whose operands the step
+/// holds anyway.
 ///
-/// A training step keeps what its backward pass reads, and a decoder's
-/// upsampled and concatenated inputs, read again by their convolution's
-/// weight gradient, are the largest of these: TransUNet's DDeP step at 224 px
-/// held a 51 MB upsampled tensor and 77 MB of concatenations at its peak.
-/// Their operands are held anyway (the previous block's output) or smaller
-/// (a skip connection), and the op is one pass over memory, about what
-/// storing its result and reading it back costs.
+/// A training step keeps what its backward pass reads. A decoder's upsampled
+/// and concatenated inputs, read again by their convolution's weight
+/// gradient, were the largest of these in TransUNet's DDeP step (a 51 MB
+/// upsampling and 77 MB of concatenations at 224 px); in its fine-tuning
+/// steps, every layer's activation output (after a batch, group or layer
+/// norm, or GELU) beside the input its gradient reads anyway.
 ///
 /// For each such value, largest first, its uses are split at the longest
 /// stretch of the schedule without one, and the uses after it read a copy
 /// computed just before the first of them (with no use before the stretch,
 /// the value simply moves there). An operand of the copy that would be dead
-/// by then is computed again too when it is rematerializable itself, and is
-/// otherwise held longer. A copy is kept only if the function's peak of live
-/// arena bytes (plan-memory's lower bound) drops, so nothing is recomputed
-/// that saves no memory; a function without such a stretch (inference) is
-/// left as it is.
+/// by then is computed again too when it is rematerializable or recomputable
+/// itself, and is otherwise held longer. A copy is kept only if the
+/// function's peak of live arena bytes (plan-memory's lower bound) drops, so
+/// nothing is recomputed that saves no memory; a function without such a
+/// stretch (inference) is left as it is.
 public struct Rematerialize: Pass {
     public static let name = "rematerialize"
-    /// Most rematerializable producers one copy recomputes in a chain
-    /// (a concatenation of an upsampling is two).
+    /// Most producers one copy recomputes in a chain (a concatenation of an
+    /// upsampling is two, a ReLU of a group norm too).
     static let maximumChain = 4
 
     public init() {}
@@ -54,25 +56,61 @@ public struct Rematerialize: Pass {
             let types = function.types, at = peak.position
             let candidates = function.nodes
                 .filter { !settled.contains($0.id) && schedule.position[$0.id]! < at && (schedule.lastUse[$0.id] ?? 0) > at }
-                .filter { Self.isCandidate($0, in: schedule, types: types) }
+                .filter { Self.isCandidate($0, in: function, schedule: schedule, types: types) }
                 .sorted { ($0.type.byteSize, $1.id) > ($1.type.byteSize, $0.id) }
-            for candidate in candidates {
-                guard let stretch = Self.longestStretch(of: candidate.id, in: schedule),
-                      stretch.after < peak.position, peak.position < stretch.before,
-                      let trial = recomputingLateUses(of: candidate.id, in: function, schedule: schedule) else { continue }
-                let trialPeak = PlanMemory.liveness(of: trial.function).peak
-                guard trialPeak.bytes < peak.bytes else { continue }
-                function = trial.function
-                peak = trialPeak
-                schedule = Schedule(function)
-                settled.insert(candidate.id)
-                settled.formUnion(trial.copies)
+            // Copies are made a batch at a time and the peak counted once per
+            // batch (counting it is most of the pass's time); a batch that
+            // does not lower it is made again one copy at a time.
+            var verified = function
+            var batch: [(value: ValueID, copies: [ValueID])] = []
+            func trial(_ value: ValueID) -> Trial? {
+                guard let stretch = Self.longestStretch(of: value, in: schedule),
+                      stretch.after < peak.position, peak.position < stretch.before else { return nil }
+                return recomputingLateUses(of: value, in: function, schedule: schedule)
+            }
+            func keep(_ copied: [(value: ValueID, copies: [ValueID])], peak newPeak: (bytes: Int, position: Int)) {
+                for (value, copies) in copied {
+                    settled.insert(value)
+                    settled.formUnion(copies)
+                }
+                verified = function
+                peak = newPeak
                 changed = true
                 kept = true
             }
+            func settleBatch() {
+                guard !batch.isEmpty else { return }
+                let batchPeak = PlanMemory.liveness(of: function).peak
+                if batchPeak.bytes < peak.bytes {
+                    keep(batch, peak: batchPeak)
+                } else {
+                    function = verified
+                    schedule = Schedule(function)
+                    for (value, _) in batch {
+                        guard let one = trial(value) else { continue }
+                        let onePeak = PlanMemory.liveness(of: one.function).peak
+                        guard onePeak.bytes < peak.bytes else { continue }
+                        function = one.function
+                        schedule = Schedule(function)
+                        keep([(value, one.copies)], peak: onePeak)
+                    }
+                }
+                batch = []
+            }
+            for candidate in candidates {
+                guard let made = trial(candidate.id) else { continue }
+                function = made.function
+                schedule = Schedule(function)
+                batch.append((candidate.id, made.copies))
+                if batch.count == Self.batchSize { settleBatch() }
+            }
+            settleBatch()
         }
         return changed
     }
+
+    /// Copies made before the peak is counted again.
+    static let batchSize = 8
 
     /// The longest stretch of the schedule in which nothing reads `value`
     /// (between its definition or a use and the next use): `split` indexes
@@ -88,22 +126,38 @@ public struct Rematerialize: Pass {
         return (split == 0 ? definition : uses[split - 1], uses[split], split)
     }
 
-    /// Data movement (`OpSpec.rematerializable`), or an elementwise loop
-    /// whose operands are held at least as long as its result anyway (or
-    /// are arguments, or [C]-sized vectors): computing it again late costs
-    /// one pass and holds nothing longer. A batch norm's output is one
-    /// (batch-norm-from-moments makes it a loop over x − mean, which the
-    /// backward pass reads last), and so is a GELU's, whose input its
-    /// gradient reads.
-    static func isCandidate(_ node: Node, in schedule: Schedule, types: [ValueID: TensorType]) -> Bool {
+    /// Data movement (`OpSpec.rematerializable`), or an elementwise loop or
+    /// a normalization (`OpSpec.recomputable`) whose operands are held at
+    /// least as long as its result anyway (or are arguments, or [C]-sized
+    /// vectors, or are themselves computed so from held operands): computing
+    /// it again late costs a pass or a few and holds nothing longer. A batch
+    /// norm's output is one (batch-norm-from-moments makes it a loop over
+    /// x − mean, which the backward pass reads last), a GELU's (its gradient
+    /// reads its input), a ReLU after a group or layer norm (whose gradient
+    /// reads the norm's input).
+    static func isCandidate(_ node: Node, in function: Function, schedule: Schedule, types: [ValueID: TensorType]) -> Bool {
         guard let spec = OpRegistry.spec(node.op) else { return false }
         if spec.rematerializable { return true }
-        guard case .elementwise = spec.lowering, let end = schedule.lastUse[schedule.root[node.id] ?? node.id] else { return false }
-        return node.operands.allSatisfy { operand in
+        guard recomputedFromOperands(spec), let end = schedule.lastUse[schedule.root[node.id] ?? node.id] else { return false }
+        /// Whether `operand` is there anyway at `end`, or can be computed
+        /// again from what is (through at most `depth` more producers).
+        func held(_ operand: ValueID, depth: Int) -> Bool {
             let root = schedule.root[operand] ?? operand
-            return schedule.arguments.contains(root) || (schedule.lastUse[root] ?? 0) >= end
-                || types[operand].map { $0.byteSize * Self.smallOperandRatio <= node.type.byteSize } ?? false
+            if schedule.arguments.contains(root) || (schedule.lastUse[root] ?? 0) >= end
+                || types[operand].map({ $0.byteSize * Self.smallOperandRatio <= node.type.byteSize }) ?? false { return true }
+            guard depth > 0, root == operand, let position = schedule.position[operand] else { return false }
+            let producer = function.nodes[position]
+            guard let producerSpec = OpRegistry.spec(producer.op), producerSpec.recomputable else { return false }
+            return producer.operands.allSatisfy { held($0, depth: depth - 1) }
         }
+        return node.operands.allSatisfy { held($0, depth: 1) }
+    }
+
+    /// Ops whose result is computed from operands in a pass or a few.
+    static func recomputedFromOperands(_ spec: OpSpec) -> Bool {
+        if spec.recomputable { return true }
+        if case .elementwise = spec.lowering { return true }
+        return false
     }
 
     /// An operand this many times smaller than the result is "small": a
@@ -139,7 +193,7 @@ public struct Rematerialize: Pass {
                 if let overwrite = schedule.overwrittenAt[root], overwrite <= at { return nil }
                 guard !schedule.arguments.contains(root), (schedule.lastUse[root] ?? 0) < at,
                       depth + 1 < Self.maximumChain, root == operand, let position = schedule.position[operand],
-                      OpRegistry.spec(function.nodes[position].op)?.rematerializable == true else { continue }
+                      let spec = OpRegistry.spec(function.nodes[position].op), spec.rematerializable || spec.recomputable else { continue }
                 guard let recomputed = copy(operand, depth: depth + 1) else { return nil }
                 node.operands[index] = recomputed
             }

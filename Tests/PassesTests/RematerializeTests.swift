@@ -110,6 +110,35 @@ final class RematerializeTests: XCTestCase {
         XCTAssertEqual(try runPasses([Rematerialize.name], on: &returned), [false])
     }
 
+    /// A ReLU after a group norm, read late (by the next convolution's
+    /// weight gradient), is computed again with its norm from the norm's
+    /// input, which the norm's gradient holds anyway.
+    func testRecomputesANormAndItsActivationFromTheHeldInput() throws {
+        let source = """
+            func @f(%0: f32[2,4,3,3] input "x", %1: f32[4] input "g", %2: f32[4] input "b", %3: f32[4,4,1,1] input "w") {
+              %4 = conv2d(%0, %3) : f32[2,4,3,3]
+              %5 = group_norm(%4, %1, %2) {eps=1e-05, groups=2} : f32[2,4,3,3]
+              %6 = relu(%5) : f32[2,4,3,3]
+              %7 = conv2d(%6, %3) : f32[2,4,3,3]
+              %8 = conv2d(%7, %3) : f32[2,4,3,3]
+              %9 = conv2d(%8, %3) : f32[2,4,3,3]
+              %10 = add(%9, %7) : f32[2,4,3,3]
+              %11 = mul(%10, %6) : f32[2,4,3,3]
+              %12 = mul(%11, %4) : f32[2,4,3,3]
+              %13 = mse(%12, %12) : f32[]
+              return %13 as "loss"
+            }
+            """
+        let after = try checkIR(source + """
+
+            // CHECK: %10 = add(%9, %7) : f32[2,4,3,3]
+            // CHECK-NEXT: %14 = group_norm(%4, %1, %2) {eps=1e-05, groups=2} : f32[2,4,3,3]
+            // CHECK-NEXT: %15 = relu(%14) : f32[2,4,3,3]
+            // CHECK-NEXT: %11 = mul(%10, %15) : f32[2,4,3,3]
+            """, passes: [Rematerialize.name])
+        try checkSameValues(try Parser.parse(source).functions[0], after.functions[0])
+    }
+
     func testNeverCopiesAResultOrAReadOfAnOverwrittenArgument() throws {
         // %2 is returned: its storage must hold it at the end.
         var returned = try Parser.parse("""

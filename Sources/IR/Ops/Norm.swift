@@ -267,7 +267,8 @@ public enum NormOps {
                    return [KernelCall("group_norm", [.operand(0), .operand(1), .operand(2), .result],
                                       ints: [n, c, rest, try attrs.int("groups")], floats: [try eps(attrs)])]
                },
-               examples: [([f([2, 4, 3, 2]), f([4]), f([4])], ["groups": .int(2), "eps": .float(1e-3)])]),
+               examples: [([f([2, 4, 3, 2]), f([4]), f([4])], ["groups": .int(2), "eps": .float(1e-3)])],
+               recomputable: true),
 
         /// ∂x via normalizeBackward over the last axis; ∂γ = Σ g·x̂, ∂β = Σ g
         OpSpec(name: "layer_norm", doc: "%y = layer_norm(%x, %gamma, %beta) {eps=1e-5}: normalization over the last axis",
@@ -295,6 +296,7 @@ public enum NormOps {
                    return [KernelCall("layer_norm", [.operand(0), .operand(1), .operand(2), .result],
                                       ints: [operands[0].count / d, d], floats: [try eps(attrs)])]
                },
-               examples: [([f([2, 3, 5]), f([5]), f([5])], ["eps": .float(1e-3)])]),
+               examples: [([f([2, 3, 5]), f([5]), f([5])], ["eps": .float(1e-3)])],
+               recomputable: true),
     ]
 }
