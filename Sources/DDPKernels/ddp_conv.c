@@ -213,45 +213,18 @@ static void im2col_channels(void *arg, int64_t c0, int64_t c1) {
 /// Columns a product should have at least before it runs near full speed.
 #define WANTED_COLUMNS 256
 
-/// conv2d's fused epilogue: y = act(y·scale[o] + shift[o] + residual), the
-/// absent parts NULL (see ddp_kernels.h).
-typedef struct {
-    const float *scale, *shift, *residual;
-    int relu, active;
-} conv_epilogue;
-
-static conv_epilogue epilogue_read(void *const *bufs, const int64_t *ia) {
-    conv_epilogue e = {0};
-    int next = 3;
-    if (ia[16]) e.scale = bufs[next++];
-    if (ia[17]) e.shift = bufs[next++];
-    if (ia[18]) e.residual = bufs[next++];
-    e.relu = ia[19] != 0;
-    e.active = e.scale || e.shift || e.residual || e.relu;
-    return e;
-}
-
 /// Applies the epilogue to rows [0, rows) of an output block just computed
 /// (channels channel0 + r, rows `stride` floats apart, `cols` each), while it
-/// is still in cache; `residual` is the same block of the residual tensor.
-static void epilogue_apply(const conv_epilogue *e, float *y, const float *residual, int64_t rows, int64_t channel0,
+/// is still in cache; the block starts at element `at` of the output tensor.
+static void epilogue_apply(const ddp_conv_epilogue *e, float *out, int64_t at, int64_t rows, int64_t channel0,
                            int64_t stride, int64_t cols) {
-    for (int64_t r = 0; r < rows; r++) {
-        float scale = e->scale ? e->scale[channel0 + r] : 1.0f, shift = e->shift ? e->shift[channel0 + r] : 0.0f;
-        float *yr = y + r * stride;
-        const float *rr = residual ? residual + r * stride : NULL;
-        for (int64_t j = 0; j < cols; j++) {
-            float v = yr[j] * scale + shift;
-            if (rr) v += rr[j];
-            if (e->relu) v = v > 0.0f ? v : 0.0f;
-            yr[j] = v;
-        }
-    }
+    for (int64_t r = 0; r < rows; r++)
+        ddp_conv_epilogue_row(e, channel0 + r, at + r * stride, out + at + r * stride, out + at + r * stride, cols);
 }
 
 typedef struct {
     const conv_shape *s;
-    conv_epilogue epilogue; // conv2d only
+    ddp_conv_epilogue epilogue;
     const float *in;      // x or dy
     const float *packed;  // the weights of each group, packed for the GEMM
     int64_t packed_group; // floats per group in packed
@@ -345,8 +318,7 @@ static void conv2d_images(void *arg, int64_t begin, int64_t end) {
                 if (job->epilogue.active)
                     for (int64_t i = 0; i < count; i++) {
                         int64_t at = (n + i) * ys + g * s->og * s->p;
-                        epilogue_apply(&job->epilogue, job->out + at, job->epilogue.residual ? job->epilogue.residual + at : NULL,
-                                       s->og, g * s->og, s->p, s->p);
+                        epilogue_apply(&job->epilogue, job->out, at, s->og, g * s->og, s->p, s->p);
                     }
             }
         }
@@ -373,8 +345,7 @@ static void conv2d_images(void *arg, int64_t begin, int64_t end) {
                 if (!ok) { job_failed(job); return; }
                 if (job->epilogue.active) {
                     int64_t at = n * ys + g * s->og * s->p + oh0 * s->ow;
-                    epilogue_apply(&job->epilogue, job->out + at, job->epilogue.residual ? job->epilogue.residual + at : NULL,
-                                   s->og, g * s->og, s->p, bp);
+                    epilogue_apply(&job->epilogue, job->out, at, s->og, g * s->og, s->p, bp);
                 }
             }
         }
@@ -391,12 +362,12 @@ typedef struct {
 static void scatter_epilogue_images(void *arg, int64_t begin, int64_t end) {
     scatter_job *sj = arg;
     const conv_shape *s = sj->job->s;
-    const conv_epilogue *e = &sj->job->epilogue;
+    const ddp_conv_epilogue *e = &sj->job->epilogue;
     int64_t ys = s->o * s->p, ld = s->n * s->p;
     scatter_images(sj->block + begin * s->p, ld, s->og, s->p, end - begin, sj->job->out + begin * ys, ys);
     if (e->active)
         for (int64_t n = begin; n < end; n++)
-            epilogue_apply(e, sj->job->out + n * ys, e->residual ? e->residual + n * ys : NULL, s->og, 0, s->p, s->p);
+            epilogue_apply(e, sj->job->out, n * ys, s->og, 0, s->p, s->p);
 }
 
 /// conv2d of a layer whose weights dominate: y (O × N·P) = w · im2col(x) as
@@ -419,7 +390,7 @@ int ddp_conv2d(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
     conv_shape s;
     if (!conv_shape_read(ia, &s)) return DDP_ERR_ARGS;
-    conv_job job = {.s = &s, .epilogue = epilogue_read(bufs, ia), .in = bufs[0], .out = bufs[2]};
+    conv_job job = {.s = &s, .epilogue = ddp_conv_epilogue_read(bufs, ia + 16), .in = bufs[0], .out = bufs[2]};
     if (weights_dominate(&s)) return conv2d_batch(&job, bufs[1]);
     if (!pack_weights(&s, bufs[1], 0, &job)) return DDP_ERR_NOMEM;
     return for_each_image(&job, conv2d_images) ? DDP_OK : DDP_ERR_NOMEM;
@@ -447,6 +418,9 @@ static void conv2d_grad_input_images(void *arg, int64_t begin, int64_t end) {
                 for (int64_t i = 0; i < count; i++)
                     col2im(col + i * s->p, s, 0, s->oh, job->out + (n + i) * xs + g * s->cg * s->h * s->w, ld);
             }
+            if (job->epilogue.active)
+                for (int64_t i = 0; i < count; i++)
+                    epilogue_apply(&job->epilogue, job->out, (n + i) * xs, s->c, 0, s->h * s->w, s->h * s->w);
         }
         return;
     }
@@ -473,11 +447,14 @@ static void conv2d_grad_input_images(void *arg, int64_t begin, int64_t end) {
                 if (!ok) { job_failed(job); return; }
             }
         }
+        // The image's dx is whole only now: col2im adds overlapping windows.
+        if (job->epilogue.active) epilogue_apply(&job->epilogue, job->out, n * xs, s->c, 0, s->h * s->w, s->h * s->w);
     }
 }
 
 typedef struct {
     const conv_shape *s;
+    const ddp_conv_epilogue *epilogue;
     const float *col; // K × N·P
     float *dx;
 } col2im_job;
@@ -489,6 +466,7 @@ static void col2im_images(void *arg, int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; n++) {
         memset(job->dx + n * xs, 0, (size_t)xs * sizeof(float));
         col2im(job->col + n * s->p, s, 0, s->oh, job->dx + n * xs, s->n * s->p);
+        if (job->epilogue->active) epilogue_apply(job->epilogue, job->dx, n * xs, s->c, 0, s->h * s->w, s->h * s->w);
     }
 }
 
@@ -502,7 +480,7 @@ static int conv2d_grad_input_batch(conv_job *job, const float *w) {
     if (col == NULL || dyb == NULL) return DDP_ERR_NOMEM;
     gather_images(job->in, s->o * s->p, s->og, s->p, s->n, dyb, ld);
     if (!ddp_gemm(1, 0, s->k, ld, s->og, w, s->k, dyb, ld, 0.0f, col, ld)) return DDP_ERR_NOMEM;
-    col2im_job scatter = {s, col, job->out};
+    col2im_job scatter = {s, &job->epilogue, col, job->out};
     ddp_parallel_for_elements(s->n, s->k * ld, col2im_images, &scatter);
     return DDP_OK;
 }
@@ -511,7 +489,7 @@ int ddp_conv2d_grad_input(void *const *bufs, const int64_t *ia, const double *fa
     (void)fa;
     conv_shape s;
     if (!conv_shape_read(ia, &s)) return DDP_ERR_ARGS;
-    conv_job job = {.s = &s, .in = bufs[0], .out = bufs[2]};
+    conv_job job = {.s = &s, .epilogue = ddp_conv_epilogue_read(bufs, ia + 16), .in = bufs[0], .out = bufs[2]};
     if (weights_dominate(&s)) return conv2d_grad_input_batch(&job, bufs[1]);
     if (!pack_weights(&s, bufs[1], 1, &job)) return DDP_ERR_NOMEM;
     return for_each_image(&job, conv2d_grad_input_images) ? DDP_OK : DDP_ERR_NOMEM;

@@ -37,6 +37,48 @@ static inline int64_t ddp_packed_a_index(const ddp_packed_a_layout *l, int64_t k
     return pc * l->mpad + i / l->mr * l->mr * kc + (k - pc) * l->mr + i % l->mr;
 }
 
+/// The convolution kernels' fused epilogue (conv2d's and conv2d_grad_input's,
+/// plain and Winograd): y = act(acc·scale[c] + shift[c] + residual)·[gate > 0],
+/// each part present when its flag is set (see ddp_kernels.h). The gate is
+/// the ReLU's backward: a product with 1 or 0, so a NaN or infinite
+/// accumulator stays one where the gate is open.
+typedef struct {
+    const float *scale, *shift, *residual, *gate;
+    int relu, active;
+} ddp_conv_epilogue;
+
+/// Reads the five epilogue flags at `flags` (has_scale, has_shift,
+/// has_residual, relu, has_gate) and takes the buffers that follow the
+/// kernel's first three, in that order.
+static inline ddp_conv_epilogue ddp_conv_epilogue_read(void *const *bufs, const int64_t *flags) {
+    ddp_conv_epilogue e = {0};
+    int next = 3;
+    if (flags[0]) e.scale = bufs[next++];
+    if (flags[1]) e.shift = bufs[next++];
+    if (flags[2]) e.residual = bufs[next++];
+    e.relu = flags[3] != 0;
+    if (flags[4]) e.gate = bufs[next++];
+    e.active = e.scale || e.shift || e.residual || e.relu || e.gate;
+    return e;
+}
+
+/// The epilogue on `count` accumulators of channel `channel` whose output
+/// elements start at element `at` of the output tensor (where the residual
+/// and gate elements are too), from `acc` into `y` (which may be `acc`).
+static inline void ddp_conv_epilogue_row(const ddp_conv_epilogue *e, int64_t channel, int64_t at, const float *acc,
+                                         float *y, int64_t count) {
+    float scale = e->scale ? e->scale[channel] : 1.0f, shift = e->shift ? e->shift[channel] : 0.0f;
+    const float *res = e->residual ? e->residual + at : NULL, *gate = e->gate ? e->gate + at : NULL;
+    int relu = e->relu; // invariant: the compiler unswitches the loop on it, res and gate
+    for (int64_t j = 0; j < count; j++) {
+        float v = acc[j] * scale + shift;
+        if (res) v += res[j];
+        if (relu) v = v > 0.0f ? v : 0.0f;
+        if (gate) v *= gate[j] > 0.0f ? 1.0f : 0.0f;
+        y[j] = v;
+    }
+}
+
 /// Per-thread scratch buffers, kept between calls and grown on demand
 /// (ddp_threads.c); NULL when the memory is not there. One slot per use, so
 /// a kernel's buffer and the GEMM's packing space never alias.

@@ -80,8 +80,7 @@ typedef struct {
     float *y;
     const float *packed_u;  // U[ξ] (O × C), packed for the GEMM
     int64_t packed_floats;  // floats per packed U[ξ]
-    const float *scale, *shift, *residual;
-    int relu;
+    ddp_conv_epilogue epilogue;
     int failed;
 } wino_job;
 
@@ -223,23 +222,21 @@ static int winograd_geometry(const int64_t *ia, int64_t tile) {
 
 int ddp_conv2d_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    if (!winograd_geometry(ia, ia[20])) return DDP_ERR_ARGS;
+    if (!winograd_geometry(ia, ia[21])) return DDP_ERR_ARGS;
     wino_job job = {.n = ia[0], .c = ia[1], .h = ia[2], .w = ia[3], .o = ia[4], .oh = ia[7], .ow = ia[8],
-                    .ph = ia[11], .pw = ia[12], .x = bufs[0], .y = bufs[2], .relu = ia[19] != 0};
-    int next = 3;
-    if (ia[16]) job.scale = bufs[next++];
-    if (ia[17]) job.shift = bufs[next++];
-    if (ia[18]) job.residual = bufs[next++];
-    return ia[20] == 4 ? winograd_f4(&job, bufs[1], 0) : winograd_f2(&job, bufs[1], 0);
+                    .ph = ia[11], .pw = ia[12], .x = bufs[0], .y = bufs[2],
+                    .epilogue = ddp_conv_epilogue_read(bufs, ia + 16)};
+    return ia[21] == 4 ? winograd_f4(&job, bufs[1], 0) : winograd_f2(&job, bufs[1], 0);
 }
 
 int ddp_conv2d_grad_input_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    if (!winograd_geometry(ia, ia[16])) return DDP_ERR_ARGS;
+    if (!winograd_geometry(ia, ia[21])) return DDP_ERR_ARGS;
     // dx = conv(dy, rot180(w)ᵀ) with padding 2 - p: from O channels to C.
     wino_job job = {.n = ia[0], .c = ia[4], .h = ia[7], .w = ia[8], .o = ia[1], .oh = ia[2], .ow = ia[3],
-                    .ph = 2 - ia[11], .pw = 2 - ia[12], .x = bufs[0], .y = bufs[2]};
-    return ia[16] == 4 ? winograd_f4(&job, bufs[1], 1) : winograd_f2(&job, bufs[1], 1);
+                    .ph = 2 - ia[11], .pw = 2 - ia[12], .x = bufs[0], .y = bufs[2],
+                    .epilogue = ddp_conv_epilogue_read(bufs, ia + 16)};
+    return ia[21] == 4 ? winograd_f4(&job, bufs[1], 1) : winograd_f2(&job, bufs[1], 1);
 }
 
 int ddp_conv2d_grad_weight_winograd(void *const *bufs, const int64_t *ia, const double *fa) {

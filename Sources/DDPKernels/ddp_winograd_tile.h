@@ -348,7 +348,6 @@ static void WT(transform_output_channel)(const wino_job *job, int64_t row0, int6
             for (int a = 0; a < TILE; a++) ya[(a * TILE + col) * ld + k] = out[a];
         }
     }
-    float scale = job->scale ? job->scale[o] : 1.0f, shift = job->shift ? job->shift[o] : 0.0f;
     int64_t plane = job->oh * job->ow;
     for (int64_t lr = 0; lr < rows; lr++) {
         int64_t row = row0 + lr, image = row / job->th, tr = row % job->th;
@@ -358,19 +357,7 @@ static void WT(transform_output_channel)(const wino_job *job, int64_t row0, int6
 #pragma clang loop vectorize(assume_safety)
             for (int64_t t = 0; t < tw; t++)
                 for (int b = 0; b < TILE; b++) line[TILE * t + b] = q[b * ld + t];
-            float *yr = job->y + at;
-            if (job->residual) {
-                const float *res = job->residual + at;
-                for (int64_t ow = 0; ow < job->ow; ow++) {
-                    float e = line[ow] * scale + shift + res[ow];
-                    yr[ow] = job->relu && e < 0.0f ? 0.0f : e;
-                }
-            } else {
-                for (int64_t ow = 0; ow < job->ow; ow++) {
-                    float e = line[ow] * scale + shift;
-                    yr[ow] = job->relu && e < 0.0f ? 0.0f : e;
-                }
-            }
+            ddp_conv_epilogue_row(&job->epilogue, o, at, line, job->y + at, job->ow);
         }
     }
 }

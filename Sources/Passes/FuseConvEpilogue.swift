@@ -6,6 +6,12 @@ import IR
 /// with given statistics (inference, and the frozen encoder of a DDeP step),
 /// folded to a per-channel scale and shift; a bias; a residual add; a ReLU.
 ///
+/// The input gradient of a convolution is fused the same way into a
+/// `fused_conv2d_grad_input`: in the backward pass the ReLU before a
+/// convolution gates its dx (`mul(dx, gt(relu_out, 0))`), often after a
+/// gradient from a skip connection is added, and the kernel does both as it
+/// finishes each image of dx instead of in a loop of their own.
+///
 /// A follower is absorbed only when the value before it has no other use and
 /// is not an output (so nothing is computed twice or lost), it has the
 /// convolution's shape, and the composed epilogue is one the kernel computes
@@ -22,6 +28,9 @@ public struct FuseConvEpilogue: Pass {
         }
         return changed
     }
+
+    /// The anchors, and the op each becomes with an epilogue.
+    static let fusedForm = ["conv2d": "fused_conv2d", "conv2d_grad_input": "fused_conv2d_grad_input"]
 
     /// A fusion group being grown from one convolution.
     private struct Group {
@@ -45,12 +54,13 @@ public struct FuseConvEpilogue: Pass {
         var types = function.types
         var nextID = function.nextID
         var replaced: [Int: [Node]] = [:]  // member index → what takes its place (claimed by a group)
-        for (index, conv) in function.nodes.enumerated() where conv.op == "conv2d" {
+        for (index, conv) in function.nodes.enumerated() {
+            guard let fusedOp = Self.fusedForm[conv.op] else { continue }
             var group = Group(members: [index], value: conv.id)
             while !roots.contains(group.value), let using = users[group.value], using.count == 1, replaced[using[0]] == nil {
                 let user = function.nodes[using[0]]
                 guard user.type == conv.type, var next = try absorb(user, into: group, types: &types, nextID: &nextID),
-                      next.extras.count <= 3 else { break }
+                      next.extras.count <= 4 else { break }
                 let output = conv.type.shape
                 let perChannel = next.extras.map { FusedConvOps.isPerChannel(types[$0]!.shape, channels: output[1]) }
                 guard zip(next.extras, perChannel).allSatisfy({ $1 || types[$0]!.shape == output }),
@@ -61,7 +71,7 @@ public struct FuseConvEpilogue: Pass {
             }
             guard group.members.count > 1 else { continue }
             for member in group.members.dropLast() { replaced[member] = [] }
-            let fused = Node(id: group.value, op: "fused_conv2d", operands: Array(conv.operands[0...1]) + group.extras,
+            let fused = Node(id: group.value, op: fusedOp, operands: Array(conv.operands[0...1]) + group.extras,
                              attrs: conv.attrs.merging(["epilogue": .expr(group.epilogue)]), type: conv.type, loc: conv.loc)
             replaced[group.members.last!] = group.prelude + [fused]
         }

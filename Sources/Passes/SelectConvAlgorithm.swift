@@ -2,8 +2,8 @@ import IR
 
 /// Chooses how each convolution is computed, visibly: it sets `algorithm`
 /// to "winograd4" (F(4×4, 3×3)) or "winograd2" (F(2×2, 3×3)) on the conv2d,
-/// fused_conv2d, conv2d_grad_input and conv2d_grad_weight nodes that
-/// Winograd computes faster than im2col + GEMM.
+/// fused_conv2d, conv2d_grad_input, fused_conv2d_grad_input and
+/// conv2d_grad_weight nodes that Winograd computes faster than im2col + GEMM.
 ///
 /// Winograd does fewer multiplications than a direct 3×3 convolution (a
 /// quarter with 4×4 tiles, 1/2.25 with 2×2) but transforms the filters on

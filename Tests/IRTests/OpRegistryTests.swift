@@ -93,7 +93,7 @@ final class OpRegistryTests: XCTestCase {
         // and fuse-concat builds a concatenation from inserts after it.
         let undifferentiated = OpRegistry.all.filter { $0.gradient == nil }.map(\.name).sorted()
         XCTAssertEqual(undifferentiated, ["allreduce_start", "allreduce_wait", "avg_pool2d_grad", "conv2d_grad_input", "conv2d_grad_weight", "cross_entropy_grad",
-                                          "equal", "fused_batch_norm_train", "fused_conv2d", "fused_elementwise", "fused_reduce", "gelu_grad", "greater", "greater_equal",
+                                          "equal", "fused_batch_norm_train", "fused_conv2d", "fused_conv2d_grad_input", "fused_elementwise", "fused_reduce", "gelu_grad", "greater", "greater_equal",
                                           "insert", "max_pool2d_grad", "random_normal", "upsample_bilinear_grad", "upsample_nearest_grad"])
         XCTAssertGreaterThan(Set(checked).count, 30)
     }
@@ -102,7 +102,7 @@ final class OpRegistryTests: XCTestCase {
     /// a convolution's gradients do the same work as the convolution.
     func testComputeBoundOpsCountTheirFlops() throws {
         let counted = OpRegistry.all.filter { $0.flops != nil }.map(\.name).sorted()
-        XCTAssertEqual(counted, ["conv2d", "conv2d_grad_input", "conv2d_grad_weight", "fused_conv2d", "matmul"])
+        XCTAssertEqual(counted, ["conv2d", "conv2d_grad_input", "conv2d_grad_weight", "fused_conv2d", "fused_conv2d_grad_input", "matmul"])
         let conv = try OpRegistry.require("conv2d"), x = TensorType.f32([2, 4, 7, 6]), w = TensorType.f32([6, 2, 3, 3])
         let attrs: Attributes = ["stride": .ints([2, 1]), "pad": .ints([1, 2]), "dilation": .ints([1, 2]), "groups": .int(2)]
         let y = try conv.checkedType(operands: [x, w], attrs: attrs)

@@ -115,6 +115,43 @@ final class ConvEpilogueFusionTests: XCTestCase {
             """)
     }
 
+    /// The backward of a ReLU before a convolution: the input gradient is
+    /// gated by the ReLU's output, after a gradient from a skip connection is
+    /// added, inside the kernel.
+    func testFusesAReLUsBackwardIntoTheInputGradient() throws {
+        let header = """
+            func @f(%0: f32[2,4,6,6] input "dy", %1: f32[4,3,3,3] param "w", %2: f32[2,3,6,6] input "relu_out",
+                    %3: f32[2,3,6,6] input "skip_grad") {
+              %4 = conv2d_grad_input(%0, %1) {input_shape=[2,3,6,6], pad=[1,1]} : f32[2,3,6,6]
+              %5 = constant() {value=0.0} : f32[]
+              %6 = greater(%2, %5) : f32[2,3,6,6]
+            """
+        try golden(header + """
+              %7 = mul(%4, %6) : f32[2,3,6,6]
+              return %7 as "dx"
+            }
+            // CHECK: %7 = fused_conv2d_grad_input(%0, %1, %2) {epilogue=mul(in0, gt(in1, 0.0)), input_shape=[2,3,6,6], pad=[1,1]} : f32[2,3,6,6]
+            // CHECK-NOT: fused_elementwise(
+            """)
+        try golden(header + """
+              %7 = add(%4, %3) : f32[2,3,6,6]
+              %8 = mul(%7, %6) : f32[2,3,6,6]
+              return %8 as "dx"
+            }
+            // CHECK: %8 = fused_conv2d_grad_input(%0, %1, %3, %2) {epilogue=mul(add(in0, in1), gt(in2, 0.0)), input_shape=[2,3,6,6], pad=[1,1]} : f32[2,3,6,6]
+            """)
+        // Gated before the sum, then a sigmoid: one loop, not the kernel's family.
+        try golden(header + """
+              %7 = mul(%4, %6) : f32[2,3,6,6]
+              %8 = add(%7, %3) : f32[2,3,6,6]
+              %9 = sigmoid(%8) : f32[2,3,6,6]
+              return %9 as "dx"
+            }
+            // CHECK: %4 = conv2d_grad_input(%0, %1)
+            // CHECK-NEXT: fused_elementwise(%4, %2, %3) {expr=sigmoid(add(mul(in0, gt(in1, 0.0)), in2))}
+            """)
+    }
+
     func testTheTypeRuleRefusesAnEpilogueTheKernelCannotRun() throws {
         let source = """
             func @f(%0: f32[1,3,5,5] input "x", %1: f32[4,3,1,1] param "w") {
@@ -124,6 +161,38 @@ final class ConvEpilogueFusionTests: XCTestCase {
             """
         XCTAssertThrowsError(try Verifier.verify(try Parser.parse(source))) { error in
             XCTAssertTrue("\(error)".contains("cannot apply the epilogue tanh(in0)"), "\(error)")
+        }
+        // A gate must be a full tensor: per channel, it is no ReLU's backward.
+        let perChannelGate = """
+            func @f(%0: f32[1,4,5,5] input "dy", %1: f32[4,3,1,1] param "w", %2: f32[3,1,1] param "g") {
+              %3 = fused_conv2d_grad_input(%0, %1, %2) {epilogue=mul(in0, gt(in1, 0.0)), input_shape=[1,3,5,5]} : f32[1,3,5,5]
+              return %3 as "dx"
+            }
+            """
+        XCTAssertThrowsError(try Verifier.verify(try Parser.parse(perChannelGate))) { error in
+            XCTAssertTrue("\(error)".contains("cannot apply the epilogue mul(in0, gt(in1, 0.0)) to operands [\"per-channel\"]"), "\(error)")
+        }
+    }
+
+    /// A training step of the small U-Net: the input gradient of every
+    /// convolution after a ReLU takes the ReLU's backward, and the step
+    /// computes the same in the f64 interpreter.
+    func testUNetTrainingStepGatesItsInputGradientsInTheKernel() throws {
+        var unfused = Module(functions: [try UNetSmall.function("finetune_step")])
+        try runPasses([Autodiff.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name, FuseElementwise.name], on: &unfused)
+        var fused = unfused
+        XCTAssertEqual(try runPasses([FuseConvEpilogue.name, DCE.name], on: &fused).first, true)
+        let after = fused.functions[0]
+        let gated = after.nodes.filter { node in
+            guard node.op == "fused_conv2d_grad_input", let epilogue = try? node.attrs.expr("epilogue") else { return false }
+            return "\(epilogue)".contains("gt(")
+        }
+        XCTAssertGreaterThan(gated.count, 2)
+        let arguments = randomArguments(for: unfused.functions[0], seed: 5)
+        let expected = try Interpreter.run(unfused.functions[0], arguments: arguments)
+        let got = try Interpreter.run(after, arguments: arguments)
+        for (output, value) in expected.outputs {
+            XCTAssertLessThanOrEqual(maxRelativeDifference(got.outputs[output]!.data, value.data), 1e-9, output)
         }
     }
 

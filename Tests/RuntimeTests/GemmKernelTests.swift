@@ -142,7 +142,7 @@ final class GemmKernelTests: XCTestCase {
                 let worst = zip(got, expected).map { abs(Double($0) - $1) / (1e-4 + 1e-4 * abs($1)) }.max() ?? 0
                 XCTAssertLessThanOrEqual(worst, 1, "\(what) \(t)")
             }
-            forEachConfiguration("conv2d \(t)", { run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count)], t.ints + [0, 0, 0, 0])[2] },
+            forEachConfiguration("conv2d \(t)", { run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count)], t.ints + [0, 0, 0, 0, 0])[2] },
                                  check: { check($0, y, "conv2d") })
             // The fused epilogue: relu(y·scale[o] + shift[o] + residual).
             let scale = values(t.o, seed: 6), shift = values(t.o, seed: 7), residual = values(y.count, seed: 8)
@@ -151,10 +151,24 @@ final class GemmKernelTests: XCTestCase {
                 return max(0, y[i] * Double(scale[o]) + Double(shift[o]) + Double(residual[i]))
             }
             forEachConfiguration("conv2d with epilogue \(t)", {
-                run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count), scale, shift, residual], t.ints + [1, 1, 1, 1])[2]
+                run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count), scale, shift, residual], t.ints + [1, 1, 1, 1, 0])[2]
             }, check: { check($0, fused, "conv2d with epilogue") })
-            forEachConfiguration("conv2d_grad_input \(t)", { run(ddp_conv2d_grad_input, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints)[2] },
-                                 check: { check($0, dx, "conv2d_grad_input") })
+            forEachConfiguration("conv2d_grad_input \(t)", {
+                run(ddp_conv2d_grad_input, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0])[2]
+            }, check: { check($0, dx, "conv2d_grad_input") })
+            // The input gradient's epilogue over x's channels, with the gate of
+            // a ReLU's backward: max(0, dx·scale[c] + shift[c] + residual)·[gate > 0].
+            let dxScale = values(t.c, seed: 9), dxShift = values(t.c, seed: 10)
+            let dxResidual = values(dx.count, seed: 11), gate = values(dx.count, seed: 12)
+            let gated = dx.indices.map { i -> Double in
+                let c = i / (t.h * t.w) % t.c
+                let v = max(0, dx[i] * Double(dxScale[c]) + Double(dxShift[c]) + Double(dxResidual[i]))
+                return gate[i] > 0 ? v : 0
+            }
+            forEachConfiguration("conv2d_grad_input with epilogue \(t)", {
+                run(ddp_conv2d_grad_input, [dy, w, [Float](repeating: .nan, count: x.count), dxScale, dxShift, dxResidual, gate],
+                    t.ints + [1, 1, 1, 1, 1])[2]
+            }, check: { check($0, gated, "conv2d_grad_input with epilogue") })
             forEachConfiguration("conv2d_grad_weight \(t)", { run(ddp_conv2d_grad_weight, [x, dy, [Float](repeating: .nan, count: w.count)], t.ints)[2] },
                                  check: { check($0, dw, "conv2d_grad_weight") })
         }

@@ -99,10 +99,10 @@ final class WinogradKernelTests: XCTestCase {
             let dy = values(t.n * t.o * t.oh * t.ow, seed: 5)
             let want = reference(t, x: x, w: w, dy: dy)
             check("conv2d_winograd F(\(tile)) \(t)", bound: bound, want: want.y) {
-                runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: want.y.count)], t.ints + [0, 0, 0, 0, Int64(tile)])[2]
+                runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: want.y.count)], t.ints + [0, 0, 0, 0, 0, Int64(tile)])[2]
             }
             check("conv2d_grad_input_winograd F(\(tile)) \(t)", bound: bound, want: want.dx) {
-                runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [Int64(tile)])[2]
+                runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0, Int64(tile)])[2]
             }
             check("conv2d_grad_weight_winograd F(\(tile)) \(t)", bound: bound, want: want.dw) {
                 runKernel(ddp_conv2d_grad_weight_winograd, [x, dy, [Float](repeating: .nan, count: w.count)], t.ints + [Int64(tile)])[2]
@@ -123,7 +123,19 @@ final class WinogradKernelTests: XCTestCase {
         for tile: Int64 in [4, 2] {
             check("conv2d_winograd F(\(tile)) with scale, shift, residual, relu", bound: 2e-5, want: want) {
                 runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: conv.count), scale, shift, residual],
-                          t.ints + [1, 1, 1, 1, tile])[2]
+                          t.ints + [1, 1, 1, 1, 0, tile])[2]
+            }
+        }
+        // The input gradient's: a residual summed in, then a ReLU's backward
+        // gate, (dx + residual)·[gate > 0] (the gate a full tensor of x's shape).
+        let dy = values(t.n * t.o * t.oh * t.ow, seed: 11)
+        let dx = reference(t, x: x, w: w, dy: dy).dx
+        let summand = values(dx.count, seed: 12), gate = values(dx.count, seed: 13)
+        let gated = dx.indices.map { i in gate[i] > 0 ? dx[i] + Double(summand[i]) : 0 }
+        for tile: Int64 in [4, 2] {
+            check("conv2d_grad_input_winograd F(\(tile)) with residual and gate", bound: 2e-5, want: gated) {
+                runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: dx.count), summand, gate],
+                          t.ints + [0, 0, 1, 0, 1, tile])[2]
             }
         }
     }
@@ -140,12 +152,12 @@ final class WinogradKernelTests: XCTestCase {
         // A geometry it cannot compute, or a tile size it does not have.
         for (geometry, tile): ([Int64], Int64) in [(strided, 4), (fiveByFive, 2), (threeByThree, 3)] {
             let status = buffers.withUnsafeBufferPointer { b in
-                (geometry + [0, 0, 0, 0, tile]).withUnsafeBufferPointer { ddp_conv2d_winograd(b.baseAddress, $0.baseAddress, nil) }
+                (geometry + [0, 0, 0, 0, 0, tile]).withUnsafeBufferPointer { ddp_conv2d_winograd(b.baseAddress, $0.baseAddress, nil) }
             }
             XCTAssertEqual(status, Int32(DDP_ERR_ARGS))
             let ints = geometry + [tile]
             let gradient = buffers.withUnsafeBufferPointer { b in
-                ints.withUnsafeBufferPointer { ddp_conv2d_grad_input_winograd(b.baseAddress, $0.baseAddress, nil) }
+                (geometry + [0, 0, 0, 0, 0, tile]).withUnsafeBufferPointer { ddp_conv2d_grad_input_winograd(b.baseAddress, $0.baseAddress, nil) }
             }
             XCTAssertEqual(gradient, Int32(DDP_ERR_ARGS))
             let weights = buffers.withUnsafeBufferPointer { b in

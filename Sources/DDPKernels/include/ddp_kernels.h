@@ -31,15 +31,18 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 
 // X(name): the kernel list. The order is the ABI; append only.
 //
-// conv2d             bufs [x, w, y, (scale), (shift), (residual)]
+// conv2d             bufs [x, w, y, (scale), (shift), (residual), (gate)]
 //                    ia [N,C,H,W, O,KH,KW, OH,OW, sh,sw, ph,pw, dh,dw, groups,
-//                        has_scale, has_shift, has_residual, relu]
+//                        has_scale, has_shift, has_residual, relu, has_gate]
 //                    x[N,C,H,W], w[O,C/groups,KH,KW], y[N,O,OH,OW]; cross-correlation
 //                    as in PyTorch; zero padding. The epilogue (fused_conv2d) makes
-//                    y = act(conv·scale[o] + shift[o] + residual[n,o,i,j]), each part
-//                    present when its flag is 1 (its buffer then follows, in this order);
-//                    act is max(·, 0) when relu is 1.
-// conv2d_grad_input  bufs [dy, w, dx]    ia as conv2d's geometry. dx[N,C,H,W] = conv2d's VJP wrt x.
+//                    y = act(conv·scale[o] + shift[o] + residual[n,o,i,j])·[gate[n,o,i,j] > 0],
+//                    each part present when its flag is 1 (its buffer then follows, in this
+//                    order); act is max(·, 0) when relu is 1.
+// conv2d_grad_input  bufs [dy, w, dx, (scale), (shift), (residual), (gate)]
+//                    ia as conv2d's. dx[N,C,H,W] = conv2d's VJP wrt x, then the same
+//                    epilogue over dx's channels (fused_conv2d_grad_input: the gate is
+//                    the following ReLU's backward, the residual a gradient summed in).
 // conv2d_grad_weight bufs [x, dy, dw]    ia as conv2d's geometry. dw[O,C/groups,KH,KW] = VJP wrt w.
 // conv2d_winograd    as conv2d, ia followed by the tile size m (4 or 2), for 3×3, stride 1,
 //                    dilation 1, one group, padding ≤ 2 (DDP_ERR_ARGS otherwise): Winograd

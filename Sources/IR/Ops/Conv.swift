@@ -138,6 +138,15 @@ public enum ConvOps {
         return HostTensor(type, out)
     }
 
+    /// The reference input gradient (conv2d_grad_input's and fused_conv2d_grad_input's).
+    static func evaluateGradInput(_ dy: HostTensor, _ w: HostTensor, attrs: Attributes, type: TensorType) throws -> HostTensor {
+        let geo = try Geometry(input: type.shape, weight: w.shape, attrs: attrs)
+        var out = [Double](repeating: 0, count: type.count)
+        let dys = dy.data, ws = w.data
+        geo.forEachTap { i, k, o in out[i] += dys[o] * ws[k] }
+        return HostTensor(type, out)
+    }
+
     static func passAttrs(_ attrs: Attributes, adding key: String, _ shape: [Int]) -> Attributes {
         var out = Attributes()
         for k in convAttributes { out[k] = attrs[k] }
@@ -148,21 +157,22 @@ public enum ConvOps {
     static let example: Attributes = ["stride": .ints([2, 1]), "pad": .ints([1, 2]), "dilation": .ints([1, 2]), "groups": .int(2)]
 
     /// The m×m output tiles a Winograd kernel would compute for this node
-    /// (conv2d, fused_conv2d, conv2d_grad_input or conv2d_grad_weight), or
+    /// (conv2d, fused_conv2d, conv2d_grad_input, fused_conv2d_grad_input or
+    /// conv2d_grad_weight), or
     /// nil when Winograd cannot compute it.
     public static func winogradTiles(_ node: Node, operandTypes: [TensorType], tile m: Int) -> Int? {
         let input: [Int]
         let weight: [Int]
         switch node.op {
         case "conv2d", "fused_conv2d": (input, weight) = (operandTypes[0].shape, operandTypes[1].shape)
-        case "conv2d_grad_input": (input, weight) = (node.type.shape, operandTypes[1].shape)
+        case "conv2d_grad_input", "fused_conv2d_grad_input": (input, weight) = (node.type.shape, operandTypes[1].shape)
         case "conv2d_grad_weight": (input, weight) = (operandTypes[0].shape, node.type.shape)
         default: return nil
         }
         guard let geometry = try? Geometry(input: input, weight: weight, attrs: node.attrs),
               geometry.winogradApplies else { return nil }
         // The input gradient's kernel computes a convolution onto x's grid.
-        let (h, w) = node.op == "conv2d_grad_input" ? (geometry.h, geometry.w) : (geometry.oh, geometry.ow)
+        let (h, w) = node.op.hasSuffix("grad_input") ? (geometry.h, geometry.w) : (geometry.oh, geometry.ow)
         return geometry.n * ((h + m - 1) / m) * ((w + m - 1) / m)
     }
 
@@ -214,19 +224,13 @@ public enum ConvOps {
                    _ = try winogradTile(attrs, geo)
                    return operands[0].with(shape: input)
                },
-               evaluate: { operands, attrs, type in
-                   let geo = try Geometry(input: type.shape, weight: operands[1].shape, attrs: attrs)
-                   var out = [Double](repeating: 0, count: type.count)
-                   let dy = operands[0].data, w = operands[1].data
-                   geo.forEachTap { i, k, o in out[i] += dy[o] * w[k] }
-                   return HostTensor(type, out)
-               },
+               evaluate: { operands, attrs, type in try evaluateGradInput(operands[0], operands[1], attrs: attrs, type: type) },
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
                    let geometry = try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs)
                    let tile = try winogradTile(attrs, geometry)
                    return [KernelCall(kernel("conv2d_grad_input", tile: tile), [.operand(0), .operand(1), .result],
-                                      ints: geometry.kernelInts + tileInts(tile),
+                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + tileInts(tile),
                                       scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.c, columns: geometry.o))]
                },
                examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6])),

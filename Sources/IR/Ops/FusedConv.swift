@@ -5,9 +5,16 @@
 /// `in0` of the epilogue is the convolution's value; `in1`, `in2`, ... are the
 /// operands after `%x, %w`, each either per channel (O elements shaped
 /// `[O,1,1]` or `[1,O,1,1]`) or of the output's shape. The kernel computes the
-/// family `act(in0·scale + shift + residual)` (each part optional, `act` ReLU
-/// or none); the type rule refuses any other expression, so what the IR says
-/// is exactly what runs.
+/// family `act(in0·scale + shift + residual)·[gate > 0]` (each part optional,
+/// `act` ReLU or none, the gate a full tensor: a ReLU's backward); the type
+/// rule refuses any other expression, so what the IR says is exactly what
+/// runs.
+///
+/// `fused_conv2d_grad_input` is the same for the input gradient: its value
+/// is dx, its channels x's. In a training step's backward pass the ReLU
+/// before a convolution makes its dx `mul(dx, gt(relu_out, 0))`, often after
+/// a gradient from a skip connection is added; the kernel applies both to
+/// each image of dx as it finishes it.
 public enum FusedConvOps {
     static let f = TensorType.f32
 
@@ -18,22 +25,32 @@ public enum FusedConvOps {
         public var shift: Int?
         public var residual: Int?
         public var relu = false
+        public var gate: Int?
 
         /// Recognizes the kernel's family in `expr`; nil if it is not one.
         /// `perChannel[k]` says whether extra operand k is per channel.
         public static func match(_ expr: ScalarExpr, perChannel: [Bool]) -> Epilogue? {
             var epilogue = Epilogue()
-            var body = expr
-            if case .binary(.max, let a, .const(0)) = expr {
-                epilogue.relu = true
-                body = a
-            } else if case .binary(.max, .const(0), let a) = expr {
-                epilogue.relu = true
-                body = a
-            }
             func extra(_ e: ScalarExpr, perChannel wanted: Bool) -> Int? {
                 guard case .input(let i) = e, i >= 1, i - 1 < perChannel.count, perChannel[i - 1] == wanted else { return nil }
                 return i - 1
+            }
+            var gated = expr
+            // body·gt(gate, 0), either order
+            if case .binary(.mul, let a, let b) = expr {
+                if case .binary(.gt, let g, .const(0)) = b, let k = extra(g, perChannel: false) {
+                    (epilogue.gate, gated) = (k, a)
+                } else if case .binary(.gt, let g, .const(0)) = a, let k = extra(g, perChannel: false) {
+                    (epilogue.gate, gated) = (k, b)
+                }
+            }
+            var body = gated
+            if case .binary(.max, let a, .const(0)) = gated {
+                epilogue.relu = true
+                body = a
+            } else if case .binary(.max, .const(0), let a) = gated {
+                epilogue.relu = true
+                body = a
             }
             // scale·in0, in0·scale or in0
             func scaled(_ e: ScalarExpr) -> (Int?)? {
@@ -67,16 +84,16 @@ public enum FusedConvOps {
                 return nil
             }
             // Every extra operand is used, once.
-            let used = [epilogue.scale, epilogue.shift, epilogue.residual].compactMap { $0 }
+            let used = [epilogue.scale, epilogue.shift, epilogue.residual, epilogue.gate].compactMap { $0 }
             guard used.count == perChannel.count, Set(used).count == used.count else { return nil }
             return epilogue
         }
 
-        /// The kernel's epilogue arguments: conv2d's ia after the geometry.
-        var kernelInts: [Int] { [scale == nil ? 0 : 1, shift == nil ? 0 : 1, residual == nil ? 0 : 1, relu ? 1 : 0] }
-        /// The extra operands in the kernel's buffer order (scale, shift, residual).
-        var kernelOperands: [Int] { [scale, shift, residual].compactMap { $0 } }
-        static let none = [0, 0, 0, 0]
+        /// The kernel's epilogue arguments: the conv kernels' ia after the geometry.
+        var kernelInts: [Int] { [scale == nil ? 0 : 1, shift == nil ? 0 : 1, residual == nil ? 0 : 1, relu ? 1 : 0, gate == nil ? 0 : 1] }
+        /// The extra operands in the kernel's buffer order (scale, shift, residual, gate).
+        var kernelOperands: [Int] { [scale, shift, residual, gate].compactMap { $0 } }
+        static let none = [0, 0, 0, 0, 0]
     }
 
     /// Whether `shape` holds one value per channel of an NCHW output with O channels.
@@ -98,7 +115,7 @@ public enum FusedConvOps {
             }
         }
         guard let epilogue = Epilogue.match(expr, perChannel: perChannel) else {
-            throw IRError("the conv2d kernel cannot apply the epilogue \(expr) to operands \(perChannel.map { $0 ? "per-channel" : "full" }): it computes act(in0·scale + shift + residual)")
+            throw IRError("the convolution kernels cannot apply the epilogue \(expr) to operands \(perChannel.map { $0 ? "per-channel" : "full" }): they compute act(in0·scale + shift + residual)·gt(gate, 0)")
         }
         return epilogue
     }
@@ -110,7 +127,7 @@ public enum FusedConvOps {
     public static let all: [OpSpec] = [
         OpSpec(name: "fused_conv2d",
                doc: "%y = fused_conv2d(%x, %w, %e1, ...) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0)}: conv2d, then the epilogue on each output element",
-               arity: 2...5, requiredAttributes: ["epilogue"],
+               arity: 2...6, requiredAttributes: ["epilogue"],
                inferType: { operands, attrs in
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
                    let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
@@ -151,5 +168,54 @@ public enum FusedConvOps {
                ],
                // The epilogue's few operations per element are not counted.
                flops: { operands, result, _ in ConvOps.macs(output: result.shape, weight: operands[1].shape) }),
+
+        OpSpec(name: "fused_conv2d_grad_input",
+               doc: "%dx = fused_conv2d_grad_input(%dy, %w, %e1, ...) {<conv2d_grad_input's>, epilogue=mul(in0, gt(in1, 0.0))}: conv2d_grad_input, then the epilogue on each element of dx",
+               arity: 2...6, requiredAttributes: ["input_shape", "epilogue"],
+               inferType: { operands, attrs in
+                   guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
+                   let input = try attrs.ints("input_shape")
+                   let geometry = try ConvOps.Geometry(input: input, weight: operands[1].shape, attrs: attrs)
+                   guard geometry.outputShape == operands[0].shape else {
+                       throw IRError("dy has shape \(operands[0].shape); conv2d of \(input) gives \(geometry.outputShape)")
+                   }
+                   _ = try epilogue(operands, output: input, attrs: attrs)
+                   _ = try ConvOps.winogradTile(attrs, geometry)
+                   return operands[0].with(shape: input)
+               },
+               evaluate: { operands, attrs, type in
+                   let dx = try ConvOps.evaluateGradInput(operands[0], operands[1], attrs: attrs, type: type)
+                   return evaluateElementwise(try attrs.expr("epilogue"), [dx] + operands.dropFirst(2), type)
+               },
+               gradient: nil,
+               lowering: .kernels { operands, result, attrs in
+                   let geometry = try ConvOps.Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs)
+                   let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
+                   let tile = try ConvOps.winogradTile(attrs, geometry)
+                   return [KernelCall(ConvOps.kernel("conv2d_grad_input", tile: tile),
+                                      [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
+                                      ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile),
+                                      scratchFloats: ConvOps.winogradScratchFloats(tile: tile, rows: geometry.c, columns: geometry.o))]
+               },
+               examples: [
+                   // dx of a grouped, strided, dilated convolution, a gradient summed in, a ReLU's gate
+                   ([f([2, 6, 4, 6]), f([6, 2, 3, 3]), f([2, 4, 7, 6]), f([2, 4, 7, 6])],
+                    ConvOps.passAttrs(ConvOps.example, adding: "input_shape", [2, 4, 7, 6]).merging(["epilogue": .expr(residualGate)])),
+                   // the gate alone, by Winograd F(4×4) and F(2×2)
+                   ([f([2, 5, 9, 7]), f([5, 3, 3, 3]), f([2, 3, 9, 7])],
+                    ConvOps.winogradExample(pad: [1, 1]).merging(["input_shape": .ints([2, 3, 9, 7]), "epilogue": .expr(gate)])),
+                   ([f([2, 4, 7, 7]), f([4, 3, 3, 3]), f([2, 3, 7, 5]), f([2, 3, 7, 5])],
+                    ConvOps.winogradExample(pad: [1, 2], tile: 2).merging(["input_shape": .ints([2, 3, 7, 5]), "epilogue": .expr(residualGate)])),
+                   // every part: max(dx·scale + shift + residual, 0)·gate, on a 1×1 convolution
+                   ([f([1, 4, 5, 5]), f([4, 3, 1, 1]), f([3, 1, 1]), f([1, 3, 1, 1]), f([1, 3, 5, 5]), f([1, 3, 5, 5])],
+                    ["input_shape": .ints([1, 3, 5, 5]),
+                     "epilogue": .expr(.binary(.mul, .binary(.gt, .input(4), .const(0)), residualReLU))]),
+               ],
+               flops: { operands, _, _ in ConvOps.macs(output: operands[0].shape, weight: operands[1].shape) }),
     ]
+
+    /// A ReLU's backward on the input gradient: dx·[in1 > 0].
+    static let gate = ScalarExpr.binary(.mul, .input(0), .binary(.gt, .input(1), .const(0)))
+    /// … after a gradient from elsewhere is summed in: (dx + in1)·[in2 > 0].
+    static let residualGate = ScalarExpr.binary(.mul, .binary(.add, .input(0), .input(1)), .binary(.gt, .input(2), .const(0)))
 }
