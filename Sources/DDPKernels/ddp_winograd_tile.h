@@ -553,6 +553,8 @@ static int WT(grad_weight)(wgrad_job *job) {
     if (columns < WGRAD_MIN_COLUMNS) columns = WGRAD_MIN_COLUMNS;
     int64_t rows = (columns + span - 1) / span;
     if (rows > rows_total) rows = rows_total;
+    int64_t block_count = (rows_total + rows - 1) / rows;
+    rows = (rows_total + block_count - 1) / block_count; // no short last block
     int64_t most = rows * g->tw;
     float *blocks = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(POINTS * (g->c + g->o) * most));
     job->du = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(POINTS * plane));
