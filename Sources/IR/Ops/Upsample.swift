@@ -68,9 +68,12 @@ public enum UpsampleOps {
         func ints(_ geo: Geometry, _ attrs: Attributes) throws -> [Int] {
             geo.ints + (bilinear ? [try align(attrs) ? 1 : 0] : [])
         }
-        // Nearest also doubles (the decoders' case, a kernel path of its own).
+        // Nearest also doubles (the decoders' case, a kernel path of its own);
+        // bilinear also doubles (TransUNet's decoder) and shrinks the height
+        // (the kernels' separable and direct paths).
         let examples: [Attributes] = bilinear
-            ? [["size": .ints([8, 3]), "align_corners": .bool(true)], ["size": .ints([8, 3])]]
+            ? [["size": .ints([8, 3]), "align_corners": .bool(true)], ["size": .ints([8, 3])],
+               ["size": .ints([10, 14]), "align_corners": .bool(true)], ["size": .ints([3, 9])]]
             : [["size": .ints([8, 3])], ["size": .ints([10, 14])]]
         return [
             /// ∂x = <op>_grad(g)
