@@ -120,6 +120,20 @@ public enum FusedConvOps {
         return epilogue
     }
 
+    /// The call of conv kernel `name` (im2col or Winograd, by `algorithm`)
+    /// with the node's epilogue: the operands after %x, %w in the kernel's
+    /// order, its flags after the geometry; `transformed` is the shape of
+    /// the filters a Winograd kernel transforms into its scratch.
+    static func kernelCall(_ name: String, _ geometry: ConvOps.Geometry, operands: [TensorType], result: TensorType,
+                           attrs: Attributes, transformed: (rows: Int, columns: Int)) throws -> KernelCall {
+        let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
+        let tile = try ConvOps.winogradTile(attrs, geometry)
+        return KernelCall(ConvOps.kernel(name, tile: tile),
+                          [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
+                          ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile),
+                          scratchFloats: ConvOps.winogradScratchFloats(tile: tile, rows: transformed.rows, columns: transformed.columns))
+    }
+
     /// max(conv·scale + shift + residual, 0), in an example's operand order.
     static let residualReLU = ScalarExpr.binary(.max, .binary(.add, .input(3), .binary(.add, .input(2), .binary(.mul, .input(1), .input(0)))),
                                                 .const(0))
@@ -143,12 +157,8 @@ public enum FusedConvOps {
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
                    let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
-                   let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
-                   let tile = try ConvOps.winogradTile(attrs, geometry)
-                   return [KernelCall(ConvOps.kernel("conv2d", tile: tile),
-                                      [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
-                                      ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile),
-                                      scratchFloats: ConvOps.winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c))]
+                   return [try kernelCall("conv2d", geometry, operands: operands, result: result, attrs: attrs,
+                                          transformed: (rows: geometry.o, columns: geometry.c))]
                },
                examples: [
                    // conv → batch norm (folded to scale and shift) → ReLU
@@ -190,12 +200,9 @@ public enum FusedConvOps {
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
                    let geometry = try ConvOps.Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs)
-                   let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
-                   let tile = try ConvOps.winogradTile(attrs, geometry)
-                   return [KernelCall(ConvOps.kernel("conv2d_grad_input", tile: tile),
-                                      [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
-                                      ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile),
-                                      scratchFloats: ConvOps.winogradScratchFloats(tile: tile, rows: geometry.c, columns: geometry.o))]
+                   // Its Winograd kernel transforms wᵀ: C rows of O.
+                   return [try kernelCall("conv2d_grad_input", geometry, operands: operands, result: result, attrs: attrs,
+                                          transformed: (rows: geometry.c, columns: geometry.o))]
                },
                examples: [
                    // dx of a grouped, strided, dilated convolution, a gradient summed in, a ReLU's gate
