@@ -58,6 +58,21 @@ final class ParallelKernelTests: XCTestCase {
         }
     }
 
+    /// A reduction to one value goes in pieces of a fixed size: a NaN in a
+    /// later piece still makes the maximum NaN, and an infinity the sum's.
+    func testReductionsToOneValueKeepNaNAndInfinityFromEveryPiece() {
+        let count = 100_000
+        for (kind, special, isWanted): (Int, Float, (Float) -> Bool) in [(2, .nan, { $0.isNaN }), (0, .infinity, { $0 == .infinity }),
+                                                                         (1, -.infinity, { $0 == -.infinity })] {
+            var x = values(count, seed: 3)
+            x[count - 5] = special
+            let got = sameAtEveryThreadCount("reduce kind \(kind) of \(count) values") {
+                runKernel(ddp_reduce, [x, [.nan]], [Int64(kind), 1, Int64(count), 1])[1]
+            }
+            XCTAssertTrue(isWanted(got[0]), "kind \(kind): \(got[0])")
+        }
+    }
+
     func testPermuteAndCopyRegion() {
         let shape = [3, 40, 17, 29]
         let x = values(shape.reduce(1, *), seed: 2)
