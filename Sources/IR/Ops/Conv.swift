@@ -138,6 +138,19 @@ public enum ConvOps {
         return HostTensor(type, out)
     }
 
+    /// dx's type for conv2d_grad_input and fused_conv2d_grad_input (x's
+    /// shape, `input_shape`), once dy's shape and the algorithm are checked
+    /// against it.
+    static func gradInputType(_ operands: [TensorType], _ attrs: Attributes) throws -> TensorType {
+        let input = try attrs.ints("input_shape")
+        let geometry = try Geometry(input: input, weight: operands[1].shape, attrs: attrs)
+        guard geometry.outputShape == operands[0].shape else {
+            throw IRError("dy has shape \(operands[0].shape); conv2d of \(input) gives \(geometry.outputShape)")
+        }
+        _ = try winogradTile(attrs, geometry)
+        return operands[0].with(shape: input)
+    }
+
     /// The reference input gradient (conv2d_grad_input's and fused_conv2d_grad_input's).
     static func evaluateGradInput(_ dy: HostTensor, _ w: HostTensor, attrs: Attributes, type: TensorType) throws -> HostTensor {
         let geo = try Geometry(input: type.shape, weight: w.shape, attrs: attrs)
@@ -215,15 +228,7 @@ public enum ConvOps {
 
         OpSpec(name: "conv2d_grad_input", doc: "%dx = conv2d_grad_input(%dy, %w) {input_shape=[...], <conv2d's>}: conv2d's VJP wrt x",
                arity: 2...2, requiredAttributes: ["input_shape"],
-               inferType: { operands, attrs in
-                   let input = try attrs.ints("input_shape")
-                   let geo = try Geometry(input: input, weight: operands[1].shape, attrs: attrs)
-                   guard geo.outputShape == operands[0].shape else {
-                       throw IRError("dy has shape \(operands[0].shape); conv2d of \(input) gives \(geo.outputShape)")
-                   }
-                   _ = try winogradTile(attrs, geo)
-                   return operands[0].with(shape: input)
-               },
+               inferType: { operands, attrs in try gradInputType(operands, attrs) },
                evaluate: { operands, attrs, type in try evaluateGradInput(operands[0], operands[1], attrs: attrs, type: type) },
                gradient: nil,
                lowering: .kernels { operands, result, attrs in

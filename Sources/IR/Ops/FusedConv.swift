@@ -184,14 +184,9 @@ public enum FusedConvOps {
                arity: 2...6, requiredAttributes: ["input_shape", "epilogue"],
                inferType: { operands, attrs in
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
-                   let input = try attrs.ints("input_shape")
-                   let geometry = try ConvOps.Geometry(input: input, weight: operands[1].shape, attrs: attrs)
-                   guard geometry.outputShape == operands[0].shape else {
-                       throw IRError("dy has shape \(operands[0].shape); conv2d of \(input) gives \(geometry.outputShape)")
-                   }
-                   _ = try epilogue(operands, output: input, attrs: attrs)
-                   _ = try ConvOps.winogradTile(attrs, geometry)
-                   return operands[0].with(shape: input)
+                   let dx = try ConvOps.gradInputType(operands, attrs)
+                   _ = try epilogue(operands, output: dx.shape, attrs: attrs)
+                   return dx
                },
                evaluate: { operands, attrs, type in
                    let dx = try ConvOps.evaluateGradInput(operands[0], operands[1], attrs: attrs, type: type)
