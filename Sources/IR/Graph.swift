@@ -201,8 +201,9 @@ public struct Function: Hashable, Sendable {
     /// Types of every value, arguments and nodes.
     public var types: [ValueID: TensorType] {
         var types: [ValueID: TensorType] = [:]
+        types.reserveCapacity(args.count + nodes.count)
         for arg in args { types[arg.id] = arg.type }
-        for node in nodes { types[node.id] = node.type }
+        for index in nodes.indices { types[nodes[index].id] = nodes[index].type } // by index: no copy of each node
         return types
     }
 

@@ -25,12 +25,14 @@ public struct InPlaceAnalysis {
     /// lowering) shares its operand's bytes, everything else owns its own.
     public static func storageRoots(_ function: Function) -> [ValueID: ValueID] {
         var roots: [ValueID: ValueID] = [:]
+        roots.reserveCapacity(function.args.count + function.nodes.count)
         for arg in function.args { roots[arg.id] = arg.id }
-        for node in function.nodes {
-            if case .alias? = OpRegistry.spec(node.op)?.lowering, let operand = node.operands.first {
-                roots[node.id] = roots[operand] ?? operand
+        for index in function.nodes.indices { // by index: no copy of each node
+            let id = function.nodes[index].id
+            if case .alias? = OpRegistry.spec(function.nodes[index].op)?.lowering, let operand = function.nodes[index].operands.first {
+                roots[id] = roots[operand] ?? operand
             } else {
-                roots[node.id] = node.id
+                roots[id] = id
             }
         }
         return roots

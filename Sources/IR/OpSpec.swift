@@ -140,9 +140,9 @@ public struct OpSpec {
     /// does (data movement: resampling, concatenation): `rematerialize` may
     /// compute it again where it is needed late instead of holding it.
     public let rematerializable: Bool
-    /// The result is a few passes over the operands (a normalization):
-    /// `rematerialize` may compute it again where its operands are held
-    /// anyway, as it does an elementwise loop's.
+    /// The result is a few passes over the operands (a normalization, a
+    /// softmax): `rematerialize` may compute it again where its operands are
+    /// held anyway, as it does an elementwise loop's.
     public let recomputable: Bool
 
     public init(name: String, doc: String, arity: ClosedRange<Int>, requiredAttributes: [String] = [],

@@ -1,25 +1,29 @@
+import Dispatch
 import IR
 
 /// Computes values again right before a late use, instead of holding them
 /// across the turn from the forward to the backward pass, where that costs
 /// a pass or a few and holds nothing else longer: data movement
 /// (`OpSpec.rematerializable`: upsampling, concatenation), and elementwise
-/// loops and normalizations (`OpSpec.recomputable`) whose operands the step
-/// holds anyway.
+/// loops, normalizations and softmax (`OpSpec.recomputable`), and kernels of
+/// little arithmetic per element (attention's Q·Kᵀ), whose operands the
+/// step holds anyway.
 ///
 /// A training step keeps what its backward pass reads. A decoder's upsampled
 /// and concatenated inputs, read again by their convolution's weight
 /// gradient, were the largest of these in TransUNet's DDeP step (a 51 MB
 /// upsampling and 77 MB of concatenations at 224 px); in its fine-tuning
 /// steps, every layer's activation output (after a batch, group or layer
-/// norm, or GELU) beside the input its gradient reads anyway.
+/// norm, or GELU) beside the input its gradient reads anyway, the
+/// standardized weights, the residual blocks' outputs and attention's
+/// probabilities (together 190 MB of 834).
 ///
 /// For each such value, largest first, its uses are split at the longest
 /// stretch of the schedule without one, and the uses after it read a copy
 /// computed just before the first of them (with no use before the stretch,
 /// the value simply moves there). An operand of the copy that would be dead
-/// by then is computed again too when it is rematerializable or recomputable
-/// itself, and is otherwise held longer. A copy is kept only if the
+/// by then is computed again too when it can be (as `ChainPolicy` says),
+/// and is otherwise held longer. A copy is kept only if the
 /// function's peak of live arena bytes (plan-memory's lower bound) drops, so
 /// nothing is recomputed that saves no memory; a function without such a
 /// stretch (inference) is left as it is.
@@ -31,10 +35,63 @@ public struct Rematerialize: Pass {
 
     public init() {}
 
+    /// The arena plan-memory would give `function` after group-loops. The
+    /// copies are judged by the peak of live bytes (quick to count), but the
+    /// arena is what a step allocates, and placing buffers around many
+    /// copies, and loops grouped among them, can lose more than they save.
+    static func placedArena(_ function: Function) -> Int {
+        var planned = function
+        _ = GroupLoops().group(&planned)
+        return PlanMemory().plan(&planned).arenaBytes
+    }
+
+    /// Which producers a copy may compute again in a chain besides data
+    /// movement and normalizations. Neither is better everywhere, since the
+    /// copies are chosen greedily: each function is planned with both and
+    /// keeps the lower peak.
+    enum ChainPolicy: CaseIterable {
+        /// Elementwise loops only where their operands are there anyway: a
+        /// standardized weight, (w − mean)·rstd. Best where little else is
+        /// held (a step through a frozen encoder).
+        case heldOperands
+        /// Any elementwise loop, its dead operands held longer. A residual
+        /// block's output, relu(norm(conv) + shortcut), is then computed
+        /// again from convolution outputs the normalizations' gradients hold
+        /// anyway, block after block (a trained encoder).
+        case throughLoops
+    }
+
     public func run(_ module: inout Module) throws -> Bool {
+        // Rounds until no copy lowers any function's peak, so that the pass
+        // changes nothing in its own output (a second round still finds
+        // copies among the first one's, whose values it does not touch
+        // again). Each round plans every function still changing with every
+        // policy, on all cores: they are independent, and the result does
+        // not depend on the order.
+        let policies = ChainPolicy.allCases
+        var pending = Array(module.functions.indices)
+        var arena = module.functions.map(Self.placedArena)
         var changed = false
-        for f in module.functions.indices {
-            changed = rematerialize(&module.functions[f]) || changed
+        while !pending.isEmpty {
+            let functions = pending.map { module.functions[$0] }
+            var planned = [(function: Function, arena: Int, changed: Bool)?](repeating: nil, count: functions.count * policies.count)
+            planned.withUnsafeMutableBufferPointer { planned in
+                DispatchQueue.concurrentPerform(iterations: planned.count) { task in
+                    var function = functions[task / policies.count]
+                    let changed = rematerialize(&function, policy: policies[task % policies.count])
+                    planned[task] = (function, changed ? Self.placedArena(function) : 0, changed)
+                }
+            }
+            var next: [Int] = []
+            for (i, f) in pending.enumerated() {
+                let lowered = planned[i * policies.count ..< (i + 1) * policies.count].map { $0! }.filter(\.changed)
+                guard let best = lowered.min(by: { $0.arena < $1.arena }), best.arena < arena[f] else { continue }
+                module.functions[f] = best.function
+                arena[f] = best.arena
+                changed = true
+                next.append(f)
+            }
+            pending = next
         }
         if changed { _ = try DCE().run(&module) } // values that moved leave their old producers dead
         return changed
@@ -45,7 +102,7 @@ public struct Rematerialize: Pass {
     /// the next looks where the peak has moved. A copy only lowers the peak
     /// if the stretch it frees holds the peak's position, so other values
     /// are not tried.
-    func rematerialize(_ function: inout Function) -> Bool {
+    func rematerialize(_ function: inout Function, policy: ChainPolicy = .heldOperands) -> Bool {
         var peak = PlanMemory.liveness(of: function).peak
         var settled = Set<ValueID>() // values copied, and the copies
         var changed = false
@@ -53,7 +110,8 @@ public struct Rematerialize: Pass {
         while kept {
             kept = false
             var schedule = Schedule(function)
-            let types = function.types, at = peak.position
+            var types = function.types
+            let at = peak.position
             let candidates = function.nodes
                 .filter { !settled.contains($0.id) && schedule.position[$0.id]! < at && (schedule.lastUse[$0.id] ?? 0) > at }
                 .filter { Self.isCandidate($0, in: function, schedule: schedule, types: types) }
@@ -66,7 +124,9 @@ public struct Rematerialize: Pass {
             func trial(_ value: ValueID) -> Trial? {
                 guard let stretch = Self.longestStretch(of: value, in: schedule),
                       stretch.after < peak.position, peak.position < stretch.before else { return nil }
-                return recomputingLateUses(of: value, in: function, schedule: schedule)
+                guard let made = recomputingLateUses(of: value, in: function, schedule: schedule, types: types, policy: policy) else { return nil }
+                for (copy, type) in zip(made.copies, made.copyTypes) { types[copy] = type }
+                return made
             }
             func keep(_ copied: [(value: ValueID, copies: [ValueID])], peak newPeak: (bytes: Int, position: Int)) {
                 for (value, copies) in copied {
@@ -126,39 +186,60 @@ public struct Rematerialize: Pass {
         return (split == 0 ? definition : uses[split - 1], uses[split], split)
     }
 
-    /// Data movement (`OpSpec.rematerializable`), or an elementwise loop or
-    /// a normalization (`OpSpec.recomputable`) whose operands are held at
-    /// least as long as its result anyway (or are arguments, or [C]-sized
-    /// vectors, or are themselves computed so from held operands): computing
-    /// it again late costs a pass or a few and holds nothing longer. A batch
+    /// Data movement (`OpSpec.rematerializable`), or a node computed again
+    /// from its operands in a pass or a few (`recomputedFromOperands`) whose
+    /// operands are held at least as long as its result anyway (or are
+    /// arguments, or [C]-sized vectors, or are themselves computed so from
+    /// held operands): computing it again late holds nothing longer. A batch
     /// norm's output is one (batch-norm-from-moments makes it a loop over
     /// x − mean, which the backward pass reads last), a GELU's (its gradient
     /// reads its input), a ReLU after a group or layer norm (whose gradient
-    /// reads the norm's input).
+    /// reads the norm's input), attention's softmax (scaled Q·Kᵀ, whose
+    /// gradient reads Q and K).
     static func isCandidate(_ node: Node, in function: Function, schedule: Schedule, types: [ValueID: TensorType]) -> Bool {
-        guard let spec = OpRegistry.spec(node.op) else { return false }
+        // A scalar frees one alignment's bytes: not worth a node.
+        guard let spec = OpRegistry.spec(node.op), !node.type.shape.isEmpty else { return false }
         if spec.rematerializable { return true }
-        guard recomputedFromOperands(spec), let end = schedule.lastUse[schedule.root[node.id] ?? node.id] else { return false }
-        /// Whether `operand` is there anyway at `end`, or can be computed
-        /// again from what is (through at most `depth` more producers).
-        func held(_ operand: ValueID, depth: Int) -> Bool {
-            let root = schedule.root[operand] ?? operand
-            if schedule.arguments.contains(root) || (schedule.lastUse[root] ?? 0) >= end
-                || types[operand].map({ $0.byteSize * Self.smallOperandRatio <= node.type.byteSize }) ?? false { return true }
-            guard depth > 0, root == operand, let position = schedule.position[operand] else { return false }
-            let producer = function.nodes[position]
-            guard let producerSpec = OpRegistry.spec(producer.op), producerSpec.recomputable else { return false }
-            return producer.operands.allSatisfy { held($0, depth: depth - 1) }
+        guard recomputedFromOperands(node, types: types), let end = schedule.lastUse[schedule.root[node.id] ?? node.id] else { return false }
+        return node.operands.allSatisfy {
+            available($0, at: end, for: node, depth: 2, in: function, schedule: schedule, types: types)
         }
-        return node.operands.allSatisfy { held($0, depth: 1) }
     }
 
-    /// Ops whose result is computed from operands in a pass or a few.
-    static func recomputedFromOperands(_ spec: OpSpec) -> Bool {
+    /// Whether `operand` of `reader` is there anyway at `position` (an
+    /// argument, a value read then or later, or a vector much smaller than
+    /// the reader's result), or can be computed again from what is, through
+    /// at most `depth` more producers computed from their operands.
+    static func available(_ operand: ValueID, at position: Int, for reader: Node, depth: Int,
+                          in function: Function, schedule: Schedule, types: [ValueID: TensorType]) -> Bool {
+        let root = schedule.root[operand] ?? operand
+        if schedule.arguments.contains(root) || (schedule.lastUse[root] ?? 0) >= position
+            || types[operand].map({ $0.byteSize * Self.smallOperandRatio <= reader.type.byteSize }) ?? false { return true }
+        guard depth > 0, root == operand, let index = schedule.position[operand] else { return false }
+        let producer = function.nodes[index]
+        guard recomputedFromOperands(producer, types: types) else { return false }
+        return producer.operands.allSatisfy {
+            available($0, at: position, for: producer, depth: depth - 1, in: function, schedule: schedule, types: types)
+        }
+    }
+
+    /// Nodes whose result is computed from their operands in a pass or a
+    /// few: elementwise loops, normalizations and softmax
+    /// (`OpSpec.recomputable`), and kernels doing at most
+    /// `cheapFlopsPerElement` per result element (attention's Q·Kᵀ over
+    /// 64-wide heads: 128).
+    static func recomputedFromOperands(_ node: Node, types: [ValueID: TensorType]) -> Bool {
+        guard let spec = OpRegistry.spec(node.op) else { return false }
         if spec.recomputable { return true }
         if case .elementwise = spec.lowering { return true }
-        return false
+        guard let flops = spec.flops, node.type.count > 0 else { return false }
+        let operands = node.operands.compactMap { types[$0] }
+        return flops(operands, node.type, node.attrs) <= Self.cheapFlopsPerElement * Double(node.type.count)
     }
+
+    /// Arithmetic per result element below which recomputing a kernel's
+    /// result costs about what the passes around it do.
+    static let cheapFlopsPerElement = 128.0
 
     /// An operand this many times smaller than the result is "small": a
     /// per-channel vector of a feature map, held a little longer for free.
@@ -167,14 +248,16 @@ public struct Rematerialize: Pass {
     struct Trial {
         var function: Function
         var copies: [ValueID]
+        var copyTypes: [TensorType]
     }
 
     /// `function` with the uses of `value` after its longest unused stretch
     /// reading a copy made just before them, or nil when the value cannot be
     /// copied (a result of the function, itself or through a reshape, or reading an
     /// argument an update overwrites before the late use).
-    func recomputingLateUses(of value: ValueID, in function: Function, schedule given: Schedule? = nil) -> Trial? {
-        let schedule = given ?? Schedule(function)
+    func recomputingLateUses(of value: ValueID, in function: Function, schedule givenSchedule: Schedule? = nil,
+                             types givenTypes: [ValueID: TensorType]? = nil, policy: ChainPolicy = .heldOperands) -> Trial? {
+        let schedule = givenSchedule ?? Schedule(function), types = givenTypes ?? function.types
         // A reshape reading the value is a use too: late, it reads the copy,
         // and so do the nodes reading it (all later still). It shares the
         // value's storage, so neither may be a result.
@@ -184,6 +267,21 @@ public struct Rematerialize: Pass {
 
         var nextID = function.nextID
         var inserted: [Node] = []
+        /// Whether a copy computes a dead operand's producer again (else it
+        /// holds the operand longer): data movement and normalizations
+        /// always; elementwise loops and cheap kernels as the policy says,
+        /// under `.heldOperands` only where their own operands are there at
+        /// `at` anyway or computed so in turn, so that copying one holds
+        /// nothing longer.
+        func recomputes(_ producer: Node) -> Bool {
+            guard let spec = OpRegistry.spec(producer.op) else { return false }
+            if spec.rematerializable || spec.recomputable { return true }
+            guard Self.recomputedFromOperands(producer, types: types) else { return false }
+            if policy == .throughLoops { return true }
+            return producer.operands.allSatisfy {
+                Self.available($0, at: at, for: producer, depth: 1, in: function, schedule: schedule, types: types)
+            }
+        }
         /// A copy of `id`'s node placed before `at`, its operands copied in
         /// turn where they would be dead there.
         func copy(_ id: ValueID, depth: Int) -> ValueID? {
@@ -192,8 +290,9 @@ public struct Rematerialize: Pass {
                 let root = schedule.root[operand] ?? operand
                 if let overwrite = schedule.overwrittenAt[root], overwrite <= at { return nil }
                 guard !schedule.arguments.contains(root), (schedule.lastUse[root] ?? 0) < at,
+                      !(types[operand].map { $0.byteSize * Self.smallOperandRatio <= node.type.byteSize } ?? true),
                       depth + 1 < Self.maximumChain, root == operand, let position = schedule.position[operand],
-                      let spec = OpRegistry.spec(function.nodes[position].op), spec.rematerializable || spec.recomputable else { continue }
+                      recomputes(function.nodes[position]) else { continue }
                 guard let recomputed = copy(operand, depth: depth + 1) else { return nil }
                 node.operands[index] = recomputed
             }
@@ -211,7 +310,7 @@ public struct Rematerialize: Pass {
             result.nodes[position].operands = result.nodes[position].operands.map { $0 == value ? replacement : $0 }
         }
         result.nodes.insert(contentsOf: inserted, at: at)
-        return Trial(function: result, copies: inserted.map(\.id))
+        return Trial(function: result, copies: inserted.map(\.id), copyTypes: inserted.map(\.type))
     }
 }
 
@@ -239,11 +338,18 @@ struct Schedule {
         arguments = Set(function.args.map(\.id))
         root = InPlaceAnalysis.storageRoots(function)
         results = Set(function.rootValues)
-        for (index, node) in function.nodes.enumerated() {
-            position[node.id] = index
-            let storage = root[node.id] ?? node.id
+        let count = function.nodes.count
+        position.reserveCapacity(count)
+        uses.reserveCapacity(count)
+        lastUse.reserveCapacity(count)
+        // By index: a loop over the nodes would copy each (retaining all of
+        // its parts), which was most of this pass's time.
+        for index in function.nodes.indices {
+            let id = function.nodes[index].id
+            position[id] = index
+            let storage = root[id] ?? id
             lastUse[storage] = max(lastUse[storage] ?? index, index)
-            for operand in node.operands {
+            for operand in function.nodes[index].operands {
                 if uses[operand]?.last != index { uses[operand, default: []].append(index) }
                 let storage = root[operand] ?? operand
                 lastUse[storage] = max(lastUse[storage] ?? index, index)

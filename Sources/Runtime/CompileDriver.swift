@@ -149,8 +149,12 @@ public enum CompileDriver {
     }
 
     /// The standard pipeline; for a module of compiled steps (dump-ir
-    /// output) the same without differentiation and optimizer, which would
-    /// differentiate the steps a second time.
+    /// output, optimized already) only what lowers it again: the choice of
+    /// convolution algorithm (`--conv-algorithm` may ask for another), loop
+    /// groups and memory. Differentiating it again would differentiate the
+    /// steps twice, and optimizing it again would not give the same IR: CSE
+    /// merges rematerialize's copies back into their originals, and the
+    /// copies chosen again from that start differ.
     static func pipeline(for module: Module, optimizer: AdamOptimizer?, dataParallel: Bool = false,
                          convAlgorithm: SelectConvAlgorithm.Mode = .auto) throws -> [any Pass] {
         let compiled = module.functions.filter(isCompiledStep).map { "@" + $0.name }
@@ -167,7 +171,7 @@ public enum CompileDriver {
         guard uncompiled.isEmpty else {
             throw RuntimeError("the module mixes training steps that are compiled already (\(compiled.joined(separator: ", ")): they have optimizer inputs such as lr) with steps that are not (\(uncompiled.joined(separator: ", "))); compile them from separate files, or compile the model itself")
         }
-        return PassManager.standardPipeline(optimizer: nil, convAlgorithm: convAlgorithm).filter { !($0 is Autodiff) }
+        return [SelectConvAlgorithm(mode: convAlgorithm), GroupLoops(), PlanMemory()]
     }
 
     /// Move a finished artifact into place; an existing artifact is replaced

@@ -39,7 +39,8 @@ public enum SoftmaxOps {
                    let (outer, dim, inner, _) = try layout(operands[0].shape, attrs)
                    return [KernelCall(name, [.operand(0), .result], ints: [outer, dim, inner])]
                },
-               examples: [([f([2, 3, 4])], ["axis": .int(1)]), ([f([2, 5])], ["axis": .int(-1)])])
+               examples: [([f([2, 3, 4])], ["axis": .int(1)]), ([f([2, 5])], ["axis": .int(-1)])],
+               recomputable: true)
     }
 
     public static let all: [OpSpec] = [
