@@ -25,26 +25,19 @@ final class RematerializeTests: XCTestCase {
     func testRecomputesAChainBeforeItsLateUseAndLowersThePeak() throws {
         // The concatenation's late use reads a copy made right before it, and
         // the upsampling it reads is dead by then: it is computed again too.
-        let source = Self.decoderLike + """
+        let checks = """
 
             // CHECK: %6 = mul(%5, %4) : f32[1,16,8,8]
             // CHECK-NEXT: %8 = upsample_nearest(%0) {size=[8,8]} : f32[1,8,8,8]
             // CHECK-NEXT: %9 = concat(%8, %1) {axis=1} : f32[1,16,8,8]
             // CHECK-NEXT: %7 = mse(%6, %9) : f32[]
             """
-        let after = try checkIR(source, passes: [Rematerialize.name], file: #filePath, line: #line)
-        let before = try Parser.parse(Self.decoderLike)
-        var planned = (before, after)
-        let peakBefore = PlanMemory().plan(&planned.0.functions[0]).lowerBoundBytes
-        let peakAfter = PlanMemory().plan(&planned.1.functions[0]).lowerBoundBytes
         // Before: the concatenation (4 KiB) beside both softmaxes' results;
         // after: the softmaxes' results, or the upsampling copy (2 KiB) and
         // the concatenation's beside mul's (over the second softmax's).
         // (Softmax, a kernel, keeps the chain out of one generated loop,
         // which would hold every value it touches to its end.)
-        XCTAssertEqual(peakBefore, 3 * 4096)
-        XCTAssertEqual(peakAfter, 2 * 4096 + 2048)
-        try checkSameValues(before.functions[0], after.functions[0])
+        try checkRecomputed(Self.decoderLike, checks: checks, peaks: (3 * 4096, 2 * 4096 + 2048))
     }
 
     func testLeavesAStepAloneWhenRecomputingSavesNothing() throws {
@@ -193,18 +186,12 @@ final class RematerializeTests: XCTestCase {
               return %9 as "loss"
             }
             """
-        let after = try checkIR(source + """
+        try checkRecomputed(source, checks: """
 
             // CHECK: %6 = mul(%5, %4) : f32[1,8,8,8]
             // CHECK-NEXT: %10 = mul(%2, %1) : f32[1,8,8,8]
             // CHECK-NEXT: %7 = mul(%6, %10) : f32[1,8,8,8]
-            """, passes: [Rematerialize.name])
-        var planned = (try Parser.parse(source), after)
-        let peakBefore = PlanMemory().plan(&planned.0.functions[0]).lowerBoundBytes
-        let peakAfter = PlanMemory().plan(&planned.1.functions[0]).lowerBoundBytes
-        XCTAssertEqual(peakBefore, 4 * 2048, "%2, %3, %4 and %5 at the second softmax")
-        XCTAssertEqual(peakAfter, 3 * 2048, "%3 is dead by then")
-        try checkSameValues(planned.0.functions[0], after.functions[0])
+            """, peaks: (4 * 2048, 3 * 2048), why: ("%2, %3, %4 and %5 at the second softmax", "%3 is dead by then"))
     }
 
     /// A weight standardized in the step, (w − mean)·rstd, read by its
@@ -225,19 +212,13 @@ final class RematerializeTests: XCTestCase {
               return %11 as "loss"
             }
             """
-        let after = try checkIR(source + """
+        try checkRecomputed(source, checks: """
 
             // CHECK: %9 = mul(%8, %7) : f32[16,16,3,3]
             // CHECK-NEXT: %12 = sub(%0, %1) : f32[16,16,3,3]
             // CHECK-NEXT: %13 = mul(%12, %2) : f32[16,16,3,3]
             // CHECK-NEXT: %10 = mul(%9, %13) : f32[16,16,3,3]
-            """, passes: [Rematerialize.name])
-        var planned = (try Parser.parse(source), after)
-        let peakBefore = PlanMemory().plan(&planned.0.functions[0]).lowerBoundBytes
-        let peakAfter = PlanMemory().plan(&planned.1.functions[0]).lowerBoundBytes
-        XCTAssertEqual(peakBefore, 3 * 9216, "%5, %7 and %8 at the second softmax")
-        XCTAssertEqual(peakAfter, 2 * 9216, "%5 is dead by then")
-        try checkSameValues(planned.0.functions[0], after.functions[0])
+            """, peaks: (3 * 9216, 2 * 9216), why: ("%5, %7 and %8 at the second softmax", "%5 is dead by then"))
     }
 
     /// Attention's probabilities, softmax(Q·Kᵀ·scale), read by the
@@ -262,20 +243,14 @@ final class RematerializeTests: XCTestCase {
               return %14 as "loss"
             }
             """
-        let after = try checkIR(source + """
+        try checkRecomputed(source, checks: """
 
             // CHECK: %12 = mul(%11, %10) : f32[2,16,16]
             // CHECK-NEXT: %15 = matmul(%0, %1) {transpose_b=true} : f32[2,16,16]
             // CHECK-NEXT: %16 = mul(%15, %4) : f32[2,16,16]
             // CHECK-NEXT: %17 = softmax(%16) {axis=-1} : f32[2,16,16]
             // CHECK-NEXT: %13 = mul(%12, %17) : f32[2,16,16]
-            """, passes: [Rematerialize.name])
-        var planned = (try Parser.parse(source), after)
-        let peakBefore = PlanMemory().plan(&planned.0.functions[0]).lowerBoundBytes
-        let peakAfter = PlanMemory().plan(&planned.1.functions[0]).lowerBoundBytes
-        XCTAssertEqual(peakBefore, 4 * 2048, "%6, %7, %8 and %9 at sigmoid")
-        XCTAssertEqual(peakAfter, 3 * 2048 + 64, "%6 is dead by then, the scale held for its copy")
-        try checkSameValues(try Parser.parse(source).functions[0], after.functions[0])
+            """, peaks: (4 * 2048, 3 * 2048 + 64), why: ("%6, %7, %8 and %9 at sigmoid", "%6 is dead by then, the scale held for its copy"))
         // A product over a wide dimension costs more than it holds: kept.
         var wide = try Parser.parse(source.replacingOccurrences(of: "[2,16,8]", with: "[2,16,128]"))
         XCTAssertEqual(try runPasses([Rematerialize.name], on: &wide), [false])
@@ -356,6 +331,18 @@ final class RematerializeTests: XCTestCase {
         }
         XCTAssertEqual(after.outputs, before.outputs, file: file, line: line)
         XCTAssertEqual(after.updates, before.updates, file: file, line: line)
+    }
+
+    /// rematerialize gives `source` the IR `checks` describes, its peak of
+    /// live bytes goes from `peaks.before` to `peaks.after` (`why` says what
+    /// is live there), and it computes the same values.
+    func checkRecomputed(_ source: String, checks: String, peaks: (before: Int, after: Int), why: (String, String) = ("", ""),
+                         file: StaticString = #filePath, line: UInt = #line) throws {
+        let after = try checkIR(source + checks, passes: [Rematerialize.name], file: file, line: line)
+        var planned = (try Parser.parse(source), after)
+        XCTAssertEqual(PlanMemory().plan(&planned.0.functions[0]).lowerBoundBytes, peaks.before, why.0, file: file, line: line)
+        XCTAssertEqual(PlanMemory().plan(&planned.1.functions[0]).lowerBoundBytes, peaks.after, why.1, file: file, line: line)
+        try checkSameValues(planned.0.functions[0], after.functions[0], file: file, line: line)
     }
 
     /// The f64 interpreter gives `after` exactly `before`'s outputs.
