@@ -1,4 +1,5 @@
 import DDPKernels
+import IR
 import XCTest
 
 /// The Winograd F(4×4, 3×3) and F(2×2, 3×3) kernels (forward with its fused
@@ -137,6 +138,31 @@ final class WinogradKernelTests: XCTestCase {
                 runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: dx.count), summand, gate],
                           t.ints + [0, 0, 1, 0, 1, tile])[2]
             }
+        }
+    }
+
+    /// A NaN reaching the epilogue's ReLU (here from the residual) gives 0
+    /// in the Winograd kernels and the im2col one alike, as the epilogue's
+    /// expression does in the interpreter and the generated loops (max is
+    /// fmaxf's: a NaN operand yields the other), and it reaches no other output.
+    func testANaNBeforeTheReLUGivesZeroAsTheInterpreterDoes() throws {
+        let t = cases[0]
+        let x = values(t.n * t.c * t.h * t.w, seed: 6), w = values(t.o * t.c * 9, seed: 7)
+        let count = t.n * t.o * t.oh * t.ow, poisoned = count / 3
+        var residual = values(count, seed: 10)
+        residual[poisoned] = .nan
+        let ones = [Float](repeating: 1, count: t.o), zeros = [Float](repeating: 0, count: t.o)
+        let epilogue = try ScalarExpr.parse("max(add(add(mul(in0, in1), in2), in3), 0.0)")
+        XCTAssertEqual(epilogue.evaluate([0.5, 1, 0, .nan]), 0)
+        let flags: [Int64] = [1, 1, 1, 1, 0]
+        let outputs = [("conv2d (im2col)", runKernel(ddp_conv2d, [x, w, [Float](repeating: .nan, count: count), ones, zeros, residual], t.ints + flags)[2])]
+            + [Int64(4), 2].map { tile in
+                ("conv2d_winograd F(\(tile))",
+                 runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: count), ones, zeros, residual], t.ints + flags + [tile])[2])
+            }
+        for (kernel, y) in outputs {
+            XCTAssertEqual(y[poisoned], 0, kernel)
+            XCTAssertEqual(y.indices.filter { y[$0].isNaN }, [], kernel)
         }
     }
 
