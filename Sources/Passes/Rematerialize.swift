@@ -24,9 +24,10 @@ import IR
 /// the value simply moves there). An operand of the copy that would be dead
 /// by then is computed again too when it can be (as `ChainPolicy` says),
 /// and is otherwise held longer. A copy is kept only if the
-/// function's peak of live arena bytes (plan-memory's lower bound) drops, so
-/// nothing is recomputed that saves no memory; a function without such a
-/// stretch (inference) is left as it is.
+/// function's peak of live arena bytes (plan-memory's lower bound) drops, and
+/// a round's copies only if the arena as placed drops too, so nothing is
+/// recomputed that saves no memory; a function without such a stretch
+/// (inference) is left as it is.
 public struct Rematerialize: Pass {
     public static let name = "rematerialize"
     /// Most producers one copy recomputes in a chain (a concatenation of an
@@ -48,7 +49,7 @@ public struct Rematerialize: Pass {
     /// Which producers a copy may compute again in a chain besides data
     /// movement and normalizations. Neither is better everywhere, since the
     /// copies are chosen greedily: each function is planned with both and
-    /// keeps the lower peak.
+    /// keeps the smaller arena.
     enum ChainPolicy: CaseIterable {
         /// Elementwise loops only where their operands are there anyway: a
         /// standardized weight, (w − mean)·rstd. Best where little else is
@@ -62,8 +63,7 @@ public struct Rematerialize: Pass {
     }
 
     public func run(_ module: inout Module) throws -> Bool {
-        // Rounds until no copy lowers any function's peak, so that the pass
-        // changes nothing in its own output (a second round still finds
+        // Rounds until no function's arena drops (a second round still finds
         // copies among the first one's, whose values it does not touch
         // again). Each round plans every function still changing with every
         // policy, on all cores: they are independent, and the result does
