@@ -109,16 +109,16 @@ static void reduce_range(void *arg, int64_t begin, int64_t end) {
 
 typedef struct {
     const reduce_job *job;
-    double *sums;  // per piece (sum, mean)
-    float *maxima; // per piece (max)
+    double *sums;  // per piece, for a sum or mean (else NULL)
+    float *maxima; // per piece, for a max (else NULL)
 } full_job;
 
 static void full_pieces(void *arg, int64_t begin, int64_t end) {
     const full_job *f = arg;
     for (int64_t p = begin; p < end; p++) {
         reduce_job piece = *f->job;
-        piece.acc = f->sums + p;
-        piece.y = f->maxima + p;
+        if (f->sums != NULL) piece.acc = f->sums + p;
+        else piece.y = f->maxima + p;
         int64_t last = (p + 1) * FULL_PIECE < piece.size[0] ? (p + 1) * FULL_PIECE : piece.size[0];
         reduce_range(&piece, p * FULL_PIECE, last);
     }
@@ -128,28 +128,25 @@ static void full_pieces(void *arg, int64_t begin, int64_t end) {
 /// maximum, or acc[0] the sum, of the pieces' in order.
 static int reduce_full(reduce_job *job) {
     int64_t pieces = (job->size[0] + FULL_PIECE - 1) / FULL_PIECE;
-    double *sums = calloc((size_t)pieces, sizeof(double));
-    float *maxima = malloc((size_t)pieces * sizeof(float));
-    if (sums == NULL || maxima == NULL) {
-        free(sums);
-        free(maxima);
-        return DDP_ERR_NOMEM;
-    }
-    for (int64_t p = 0; p < pieces; p++) maxima[p] = -INFINITY;
-    full_job f = {job, sums, maxima};
+    int max = job->kind == 2;
+    full_job f = {job, max ? NULL : calloc((size_t)pieces, sizeof(double)),
+                  max ? malloc((size_t)pieces * sizeof(float)) : NULL};
+    if (f.sums == NULL && f.maxima == NULL) return DDP_ERR_NOMEM;
+    if (max)
+        for (int64_t p = 0; p < pieces; p++) f.maxima[p] = -INFINITY;
     ddp_parallel_for(pieces, full_pieces, &f);
-    if (job->kind == 2) {
+    if (max) {
         float m = -INFINITY;
         for (int64_t p = 0; p < pieces; p++)
-            if (maxima[p] > m || isnan(maxima[p])) m = maxima[p];
+            if (f.maxima[p] > m || isnan(f.maxima[p])) m = f.maxima[p];
         job->y[0] = m;
     } else {
         double sum = 0.0;
-        for (int64_t p = 0; p < pieces; p++) sum += sums[p];
+        for (int64_t p = 0; p < pieces; p++) sum += f.sums[p];
         job->acc[0] = sum;
     }
-    free(sums);
-    free(maxima);
+    free(f.sums);
+    free(f.maxima);
     return DDP_OK;
 }
 

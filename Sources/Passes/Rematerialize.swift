@@ -74,17 +74,18 @@ public struct Rematerialize: Pass {
         var changed = false
         while !pending.isEmpty {
             let functions = pending.map { module.functions[$0] }
-            var planned = [(function: Function, arena: Int, changed: Bool)?](repeating: nil, count: functions.count * policies.count)
+            // nil where a policy found no copy to make.
+            var planned = [(function: Function, arena: Int)?](repeating: nil, count: functions.count * policies.count)
             planned.withUnsafeMutableBufferPointer { planned in
                 DispatchQueue.concurrentPerform(iterations: planned.count) { task in
                     var function = functions[task / policies.count]
-                    let changed = rematerialize(&function, policy: policies[task % policies.count])
-                    planned[task] = (function, changed ? Self.placedArena(function) : 0, changed)
+                    guard rematerialize(&function, policy: policies[task % policies.count]) else { return }
+                    planned[task] = (function, Self.placedArena(function))
                 }
             }
             var next: [Int] = []
             for (i, f) in pending.enumerated() {
-                let lowered = planned[i * policies.count ..< (i + 1) * policies.count].map { $0! }.filter(\.changed)
+                let lowered = planned[i * policies.count ..< (i + 1) * policies.count].compactMap { $0 }
                 guard let best = lowered.min(by: { $0.arena < $1.arena }), best.arena < arena[f] else { continue }
                 module.functions[f] = best.function
                 arena[f] = best.arena
@@ -214,7 +215,7 @@ public struct Rematerialize: Pass {
                           in function: Function, schedule: Schedule, types: [ValueID: TensorType]) -> Bool {
         let root = schedule.root[operand] ?? operand
         if schedule.arguments.contains(root) || (schedule.lastUse[root] ?? 0) >= position
-            || types[operand].map({ $0.byteSize * Self.smallOperandRatio <= reader.type.byteSize }) ?? false { return true }
+            || isSmall(operand, beside: reader, types: types) { return true }
         guard depth > 0, root == operand, let index = schedule.position[operand] else { return false }
         let producer = function.nodes[index]
         guard recomputedFromOperands(producer, types: types) else { return false }
@@ -244,6 +245,10 @@ public struct Rematerialize: Pass {
     /// An operand this many times smaller than the result is "small": a
     /// per-channel vector of a feature map, held a little longer for free.
     static let smallOperandRatio = 64
+
+    static func isSmall(_ operand: ValueID, beside reader: Node, types: [ValueID: TensorType]) -> Bool {
+        types[operand].map { $0.byteSize * smallOperandRatio <= reader.type.byteSize } ?? false
+    }
 
     struct Trial {
         var function: Function
@@ -290,7 +295,7 @@ public struct Rematerialize: Pass {
                 let root = schedule.root[operand] ?? operand
                 if let overwrite = schedule.overwrittenAt[root], overwrite <= at { return nil }
                 guard !schedule.arguments.contains(root), (schedule.lastUse[root] ?? 0) < at,
-                      !(types[operand].map { $0.byteSize * Self.smallOperandRatio <= node.type.byteSize } ?? true),
+                      !Self.isSmall(operand, beside: node, types: types),
                       depth + 1 < Self.maximumChain, root == operand, let position = schedule.position[operand],
                       recomputes(function.nodes[position]) else { continue }
                 guard let recomputed = copy(operand, depth: depth + 1) else { return nil }
