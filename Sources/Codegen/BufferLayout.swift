@@ -34,6 +34,10 @@ public struct BufferLayout: Codable, Equatable, Sendable {
         /// Weights it reads but never changes (role `frozen`, e.g. the
         /// encoder in DDeP pretraining). Absent in older manifests.
         public var frozen: [String]?
+        /// The entry point that fills the `prepared.…` state this one reads
+        /// (see `PreparedWeights`): to be called once the weights are set,
+        /// and again whenever they change. Absent when there is none.
+        public var preparedBy: String?
     }
 
     public var params: [Slot]
@@ -51,6 +55,7 @@ public struct BufferLayout: Codable, Equatable, Sendable {
         var params: [Slot] = [], state: [Slot] = []
         var paramsBytes = 0, stateBytes = 0
         var entries: [Entry] = []
+        let functionNames = Set(module.functions.map(\.name))
         for function in module.functions {
             var inputs: [Slot] = [], outputs: [Slot] = []
             var ioBytes = 0
@@ -79,7 +84,9 @@ public struct BufferLayout: Codable, Equatable, Sendable {
                                  trains: updated.filter { $0.role == .param }.map(\.name),
                                  updatesState: updated.filter { $0.role == .state }.map(\.name),
                                  trainable: function.args.filter { $0.role == .param }.map(\.name),
-                                 frozen: function.args.filter { $0.role == .frozen }.map(\.name)))
+                                 frozen: function.args.filter { $0.role == .frozen }.map(\.name),
+                                 preparedBy: functionNames.contains(PreparedWeights.preparerName(of: function.name))
+                                     ? PreparedWeights.preparerName(of: function.name) : nil))
         }
         self.params = params
         self.paramsBytes = paramsBytes

@@ -562,7 +562,21 @@ static int64_t padded_rows(int64_t m) {
 int64_t ddp_gemm_packed_a_floats(int64_t m, int64_t k) { return padded_rows(m) * k; }
 
 ddp_packed_a_layout ddp_gemm_packed_a_layout(int64_t m) {
-    return (ddp_packed_a_layout){chosen_isa()->mr, KC, padded_rows(m)};
+    return ddp_gemm_packed_a_layout_for(m, chosen_isa()->mr);
+}
+
+ddp_packed_a_layout ddp_gemm_packed_a_layout_for(int64_t m, int mr) {
+    return (ddp_packed_a_layout){mr, KC, (m + mr - 1) / mr * mr};
+}
+
+int ddp_gemm_panel_rows(void) { return chosen_isa()->mr; }
+
+void ddp_gemm_repack_a(const float *from, ddp_packed_a_layout from_layout, float *to, ddp_packed_a_layout to_layout,
+                       int64_t m, int64_t k) {
+    memset(to, 0, (size_t)(to_layout.mpad * k) * sizeof(float));
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < k; j++)
+            to[ddp_packed_a_index(&to_layout, k, i, j)] = from[ddp_packed_a_index(&from_layout, k, i, j)];
 }
 
 typedef struct {

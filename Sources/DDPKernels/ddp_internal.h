@@ -32,6 +32,12 @@ typedef struct {
     int64_t kc, mpad;
 } ddp_packed_a_layout;
 ddp_packed_a_layout ddp_gemm_packed_a_layout(int64_t m);
+/// The same layout for panels of `mr` rows, whatever the chosen ISA's are:
+/// filters packed ahead of the calls (winograd_filters) say which they used.
+ddp_packed_a_layout ddp_gemm_packed_a_layout_for(int64_t m, int mr);
+/// An m × k matrix packed in one layout, copied into another (zero padding).
+void ddp_gemm_repack_a(const float *from, ddp_packed_a_layout from_layout, float *to, ddp_packed_a_layout to_layout,
+                       int64_t m, int64_t k);
 static inline int64_t ddp_packed_a_index(const ddp_packed_a_layout *l, int64_t k_total, int64_t i, int64_t k) {
     int64_t pc = k / l->kc * l->kc, kc = k_total - pc < l->kc ? k_total - pc : l->kc;
     return pc * l->mpad + i / l->mr * l->mr * kc + (k - pc) * l->mr + i % l->mr;

@@ -224,13 +224,33 @@ static int winograd_geometry(const int64_t *ia, int64_t tile) {
            ia[8] == ia[3] + 2 * ia[12] - 2 && (tile == 2 || tile == 4);
 }
 
-int ddp_conv2d_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
-    (void)fa;
+/// conv2d_winograd, with the filters packed ahead for panels of `panel`
+/// rows when it is above 0.
+static int forward(void *const *bufs, const int64_t *ia, int panel) {
     if (!winograd_geometry(ia, ia[21])) return DDP_ERR_ARGS;
     wino_job job = {.n = ia[0], .c = ia[1], .h = ia[2], .w = ia[3], .o = ia[4], .oh = ia[7], .ow = ia[8],
                     .ph = ia[11], .pw = ia[12], .x = bufs[0], .y = bufs[2],
                     .epilogue = ddp_conv_epilogue_read(bufs, ia + 16)};
-    return ia[21] == 4 ? winograd_f4(&job, bufs[1], 0) : winograd_f2(&job, bufs[1], 0);
+    return ia[21] == 4 ? winograd_f4(&job, bufs[1], 0, panel) : winograd_f2(&job, bufs[1], 0, panel);
+}
+
+int ddp_conv2d_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    return forward(bufs, ia, 0);
+}
+
+int ddp_conv2d_winograd_prepacked(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    if (ia[22] < 1 || ia[22] > PANEL_LANES) return DDP_ERR_ARGS;
+    return forward(bufs, ia, (int)ia[22]);
+}
+
+int ddp_winograd_filters(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    int64_t o = ia[0], c = ia[1], tile = ia[2], panel = ia[3];
+    if ((tile != 2 && tile != 4) || panel < 1 || panel > PANEL_LANES || o < 0 || c < 0) return DDP_ERR_ARGS;
+    if (o > 0 && c > 0) (tile == 4 ? pack_filters_f4 : pack_filters_f2)(bufs[0], o, c, (int)panel, bufs[1]);
+    return DDP_OK;
 }
 
 int ddp_conv2d_grad_input_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
@@ -240,7 +260,7 @@ int ddp_conv2d_grad_input_winograd(void *const *bufs, const int64_t *ia, const d
     wino_job job = {.n = ia[0], .c = ia[4], .h = ia[7], .w = ia[8], .o = ia[1], .oh = ia[2], .ow = ia[3],
                     .ph = 2 - ia[11], .pw = 2 - ia[12], .x = bufs[0], .y = bufs[2],
                     .epilogue = ddp_conv_epilogue_read(bufs, ia + 16)};
-    return ia[21] == 4 ? winograd_f4(&job, bufs[1], 1) : winograd_f2(&job, bufs[1], 1);
+    return ia[21] == 4 ? winograd_f4(&job, bufs[1], 1, 0) : winograd_f2(&job, bufs[1], 1, 0);
 }
 
 int ddp_conv2d_grad_weight_winograd(void *const *bufs, const int64_t *ia, const double *fa) {

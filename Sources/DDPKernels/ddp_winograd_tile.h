@@ -386,20 +386,43 @@ static void WT(blocks)(void *arg, int64_t begin, int64_t end) {
     }
 }
 
+/// The forward's filters w[o][c] transformed into U[ξ], packed for a GEMM
+/// whose panels have `panel` rows: what winograd_filters computes once for
+/// the calls that follow.
+static void WT(pack_filters)(const float *w, int64_t o, int64_t c, int panel, float *packed) {
+    ddp_packed_a_layout layout = ddp_gemm_packed_a_layout_for(o, panel);
+    filter_job filters = {w, o, c, 0, layout, packed, layout.mpad * c};
+    ddp_parallel_for(layout.mpad / layout.mr, WT(transform_filters), &filters);
+}
+
 /// Runs the convolution described by job (x, y, sizes, padding, epilogue)
-/// with filters w: w[o][c] (transposed = 0) or w[c][o] rotated (1).
-static int WT(winograd)(wino_job *job, const float *w, int transposed) {
+/// with filters w: w[o][c] (transposed = 0) or w[c][o] rotated (1); or,
+/// with prepacked_panel > 0, U itself as WT(pack_filters) wrote it for
+/// panels of that many rows.
+static int WT(winograd)(wino_job *job, const float *w, int transposed, int prepacked_panel) {
     if (job->n * job->oh * job->ow == 0 || job->o == 0) return DDP_OK;
     job->th = (job->oh + TILE - 1) / TILE;
     job->tw = (job->ow + TILE - 1) / TILE;
 
-    // Filters: transformed straight into the GEMM's packed layout.
+    // Filters: transformed straight into the GEMM's packed layout, unless
+    // they were packed ahead for this ISA's panels.
     job->packed_floats = ddp_gemm_packed_a_floats(job->o, job->c);
-    float *packed = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(POINTS * job->packed_floats));
-    if (packed == NULL) return DDP_ERR_NOMEM;
-    filter_job filters = {w, job->o, job->c, transposed, ddp_gemm_packed_a_layout(job->o), packed, job->packed_floats};
-    ddp_parallel_for(filters.layout.mpad / filters.layout.mr, WT(transform_filters), &filters);
-    job->packed_u = packed;
+    ddp_packed_a_layout layout = ddp_gemm_packed_a_layout(job->o);
+    if (prepacked_panel == layout.mr) {
+        job->packed_u = w;
+    } else {
+        float *packed = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(POINTS * job->packed_floats));
+        if (packed == NULL) return DDP_ERR_NOMEM;
+        if (prepacked_panel > 0) { // packed for another ISA's panels (the ISA chosen after compiling)
+            ddp_packed_a_layout from = ddp_gemm_packed_a_layout_for(job->o, prepacked_panel);
+            for (int xi = 0; xi < POINTS; xi++)
+                ddp_gemm_repack_a(w + xi * from.mpad * job->c, from, packed + xi * job->packed_floats, layout, job->o, job->c);
+        } else {
+            filter_job filters = {w, job->o, job->c, transposed, layout, packed, job->packed_floats};
+            ddp_parallel_for(layout.mpad / layout.mr, WT(transform_filters), &filters);
+        }
+        job->packed_u = packed;
+    }
 
     // Blocks of whole tile rows within the budget, as many as the threads
     // can share evenly when the budget allows fewer.

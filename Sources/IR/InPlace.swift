@@ -83,8 +83,13 @@ public struct InPlaceAnalysis {
         }
         guard updateValue[target] == node.id else { return "%\(node.id) is not the update of \"\(arg.name)\"" }
         guard node.type == arg.type else { return "%\(node.id) is \(node.type) but \"\(arg.name)\" is \(arg.type)" }
-        guard case .elementwise? = OpRegistry.spec(node.op)?.lowering else {
-            return "\(node.op) is not an elementwise loop, which alone reads each element before writing it"
+        // Prepared state is derived from the weights (a preparer's filters):
+        // a kernel not reading it may write it where it lives.
+        let derived = PreparedWeights.isPrepared(arg.name) && !node.operands.contains { roots[$0] == target }
+        if !derived {
+            guard case .elementwise? = OpRegistry.spec(node.op)?.lowering else {
+                return "\(node.op) is not an elementwise loop, which alone reads each element before writing it"
+            }
         }
         for operand in node.operands where roots[operand] == target && operand != target {
             return "%\(node.id) reads \"\(arg.name)\" through the reshape %\(operand), not element for element"

@@ -67,24 +67,30 @@ public struct PassManager {
     /// `grad:<param>` outputs and update no weight (gradient checks use this).
     /// `dataParallel` adds the passes of a step that runs on several
     /// processes: batch statistics and gradients averaged across them.
-    /// `convAlgorithm` is select-conv-algorithm's mode.
+    /// `convAlgorithm` is select-conv-algorithm's mode; `panelRows` the GEMM
+    /// panels prepare-weights packs filters for (nil: no prepare-weights).
     public static func standardPipeline(optimizer: AdamOptimizer? = AdamOptimizer(), dataParallel: Bool = false,
-                                        convAlgorithm: SelectConvAlgorithm.Mode = .auto) -> [any Pass] {
+                                        convAlgorithm: SelectConvAlgorithm.Mode = .auto,
+                                        panelRows: Int? = defaultPanelRows) -> [any Pass] {
         var passes: [any Pass] = [InferShapes()]
         if dataParallel { passes.append(SyncBatchNorm()) }
         passes.append(Autodiff())
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
         let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), BatchNormFromMoments(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
-                                SelectConvAlgorithm(mode: convAlgorithm),
-                                DCE(), Rematerialize(), GroupLoops(), PlanMemory()]
-        return passes + rest
+                                SelectConvAlgorithm(mode: convAlgorithm)]
+        let prepare: [any Pass] = panelRows.map { [PrepareWeights(panelRows: $0)] } ?? []
+        return passes + rest + prepare + [DCE(), Rematerialize(), GroupLoops(), PlanMemory()]
     }
+
+    /// The AVX-512 micro-kernel's panel rows; the compile driver passes the
+    /// machine's own.
+    public static let defaultPanelRows = 12
 
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
          BatchNormFromMoments.name, FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
-         FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, Rematerialize.name, GroupLoops.name, PlanMemory.name]
+         FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, PrepareWeights.name, Rematerialize.name, GroupLoops.name, PlanMemory.name]
     }
 
     @discardableResult

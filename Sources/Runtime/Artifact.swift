@@ -117,6 +117,16 @@ public final class LoadedModule {
 
     public func hasEntry(_ name: String) -> Bool { entries[name] != nil }
 
+    /// Fills the prepared state entry point `name` reads (its `preparedBy`:
+    /// the filters of inference's Winograd convolutions, transformed) from
+    /// the weights as they are now; nothing when it has none. Call it after
+    /// setting the weights, and again after any change to them.
+    public func prepareWeights(for name: String, params: UnsafeMutableRawPointer, state: UnsafeMutableRawPointer) throws {
+        guard let preparer = layout.entry(name)?.preparedBy.flatMap(layout.entry) else { return }
+        let io = AlignedBuffer(byteCount: preparer.ioBytes), arena = AlignedBuffer(byteCount: preparer.arenaBytes)
+        try call(preparer.name, params: params, state: state, io: io.pointer, arena: arena.pointer)
+    }
+
     /// Calls an entry point with the four buffers; `kernels` may be the
     /// profiling table (`ddp_profiling_kernel_table()`).
     public func call(_ name: String, params: UnsafeMutableRawPointer, state: UnsafeMutableRawPointer,

@@ -23,6 +23,9 @@ public struct CompileOptions {
     public var dataParallel = false
     /// How convolutions are computed (select-conv-algorithm's mode).
     public var convAlgorithm: SelectConvAlgorithm.Mode = .auto
+    /// Rows of the GEMM panels prepare-weights packs filters for; nil: this
+    /// machine's micro-kernel's (tests choose others).
+    public var panelRows: Int?
     /// Where the model came from (file path, zoo name), for the manifest.
     public var source = ""
     public init() {}
@@ -51,7 +54,9 @@ public enum CompileDriver {
         recoverInterruptedInstall(of: output)
         var module = module
         let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer, dataParallel: options.dataParallel,
-                                                   convAlgorithm: options.convAlgorithm), options: options.passOptions)
+                                                   convAlgorithm: options.convAlgorithm,
+                                                   panelRows: options.panelRows ?? Int(ddp_gemm_panel_rows())),
+                                  options: options.passOptions)
         let passStart = Date()
         try manager.run(&module)
         let passSeconds = Date().timeIntervalSince(passStart)
@@ -156,10 +161,11 @@ public enum CompileDriver {
     /// merges rematerialize's copies back into their originals, and the
     /// copies chosen again from that start differ.
     static func pipeline(for module: Module, optimizer: AdamOptimizer?, dataParallel: Bool = false,
-                         convAlgorithm: SelectConvAlgorithm.Mode = .auto) throws -> [any Pass] {
+                         convAlgorithm: SelectConvAlgorithm.Mode = .auto, panelRows: Int) throws -> [any Pass] {
         let compiled = module.functions.filter(isCompiledStep).map { "@" + $0.name }
         guard !compiled.isEmpty else {
-            return PassManager.standardPipeline(optimizer: optimizer, dataParallel: dataParallel, convAlgorithm: convAlgorithm)
+            return PassManager.standardPipeline(optimizer: optimizer, dataParallel: dataParallel, convAlgorithm: convAlgorithm,
+                                                panelRows: panelRows)
         }
         if dataParallel, !module.functions.contains(where: { $0.nodes.contains { $0.op == "allreduce" } }) {
             throw RuntimeError("--data-parallel: the module's training steps (\(compiled.joined(separator: ", "))) are compiled already, without allreduce; compile the model itself (its .swift file or zoo name) with --data-parallel")

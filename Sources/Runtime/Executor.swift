@@ -46,8 +46,10 @@ public final class Executor {
         return outputs
     }
 
-    /// An entry point with its inputs written and its buffers allocated, to be
-    /// called again and again with nothing else done per call (benchmarks).
+    /// An entry point with its inputs written, its buffers allocated and its
+    /// weights prepared (`LoadedModule.prepareWeights`), to be called again
+    /// and again with nothing else done per call (benchmarks) while the
+    /// weights stay as they are.
     public final class PreparedCall {
         let executor: Executor
         public let layout: BufferLayout.Entry
@@ -69,6 +71,7 @@ public final class Executor {
 
     public func prepare(_ entry: String, inputs: [String: HostTensor]) throws -> PreparedCall {
         guard let layout = artifact.manifest.layout.entry(entry) else { throw RuntimeError("no entry point \(entry)") }
+        try module.prepareWeights(for: entry, params: store.params.pointer, state: store.state.pointer)
         let call = PreparedCall(executor: self, layout: layout)
         for slot in layout.inputs {
             guard let tensor = inputs[slot.name] else { throw RuntimeError("entry \(entry) needs input \"\(slot.name)\"") }

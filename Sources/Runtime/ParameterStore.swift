@@ -56,7 +56,7 @@ public final class ParameterStore {
         for slot in layout.params {
             try file.set(slot.name, values: Array(params.floats(at: slot.offset, count: slot.shape.reduce(1, *))), shape: slot.shape)
         }
-        for slot in layout.state {
+        for slot in layout.state where !PreparedWeights.isPrepared(slot.name) { // derived from the weights, for this CPU
             try file.set(slot.name, values: Array(state.floats(at: slot.offset, count: slot.shape.reduce(1, *))), shape: slot.shape)
         }
         return file
@@ -74,7 +74,8 @@ public final class ParameterStore {
     public func load(_ file: SafetensorsFile, from path: String,
                      allowMissing: (String) -> Bool = { _ in false }) throws -> LoadReport {
         var report = LoadReport()
-        let slots = layout.params.map { ($0, params) } + layout.state.map { ($0, state) }
+        // Prepared state is computed from the weights, never loaded.
+        let slots = layout.params.map { ($0, params) } + layout.state.filter { !PreparedWeights.isPrepared($0.name) }.map { ($0, state) }
         for (slot, buffer) in slots {
             guard file.names.contains(slot.name) else {
                 report.missing.append(slot.name)

@@ -39,7 +39,10 @@ struct Inspect: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let manifest = try Artifact(directory: URL(fileURLWithPath: artifact)).manifest
-            let layout = manifest.layout
+            var layout = manifest.layout
+            // Preparers (prepare_infer) are named on the line of the entry point they prepare for.
+            let preparers = Set(layout.entries.compactMap(\.preparedBy))
+            layout.entries.removeAll { preparers.contains($0.name) }
             let uses = layout.entries.map(Self.uses)
             let nameWidth = max(40, (layout.params.map(\.name.count).max() ?? 0) + 2)
             func pad(_ text: String, _ width: Int) -> String { text.padding(toLength: max(width, text.count + 1), withPad: " ", startingAt: 0) }
@@ -62,7 +65,8 @@ struct Inspect: ParsableCommand {
                 if sum(.train) > 0 { parts.append("trains \(sum(.train))") }
                 if sum(.frozen) > 0 { parts.append("frozen \(sum(.frozen))") }
                 if sum(.read) > 0 { parts.append("reads \(sum(.read))") }
-                print("entry \(entry.name): \(parts.joined(separator: ", ")); inputs \(entry.inputs.map(\.name).joined(separator: ", ")); arena \(entry.arenaBytes) bytes")
+                let prepared = entry.preparedBy.map { "; weights prepared by \($0)" } ?? ""
+                print("entry \(entry.name): \(parts.joined(separator: ", ")); inputs \(entry.inputs.map(\.name).joined(separator: ", ")); arena \(entry.arenaBytes) bytes\(prepared)")
             }
             if manifest.dataParallel == true {
                 print("data-parallel: batch \(manifest.batch) per process; `mpirun -np N ddepc train` trains on N × \(manifest.batch)")

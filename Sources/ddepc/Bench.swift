@@ -7,8 +7,9 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Time an artifact's entry points against this machine's measured FMA peak.",
         discussion: """
-            Each entry point runs on synthetic inputs with its buffers allocated once; the timed calls are the \
-            compiled step alone. GFLOP/s counts convolution and matmul work only, as a direct convolution \
+            Each entry point runs on synthetic inputs with its buffers allocated once and its weights prepared \
+            once (prepare_infer, as ddepc eval and predict do; it is timed as an entry point of its own); the \
+            timed calls are the compiled step alone. GFLOP/s counts convolution and matmul work only, as a direct convolution \
             does it (a Winograd convolution does less, so its rate is an effective one and can pass the peak), \
             and is compared with the fp32 FMA peak measured on the spot at the kernels' ISA and thread count. \
             Without an artifact, only the peaks are measured.

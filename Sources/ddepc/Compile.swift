@@ -121,8 +121,8 @@ struct Compile: ParsableCommand {
             guard !module.functions.isEmpty else {
                 throw RuntimeError("\(model) holds no functions; a .ddir file defines at least one `func @name(...) { ... }`")
             }
-            if let silent = module.functions.first(where: { $0.outputs.isEmpty }) {
-                throw RuntimeError("\(model): @\(silent.name) returns nothing, so its entry point would compute nothing; end it with `return %N as \"name\"`")
+            if let silent = module.functions.first(where: { $0.outputs.isEmpty && $0.updates.isEmpty }) {
+                throw RuntimeError("\(model): @\(silent.name) returns and updates nothing, so its entry point would compute nothing; end it with `return %N as \"name\"`")
             }
             // The file is checked as written: a declared type the op does not
             // produce is an error at its line, not silently re-inferred.

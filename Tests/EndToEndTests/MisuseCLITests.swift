@@ -386,7 +386,7 @@ final class MisuseCLITests: XCTestCase {
             ("twice.ddir", header + "  %1 = exp(%0) : f32[1,3,8,8]\n  return %1 as \"logits\"\n}\n",
              "twice.ddir:3: error: in @infer: value %1 is defined twice"),
             ("empty.ddir", "// nothing here\n", "empty.ddir holds no functions"),
-            ("silent.ddir", header + "}\n", "silent.ddir: @infer returns nothing"),
+            ("silent.ddir", header + "}\n", "silent.ddir: @infer returns and updates nothing"),
         ]
         for (name, text, expected) in cases {
             try write(text, to: name)

@@ -37,11 +37,11 @@ final class PassManagerTests: XCTestCase {
         let pipeline = PassManager.standardPipeline()
         XCTAssertEqual(pipeline.map(\.name), ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce",
                                               "batch-norm-from-moments", "fuse-elementwise", "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue",
-                                              "fuse-concat", "select-conv-algorithm", "dce", "rematerialize", "group-loops", "plan-memory"])
+                                              "fuse-concat", "select-conv-algorithm", "prepare-weights", "dce", "rematerialize", "group-loops", "plan-memory"])
         let dataParallel = PassManager.standardPipeline(dataParallel: true)
         XCTAssertEqual(dataParallel.map(\.name), ["infer-shapes", "sync-batch-norm", "autodiff", "allreduce-gradients", "optimizer",
                                                   "fold-constants", "cse", "dce", "batch-norm-from-moments", "fuse-elementwise", "fuse-reductions",
-                                                  "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "dce", "rematerialize",
+                                                  "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights", "dce", "rematerialize",
                                                   "group-loops", "plan-memory"])
         XCTAssertEqual(Set(PassManager.knownPassNames), Set(dataParallel.map(\.name)))
         XCTAssertEqual(Set(passesByName.keys), Set(PassManager.knownPassNames), "the tests know every pass")
@@ -51,11 +51,11 @@ final class PassManagerTests: XCTestCase {
         let (_, records, module) = try run(pipeline) { _ in }
         XCTAssertEqual(records.map(\.name), pipeline.map(\.name))
         // This step has no convolution, batch norm nor concatenation: batch-norm-from-moments, fuse-norm-activation,
-        // fuse-conv-epilogue, fuse-concat and select-conv-algorithm find nothing,
+        // fuse-conv-epilogue, fuse-concat, select-conv-algorithm and prepare-weights find nothing,
         // and fuse-elementwise and fuse-reductions remove what they absorb, so the last DCE has
         // nothing to do; nothing is worth recomputing; group-loops puts the optimizer's step into one loop.
         XCTAssertEqual(records.map(\.changed), [false, true, true, true, true, true, false, true, true, false, false, false, false, false,
-                                                 false, true, true])
+                                                 false, false, true, true])
         XCTAssertEqual(records.last?.nodesAfter, module.functions[0].nodes.count)
         XCTAssertNotNil(module.functions[0].arenaBytes)
         XCTAssertNotNil(module.functions[0].argument(named: "opt.m.w"))
@@ -78,7 +78,7 @@ final class PassManagerTests: XCTestCase {
         XCTAssertEqual(occurrences(of: "IR after", in: all), pipeline.count)
         XCTAssertEqual(occurrences(of: "IR after dce -----", in: all), 2, "a pass that runs twice prints twice")
         // infer-shapes finds nothing to fix in built IR, nor batch-norm-from-moments and
-        // fuse-norm-activation a batch norm, nor fuse-conv-epilogue and select-conv-algorithm a convolution, nor
+        // fuse-norm-activation a batch norm, nor fuse-conv-epilogue, select-conv-algorithm and prepare-weights a convolution, nor
         // fuse-concat a concatenation, nor the last DCE anything dead, nor
         // rematerialize anything to recompute: with
         // printAfterChange they stay quiet.
@@ -86,7 +86,7 @@ final class PassManagerTests: XCTestCase {
             $0.printAfter = ["all"]
             $0.printAfterChange = true
         }
-        XCTAssertEqual(occurrences(of: "IR after", in: changed), pipeline.count - 8)
+        XCTAssertEqual(occurrences(of: "IR after", in: changed), pipeline.count - 9)
         XCTAssertFalse(changed.contains("IR after infer-shapes"))
         XCTAssertFalse(changed.contains("IR after fuse-conv-epilogue"))
         let (quiet, _, _) = try run([InferShapes()]) {

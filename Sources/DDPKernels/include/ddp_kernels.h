@@ -48,6 +48,14 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    dilation 1, one group, padding ≤ 2 (DDP_ERR_ARGS otherwise): Winograd
 //                    F(m×m, 3×3), see ddp_winograd.c.
 // conv2d_grad_input_winograd  as conv2d_grad_input, ia followed by m; geometries as above.
+// winograd_filters   bufs [w, u]         ia [O, C, m, p]
+//                    u = the filters w[O,C,3,3] transformed for F(m×m, 3×3), (m+2)² planes
+//                    U[ξ] (O × C) each packed for the GEMM in row panels of p rows
+//                    (1 ≤ p ≤ 16): the layout ddp_gemm_pack_a writes, rows padded with
+//                    zeros to a multiple of p; (m+2)²·⌈O/p⌉·p·C floats.
+// conv2d_winograd_prepacked   as conv2d_winograd, ia followed by p: w is winograd_filters'
+//                    u for panels of p rows. Where p is not the chosen ISA's (12 with
+//                    AVX-512, 6 with AVX2) u is repacked for it on each call.
 // conv2d_grad_weight_winograd as conv2d_grad_weight, ia followed by m; geometries as above.
 // matmul             bufs [a, b, c]      ia [batch, M, K, N, a_batch_stride, b_batch_stride, trans_a, trans_b]
 //                    for each batch i: c[i] (M×N, contiguous) = op(a_i) · op(b_i), where
@@ -151,7 +159,7 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(random_normal) X(parallel_loop) X(allreduce) \
     X(allreduce_start) X(allreduce_wait) \
     X(conv2d_winograd) X(conv2d_grad_input_winograd) X(conv2d_grad_weight_winograd) \
-    X(reduce_loop) X(lend_scratch)
+    X(reduce_loop) X(lend_scratch) X(winograd_filters) X(conv2d_winograd_prepacked)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,
@@ -228,6 +236,9 @@ int ddp_parallel_threads(void);
 void ddp_set_thread_limit(int threads);
 /// The vector ISA the GEMM micro-kernels run: "avx512" or "avx2" (DDEPC_ISA=avx2 forces it).
 const char *ddp_gemm_isa(void);
+/// Rows of the GEMM micro-kernel's panels at that ISA: what winograd_filters
+/// should pack for.
+int ddp_gemm_panel_rows(void);
 /// Chooses the micro-kernels' ISA: "avx2", "avx512" (where the CPU has it) or
 /// "native" (the widest); returns 0 when this CPU cannot run it.
 int ddp_set_isa(const char *name);

@@ -123,15 +123,37 @@ public enum FusedConvOps {
     /// The call of conv kernel `name` (im2col or Winograd, by `algorithm`)
     /// with the node's epilogue: the operands after %x, %w in the kernel's
     /// order, its flags after the geometry; `transformed` is the shape of
-    /// the filters a Winograd kernel transforms into its scratch.
+    /// the filters a Winograd kernel transforms into its scratch. Filters
+    /// packed ahead (`prepacked`) take no scratch.
     static func kernelCall(_ name: String, _ geometry: ConvOps.Geometry, operands: [TensorType], result: TensorType,
-                           attrs: Attributes, transformed: (rows: Int, columns: Int)) throws -> KernelCall {
+                           attrs: Attributes, transformed: (rows: Int, columns: Int),
+                           prepacked: WinogradFilterOps.Layout? = nil) throws -> KernelCall {
         let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
         let tile = try ConvOps.winogradTile(attrs, geometry)
-        return KernelCall(ConvOps.kernel(name, tile: tile),
+        return KernelCall(ConvOps.kernel(name, tile: tile) + (prepacked == nil ? "" : "_prepacked"),
                           [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
-                          ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile),
-                          scratchFloats: ConvOps.winogradScratchFloats(tile: tile, rows: transformed.rows, columns: transformed.columns))
+                          ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile) + (prepacked.map { [$0.panel] } ?? []),
+                          scratchFloats: prepacked != nil ? 0
+                              : ConvOps.winogradScratchFloats(tile: tile, rows: transformed.rows, columns: transformed.columns))
+    }
+
+    /// fused_conv2d's geometry, and with a `panel` attribute the layout of
+    /// the packed filters (winograd_filters' value) it reads as %w, whose
+    /// shape [O,C,3,3] `weight_shape` then gives.
+    static func forwardGeometry(_ operands: [TensorType], _ attrs: Attributes) throws -> (ConvOps.Geometry, prepacked: WinogradFilterOps.Layout?) {
+        guard attrs[WinogradFilterOps.panelKey] != nil else {
+            return (try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs), nil)
+        }
+        let weight = try attrs.ints("weight_shape")
+        let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: weight, attrs: attrs)
+        guard try ConvOps.winogradTile(attrs, geometry) != nil else {
+            throw IRError("panel=: only a Winograd convolution reads packed filters; this one has no algorithm")
+        }
+        let layout = try WinogradFilterOps.Layout(weight: weight, attrs: attrs)
+        guard operands[1].shape == [layout.floats] else {
+            throw IRError("packed filters for \(weight) with panel \(layout.panel) are \(layout.floats) floats (winograd_filters' value); %w is \(operands[1].shape)")
+        }
+        return (geometry, layout)
     }
 
     /// max(conv·scale + shift + residual, 0), in an example's operand order.
@@ -140,25 +162,28 @@ public enum FusedConvOps {
 
     public static let all: [OpSpec] = [
         OpSpec(name: "fused_conv2d",
-               doc: "%y = fused_conv2d(%x, %w, %e1, ...) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0)}: conv2d, then the epilogue on each output element",
+               doc: "%y = fused_conv2d(%x, %w, %e1, ...) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0)}: conv2d, then the epilogue on each output element; with {panel=p, weight_shape=[O,C,3,3]} and a Winograd algorithm, %w is winograd_filters' packed value",
                arity: 2...6, requiredAttributes: ["epilogue"],
                inferType: { operands, attrs in
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
-                   let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
+                   let (geometry, _) = try forwardGeometry(operands, attrs)
                    _ = try epilogue(operands, output: geometry.outputShape, attrs: attrs)
                    _ = try ConvOps.winogradTile(attrs, geometry)
                    return operands[0].with(shape: geometry.outputShape)
                },
                evaluate: { operands, attrs, type in
-                   let conv = try ConvOps.evaluate(operands[0], operands[1], attrs: attrs, type: type)
+                   // Packed filters are the filters they were made from, G·g·Gᵀ undone.
+                   let (_, prepacked) = try forwardGeometry(operands.map(\.type), attrs)
+                   let w = prepacked.map { WinogradFilterOps.unpack(operands[1], $0) } ?? operands[1]
+                   let conv = try ConvOps.evaluate(operands[0], w, attrs: attrs, type: type)
                    return evaluateElementwise(try attrs.expr("epilogue"), [conv] + operands.dropFirst(2), type)
                },
                // Formed after autodiff: nothing differentiates it.
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
-                   let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
+                   let (geometry, prepacked) = try forwardGeometry(operands, attrs)
                    return [try kernelCall("conv2d", geometry, operands: operands, result: result, attrs: attrs,
-                                          transformed: (rows: geometry.o, columns: geometry.c))]
+                                          transformed: (rows: geometry.o, columns: geometry.c), prepacked: prepacked)]
                },
                examples: [
                    // conv → batch norm (folded to scale and shift) → ReLU
@@ -177,7 +202,10 @@ public enum FusedConvOps {
                     ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["epilogue": .expr(residualReLU)])),
                ],
                // The epilogue's few operations per element are not counted.
-               flops: { operands, result, _ in ConvOps.macs(output: result.shape, weight: operands[1].shape) }),
+               flops: { operands, result, attrs in
+                   let weight = (try? forwardGeometry(operands, attrs))?.0.weightShape ?? operands[1].shape
+                   return ConvOps.macs(output: result.shape, weight: weight)
+               }),
 
         OpSpec(name: "fused_conv2d_grad_input",
                doc: "%dx = fused_conv2d_grad_input(%dy, %w, %e1, ...) {<conv2d_grad_input's>, epilogue=mul(in0, gt(in1, 0.0))}: conv2d_grad_input, then the epilogue on each element of dx",

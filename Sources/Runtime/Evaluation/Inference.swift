@@ -54,6 +54,7 @@ public final class InferenceSession {
             notes.append("\(checkpoint.lastPathComponent) is a \(mode) pretraining checkpoint: its segmentation head was never trained")
         }
         try store.load(file, from: checkpoint.path, allowMissing: { $0.hasPrefix("opt.") })
+        try module.prepareWeights(for: entry.name, params: store.params.pointer, state: store.state.pointer) // the weights stay as loaded
         io = AlignedBuffer(byteCount: entry.ioBytes)
         arena = AlignedBuffer(byteCount: entry.arenaBytes)
     }
