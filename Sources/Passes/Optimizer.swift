@@ -8,25 +8,36 @@ import IR
 ///
 /// The step-dependent scalars are inputs so one compiled step serves every
 /// iteration: `lr`, `bc1` = 1/(1−β₁ᵗ), `bc2` = 1/(1−β₂ᵗ), `weight_decay`
-/// (decoupled, AdamW), `l2` (coupled, classic Adam: g ← g + l2·p) and
-/// `clip_norm` (> 0: gradients are scaled so their global L2 norm is at most
-/// clip_norm, as torch.nn.utils.clip_grad_norm_; ≤ 0: no clipping). An input
-/// left at 0 disables its feature. The global gradient norm (before
-/// clipping) is returned as the output `grad_norm`.
+/// (decoupled, AdamW), `l2` (coupled, classic Adam: g ← g + l2·p) and, when
+/// compiled with `clipping`, `clip_norm` (> 0: gradients are scaled so their
+/// global L2 norm is at most clip_norm, as torch.nn.utils.clip_grad_norm_;
+/// ≤ 0: no clipping). An input left at 0 disables its feature. The global
+/// gradient norm (before clipping) is returned as the output `grad_norm`.
+///
+/// Clipping is a compile-time choice because of what it holds: the scale
+/// depends on every gradient, so no weight can be updated before the whole
+/// backward pass is done, and every gradient (the model's size, 421 MB for
+/// TransUNet) stays in the arena until then. Without it, schedule-updates
+/// updates each weight as soon as its gradient is complete.
 /// Moments are state arguments `opt.m.<param>` / `opt.v.<param>`.
 public struct AdamOptimizer: Pass {
     public static let name = "optimizer"
     public var beta1 = 0.9
     public var beta2 = 0.999
     public var epsilon = 1e-8
+    /// Whether the step takes `clip_norm` and scales its gradients by it.
+    public var clipping = false
 
-    public init(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8) {
+    public init(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8, clipping: Bool = false) {
         self.beta1 = beta1
         self.beta2 = beta2
         self.epsilon = epsilon
+        self.clipping = clipping
     }
 
-    public static let inputNames = ["lr", "bc1", "bc2", "weight_decay", "l2", "clip_norm"]
+    /// The scalar inputs of every optimized step; `clipNormName` too with clipping.
+    public static let inputNames = ["lr", "bc1", "bc2", "weight_decay", "l2"]
+    public static let clipNormName = "clip_norm"
 
     public func run(_ module: inout Module) throws -> Bool {
         var changed = false
@@ -54,7 +65,7 @@ public struct AdamOptimizer: Pass {
             guard let param = function.argument(named: name) else { throw IRError("gradient of unknown parameter \"\(name)\"") }
             return (param, b.value(output.value))
         }
-        // Global norm ‖g‖ over every gradient, and the clipping factor
+        // Global norm ‖g‖ over every gradient, and with clipping the factor
         // min(1, clip/(‖g‖ + 1e-6)) when clip_norm > 0.
         var squares: Value?
         for (_, g) in params {
@@ -62,14 +73,17 @@ public struct AdamOptimizer: Pass {
             squares = try squares.map { try b.add($0, sum) } ?? sum
         }
         let norm = try b.unary("sqrt", squares!)
-        let clip = inputs["clip_norm"]!
-        let ratio = try b.div(clip, try b.add(norm, try b.constant(1e-6)))
-        let one = try b.constant(1)
-        let scale = try b.select(clip, try b.emit("minimum", [one, ratio]), one)
+        var scale: Value?
+        if clipping {
+            let clip = b.argument(Self.clipNormName, scalar, role: .input)
+            let ratio = try b.div(clip, try b.add(norm, try b.constant(1e-6)))
+            let one = try b.constant(1)
+            scale = try b.select(clip, try b.emit("minimum", [one, ratio]), one)
+        }
 
         for (param, rawGrad) in params {
             let p = b.value(param.id)
-            let g = try b.add(try b.mul(rawGrad, scale), try b.mul(inputs["l2"]!, p))
+            let g = try b.add(try scale.map { try b.mul(rawGrad, $0) } ?? rawGrad, try b.mul(inputs["l2"]!, p))
             let m = b.argument("opt.m." + param.name, param.type, role: .state, initRule: .zeros)
             let v = b.argument("opt.v." + param.name, param.type, role: .state, initRule: .zeros)
             let newM = try b.add(try b.mul(beta1, m), try b.mul(oneMinusBeta1, g))

@@ -278,7 +278,7 @@ public final class Trainer {
             throw RuntimeError("--optimizer adam with --weight-decay adds the decay to the gradient (L2), but \(step) only has decoupled (AdamW) weight decay; use --optimizer adamw, or --weight-decay 0")
         }
         if options.clipGradNorm != nil && input("clip_norm") == nil {
-            throw RuntimeError("--clip-grad-norm needs a step compiled with gradient-norm clipping (an input clip_norm); \(step) of this artifact has none, so gradients cannot be clipped. Drop --clip-grad-norm")
+            throw RuntimeError("--clip-grad-norm needs a step compiled with gradient-norm clipping (an input clip_norm); \(step) of this artifact has none, so gradients cannot be clipped. Recompile the artifact with `ddepc compile --gradient-clipping` (its steps then hold every gradient until the update), or drop --clip-grad-norm")
         }
         if options.mode.isDenoising {
             guard input("target_noise") != nil, input("target_image") != nil else {

@@ -60,6 +60,8 @@ struct Compile: ParsableCommand {
     var dataParallel = false
     @Option(name: .customLong("conv-algorithm"), help: "How 3×3 stride-1 convolutions are computed: auto (Winograd F(4×4,3×3) or F(2×2,3×3) where it is faster; F(4×4) rounds to about 1e-5 of the output's magnitude), direct (im2col + GEMM everywhere), winograd (F(4×4,3×3) wherever it applies).")
     var convAlgorithm: SelectConvAlgorithm.Mode = .auto
+    @Flag(name: .customLong("gradient-clipping"), help: "Training steps that can clip the global gradient norm (`ddepc train --clip-grad-norm`). They hold every gradient until the backward pass ends; without clipping each weight is updated as soon as its gradient is complete.")
+    var gradientClipping = false
     @Flag(name: .customLong("no-verify"), help: "Do not run the verifier after every pass.") var noVerify = false
     @Option(name: .customLong("model-timeout"), help: "Seconds a model file (.swift) may take to build its model before it is stopped.")
     var modelTimeout = ModelFileEvaluator.defaultTimeout
@@ -89,6 +91,7 @@ struct Compile: ParsableCommand {
             options.source = model
             options.dataParallel = dataParallel
             options.convAlgorithm = convAlgorithm
+            options.optimizer?.clipping = gradientClipping
             options.passOptions.printAfter = Set(printIRAfter)
             options.passOptions.printAfterChange = printIRAfterChange
             options.passOptions.dumpDirectory = irDumpDir.map { URL(fileURLWithPath: $0) }

@@ -138,7 +138,7 @@ final class TrainingCLITests: XCTestCase {
     func testTrainingOptionsAreHonouredOrRefused() throws {
         let images = ["--images", "Examples/data/images", "--steps", "2"]
         let honoured: [[String]] = [
-            ["--gamma-schedule", "uniform"], ["--target", "x"], ["--clip-grad-norm", "0.5"],
+            ["--gamma-schedule", "uniform"], ["--target", "x"],
             ["--optimizer", "adam", "--weight-decay", "0.01"], ["--noise", "simple", "--sigma", "0.3"],
         ]
         for (index, options) in honoured.enumerated() {
@@ -156,6 +156,8 @@ final class TrainingCLITests: XCTestCase {
             (["--mode", "finetune", "--images", "Examples/data/images"], "use --data DIR"),
             (["--steps", "5", "--epochs", "1"] + ["--images", "Examples/data/images"], "not both"),
             (["--gamma-schedule", "uniform", "--noise", "simple"] + images, "use it with --noise scaled"),
+            // Clipping is compiled in or not (below).
+            (["--clip-grad-norm", "0.5"] + images, "ddepc compile --gradient-clipping"),
         ]
         for (arguments, expected) in cases {
             let result = try ddepc(["train", Self.artifact] + arguments + ["--out", path("refused")])
@@ -163,6 +165,13 @@ final class TrainingCLITests: XCTestCase {
             XCTAssertTrue(result.stderr.contains(expected), "\(arguments): \(result.stderr)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("refused") + "/checkpoints"))
+
+        // Steps compiled with clipping clip.
+        let clipping = path("clipping.ddepc")
+        let compiled = try ddepc(["compile", "unet-small", "-o", clipping, "--batch", "2", "--size", "32", "--classes", "3", "--gradient-clipping"])
+        XCTAssertEqual(compiled.status, 0, compiled.all)
+        let clipped = try ddepc(["train", clipping, "--clip-grad-norm", "0.5"] + images + ["--out", path("clipped")])
+        XCTAssertEqual(clipped.status, 0, clipped.all)
 
         // A labeled set whose class count differs from the artifact's head.
         let four = path("four-classes")

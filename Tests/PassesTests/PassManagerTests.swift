@@ -37,11 +37,11 @@ final class PassManagerTests: XCTestCase {
         let pipeline = PassManager.standardPipeline()
         XCTAssertEqual(pipeline.map(\.name), ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce",
                                               "batch-norm-from-moments", "fuse-elementwise", "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue",
-                                              "fuse-concat", "select-conv-algorithm", "prepare-weights", "dce", "rematerialize", "group-loops", "plan-memory"])
+                                              "fuse-concat", "select-conv-algorithm", "prepare-weights", "schedule-updates", "dce", "rematerialize", "group-loops", "plan-memory"])
         let dataParallel = PassManager.standardPipeline(dataParallel: true)
         XCTAssertEqual(dataParallel.map(\.name), ["infer-shapes", "sync-batch-norm", "autodiff", "allreduce-gradients", "optimizer",
                                                   "fold-constants", "cse", "dce", "batch-norm-from-moments", "fuse-elementwise", "fuse-reductions",
-                                                  "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights", "dce", "rematerialize",
+                                                  "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights", "schedule-updates", "dce", "rematerialize",
                                                   "group-loops", "plan-memory"])
         XCTAssertEqual(Set(PassManager.knownPassNames), Set(dataParallel.map(\.name)))
         XCTAssertEqual(Set(passesByName.keys), Set(PassManager.knownPassNames), "the tests know every pass")
@@ -53,9 +53,10 @@ final class PassManagerTests: XCTestCase {
         // This step has no convolution, batch norm nor concatenation: batch-norm-from-moments, fuse-norm-activation,
         // fuse-conv-epilogue, fuse-concat, select-conv-algorithm and prepare-weights find nothing,
         // and fuse-elementwise and fuse-reductions remove what they absorb, so the last DCE has
-        // nothing to do; nothing is worth recomputing; group-loops puts the optimizer's step into one loop.
+        // nothing to do; schedule-updates moves each weight's update up to its gradient; nothing is worth
+        // recomputing; group-loops puts the optimizer's step into one loop.
         XCTAssertEqual(records.map(\.changed), [false, true, true, true, true, true, false, true, true, false, false, false, false, false,
-                                                 false, false, true, true])
+                                                 true, false, false, true, true])
         XCTAssertEqual(records.last?.nodesAfter, module.functions[0].nodes.count)
         XCTAssertNotNil(module.functions[0].arenaBytes)
         XCTAssertNotNil(module.functions[0].argument(named: "opt.m.w"))

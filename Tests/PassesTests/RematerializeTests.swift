@@ -273,7 +273,8 @@ final class RematerializeTests: XCTestCase {
                 _ = Rematerialize().rematerialize(&function, policy: policy)
                 return PlanMemory.liveness(of: function).peak.bytes
             }
-            XCTAssertEqual(PlanMemory.liveness(of: new).peak.bytes, peaks.min(), "@\(old.name): \(peaks)")
+            // At most the better policy's first round (later rounds may find more).
+            XCTAssertLessThanOrEqual(PlanMemory.liveness(of: new).peak.bytes, peaks.min()!, "@\(old.name): \(peaks)")
             differ = differ || Set(peaks).count > 1
             try checkCopiesAreOriginals(old, new)
         }
