@@ -89,8 +89,8 @@ public struct ScheduleUpdates: Pass {
             var derived = readers.indices.filter { !moving[$0] && function.nodes[$0].operands.contains(update.target) }
             var seen = Set(derived)
             while let i = derived.popLast() {
+                guard Self.movable(function.nodes[i]) else { continue } // its own read of the weight is counted
                 last = max(last, lastStayingRead[root[function.nodes[i].id] ?? function.nodes[i].id] ?? -1)
-                guard Self.movable(function.nodes[i]) else { continue }
                 for r in readers[i] where !moving[r] && seen.insert(r).inserted { derived.append(r) }
             }
             neededUntil[update.target] = last
