@@ -50,23 +50,21 @@ public struct PrepareWeights: Pass {
             let node = function.nodes[n]
             guard node.op == "fused_conv2d", node.attrs[WinogradFilterOps.panelKey] == nil, node.operands.count >= 2,
                   let weight = weights[node.operands[1]], case .string(let algorithm)? = node.attrs[ConvOps.Algorithm.key] else { continue }
-            var attrs: Attributes = [ConvOps.Algorithm.key: .string(algorithm), WinogradFilterOps.panelKey: .int(panelRows)]
             let stateName = "\(PreparedWeights.statePrefix)\(weight.name).\(algorithm).p\(panelRows)"
             if prepared[stateName] == nil {
                 let w = preparerWeights[weight.id] ?? preparer.argument(weight.name, weight.type, role: weight.role, initRule: weight.initRule)
                 preparerWeights[weight.id] = w
-                let packed = try preparer.emit("winograd_filters", [w], attrs, loc: node.loc)
+                let packed = try preparer.emit("winograd_filters", [w], [ConvOps.Algorithm.key: .string(algorithm),
+                                                                         WinogradFilterOps.panelKey: .int(panelRows)], loc: node.loc)
                 let target = preparer.argument(stateName, packed.type, role: .state, initRule: .zeros)
                 preparer.update(target, with: packed)
                 function.args.append(Argument(id: nextID, type: packed.type, role: .state, name: stateName, initRule: .zeros))
                 prepared[stateName] = nextID
                 nextID += 1
             }
-            attrs = node.attrs
-            attrs[WinogradFilterOps.panelKey] = .int(panelRows)
-            attrs["weight_shape"] = .ints(weight.type.shape)
             function.nodes[n].operands[1] = prepared[stateName]!
-            function.nodes[n].attrs = attrs
+            function.nodes[n].attrs[WinogradFilterOps.panelKey] = .int(panelRows)
+            function.nodes[n].attrs["weight_shape"] = .ints(weight.type.shape)
         }
         return prepared.isEmpty ? nil : preparer.function
     }
