@@ -252,7 +252,7 @@ final class RematerializeTests: XCTestCase {
             // CHECK-NEXT: %13 = mul(%12, %17) : f32[2,16,16]
             """, peaks: (4 * 2048, 3 * 2048 + 64), why: ("%6, %7, %8 and %9 at sigmoid", "%6 is dead by then, the scale held for its copy"))
         // A product over a wide dimension costs more than it holds: kept.
-        var wide = try Parser.parse(source.replacingOccurrences(of: "[2,16,8]", with: "[2,16,128]"))
+        var wide = try Parser.parse(source.replacingOccurrences(of: "[2,16,8]", with: "[2,16,256]"))
         XCTAssertEqual(try runPasses([Rematerialize.name], on: &wide), [false])
     }
 
