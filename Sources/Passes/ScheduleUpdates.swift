@@ -19,8 +19,9 @@ import IR
 /// that stays where it is: its operands' producers and, for the node writing
 /// a weight or moment, every other reader of the old value (so plan-memory
 /// still computes it in place) and of loops computed from it (so
-/// rematerialize can still compute those again). Kernels stay where they are (a weight
-/// gradient's product or convolution, the data-parallel gradient exchange).
+/// rematerialize can still compute those again). Kernels stay where they
+/// are (a weight gradient's product or convolution, the data-parallel
+/// gradient exchange).
 /// Moved nodes keep their order among themselves, so the order stays
 /// topological and the values the same; one that reads only arguments goes
 /// with its first reader.
