@@ -35,6 +35,11 @@ public struct AdamOptimizer: Pass {
         self.clipping = clipping
     }
 
+    /// The output holding the global gradient norm.
+    public static let gradNormName = "grad_norm"
+    /// The prefix of the moments' state arguments.
+    public static let statePrefix = "opt."
+
     /// The scalar inputs of every optimized step; `clipNormName` too with clipping.
     public static let inputNames = ["lr", "bc1", "bc2", "weight_decay", "l2"]
     public static let clipNormName = "clip_norm"
@@ -84,8 +89,8 @@ public struct AdamOptimizer: Pass {
         for (param, rawGrad) in params {
             let p = b.value(param.id)
             let g = try b.add(try scale.map { try b.mul(rawGrad, $0) } ?? rawGrad, try b.mul(inputs["l2"]!, p))
-            let m = b.argument("opt.m." + param.name, param.type, role: .state, initRule: .zeros)
-            let v = b.argument("opt.v." + param.name, param.type, role: .state, initRule: .zeros)
+            let m = b.argument(Self.statePrefix + "m." + param.name, param.type, role: .state, initRule: .zeros)
+            let v = b.argument(Self.statePrefix + "v." + param.name, param.type, role: .state, initRule: .zeros)
             let newM = try b.add(try b.mul(beta1, m), try b.mul(oneMinusBeta1, g))
             let newV = try b.add(try b.mul(beta2, v), try b.mul(oneMinusBeta2, try b.mul(g, g)))
             let denominator = try b.add(try b.unary("sqrt", try b.mul(bc2, newV)), eps)
@@ -95,7 +100,7 @@ public struct AdamOptimizer: Pass {
             b.update(m, with: newM)
             b.update(v, with: newV)
         }
-        b.output(norm, name: "grad_norm")
+        b.output(norm, name: Self.gradNormName)
         b.setOutputs(b.function.outputs.filter { !$0.name.hasPrefix(Autodiff.gradientPrefix) })
         return b.function
     }

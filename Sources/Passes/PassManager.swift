@@ -85,7 +85,7 @@ public struct PassManager {
 
     /// The AVX-512 micro-kernel's panel rows; the compile driver passes the
     /// machine's own.
-    public static let defaultPanelRows = 12
+    public static let defaultPanelRows = ConvOps.widestPanelRows
 
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,

@@ -48,8 +48,9 @@ public struct PrepareWeights: Pass {
         var nextID = function.nextID
         for n in function.nodes.indices {
             let node = function.nodes[n]
-            guard node.op == "fused_conv2d", node.attrs[WinogradFilterOps.panelKey] == nil, node.operands.count >= 2,
-                  let weight = weights[node.operands[1]], case .string(let algorithm)? = node.attrs[ConvOps.Algorithm.key] else { continue }
+            // (A prepared convolution reads state, not a weight.)
+            guard node.op == "fused_conv2d", let weight = weights[node.operands[1]],
+                  case .string(let algorithm)? = node.attrs[ConvOps.Algorithm.key] else { continue }
             let stateName = "\(PreparedWeights.statePrefix)\(weight.name).\(algorithm).p\(panelRows)"
             if prepared[stateName] == nil {
                 let w = preparerWeights[weight.id] ?? preparer.argument(weight.name, weight.type, role: weight.role, initRule: weight.initRule)

@@ -36,9 +36,6 @@ public struct ScheduleUpdates: Pass {
         return changed
     }
 
-    /// The output the optimizer adds beside the loss.
-    static let gradNormName = "grad_norm"
-
     func schedule(_ function: inout Function) -> Bool {
         let count = function.nodes.count
         var position: [ValueID: Int] = [:]
@@ -46,21 +43,24 @@ public struct ScheduleUpdates: Pass {
         let args = Dictionary(uniqueKeysWithValues: function.args.map { ($0.id, $0) })
         func isOptimizerTarget(_ target: ValueID) -> Bool {
             guard let arg = args[target] else { return false }
-            return arg.role == .param || (arg.role == .state && arg.name.hasPrefix("opt."))
+            return arg.role == .param || (arg.role == .state && arg.name.hasPrefix(AdamOptimizer.statePrefix))
         }
         // The roots moved: weight and moment updates, and the gradient norm.
         var moving = [Bool](repeating: false, count: count)
         var pinned = Set<ValueID>()
         for update in function.updates where !isOptimizerTarget(update.target) { pinned.insert(update.value) }
-        for output in function.outputs where output.name != Self.gradNormName { pinned.insert(output.value) }
+        for output in function.outputs where output.name != AdamOptimizer.gradNormName { pinned.insert(output.value) }
         var roots = Set<Int>()
         for update in function.updates where isOptimizerTarget(update.target) { if let p = position[update.value] { roots.insert(p) } }
-        for output in function.outputs where output.name == Self.gradNormName { if let p = position[output.value] { roots.insert(p) } }
+        for output in function.outputs where output.name == AdamOptimizer.gradNormName { if let p = position[output.value] { roots.insert(p) } }
         guard !roots.isEmpty else { return false }
 
         var readers = [[Int]](repeating: [], count: count)
+        var argumentReaders: [ValueID: [Int]] = [:]
         for i in 0..<count {
-            for operand in Set(function.nodes[i].operands) { if let p = position[operand] { readers[p].append(i) } }
+            for operand in Set(function.nodes[i].operands) {
+                if let p = position[operand] { readers[p].append(i) } else { argumentReaders[operand, default: []].append(i) }
+            }
         }
         // Backwards: a loop or reshape moves with the nodes that alone read it.
         for i in stride(from: count - 1, through: 0, by: -1) {
@@ -87,7 +87,7 @@ public struct ScheduleUpdates: Pass {
         var neededUntil: [ValueID: Int] = [:]
         for update in function.updates where isOptimizerTarget(update.target) {
             var last = lastStayingRead[update.target] ?? -1
-            var derived = readers.indices.filter { !moving[$0] && function.nodes[$0].operands.contains(update.target) }
+            var derived = (argumentReaders[update.target] ?? []).filter { !moving[$0] }
             var seen = Set(derived)
             while let i = derived.popLast() {
                 guard Self.movable(function.nodes[i]) else { continue } // its own read of the weight is counted

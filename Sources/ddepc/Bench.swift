@@ -9,8 +9,8 @@ struct Bench: ParsableCommand {
         discussion: """
             Each entry point runs on synthetic inputs with its buffers allocated once and its weights prepared \
             once (prepare_infer, as ddepc eval and predict do; it is timed as an entry point of its own); the \
-            timed calls are the compiled step alone. GFLOP/s counts convolution and matmul work only, as a direct convolution \
-            does it (a Winograd convolution does less, so its rate is an effective one and can pass the peak), \
+            timed calls are the compiled step alone. GFLOP/s counts convolution and matmul work only, as a \
+            direct convolution does it (a Winograd convolution does less, so its rate is an effective one and can pass the peak), \
             and is compared with the fp32 FMA peak measured on the spot at the kernels' ISA and thread count. \
             Without an artifact, only the peaks are measured.
             """)

@@ -111,6 +111,10 @@ public enum ConvOps {
     static func kernel(_ name: String, tile: Int?) -> String { tile == nil ? name : name + "_winograd" }
     static func tileInts(_ tile: Int?) -> [Int] { tile.map { [$0] } ?? [] }
 
+    /// Rows of the GEMM micro-kernel's panels with AVX-512 (ddp_gemm.c's
+    /// isa_avx512); AVX2's 6 divide it.
+    public static let widestPanelRows = 12
+
     /// The floats a Winograd kernel asks for as its weights scratch (see
     /// ddp_winograd_tile.h): the transformed filters U, (m+2)² planes packed
     /// for the GEMM with the `rows` side padded to its micro-kernel's rows
@@ -118,7 +122,7 @@ public enum ConvOps {
     /// gradient the (m+2)² planes of dU, unpadded. Zero without Winograd.
     static func winogradScratchFloats(tile: Int?, rows: Int, columns: Int, packed: Bool = true) -> Int {
         guard let tile else { return 0 }
-        let microKernelRows = 12
+        let microKernelRows = widestPanelRows
         let padded = packed ? (rows + microKernelRows - 1) / microKernelRows * microKernelRows : rows
         return (tile + 2) * (tile + 2) * padded * columns
     }
