@@ -17,6 +17,7 @@
 #include "ddp_internal.h"
 
 #include <immintrin.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -224,6 +225,8 @@ int ddp_lend_scratch(void *const *bufs, const int64_t *ia, const double *fa) {
 static int64_t loan_misses;
 
 int64_t ddp_scratch_loan_misses(void) { return __atomic_load_n(&loan_misses, __ATOMIC_RELAXED); }
+
+void ddp_release_free_heap(void) { malloc_trim(0); }
 
 float *ddp_thread_scratch(int slot, size_t floats) {
     if (slot == DDP_SCRATCH_WEIGHTS && lent.data != NULL) {

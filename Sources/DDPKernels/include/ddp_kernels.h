@@ -186,6 +186,11 @@ int ddp_run_entry(ddp_entry_fn entry, const void *buffers, const ddp_kernel_fn *
 /// sizes hold. For tests.
 int64_t ddp_scratch_loan_misses(void);
 
+/// Gives the C heap's free pages back to the system (glibc's malloc_trim):
+/// called once the compiler's data is dropped, so that a step's peak RSS
+/// holds only the step's memory.
+void ddp_release_free_heap(void);
+
 /// The table passed to compiled entry points, indexed by ddp_kernel_id.
 const ddp_kernel_fn *ddp_kernel_table(void);
 /// The same kernels, each call timed (for `ddepc bench --profile`): totals per
