@@ -367,9 +367,14 @@ typedef struct {
 static int gemm_block(const gemm_problem *g, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const gemm_isa *isa = g->isa;
     const int mr = isa->mr, nr = isa->nr;
-    float *packed = ddp_thread_scratch(DDP_SCRATCH_GEMM_PACK, (size_t)(isa->mc * KC + KC * isa->nc));
+    // Packing space for this block's panels only (at most mc rows, nc
+    // columns, KC deep): a small product borrows little of a scratch loan.
+    int64_t kc_most = g->k < KC ? g->k : KC;
+    int64_t a_rows = g->apacked != NULL ? 0 : i1 - i0 < isa->mc ? (i1 - i0 + mr - 1) / mr * mr : isa->mc;
+    int64_t b_cols = j1 - j0 < isa->nc ? (j1 - j0 + nr - 1) / nr * nr : isa->nc;
+    float *packed = ddp_thread_scratch(DDP_SCRATCH_GEMM_PACK, (size_t)(kc_most * (a_rows + b_cols)));
     if (packed == NULL) return 0;
-    float *apack = packed, *bpack = packed + isa->mc * KC;
+    float *apack = packed, *bpack = packed + a_rows * kc_most;
     float tile[12 * 32] __attribute__((aligned(64)));
     int direct = g->cs == 1; // the micro-kernel writes rows of C in place
 

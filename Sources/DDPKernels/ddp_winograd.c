@@ -49,6 +49,14 @@
 /// faster and left the wide layers as they were (Zen 5, measured per layer).
 /// WORK_CACHE_FLOATS below now caps blocks tighter still.
 #define BLOCK_MAX_COLUMNS 512
+/// Most floats of a block's V and M together (12 MiB), below
+/// BLOCK_MIN_COLUMNS if need be: the widest layers (1024 + 256 channels at
+/// 28 px, TransUNet's first decoder block) took 18 MiB a thread at 98
+/// columns, more than the arena the planner could lend each thread there
+/// (a 25 MB stretch between two), and each thread kept that much heap for
+/// the rest of the process. Capped, they take 63 columns (2 whole panels).
+/// The weight gradient's blocks obey it too, from the shape alone.
+#define BLOCK_MOST_FLOATS ((int64_t)3 << 20)
 /// Most floats of the input transform's phase arrays per block (32 KiB, in
 /// the first-level cache), down to BLOCK_MIN_COLUMNS whatever the budgets
 /// above allow; about 140 tiles at any width up to 128 px. Thin layers at 64

@@ -434,6 +434,8 @@ static int WT(winograd)(wino_job *job, const float *w, int transposed, int prepa
     if (rows < fewest) rows = fewest;
     int64_t in_cache = WORK_CACHE_FLOATS / WT(input_work_floats)(job, 0) - 1; // see WORK_CACHE_FLOATS
     if (rows > in_cache) rows = in_cache > fewest ? in_cache : fewest;
+    int64_t capped = BLOCK_MOST_FLOATS / (POINTS * (job->c + job->o) * job->tw); // see BLOCK_MOST_FLOATS
+    if (rows > capped) rows = capped > 1 ? capped : 1;
     int64_t threads = ddp_parallel_threads(), blocks = (rows_total + rows - 1) / rows;
     if (blocks < 4 * threads) blocks = (blocks + threads - 1) / threads * threads;
     if (blocks > rows_total) blocks = rows_total;
@@ -574,6 +576,7 @@ static int WT(grad_weight)(wgrad_job *job) {
     int64_t columns = WGRAD_BLOCK_BUDGET / (POINTS * (g->c + g->o));
     if (columns > WGRAD_BLOCK_COLUMNS) columns = WGRAD_BLOCK_COLUMNS;
     if (columns < WGRAD_MIN_COLUMNS) columns = WGRAD_MIN_COLUMNS;
+    if (columns > BLOCK_MOST_FLOATS / (POINTS * (g->c + g->o))) columns = BLOCK_MOST_FLOATS / (POINTS * (g->c + g->o));
     int64_t rows = (columns + span - 1) / span;
     if (rows > rows_total) rows = rows_total;
     int64_t block_count = (rows_total + rows - 1) / rows;
