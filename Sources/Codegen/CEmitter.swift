@@ -68,6 +68,18 @@ public enum CEmitter {
       *status = k[index](bufs, ia, fa);
     }
 
+    /* A call with one buffer and one integer (a scratch loan, before and
+       after many kernel calls): one line, no arrays, less for the C
+       compiler to read. */
+    static __attribute__((noinline)) void ddp_call_1(int *status, const ddp_kernel_fn *k, int index, const ddp_buffers *b,
+                                                     int region, int64_t offset, int64_t value) {
+      if (*status != 0) return;
+      char *const base[4] = {b->params, b->state, b->io, b->arena};
+      void *bufs[1] = {base[region] + offset};
+      const int64_t ia[1] = {value};
+      *status = k[index](bufs, ia, 0);
+    }
+
     """
 
     /// With `parts` > 1 each entry point is wrapped in `#if DDP_PART == p`,
@@ -218,6 +230,9 @@ public enum CEmitter {
     /// A kernel call through `ddp_call`, skipped once an earlier one failed.
     static func call(index: Int, name: String, first: String?, buffers: [LoweredFunction.Address],
                      ints: [Int], floats: [Double]) -> String {
+        if first == nil, buffers.count == 1, ints.count == 1, floats.isEmpty {
+            return "  ddp_call_1(&status, k, \(index), b, \(regionIndex[buffers[0].region]!), \(buffers[0].offset), \(ints[0])); /* \(name) */\n"
+        }
         let slots = buffers.map { "{\(regionIndex[$0.region]!), \($0.offset)}" }.joined(separator: ", ")
         var out = "  {\n"
         out += "    static const ddp_slot s[] = {\(slots.isEmpty ? "{0, 0}" : slots)};\n"

@@ -197,8 +197,12 @@ public enum Lowerer {
                     }
                     // Planned scratch is lent for this call only.
                     let scratch = call.scratchFloats > 0 ? node.scratchOffset.map { LoweredFunction.Address(region: .arena, offset: $0, dtype: .f32) } : nil
+                    // And the arena nothing holds meanwhile, to its per-thread scratch.
+                    let spare = call.threadScratch ? node.spare : nil
                     if let scratch { steps.append(lendScratch(scratch, floats: call.scratchFloats)) }
+                    if let spare { steps.append(lendThreadScratch(spare, floats: spare.count / 4)) }
                     steps.append(.kernel(index: index, name: call.kernel, buffers: buffers, ints: call.ints, floats: call.floats))
+                    if let spare { steps.append(lendThreadScratch(spare, floats: 0)) }
                     if let scratch { steps.append(lendScratch(scratch, floats: 0)) }
                 }
             }
@@ -224,6 +228,15 @@ public enum Lowerer {
     /// call's weights scratch (0: taking the loan back).
     static func lendScratch(_ region: LoweredFunction.Address, floats: Int) -> LoweredFunction.Step {
         .kernel(index: lendScratchKernel, name: "lend_scratch", buffers: [region], ints: [floats], floats: [])
+    }
+
+    static let lendThreadScratchKernel = Int(ddp_kernel_index("lend_thread_scratch"))
+
+    /// The call lending `floats` of the arena at `spare` to the next kernel
+    /// call's per-thread scratch (0: taking the loan back).
+    static func lendThreadScratch(_ spare: Range<Int>, floats: Int) -> LoweredFunction.Step {
+        .kernel(index: lendThreadScratchKernel, name: "lend_thread_scratch",
+                buffers: [LoweredFunction.Address(region: .arena, offset: spare.lowerBound, dtype: .f32)], ints: [floats], floats: [])
     }
 
     /// Values of grouped nodes that something outside their group reads

@@ -22,9 +22,26 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #define DDP_MAX_THREADS 256
+
+/// Arena bytes lent to a kernel call's per-thread scratch
+/// (lend_thread_scratch): `parts` equal parts of `part_floats`, part t for
+/// the pool's thread t (0: the thread that lent it). `generation` tells one
+/// loan from the next, so each thread carves its part afresh.
+typedef struct {
+    float *data;
+    size_t part_floats;
+    int parts;
+    uint_fast64_t generation;
+} thread_loan;
+
+/// The loan this thread made for its kernel call (it runs part 0), and
+/// while a worker runs a chunk of a region, the region's loan and its part.
+static _Thread_local thread_loan own_loan, region_loan;
+static _Thread_local int region_part;
 /// Pause iterations a waiting thread spins before it sleeps (about 50 µs).
 #define DDP_SPIN 20000
 
@@ -44,6 +61,7 @@ static struct {
     void *arg;
     int64_t n;
     unsigned int mxcsr;       // the region's floating-point mode (the caller's)
+    thread_loan loan;         // the caller's per-thread scratch loan, if any
 } pool = {.once = PTHREAD_ONCE_INIT,
           .region = PTHREAD_MUTEX_INITIALIZER,
           .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -64,9 +82,14 @@ static void run_chunk(int t) {
     int64_t begin, end;
     chunk(pool.n, pool.active, t, &begin, &end);
     if (begin < end) {
+        if (t != 0) {
+            region_loan = pool.loan;
+            region_part = t;
+        }
         inside_task = 1;
         pool.fn(pool.arg, begin, end);
         inside_task = 0;
+        region_loan.data = NULL;
     }
 }
 
@@ -153,6 +176,7 @@ void ddp_parallel_for(int64_t n, ddp_task_fn fn, void *arg) {
     }
     pool.fn = fn;
     pool.arg = arg;
+    pool.loan = own_loan;
     pool.n = n;
     pool.mxcsr = _mm_getcsr();
     pool.active = atomic_load(&pool.limit);
@@ -228,10 +252,68 @@ int64_t ddp_scratch_loan_misses(void) { return __atomic_load_n(&loan_misses, __A
 
 void ddp_release_free_heap(void) { malloc_trim(0); }
 
+static atomic_uint_fast64_t loan_generation;
+static atomic_int_fast64_t thread_loans_served, thread_loans_missed;
+
+int ddp_lend_thread_scratch(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    int parts = ddp_parallel_threads();
+    size_t part = ia[0] > 0 ? ((size_t)ia[0] / (size_t)parts) & ~(size_t)15 : 0; // whole 64-byte lines
+    own_loan.data = part > 0 ? bufs[0] : NULL;
+    own_loan.part_floats = part;
+    own_loan.parts = parts;
+    own_loan.generation = atomic_fetch_add(&loan_generation, 1) + 1;
+    return DDP_OK;
+}
+
+void ddp_thread_scratch_loan_counts(int64_t *served, int64_t *missed) {
+    *served = atomic_load(&thread_loans_served);
+    *missed = atomic_load(&thread_loans_missed);
+}
+
+/// This thread's carving of its part of the current loan: where each slot
+/// starts and how much it holds, and how much of the part is taken.
+static _Thread_local struct {
+    uint_fast64_t generation;
+    size_t used;
+    size_t offset[DDP_SCRATCH_SLOTS], floats[DDP_SCRATCH_SLOTS];
+} carved;
+
+/// `floats` for `slot` from this thread's part of the loan it runs under,
+/// the same block for every request of the slot that fits it during one
+/// loan; NULL without a loan or room (the heap block serves it then).
+static float *from_loan(int slot, size_t floats) {
+    const thread_loan *loan = region_loan.data != NULL ? &region_loan : own_loan.data != NULL ? &own_loan : NULL;
+    int part = region_loan.data != NULL ? region_part : 0;
+    if (loan == NULL || part >= loan->parts) return NULL;
+    if (carved.generation != loan->generation) {
+        carved.generation = loan->generation;
+        carved.used = 0;
+        memset(carved.offset, 0, sizeof carved.offset);
+        memset(carved.floats, 0, sizeof carved.floats);
+    }
+    float *base = loan->data + (size_t)part * loan->part_floats;
+    if (floats <= carved.floats[slot]) return base + carved.offset[slot];
+    size_t need = (floats + 15) & ~(size_t)15;
+    if (carved.used + need > loan->part_floats) {
+        atomic_fetch_add_explicit(&thread_loans_missed, 1, memory_order_relaxed);
+        return NULL;
+    }
+    carved.offset[slot] = carved.used;
+    carved.floats[slot] = need;
+    carved.used += need;
+    atomic_fetch_add_explicit(&thread_loans_served, 1, memory_order_relaxed);
+    return base + carved.offset[slot];
+}
+
 float *ddp_thread_scratch(int slot, size_t floats) {
     if (slot == DDP_SCRATCH_WEIGHTS && lent.data != NULL) {
         if (floats <= lent.floats) return lent.data;
         __atomic_add_fetch(&loan_misses, 1, __ATOMIC_RELAXED);
+    }
+    if (slot != DDP_SCRATCH_WEIGHTS) {
+        float *lent_part = from_loan(slot, floats);
+        if (lent_part != NULL) return lent_part;
     }
     if (floats > scratch[slot].floats) {
         free(scratch[slot].data);

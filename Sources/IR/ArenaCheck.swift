@@ -149,6 +149,24 @@ public struct ArenaCheck {
                 largestLiveBytes = max(largestLiveBytes, liveBytes + scratchBytes)
                 largestLiveAlignedBytes = max(largestLiveAlignedBytes, liveAlignedBytes + aligned(scratchBytes))
             }
+            // The arena lent to its kernels' per-thread scratch: held by nothing meanwhile.
+            if let spare = node.spare {
+                let borrows = OpRegistry.spec(node.op)?.kernelsBorrowThreadScratch(operands: node.operands.map { types[$0]! },
+                                                                                    result: node.type, attrs: node.attrs) ?? false
+                if !borrows { fail("%\(node.id) = \(node.op) has a spare region but its kernels borrow no per-thread scratch") }
+                if spare.lowerBound % ArenaCheck.alignment != 0 { fail("spare region of %\(node.id) is at \(spare.lowerBound), not 64-byte aligned") }
+                if spare.lowerBound < 0 || spare.upperBound > arena {
+                    fail("spare region of %\(node.id) [\(spare.lowerBound), \(spare.upperBound)) is outside the \(arena)-byte arena")
+                }
+                let scratch = node.scratchOffset.map { $0 ..< $0 + scratchBytes }
+                if let scratch, scratch.overlaps(spare) {
+                    fail("spare region of %\(node.id) [\(spare.lowerBound), \(spare.upperBound)) overlaps its scratch [\(scratch.lowerBound), \(scratch.upperBound))")
+                }
+                for other in live {
+                    guard let otherOffset = other.offset, spare.overlaps(otherOffset ..< otherOffset + other.size) else { continue }
+                    fail("spare region of %\(node.id) [\(spare.lowerBound), \(spare.upperBound)) overlaps %\(other.id) [\(otherOffset), \(otherOffset + other.size)), live from \(first[other.id]!) to \(other.last), at \(position)")
+                }
+            }
             largestLiveBytes = max(largestLiveBytes, liveBytes)
             largestLiveAlignedBytes = max(largestLiveAlignedBytes, liveAlignedBytes)
         }

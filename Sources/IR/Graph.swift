@@ -138,6 +138,10 @@ public struct Node: Hashable, Sendable {
     /// Byte offset in the arena of the scratch its kernels borrow during
     /// the call (`KernelCall.scratchFloats`), set by plan-memory.
     public var scratchOffset: Int?
+    /// Bytes of the arena that nothing holds during the call, lent to its
+    /// kernels' per-thread scratch (`KernelCall.threadScratch`), set by
+    /// plan-memory.
+    public var spare: Range<Int>?
 
     public init(id: ValueID, op: String, operands: [ValueID], attrs: Attributes = [:],
                 type: TensorType, loc: SourceLoc? = nil, arenaOffset: Int? = nil) {

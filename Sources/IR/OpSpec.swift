@@ -47,13 +47,21 @@ public struct KernelCall: Hashable, Sendable {
     /// buffers (`Node.scratchOffset`), where the kernel would otherwise keep
     /// a heap block of that size for the rest of the process.
     public var scratchFloats: Int
+    /// The kernel asks for per-thread scratch (im2col columns, Winograd
+    /// blocks, GEMM packing), whose size depends on the ISA and the thread
+    /// count: plan-memory lends it the arena that nothing holds during the
+    /// call (`Node.spare`, see `lend_thread_scratch` in ddp_kernels.h), where
+    /// the kernel would otherwise keep heap blocks for the rest of the process.
+    public var threadScratch: Bool
 
-    public init(_ kernel: String, _ buffers: [Buffer], ints: [Int] = [], floats: [Double] = [], scratchFloats: Int = 0) {
+    public init(_ kernel: String, _ buffers: [Buffer], ints: [Int] = [], floats: [Double] = [], scratchFloats: Int = 0,
+                threadScratch: Bool = false) {
         self.kernel = kernel
         self.buffers = buffers
         self.ints = ints
         self.floats = floats
         self.scratchFloats = scratchFloats
+        self.threadScratch = threadScratch
     }
 }
 
@@ -63,6 +71,13 @@ extension OpSpec {
     public func kernelScratchFloats(operands: [TensorType], result: TensorType, attrs: Attributes) -> Int {
         guard case .kernels(let lower) = lowering, let calls = try? lower(operands, result, attrs) else { return 0 }
         return calls.map(\.scratchFloats).max() ?? 0
+    }
+
+    /// Whether one of the op's kernel calls asks for per-thread scratch
+    /// (`KernelCall.threadScratch`).
+    public func kernelsBorrowThreadScratch(operands: [TensorType], result: TensorType, attrs: Attributes) -> Bool {
+        guard case .kernels(let lower) = lowering, let calls = try? lower(operands, result, attrs) else { return false }
+        return calls.contains { $0.threadScratch }
     }
 }
 

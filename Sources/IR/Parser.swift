@@ -248,6 +248,14 @@ public struct Parser {
             try expect("@")
             node.scratchOffset = try integer()
         }
+        if accept("spare") {
+            try expect("@")
+            let offset = try integer()
+            try expect("size")
+            let bytes = try integer()
+            guard offset >= 0, bytes > 0 else { throw error("a spare region needs an offset ≥ 0 and bytes > 0") }
+            node.spare = offset ..< offset + bytes
+        }
         if accept("loc(") {
             let file = try string()
             try expect(":")

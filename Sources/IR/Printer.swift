@@ -39,6 +39,7 @@ public enum Printer {
         if let offset = node.arenaOffset { out += " @\(offset)" }
         if let target = node.inPlaceOf { out += " @%\(target)" }
         if let scratch = node.scratchOffset { out += " scratch @\(scratch)" }
+        if let spare = node.spare { out += " spare @\(spare.lowerBound) size \(spare.count)" }
         if let loc = node.loc { out += " loc(\(quoted(loc.file)):\(loc.line))" }
         return out
     }

@@ -10,7 +10,11 @@ import IR
 /// report whose lower bound (the largest set of simultaneously live bytes)
 /// makes the planner's efficiency a number. The scratch a kernel borrows
 /// for its call (`KernelCall.scratchFloats`) is a buffer live at that node
-/// only (`scratch @offset` in the dump).
+/// only (`scratch @offset` in the dump). Kernels that also ask for
+/// per-thread scratch (`KernelCall.threadScratch`, sized by the ISA and the
+/// thread count at run time) are lent the largest stretch of the arena
+/// that nothing holds during their call (`spare @offset size bytes`): it
+/// costs no arena, and the process keeps no heap blocks for what fits.
 ///
 /// An update that can overwrite its argument (`InPlaceAnalysis`: an
 /// optimizer step's new weights and moments, running statistics) is placed
@@ -63,6 +67,10 @@ public struct PlanMemory: Pass {
             function.nodes[n].arenaOffset = live.bufferOf[live.root[id]!].map { offsets[$0] }
             function.nodes[n].inPlaceOf = live.inPlace[id]
             function.nodes[n].scratchOffset = live.scratchOf[id].map { offsets[$0] }
+        }
+        for (n, spare, scratchOffset) in Self.spares(function, buffers: buffers, offsets: offsets, scratchOf: live.scratchOf, arena: peak) {
+            function.nodes[n].spare = spare.isEmpty ? nil : spare
+            if let scratchOffset { function.nodes[n].scratchOffset = scratchOffset }
         }
         function.arenaBytes = peak
         var report = Report(function: function.name, arenaBytes: peak, lowerBoundBytes: live.peak.bytes)
@@ -167,6 +175,55 @@ public struct PlanMemory: Pass {
             if liveBytes > peak.bytes { peak = (liveBytes, position) }
         }
         return Liveness(buffers: buffers, bufferOf: bufferOf, inPlace: inPlace, scratchOf: scratchOf, root: root, peak: peak)
+    }
+
+    /// Smallest spare region worth lending: a GEMM's packing space on one
+    /// thread is about this much.
+    static let smallestSpare = 256 << 10
+
+    /// For each node whose kernels borrow per-thread scratch, the largest
+    /// free stretch of the arena while it runs (none below `smallestSpare`).
+    /// Its planned scratch, live at that position only, moves to where it
+    /// leaves the largest stretch free (the same arena either way): a
+    /// Winograd step's transformed filters, 39 MB in TransUNet's decoder,
+    /// otherwise split the only stretch its blocks would fit.
+    static func spares(_ function: Function, buffers: [Buffer], offsets: [Int], scratchOf: [ValueID: Int], arena: Int)
+        -> [(node: Int, spare: Range<Int>, scratchOffset: Int?)] {
+        var types = function.types
+        var result: [(node: Int, spare: Range<Int>, scratchOffset: Int?)] = []
+        for (position, node) in function.nodes.enumerated() {
+            let operands = node.operands.map { types[$0]! }
+            types[node.id] = node.type
+            guard OpRegistry.spec(node.op)?.kernelsBorrowThreadScratch(operands: operands, result: node.type, attrs: node.attrs) == true
+            else { continue }
+            let scratch = scratchOf[node.id]
+            let held = buffers.indices.filter { $0 != scratch && buffers[$0].first <= position && position <= buffers[$0].last }
+                .map { offsets[$0] ..< offsets[$0] + buffers[$0].size }
+                .sorted { $0.lowerBound < $1.lowerBound }
+            var gaps: [Range<Int>] = [], free = 0
+            for range in held + [arena ..< arena] {
+                if range.lowerBound > free { gaps.append(free ..< range.lowerBound) }
+                free = max(free, range.upperBound)
+            }
+            var scratchOffset: Int?
+            if let scratch {
+                // At the start of the gap that leaves the most free beside it
+                // (the tightest of those on a tie).
+                let size = buffers[scratch].size
+                guard let best = gaps.indices.filter({ gaps[$0].count >= size }).max(by: { a, b in
+                    let left = { (g: Int) in gaps.indices.map { $0 == g ? gaps[$0].count - size : gaps[$0].count }.max()! }
+                    return (left(a), -gaps[a].count) < (left(b), -gaps[b].count)
+                }) else { continue } // where plan-memory put it is the only place
+                scratchOffset = gaps[best].lowerBound
+                gaps[best] = gaps[best].lowerBound + size ..< gaps[best].upperBound
+            }
+            guard let largest = gaps.max(by: { $0.count < $1.count }), largest.count >= smallestSpare else {
+                if let scratchOffset { result.append((position, 0 ..< 0, scratchOffset)) }
+                continue
+            }
+            result.append((position, largest, scratchOffset))
+        }
+        return result
     }
 
     /// A buffer of the arena: its size (aligned) and the schedule positions

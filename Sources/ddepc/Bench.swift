@@ -56,6 +56,9 @@ struct Bench: ParsableCommand {
                                r.imagesPerSecond, r.gflopsPerSecond, 100 * r.gflopsPerSecond / peak.gflops, Double(r.arenaBytes) / 1e6))
             }
             print(String(format: "peak RSS of this process: %.1f MB", Double(Benchmark.peakResidentBytes()) / 1e6))
+            var lent: Int64 = 0, heap: Int64 = 0
+            ddp_thread_scratch_loan_counts(&lent, &heap)
+            print("per-thread scratch lent from the arena: \(lent) requests served, \(heap) too large for the loan (heap)")
             guard profile else { return }
             for r in results {
                 let total = r.callSeconds.reduce(0, +) / Double(r.callSeconds.count)
@@ -80,7 +83,7 @@ struct Bench: ParsableCommand {
 
     /// A printed node without its arena offset, at most 150 characters.
     static func brief(_ node: String) -> String {
-        let text = node.replacingOccurrences(of: #" @%?[0-9]+"#, with: "", options: .regularExpression)
+        let text = node.replacingOccurrences(of: #"( scratch| spare)? @%?[0-9]+( size [0-9]+)?"#, with: "", options: .regularExpression)
         return text.count > 150 ? String(text.prefix(149)) + "…" : text
     }
 }

@@ -212,6 +212,34 @@ final class LLVMEmitterTests: XCTestCase {
         XCTAssertEqual(lowered.kernelCalls.filter { $0.kernel == "lend_scratch" }.count, 6, "lent before each call, taken back after")
     }
 
+    /// Convolutions before a large buffer is made borrow their per-thread
+    /// scratch (columns, Winograd blocks, GEMM packing) from the arena it
+    /// will take, one part per thread, and compute what the interpreter does.
+    func testKernelsBorrowPerThreadScratchFromTheArenaFreeDuringTheirCall() throws {
+        let module = try Parser.parse("""
+            func @f(%0: f32[2,16,24,24] input "x", %1: f32[16,16,3,3] param "w", %2: f32[2,16,24,24] input "g", %6: f32[1024,1024] input "z") {
+              %3 = conv2d(%0, %1) {pad=[1,1]} : f32[2,16,24,24]
+              %4 = conv2d(%3, %1) {algorithm="winograd2", pad=[1,1]} : f32[2,16,24,24]
+              %5 = conv2d_grad_weight(%0, %2) {pad=[1,1], weight_shape=[16,16,3,3]} : f32[16,16,3,3]
+              %7 = exp(%6) : f32[1024,1024]
+              %8 = reduce_sum(%7) {axes=[0,1]} : f32[]
+              return %4 as "y", %5 as "dw", %8 as "s"
+            }
+            """)
+        var served: Int64 = 0, missed: Int64 = 0
+        ddp_thread_scratch_loan_counts(&served, &missed)
+        let checked = try check(module, name: "spare", passes: [PlanMemory()])
+        var servedAfter: Int64 = 0, missedAfter: Int64 = 0
+        ddp_thread_scratch_loan_counts(&servedAfter, &missedAfter)
+        XCTAssertGreaterThan(servedAfter, served, "the loans served requests")
+        XCTAssertEqual(missedAfter, missed, "every request fit its thread's part")
+        let planned = checked.planned.functions[0]
+        XCTAssertEqual(planned.nodes.filter { $0.spare != nil }.map(\.id), [3, 4, 5])
+        XCTAssertTrue(Printer.print(planned).contains("spare @"))
+        let lowered = try Lowerer.lower(planned, layout: try BufferLayout(module: checked.planned))
+        XCTAssertEqual(lowered.kernelCalls.filter { $0.kernel == "lend_thread_scratch" }.count, 6, "lent before each call, taken back after")
+    }
+
     func testIROutputAndLinkErrors() throws {
         let b = FunctionBuilder(name: "tiny")
         let x = b.argument("x", .f32([16]), role: .input)

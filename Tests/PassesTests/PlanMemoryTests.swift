@@ -185,6 +185,60 @@ final class PlanMemoryTests: XCTestCase {
                       "\(ArenaCheck(overlapping).failures)")
     }
 
+    /// A kernel asking for per-thread scratch is lent the largest stretch of
+    /// the arena nothing holds during its call, its planned scratch moved to
+    /// one edge of it; the arena does not grow.
+    func testPerThreadScratchBorrowsTheArenaFreeDuringTheCall() throws {
+        let (function, check, report) = try plan("""
+        func @f(%0: f32[1,16,8,8] input "x", %1: f32[16,16,3,3] param "w", %2: f32[256,1024] input "z") {
+          %3 = conv2d(%0, %1) {algorithm="winograd4", pad=[1,1]} : f32[1,16,8,8]
+          %4 = exp(%2) : f32[256,1024]
+          %5 = reduce_sum(%4) {axes=[0,1]} : f32[]
+          %6 = add(%3, %5) : f32[1,16,8,8]
+          return %6 as "y"
+        }
+        """)
+        let scratchBytes = 36 * 24 * 16 * 4 // see testKernelScratchIsPlacedForItsCallOnly
+        let byID = function.nodesByID
+        let spare = try XCTUnwrap(byID[3]!.spare)
+        XCTAssertEqual(report.arenaBytes, 1 << 20 + 4096 + 64, "%4 beside %3 (%6 over it) and %5")
+        XCTAssertEqual(spare.count, report.arenaBytes - 4096 - scratchBytes, "all but the call's output and its scratch")
+        XCTAssertNil(byID[4]!.spare, "a loop borrows nothing")
+        XCTAssertEqual(check.failures, [])
+        // Printed and parsed back; the checker refuses a spare region over a live buffer.
+        let printed = Printer.print(function)
+        XCTAssertTrue(printed.contains("spare @\(spare.lowerBound) size \(spare.count)"), printed)
+        var overlapping = try Parser.parse(printed).functions[0]
+        XCTAssertEqual(overlapping, function)
+        let conv = overlapping.nodes.firstIndex { $0.id == 3 }!
+        overlapping.nodes[conv].spare = byID[3]!.arenaOffset! ..< byID[3]!.arenaOffset! + 4096
+        XCTAssertTrue(ArenaCheck(overlapping).failures.contains { $0.contains("spare region of %3") && $0.contains("overlaps %3") },
+                      "\(ArenaCheck(overlapping).failures)")
+    }
+
+    /// A call's planned scratch, live at its position only, moves to the
+    /// gap where it leaves the largest stretch free for the call's
+    /// per-thread scratch: into a gap its own size, not the start of the
+    /// large one.
+    func testPlannedScratchMovesOutOfTheLargestGap() throws {
+        let function = try Parser.parse("""
+        func @f(%0: f32[1,16,8,8] input "x", %1: f32[16,16,3,3] param "w") {
+          %2 = conv2d(%0, %1) {algorithm="winograd4", pad=[1,1]} : f32[1,16,8,8]
+          return %2 as "y"
+        }
+        """).functions[0]
+        let scratch = 36 * 24 * 16 * 4, arena = 1 << 20, large = 600_000 / 64 * 64
+        // The output at 0, the large gap, a buffer, a gap of the scratch's size, a buffer to the end.
+        let blocker = 4096 + large, small = blocker + 4096
+        let buffers = [PlanMemory.Buffer(size: 4096, first: 0, last: 0), PlanMemory.Buffer(size: scratch, first: 0, last: 0),
+                       PlanMemory.Buffer(size: 4096, first: 0, last: 0), PlanMemory.Buffer(size: arena - small - scratch, first: 0, last: 0)]
+        let offsets = [0, 4096, blocker, small + scratch] // the scratch first placed at the start of the large gap
+        let spares = PlanMemory.spares(function, buffers: buffers, offsets: offsets, scratchOf: [2: 1], arena: arena)
+        XCTAssertEqual(spares.count, 1)
+        XCTAssertEqual(spares.first?.scratchOffset, small)
+        XCTAssertEqual(spares.first?.spare, 4096 ..< blocker)
+    }
+
     func testAFreedGapIsReused() throws {
         let (function, check, _) = try plan("""
         func @f(%0: f32[64] input "x", %1: f32[16] input "y") {

@@ -148,6 +148,15 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    its weights scratch takes it when it fits, instead of a heap
 //                    block the thread keeps. floats = 0 takes the loan back; the
 //                    generated code does so right after the call it planned for.
+// lend_thread_scratch bufs [region]      ia [floats]
+//                    lends `region` (floats × 4 bytes of the arena that nothing holds
+//                    during the next kernel call) to that call's per-thread scratch
+//                    (im2col columns, Winograd blocks, GEMM packing, gathers): one
+//                    equal part per thread the pool may use, the caller's first,
+//                    handed to the pool's threads with each parallel region. A
+//                    request that does not fit what is left of its thread's part
+//                    takes the thread's heap block as before. floats = 0 takes
+//                    the loan back.
 #define DDP_KERNEL_LIST(X) \
     X(conv2d) X(conv2d_grad_input) X(conv2d_grad_weight) X(matmul) \
     X(reduce) X(permute) X(copy_region) X(fill) \
@@ -159,7 +168,8 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(random_normal) X(parallel_loop) X(allreduce) \
     X(allreduce_start) X(allreduce_wait) \
     X(conv2d_winograd) X(conv2d_grad_input_winograd) X(conv2d_grad_weight_winograd) \
-    X(reduce_loop) X(lend_scratch) X(winograd_filters) X(conv2d_winograd_prepacked)
+    X(reduce_loop) X(lend_scratch) X(winograd_filters) X(conv2d_winograd_prepacked) \
+    X(lend_thread_scratch)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,
@@ -185,6 +195,9 @@ int ddp_run_entry(ddp_entry_fn entry, const void *buffers, const ddp_kernel_fn *
 /// kernel then used the thread's heap block): 0 when the compiler's planned
 /// sizes hold. For tests.
 int64_t ddp_scratch_loan_misses(void);
+/// Per-thread scratch requests a lend_thread_scratch loan served, and those
+/// it could not (the thread's heap block served them). For tests and bench.
+void ddp_thread_scratch_loan_counts(int64_t *served, int64_t *missed);
 
 /// Gives the C heap's free pages back to the system (glibc's malloc_trim):
 /// called once the compiler's data is dropped, so that a step's peak RSS

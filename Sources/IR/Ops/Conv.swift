@@ -220,7 +220,7 @@ public enum ConvOps {
                    let tile = try winogradTile(attrs, geometry)
                    return [KernelCall(kernel("conv2d", tile: tile), [.operand(0), .operand(1), .result],
                                       ints: geometry.kernelInts + FusedConvOps.Epilogue.none + tileInts(tile),
-                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c))]
+                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c), threadScratch: true)]
                },
                examples: [([f([2, 4, 7, 6]), f([6, 2, 3, 3])], example),
                           ([f([1, 3, 5, 5]), f([4, 3, 1, 1])], [:]),
@@ -240,7 +240,7 @@ public enum ConvOps {
                    let tile = try winogradTile(attrs, geometry)
                    return [KernelCall(kernel("conv2d_grad_input", tile: tile), [.operand(0), .operand(1), .result],
                                       ints: geometry.kernelInts + FusedConvOps.Epilogue.none + tileInts(tile),
-                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.c, columns: geometry.o))]
+                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.c, columns: geometry.o), threadScratch: true)]
                },
                examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6])),
                           ([f([2, 5, 9, 7]), f([5, 3, 3, 3])], winogradExample(pad: [1, 1]).merging(["input_shape": .ints([2, 3, 9, 7])])),
@@ -272,7 +272,7 @@ public enum ConvOps {
                    let tile = try winogradTile(attrs, geometry)
                    return [KernelCall(kernel("conv2d_grad_weight", tile: tile), [.operand(0), .operand(1), .result],
                                       ints: geometry.kernelInts + tileInts(tile),
-                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c, packed: false))]
+                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c, packed: false), threadScratch: true)]
                },
                examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 6])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3])),
                           ([f([2, 3, 9, 7]), f([2, 5, 9, 7])], winogradExample(pad: [1, 1]).merging(["weight_shape": .ints([5, 3, 3, 3])])),

@@ -134,7 +134,8 @@ public enum FusedConvOps {
                           [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
                           ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile) + (prepacked.map { [$0.panel] } ?? []),
                           scratchFloats: prepacked != nil ? 0
-                              : ConvOps.winogradScratchFloats(tile: tile, rows: transformed.rows, columns: transformed.columns))
+                              : ConvOps.winogradScratchFloats(tile: tile, rows: transformed.rows, columns: transformed.columns),
+                          threadScratch: true)
     }
 
     /// fused_conv2d's geometry, and with a `panel` attribute the layout of
