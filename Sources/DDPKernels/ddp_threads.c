@@ -42,6 +42,7 @@ typedef struct {
 /// while a worker runs a chunk of a region, the region's loan and its part.
 static _Thread_local thread_loan own_loan, region_loan;
 static _Thread_local int region_part;
+
 /// Pause iterations a waiting thread spins before it sleeps (about 50 µs).
 #define DDP_SPIN 20000
 
@@ -210,11 +211,14 @@ void ddp_parallel_for(int64_t n, ddp_task_fn fn, void *arg) {
 // first moment of a weight whose gradient stays zero shrinks by 0.9 a step
 // and is denormal after about 800 steps. Flushed, they are zero, the same
 // choice PyTorch's set_flush_denormal and most inference runtimes make.
+static void take_back_loans(void);
+
 int ddp_run_entry(ddp_entry_fn entry, const void *buffers, const ddp_kernel_fn *kernels) {
     unsigned int caller = _mm_getcsr();
     _mm_setcsr(caller | FLUSH_DENORMALS);
     int status = entry(buffers, kernels);
     _mm_setcsr(caller);
+    take_back_loans(); // an entry that failed between a loan and its return did not
     return status;
 }
 
@@ -264,6 +268,13 @@ int ddp_lend_thread_scratch(void *const *bufs, const int64_t *ia, const double *
     own_loan.parts = parts;
     own_loan.generation = atomic_fetch_add(&loan_generation, 1) + 1;
     return DDP_OK;
+}
+
+/// No loan outlives the entry point that made it: the arena it lent may be
+/// freed, and a kernel called from outside a step must not write there.
+static void take_back_loans(void) {
+    lent.data = NULL;
+    own_loan.data = NULL;
 }
 
 void ddp_thread_scratch_loan_counts(int64_t *served, int64_t *missed) {

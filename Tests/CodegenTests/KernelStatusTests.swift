@@ -27,4 +27,30 @@ final class KernelStatusTests: XCTestCase {
             }
         }
     }
+
+    /// A kernel that fails between a scratch loan and its taking back
+    /// leaves no loan behind: a kernel called outside the step afterwards
+    /// (the sgemm figure's products) takes none of that arena.
+    func testNoScratchLoanOutlivesAFailedEntryPoint() throws {
+        let module = try Parser.parse("""
+            func @infer(%0: f32[2,16,24,24] input "x", %1: f32[16,16,1,1] param "w", %2: f32[1024,1024] input "z") {
+              %3 = conv2d(%0, %1) : f32[2,16,24,24]
+              %4 = exp(%2) : f32[1024,1024]
+              return %3 as "y", %4 as "e"
+            }
+            """)
+        var table = Array(UnsafeBufferPointer(start: ddp_kernel_table(), count: Int(ddp_kernel_count.rawValue)))
+        table[Int(ddp_kernel_index("conv2d"))] = { _, _, _ in Int32(DDP_ERR_NOMEM) }
+        for backend in Backend.allCases {
+            let executor = try compile(module, backend: backend)
+            let inputs = ["x": HostTensor(zeros: .f32([2, 16, 24, 24])), "z": HostTensor(zeros: .f32([1024, 1024]))]
+            let call = try executor.prepare("infer", inputs: inputs)
+            XCTAssertThrowsError(try table.withUnsafeBufferPointer { try call.run(kernels: $0.baseAddress!) })
+            var served: Int64 = 0, missed: Int64 = 0, servedAfter: Int64 = 0
+            ddp_thread_scratch_loan_counts(&served, &missed)
+            _ = ddp_sgemm_gflops(64, 1)
+            ddp_thread_scratch_loan_counts(&servedAfter, &missed)
+            XCTAssertEqual(servedAfter, served, "\(backend): the products took no loan")
+        }
+    }
 }
