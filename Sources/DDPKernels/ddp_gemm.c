@@ -372,9 +372,10 @@ static int gemm_block(const gemm_problem *g, int64_t i0, int64_t i1, int64_t j0,
     int64_t kc_most = g->k < KC ? g->k : KC;
     int64_t a_rows = g->apacked != NULL ? 0 : i1 - i0 < isa->mc ? (i1 - i0 + mr - 1) / mr * mr : isa->mc;
     int64_t b_cols = j1 - j0 < isa->nc ? (j1 - j0 + nr - 1) / nr * nr : isa->nc;
-    float *packed = ddp_thread_scratch(DDP_SCRATCH_GEMM_PACK, (size_t)(kc_most * (a_rows + b_cols)));
+    int64_t a_floats = (a_rows * kc_most + 15) & ~(int64_t)15; // B's panels start on a cache line
+    float *packed = ddp_thread_scratch(DDP_SCRATCH_GEMM_PACK, (size_t)(a_floats + kc_most * b_cols));
     if (packed == NULL) return 0;
-    float *apack = packed, *bpack = packed + a_rows * kc_most;
+    float *apack = packed, *bpack = packed + a_floats;
     float tile[12 * 32] __attribute__((aligned(64)));
     int direct = g->cs == 1; // the micro-kernel writes rows of C in place
 
