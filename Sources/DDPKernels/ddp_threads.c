@@ -77,6 +77,9 @@ static void chunk(int64_t n, int threads, int t, int64_t *begin, int64_t *end) {
 }
 
 static void run_chunk(int t) {
+    // A region held to fewer threads than the pool has (ddp_set_thread_limit)
+    // is split among threads [0, active): the others have no chunk.
+    if (t >= pool.active) return;
     // Workers take the floating-point mode of the thread that started the
     // region (denormals flushed inside a compiled step, see ddp_run_entry).
     if (t != 0 && _mm_getcsr() != pool.mxcsr) _mm_setcsr(pool.mxcsr);

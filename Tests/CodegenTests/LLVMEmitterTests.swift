@@ -226,6 +226,10 @@ final class LLVMEmitterTests: XCTestCase {
               return %4 as "y", %5 as "dw", %8 as "s"
             }
             """)
+        // Two parts of the 4 MB lent (more threads would split it thinner than the GEMM's packing).
+        let threads = ddp_parallel_threads()
+        ddp_set_thread_limit(2)
+        defer { ddp_set_thread_limit(threads) }
         var served: Int64 = 0, missed: Int64 = 0
         ddp_thread_scratch_loan_counts(&served, &missed)
         let checked = try check(module, name: "spare", passes: [PlanMemory()])

@@ -39,6 +39,14 @@ final class BenchCLITests: XCTestCase {
             XCTAssertTrue(calls.contains { $0.contains("conv2d_grad_weight") && $0.contains("= conv2d_grad_weight(%") }, out)
         }
 
+        // Held to fewer threads than its pool has, the parallel regions are
+        // split among those threads only (the others used to run ranges past
+        // the end: a crash on machines with more cores than --threads).
+        let held = try DdepcCommand.run(["bench", artifact, "--entry", "pretrain_step", "--calls", "1", "--threads", "2", "--n", "64"],
+                                        in: Self.repository, environment: ["DDEPC_THREADS": "5"])
+        XCTAssertEqual(held.status, 0, held.all)
+        XCTAssertTrue(held.stdout.contains("2 threads, measured now"), held.stdout)
+
         let unknown = try ddepc(["bench", artifact, "--entry", "nope", "--calls", "1", "--n", "64"])
         XCTAssertEqual(unknown.status, 1)
         XCTAssertTrue(unknown.stderr.contains("no entry point 'nope'") && unknown.stderr.contains("infer"), unknown.stderr)
