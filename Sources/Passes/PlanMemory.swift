@@ -69,7 +69,7 @@ public struct PlanMemory: Pass {
             function.nodes[n].scratchOffset = live.scratchOf[id].map { offsets[$0] }
         }
         for (n, spare, scratchOffset) in Self.spares(function, buffers: buffers, offsets: offsets, scratchOf: live.scratchOf, arena: peak) {
-            function.nodes[n].spare = spare.isEmpty ? nil : spare
+            function.nodes[n].spare = spare
             if let scratchOffset { function.nodes[n].scratchOffset = scratchOffset }
         }
         function.arenaBytes = peak
@@ -188,9 +188,9 @@ public struct PlanMemory: Pass {
     /// Winograd step's transformed filters, 39 MB in TransUNet's decoder,
     /// otherwise split the only stretch its blocks would fit.
     static func spares(_ function: Function, buffers: [Buffer], offsets: [Int], scratchOf: [ValueID: Int], arena: Int)
-        -> [(node: Int, spare: Range<Int>, scratchOffset: Int?)] {
+        -> [(node: Int, spare: Range<Int>?, scratchOffset: Int?)] {
         var types = function.types
-        var result: [(node: Int, spare: Range<Int>, scratchOffset: Int?)] = []
+        var result: [(node: Int, spare: Range<Int>?, scratchOffset: Int?)] = []
         for (position, node) in function.nodes.enumerated() {
             let operands = node.operands.map { types[$0]! }
             types[node.id] = node.type
@@ -213,15 +213,12 @@ public struct PlanMemory: Pass {
                 guard let best = gaps.indices.filter({ gaps[$0].count >= size }).max(by: { a, b in
                     let left = { (g: Int) in gaps.indices.map { $0 == g ? gaps[$0].count - size : gaps[$0].count }.max()! }
                     return (left(a), -gaps[a].count) < (left(b), -gaps[b].count)
-                }) else { continue } // where plan-memory put it is the only place
+                }) else { continue } // never: the place plan-memory gave it is one of the gaps
                 scratchOffset = gaps[best].lowerBound
                 gaps[best] = gaps[best].lowerBound + size ..< gaps[best].upperBound
             }
-            guard let largest = gaps.max(by: { $0.count < $1.count }), largest.count >= smallestSpare else {
-                if let scratchOffset { result.append((position, 0 ..< 0, scratchOffset)) }
-                continue
-            }
-            result.append((position, largest, scratchOffset))
+            let largest = gaps.max { $0.count < $1.count }.flatMap { $0.count >= smallestSpare ? $0 : nil }
+            if largest != nil || scratchOffset != nil { result.append((position, largest, scratchOffset)) }
         }
         return result
     }
