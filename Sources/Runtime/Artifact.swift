@@ -30,10 +30,17 @@ public struct Artifact {
             throw RuntimeError("\(directory.path) was built against a different runtime kernel table. Recompile it with `ddepc compile`.")
         }
         let irURL = directory.appendingPathComponent("final.ddir")
+        // The layout check parses the whole IR: tens of MB of nodes that die
+        // with it. The op registry it reads is built on first use and lives
+        // for the process; built before the parse, it does not sit among the
+        // parse's pages and keep them resident (8 MB of heap at TransUNet's
+        // size), and they go back to the system once the check is done.
+        _ = OpRegistry.spec("add")
         guard let ir = try? String(contentsOf: irURL, encoding: .utf8), Hashing.fnv1a(ir) == manifest.irHash else {
             throw RuntimeError("\(irURL.path) is missing or does not match the manifest's IR hash \(manifest.irHash): the artifact was modified or is incomplete. Recompile it with `ddepc compile`.")
         }
         try Self.checkLayout(of: manifest, against: ir, manifestURL: manifestURL)
+        ddp_release_free_heap()
         self.manifest = manifest
     }
 
