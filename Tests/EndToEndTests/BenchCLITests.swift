@@ -28,6 +28,7 @@ final class BenchCLITests: XCTestCase {
             XCTAssertTrue(out.contains("fp32 FMA peak:") && out.contains("1 threads, measured now"), out)
             if isa == "avx2" { XCTAssertTrue(out.contains("(avx2,"), out) }
             XCTAssertTrue(out.contains("peak RSS of this process:"), out)
+            XCTAssertTrue(out.contains("per-thread scratch lent from the arena:") && out.contains("requests served"), out)
             // Only the entries asked for, each with a per-kernel profile.
             XCTAssertTrue(out.contains("\ninfer ") && out.contains("\npretrain_step "), out)
             XCTAssertFalse(out.contains("finetune_step"), out)
