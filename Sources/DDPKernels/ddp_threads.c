@@ -297,9 +297,10 @@ static _Thread_local struct {
 /// the same block for every request of the slot that fits it during one
 /// loan; NULL without a loan or room (the heap block serves it then).
 static float *from_loan(int slot, size_t floats) {
-    const thread_loan *loan = region_loan.data != NULL ? &region_loan : own_loan.data != NULL ? &own_loan : NULL;
-    int part = region_loan.data != NULL ? region_part : 0;
-    if (loan == NULL || part >= loan->parts) return NULL;
+    int in_region = region_loan.data != NULL; // a worker's chunk, else the lending thread
+    const thread_loan *loan = in_region ? &region_loan : &own_loan;
+    int part = in_region ? region_part : 0;
+    if (loan->data == NULL || part >= loan->parts) return NULL;
     if (carved.generation != loan->generation) {
         carved.generation = loan->generation;
         carved.used = 0;

@@ -207,13 +207,12 @@ public struct PlanMemory: Pass {
             }
             var scratchOffset: Int?
             if let scratch {
-                // At the start of the gap that leaves the most free beside it
-                // (the tightest of those on a tie).
+                // At the start of the tightest gap it fits: that leaves the
+                // largest stretch free (a larger gap is either kept whole or
+                // was the only one it fits).
                 let size = buffers[scratch].size
-                guard let best = gaps.indices.filter({ gaps[$0].count >= size }).max(by: { a, b in
-                    let left = { (g: Int) in gaps.indices.map { $0 == g ? gaps[$0].count - size : gaps[$0].count }.max()! }
-                    return (left(a), -gaps[a].count) < (left(b), -gaps[b].count)
-                }) else { continue } // never: the place plan-memory gave it is one of the gaps
+                guard let best = gaps.indices.filter({ gaps[$0].count >= size }).min(by: { gaps[$0].count < gaps[$1].count })
+                else { continue } // never: the place plan-memory gave it is one of the gaps
                 scratchOffset = gaps[best].lowerBound
                 gaps[best] = gaps[best].lowerBound + size ..< gaps[best].upperBound
             }
