@@ -136,6 +136,75 @@ int ddp_group_norm(void *const *bufs, const int64_t *ia, const double *fa) {
     return DDP_OK;
 }
 
+/// group_norm_grad_terms: what a group norm's backward pass needs from x and
+/// dy, in one read of each per group (the group's x, at most a few hundred
+/// KiB, is read again from cache for its moments). One task per (n, group),
+/// every sum in double in a fixed order: results do not depend on the
+/// thread count.
+typedef struct {
+    const float *x, *dy, *gamma;
+    float *terms;
+    int64_t n, c, hw, groups;
+    double eps;
+} group_norm_grad_job;
+
+/// Σ dy and Σ dy·(x − mean) over x[0..n), dy[0..n), in double.
+static void dy_sums(const float *x, const float *dy, int64_t n, double mean, double *sum_dy, double *sum_dy_dx) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0, p0 = 0, p1 = 0, p2 = 0, p3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += dy[i]; s1 += dy[i + 1]; s2 += dy[i + 2]; s3 += dy[i + 3];
+        p0 += dy[i] * (x[i] - mean); p1 += dy[i + 1] * (x[i + 1] - mean);
+        p2 += dy[i + 2] * (x[i + 2] - mean); p3 += dy[i + 3] * (x[i + 3] - mean);
+    }
+    for (; i < n; i++) {
+        s0 += dy[i];
+        p0 += dy[i] * (x[i] - mean);
+    }
+    *sum_dy = (s0 + s1) + (s2 + s3);
+    *sum_dy_dx = (p0 + p1) + (p2 + p3);
+}
+
+static void group_norm_grad_groups(void *arg, int64_t begin, int64_t end) {
+    const group_norm_grad_job *j = arg;
+    int64_t cg = j->c / j->groups, plane = j->n * j->c;
+    float *a = j->terms, *b = a + plane, *mu = b + plane, *c0 = mu + plane, *dgamma = c0 + plane, *dbeta = dgamma + plane;
+    for (int64_t ig = begin; ig < end; ig++) {
+        int64_t first = (ig / j->groups) * j->c + (ig % j->groups) * cg; // (n, channel) of the group's first plane
+        const float *xg = j->x + first * j->hw, *dyg = j->dy + first * j->hw;
+        double count = (double)(cg * j->hw);
+        double mean = ddp_sum_f64(xg, cg * j->hw) / count;
+        double r = 1.0 / sqrt(ddp_sum_sq_dev_f64(xg, cg * j->hw, mean) / count + j->eps);
+        double mean_g = 0, mean_g_xhat = 0; // A and B of the header, times count
+        for (int64_t k = 0; k < cg; k++) {
+            int64_t at = first + k;
+            double sum_dy, sum_dy_dx;
+            dy_sums(xg + k * j->hw, dyg + k * j->hw, j->hw, mean, &sum_dy, &sum_dy_dx);
+            double gamma = j->gamma[at % j->c];
+            mean_g += gamma * sum_dy;
+            mean_g_xhat += gamma * r * sum_dy_dx;
+            dgamma[at] = (float)(r * sum_dy_dx);
+            dbeta[at] = (float)sum_dy;
+        }
+        mean_g /= count;
+        mean_g_xhat /= count;
+        for (int64_t k = 0; k < cg; k++) {
+            int64_t at = first + k;
+            a[at] = (float)(r * j->gamma[at % j->c]);
+            b[at] = (float)(-r * r * mean_g_xhat);
+            mu[at] = (float)mean;
+            c0[at] = (float)(-r * mean_g);
+        }
+    }
+}
+
+int ddp_group_norm_grad_terms(void *const *bufs, const int64_t *ia, const double *fa) {
+    group_norm_grad_job job = {bufs[0], bufs[1], bufs[2], bufs[3], ia[0], ia[1], ia[2], ia[3], fa[0]};
+    if (job.groups <= 0 || job.c % job.groups != 0) return DDP_ERR_ARGS;
+    ddp_parallel_for(job.n * job.groups, group_norm_grad_groups, &job);
+    return DDP_OK;
+}
+
 // layer_norm: per row, y = (x - mean) · rstd · gamma[j] + beta[j].
 int ddp_layer_norm(void *const *bufs, const int64_t *ia, const double *fa) {
     const float *x = bufs[0], *gamma = bufs[1], *beta = bufs[2];

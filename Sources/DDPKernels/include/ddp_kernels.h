@@ -108,6 +108,16 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 // group_norm         bufs [x, gamma, beta, y]  ia [N,C,HW,G]  fa [eps]
 //                    statistics (mean, biased variance) per (n, group) over
 //                    C/G channels × HW; then per-channel affine.
+// group_norm_grad_terms bufs [x, dy, gamma, t]  ia [N,C,HW,G]  fa [eps]
+//                    the backward pass of group_norm(x, gamma, beta) for an
+//                    upstream gradient dy, as six [N,C] planes of t (f32[6,N,C]):
+//                    a, b, mu, c with dx = a·dy + b·(x − mu) + c per (n, channel),
+//                    and the (n, channel) parts of dgamma and dbeta (summed over n
+//                    by the caller). With r = 1/√(var + eps) and the group's mean
+//                    and biased variance (over C/G channels × HW, in double),
+//                    A = mean(gamma·dy), B = mean(gamma·dy·x̂) over the group:
+//                    a = r·gamma, b = −r²·B, c = −r·A, dgamma part = Σ dy·x̂,
+//                    dbeta part = Σ dy (over HW).
 // layer_norm         bufs [x, gamma, beta, y]  ia [rows, cols]  fa [eps]
 //                    per row: biased variance; gamma/beta have `cols` entries.
 // softmax            bufs [x, y]         ia [outer, dim, inner]  over the middle axis
@@ -169,7 +179,7 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(allreduce_start) X(allreduce_wait) \
     X(conv2d_winograd) X(conv2d_grad_input_winograd) X(conv2d_grad_weight_winograd) \
     X(reduce_loop) X(lend_scratch) X(winograd_filters) X(conv2d_winograd_prepacked) \
-    X(lend_thread_scratch)
+    X(lend_thread_scratch) X(group_norm_grad_terms)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,

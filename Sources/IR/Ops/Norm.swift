@@ -1,7 +1,9 @@
 /// Normalization: batch_norm (statistics as operands), batch_norm_train (its
 /// own batch statistics), group_norm, layer_norm. Forward ops are single
 /// kernels; their gradients are built from primitive ops (and fused later),
-/// so they are checked like any other composition.
+/// so they are checked like any other composition, except group_norm's, whose
+/// statistics come from one kernel (group_norm_grad_terms) with an f64
+/// reference of its own.
 public enum NormOps {
     static let f = TensorType.f32
 
@@ -89,6 +91,46 @@ public enum NormOps {
             for i in 0..<cols { out[r * cols + i] = (data[r * cols + i] - mean) * scale }
         }
         return out
+    }
+
+    /// group_norm_grad_terms in f64, from the definitions (the reference the
+    /// kernel is checked against): per (n, group) with r = 1/√(var + eps),
+    /// A = mean(γ·dy) and B = mean(γ·dy·x̂) over the group, dx = r·(γ·dy − A
+    /// − x̂·B) = a·dy + b·(x − mean) + c.
+    static func groupNormGradTerms(_ operands: [HostTensor], groups: Int, eps: Double) throws -> HostTensor {
+        let (x, dy, gamma) = (operands[0].data, operands[1].data, operands[2].data)
+        let (n, c, rest) = try channelLayout(operands[0].shape)
+        let perGroup = c / groups, count = Double(perGroup * rest), plane = n * c
+        var out = [Double](repeating: 0, count: 6 * plane)
+        for sample in 0..<n {
+            for group in 0..<groups {
+                let channels = (group * perGroup)..<((group + 1) * perGroup)
+                let span = ((sample * c + channels.lowerBound) * rest)..<((sample * c + channels.upperBound) * rest)
+                let mean = x[span].reduce(0, +) / count
+                let r = 1 / (x[span].reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / count + eps).squareRoot()
+                var meanG = 0.0, meanGXhat = 0.0
+                for channel in channels {
+                    let at = sample * c + channel
+                    var sumDy = 0.0, sumDyXhat = 0.0
+                    for i in (at * rest)..<((at + 1) * rest) {
+                        sumDy += dy[i]
+                        sumDyXhat += dy[i] * (x[i] - mean) * r
+                    }
+                    meanG += gamma[channel] * sumDy / count
+                    meanGXhat += gamma[channel] * sumDyXhat / count
+                    out[4 * plane + at] = sumDyXhat
+                    out[5 * plane + at] = sumDy
+                }
+                for channel in channels {
+                    let at = sample * c + channel
+                    out[at] = r * gamma[channel]
+                    out[plane + at] = -r * r * meanGXhat
+                    out[2 * plane + at] = mean
+                    out[3 * plane + at] = -r * meanG
+                }
+            }
+        }
+        return HostTensor(f([6, n, c]), out)
     }
 
     /// dx for y = normalize(x) over the last axis of `xr` (shape [..., M]), given
@@ -231,7 +273,8 @@ public enum NormOps {
                examples: [([f([2, 3, 2, 2]), f([3]), f([3])], ["eps": .float(1e-3), "epilogue": .expr(reluEpilogue)])],
                overwritesOperand: 0),
 
-        /// ∂x via normalizeBackward over each (n, group); ∂γ = Σ g·x̂, ∂β = Σ g
+        /// ∂x, ∂γ and ∂β from group_norm_grad_terms: one kernel reads x and g once
+        /// per group, and one elementwise pass writes ∂x (fused with what follows).
         OpSpec(name: "group_norm", doc: "%y = group_norm(%x, %gamma, %beta) {groups=32, eps=1e-5}: per (n, group) normalization, per-channel affine",
                arity: 3...3, requiredAttributes: ["groups"],
                inferType: { operands, attrs in
@@ -254,13 +297,18 @@ public enum NormOps {
                },
                gradient: { c in
                    let b = c.builder, x = c.operands[0]
-                   let (n, channels, rest) = try channelLayout(x.shape)
-                   let groups = try c.attrs.int("groups")
-                   let grouped = [n, groups, channels / groups * rest]
-                   let gh = try b.reshape(try b.mul(c.grad, try channelView(b, c.operands[1], rank: x.rank)), grouped)
-                   let (dx, xhat) = try normalizeBackward(b, xr: try b.reshape(x, grouped), gh: gh, eps: try eps(c.attrs))
-                   let dGamma = try sumToChannels(b, try b.mul(c.grad, try b.reshape(xhat, x.shape)))
-                   return [try b.reshape(dx, x.shape), dGamma, try sumToChannels(b, c.grad)]
+                   let (n, channels, _) = try channelLayout(x.shape)
+                   let terms = try b.emit("group_norm_grad_terms", [x, c.grad, c.operands[1]],
+                                          ["groups": .int(try c.attrs.int("groups")), "eps": .float(try eps(c.attrs))])
+                   func plane(_ k: Int) throws -> Value {
+                       try b.reshape(try b.slice(terms, start: [k, 0, 0], end: [k + 1, n, channels]), [n, channels])
+                   }
+                   func perSample(_ k: Int) throws -> Value {
+                       try b.reshape(try plane(k), [n, channels] + [Int](repeating: 1, count: x.rank - 2))
+                   }
+                   let dx = try b.add(try b.add(try b.mul(try perSample(0), c.grad),
+                                                try b.mul(try perSample(1), try b.sub(x, try perSample(2)))), try perSample(3))
+                   return [dx, try b.sum(try plane(4), axes: [0]), try b.sum(try plane(5), axes: [0])]
                },
                lowering: .kernels { operands, _, attrs in
                    let (n, c, rest) = try channelLayout(operands[0].shape)
@@ -269,6 +317,29 @@ public enum NormOps {
                },
                examples: [([f([2, 4, 3, 2]), f([4]), f([4])], ["groups": .int(2), "eps": .float(1e-3)])],
                recomputable: true),
+
+        /// Not differentiated (a gradient's gradient is never taken).
+        OpSpec(name: "group_norm_grad_terms",
+               doc: "%t = group_norm_grad_terms(%x, %dy, %gamma) {groups=32, eps=1e-5} : f32[6,N,C]: group_norm's backward pass as per-(n, channel) planes a, b, mu, c (dx = a·dy + b·(x − mu) + c), then the parts of dgamma and dbeta",
+               arity: 3...3, requiredAttributes: ["groups"],
+               inferType: { operands, attrs in
+                   let (n, c, _) = try channelLayout(operands[0].shape)
+                   _ = try eps(attrs)
+                   let groups = try attrs.int("groups")
+                   guard groups > 0, c % groups == 0 else { throw IRError("groups=\(groups) must divide the \(c) channels") }
+                   guard operands[1] == operands[0] else { throw IRError("dy \(operands[1]) must have x's type \(operands[0])") }
+                   try checkChannelVectors(operands[2...], c)
+                   return f([6, n, c])
+               },
+               evaluate: { operands, attrs, type in try groupNormGradTerms(operands, groups: try attrs.int("groups"), eps: try eps(attrs)) },
+               gradient: nil,
+               lowering: .kernels { operands, _, attrs in
+                   let (n, c, rest) = try channelLayout(operands[0].shape)
+                   return [KernelCall("group_norm_grad_terms", [.operand(0), .operand(1), .operand(2), .result],
+                                      ints: [n, c, rest, try attrs.int("groups")], floats: [try eps(attrs)])]
+               },
+               examples: [([f([2, 4, 3, 2]), f([2, 4, 3, 2]), f([4])], ["groups": .int(2), "eps": .float(1e-3)]),
+                          ([f([3, 6, 5]), f([3, 6, 5]), f([6])], ["groups": .int(3)])]),
 
         /// ∂x via normalizeBackward over the last axis; ∂γ = Σ g·x̂, ∂β = Σ g
         OpSpec(name: "layer_norm", doc: "%y = layer_norm(%x, %gamma, %beta) {eps=1e-5}: normalization over the last axis",
