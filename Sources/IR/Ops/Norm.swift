@@ -300,15 +300,15 @@ public enum NormOps {
                    let (n, channels, _) = try channelLayout(x.shape)
                    let terms = try b.emit("group_norm_grad_terms", [x, c.grad, c.operands[1]],
                                           ["groups": .int(try c.attrs.int("groups")), "eps": .float(try eps(c.attrs))])
-                   func plane(_ k: Int) throws -> Value {
-                       try b.reshape(try b.slice(terms, start: [k, 0, 0], end: [k + 1, n, channels]), [n, channels])
+                   func plane(_ k: Int, shape: [Int]) throws -> Value {
+                       try b.reshape(try b.slice(terms, start: [k, 0, 0], end: [k + 1, n, channels]), shape)
                    }
                    func perSample(_ k: Int) throws -> Value {
-                       try b.reshape(try plane(k), [n, channels] + [Int](repeating: 1, count: x.rank - 2))
+                       try plane(k, shape: [n, channels] + [Int](repeating: 1, count: x.rank - 2))
                    }
                    let dx = try b.add(try b.add(try b.mul(try perSample(0), c.grad),
                                                 try b.mul(try perSample(1), try b.sub(x, try perSample(2)))), try perSample(3))
-                   return [dx, try b.sum(try plane(4), axes: [0]), try b.sum(try plane(5), axes: [0])]
+                   return [dx, try b.sum(try plane(4, shape: [n, channels]), axes: [0]), try b.sum(try plane(5, shape: [n, channels]), axes: [0])]
                },
                lowering: .kernels { operands, _, attrs in
                    let (n, c, rest) = try channelLayout(operands[0].shape)
