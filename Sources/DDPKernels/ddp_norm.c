@@ -201,7 +201,96 @@ static void group_norm_grad_groups(void *arg, int64_t begin, int64_t end) {
 int ddp_group_norm_grad_terms(void *const *bufs, const int64_t *ia, const double *fa) {
     group_norm_grad_job job = {bufs[0], bufs[1], bufs[2], bufs[3], ia[0], ia[1], ia[2], ia[3], fa[0]};
     if (job.groups <= 0 || job.c % job.groups != 0) return DDP_ERR_ARGS;
-    ddp_parallel_for(job.n * job.groups, group_norm_grad_groups, &job);
+    ddp_parallel_for_elements(job.n * job.groups, job.n * job.c * job.hw, group_norm_grad_groups, &job);
+    return DDP_OK;
+}
+
+/// layer_norm_grad_terms: a layer norm's backward pass per row, from one read
+/// of the row's dy and x (x read again from cache for its moments). Rows are
+/// split between threads, each summed in double in a fixed order.
+typedef struct {
+    const float *x, *dy, *gamma, *terms;
+    float *out;
+    int64_t rows, cols;
+    double eps;
+} layer_norm_grad_job;
+
+/// Σ w·dy and Σ w·dy·(x − mean) over [0, n), in double.
+static void weighted_dy_sums(const float *x, const float *dy, const float *w, int64_t n, double mean,
+                             double *sum_dy, double *sum_dy_dx) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0, p0 = 0, p1 = 0, p2 = 0, p3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        double g0 = (double)w[i] * dy[i], g1 = (double)w[i + 1] * dy[i + 1];
+        double g2 = (double)w[i + 2] * dy[i + 2], g3 = (double)w[i + 3] * dy[i + 3];
+        s0 += g0; s1 += g1; s2 += g2; s3 += g3;
+        p0 += g0 * (x[i] - mean); p1 += g1 * (x[i + 1] - mean);
+        p2 += g2 * (x[i + 2] - mean); p3 += g3 * (x[i + 3] - mean);
+    }
+    for (; i < n; i++) {
+        double g = (double)w[i] * dy[i];
+        s0 += g;
+        p0 += g * (x[i] - mean);
+    }
+    *sum_dy = (s0 + s1) + (s2 + s3);
+    *sum_dy_dx = (p0 + p1) + (p2 + p3);
+}
+
+static void layer_norm_grad_rows(void *arg, int64_t begin, int64_t end) {
+    const layer_norm_grad_job *j = arg;
+    float *rstd = j->out, *b = rstd + j->rows, *mu = b + j->rows, *c = mu + j->rows;
+    double count = (double)j->cols;
+    for (int64_t row = begin; row < end; row++) {
+        const float *x = j->x + row * j->cols, *dy = j->dy + row * j->cols;
+        double mean = ddp_sum_f64(x, j->cols) / count;
+        double r = 1.0 / sqrt(ddp_sum_sq_dev_f64(x, j->cols, mean) / count + j->eps);
+        double sum_g, sum_g_dx;
+        weighted_dy_sums(x, dy, j->gamma, j->cols, mean, &sum_g, &sum_g_dx);
+        rstd[row] = (float)r;
+        b[row] = (float)(-r * r * r * sum_g_dx / count);
+        mu[row] = (float)mean;
+        c[row] = (float)(-r * sum_g / count);
+    }
+}
+
+int ddp_layer_norm_grad_terms(void *const *bufs, const int64_t *ia, const double *fa) {
+    layer_norm_grad_job job = {.x = bufs[0], .dy = bufs[1], .gamma = bufs[2], .out = bufs[3],
+                               .rows = ia[0], .cols = ia[1], .eps = fa[0]};
+    ddp_parallel_for_elements(job.rows, job.rows * job.cols, layer_norm_grad_rows, &job);
+    return DDP_OK;
+}
+
+/// Columns of dgamma and dbeta one task sums, all rows in order: each
+/// column's sums are one thread's, whatever the thread count.
+#define LAYER_NORM_PARAM_COLUMNS 64
+
+static void layer_norm_grad_columns(void *arg, int64_t begin, int64_t end) {
+    const layer_norm_grad_job *j = arg;
+    const float *rstd = j->terms, *mu = j->terms + 2 * j->rows;
+    for (int64_t block = begin; block < end; block++) {
+        int64_t first = block * LAYER_NORM_PARAM_COLUMNS;
+        int64_t n = j->cols - first < LAYER_NORM_PARAM_COLUMNS ? j->cols - first : LAYER_NORM_PARAM_COLUMNS;
+        double dgamma[LAYER_NORM_PARAM_COLUMNS] = {0}, dbeta[LAYER_NORM_PARAM_COLUMNS] = {0};
+        for (int64_t row = 0; row < j->rows; row++) {
+            const float *x = j->x + row * j->cols + first, *dy = j->dy + row * j->cols + first;
+            double r = rstd[row], m = mu[row];
+            for (int64_t k = 0; k < n; k++) {
+                dgamma[k] += (double)dy[k] * ((x[k] - m) * r);
+                dbeta[k] += dy[k];
+            }
+        }
+        for (int64_t k = 0; k < n; k++) {
+            j->out[first + k] = (float)dgamma[k];
+            j->out[j->cols + first + k] = (float)dbeta[k];
+        }
+    }
+}
+
+int ddp_layer_norm_grad_params(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    layer_norm_grad_job job = {.x = bufs[0], .dy = bufs[1], .terms = bufs[2], .out = bufs[3], .rows = ia[0], .cols = ia[1]};
+    int64_t blocks = (job.cols + LAYER_NORM_PARAM_COLUMNS - 1) / LAYER_NORM_PARAM_COLUMNS;
+    ddp_parallel_for_elements(blocks, job.rows * job.cols, layer_norm_grad_columns, &job);
     return DDP_OK;
 }
 

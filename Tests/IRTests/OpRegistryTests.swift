@@ -95,7 +95,7 @@ final class OpRegistryTests: XCTestCase {
         let undifferentiated = OpRegistry.all.filter { $0.gradient == nil }.map(\.name).sorted()
         XCTAssertEqual(undifferentiated, ["allreduce_start", "allreduce_wait", "avg_pool2d_grad", "conv2d_grad_input", "conv2d_grad_weight", "cross_entropy_grad",
                                           "equal", "fused_batch_norm_train", "fused_conv2d", "fused_conv2d_grad_input", "fused_elementwise", "fused_reduce", "gelu_grad", "greater", "greater_equal", "group_norm_grad_terms",
-                                          "insert", "max_pool2d_grad", "random_normal", "upsample_bilinear_grad", "upsample_nearest_grad",
+                                          "insert", "layer_norm_grad_params", "layer_norm_grad_terms", "max_pool2d_grad", "random_normal", "upsample_bilinear_grad", "upsample_nearest_grad",
                                           "winograd_filters"])
         XCTAssertGreaterThan(Set(checked).count, 30)
     }

@@ -120,6 +120,15 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    dbeta part = Σ dy (over HW).
 // layer_norm         bufs [x, gamma, beta, y]  ia [rows, cols]  fa [eps]
 //                    per row: biased variance; gamma/beta have `cols` entries.
+// layer_norm_grad_terms bufs [x, dy, gamma, t]  ia [rows, cols]  fa [eps]
+//                    the backward pass of layer_norm(x, gamma, beta) for an upstream
+//                    gradient dy, per row, as four [rows] vectors of t (f32[4,rows]):
+//                    r, b, mu, c with dx = r·gamma·dy + b·(x − mu) + c. With the row's
+//                    mean, r = 1/√(biased var + eps), A = mean(gamma·dy) and
+//                    B = mean(gamma·dy·x̂) (in double): b = −r²·B, c = −r·A.
+// layer_norm_grad_params bufs [x, dy, t, p]  ia [rows, cols]
+//                    dgamma = Σ over rows of dy·(x − mu)·r and dbeta = Σ dy, as
+//                    p = f32[2, cols], from layer_norm_grad_terms' t.
 // softmax            bufs [x, y]         ia [outer, dim, inner]  over the middle axis
 // log_softmax        bufs [x, y]         ia [outer, dim, inner]
 // mse                bufs [a, b, y]      ia [n]   y[0] = mean((a-b)^2), accumulated in double
@@ -179,7 +188,8 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(allreduce_start) X(allreduce_wait) \
     X(conv2d_winograd) X(conv2d_grad_input_winograd) X(conv2d_grad_weight_winograd) \
     X(reduce_loop) X(lend_scratch) X(winograd_filters) X(conv2d_winograd_prepacked) \
-    X(lend_thread_scratch) X(group_norm_grad_terms)
+    X(lend_thread_scratch) X(group_norm_grad_terms) \
+    X(layer_norm_grad_terms) X(layer_norm_grad_params)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,

@@ -1,9 +1,11 @@
 /// Normalization: batch_norm (statistics as operands), batch_norm_train (its
 /// own batch statistics), group_norm, layer_norm. Forward ops are single
 /// kernels; their gradients are built from primitive ops (and fused later),
-/// so they are checked like any other composition, except group_norm's, whose
-/// statistics come from one kernel (group_norm_grad_terms) with an f64
-/// reference of its own.
+/// so they are checked like any other composition, except group_norm's and
+/// layer_norm's: one kernel reads x and the upstream gradient once for the
+/// sums their backward pass needs (group_norm_grad_terms,
+/// layer_norm_grad_terms and _params, each with an f64 reference of its
+/// own), and one elementwise pass, fused with what follows, writes ∂x.
 public enum NormOps {
     static let f = TensorType.f32
 
@@ -133,20 +135,28 @@ public enum NormOps {
         return HostTensor(f([6, n, c]), out)
     }
 
-    /// dx for y = normalize(x) over the last axis of `xr` (shape [..., M]), given
-    /// the upstream gradient already multiplied by γ and shaped like xr:
-    /// ∂x = r·(gh − mean(gh) − x̂·mean(gh·x̂))
-    static func normalizeBackward(_ b: FunctionBuilder, xr: Value, gh: Value, eps: Double) throws -> (dx: Value, xhat: Value) {
-        let last = xr.rank - 1
-        let mu = try b.mean(xr, axes: [last], keepDims: true)
-        let d = try b.sub(xr, mu)
-        let variance = try b.mean(try b.mul(d, d), axes: [last], keepDims: true)
-        let r = try b.unary("rsqrt", try b.add(variance, try b.constant(eps, like: xr)))
-        let xhat = try b.mul(d, r)
-        let meanG = try b.mean(gh, axes: [last], keepDims: true)
-        let meanGX = try b.mean(try b.mul(gh, xhat), axes: [last], keepDims: true)
-        let dx = try b.mul(r, try b.sub(try b.sub(gh, meanG), try b.mul(xhat, meanGX)))
-        return (dx, xhat)
+    /// layer_norm_grad_terms in f64, from the definitions: per row, with
+    /// r = 1/√(var + eps), A = mean(γ·dy) and B = mean(γ·dy·x̂), dx = r·(γ·dy
+    /// − A − x̂·B) = r·γ·dy + b·(x − mean) + c.
+    static func layerNormGradTerms(_ operands: [HostTensor], eps: Double) throws -> HostTensor {
+        let (x, dy, gamma) = (operands[0].data, operands[1].data, operands[2].data)
+        let columns = gamma.count, rows = x.count / columns, count = Double(columns)
+        var out = [Double](repeating: 0, count: 4 * rows)
+        for row in 0..<rows {
+            let span = (row * columns)..<((row + 1) * columns)
+            let mean = x[span].reduce(0, +) / count
+            let r = 1 / (x[span].reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / count + eps).squareRoot()
+            var meanG = 0.0, meanGXhat = 0.0
+            for (column, i) in span.enumerated() {
+                meanG += gamma[column] * dy[i] / count
+                meanGXhat += gamma[column] * dy[i] * (x[i] - mean) * r / count
+            }
+            out[row] = r
+            out[rows + row] = -r * r * meanGXhat
+            out[2 * rows + row] = mean
+            out[3 * rows + row] = -r * meanG
+        }
+        return HostTensor(f([4, rows]), out)
     }
 
     /// x's type, once every other operand is a [C] vector and eps is valid
@@ -341,7 +351,8 @@ public enum NormOps {
                examples: [([f([2, 4, 3, 2]), f([2, 4, 3, 2]), f([4])], ["groups": .int(2), "eps": .float(1e-3)]),
                           ([f([3, 6, 5]), f([3, 6, 5]), f([6])], ["groups": .int(3)])]),
 
-        /// ∂x via normalizeBackward over the last axis; ∂γ = Σ g·x̂, ∂β = Σ g
+        /// ∂x from layer_norm_grad_terms (one read of each row) in one
+        /// elementwise pass; ∂γ = Σ g·x̂ and ∂β = Σ g from layer_norm_grad_params.
         OpSpec(name: "layer_norm", doc: "%y = layer_norm(%x, %gamma, %beta) {eps=1e-5}: normalization over the last axis",
                arity: 3...3,
                inferType: { operands, attrs in
@@ -357,10 +368,19 @@ public enum NormOps {
                    return HostTensor(type, out)
                },
                gradient: { c in
-                   let b = c.builder, x = c.operands[0]
-                   let gh = try b.mul(c.grad, c.operands[1])
-                   let (dx, xhat) = try normalizeBackward(b, xr: x, gh: gh, eps: try eps(c.attrs))
-                   return [dx, try b.mul(c.grad, xhat), c.grad]
+                   let b = c.builder, x = c.operands[0], gamma = c.operands[1]
+                   let columns = x.shape.last!, rows = x.type.count / columns
+                   let terms = try b.emit("layer_norm_grad_terms", [x, c.grad, gamma], ["eps": .float(try eps(c.attrs))])
+                   func perRow(_ k: Int) throws -> Value {
+                       try b.reshape(try b.slice(terms, start: [k, 0], end: [k + 1, rows]), Array(x.shape.dropLast()) + [1])
+                   }
+                   let dx = try b.add(try b.add(try b.mul(try b.mul(try perRow(0), gamma), c.grad),
+                                                try b.mul(try perRow(1), try b.sub(x, try perRow(2)))), try perRow(3))
+                   let params = try b.emit("layer_norm_grad_params", [x, c.grad, terms])
+                   func param(_ k: Int) throws -> Value {
+                       try b.reshape(try b.slice(params, start: [k, 0], end: [k + 1, columns]), [columns])
+                   }
+                   return [dx, try param(0), try param(1)]
                },
                lowering: .kernels { operands, _, attrs in
                    let d = operands[0].shape.last!
@@ -369,5 +389,56 @@ public enum NormOps {
                },
                examples: [([f([2, 3, 5]), f([5]), f([5])], ["eps": .float(1e-3)])],
                recomputable: true),
+        /// Not differentiated (a gradient's gradient is never taken).
+        OpSpec(name: "layer_norm_grad_terms",
+               doc: "%t = layer_norm_grad_terms(%x, %dy, %gamma) {eps=1e-5} : f32[4,R]: layer_norm's backward pass per row (R rows) as vectors r, b, mu, c: dx = r·gamma·dy + b·(x − mu) + c",
+               arity: 3...3,
+               inferType: { operands, attrs in
+                   guard let columns = operands[0].shape.last else { throw IRError("needs a tensor of rank ≥ 1") }
+                   _ = try eps(attrs)
+                   guard operands[1] == operands[0] else { throw IRError("dy \(operands[1]) must have x's type \(operands[0])") }
+                   try checkChannelVectors(operands[2...], columns)
+                   return f([4, operands[0].count / max(columns, 1)])
+               },
+               evaluate: { operands, attrs, type in try layerNormGradTerms(operands, eps: try eps(attrs)) },
+               gradient: nil,
+               lowering: .kernels { operands, _, attrs in
+                   let columns = operands[0].shape.last!
+                   return [KernelCall("layer_norm_grad_terms", [.operand(0), .operand(1), .operand(2), .result],
+                                      ints: [operands[0].count / columns, columns], floats: [try eps(attrs)])]
+               },
+               examples: [([f([2, 3, 5]), f([2, 3, 5]), f([5])], ["eps": .float(1e-3)])]),
+
+        /// Not differentiated (a gradient's gradient is never taken).
+        OpSpec(name: "layer_norm_grad_params",
+               doc: "%p = layer_norm_grad_params(%x, %dy, %t) : f32[2,D]: layer_norm's dgamma = Σ dy·(x − mu)·r and dbeta = Σ dy over the rows, from layer_norm_grad_terms' %t",
+               arity: 3...3,
+               inferType: { operands, _ in
+                   guard let columns = operands[0].shape.last, columns > 0 else { throw IRError("needs a tensor of rank ≥ 1") }
+                   let rows = operands[0].count / columns
+                   guard operands[1] == operands[0] else { throw IRError("dy \(operands[1]) must have x's type \(operands[0])") }
+                   guard operands[2].shape == [4, rows] else { throw IRError("terms \(operands[2]) must be f32[4,\(rows)]") }
+                   return f([2, columns])
+               },
+               evaluate: { operands, _, type in
+                   let (x, dy, terms) = (operands[0].data, operands[1].data, operands[2].data)
+                   let columns = type.shape[1], rows = x.count / columns
+                   var out = [Double](repeating: 0, count: 2 * columns)
+                   for row in 0..<rows {
+                       for column in 0..<columns {
+                           let i = row * columns + column
+                           out[column] += dy[i] * (x[i] - terms[2 * rows + row]) * terms[row]
+                           out[columns + column] += dy[i]
+                       }
+                   }
+                   return HostTensor(type, out)
+               },
+               gradient: nil,
+               lowering: .kernels { operands, _, _ in
+                   let columns = operands[0].shape.last!
+                   return [KernelCall("layer_norm_grad_params", [.operand(0), .operand(1), .operand(2), .result],
+                                      ints: [operands[0].count / columns, columns])]
+               },
+               examples: [([f([2, 3, 70]), f([2, 3, 70]), f([4, 6])], [:])]),
     ]
 }
