@@ -151,6 +151,12 @@ public struct OpSpec {
     /// plan-memory then places the result there when nothing reads the
     /// operand afterwards.
     public let overwritesOperand: Int?
+    /// Operands of the result's type whose bytes the kernel may write the
+    /// result over, when that depends on the instance (a Winograd
+    /// convolution's residual and gate, read element for element as it
+    /// stores the result); nil: `overwritesOperand` alone.
+    public typealias OverwriteRule = (_ operands: [TensorType], _ result: TensorType, _ attrs: Attributes) -> [Int]
+    public let overwritableOperands: OverwriteRule?
     /// Recomputing the result costs about what storing and reading it back
     /// does (data movement: resampling, concatenation): `rematerialize` may
     /// compute it again where it is needed late instead of holding it.
@@ -164,7 +170,8 @@ public struct OpSpec {
                 inferType: @escaping TypeRule, evaluate: @escaping Evaluate,
                 gradient: GradientRule?, lowering: Lowering,
                 examples: [(operands: [TensorType], attrs: Attributes)], flops: FlopRule? = nil,
-                overwritesOperand: Int? = nil, rematerializable: Bool = false, recomputable: Bool = false) {
+                overwritesOperand: Int? = nil, overwritableOperands: OverwriteRule? = nil, rematerializable: Bool = false,
+                recomputable: Bool = false) {
         self.name = name
         self.doc = doc
         self.arity = arity
@@ -176,6 +183,7 @@ public struct OpSpec {
         self.examples = examples
         self.flops = flops
         self.overwritesOperand = overwritesOperand
+        self.overwritableOperands = overwritableOperands
         self.rematerializable = rematerializable
         self.recomputable = recomputable
     }

@@ -191,6 +191,31 @@ final class LLVMEmitterTests: XCTestCase {
         XCTAssertEqual(byID[6]!.arenaOffset, byID[5]!.arenaOffset, "%6 over %5, read twice")
     }
 
+    /// A Winograd convolution writes its result over a residual or a ReLU
+    /// gate of its own shape that nothing reads after it (it reads each of
+    /// their elements as it stores that output, from accumulators of its
+    /// own), forward and input gradient; an im2col one, which applies the
+    /// epilogue to what its GEMM already wrote, does not. All compute what
+    /// the interpreter does.
+    func testWinogradConvolutionsWriteOverTheResidualOrGateTheyRead() throws {
+        let module = try Parser.parse("""
+            func @f(%0: f32[2,6,9,8] input "x", %1: f32[6,6,3,3] param "w", %2: f32[2,6,9,8] input "g") {
+              %3 = neg(%0) : f32[2,6,9,8]
+              %4 = fused_conv2d(%0, %1, %3) {algorithm="winograd4", epilogue=max(add(in0, in1), 0.0), pad=[1,1]} : f32[2,6,9,8]
+              %5 = neg(%2) : f32[2,6,9,8]
+              %6 = fused_conv2d_grad_input(%4, %1, %5) {algorithm="winograd2", epilogue=mul(in0, gt(in1, 0.0)), input_shape=[2,6,9,8], pad=[1,1]} : f32[2,6,9,8]
+              %7 = neg(%6) : f32[2,6,9,8]
+              %8 = fused_conv2d(%7, %1, %6) {epilogue=add(in0, in1), pad=[1,1]} : f32[2,6,9,8]
+              return %8 as "y"
+            }
+            """)
+        let checked = try check(module, name: "winograd_over", passes: [PlanMemory()])
+        let byID = Dictionary(uniqueKeysWithValues: checked.planned.functions[0].nodes.map { ($0.id, $0) })
+        XCTAssertEqual(byID[4]!.arenaOffset, byID[3]!.arenaOffset, "the forward over its residual")
+        XCTAssertEqual(byID[6]!.arenaOffset, byID[5]!.arenaOffset, "the input gradient over its gate")
+        XCTAssertNotEqual(byID[8]!.arenaOffset, byID[6]!.arenaOffset, "an im2col convolution keeps its own buffer")
+    }
+
     /// Winograd kernels borrow their weights scratch from the arena, lent
     /// for each call (plan-memory sized it for every ISA: no request misses),
     /// and compute what the interpreter does.

@@ -157,6 +157,18 @@ public enum FusedConvOps {
         return (geometry, layout)
     }
 
+    /// The extra operands a Winograd kernel may write its result over: those
+    /// of the result's shape (a residual, a gate), which it reads element
+    /// for element as it stores each output row from accumulators of its
+    /// own. The im2col kernels apply the epilogue to the result in place,
+    /// after the GEMM has written it, and may not.
+    static func winogradOverwritable(_ geometry: @escaping (Attributes, [TensorType]) throws -> ConvOps.Geometry) -> OpSpec.OverwriteRule {
+        { operands, result, attrs in
+            guard let geometry = try? geometry(attrs, operands), (try? ConvOps.winogradTile(attrs, geometry)) ?? nil != nil else { return [] }
+            return operands.indices.filter { $0 >= 2 && operands[$0] == result }
+        }
+    }
+
     /// max(conv·scale + shift + residual, 0), in an example's operand order.
     static let residualReLU = ScalarExpr.binary(.max, .binary(.add, .input(3), .binary(.add, .input(2), .binary(.mul, .input(1), .input(0)))),
                                                 .const(0))
@@ -206,7 +218,8 @@ public enum FusedConvOps {
                flops: { operands, result, attrs in
                    let weight = (try? forwardGeometry(operands, attrs))?.0.weightShape ?? operands[1].shape
                    return ConvOps.macs(output: result.shape, weight: weight)
-               }),
+               },
+               overwritableOperands: winogradOverwritable { attrs, operands in try forwardGeometry(operands, attrs).0 }),
 
         OpSpec(name: "fused_conv2d_grad_input",
                doc: "%dx = fused_conv2d_grad_input(%dy, %w, %e1, ...) {<conv2d_grad_input's>, epilogue=mul(in0, gt(in1, 0.0))}: conv2d_grad_input, then the epilogue on each element of dx",
@@ -242,7 +255,10 @@ public enum FusedConvOps {
                     ["input_shape": .ints([1, 3, 5, 5]),
                      "epilogue": .expr(.binary(.mul, .binary(.gt, .input(4), .const(0)), residualReLU))]),
                ],
-               flops: { operands, _, _ in ConvOps.macs(output: operands[0].shape, weight: operands[1].shape) }),
+               flops: { operands, _, _ in ConvOps.macs(output: operands[0].shape, weight: operands[1].shape) },
+               overwritableOperands: winogradOverwritable { attrs, operands in
+                   try ConvOps.Geometry(input: try attrs.ints("input_shape"), weight: operands[1].shape, attrs: attrs)
+               }),
     ]
 
     /// A ReLU's backward on the input gradient: dx·[in1 > 0].
