@@ -280,6 +280,26 @@ final class PlanMemoryTests: XCTestCase {
         XCTAssertEqual(function.nodesByID[4]!.arenaOffset, 0, "D, the largest, goes first")
     }
 
+    /// The three greedy placements leave a hole no later buffer fits; the
+    /// search over largest-first orders with large buffers swapped finds a
+    /// placement at the lower bound.
+    func testSearchedOrderReachesTheLowerBoundTheGreedyPlacementsMiss() {
+        // Units of 64 bytes: A 1 [1, 3], B 4 [1, 1], C 1 [2, 6], D 4 [4, 4]; the bound is 5
+        // (B 0..<4, A 4..<5, C 0..<1, D 1..<5). Largest first puts D at 0, so C goes above A.
+        let buffers: [PlanMemory.Buffer] = [.init(size: 64, first: 1, last: 3), .init(size: 256, first: 1, last: 1),
+                                            .init(size: 64, first: 2, last: 6), .init(size: 256, first: 4, last: 4)]
+        let greedy = [PlanMemory.placeInScheduleOrder(buffers), PlanMemory.placeLargestFirst(buffers), PlanMemory.placeFullestFirst(buffers)]
+        XCTAssertEqual(greedy.map(\.arena).min(), 6 * 64)
+        let searched = PlanMemory.searchLargestFirst(buffers, lowerBound: 5 * 64, best: greedy[1])
+        XCTAssertEqual(searched.arena, 5 * 64)
+        for a in buffers.indices {
+            for b in buffers.indices where a < b && buffers[a].overlaps(buffers[b]) {
+                let (x, y) = (searched.offsets[a], searched.offsets[b])
+                XCTAssertTrue(x + buffers[a].size <= y || y + buffers[b].size <= x, "buffers \(a) and \(b) are live together")
+            }
+        }
+    }
+
     // The four UNet.small entry points after the whole standard pipeline.
     func testUNetSmallInferIsPlannedSoundly() throws { try checkUNet("infer") }
     func testUNetSmallPretrainStepIsPlannedSoundly() throws { try checkUNet("pretrain_step") }
