@@ -68,6 +68,46 @@ static inline ddp_conv_epilogue ddp_conv_epilogue_read(void *const *bufs, const 
     return e;
 }
 
+/// A convolution's prologue: its input read as x·scale[c] + shift[c], then
+/// max(·, 0) when relu (the previous layer's normalization and activation,
+/// applied as each input row is loaded instead of in a pass of their own);
+/// the padding stays 0.
+typedef struct {
+    const float *scale, *shift;
+    int relu, active;
+} ddp_conv_prologue;
+
+/// Reads the prologue flags at `flags` (has_prologue, relu) and takes its two
+/// buffers from `bufs[next]`, `bufs[next + 1]`.
+static inline ddp_conv_prologue ddp_conv_prologue_read(void *const *bufs, int next, const int64_t *flags) {
+    ddp_conv_prologue p = {0};
+    if (flags[0]) {
+        p.scale = bufs[next];
+        p.shift = bufs[next + 1];
+        p.relu = flags[1] != 0;
+        p.active = 1;
+    }
+    return p;
+}
+
+/// How many buffers the epilogue flags at `flags` take (after the kernel's first three).
+static inline int ddp_conv_epilogue_buffers(const int64_t *flags) {
+    return (flags[0] != 0) + (flags[1] != 0) + (flags[2] != 0) + (flags[4] != 0);
+}
+
+/// The prologue on one row of channel c's input, x[0..n) into out.
+static inline void ddp_conv_prologue_row(const ddp_conv_prologue *p, int64_t c, const float *restrict x,
+                                         float *restrict out, int64_t n) {
+    float scale = p->scale[c], shift = p->shift[c];
+    if (p->relu)
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i] * scale + shift;
+            out[i] = v > 0.0f ? v : 0.0f;
+        }
+    else
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale + shift;
+}
+
 static inline __attribute__((always_inline)) void ddp_conv_epilogue_loop(float scale, float shift, const float *res,
                                                                           const float *gate, int relu, const float *acc,
                                                                           float *y, int64_t count) {

@@ -93,6 +93,7 @@ typedef struct {
     const float *packed_u;  // U[ξ] (O × C), packed for the GEMM
     int64_t packed_floats;  // floats per packed U[ξ]
     ddp_conv_epilogue epilogue;
+    ddp_conv_prologue prologue; // on x as each input row is split (forward and weight gradient)
     int failed;
 } wino_job;
 
@@ -238,7 +239,8 @@ static int forward(void *const *bufs, const int64_t *ia, int panel) {
     if (!winograd_geometry(ia, ia[21])) return DDP_ERR_ARGS;
     wino_job job = {.n = ia[0], .c = ia[1], .h = ia[2], .w = ia[3], .o = ia[4], .oh = ia[7], .ow = ia[8],
                     .ph = ia[11], .pw = ia[12], .x = bufs[0], .y = bufs[2],
-                    .epilogue = ddp_conv_epilogue_read(bufs, ia + 16)};
+                    .epilogue = ddp_conv_epilogue_read(bufs, ia + 16),
+                    .prologue = ddp_conv_prologue_read(bufs, 3 + ddp_conv_epilogue_buffers(ia + 16), ia + 22)};
     return ia[21] == 4 ? winograd_f4(&job, bufs[1], 0, panel) : winograd_f2(&job, bufs[1], 0, panel);
 }
 
@@ -249,8 +251,8 @@ int ddp_conv2d_winograd(void *const *bufs, const int64_t *ia, const double *fa) 
 
 int ddp_conv2d_winograd_prepacked(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    if (ia[22] < 1 || ia[22] > PANEL_LANES) return DDP_ERR_ARGS;
-    return forward(bufs, ia, (int)ia[22]);
+    if (ia[24] < 1 || ia[24] > PANEL_LANES) return DDP_ERR_ARGS;
+    return forward(bufs, ia, (int)ia[24]);
 }
 
 int ddp_winograd_filters(void *const *bufs, const int64_t *ia, const double *fa) {

@@ -238,7 +238,7 @@ static void WT(prefetch_rows)(const wino_job *job, int64_t row0, int64_t rows, i
 /// Floats `transform_input_channel` needs as work space for blocks of up to
 /// `rows` tile rows.
 static int64_t WT(input_work_floats)(const wino_job *job, int64_t rows) {
-    return 2 * PATCH * TILE * (rows + 1) * (job->tw + 1);
+    return 2 * PATCH * TILE * (rows + 1) * (job->tw + 1) + (job->prologue.active ? job->w : 0);
 }
 
 /// Bᵀ applied along the rows of z (columns k of phases 0..TILE-1, then k + 1
@@ -264,14 +264,19 @@ static void WT(transform_input_channel)(const wino_job *job, int64_t row0, int64
     int64_t stride = padded + span; // phase arrays carry one spare tile row
     float *p = work;                         // p[r][q][·]: phase q of input row r under each tile row
     float *z = p + PATCH * TILE * stride;    // z[i][q][·]: Bᵀ applied down the PATCH rows
+    float *prologued = z + PATCH * TILE * stride; // one input row after the prologue
     if (c + 1 < job->c) WT(prefetch_rows)(job, row0, rows, c + 1);
     for (int64_t lr = 0; lr < rows; lr++) {
         int64_t row = row0 + lr, image = row / job->th, tr = row % job->th;
         const float *xc = job->x + (image * job->c + c) * job->h * job->w;
         for (int r = 0; r < PATCH; r++) {
             int64_t ih = tr * TILE - job->ph + r;
-            WT(split_row)(ih >= 0 && ih < job->h ? xc + ih * job->w : NULL, job->w, job->pw, span,
-                          p + r * TILE * stride + lr * span, stride);
+            const float *xrow = ih >= 0 && ih < job->h ? xc + ih * job->w : NULL;
+            if (xrow != NULL && job->prologue.active) {
+                ddp_conv_prologue_row(&job->prologue, c, xrow, prologued, job->w);
+                xrow = prologued;
+            }
+            WT(split_row)(xrow, job->w, job->pw, span, p + r * TILE * stride + lr * span, stride);
         }
     }
     for (int q = 0; q < TILE; q++) {

@@ -80,7 +80,7 @@ public struct PassManager {
         let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), BatchNormFromMoments(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
                                 SelectConvAlgorithm(mode: convAlgorithm)]
         let prepare: [any Pass] = panelRows.map { [PrepareWeights(panelRows: $0)] } ?? []
-        return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(), GroupLoops(), PlanMemory()]
+        return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(), FuseConvPrologue(), GroupLoops(), PlanMemory()]
     }
 
     /// The AVX-512 micro-kernel's panel rows; the compile driver passes the
@@ -90,7 +90,7 @@ public struct PassManager {
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
          BatchNormFromMoments.name, FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
-         FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, PrepareWeights.name, ScheduleUpdates.name, Rematerialize.name, GroupLoops.name, PlanMemory.name]
+         FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, PrepareWeights.name, ScheduleUpdates.name, Rematerialize.name, FuseConvPrologue.name, GroupLoops.name, PlanMemory.name]
     }
 
     @discardableResult

@@ -58,7 +58,10 @@ public struct SelectConvAlgorithm: Pass {
             for n in module.functions[f].nodes.indices {
                 let node = module.functions[f].nodes[n]
                 let operandTypes = node.operands.map { types[$0]! }
-                guard ConvOps.winogradTiles(node, operandTypes: operandTypes, tile: 4) != nil else { continue }
+                guard ConvOps.winogradTiles(node, operandTypes: operandTypes, tile: 4) != nil,
+                      // A recompiled convolution with a prologue keeps its Winograd
+                      // algorithm: only those kernels apply one.
+                      node.attrs[FusedConvOps.Prologue.key] == nil else { continue }
                 let wanted: String?
                 switch mode {
                 case .auto:

@@ -119,6 +119,8 @@ final class StepAgreementTests: XCTestCase {
         XCTAssertGreaterThan(try nodes(executor, algorithm: "winograd4"), 5)
         XCTAssertGreaterThan(try nodes(executor, algorithm: "winograd2"), 5)
         XCTAssertTrue(try executor.artifact.finalIR.contains("{pad=[1,1]} : f32[2,64,2,2]"), "the smallest layers stay on im2col")
+        XCTAssertTrue(try executor.artifact.finalIR.contains("prologue=max(add(mul(in0, in1), in2), 0.0)"),
+                      "a decoder block's second convolution applies the first one's batch norm and ReLU (checked by the steps' tests)")
     }
 
     /// Only the DDeP step: fine-tuning trains the encoder's batch norms, and

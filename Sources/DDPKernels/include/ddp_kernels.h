@@ -46,15 +46,18 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 // conv2d_grad_weight bufs [x, dy, dw]    ia as conv2d's geometry. dw[O,C/groups,KH,KW] = VJP wrt w.
 // conv2d_winograd    as conv2d, ia followed by the tile size m (4 or 2), for 3×3, stride 1,
 //                    dilation 1, one group, padding ≤ 2 (DDP_ERR_ARGS otherwise): Winograd
-//                    F(m×m, 3×3), see ddp_winograd.c.
+//                    F(m×m, 3×3), see ddp_winograd.c; then the prologue flags
+//                    [has_prologue, relu]: with has_prologue, bufs end with [pscale, pshift]
+//                    (C values each) and the convolution reads x[n][c] as
+//                    x·pscale[c] + pshift[c] (then max(·, 0) when relu), the padding 0.
 // conv2d_grad_input_winograd  as conv2d_grad_input, ia followed by m; geometries as above.
 // winograd_filters   bufs [w, u]         ia [O, C, m, p]
 //                    u = the filters w[O,C,3,3] transformed for F(m×m, 3×3), (m+2)² planes
 //                    U[ξ] (O × C) each packed for the GEMM in row panels of p rows
 //                    (1 ≤ p ≤ 16): the layout ddp_gemm_pack_a writes, rows padded with
 //                    zeros to a multiple of p; (m+2)²·⌈O/p⌉·p·C floats.
-// conv2d_winograd_prepacked   as conv2d_winograd, ia followed by p: w is winograd_filters'
-//                    u for panels of p rows. Where p is not the chosen ISA's (12 with
+// conv2d_winograd_prepacked   as conv2d_winograd (prologue flags included), ia followed by
+//                    p: w is winograd_filters' u for panels of p rows. Where p is not the chosen ISA's (12 with
 //                    AVX-512, 6 with AVX2) u is repacked for it on each call.
 // conv2d_grad_weight_winograd as conv2d_grad_weight, ia followed by m; geometries as above.
 // matmul             bufs [a, b, c]      ia [batch, M, K, N, a_batch_stride, b_batch_stride, trans_a, trans_b]

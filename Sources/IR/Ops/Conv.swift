@@ -219,7 +219,8 @@ public enum ConvOps {
                    let geometry = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
                    let tile = try winogradTile(attrs, geometry)
                    return [KernelCall(kernel("conv2d", tile: tile), [.operand(0), .operand(1), .result],
-                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + tileInts(tile),
+                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + tileInts(tile)
+                                          + (tile == nil ? [] : FusedConvOps.Prologue.none),
                                       scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c), threadScratch: true)]
                },
                examples: [([f([2, 4, 7, 6]), f([6, 2, 3, 3])], example),

@@ -96,6 +96,52 @@ public enum FusedConvOps {
         static let none = [0, 0, 0, 0, 0]
     }
 
+    /// The prologue in the kernel's terms: a Winograd convolution reads its
+    /// input as act(x·scale + shift) per input channel (the previous
+    /// layer's normalization and ReLU, which then need no pass of their
+    /// own), `scale` and `shift` its last two operands (`in1`, `in2` of the
+    /// `prologue` expression, whose `in0` is the input element).
+    public struct Prologue: Equatable {
+        public var relu: Bool
+        public static let key = "prologue"
+        /// The kernel's prologue flags (has_prologue, relu) when there is none.
+        static let none = [0, 0]
+        var kernelInts: [Int] { [1, relu ? 1 : 0] }
+
+        /// act(in0·in1 + in2), act ReLU or none: the form `match` accepts, written out.
+        public static func expr(relu: Bool) -> ScalarExpr {
+            let affine = ScalarExpr.binary(.add, .binary(.mul, .input(0), .input(1)), .input(2))
+            return relu ? .binary(.max, affine, .const(0)) : affine
+        }
+
+        /// Recognizes act(in0·in1 + in2) with in1 the scale and in2 the shift
+        /// (either order of each operation); nil for anything else.
+        public static func match(_ expr: ScalarExpr) -> Prologue? {
+            guard let parts = Epilogue.match(expr, perChannel: [true, true]), parts.scale == 0, parts.shift == 1,
+                  parts.residual == nil, parts.gate == nil else { return nil }
+            return Prologue(relu: parts.relu)
+        }
+    }
+
+    /// The operands a node's prologue takes from the end of its operand list.
+    static func prologueOperandCount(_ attrs: Attributes) -> Int { attrs[Prologue.key] == nil ? 0 : 2 }
+
+    /// The node's prologue, checked against its operands and algorithm; nil without one.
+    static func prologue(_ operands: [TensorType], geometry: ConvOps.Geometry, attrs: Attributes) throws -> Prologue? {
+        guard attrs[Prologue.key] != nil else { return nil }
+        let expr = try attrs.expr(Prologue.key)
+        guard let prologue = Prologue.match(expr) else {
+            throw IRError("the convolution kernels cannot apply the prologue \(expr): they compute act(in0·in1 + in2), act max(·, 0) or none")
+        }
+        guard try ConvOps.winogradTile(attrs, geometry) != nil else {
+            throw IRError("prologue=: only a Winograd convolution applies one; this one has no algorithm")
+        }
+        guard operands.count >= 4, operands.suffix(2).allSatisfy({ isPerChannel($0.shape, channels: geometry.c) }) else {
+            throw IRError("a prologue's operands, the last two, must be per input channel ([\(geometry.c),1,1])")
+        }
+        return prologue
+    }
+
     /// Whether `shape` holds one value per channel of an NCHW output with O channels.
     public static func isPerChannel(_ shape: [Int], channels: Int) -> Bool {
         shape == [channels, 1, 1] || shape == [1, channels, 1, 1]
@@ -103,7 +149,7 @@ public enum FusedConvOps {
 
     static func epilogue(_ operands: [TensorType], output: [Int], attrs: Attributes) throws -> Epilogue {
         let expr = try attrs.expr("epilogue")
-        let extras = operands.dropFirst(2)
+        let extras = operands.dropFirst(2).dropLast(prologueOperandCount(attrs))
         var perChannel: [Bool] = []
         for (k, extra) in extras.enumerated() {
             if isPerChannel(extra.shape, channels: output[1]) {
@@ -130,9 +176,15 @@ public enum FusedConvOps {
                            prepacked: WinogradFilterOps.Layout? = nil) throws -> KernelCall {
         let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
         let tile = try ConvOps.winogradTile(attrs, geometry)
+        // A forward Winograd kernel takes the prologue flags (and operands, last).
+        let prologue = name == "conv2d" && tile != nil
+            ? (try prologue(operands, geometry: geometry, attrs: attrs)).map { ($0.kernelInts, [operands.count - 2, operands.count - 1]) }
+                ?? (Prologue.none, [])
+            : ([], [])
         return KernelCall(ConvOps.kernel(name, tile: tile) + (prepacked == nil ? "" : "_prepacked"),
-                          [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) },
-                          ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile) + (prepacked.map { [$0.panel] } ?? []),
+                          [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) } + prologue.1.map { .operand($0) },
+                          ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile) + prologue.0
+                              + (prepacked.map { [$0.panel] } ?? []),
                           scratchFloats: prepacked != nil ? 0
                               : ConvOps.winogradScratchFloats(tile: tile, rows: transformed.rows, columns: transformed.columns),
                           threadScratch: true)
@@ -175,21 +227,25 @@ public enum FusedConvOps {
 
     public static let all: [OpSpec] = [
         OpSpec(name: "fused_conv2d",
-               doc: "%y = fused_conv2d(%x, %w, %e1, ...) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0)}: conv2d, then the epilogue on each output element; with {panel=p, weight_shape=[O,C,3,3]} and a Winograd algorithm, %w is winograd_filters' packed value",
-               arity: 2...6, requiredAttributes: ["epilogue"],
+               doc: "%y = fused_conv2d(%x, %w, %e1, ..., %ps, %pt) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0), prologue=max(add(mul(in0, in1), in2), 0.0)}: conv2d of x after the prologue (per input channel; its two operands last; Winograd only), then the epilogue on each output element; with {panel=p, weight_shape=[O,C,3,3]} and a Winograd algorithm, %w is winograd_filters' packed value",
+               arity: 2...8, requiredAttributes: ["epilogue"],
                inferType: { operands, attrs in
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
                    let (geometry, _) = try forwardGeometry(operands, attrs)
                    _ = try epilogue(operands, output: geometry.outputShape, attrs: attrs)
                    _ = try ConvOps.winogradTile(attrs, geometry)
+                   _ = try prologue(operands, geometry: geometry, attrs: attrs)
                    return operands[0].with(shape: geometry.outputShape)
                },
                evaluate: { operands, attrs, type in
                    // Packed filters are the filters they were made from, G·g·Gᵀ undone.
                    let (_, prepacked) = try forwardGeometry(operands.map(\.type), attrs)
                    let w = prepacked.map { WinogradFilterOps.unpack(operands[1], $0) } ?? operands[1]
-                   let conv = try ConvOps.evaluate(operands[0], w, attrs: attrs, type: type)
-                   return evaluateElementwise(try attrs.expr("epilogue"), [conv] + operands.dropFirst(2), type)
+                   let prologueCount = prologueOperandCount(attrs)
+                   let x = prologueCount == 0 ? operands[0]
+                       : evaluateElementwise(try attrs.expr(Prologue.key), [operands[0]] + operands.suffix(2), operands[0].type)
+                   let conv = try ConvOps.evaluate(x, w, attrs: attrs, type: type)
+                   return evaluateElementwise(try attrs.expr("epilogue"), [conv] + operands.dropFirst(2).dropLast(prologueCount), type)
                },
                // Formed after autodiff: nothing differentiates it.
                gradient: nil,
@@ -213,6 +269,11 @@ public enum FusedConvOps {
                     ConvOps.winogradExample(pad: [1, 1]).merging(["epilogue": .expr(residualReLU)])),
                    ([f([2, 3, 7, 5]), f([4, 3, 3, 3]), f([4, 1, 1]), f([4, 1, 1]), f([2, 4, 7, 5])],
                     ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["epilogue": .expr(residualReLU)])),
+                   // the previous layer's batch norm and ReLU as the prologue, with and without an epilogue
+                   ([f([2, 3, 7, 6]), f([4, 3, 3, 3]), f([4, 1, 1]), f([4, 1, 1]), f([2, 4, 7, 6]), f([1, 3, 1, 1]), f([1, 3, 1, 1])],
+                    ConvOps.winogradExample(pad: [1, 1]).merging(["epilogue": .expr(residualReLU), Prologue.key: .expr(Prologue.expr(relu: true))])),
+                   ([f([2, 3, 7, 5]), f([4, 3, 3, 3]), f([3, 1, 1]), f([3, 1, 1])],
+                    ConvOps.winogradExample(pad: [0, 1], tile: 2).merging(["epilogue": .expr(.input(0)), Prologue.key: .expr(Prologue.expr(relu: false))])),
                ],
                // The epilogue's few operations per element are not counted.
                flops: { operands, result, attrs in

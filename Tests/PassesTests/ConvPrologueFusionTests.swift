@@ -1,0 +1,78 @@
+import IR
+import Passes
+import TestSupport
+import XCTest
+
+/// `fuse-conv-prologue`: a Winograd convolution absorbs the normalize-and-ReLU
+/// loop that is its input's only reader, the dump shows it, and the fused
+/// function computes what the unfused one did (the f64 interpreter, before
+/// and after, on the same arguments).
+final class ConvPrologueFusionTests: XCTestCase {
+    func golden(_ source: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let fused = try checkIR(source, passes: [FuseConvPrologue.name], file: file, line: line)
+        let input = try Parser.parse(source)
+        for (before, after) in zip(input.functions, fused.functions) {
+            let arguments = randomArguments(for: before, seed: 11)
+            let expected = try Interpreter.run(before, arguments: arguments)
+            let got = try Interpreter.run(after, arguments: arguments)
+            for (name, value) in expected.outputs {
+                XCTAssertLessThanOrEqual(maxRelativeDifference(got.outputs[name]?.data ?? [], value.data), 1e-12,
+                                         "output \(name) changed", file: file, line: line)
+            }
+        }
+    }
+
+    static let header = """
+        func @f(%0: f32[2,3,8,8] input "xc", %1: f32[1,3,1,1] input "s", %2: f32[3] input "t", %3: f32[4,3,3,3] param "w",
+                %20: f32[1,4,1,1] input "bias") {
+          %4 = reshape(%2) {shape=[1,3,1,1]} : f32[1,3,1,1]
+        """
+
+    /// A training step's batch norm and ReLU before a convolution (the
+    /// activation's only reader): the loop goes, its expression becomes the
+    /// prologue, scale and shift become the last operands.
+    func testAWinogradConvolutionAbsorbsTheNormalizeAndReLUBeforeIt() throws {
+        try golden(Self.header + """
+              %5 = fused_elementwise(%4, %0, %1) {expr=max(add(mul(in2, in1), in0), 0.0)} : f32[2,3,8,8]
+              %6 = conv2d(%5, %3) {algorithm="winograd4", pad=[1,1]} : f32[2,4,8,8]
+              return %6 as "y"
+            }
+            // CHECK-NOT: fused_elementwise(
+            // CHECK: %6 = fused_conv2d(%0, %3, %1, %4) {algorithm="winograd4", epilogue=in0, pad=[1,1], prologue=max(add(mul(in0, in1), in2), 0.0)} : f32[2,4,8,8]
+            """)
+    }
+
+    /// An epilogue stays as it was, with the prologue's operands after its own.
+    func testTheEpilogueKeepsItsOperands() throws {
+        try golden(Self.header + """
+              %5 = fused_elementwise(%0, %1, %4) {expr=add(mul(in0, in1), in2)} : f32[2,3,8,8]
+              %6 = fused_elementwise(%2) {expr=exp(in0)} : f32[3]
+              %7 = fused_conv2d(%5, %3, %20) {algorithm="winograd2", epilogue=max(add(in0, in1), 0.0), pad=[1,1]} : f32[2,4,8,8]
+              return %7 as "y", %6 as "e"
+            }
+            // CHECK: %7 = fused_conv2d(%0, %3, %20, %1, %4) {algorithm="winograd2", epilogue=max(add(in0, in1), 0.0), pad=[1,1], prologue=add(mul(in0, in1), in2)} : f32[2,4,8,8]
+            """)
+    }
+
+    /// Nothing is computed twice or lost: an activation read again later, or
+    /// returned, stays a loop of its own; an im2col convolution takes no
+    /// prologue.
+    func testLeavesSharedActivationsAndIm2colConvolutions() throws {
+        try golden(Self.header + """
+              %5 = fused_elementwise(%0, %1, %4) {expr=max(add(mul(in0, in1), in2), 0.0)} : f32[2,3,8,8]
+              %6 = conv2d(%5, %3) {algorithm="winograd4", pad=[1,1]} : f32[2,4,8,8]
+              %7 = fused_elementwise(%0, %1, %4) {expr=max(add(mul(in0, in1), in2), 0.0)} : f32[2,3,8,8]
+              %8 = conv2d(%7, %3) {pad=[1,1]} : f32[2,4,8,8]
+              %9 = fused_elementwise(%0, %1, %4) {expr=max(add(mul(in0, in1), in2), 0.0)} : f32[2,3,8,8]
+              %10 = conv2d(%9, %3) {algorithm="winograd4", pad=[1,1]} : f32[2,4,8,8]
+              return %6 as "y", %5 as "a", %8 as "z", %10 as "u", %9 as "b"
+            }
+            // CHECK: %5 = fused_elementwise(
+            // CHECK: %6 = conv2d(%5, %3)
+            // CHECK: %7 = fused_elementwise(
+            // CHECK: %8 = conv2d(%7, %3) {pad=[1,1]}
+            // CHECK: %10 = conv2d(%9, %3)
+            // CHECK-NOT: prologue=
+            """)
+    }
+}
