@@ -69,6 +69,7 @@ public struct PlanMemory: Pass {
             function.nodes[n].arenaOffset = live.bufferOf[live.root[id]!].map { offsets[$0] }
             function.nodes[n].inPlaceOf = live.inPlace[id]
             function.nodes[n].scratchOffset = live.scratchOf[id].map { offsets[$0] }
+            function.nodes[n].spare = nil // a recompiled module's, planned for another arena
         }
         for (n, spare, scratchOffset) in Self.spares(function, buffers: buffers, offsets: offsets, scratchOf: live.scratchOf, arena: peak) {
             function.nodes[n].spare = spare

@@ -280,6 +280,20 @@ final class PlanMemoryTests: XCTestCase {
         XCTAssertEqual(function.nodesByID[4]!.arenaOffset, 0, "D, the largest, goes first")
     }
 
+    /// A recompiled module's spare regions were planned for another arena:
+    /// planning again drops one it would not lend (no free stretch of 256 KiB
+    /// here), where it used to stay and overlap the node's own result.
+    func testPlanningAgainDropsASpareRegionItWouldNotLend() throws {
+        let (function, _, _) = try plan("""
+        func @f(%0: f32[1,2,6,6] input "x", %1: f32[3,2,3,3] param "w") {
+          %2 = exp(%0) : f32[1,2,6,6]
+          %3 = conv2d(%2, %1) {pad=[1,1]} : f32[1,3,6,6] @0 spare @64 size 1048576
+          return %3 as "y"
+        }
+        """)
+        XCTAssertNil(function.nodesByID[3]!.spare)
+    }
+
     /// The three greedy placements leave a hole no later buffer fits; the
     /// search over largest-first orders with large buffers swapped finds a
     /// placement at the lower bound.
