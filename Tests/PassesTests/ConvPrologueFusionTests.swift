@@ -10,16 +10,7 @@ import XCTest
 final class ConvPrologueFusionTests: XCTestCase {
     func golden(_ source: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let fused = try checkIR(source, passes: [FuseConvPrologue.name], file: file, line: line)
-        let input = try Parser.parse(source)
-        for (before, after) in zip(input.functions, fused.functions) {
-            let arguments = randomArguments(for: before, seed: 11)
-            let expected = try Interpreter.run(before, arguments: arguments)
-            let got = try Interpreter.run(after, arguments: arguments)
-            for (name, value) in expected.outputs {
-                XCTAssertLessThanOrEqual(maxRelativeDifference(got.outputs[name]?.data ?? [], value.data), 1e-12,
-                                         "output \(name) changed", file: file, line: line)
-            }
-        }
+        try assertComputesTheSame(try Parser.parse(source), fused, seed: 11, tolerance: 1e-12, file: file, line: line)
     }
 
     static let header = """

@@ -153,6 +153,25 @@ enum UNetSmall {
 
 // MARK: - Arguments
 
+/// Checks that each function of `after` (a pass's result) computes what the
+/// same function of `before` did: the f64 interpreter on the same random
+/// arguments (`adjust` may constrain them, e.g. variances positive), every
+/// output within `tolerance` (relative to its largest magnitude).
+func assertComputesTheSame(_ before: Module, _ after: Module, seed: UInt64, tolerance: Double,
+                           adjust: (Function, inout [String: HostTensor]) -> Void = { _, _ in },
+                           file: StaticString = #filePath, line: UInt = #line) throws {
+    for (unfused, fused) in zip(before.functions, after.functions) {
+        var arguments = randomArguments(for: unfused, seed: seed)
+        adjust(unfused, &arguments)
+        let expected = try Interpreter.run(unfused, arguments: arguments)
+        let got = try Interpreter.run(fused, arguments: arguments)
+        for (name, value) in expected.outputs {
+            XCTAssertLessThanOrEqual(maxRelativeDifference(got.outputs[name]?.data ?? [], value.data), tolerance,
+                                     "output \(name) changed", file: file, line: line)
+        }
+    }
+}
+
 /// Random but valid values for every argument of `function`: images and
 /// weights in a few-unit range, positive variances and second moments, class
 /// labels in [0, classes) with some ignored (255) pixels, Adam scalars of
