@@ -50,6 +50,7 @@ static inline int64_t ddp_packed_a_index(const ddp_packed_a_layout *l, int64_t k
 /// accumulator stays one where the gate is open.
 typedef struct {
     const float *scale, *shift, *residual, *gate;
+    const float *gate_scale, *gate_shift; // the gate is gate·gate_scale[c] + gate_shift[c] (has_gate 2)
     int relu, active;
 } ddp_conv_epilogue;
 
@@ -64,6 +65,10 @@ static inline ddp_conv_epilogue ddp_conv_epilogue_read(void *const *bufs, const 
     if (flags[2]) e.residual = bufs[next++];
     e.relu = flags[3] != 0;
     if (flags[4]) e.gate = bufs[next++];
+    if (flags[4] == 2) {
+        e.gate_scale = bufs[next++];
+        e.gate_shift = bufs[next++];
+    }
     e.active = e.scale || e.shift || e.residual || e.relu || e.gate;
     return e;
 }
@@ -92,7 +97,7 @@ static inline ddp_conv_prologue ddp_conv_prologue_read(void *const *bufs, int ne
 
 /// How many buffers the epilogue flags at `flags` take (after the kernel's first three).
 static inline int ddp_conv_epilogue_buffers(const int64_t *flags) {
-    return (flags[0] != 0) + (flags[1] != 0) + (flags[2] != 0) + (flags[4] != 0);
+    return (flags[0] != 0) + (flags[1] != 0) + (flags[2] != 0) + (flags[4] != 0) + 2 * (flags[4] == 2);
 }
 
 /// The prologue on one row of channel c's input, x[0..n) into out.
@@ -120,12 +125,14 @@ static inline void ddp_conv_epilogue_row(const ddp_conv_epilogue *e, int64_t cha
                                          float *y, int64_t count) {
     float scale = e->scale ? e->scale[channel] : 1.0f, shift = e->shift ? e->shift[channel] : 0.0f;
     const float *res = e->residual ? e->residual + at : NULL, *gate = e->gate ? e->gate + at : NULL;
+    // A plain gate is g·1 + 0 = g exactly (fused or not), its sign unchanged.
+    float gate_scale = e->gate_scale ? e->gate_scale[channel] : 1.0f, gate_shift = e->gate_shift ? e->gate_shift[channel] : 0.0f;
     int relu = e->relu; // invariant: the compiler unswitches the loop on it, res and gate
     for (int64_t j = 0; j < count; j++) {
         float v = acc[j] * scale + shift;
         if (res) v += res[j];
         if (relu) v = v > 0.0f ? v : 0.0f;
-        if (gate) v *= gate[j] > 0.0f ? 1.0f : 0.0f;
+        if (gate) v *= gate[j] * gate_scale + gate_shift > 0.0f ? 1.0f : 0.0f;
         y[j] = v;
     }
 }

@@ -277,7 +277,7 @@ int ddp_conv2d_grad_weight_winograd(void *const *bufs, const int64_t *ia, const 
     (void)fa;
     if (!winograd_geometry(ia, ia[16])) return DDP_ERR_ARGS;
     wgrad_job job = {.geometry = {.n = ia[0], .c = ia[1], .h = ia[2], .w = ia[3], .o = ia[4], .oh = ia[7], .ow = ia[8],
-                                  .ph = ia[11], .pw = ia[12], .x = bufs[0]},
+                                  .ph = ia[11], .pw = ia[12], .x = bufs[0], .prologue = ddp_conv_prologue_read(bufs, 3, ia + 17)},
                      .dy = bufs[1], .dw = bufs[2]};
     int64_t plane = ia[4] * ia[1];
     if (plane == 0) return DDP_OK;

@@ -1,24 +1,29 @@
 import IR
 
-/// Applies the previous layer's normalization and ReLU as a Winograd
-/// convolution's prologue: `conv2d(max(xc·s + t, 0), w)` becomes
-/// `fused_conv2d(xc, w, s, t) {prologue=max(add(mul(in0, in1), in2), 0.0)}`,
-/// and the kernel computes each input row's activations as it loads it. The
-/// loop that wrote the activated tensor, and read xc for it, is gone: one
-/// write and one read of a full activation per layer, and its bytes.
+/// Has the kernels that read a batch norm's activation, act(xc·s + t) with
+/// per-channel s and t (act ReLU or none), compute it from xc themselves,
+/// and drops the loop that wrote it:
 ///
-/// A training step's batch norm normalizes x − mean with per-channel scale
-/// and shift (batch-norm-from-moments); rematerialize recomputes the
-/// activation where the backward pass reads it, so in the forward pass the
-/// convolution is its only reader. The pass runs after rematerialize for
-/// that reason, and fuses only a loop whose sole reader is the convolution's
-/// input: nothing is computed twice.
+/// - a Winograd convolution of it applies it as its prologue as it loads
+///   each input row: `fused_conv2d(xc, w, ..., s, t) {prologue=max(add(mul(in0,
+///   in1), in2), 0.0)}`;
+/// - that convolution's weight gradient does the same:
+///   `fused_conv2d_grad_weight(xc, dy, s, t) {prologue=...}`;
+/// - the input gradient gated by the ReLU's backward reads the gate as
+///   [xc·s + t > 0]: `gt(add(mul(in_k, in_s), in_t), 0.0)` in its epilogue.
+///
+/// A training step's batch norm normalizes x − mean (batch-norm-from-
+/// moments), and rematerialize computes the activation again where the
+/// backward pass reads it: in the forward pass a decoder block's second
+/// convolution is its only reader, in the backward pass that convolution's
+/// two gradients. The pass runs after rematerialize for that reason, and
+/// only when every reader of the loop takes it in: nothing is computed twice
+/// or lost. Each loop that goes was a write and a read of a full activation
+/// (and its bytes while it lived).
 ///
 /// Only the Winograd kernels take a prologue (the im2col ones read a 1×1
-/// convolution's input in place, where a prologue would need a copy); the
-/// forward ones, so far. The weight gradient, which reads the same
-/// activation in the backward pass, and the ReLU gate of the input gradient
-/// still read the rematerialized tensor.
+/// convolution's input in place, where a prologue would need a copy); every
+/// kernel takes the gate.
 public struct FuseConvPrologue: Pass {
     public static let name = "fuse-conv-prologue"
     public init() {}
@@ -33,41 +38,78 @@ public struct FuseConvPrologue: Pass {
 
     func fuse(_ function: inout Function) throws -> Bool {
         let roots = Set(function.rootValues)
-        var readers: [ValueID: Int] = [:]
-        for node in function.nodes {
-            for operand in node.operands { readers[operand, default: 0] += 1 }
+        var readers: [ValueID: [Int]] = [:]
+        for (index, node) in function.nodes.enumerated() {
+            for operand in Set(node.operands) { readers[operand, default: []].append(index) }
         }
         let types = function.types
-        let producer = Dictionary(function.nodes.enumerated().map { ($1.id, $0) }, uniquingKeysWith: { first, _ in first })
         var removed = Set<Int>()
-        for index in function.nodes.indices {
-            let conv = function.nodes[index]
-            guard conv.op == "conv2d" || conv.op == "fused_conv2d", conv.attrs[FusedConvOps.Prologue.key] == nil,
-                  conv.attrs[ConvOps.Algorithm.key] != nil, let input = conv.operands.first,
-                  !roots.contains(input), readers[input] == 1, let p = producer[input], !removed.contains(p),
-                  let (xc, scale, shift, relu) = normalization(function.nodes[p], types: types, channels: types[input]!.shape[1])
+        for (index, node) in function.nodes.enumerated() where !roots.contains(node.id) {
+            guard let users = readers[node.id], !users.isEmpty,
+                  let normalization = normalization(node, types: types, channels: node.type.shape.count > 1 ? node.type.shape[1] : 0)
             else { continue }
-            var fused = conv
-            fused.op = "fused_conv2d"
-            fused.operands = [xc] + conv.operands.dropFirst() + [scale, shift]
-            if fused.attrs["epilogue"] == nil { fused.attrs["epilogue"] = .expr(.input(0)) }
-            fused.attrs[FusedConvOps.Prologue.key] = .expr(FusedConvOps.Prologue.expr(relu: relu))
-            // Checked as built: the kernel computes this node or the pass leaves it.
-            guard (try? OpRegistry.require("fused_conv2d").checkedType(operands: fused.operands.map { types[$0]! }, attrs: fused.attrs))
-                == conv.type else { continue }
-            function.nodes[index] = fused
-            removed.insert(p)
+            // Every reader takes the normalization in, or the loop stays.
+            let absorbed = users.map { absorb(function.nodes[$0], activation: node.id, normalization, types: types) }
+            guard absorbed.allSatisfy({ $0 != nil }) else { continue }
+            for (user, replacement) in zip(users, absorbed) { function.nodes[user] = replacement! }
+            removed.insert(index)
         }
         guard !removed.isEmpty else { return false }
         function.nodes = function.nodes.enumerated().filter { !removed.contains($0.offset) }.map(\.element)
         return true
     }
 
+    typealias Normalization = (x: ValueID, scale: ValueID, shift: ValueID, relu: Bool)
+
+    /// `user` reading the activation act(x·scale + shift) from x instead, or
+    /// nil when its kernel cannot: a Winograd convolution of it (a prologue),
+    /// that convolution's weight gradient (the same prologue), or an input
+    /// gradient gated by it (the ReLU's backward, [x·scale + shift > 0]).
+    /// The activation must be one operand of the user, once.
+    func absorb(_ user: Node, activation: ValueID, _ n: Normalization, types: [ValueID: TensorType]) -> Node? {
+        guard user.operands.filter({ $0 == activation }).count == 1 else { return nil }
+        var fused = user
+        let prologue = Attr.expr(FusedConvOps.Prologue.expr(relu: n.relu))
+        switch user.op {
+        case "conv2d", "fused_conv2d":
+            guard user.operands[0] == activation, user.attrs[FusedConvOps.Prologue.key] == nil else { return nil }
+            fused.op = "fused_conv2d"
+            fused.operands = [n.x] + user.operands.dropFirst() + [n.scale, n.shift]
+            if fused.attrs["epilogue"] == nil { fused.attrs["epilogue"] = .expr(.input(0)) }
+            fused.attrs[FusedConvOps.Prologue.key] = prologue
+        case "conv2d_grad_weight":
+            guard user.operands[0] == activation else { return nil }
+            fused.op = "fused_conv2d_grad_weight"
+            fused.operands = [n.x, user.operands[1], n.scale, n.shift]
+            fused.attrs[FusedConvOps.Prologue.key] = prologue
+        case "fused_conv2d_grad_input":
+            // in_k is the gate: gt(in_k, 0) becomes gt(in_k·in_s + in_t, 0) on x.
+            guard let at = user.operands.firstIndex(of: activation), at >= 2, case .expr(let epilogue)? = user.attrs["epilogue"]
+            else { return nil }
+            let k = at - 1, extras = user.operands.count - 2
+            var replacements = (0...extras).map { ScalarExpr.input($0) }
+            replacements[k] = .binary(.add, .binary(.mul, .input(k), .input(extras + 1)), .input(extras + 2))
+            let gated = epilogue.substituting(replacements)
+            fused.operands[at] = n.x
+            fused.operands += [n.scale, n.shift]
+            fused.attrs["epilogue"] = .expr(gated)
+            let perChannel = fused.operands.dropFirst(2).map { FusedConvOps.isPerChannel(types[$0]!.shape, channels: user.type.shape[1]) }
+            guard let parts = FusedConvOps.Epilogue.match(gated, perChannel: perChannel), parts.gate == k - 1, parts.gateScale != nil
+            else { return nil }
+        default:
+            return nil
+        }
+        // Checked as built: the kernel computes this node, or the loop stays.
+        guard let spec = OpRegistry.spec(fused.op),
+              (try? spec.checkedType(operands: fused.operands.map { types[$0]! }, attrs: fused.attrs)) == user.type else { return nil }
+        return fused
+    }
+
     /// The operands of `node` when it is an elementwise loop computing
     /// act(x·scale + shift) with `scale` and `shift` per channel (of
     /// `channels`): (x, scale, shift, whether act is ReLU); nil otherwise.
     func normalization(_ node: Node, types: [ValueID: TensorType], channels: Int)
-        -> (x: ValueID, scale: ValueID, shift: ValueID, relu: Bool)? {
+        -> Normalization? {
         guard node.op == "fused_elementwise", node.operands.count == 3, LoopGroups.group(of: node) == nil,
               case .expr(let expr)? = node.attrs["expr"] else { return nil }
         let perChannel = node.operands.map { FusedConvOps.isPerChannel(types[$0]!.shape, channels: channels) }

@@ -121,6 +121,8 @@ final class StepAgreementTests: XCTestCase {
         XCTAssertTrue(try executor.artifact.finalIR.contains("{pad=[1,1]} : f32[2,64,2,2]"), "the smallest layers stay on im2col")
         XCTAssertTrue(try executor.artifact.finalIR.contains("prologue=max(add(mul(in0, in1), in2), 0.0)"),
                       "a decoder block's second convolution applies the first one's batch norm and ReLU (checked by the steps' tests)")
+        XCTAssertTrue(try executor.artifact.finalIR.contains("fused_conv2d_grad_weight("), "and so does its weight gradient")
+        XCTAssertTrue(try executor.artifact.finalIR.contains("gt(add(mul("), "and the input gradient's ReLU gate")
     }
 
     /// Only the DDeP step: fine-tuning trains the encoder's batch norms, and

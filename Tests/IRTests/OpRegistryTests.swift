@@ -94,7 +94,7 @@ final class OpRegistryTests: XCTestCase {
         // prepare-weights transforms the filters of entry points nothing differentiates.
         let undifferentiated = OpRegistry.all.filter { $0.gradient == nil }.map(\.name).sorted()
         XCTAssertEqual(undifferentiated, ["allreduce_start", "allreduce_wait", "avg_pool2d_grad", "conv2d_grad_input", "conv2d_grad_weight", "cross_entropy_grad",
-                                          "equal", "fused_batch_norm_train", "fused_conv2d", "fused_conv2d_grad_input", "fused_elementwise", "fused_reduce", "gelu_grad", "greater", "greater_equal", "group_norm_grad_terms",
+                                          "equal", "fused_batch_norm_train", "fused_conv2d", "fused_conv2d_grad_input", "fused_conv2d_grad_weight", "fused_elementwise", "fused_reduce", "gelu_grad", "greater", "greater_equal", "group_norm_grad_terms",
                                           "insert", "layer_norm_grad_params", "layer_norm_grad_terms", "max_pool2d_grad", "random_normal", "upsample_bilinear_grad", "upsample_nearest_grad",
                                           "winograd_filters"])
         XCTAssertGreaterThan(Set(checked).count, 30)
@@ -104,7 +104,7 @@ final class OpRegistryTests: XCTestCase {
     /// a convolution's gradients do the same work as the convolution.
     func testComputeBoundOpsCountTheirFlops() throws {
         let counted = OpRegistry.all.filter { $0.flops != nil }.map(\.name).sorted()
-        XCTAssertEqual(counted, ["conv2d", "conv2d_grad_input", "conv2d_grad_weight", "fused_conv2d", "fused_conv2d_grad_input", "matmul"])
+        XCTAssertEqual(counted, ["conv2d", "conv2d_grad_input", "conv2d_grad_weight", "fused_conv2d", "fused_conv2d_grad_input", "fused_conv2d_grad_weight", "matmul"])
         let conv = try OpRegistry.require("conv2d"), x = TensorType.f32([2, 4, 7, 6]), w = TensorType.f32([6, 2, 3, 3])
         let attrs: Attributes = ["stride": .ints([2, 1]), "pad": .ints([1, 2]), "dilation": .ints([1, 2]), "groups": .int(2)]
         let y = try conv.checkedType(operands: [x, w], attrs: attrs)

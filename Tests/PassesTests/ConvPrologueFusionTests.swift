@@ -45,6 +45,40 @@ final class ConvPrologueFusionTests: XCTestCase {
             """)
     }
 
+    /// In the backward pass the rematerialized activation is read by the
+    /// convolution's weight gradient and as the ReLU gate of the input
+    /// gradient below it: both read xc instead, and the loop goes.
+    func testTheGradientsReadTheNormalizedValueInstead() throws {
+        try golden(Self.header + """
+              %5 = fused_elementwise(%0, %1, %4) {expr=max(add(mul(in0, in1), in2), 0.0)} : f32[2,3,8,8]
+              %6 = fused_elementwise(%20) {expr=mul(in0, 2.0)} : f32[1,4,1,1]
+              %7 = fused_elementwise(%6) {expr=add(in0, 0.5)} : f32[1,4,1,1]
+              %8 = conv2d(%0, %3) {pad=[1,1]} : f32[2,4,8,8]
+              %9 = fused_elementwise(%8, %7) {expr=mul(in0, in1)} : f32[2,4,8,8]
+              %10 = conv2d_grad_weight(%5, %9) {algorithm="winograd4", pad=[1,1], weight_shape=[4,3,3,3]} : f32[4,3,3,3]
+              %11 = fused_conv2d_grad_input(%9, %3, %5) {epilogue=mul(in0, gt(in1, 0.0)), input_shape=[2,3,8,8], pad=[1,1]} : f32[2,3,8,8]
+              return %10 as "dw", %11 as "dx"
+            }
+            // CHECK-NOT: max(add(mul(in0, in1), in2), 0.0)} : f32[2,3,8,8]
+            // CHECK: %10 = fused_conv2d_grad_weight(%0, %9, %1, %4) {algorithm="winograd4", pad=[1,1], prologue=max(add(mul(in0, in1), in2), 0.0), weight_shape=[4,3,3,3]} : f32[4,3,3,3]
+            // CHECK-NEXT: %11 = fused_conv2d_grad_input(%9, %3, %0, %1, %4) {epilogue=mul(in0, gt(add(mul(in1, in2), in3), 0.0)), input_shape=[2,3,8,8], pad=[1,1]} : f32[2,3,8,8]
+            """)
+    }
+
+    /// An im2col weight gradient takes no prologue: the loop stays for every reader.
+    func testOneReaderThatCannotAbsorbKeepsTheLoop() throws {
+        try golden(Self.header + """
+              %5 = fused_elementwise(%0, %1, %4) {expr=max(add(mul(in0, in1), in2), 0.0)} : f32[2,3,8,8]
+              %6 = conv2d(%0, %3) {pad=[1,1]} : f32[2,4,8,8]
+              %7 = conv2d_grad_weight(%5, %6) {pad=[1,1], weight_shape=[4,3,3,3]} : f32[4,3,3,3]
+              %8 = fused_conv2d_grad_input(%6, %3, %5) {epilogue=mul(in0, gt(in1, 0.0)), input_shape=[2,3,8,8], pad=[1,1]} : f32[2,3,8,8]
+              return %7 as "dw", %8 as "dx"
+            }
+            // CHECK: %5 = fused_elementwise(%0, %1, %4)
+            // CHECK: %8 = fused_conv2d_grad_input(%6, %3, %5) {epilogue=mul(in0, gt(in1, 0.0))
+            """)
+    }
+
     /// Nothing is computed twice or lost: an activation read again later, or
     /// returned, stays a loop of its own; an im2col convolution takes no
     /// prologue.

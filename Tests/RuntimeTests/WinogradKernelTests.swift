@@ -106,7 +106,7 @@ final class WinogradKernelTests: XCTestCase {
                 runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0, Int64(tile)])[2]
             }
             check("conv2d_grad_weight_winograd F(\(tile)) \(t)", bound: bound, want: want.dw) {
-                runKernel(ddp_conv2d_grad_weight_winograd, [x, dy, [Float](repeating: .nan, count: w.count)], t.ints + [Int64(tile)])[2]
+                runKernel(ddp_conv2d_grad_weight_winograd, [x, dy, [Float](repeating: .nan, count: w.count)], t.ints + [Int64(tile), 0, 0])[2]
             }
         }
     }
@@ -181,7 +181,7 @@ final class WinogradKernelTests: XCTestCase {
                 (geometry + [0, 0, 0, 0, 0, tile, 0, 0]).withUnsafeBufferPointer { ddp_conv2d_winograd(b.baseAddress, $0.baseAddress, nil) }
             }
             XCTAssertEqual(status, Int32(DDP_ERR_ARGS))
-            let ints = geometry + [tile]
+            let ints = geometry + [tile, 0, 0]
             let gradient = buffers.withUnsafeBufferPointer { b in
                 (geometry + [0, 0, 0, 0, 0, tile]).withUnsafeBufferPointer { ddp_conv2d_grad_input_winograd(b.baseAddress, $0.baseAddress, nil) }
             }

@@ -38,7 +38,10 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    as in PyTorch; zero padding. The epilogue (fused_conv2d) makes
 //                    y = act(conv·scale[o] + shift[o] + residual[n,o,i,j])·[gate[n,o,i,j] > 0],
 //                    each part present when its flag is 1 (its buffer then follows, in this
-//                    order); act is max(·, 0) when relu is 1.
+//                    order); act is max(·, 0) when relu is 1. has_gate 2: the gate buffer
+//                    is followed by [gscale, gshift] (one value per channel of y) and the
+//                    factor is [gate·gscale[o] + gshift[o] > 0] (a ReLU's backward read
+//                    from the normalized value before it, not the ReLU's output).
 // conv2d_grad_input  bufs [dy, w, dx, (scale), (shift), (residual), (gate)]
 //                    ia as conv2d's. dx[N,C,H,W] = conv2d's VJP wrt x, then the same
 //                    epilogue over dx's channels (fused_conv2d_grad_input: the gate is
@@ -59,7 +62,9 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 // conv2d_winograd_prepacked   as conv2d_winograd (prologue flags included), ia followed by
 //                    p: w is winograd_filters' u for panels of p rows. Where p is not the chosen ISA's (12 with
 //                    AVX-512, 6 with AVX2) u is repacked for it on each call.
-// conv2d_grad_weight_winograd as conv2d_grad_weight, ia followed by m; geometries as above.
+// conv2d_grad_weight_winograd as conv2d_grad_weight, ia followed by m; geometries as above;
+//                    then conv2d_winograd's prologue flags, its buffers [pscale, pshift]
+//                    after dw: the weight gradient of a convolution that applied one.
 // matmul             bufs [a, b, c]      ia [batch, M, K, N, a_batch_stride, b_batch_stride, trans_a, trans_b]
 //                    for each batch i: c[i] (M×N, contiguous) = op(a_i) · op(b_i), where
 //                    a_i starts at a + i*a_batch_stride and is M×K (K×M if trans_a),

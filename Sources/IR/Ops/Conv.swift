@@ -272,7 +272,7 @@ public enum ConvOps {
                    let geometry = try Geometry(input: operands[0].shape, weight: result.shape, attrs: attrs)
                    let tile = try winogradTile(attrs, geometry)
                    return [KernelCall(kernel("conv2d_grad_weight", tile: tile), [.operand(0), .operand(1), .result],
-                                      ints: geometry.kernelInts + tileInts(tile),
+                                      ints: geometry.kernelInts + tileInts(tile) + (tile == nil ? [] : FusedConvOps.Prologue.none),
                                       scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c, packed: false), threadScratch: true)]
                },
                examples: [([f([2, 4, 7, 6]), f([2, 6, 4, 6])], passAttrs(example, adding: "weight_shape", [6, 2, 3, 3])),

@@ -26,6 +26,9 @@ public enum FusedConvOps {
         public var residual: Int?
         public var relu = false
         public var gate: Int?
+        /// The gate as gate·gateScale + gateShift (per channel), not the gate itself.
+        public var gateScale: Int?
+        public var gateShift: Int?
 
         /// Recognizes the kernel's family in `expr`; nil if it is not one.
         /// `perChannel[k]` says whether extra operand k is per channel.
@@ -36,12 +39,19 @@ public enum FusedConvOps {
                 return i - 1
             }
             var gated = expr
+            // gate or add(mul(gate, gateScale), gateShift)
+            func gate(_ e: ScalarExpr) -> (gate: Int, scale: Int?, shift: Int?)? {
+                if let k = extra(e, perChannel: false) { return (k, nil, nil) }
+                if case .binary(.add, .binary(.mul, let g, let s), let t) = e, let k = extra(g, perChannel: false),
+                   let gs = extra(s, perChannel: true), let gt = extra(t, perChannel: true) { return (k, gs, gt) }
+                return nil
+            }
             // body·gt(gate, 0), either order
             if case .binary(.mul, let a, let b) = expr {
-                if case .binary(.gt, let g, .const(0)) = b, let k = extra(g, perChannel: false) {
-                    (epilogue.gate, gated) = (k, a)
-                } else if case .binary(.gt, let g, .const(0)) = a, let k = extra(g, perChannel: false) {
-                    (epilogue.gate, gated) = (k, b)
+                if case .binary(.gt, let g, .const(0)) = b, let parts = gate(g) {
+                    (epilogue.gate, epilogue.gateScale, epilogue.gateShift, gated) = (parts.gate, parts.scale, parts.shift, a)
+                } else if case .binary(.gt, let g, .const(0)) = a, let parts = gate(g) {
+                    (epilogue.gate, epilogue.gateScale, epilogue.gateShift, gated) = (parts.gate, parts.scale, parts.shift, b)
                 }
             }
             var body = gated
@@ -84,15 +94,17 @@ public enum FusedConvOps {
                 return nil
             }
             // Every extra operand is used, once.
-            let used = [epilogue.scale, epilogue.shift, epilogue.residual, epilogue.gate].compactMap { $0 }
+            let used = [epilogue.scale, epilogue.shift, epilogue.residual, epilogue.gate, epilogue.gateScale, epilogue.gateShift].compactMap { $0 }
             guard used.count == perChannel.count, Set(used).count == used.count else { return nil }
             return epilogue
         }
 
         /// The kernel's epilogue arguments: the conv kernels' ia after the geometry.
-        var kernelInts: [Int] { [scale == nil ? 0 : 1, shift == nil ? 0 : 1, residual == nil ? 0 : 1, relu ? 1 : 0, gate == nil ? 0 : 1] }
-        /// The extra operands in the kernel's buffer order (scale, shift, residual, gate).
-        var kernelOperands: [Int] { [scale, shift, residual, gate].compactMap { $0 } }
+        var kernelInts: [Int] {
+            [scale == nil ? 0 : 1, shift == nil ? 0 : 1, residual == nil ? 0 : 1, relu ? 1 : 0, gate == nil ? 0 : gateScale == nil ? 1 : 2]
+        }
+        /// The extra operands in the kernel's buffer order (scale, shift, residual, gate, gate's scale and shift).
+        var kernelOperands: [Int] { [scale, shift, residual, gate, gateScale, gateShift].compactMap { $0 } }
         static let none = [0, 0, 0, 0, 0]
     }
 
@@ -311,6 +323,9 @@ public enum FusedConvOps {
                     ConvOps.winogradExample(pad: [1, 1]).merging(["input_shape": .ints([2, 3, 9, 7]), "epilogue": .expr(gate)])),
                    ([f([2, 4, 7, 7]), f([4, 3, 3, 3]), f([2, 3, 7, 5]), f([2, 3, 7, 5])],
                     ConvOps.winogradExample(pad: [1, 2], tile: 2).merging(["input_shape": .ints([2, 3, 7, 5]), "epilogue": .expr(residualGate)])),
+                   // the gate read from the normalized value before a ReLU: (dx + in1)·[in2·in3 + in4 > 0]
+                   ([f([2, 5, 9, 7]), f([5, 3, 3, 3]), f([2, 3, 9, 7]), f([2, 3, 9, 7]), f([3, 1, 1]), f([1, 3, 1, 1])],
+                    ConvOps.winogradExample(pad: [1, 1]).merging(["input_shape": .ints([2, 3, 9, 7]), "epilogue": .expr(affineGate)])),
                    // every part: max(dx·scale + shift + residual, 0)·gate, on a 1×1 convolution
                    ([f([1, 4, 5, 5]), f([4, 3, 1, 1]), f([3, 1, 1]), f([1, 3, 1, 1]), f([1, 3, 5, 5]), f([1, 3, 5, 5])],
                     ["input_shape": .ints([1, 3, 5, 5]),
@@ -320,10 +335,47 @@ public enum FusedConvOps {
                overwritableOperands: winogradOverwritable { attrs, operands in
                    try ConvOps.Geometry(input: try attrs.ints("input_shape"), weight: operands[1].shape, attrs: attrs)
                }),
+
+        OpSpec(name: "fused_conv2d_grad_weight",
+               doc: "%dw = fused_conv2d_grad_weight(%x, %dy, %ps, %pt) {<conv2d_grad_weight's>, prologue=max(add(mul(in0, in1), in2), 0.0)}: conv2d_grad_weight of the convolution that applied this prologue to x (Winograd only)",
+               arity: 4...4, requiredAttributes: ["weight_shape", Prologue.key],
+               inferType: { operands, attrs in
+                   let weight = try attrs.ints("weight_shape")
+                   let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: weight, attrs: attrs)
+                   guard geometry.outputShape == operands[1].shape else {
+                       throw IRError("dy has shape \(operands[1].shape); conv2d gives \(geometry.outputShape)")
+                   }
+                   _ = try prologue(operands, geometry: geometry, attrs: attrs)
+                   return operands[0].with(shape: weight)
+               },
+               evaluate: { operands, attrs, type in
+                   let x = evaluateElementwise(try attrs.expr(Prologue.key), [operands[0]] + operands.suffix(2), operands[0].type)
+                   return try OpRegistry.require("conv2d_grad_weight").evaluate([x, operands[1]], attrs, type)
+               },
+               gradient: nil,
+               lowering: .kernels { operands, result, attrs in
+                   let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: result.shape, attrs: attrs)
+                   guard let tile = try ConvOps.winogradTile(attrs, geometry),
+                         let prologue = try prologue(operands, geometry: geometry, attrs: attrs) else {
+                       throw IRError("fused_conv2d_grad_weight needs a Winograd algorithm and a prologue")
+                   }
+                   return [KernelCall(ConvOps.kernel("conv2d_grad_weight", tile: tile), [.operand(0), .operand(1), .result, .operand(2), .operand(3)],
+                                      ints: geometry.kernelInts + ConvOps.tileInts(tile) + prologue.kernelInts,
+                                      scratchFloats: ConvOps.winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c, packed: false),
+                                      threadScratch: true)]
+               },
+               examples: [([f([2, 3, 7, 6]), f([2, 4, 7, 6]), f([1, 3, 1, 1]), f([3, 1, 1])],
+                           ConvOps.winogradExample(pad: [1, 1]).merging(["weight_shape": .ints([4, 3, 3, 3]), Prologue.key: .expr(Prologue.expr(relu: true))])),
+                          ([f([2, 3, 7, 5]), f([2, 4, 7, 5]), f([3, 1, 1]), f([3, 1, 1])],
+                           ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["weight_shape": .ints([4, 3, 3, 3]), Prologue.key: .expr(Prologue.expr(relu: false))]))],
+               flops: { operands, result, _ in ConvOps.macs(output: operands[1].shape, weight: result.shape) }),
     ]
 
     /// A ReLU's backward on the input gradient: dx·[in1 > 0].
     static let gate = ScalarExpr.binary(.mul, .input(0), .binary(.gt, .input(1), .const(0)))
+    /// … with the ReLU's input as x·s + t per channel: (dx + in1)·[in2·in3 + in4 > 0].
+    static let affineGate = ScalarExpr.binary(.mul, .binary(.add, .input(0), .input(1)),
+                                              .binary(.gt, .binary(.add, .binary(.mul, .input(2), .input(3)), .input(4)), .const(0)))
     /// … after a gradient from elsewhere is summed in: (dx + in1)·[in2 > 0].
     static let residualGate = ScalarExpr.binary(.mul, .binary(.add, .input(0), .input(1)), .binary(.gt, .input(2), .const(0)))
 }
