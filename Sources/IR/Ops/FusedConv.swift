@@ -6,15 +6,20 @@
 /// operands after `%x, %w`, each either per channel (O elements shaped
 /// `[O,1,1]` or `[1,O,1,1]`) or of the output's shape. The kernel computes the
 /// family `act(in0·scale + shift + residual)·[gate > 0]` (each part optional,
-/// `act` ReLU or none, the gate a full tensor: a ReLU's backward); the type
-/// rule refuses any other expression, so what the IR says is exactly what
-/// runs.
+/// `act` ReLU or none, the gate a full tensor: a ReLU's backward, or
+/// `gate·gscale + gshift` per channel when it is read from the value before
+/// a batch norm's ReLU); the type rule refuses any other expression, so what
+/// the IR says is exactly what runs.
 ///
 /// `fused_conv2d_grad_input` is the same for the input gradient: its value
 /// is dx, its channels x's. In a training step's backward pass the ReLU
 /// before a convolution makes its dx `mul(dx, gt(relu_out, 0))`, often after
 /// a gradient from a skip connection is added; the kernel applies both to
 /// each image of dx as it finishes it.
+///
+/// A Winograd `fused_conv2d` may also have a prologue, applied to its input
+/// as it loads it (`Prologue`, formed by `fuse-conv-prologue`), and
+/// `fused_conv2d_grad_weight` is the weight gradient of such a convolution.
 public enum FusedConvOps {
     static let f = TensorType.f32
 
@@ -173,7 +178,7 @@ public enum FusedConvOps {
             }
         }
         guard let epilogue = Epilogue.match(expr, perChannel: perChannel) else {
-            throw IRError("the convolution kernels cannot apply the epilogue \(expr) to operands \(perChannel.map { $0 ? "per-channel" : "full" }): they compute act(in0·scale + shift + residual)·gt(gate, 0)")
+            throw IRError("the convolution kernels cannot apply the epilogue \(expr) to operands \(perChannel.map { $0 ? "per-channel" : "full" }): they compute act(in0·scale + shift + residual)·gt(gate, 0), the gate optionally gate·gscale + gshift")
         }
         return epilogue
     }
