@@ -274,7 +274,12 @@ public struct PlanMemory: Pass {
     /// so far that it overlaps in time (the greedy-by-size strategy of
     /// TensorFlow Lite's arena planner), else above them.
     static func placeLargestFirst(_ buffers: [Buffer]) -> (offsets: [Int], arena: Int) {
-        placeBestFit(buffers, order: buffers.indices.sorted { (buffers[$0].size, buffers[$1].first, $1) > (buffers[$1].size, buffers[$0].first, $0) })
+        placeBestFit(buffers, order: largestFirst(buffers))
+    }
+
+    /// Buffer indices by size, the larger first (then by definition).
+    static func largestFirst(_ buffers: [Buffer]) -> [Int] {
+        buffers.indices.sorted { (buffers[$0].size, buffers[$1].first, $1) > (buffers[$1].size, buffers[$0].first, $0) }
     }
 
     /// The buffers live where the most bytes are first, largest first among
@@ -305,27 +310,24 @@ public struct PlanMemory: Pass {
 
     /// Largest first again, with a few of the large buffers (each at least a
     /// sixteenth of the lower bound) swapped in its order, for up to
-    /// `searchOrders` orders drawn from a fixed seed (the same artifact on
-    /// every compile), keeping the smallest arena and stopping at the lower
+    /// `searchOrders` orders drawn from a counter (`RandomOps.mix`: the same
+    /// artifact on every compile), keeping the smallest arena and stopping at the lower
     /// bound. A greedy placement misses it when an early choice splits the
     /// space a later group of large buffers needs: transunet-ddep-1x's
     /// training steps, where a Winograd input gradient now writes over the
     /// ReLU gate it reads, took 735.5 MB against a bound of 709.8, with a
     /// 25.7 MB hole beside the 102.8 MB upsampled input of the last block's
-    /// weight gradient; the sixth order drawn packs it at the bound.
+    /// weight gradient; a few orders in, the search packs it at the bound.
     static func searchLargestFirst(_ buffers: [Buffer], lowerBound: Int, best start: (offsets: [Int], arena: Int))
         -> (offsets: [Int], arena: Int) {
-        let largest = buffers.indices.sorted { (buffers[$0].size, buffers[$1].first, $1) > (buffers[$1].size, buffers[$0].first, $0) }
+        let largest = largestFirst(buffers)
         let large = largest.filter { buffers[$0].size * 16 >= lowerBound }, rest = largest.filter { buffers[$0].size * 16 < lowerBound }
         guard large.count > 1 else { return start }
         var best = start
-        var state: UInt64 = 0
-        func next() -> Int { // SplitMix64
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return Int(truncatingIfNeeded: (z ^ (z >> 31)) >> 1)
+        var draws: UInt64 = 0
+        func next() -> Int {
+            draws += 1
+            return Int(truncatingIfNeeded: RandomOps.mix(draws) >> 1)
         }
         for _ in 0..<searchOrders where best.arena > lowerBound {
             var order = large

@@ -3,8 +3,9 @@ import Foundation
 /// Counter-based standard normal noise: element i depends only on (seed, i),
 /// so every backend and the interpreter draw identical numbers.
 public enum RandomOps {
-    /// splitmix64's finalizer (see ddp_kernels.h).
-    static func mix(_ input: UInt64) -> UInt64 {
+    /// splitmix64's finalizer (see ddp_kernels.h): well-mixed bits for each
+    /// counter value, the counter-based draws the passes use too.
+    public static func mix(_ input: UInt64) -> UInt64 {
         var z = input &+ 0x9E37_79B9_7F4A_7C15
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
