@@ -39,16 +39,14 @@ public struct InPlaceAnalysis {
     }
 
     /// The operands whose bytes `node` may write its result over, in order:
-    /// the one its kernel names (`OpSpec.overwritesOperand`), those its rule
-    /// names for this instance (`OpSpec.overwritableOperands`) unless the
-    /// kernel also reads that value as another operand, or each operand of
-    /// an elementwise loop that has the result's type. A loop reads all of
-    /// an element's operands before it stores the element (an operand held
-    /// by a result is read through that result's pointer); an operand of
+    /// those its kernel names for this instance (`OpSpec.overwritableOperands`)
+    /// unless the kernel also reads that value as another operand, or each
+    /// operand of an elementwise loop that has the result's type. A loop reads
+    /// all of an element's operands before it stores the element (an operand
+    /// held by a result is read through that result's pointer); an operand of
     /// another shape is broadcast, read at other elements, and never qualifies.
     public static func overwritableOperands(of node: Node, types: [ValueID: TensorType]) -> [Int] {
         guard let spec = OpRegistry.spec(node.op) else { return [] }
-        if let k = spec.overwritesOperand { return k < node.operands.count ? [k] : [] }
         if let rule = spec.overwritableOperands {
             let operandTypes = node.operands.compactMap { types[$0] }
             guard operandTypes.count == node.operands.count else { return [] }

@@ -146,15 +146,13 @@ public struct OpSpec {
     public let examples: [(operands: [TensorType], attrs: Attributes)]
     /// The op's arithmetic (benchmarks report GFLOP/s from it).
     public let flops: FlopRule?
-    /// An operand of the result's type whose bytes the kernel may write the
-    /// result over (it reads each part of it before writing that part):
-    /// plan-memory then places the result there when nothing reads the
-    /// operand afterwards.
-    public let overwritesOperand: Int?
     /// Operands of the result's type whose bytes the kernel may write the
-    /// result over, when that depends on the instance (a Winograd
-    /// convolution's residual and gate, read element for element as it
-    /// stores the result); nil: `overwritesOperand` alone.
+    /// result over (it reads each part of them before writing that part):
+    /// plan-memory then places the result there when nothing reads the
+    /// operand afterwards. The init's `overwritesOperand` names one operand
+    /// for every instance (a batch norm's x); a rule of its own may depend on
+    /// the instance (a Winograd convolution's residual and gate, read element
+    /// for element as it stores the result). nil: none.
     public typealias OverwriteRule = (_ operands: [TensorType], _ result: TensorType, _ attrs: Attributes) -> [Int]
     public let overwritableOperands: OverwriteRule?
     /// Recomputing the result costs about what storing and reading it back
@@ -182,8 +180,8 @@ public struct OpSpec {
         self.lowering = lowering
         self.examples = examples
         self.flops = flops
-        self.overwritesOperand = overwritesOperand
-        self.overwritableOperands = overwritableOperands
+        precondition(overwritesOperand == nil || overwritableOperands == nil, "\(name): one overwrite rule")
+        self.overwritableOperands = overwritableOperands ?? overwritesOperand.map { k in { _, _, _ in [k] } }
         self.rematerializable = rematerializable
         self.recomputable = recomputable
     }
