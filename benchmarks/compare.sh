@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # ddepc's compiled steps against the same models in PyTorch, side by side.
 #
-#   benchmarks/compare.sh [--llvm] [--calls K] [--threads T] MODEL [BATCH SIZE] [ROUNDS]
+#   benchmarks/compare.sh [--llvm] [--calls K] [--threads T] [--memory-budget MB]
+#                         MODEL [BATCH SIZE] [ROUNDS]
 #
 # MODEL: unet-r18, transunet or transunet-ddep-1x. BATCH (default 8), SIZE
 # (default 128), ROUNDS (default 3).
 #
 #   1. compiles the ddepc artifact with --batch/--size (C backend; with
-#      --llvm also the LLVM backend);
+#      --llvm also the LLVM backend; with --memory-budget, passed on to
+#      `ddepc compile`, which then recomputes some convolutions and matmuls
+#      to bring each training step's arena within MB);
 #   2. runs `ddepc bench` and benchmarks/pytorch_reference.py interleaved,
 #      A B A B, for ROUNDS rounds (two-thread timings swing with what else
 #      shares the cores: only interleaved runs compare);
@@ -31,11 +34,13 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 llvm=0
 calls=10
 threads=2
+compile_flags=()
 while [[ $# -gt 0 && $1 == -* ]]; do
     case $1 in
         --llvm) llvm=1 ;;
         --calls) calls=$2; shift ;;
         --threads) threads=$2; shift ;;
+        --memory-budget) compile_flags+=(--memory-budget "$2"); shift ;;
         -h | --help) usage ;;
         *) echo "unknown option $1" >&2; usage 2 >&2 ;;
     esac
@@ -61,7 +66,8 @@ backends=(c)
 mkdir -p "$out"
 rm -f "$out"/ddepc-*.txt "$out"/torch-*.json "$out"/rss-* "$out"/table.txt  # an earlier run's results
 for backend in "${backends[@]}"; do
-    "$ddepc" compile "$model" -o "$out/$model-$backend.ddepc" --backend "$backend" --batch "$batch" --size "$size"
+    "$ddepc" compile "$model" -o "$out/$model-$backend.ddepc" --backend "$backend" --batch "$batch" --size "$size" \
+        "${compile_flags[@]}"
 done
 
 entry_flags=()
@@ -90,4 +96,7 @@ for e in "${training[@]}"; do
     "${torch_bench[@]}" --calls 2 --rss-entry "$e" --variant "$best" > "$out/rss-torch-$e.json"
 done
 
-"$python" benchmarks/compare_table.py "$out" | tee "$out/table.txt"
+{
+    if ((${#compile_flags[@]})); then echo "ddepc compiled with ${compile_flags[*]}"; fi
+    "$python" benchmarks/compare_table.py "$out"
+} | tee "$out/table.txt"

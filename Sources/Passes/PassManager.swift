@@ -68,10 +68,11 @@ public struct PassManager {
     /// `dataParallel` adds the passes of a step that runs on several
     /// processes: batch statistics and gradients averaged across them.
     /// `convAlgorithm` is select-conv-algorithm's mode; `panelRows` the GEMM
-    /// panels prepare-weights packs filters for (nil: no prepare-weights).
+    /// panels prepare-weights packs filters for (nil: no prepare-weights);
+    /// `memoryBudget` rematerialize's (live arena bytes per step).
     public static func standardPipeline(optimizer: AdamOptimizer? = AdamOptimizer(), dataParallel: Bool = false,
                                         convAlgorithm: SelectConvAlgorithm.Mode = .auto,
-                                        panelRows: Int? = defaultPanelRows) -> [any Pass] {
+                                        panelRows: Int? = defaultPanelRows, memoryBudget: Int? = nil) -> [any Pass] {
         var passes: [any Pass] = [InferShapes()]
         if dataParallel { passes.append(SyncBatchNorm()) }
         passes.append(Autodiff())
@@ -80,7 +81,7 @@ public struct PassManager {
         let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), BatchNormFromMoments(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
                                 SelectConvAlgorithm(mode: convAlgorithm)]
         let prepare: [any Pass] = panelRows.map { [PrepareWeights(panelRows: $0)] } ?? []
-        return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(), FuseConvPrologue(), GroupLoops(), PlanMemory()]
+        return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(memoryBudget: memoryBudget), FuseConvPrologue(), GroupLoops(), PlanMemory()]
     }
 
     /// The AVX-512 micro-kernel's panel rows; the compile driver passes the

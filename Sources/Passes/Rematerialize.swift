@@ -28,13 +28,26 @@ import IR
 /// a round's copies only if the arena as placed drops too, so nothing is
 /// recomputed that saves no memory; a function without such a stretch
 /// (inference) is left as it is.
+///
+/// With a memory budget (`ddepc compile --memory-budget`), a step whose peak
+/// is still above it then trades arithmetic for memory: copies may compute
+/// convolutions and matmuls again (a transformer block's Q, K, V and MLP
+/// projections from its held input), each only where it frees at least
+/// `minimumBytesFreedPerFlop`, until the peak is within the budget.
 public struct Rematerialize: Pass {
     public static let name = "rematerialize"
     /// Most producers one copy recomputes in a chain (a concatenation of an
     /// upsampling is two, a ReLU of a group norm too).
     static let maximumChain = 4
 
-    public init() {}
+    /// Live arena bytes per step above which convolutions and matmuls are
+    /// computed again too (`budgetFlopsPerElement`); nil: only what costs a
+    /// pass or a few.
+    public var memoryBudget: Int?
+
+    public init(memoryBudget: Int? = nil) {
+        self.memoryBudget = memoryBudget
+    }
 
     /// The arena plan-memory would give `function` after group-loops. The
     /// copies are judged by the peak of live bytes (quick to count), but the
@@ -98,34 +111,57 @@ public struct Rematerialize: Pass {
         return changed
     }
 
-    /// Keeps every copy that lowers the peak, largest value first, in sweeps
-    /// over the candidates live at the peak; after a sweep that kept a copy
-    /// the next looks where the peak has moved. A copy only lowers the peak
-    /// if the stretch it frees holds the peak's position, so other values
-    /// are not tried.
+    /// Copies that cost a pass or a few wherever they lower the peak; then,
+    /// while the peak is above `memoryBudget`, copies that compute
+    /// convolutions and matmuls again too.
     func rematerialize(_ function: inout Function, policy: ChainPolicy = .heldOperands) -> Bool {
         var peak = PlanMemory.liveness(of: function).peak
         var settled = Set<ValueID>() // values copied, and the copies
+        var changed = sweep(&function, peak: &peak, settled: &settled, policy: policy, kernelLimit: Self.cheapFlopsPerElement)
+        if let memoryBudget, peak.bytes > memoryBudget {
+            changed = sweep(&function, peak: &peak, settled: &settled, policy: policy, kernelLimit: Self.budgetFlopsPerElement,
+                            budget: memoryBudget) || changed
+        }
+        return changed
+    }
+
+    /// Keeps every copy that lowers the peak (and frees enough for the
+    /// kernels it computes again, `minimumBytesFreedPerFlop`), largest value
+    /// first, in sweeps over the candidates live at the peak; after a sweep
+    /// that kept a copy the next looks where the peak has moved. A copy only
+    /// lowers the peak if the stretch it frees holds the peak's position, so
+    /// other values are not tried. With a budget it stops once the peak is
+    /// within it, checking after every copy.
+    func sweep(_ function: inout Function, peak: inout (bytes: Int, position: Int), settled: inout Set<ValueID>,
+               policy: ChainPolicy, kernelLimit: Double, budget: Int? = nil) -> Bool {
         var changed = false
         var kept = true
-        while kept {
+        let batchSize = budget == nil ? Self.batchSize : 1
+        while kept, peak.bytes > budget ?? 0 {
             kept = false
             var schedule = Schedule(function)
             var types = function.types
             let at = peak.position
             let candidates = function.nodes
                 .filter { !settled.contains($0.id) && schedule.position[$0.id]! < at && (schedule.lastUse[$0.id] ?? 0) > at }
-                .filter { Self.isCandidate($0, in: function, schedule: schedule, types: types) }
+                .filter { Self.isCandidate($0, in: function, schedule: schedule, types: types, kernelLimit: kernelLimit) }
                 .sorted { ($0.type.byteSize, $1.id) > ($1.type.byteSize, $0.id) }
             // Copies are made a batch at a time and the peak counted once per
             // batch (counting it is most of the pass's time); a batch that
             // does not lower it is made again one copy at a time.
             var verified = function
             var batch: [(value: ValueID, copies: [ValueID])] = []
+            var batchFlops = 0.0
+            /// Whether a peak lowered to `newPeak` by copies recomputing
+            /// `flops` is worth them (`minimumBytesFreedPerFlop`).
+            func pays(_ newPeak: (bytes: Int, position: Int), flops: Double) -> Bool {
+                newPeak.bytes < peak.bytes && Double(peak.bytes - newPeak.bytes) >= flops * Self.minimumBytesFreedPerFlop
+            }
             func trial(_ value: ValueID) -> Trial? {
                 guard let stretch = Self.longestStretch(of: value, in: schedule),
                       stretch.after < peak.position, peak.position < stretch.before else { return nil }
-                guard let made = recomputingLateUses(of: value, in: function, schedule: schedule, types: types, policy: policy) else { return nil }
+                guard let made = recomputingLateUses(of: value, in: function, schedule: schedule, types: types, policy: policy,
+                                                     kernelLimit: kernelLimit) else { return nil }
                 for (copy, type) in zip(made.copies, made.copyTypes) { types[copy] = type }
                 return made
             }
@@ -142,7 +178,7 @@ public struct Rematerialize: Pass {
             func settleBatch() {
                 guard !batch.isEmpty else { return }
                 let batchPeak = PlanMemory.liveness(of: function).peak
-                if batchPeak.bytes < peak.bytes {
+                if pays(batchPeak, flops: batchFlops) {
                     keep(batch, peak: batchPeak)
                 } else {
                     function = verified
@@ -150,20 +186,23 @@ public struct Rematerialize: Pass {
                     for (value, _) in batch {
                         guard let one = trial(value) else { continue }
                         let onePeak = PlanMemory.liveness(of: one.function).peak
-                        guard onePeak.bytes < peak.bytes else { continue }
+                        guard pays(onePeak, flops: one.flops) else { continue }
                         function = one.function
                         schedule = Schedule(function)
                         keep([(value, one.copies)], peak: onePeak)
                     }
                 }
                 batch = []
+                batchFlops = 0
             }
             for candidate in candidates {
+                if let budget, peak.bytes <= budget { break }
                 guard let made = trial(candidate.id) else { continue }
                 function = made.function
                 schedule = Schedule(function)
                 batch.append((candidate.id, made.copies))
-                if batch.count == Self.batchSize { settleBatch() }
+                batchFlops += made.flops
+                if batch.count == batchSize { settleBatch() }
             }
             settleBatch()
         }
@@ -197,13 +236,14 @@ public struct Rematerialize: Pass {
     /// reads its input), a ReLU after a group or layer norm (whose gradient
     /// reads the norm's input), attention's softmax (scaled Q·Kᵀ, whose
     /// gradient reads Q and K).
-    static func isCandidate(_ node: Node, in function: Function, schedule: Schedule, types: [ValueID: TensorType]) -> Bool {
+    static func isCandidate(_ node: Node, in function: Function, schedule: Schedule, types: [ValueID: TensorType],
+                            kernelLimit: Double = cheapFlopsPerElement) -> Bool {
         // A scalar frees one alignment's bytes: not worth a node.
         guard let spec = OpRegistry.spec(node.op), !node.type.shape.isEmpty else { return false }
         if spec.rematerializable { return true }
-        guard recomputedFromOperands(node, types: types), let end = schedule.lastUse[schedule.root[node.id] ?? node.id] else { return false }
+        guard recomputedFromOperands(node, types: types, kernelLimit: kernelLimit), let end = schedule.lastUse[schedule.root[node.id] ?? node.id] else { return false }
         return node.operands.allSatisfy {
-            available($0, at: end, for: node, depth: 2, in: function, schedule: schedule, types: types)
+            available($0, at: end, for: node, depth: 2, in: function, schedule: schedule, types: types, kernelLimit: kernelLimit)
         }
     }
 
@@ -212,15 +252,17 @@ public struct Rematerialize: Pass {
     /// the reader's result), or can be computed again from what is, through
     /// at most `depth` more producers computed from their operands.
     static func available(_ operand: ValueID, at position: Int, for reader: Node, depth: Int,
-                          in function: Function, schedule: Schedule, types: [ValueID: TensorType]) -> Bool {
+                          in function: Function, schedule: Schedule, types: [ValueID: TensorType],
+                          kernelLimit: Double = cheapFlopsPerElement) -> Bool {
         let root = schedule.root[operand] ?? operand
         if schedule.arguments.contains(root) || (schedule.lastUse[root] ?? 0) >= position
             || isSmall(operand, beside: reader, types: types) { return true }
         guard depth > 0, root == operand, let index = schedule.position[operand] else { return false }
         let producer = function.nodes[index]
-        guard recomputedFromOperands(producer, types: types) else { return false }
+        guard recomputedFromOperands(producer, types: types, kernelLimit: kernelLimit) else { return false }
         return producer.operands.allSatisfy {
-            available($0, at: position, for: producer, depth: depth - 1, in: function, schedule: schedule, types: types)
+            available($0, at: position, for: producer, depth: depth - 1, in: function, schedule: schedule, types: types,
+                      kernelLimit: kernelLimit)
         }
     }
 
@@ -230,13 +272,13 @@ public struct Rematerialize: Pass {
     /// `cheapFlopsPerElement` per result element (attention's Q·Kᵀ over
     /// 64-wide heads: 128; a ResNet bottleneck's 1×1 expansion from 64 or
     /// 128 channels: 128 or 256).
-    static func recomputedFromOperands(_ node: Node, types: [ValueID: TensorType]) -> Bool {
+    static func recomputedFromOperands(_ node: Node, types: [ValueID: TensorType], kernelLimit: Double = cheapFlopsPerElement) -> Bool {
         guard let spec = OpRegistry.spec(node.op) else { return false }
         if spec.recomputable { return true }
         if case .elementwise = spec.lowering { return true }
         guard let flops = spec.flops, node.type.count > 0 else { return false }
         let operands = node.operands.compactMap { types[$0] }
-        return flops(operands, node.type, node.attrs) <= Self.cheapFlopsPerElement * Double(node.type.count)
+        return flops(operands, node.type, node.attrs) <= kernelLimit * Double(node.type.count)
     }
 
     /// Arithmetic per result element below which recomputing a kernel's
@@ -248,6 +290,18 @@ public struct Rematerialize: Pass {
     /// rounds); 512 recomputes wider ones and ends higher (572 MB against
     /// 560), and 2048 cost 17–25% of the step.
     static let cheapFlopsPerElement = 256.0
+
+    /// Arithmetic per result element a copy may recompute to bring a step
+    /// within `memoryBudget`: a transformer's 768-wide projections (1536),
+    /// a ResNet's 3×3 convolutions over 64 channels (1152), not its wider
+    /// ones. Without a budget TransUNet's fine-tuning arena was 557 MB;
+    /// recomputing what this allows wherever it lowers the peak gave 366 MB
+    /// for 11–18% of the step's time (3 interleaved rounds).
+    static let budgetFlopsPerElement = 1536.0
+
+    /// Peak bytes a copy must free per FLOP it recomputes above
+    /// `cheapFlopsPerElement`: 1 MB per GFLOP (about 2 ms of a step here).
+    static let minimumBytesFreedPerFlop = 1e-3
 
     /// An operand this many times smaller than the result is "small": a
     /// per-channel vector of a feature map, held a little longer for free.
@@ -261,6 +315,9 @@ public struct Rematerialize: Pass {
         var function: Function
         var copies: [ValueID]
         var copyTypes: [TensorType]
+        /// The arithmetic of the copies' kernels above `cheapFlopsPerElement`
+        /// (`OpSpec.flops`).
+        var flops: Double
     }
 
     /// `function` with the uses of `value` after its longest unused stretch
@@ -268,7 +325,8 @@ public struct Rematerialize: Pass {
     /// copied (a result of the function, itself or through a reshape, or reading an
     /// argument an update overwrites before the late use).
     func recomputingLateUses(of value: ValueID, in function: Function, schedule givenSchedule: Schedule? = nil,
-                             types givenTypes: [ValueID: TensorType]? = nil, policy: ChainPolicy = .heldOperands) -> Trial? {
+                             types givenTypes: [ValueID: TensorType]? = nil, policy: ChainPolicy = .heldOperands,
+                             kernelLimit: Double = cheapFlopsPerElement) -> Trial? {
         let schedule = givenSchedule ?? Schedule(function), types = givenTypes ?? function.types
         // A reshape reading the value is a use too: late, it reads the copy,
         // and so do the nodes reading it (all later still). It shares the
@@ -288,10 +346,11 @@ public struct Rematerialize: Pass {
         func recomputes(_ producer: Node) -> Bool {
             guard let spec = OpRegistry.spec(producer.op) else { return false }
             if spec.rematerializable || spec.recomputable { return true }
-            guard Self.recomputedFromOperands(producer, types: types) else { return false }
+            guard Self.recomputedFromOperands(producer, types: types, kernelLimit: kernelLimit) else { return false }
             if policy == .throughLoops { return true }
             return producer.operands.allSatisfy {
-                Self.available($0, at: at, for: producer, depth: 1, in: function, schedule: schedule, types: types)
+                Self.available($0, at: at, for: producer, depth: 1, in: function, schedule: schedule, types: types,
+                               kernelLimit: kernelLimit)
             }
         }
         /// A copy of `id`'s node placed before `at`, its operands copied in
@@ -322,7 +381,14 @@ public struct Rematerialize: Pass {
             result.nodes[position].operands = result.nodes[position].operands.map { $0 == value ? replacement : $0 }
         }
         result.nodes.insert(contentsOf: inserted, at: at)
-        return Trial(function: result, copies: inserted.map(\.id), copyTypes: inserted.map(\.type))
+        var copyTypes = types
+        for node in inserted { copyTypes[node.id] = node.type }
+        let flops = inserted.reduce(0.0) { sum, node in
+            guard let rule = OpRegistry.spec(node.op)?.flops else { return sum }
+            let flops = rule(node.operands.map { copyTypes[$0]! }, node.type, node.attrs)
+            return flops > Self.cheapFlopsPerElement * Double(node.type.count) ? sum + flops : sum
+        }
+        return Trial(function: result, copies: inserted.map(\.id), copyTypes: inserted.map(\.type), flops: flops)
     }
 }
 

@@ -23,6 +23,9 @@ public struct CompileOptions {
     public var dataParallel = false
     /// How convolutions are computed (select-conv-algorithm's mode).
     public var convAlgorithm: SelectConvAlgorithm.Mode = .auto
+    /// Live arena bytes per step above which rematerialize computes
+    /// convolutions and matmuls again (nil: only cheap copies).
+    public var memoryBudget: Int?
     /// Rows of the GEMM panels prepare-weights packs filters for; nil: this
     /// machine's micro-kernel's (tests choose others).
     public var panelRows: Int?
@@ -55,7 +58,8 @@ public enum CompileDriver {
         var module = module
         let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer, dataParallel: options.dataParallel,
                                                    convAlgorithm: options.convAlgorithm,
-                                                   panelRows: options.panelRows ?? Int(ddp_gemm_panel_rows())),
+                                                   panelRows: options.panelRows ?? Int(ddp_gemm_panel_rows()),
+                                                   memoryBudget: options.memoryBudget),
                                   options: options.passOptions)
         let passStart = Date()
         try manager.run(&module)
@@ -137,10 +141,16 @@ public enum CompileDriver {
         try encoder.encode(manifest).write(to: staging.appendingPathComponent("manifest.json"))
 
         try install(staging, at: output)
-        let warnings = layout.entries.compactMap { entry -> String? in
+        var warnings = layout.entries.compactMap { entry -> String? in
             let bytes = MemoryBudget.bytes(of: entry, in: layout)
             guard bytes > MemoryBudget.physicalBytes else { return nil }
             return "@\(entry.name) needs \(MemoryBudget.format(bytes)) of memory, more than this machine has (\(MemoryBudget.format(MemoryBudget.physicalBytes))); it cannot run here. A smaller --batch or --size fits."
+        }
+        if let budget = options.memoryBudget {
+            // Inference has nothing to recompute; only training steps are held to it.
+            for entry in layout.entries where entry.arenaBytes > budget && !entry.trains.isEmpty {
+                warnings.append("@\(entry.name)'s arena is \(MemoryBudget.format(Double(entry.arenaBytes))), above --memory-budget \(MemoryBudget.format(Double(budget))): that is the least recomputing convolutions and matmuls got it to. A smaller --batch or --size lowers it further.")
+            }
         }
         return CompileReport(artifact: output, memory: memory, passSeconds: passSeconds, codegenSeconds: codegenSeconds,
                              nodeCounts: Dictionary(uniqueKeysWithValues: module.functions.map { ($0.name, $0.nodes.count) }),
@@ -161,11 +171,14 @@ public enum CompileDriver {
     /// merges rematerialize's copies back into their originals, and the
     /// copies chosen again from that start differ.
     static func pipeline(for module: Module, optimizer: AdamOptimizer?, dataParallel: Bool = false,
-                         convAlgorithm: SelectConvAlgorithm.Mode = .auto, panelRows: Int) throws -> [any Pass] {
+                         convAlgorithm: SelectConvAlgorithm.Mode = .auto, panelRows: Int, memoryBudget: Int? = nil) throws -> [any Pass] {
         let compiled = module.functions.filter(isCompiledStep).map { "@" + $0.name }
         guard !compiled.isEmpty else {
             return PassManager.standardPipeline(optimizer: optimizer, dataParallel: dataParallel, convAlgorithm: convAlgorithm,
-                                                panelRows: panelRows)
+                                                panelRows: panelRows, memoryBudget: memoryBudget)
+        }
+        if memoryBudget != nil {
+            throw RuntimeError("--memory-budget: the module's training steps (\(compiled.joined(separator: ", "))) are compiled already, and what they recompute was chosen then; compile the model itself (its .swift file or zoo name) with --memory-budget")
         }
         if dataParallel, !module.functions.contains(where: { $0.nodes.contains { $0.op == "allreduce" } }) {
             throw RuntimeError("--data-parallel: the module's training steps (\(compiled.joined(separator: ", "))) are compiled already, without allreduce; compile the model itself (its .swift file or zoo name) with --data-parallel")

@@ -60,6 +60,8 @@ struct Compile: ParsableCommand {
     var dataParallel = false
     @Option(name: .customLong("conv-algorithm"), help: "How 3×3 stride-1 convolutions are computed: auto (Winograd F(4×4,3×3) or F(2×2,3×3) where it is faster; F(4×4) rounds to about 1e-5 of the output's magnitude), direct (im2col + GEMM everywhere), winograd (F(4×4,3×3) wherever it applies).")
     var convAlgorithm: SelectConvAlgorithm.Mode = .auto
+    @Option(name: .customLong("memory-budget"), help: "Megabytes of live arena (activations, gradients, scratch) each training step should fit in. Above it, convolutions and matmuls are computed again in the backward pass instead of held (a transformer block's projections, the narrower 3×3 convolutions): less memory for more time. `ddepc inspect` prints each step's arena.")
+    var memoryBudget: Double?
     @Flag(name: .customLong("gradient-clipping"), help: "Training steps that can clip the global gradient norm (`ddepc train --clip-grad-norm`). They hold every gradient until the backward pass ends; without clipping each weight is updated as soon as its gradient is complete.")
     var gradientClipping = false
     @Flag(name: .customLong("no-verify"), help: "Do not run the verifier after every pass.") var noVerify = false
@@ -68,6 +70,9 @@ struct Compile: ParsableCommand {
 
     func validate() throws {
         guard modelTimeout > 0, modelTimeout.isFinite else { throw ValidationError("--model-timeout must be a positive number of seconds") }
+        if let memoryBudget, !(memoryBudget > 0 && memoryBudget.isFinite) {
+            throw ValidationError("--memory-budget must be a positive number of megabytes, got \(memoryBudget)")
+        }
         let known = Set(PassManager.knownPassNames + ["all"])
         for name in printIRAfter where !known.contains(name) {
             throw ValidationError("unknown pass '\(name)' for --print-ir-after; passes: \(PassManager.knownPassNames.joined(separator: ", ")), or all")
@@ -91,6 +96,7 @@ struct Compile: ParsableCommand {
             options.source = model
             options.dataParallel = dataParallel
             options.convAlgorithm = convAlgorithm
+            options.memoryBudget = memoryBudget.map { Int($0 * 1e6) }
             options.optimizer?.clipping = gradientClipping
             options.passOptions.printAfter = Set(printIRAfter)
             options.passOptions.printAfterChange = printIRAfterChange

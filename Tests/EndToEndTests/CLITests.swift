@@ -124,6 +124,38 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(manifests[0], manifests[1])
     }
 
+    /// `--memory-budget`: below what the training steps need, they recompute
+    /// convolutions and matmuls and their arenas shrink, and each step the
+    /// budget cannot hold is named; a module compiled already is refused.
+    /// (A budget a step is within changes nothing: RematerializeTests.)
+    func testMemoryBudgetShrinksTrainingArenasOrSaysWhyNot() throws {
+        func arenas(_ output: String) -> [String: Int] {
+            var arenas: [String: Int] = [:]
+            for line in output.split(separator: "\n") where line.contains("_step: arena ") {
+                let words = line.split(separator: " ")
+                arenas[String(words[0].dropFirst().dropLast())] = Int(words[2])
+            }
+            return arenas
+        }
+        let plain = try ddepc(["compile", "unet-small", "--size", "32", "-o", path("plain.ddepc")])
+        let tight = try ddepc(["compile", "unet-small", "--size", "32", "-o", path("tight.ddepc"), "--memory-budget", "0.001"])
+        for result in [plain, tight] { XCTAssertEqual(result.status, 0, result.all) }
+        let (before, after) = (arenas(plain.all), arenas(tight.all))
+        XCTAssertEqual(Set(before.keys), ["pretrain_step", "pretrain_dep_step", "finetune_step", "classify_step"])
+        for (step, bytes) in before {
+            XCTAssertLessThan(after[step] ?? .max, bytes, step)
+            XCTAssertTrue(tight.stderr.contains("warning: @\(step)'s arena is "), tight.stderr)
+        }
+        XCTAssertTrue(tight.stderr.contains("above --memory-budget 1.0 KB"), tight.stderr)
+        XCTAssertFalse(plain.stderr.contains("warning"), plain.stderr)
+
+        let again = try ddepc(["compile", path("tight.ddepc") + "/final.ddir", "-o", path("budgeted-again.ddepc"), "--memory-budget", "1"])
+        XCTAssertEqual(again.status, 1, again.all)
+        XCTAssertTrue(again.stderr.contains("--memory-budget: the module's training steps (@pretrain_step"), again.stderr)
+        XCTAssertTrue(again.stderr.contains("compile the model itself"), again.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("budgeted-again.ddepc")))
+    }
+
     /// libLLVM is loaded when the LLVM backend first runs, not at start-up:
     /// training, evaluation and the C backend do not carry its pages (41 MB
     /// resident, which the dynamic linker touches to relocate it). The glibc

@@ -291,6 +291,8 @@ final class MisuseCLITests: XCTestCase {
             (train + ["--lr", "-1e-3"], "--lr must be a positive number"),
             (train + ["--batch-size", "-2"], "--batch-size must be positive"),
             (["compile", "unet-small", "--batch", "-1"], "--batch, --size, --classes and --image-classes must be positive"),
+            (["compile", "unet-small", "--memory-budget", "0"], "--memory-budget must be a positive number of megabytes"),
+            (["compile", "unet-small", "--memory-budget", "nan"], "--memory-budget must be a positive number of megabytes"),
             (["eval", path("none"), "--data", path("none"), "--scales", "-1"], "--scales expects positive numbers"),
             (["eval", path("none"), "--data", path("none"), "--limit", "-3"], "--limit must be positive"),
             (["eval", path("none"), "--data", path("none"), "--scales", "0.5,,1"], "--scales expects positive numbers"),

@@ -226,7 +226,43 @@ final class RematerializeTests: XCTestCase {
     /// product over a narrow head (8 wide here, 64 in ViT-B: at most
     /// `cheapFlopsPerElement` per score) and the softmax are computed again.
     func testRecomputesAttentionsSoftmaxFromQueryAndKey() throws {
-        let source = """
+        let source = Self.attention
+        try checkRecomputed(source, checks: """
+
+            // CHECK: %12 = mul(%11, %10) : f32[2,16,16]
+            // CHECK-NEXT: %15 = matmul(%0, %1) {transpose_b=true} : f32[2,16,16]
+            // CHECK-NEXT: %16 = mul(%15, %4) : f32[2,16,16]
+            // CHECK-NEXT: %17 = softmax(%16) {axis=-1} : f32[2,16,16]
+            // CHECK-NEXT: %13 = mul(%12, %17) : f32[2,16,16]
+            """, peaks: (4 * 2048, 3 * 2048 + 64), why: ("%6, %7, %8 and %9 at sigmoid", "%6 is dead by then, the scale held for its copy"))
+        // A product over a wide dimension costs more than it holds: kept.
+        var wide = try Parser.parse(source.replacingOccurrences(of: "[2,16,8]", with: "[2,16,256]"))
+        XCTAssertEqual(try runPasses([Rematerialize.name], on: &wide), [false])
+    }
+
+    /// With a memory budget below the peak, the wide product (512 FLOPs per
+    /// score) is computed again as the narrow one is without: until the peak
+    /// is within the budget, and never one beyond `budgetFlopsPerElement`
+    /// (2048 FLOPs per score over 1024-wide heads).
+    func testAMemoryBudgetRecomputesProductsUntilThePeakFits() throws {
+        let wide = try Parser.parse(Self.attention.replacingOccurrences(of: "[2,16,8]", with: "[2,16,256]"))
+        let peak = PlanMemory.liveness(of: wide.functions[0]).peak.bytes
+        XCTAssertEqual(peak, 4 * 2048)
+        var roomy = wide
+        XCTAssertFalse(try Rematerialize(memoryBudget: peak).run(&roomy), "within the budget already")
+
+        var tight = wide
+        XCTAssertTrue(try Rematerialize(memoryBudget: peak - 1).run(&tight))
+        XCTAssertEqual(tight.functions[0].count("matmul"), 2, "the product computed again before its late use")
+        XCTAssertEqual(PlanMemory.liveness(of: tight.functions[0]).peak.bytes, 3 * 2048 + 64)
+        try checkSameValues(wide.functions[0], tight.functions[0])
+
+        var wider = try Parser.parse(Self.attention.replacingOccurrences(of: "[2,16,8]", with: "[2,16,1024]"))
+        XCTAssertFalse(try Rematerialize(memoryBudget: 1).run(&wider), "a product over 1024 costs more than any budget allows")
+    }
+
+    /// Attention's scores over 8-wide heads, their softmax read again late.
+    static let attention = """
             func @f(%0: f32[2,16,8] input "q", %1: f32[2,16,8] input "k", %2: f32[2,16,16] input "g") {
               %3 = matmul(%0, %1) {transpose_b=true} : f32[2,16,16]
               %4 = constant() {value=0.25} : f32[]
@@ -243,18 +279,6 @@ final class RematerializeTests: XCTestCase {
               return %14 as "loss"
             }
             """
-        try checkRecomputed(source, checks: """
-
-            // CHECK: %12 = mul(%11, %10) : f32[2,16,16]
-            // CHECK-NEXT: %15 = matmul(%0, %1) {transpose_b=true} : f32[2,16,16]
-            // CHECK-NEXT: %16 = mul(%15, %4) : f32[2,16,16]
-            // CHECK-NEXT: %17 = softmax(%16) {axis=-1} : f32[2,16,16]
-            // CHECK-NEXT: %13 = mul(%12, %17) : f32[2,16,16]
-            """, peaks: (4 * 2048, 3 * 2048 + 64), why: ("%6, %7, %8 and %9 at sigmoid", "%6 is dead by then, the scale held for its copy"))
-        // A product over a wide dimension costs more than it holds: kept.
-        var wide = try Parser.parse(source.replacingOccurrences(of: "[2,16,8]", with: "[2,16,256]"))
-        XCTAssertEqual(try runPasses([Rematerialize.name], on: &wide), [false])
-    }
 
     /// The copies are chosen greedily, so each function is planned with both
     /// chain policies and keeps the lower peak: TransUNet.tiny's steps through
@@ -307,6 +331,24 @@ final class RematerializeTests: XCTestCase {
             XCTAssertLessThan(Double(peakAfter), 0.9 * Double(peakBefore), "@\(old.name): \(peakBefore) → \(peakAfter) bytes")
             try checkCopiesAreOriginals(old, new)
         }
+    }
+
+    /// TransUNet.tiny's fine-tuning step with a budget below what cheap
+    /// copies reach: convolutions and matmuls are computed again, the peak
+    /// ends below the unbudgeted one, and the step computes what it did.
+    func testABudgetTradesKernelsForMemoryInTransUNetTiny() throws {
+        let config = EntryConfig(batch: 2, size: 32, classes: 2, entries: [.finetuneStep])
+        var module = try buildModule(TransUNet.tiny, config: config)
+        try PassManager(Array(PassManager.standardPipeline().prefix { !($0 is Rematerialize) })).run(&module)
+        var cheap = module, budgeted = module
+        _ = try Rematerialize().run(&cheap)
+        XCTAssertTrue(try Rematerialize(memoryBudget: 1).run(&budgeted))
+        let (old, withoutBudget, new) = (module.functions[0], cheap.functions[0], budgeted.functions[0])
+        func kernels(_ function: Function) -> Int { ["matmul", "conv2d", "fused_conv2d"].map(function.count).reduce(0, +) }
+        XCTAssertGreaterThan(kernels(new), kernels(withoutBudget))
+        let peaks = [withoutBudget, new].map { PlanMemory.liveness(of: $0).peak.bytes }
+        XCTAssertLessThan(peaks[1], peaks[0])
+        try checkSameValues(old, new)
     }
 
     /// Every node of `after` is a node of `before` (same id) or a copy of
