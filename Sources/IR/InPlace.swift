@@ -26,11 +26,20 @@ public struct InPlaceAnalysis {
     public static func storageRoots(_ function: Function) -> [ValueID: ValueID] {
         var roots: [ValueID: ValueID] = [:]
         roots.reserveCapacity(function.args.count + function.nodes.count)
+        for (id, root) in storageRootTable(function).enumerated() where root >= 0 { roots[id] = root }
+        return roots
+    }
+
+    /// `storageRoots` as an array indexed by value id, up to the function's
+    /// largest id: −1 where no value has that id. (A pass that asks often
+    /// reads it without hashing.)
+    public static func storageRootTable(_ function: Function) -> [ValueID] {
+        var roots = [ValueID](repeating: -1, count: function.nextID)
         for arg in function.args { roots[arg.id] = arg.id }
         for index in function.nodes.indices { // by index: no copy of each node
             let id = function.nodes[index].id
             if case .alias? = OpRegistry.spec(function.nodes[index].op)?.lowering, let operand = function.nodes[index].operands.first {
-                roots[id] = roots[operand] ?? operand
+                roots[id] = roots[operand] >= 0 ? roots[operand] : operand
             } else {
                 roots[id] = id
             }

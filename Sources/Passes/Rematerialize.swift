@@ -395,14 +395,16 @@ public struct Rematerialize: Pass {
 /// Positions, uses and storage of a function's values: a buffer is live
 /// from its definition to its last use (results to the end), aliases share
 /// their operand's bytes, and arguments take none. (Its peak of live bytes
-/// is plan-memory's, `PlanMemory.liveness`.)
+/// is plan-memory's, `PlanMemory.liveness`.) Rematerialize builds one after
+/// every copy it tries, so its maps are arrays indexed by value id (ids are
+/// dense): hashing each id was most of the pass's time.
 struct Schedule {
-    var position: [ValueID: Int] = [:]
+    var position: ValueMap<Int>
     /// Positions of the nodes reading each value, ascending.
-    var uses: [ValueID: [Int]] = [:]
-    var root: [ValueID: ValueID]
+    var uses: ValueMap<[Int]>
+    var root: ValueMap<ValueID>
     /// Last position reading each storage root; the end for results.
-    var lastUse: [ValueID: Int] = [:]
+    var lastUse: ValueMap<Int>
     var arguments: Set<ValueID>
     /// Arguments an update may overwrite during the call, and where: the
     /// position of the update's value (plan-memory computes it in place
@@ -414,22 +416,23 @@ struct Schedule {
 
     init(_ function: Function) {
         arguments = Set(function.args.map(\.id))
-        root = InPlaceAnalysis.storageRoots(function)
+        let roots = InPlaceAnalysis.storageRootTable(function)
+        let capacity = roots.count
+        root = ValueMap(roots.map { $0 < 0 ? nil : $0 })
         results = Set(function.rootValues)
-        let count = function.nodes.count
-        position.reserveCapacity(count)
-        uses.reserveCapacity(count)
-        lastUse.reserveCapacity(count)
+        position = ValueMap(capacity: capacity)
+        uses = ValueMap(capacity: capacity)
+        lastUse = ValueMap(capacity: capacity)
         // By index: a loop over the nodes would copy each (retaining all of
-        // its parts), which was most of this pass's time.
+        // its parts).
         for index in function.nodes.indices {
             let id = function.nodes[index].id
             position[id] = index
-            let storage = root[id] ?? id
+            let storage = roots[id]
             lastUse[storage] = max(lastUse[storage] ?? index, index)
             for operand in function.nodes[index].operands {
-                if uses[operand]?.last != index { uses[operand, default: []].append(index) }
-                let storage = root[operand] ?? operand
+                if uses[operand]?.last != index { uses.append(index, to: operand) }
+                let storage = roots[operand]
                 lastUse[storage] = max(lastUse[storage] ?? index, index)
             }
         }
@@ -437,5 +440,28 @@ struct Schedule {
         for update in function.updates {
             overwrittenAt[update.target] = position[root[update.value] ?? update.value] ?? function.nodes.count
         }
+    }
+}
+
+/// Values by id in an array: nil where an id has none.
+struct ValueMap<Element> {
+    private var slots: [Element?]
+
+    init(capacity: Int) { slots = Array(repeating: nil, count: capacity) }
+    init(_ slots: [Element?]) { self.slots = slots }
+
+    subscript(id: ValueID) -> Element? {
+        get { id >= 0 && id < slots.count ? slots[id] : nil }
+        set {
+            if id >= slots.count { slots += repeatElement(nil, count: id + 1 - slots.count) }
+            slots[id] = newValue
+        }
+    }
+}
+
+extension ValueMap where Element == [Int] {
+    mutating func append(_ position: Int, to id: ValueID) {
+        if id >= slots.count { slots += repeatElement(nil, count: id + 1 - slots.count) }
+        if slots[id] == nil { slots[id] = [position] } else { slots[id]!.append(position) }
     }
 }
