@@ -198,9 +198,24 @@ public enum CEmitter {
         }
     }
 
+    /// The entry point: its steps in pieces (`LoweredFunction.pieces`),
+    /// static functions passing the status along, called in order.
     static func emit(_ function: LoweredFunction, loops: inout LoopTable) -> String {
-        var body = "int ddp_\(function.name)(const ddp_buffers *b, const ddp_kernel_fn *k) {\n  int status = 0;\n"
-        for step in function.steps {
+        let pieces = function.pieces
+        var text = ""
+        for (index, piece) in pieces.enumerated() {
+            text += "static __attribute__((noinline)) int steps\(index)_of_\(function.name)(const ddp_buffers *b, const ddp_kernel_fn *k, int status) {\n"
+            text += emit(piece, loops: &loops) + "  return status;\n}\n"
+        }
+        text += "int ddp_\(function.name)(const ddp_buffers *b, const ddp_kernel_fn *k) {\n  int status = 0;\n"
+        for index in pieces.indices { text += "  status = steps\(index)_of_\(function.name)(b, k, status);\n" }
+        return text + "  return status;\n}\n"
+    }
+
+    /// Steps as statements; a kernel call is skipped once `status` is not 0.
+    static func emit(_ steps: [LoweredFunction.Step], loops: inout LoopTable) -> String {
+        var body = ""
+        for step in steps {
             switch step {
             case .comment(let text):
                 body += "  /* \(text.replacingOccurrences(of: "*/", with: "* /")) */\n"
@@ -222,7 +237,7 @@ public enum CEmitter {
                 }
             }
         }
-        return body + "  return status;\n}\n"
+        return body
     }
 
     static let regionIndex: [BufferLayout.Region: Int] = [.params: 0, .state: 1, .io: 2, .arena: 3]

@@ -317,11 +317,45 @@ private final class ModuleEmitter {
         init(kernels: LLVMValueRef) { self.kernels = kernels }
     }
 
+    /// The entry point: a call of each piece of its steps
+    /// (`LoweredFunction.pieces`, internal functions) in order, returning the
+    /// first failed kernel's status.
     private func emit(_ function: LoweredFunction) throws {
+        let pieces = try function.pieces.enumerated().map { index, steps in
+            try emitPiece(steps, named: "steps\(index)_of_\(function.name)", function: function.name)
+        }
         let fn = LLVMAddFunction(module, "ddp_\(function.name)", entryType)!
         LLVMSetLinkage(fn, LLVMExternalLinkage)
+        markNoUnwind(fn)
+        var parameters: [LLVMValueRef?] = [LLVMGetParam(fn, 0), LLVMGetParam(fn, 1)]
+        LLVMSetValueName2(parameters[0], "b", 1)
+        LLVMSetValueName2(parameters[1], "k", 1)
+        LLVMPositionBuilderAtEnd(builder, LLVMAppendBasicBlockInContext(context, fn, "entry"))
+        for (index, piece) in pieces.enumerated() {
+            let status = LLVMBuildCall2(builder, entryType, piece, &parameters, 2, "status\(index)")!
+            let failed = LLVMAppendBasicBlockInContext(context, fn, "steps\(index).failed")!
+            let next = LLVMAppendBasicBlockInContext(context, fn, "steps\(index).ok")!
+            LLVMBuildCondBr(builder, LLVMBuildICmp(builder, LLVMIntNE, status, constI32(0), ""), failed, next)
+            LLVMPositionBuilderAtEnd(builder, failed)
+            LLVMBuildRet(builder, status)
+            LLVMPositionBuilderAtEnd(builder, next)
+        }
+        LLVMBuildRet(builder, constI32(0))
+    }
+
+    private func markNoUnwind(_ fn: LLVMValueRef) {
         let nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8)
         LLVMAddAttributeAtIndex(fn, LLVMAttributeIndex(bitPattern: -1), LLVMCreateEnumAttribute(context, nounwind, 0))
+    }
+
+    /// `internal noinline i32 @<name>(b, k)`: the steps, returning 0 or the
+    /// first failed kernel's status.
+    private func emitPiece(_ steps: [LoweredFunction.Step], named name: String, function: String) throws -> LLVMValueRef {
+        let fn = LLVMAddFunction(module, name, entryType)!
+        LLVMSetLinkage(fn, LLVMInternalLinkage)
+        markNoUnwind(fn)
+        let noinline = LLVMGetEnumAttributeKindForName("noinline", 8)
+        LLVMAddAttributeAtIndex(fn, LLVMAttributeIndex(bitPattern: -1), LLVMCreateEnumAttribute(context, noinline, 0))
         let b = LLVMGetParam(fn, 0)!, k = LLVMGetParam(fn, 1)!
         LLVMSetValueName2(b, "b", 1)
         LLVMSetValueName2(k, "k", 1)
@@ -336,7 +370,7 @@ private final class ModuleEmitter {
             LLVMSetAlignment(base, 8)
             state.bases[region] = base
         }
-        let maxBuffers = function.steps.reduce(0) { most, step in
+        let maxBuffers = steps.reduce(0) { most, step in
             if case .kernel(_, _, let buffers, _, _) = step { return max(most, buffers.count) }
             if case .loop(let loop) = step, loop.parallel { return max(most, loop.results.count + loop.operands.count + 1) }
             return most
@@ -347,20 +381,21 @@ private final class ModuleEmitter {
             state.bufferArray = LLVMBuildAlloca(builder, type, "bufs")
         }
 
-        for step in function.steps {
+        for step in steps {
             switch step {
             case .comment:
                 break
             case .kernel(let index, let name, let buffers, let ints, let floats):
-                emitKernel(state, function: function.name, index: index, name: name, buffers: buffers, ints: ints, floats: floats)
+                emitKernel(state, function: function, index: index, name: name, buffers: buffers, ints: ints, floats: floats)
             case .copy(let to, let from, let bytes):
                 guard bytes > 0 else { continue }
                 LLVMBuildMemCpy(builder, bytePointer(state, to), 1, bytePointer(state, from), 1, constI64(bytes))
             case .loop(let loop):
-                try emitLoop(state, function: function.name, loop)
+                try emitLoop(state, function: function, loop)
             }
         }
         LLVMBuildRet(builder, constI32(0))
+        return fn
     }
 
     /// `b-><region> + offset` as an i8*.
@@ -410,7 +445,7 @@ private final class ModuleEmitter {
         let kernel = LLVMBuildBitCast(builder, raw, LLVMPointerType(kernelType, 0), "")!
         var args: [LLVMValueRef?] = [bufs, ia, fa]
         let status = LLVMBuildCall2(builder, kernelType, kernel, &args, 3, "status.\(name)")!
-        // A failed kernel ends the entry point with its status (as the C backend's `if (status != 0) return status;`).
+        // A failed kernel ends the piece, and the entry point, with its status (the C backend skips the calls after it).
         let function = LLVMGetBasicBlockParent(LLVMGetInsertBlock(builder))!
         let failed = LLVMAppendBasicBlockInContext(context, function, "\(name).failed")!
         let next = LLVMAppendBasicBlockInContext(context, function, "\(name).ok")!
