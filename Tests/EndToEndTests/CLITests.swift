@@ -125,8 +125,9 @@ final class CLITests: XCTestCase {
     }
 
     /// `--memory-budget`: below what the training steps need, they recompute
-    /// convolutions and matmuls and their arenas shrink, and each step the
-    /// budget cannot hold is named; a module compiled already is refused.
+    /// convolutions and matmuls, their arenas shrink, they train to the same
+    /// losses, and each step the budget cannot hold is named; a module
+    /// compiled already is refused.
     /// (A budget a step is within changes nothing: RematerializeTests.)
     func testMemoryBudgetShrinksTrainingArenasOrSaysWhyNot() throws {
         func arenas(_ output: String) -> [String: Int] {
@@ -148,6 +149,16 @@ final class CLITests: XCTestCase {
         }
         XCTAssertTrue(tight.stderr.contains("above --memory-budget 1.0 KB"), tight.stderr)
         XCTAssertFalse(plain.stderr.contains("warning"), plain.stderr)
+        // Recomputed values are the same kernels on the same inputs: the
+        // training runs agree to the bit.
+        let curves = try ["plain", "tight"].map { name in
+            let run = try ddepc(["train", path(name + ".ddepc"), "--mode", "ddep", "--images", "Examples/data/images",
+                                 "--steps", "3", "--seed", "5", "--out", path(name + "-run")])
+            XCTAssertEqual(run.status, 0, run.all)
+            return try losses(name + "-run")
+        }
+        XCTAssertEqual(curves[0].count, 3)
+        XCTAssertEqual(curves[1], curves[0])
 
         let again = try ddepc(["compile", path("tight.ddepc") + "/final.ddir", "-o", path("budgeted-again.ddepc"), "--memory-budget", "1"])
         XCTAssertEqual(again.status, 1, again.all)
