@@ -332,15 +332,21 @@ private final class ModuleEmitter {
         LLVMSetValueName2(parameters[1], "k", 1)
         LLVMPositionBuilderAtEnd(builder, LLVMAppendBasicBlockInContext(context, fn, "entry"))
         for (index, piece) in pieces.enumerated() {
-            let status = LLVMBuildCall2(builder, entryType, piece, &parameters, 2, "status\(index)")!
-            let failed = LLVMAppendBasicBlockInContext(context, fn, "steps\(index).failed")!
-            let next = LLVMAppendBasicBlockInContext(context, fn, "steps\(index).ok")!
-            LLVMBuildCondBr(builder, LLVMBuildICmp(builder, LLVMIntNE, status, constI32(0), ""), failed, next)
-            LLVMPositionBuilderAtEnd(builder, failed)
-            LLVMBuildRet(builder, status)
-            LLVMPositionBuilderAtEnd(builder, next)
+            returnIfFailed(LLVMBuildCall2(builder, entryType, piece, &parameters, 2, "status\(index)")!, label: "steps\(index)")
         }
         LLVMBuildRet(builder, constI32(0))
+    }
+
+    /// Returns `status` from the function being built unless it is 0, and
+    /// goes on building after the check.
+    private func returnIfFailed(_ status: LLVMValueRef, label: String) {
+        let function = LLVMGetBasicBlockParent(LLVMGetInsertBlock(builder))!
+        let failed = LLVMAppendBasicBlockInContext(context, function, "\(label).failed")!
+        let next = LLVMAppendBasicBlockInContext(context, function, "\(label).ok")!
+        LLVMBuildCondBr(builder, LLVMBuildICmp(builder, LLVMIntNE, status, constI32(0), ""), failed, next)
+        LLVMPositionBuilderAtEnd(builder, failed)
+        LLVMBuildRet(builder, status)
+        LLVMPositionBuilderAtEnd(builder, next)
     }
 
     private func markNoUnwind(_ fn: LLVMValueRef) {
@@ -444,15 +450,8 @@ private final class ModuleEmitter {
         LLVMSetAlignment(raw, 8)
         let kernel = LLVMBuildBitCast(builder, raw, LLVMPointerType(kernelType, 0), "")!
         var args: [LLVMValueRef?] = [bufs, ia, fa]
-        let status = LLVMBuildCall2(builder, kernelType, kernel, &args, 3, "status.\(name)")!
         // A failed kernel ends the piece, and the entry point, with its status (the C backend skips the calls after it).
-        let function = LLVMGetBasicBlockParent(LLVMGetInsertBlock(builder))!
-        let failed = LLVMAppendBasicBlockInContext(context, function, "\(name).failed")!
-        let next = LLVMAppendBasicBlockInContext(context, function, "\(name).ok")!
-        LLVMBuildCondBr(builder, LLVMBuildICmp(builder, LLVMIntNE, status, constI32(0), ""), failed, next)
-        LLVMPositionBuilderAtEnd(builder, failed)
-        LLVMBuildRet(builder, status)
-        LLVMPositionBuilderAtEnd(builder, next)
+        returnIfFailed(LLVMBuildCall2(builder, kernelType, kernel, &args, 3, "status.\(name)")!, label: name)
     }
 
     // MARK: Elementwise loops
