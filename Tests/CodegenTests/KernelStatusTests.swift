@@ -1,3 +1,4 @@
+import Codegen
 import DDPKernels
 import Foundation
 import IR
@@ -25,6 +26,37 @@ final class KernelStatusTests: XCTestCase {
             XCTAssertThrowsError(try table.withUnsafeBufferPointer { try call.run(kernels: $0.baseAddress!) }) { error in
                 XCTAssertTrue("\(error)".contains("entry point infer stopped: a kernel could not get its working memory"), "\(backend): \(error)")
             }
+        }
+    }
+
+    /// An entry point longer than one piece (`LoweredFunction.stepsPerPiece`)
+    /// stops as well when a kernel of its first piece fails: the later
+    /// pieces run no kernel and the status reaches the caller.
+    func testAFailureInAnEarlyPieceStopsTheLaterPieces() throws {
+        let b = FunctionBuilder(name: "infer")
+        let x = b.argument("x", .f32([1, 2, 5, 5]), role: .input)
+        let w = b.argument("w", .f32([3, 2, 3, 3]), role: .param)
+        var y = try b.emit("conv2d", [x, w], ["pad": .ints([1, 1])])
+        for _ in 0 ..< LoweredFunction.stepsPerPiece + 10 { y = try b.emit("softmax", [y], ["axis": .int(1)]) }
+        b.output(y, name: "y")
+        let module = Module(functions: [b.function])
+        // Counting tables: every kernel's calls are counted, the convolution fails.
+        let profiling = Array(UnsafeBufferPointer(start: ddp_profiling_kernel_table(), count: Int(ddp_kernel_count.rawValue)))
+        var failing = profiling
+        failing[Int(ddp_kernel_index("conv2d"))] = { _, _, _ in Int32(DDP_ERR_NOMEM) }
+        let softmax = Int32(ddp_kernel_index("softmax"))
+        for backend in Backend.allCases {
+            let executor = try compile(module, backend: backend)
+            let call = try executor.prepare("infer", inputs: ["x": HostTensor(.f32([1, 2, 5, 5]), [Double](repeating: 1, count: 50))])
+            ddp_profile_reset()
+            XCTAssertNoThrow(try profiling.withUnsafeBufferPointer { try call.run(kernels: $0.baseAddress!) })
+            XCTAssertEqual(ddp_profile_kernel_calls(softmax), Int64(LoweredFunction.stepsPerPiece + 10),
+                           "\(backend): every softmax is a kernel call, so the step has more than one piece")
+            ddp_profile_reset()
+            XCTAssertThrowsError(try failing.withUnsafeBufferPointer { try call.run(kernels: $0.baseAddress!) }) { error in
+                XCTAssertTrue("\(error)".contains("entry point infer stopped: a kernel could not get its working memory"), "\(backend): \(error)")
+            }
+            XCTAssertEqual(ddp_profile_kernel_calls(softmax), 0, "\(backend): no kernel runs after the failed one")
         }
     }
 
