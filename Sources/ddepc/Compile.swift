@@ -96,7 +96,7 @@ struct Compile: ParsableCommand {
             options.source = model
             options.dataParallel = dataParallel
             options.convAlgorithm = convAlgorithm
-            options.memoryBudget = memoryBudget.map { Int($0 * 1e6) }
+            options.memoryBudget = memoryBudget.map { Int(min($0 * 1e6, 1e18)) } // beyond any machine: no limit, and no overflow
             options.optimizer?.clipping = gradientClipping
             options.passOptions.printAfter = Set(printIRAfter)
             options.passOptions.printAfterChange = printIRAfterChange
