@@ -52,6 +52,7 @@ typedef struct {
     const float *scale, *shift, *residual, *gate;
     const float *gate_scale, *gate_shift; // the gate is gate·gate_scale[c] + gate_shift[c] (has_gate 2)
     int relu, active;
+    int buffers; // how many buffers it took after the kernel's first three
 } ddp_conv_epilogue;
 
 /// Reads the five epilogue flags at `flags` (has_scale, has_shift,
@@ -70,6 +71,7 @@ static inline ddp_conv_epilogue ddp_conv_epilogue_read(void *const *bufs, const 
         e.gate_shift = bufs[next++];
     }
     e.active = e.scale || e.shift || e.residual || e.relu || e.gate;
+    e.buffers = next - 3;
     return e;
 }
 
@@ -93,11 +95,6 @@ static inline ddp_conv_prologue ddp_conv_prologue_read(void *const *bufs, int ne
         p.active = 1;
     }
     return p;
-}
-
-/// How many buffers the epilogue flags at `flags` take (after the kernel's first three).
-static inline int ddp_conv_epilogue_buffers(const int64_t *flags) {
-    return (flags[0] != 0) + (flags[1] != 0) + (flags[2] != 0) + (flags[4] != 0) + 2 * (flags[4] == 2);
 }
 
 /// The prologue on one row of channel c's input, x[0..n) into out.

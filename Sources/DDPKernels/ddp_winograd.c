@@ -237,10 +237,10 @@ static int winograd_geometry(const int64_t *ia, int64_t tile) {
 /// rows when it is above 0.
 static int forward(void *const *bufs, const int64_t *ia, int panel) {
     if (!winograd_geometry(ia, ia[21])) return DDP_ERR_ARGS;
+    ddp_conv_epilogue epilogue = ddp_conv_epilogue_read(bufs, ia + 16);
     wino_job job = {.n = ia[0], .c = ia[1], .h = ia[2], .w = ia[3], .o = ia[4], .oh = ia[7], .ow = ia[8],
-                    .ph = ia[11], .pw = ia[12], .x = bufs[0], .y = bufs[2],
-                    .epilogue = ddp_conv_epilogue_read(bufs, ia + 16),
-                    .prologue = ddp_conv_prologue_read(bufs, 3 + ddp_conv_epilogue_buffers(ia + 16), ia + 22)};
+                    .ph = ia[11], .pw = ia[12], .x = bufs[0], .y = bufs[2], .epilogue = epilogue,
+                    .prologue = ddp_conv_prologue_read(bufs, 3 + epilogue.buffers, ia + 22)}; // its buffers follow the epilogue's
     return ia[21] == 4 ? winograd_f4(&job, bufs[1], 0, panel) : winograd_f2(&job, bufs[1], 0, panel);
 }
 

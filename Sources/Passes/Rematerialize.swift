@@ -381,11 +381,12 @@ public struct Rematerialize: Pass {
             result.nodes[position].operands = result.nodes[position].operands.map { $0 == value ? replacement : $0 }
         }
         result.nodes.insert(contentsOf: inserted, at: at)
-        var copyTypes = types
-        for node in inserted { copyTypes[node.id] = node.type }
+        // A copy's operands are the step's values or earlier copies (at most
+        // `maximumChain`): looked up there, not in a copy of every type.
+        func type(of value: ValueID) -> TensorType { inserted.first { $0.id == value }?.type ?? types[value]! }
         let flops = inserted.reduce(0.0) { sum, node in
             guard let rule = OpRegistry.spec(node.op)?.flops else { return sum }
-            let flops = rule(node.operands.map { copyTypes[$0]! }, node.type, node.attrs)
+            let flops = rule(node.operands.map(type), node.type, node.attrs)
             return flops > Self.cheapFlopsPerElement * Double(node.type.count) ? sum + flops : sum
         }
         return Trial(function: result, copies: inserted.map(\.id), copyTypes: inserted.map(\.type), flops: flops)
