@@ -164,6 +164,7 @@ public enum Lowerer {
         var steps: [LoweredFunction.Step] = []
         var types = function.types
         if let problem = LoopGroups.problem(function) { throw IRError("in @\(function.name): \(problem)") }
+        if let problem = BatchMomentsOps.problem(function) { throw IRError("in @\(function.name): \(problem)") }
         let groups = Dictionary(uniqueKeysWithValues: LoopGroups.runs(function).map { ($0.lowerBound, $0) })
         let outside = valuesReadOutsideTheirGroup(function)
         var pendingGroup: Range<Int>?
@@ -184,8 +185,18 @@ public enum Lowerer {
             }
             address[node.id] = result
             steps.append(.comment(Printer.print(node)))
-            let operands = node.operands.map { address[$0]! }
-            let operandTypes = node.operands.map { types[$0]! }
+            var operands = node.operands.map { address[$0]! }
+            var operandTypes = node.operands.map { types[$0]! }
+            if node.attrs[FusedConvOps.momentsKey] != nil {
+                // Its epilogue writes the batch moments the next node holds
+                // (adjacent, as checked above): their buffer, as a last operand.
+                let moments = function.nodes[position + 1]
+                guard let offset = moments.arenaOffset else {
+                    throw IRError("%\(moments.id) has no arena offset: run plan-memory before code generation", loc: moments.loc)
+                }
+                operands.append(.init(region: .arena, offset: offset, dtype: moments.type.dtype))
+                operandTypes.append(moments.type)
+            }
             switch spec.lowering {
             case .alias:
                 break

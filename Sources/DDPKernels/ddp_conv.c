@@ -391,9 +391,16 @@ int ddp_conv2d(void *const *bufs, const int64_t *ia, const double *fa) {
     conv_shape s;
     if (!conv_shape_read(ia, &s)) return DDP_ERR_ARGS;
     conv_job job = {.s = &s, .epilogue = ddp_conv_epilogue_read(bufs, ia + 16), .in = bufs[0], .out = bufs[2]};
-    if (weights_dominate(&s)) return conv2d_batch(&job, bufs[1]);
-    if (!pack_weights(&s, bufs[1], 0, &job)) return DDP_ERR_NOMEM;
-    return for_each_image(&job, conv2d_images) ? DDP_OK : DDP_ERR_NOMEM;
+    if (!ddp_conv_epilogue_begin_moments(&job.epilogue, s.n, s.o, s.oh, s.ow)) return DDP_ERR_NOMEM;
+    int status = DDP_OK;
+    if (weights_dominate(&s)) {
+        status = conv2d_batch(&job, bufs[1]);
+    } else {
+        if (!pack_weights(&s, bufs[1], 0, &job)) return DDP_ERR_NOMEM;
+        if (!for_each_image(&job, conv2d_images)) status = DDP_ERR_NOMEM;
+    }
+    if (status == DDP_OK) ddp_conv_epilogue_end_moments(&job.epilogue, s.n, s.o, s.oh);
+    return status;
 }
 
 // conv2d_grad_input: col = w[g]ᵀ (K × Og) · dy[n, g] (Og × P), then col2im into dx.
@@ -490,6 +497,7 @@ int ddp_conv2d_grad_input(void *const *bufs, const int64_t *ia, const double *fa
     conv_shape s;
     if (!conv_shape_read(ia, &s)) return DDP_ERR_ARGS;
     conv_job job = {.s = &s, .epilogue = ddp_conv_epilogue_read(bufs, ia + 16), .in = bufs[0], .out = bufs[2]};
+    if (job.epilogue.moments) return DDP_ERR_ARGS; // the moments of a gradient are nobody's statistics
     if (weights_dominate(&s)) return conv2d_grad_input_batch(&job, bufs[1]);
     if (!pack_weights(&s, bufs[1], 1, &job)) return DDP_ERR_NOMEM;
     return for_each_image(&job, conv2d_grad_input_images) ? DDP_OK : DDP_ERR_NOMEM;

@@ -43,21 +43,70 @@ static inline int64_t ddp_packed_a_index(const ddp_packed_a_layout *l, int64_t k
     return pc * l->mpad + i / l->mr * l->mr * kc + (k - pc) * l->mr + i % l->mr;
 }
 
+/// Per-thread scratch buffers, kept between calls and grown on demand
+/// (ddp_threads.c); NULL when the memory is not there. One slot per use, so
+/// a kernel's buffer and the GEMM's packing space never alias.
+enum {
+    DDP_SCRATCH_GEMM_PACK, DDP_SCRATCH_COLUMNS, DDP_SCRATCH_GATHER, DDP_SCRATCH_WEIGHTS, DDP_SCRATCH_TRANSFORM, DDP_SCRATCH_MOMENTS,
+    DDP_SCRATCH_SLOTS
+};
+float *ddp_thread_scratch(int slot, size_t floats);
+
+/// Sums of x[0..n) and of its squares, in double, into out[0], out[1]:
+/// the partial batch moments of one output row. Eight lanes of each (which
+/// vectorize) added in a fixed order, so a row's sums are the same bits
+/// wherever they are taken: in a convolution's epilogue or in batch_moments.
+static inline void ddp_row_moments(const float *x, int64_t n, double *out) {
+    double s[8] = {0}, q[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) {
+            double v = x[i + l];
+            s[l] += v;
+            q[l] += v * v;
+        }
+    double sum = 0, squares = 0;
+    for (; i < n; i++) {
+        double v = x[i];
+        sum += v;
+        squares += v * v;
+    }
+    for (int l = 0; l < 8; l++) {
+        sum += s[l];
+        squares += q[l];
+    }
+    out[0] = sum;
+    out[1] = squares;
+}
+
+/// The batch moments of an [N, C, rows × row] tensor from its rows'
+/// partial sums (ddp_row_moments, row r of plane (n, c) at
+/// rows[2·((n·C + c)·rows_per_plane + r)]): out[c] = the mean of channel c,
+/// out[C + c] = its variance (biased), each channel summed in the order
+/// (n, r) on one thread, so they do not depend on the thread count.
+void ddp_moments_finish(const double *rows, int64_t n, int64_t c, int64_t rows_per_plane, int64_t row, float *out);
+
 /// The convolution kernels' fused epilogue (conv2d's and conv2d_grad_input's,
 /// plain and Winograd): y = act(acc·scale[c] + shift[c] + residual)·[gate > 0],
 /// each part present when its flag is set (see ddp_kernels.h). The gate is
 /// the ReLU's backward: a product with 1 or 0, so a NaN or infinite
-/// accumulator stays one where the gate is open.
+/// accumulator stays one where the gate is open. With `moments` (forward
+/// convolutions only) it also sums each output row it stores into
+/// `row_sums`, which the kernel provides and turns into the batch moments
+/// of y (ddp_moments_finish) once every row is stored.
 typedef struct {
     const float *scale, *shift, *residual, *gate;
     const float *gate_scale, *gate_shift; // the gate is gate·gate_scale[c] + gate_shift[c] (has_gate 2)
+    float *moments;                       // batch_moments of y: [2, O] (has_moments)
+    double *row_sums;                     // partial sums per output row, 2 per row (set by the kernel)
+    int64_t row;                          // output row length (set by the kernel)
     int relu, active;
     int buffers; // how many buffers it took after the kernel's first three
 } ddp_conv_epilogue;
 
-/// Reads the five epilogue flags at `flags` (has_scale, has_shift,
-/// has_residual, relu, has_gate) and takes the buffers that follow the
-/// kernel's first three, in that order.
+/// Reads the six epilogue flags at `flags` (has_scale, has_shift,
+/// has_residual, relu, has_gate, has_moments) and takes the buffers that
+/// follow the kernel's first three, in that order.
 static inline ddp_conv_epilogue ddp_conv_epilogue_read(void *const *bufs, const int64_t *flags) {
     ddp_conv_epilogue e = {0};
     int next = 3;
@@ -70,9 +119,27 @@ static inline ddp_conv_epilogue ddp_conv_epilogue_read(void *const *bufs, const 
         e.gate_scale = bufs[next++];
         e.gate_shift = bufs[next++];
     }
-    e.active = e.scale || e.shift || e.residual || e.relu || e.gate;
+    if (flags[5]) e.moments = bufs[next++];
+    e.active = e.scale || e.shift || e.residual || e.relu || e.gate || e.moments;
     e.buffers = next - 3;
     return e;
+}
+
+/// Makes the epilogue gather y's batch moments (y: n × channels planes of
+/// `rows` rows of `row`): takes the calling thread's scratch for the rows'
+/// sums. 0 when the memory is not there; 1 also when there are no moments.
+static inline int ddp_conv_epilogue_begin_moments(ddp_conv_epilogue *e, int64_t n, int64_t channels, int64_t rows,
+                                                  int64_t row) {
+    if (!e->moments) return 1;
+    size_t doubles = (size_t)(2 * n * channels * rows);
+    e->row_sums = (double *)ddp_thread_scratch(DDP_SCRATCH_MOMENTS, 2 * (doubles > 0 ? doubles : 1));
+    e->row = row;
+    return e->row_sums != NULL;
+}
+
+/// The batch moments from the rows' sums, once every row is stored.
+static inline void ddp_conv_epilogue_end_moments(const ddp_conv_epilogue *e, int64_t n, int64_t channels, int64_t rows) {
+    if (e->moments) ddp_moments_finish(e->row_sums, n, channels, rows, e->row, e->moments);
 }
 
 /// A convolution's prologue: its input read as x·scale[c] + shift[c], then
@@ -125,23 +192,20 @@ static inline void ddp_conv_epilogue_row(const ddp_conv_epilogue *e, int64_t cha
     // A plain gate is g·1 + 0 = g exactly (fused or not), its sign unchanged.
     float gate_scale = e->gate_scale ? e->gate_scale[channel] : 1.0f, gate_shift = e->gate_shift ? e->gate_shift[channel] : 0.0f;
     int relu = e->relu; // invariant: the compiler unswitches the loop on it, res and gate
-    for (int64_t j = 0; j < count; j++) {
-        float v = acc[j] * scale + shift;
-        if (res) v += res[j];
-        if (relu) v = v > 0.0f ? v : 0.0f;
-        if (gate) v *= gate[j] * gate_scale + gate_shift > 0.0f ? 1.0f : 0.0f;
-        y[j] = v;
-    }
+    if (acc != y || e->scale || e->shift || res || relu || gate)
+        for (int64_t j = 0; j < count; j++) {
+            float v = acc[j] * scale + shift;
+            if (res) v += res[j];
+            if (relu) v = v > 0.0f ? v : 0.0f;
+            if (gate) v *= gate[j] * gate_scale + gate_shift > 0.0f ? 1.0f : 0.0f;
+            y[j] = v;
+        }
+    // The stored rows' sums, while they are in cache: `at` starts a row and
+    // `count` is whole rows (every kernel stores rows, bands or planes).
+    if (e->row_sums)
+        for (int64_t r = 0; r < count; r += e->row) ddp_row_moments(y + r, e->row, e->row_sums + 2 * ((at + r) / e->row));
 }
 
-/// Per-thread scratch buffers, kept between calls and grown on demand
-/// (ddp_threads.c); NULL when the memory is not there. One slot per use, so
-/// a kernel's buffer and the GEMM's packing space never alias.
-enum {
-    DDP_SCRATCH_GEMM_PACK, DDP_SCRATCH_COLUMNS, DDP_SCRATCH_GATHER, DDP_SCRATCH_WEIGHTS, DDP_SCRATCH_TRANSFORM,
-    DDP_SCRATCH_SLOTS
-};
-float *ddp_thread_scratch(int slot, size_t floats);
 
 /// A task covers [begin, end) of a parallel_for's index range.
 typedef void (*ddp_task_fn)(void *arg, int64_t begin, int64_t end);

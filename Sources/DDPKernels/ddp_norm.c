@@ -23,6 +23,63 @@ int ddp_batch_norm(void *const *bufs, const int64_t *ia, const double *fa) {
     return DDP_OK;
 }
 
+// batch_moments: the per-channel mean and biased variance of x in one pass
+// (see ddp_moments_finish). A convolution's epilogue computes the same
+// values, bit for bit, from the rows it stores (ddp_internal.h).
+typedef struct {
+    const double *rows;     // ddp_moments_finish's partial sums, or NULL:
+    const float *x;         // summed here, row by row, in the same order
+    int64_t n, c, rows_per_plane, row;
+    float *out;
+} moments_job;
+
+static void moments_channels(void *arg, int64_t begin, int64_t end) {
+    const moments_job *job = arg;
+    double count = (double)(job->n * job->rows_per_plane * job->row);
+    for (int64_t ch = begin; ch < end; ch++) {
+        double sum = 0, squares = 0;
+        for (int64_t i = 0; i < job->n; i++)
+            for (int64_t r = 0; r < job->rows_per_plane; r++) {
+                int64_t index = (i * job->c + ch) * job->rows_per_plane + r;
+                double partial[2];
+                if (job->rows) {
+                    partial[0] = job->rows[2 * index];
+                    partial[1] = job->rows[2 * index + 1];
+                } else {
+                    ddp_row_moments(job->x + index * job->row, job->row, partial);
+                }
+                sum += partial[0];
+                squares += partial[1];
+            }
+        // The variance around the mean as stored (m, rounded to f32), on
+        // which a batch norm centers x: E[(x − m)²] = E[x²] − 2m·E[x] + m².
+        // Taken around the exact mean instead, a channel whose values sit
+        // close together (two 1×1 images) normalized to values whose
+        // spread is not 1, and the batch norm's backward pass, which then
+        // cancels to about 0, kept that error. In double, its rounding is
+        // 2^-52 of mean², far below f32's resolution of the variance
+        // unless |mean| > 2^14 σ.
+        double mean = sum / count;
+        float stored = (float)mean;
+        double variance = squares / count - 2 * (double)stored * mean + (double)stored * stored;
+        job->out[ch] = stored;
+        job->out[job->c + ch] = (float)(variance > 0 ? variance : 0);
+    }
+}
+
+void ddp_moments_finish(const double *rows, int64_t n, int64_t c, int64_t rows_per_plane, int64_t row, float *out) {
+    moments_job job = {rows, NULL, n, c, rows_per_plane, row, out};
+    ddp_parallel_for_elements(c, n * c * rows_per_plane * 2, moments_channels, &job);
+}
+
+int ddp_batch_moments(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    moments_job job = {NULL, bufs[0], ia[0], ia[1], ia[2], ia[3], bufs[1]};
+    if (job.n < 0 || job.c < 0 || job.rows_per_plane < 0 || job.row < 1) return DDP_ERR_ARGS;
+    ddp_parallel_for_elements(job.c, job.n * job.c * job.rows_per_plane * job.row, moments_channels, &job);
+    return DDP_OK;
+}
+
 /// Mean and 1/sqrt(biased variance + eps) of x[0..n), two passes in double.
 static void moments(const float *x, int64_t n, double eps, float *mean, float *rstd) {
     double m = n > 0 ? ddp_sum_f64(x, n) / (double)n : 0.0;

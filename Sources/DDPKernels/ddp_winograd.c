@@ -236,12 +236,15 @@ static int winograd_geometry(const int64_t *ia, int64_t tile) {
 /// conv2d_winograd, with the filters packed ahead for panels of `panel`
 /// rows when it is above 0.
 static int forward(void *const *bufs, const int64_t *ia, int panel) {
-    if (!winograd_geometry(ia, ia[21])) return DDP_ERR_ARGS;
+    if (!winograd_geometry(ia, ia[22])) return DDP_ERR_ARGS;
     ddp_conv_epilogue epilogue = ddp_conv_epilogue_read(bufs, ia + 16);
     wino_job job = {.n = ia[0], .c = ia[1], .h = ia[2], .w = ia[3], .o = ia[4], .oh = ia[7], .ow = ia[8],
                     .ph = ia[11], .pw = ia[12], .x = bufs[0], .y = bufs[2], .epilogue = epilogue,
-                    .prologue = ddp_conv_prologue_read(bufs, 3 + epilogue.buffers, ia + 22)}; // its buffers follow the epilogue's
-    return ia[21] == 4 ? winograd_f4(&job, bufs[1], 0, panel) : winograd_f2(&job, bufs[1], 0, panel);
+                    .prologue = ddp_conv_prologue_read(bufs, 3 + epilogue.buffers, ia + 23)}; // its buffers follow the epilogue's
+    if (!ddp_conv_epilogue_begin_moments(&job.epilogue, job.n, job.o, job.oh, job.ow)) return DDP_ERR_NOMEM;
+    int status = ia[22] == 4 ? winograd_f4(&job, bufs[1], 0, panel) : winograd_f2(&job, bufs[1], 0, panel);
+    if (status == DDP_OK) ddp_conv_epilogue_end_moments(&job.epilogue, job.n, job.o, job.oh);
+    return status;
 }
 
 int ddp_conv2d_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
@@ -251,8 +254,8 @@ int ddp_conv2d_winograd(void *const *bufs, const int64_t *ia, const double *fa) 
 
 int ddp_conv2d_winograd_prepacked(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    if (ia[24] < 1 || ia[24] > PANEL_LANES) return DDP_ERR_ARGS;
-    return forward(bufs, ia, (int)ia[24]);
+    if (ia[25] < 1 || ia[25] > PANEL_LANES) return DDP_ERR_ARGS;
+    return forward(bufs, ia, (int)ia[25]);
 }
 
 int ddp_winograd_filters(void *const *bufs, const int64_t *ia, const double *fa) {
@@ -265,12 +268,13 @@ int ddp_winograd_filters(void *const *bufs, const int64_t *ia, const double *fa)
 
 int ddp_conv2d_grad_input_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    if (!winograd_geometry(ia, ia[21])) return DDP_ERR_ARGS;
+    if (!winograd_geometry(ia, ia[22])) return DDP_ERR_ARGS;
     // dx = conv(dy, rot180(w)ᵀ) with padding 2 - p: from O channels to C.
     wino_job job = {.n = ia[0], .c = ia[4], .h = ia[7], .w = ia[8], .o = ia[1], .oh = ia[2], .ow = ia[3],
                     .ph = 2 - ia[11], .pw = 2 - ia[12], .x = bufs[0], .y = bufs[2],
                     .epilogue = ddp_conv_epilogue_read(bufs, ia + 16)};
-    return ia[21] == 4 ? winograd_f4(&job, bufs[1], 1, 0) : winograd_f2(&job, bufs[1], 1, 0);
+    if (job.epilogue.moments) return DDP_ERR_ARGS; // the moments of a gradient are nobody's statistics
+    return ia[22] == 4 ? winograd_f4(&job, bufs[1], 1, 0) : winograd_f2(&job, bufs[1], 1, 0);
 }
 
 int ddp_conv2d_grad_weight_winograd(void *const *bufs, const int64_t *ia, const double *fa) {

@@ -63,7 +63,8 @@ public struct ArenaCheck {
         var first: [ValueID: Int] = [:], last: [ValueID: Int] = [:]
         for (position, node) in function.nodes.enumerated() {
             let r = root[node.id]!
-            if r == node.id { first[r] = position }
+            // Moments a convolution's epilogue gathers are written during its call.
+            if r == node.id { first[r] = BatchMomentsOps.isWrittenByProducer(node) ? position - 1 : position }
             last[r] = max(last[r] ?? position, position)
             for operand in node.operands where !args.contains(operand) {
                 last[rootOf(operand)] = max(last[rootOf(operand)]!, position)
@@ -103,13 +104,8 @@ public struct ArenaCheck {
         let types = function.types
         var live: [(id: ValueID, last: Int, offset: Int?, size: Int)] = []
         var liveBytes = 0, liveAlignedBytes = 0
-        for (position, node) in function.nodes.enumerated() where root[node.id] == node.id {
-            live.removeAll { buffer in
-                guard buffer.last < position else { return false }
-                liveBytes -= buffer.size
-                liveAlignedBytes -= aligned(buffer.size)
-                return true
-            }
+        /// Checks the buffer `node` defines at `position` against those live, and adds it.
+        func define(_ node: Node, at position: Int) {
             let offset = offsets[node.id], size = sizes[node.id]!
             // A node that may write over an operand (a batch norm, an
             // elementwise loop), placed exactly there at that operand's last
@@ -131,6 +127,21 @@ public struct ArenaCheck {
             live.append((node.id, last[node.id]!, offset, size))
             liveBytes += size
             liveAlignedBytes += aligned(size)
+        }
+        for (position, node) in function.nodes.enumerated() where root[node.id] == node.id && !BatchMomentsOps.isWrittenByProducer(node) {
+            live.removeAll { buffer in
+                guard buffer.last < position else { return false }
+                liveBytes -= buffer.size
+                liveAlignedBytes -= aligned(buffer.size)
+                return true
+            }
+            define(node, at: position)
+            // The moments its epilogue gathers are written during its call:
+            // their buffer is one it defines too.
+            if position + 1 < function.nodes.count, case let next = function.nodes[position + 1],
+               BatchMomentsOps.isWrittenByProducer(next), root[next.id] == next.id {
+                define(next, at: position)
+            }
             // The scratch its kernels borrow, live during this call only.
             let scratchBytes = 4 * (OpRegistry.spec(node.op)?.kernelScratchFloats(operands: node.operands.map { types[$0]! },
                                                                                   result: node.type, attrs: node.attrs) ?? 0)

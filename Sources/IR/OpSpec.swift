@@ -203,7 +203,7 @@ public struct OpSpec {
 /// interpreter) looks ops up here and never switches over op names.
 public enum OpRegistry {
     public static let all: [OpSpec] = ElementwiseOps.all + ShapeOps.all + ReductionOps.all
-        + ConvOps.all + FusedConvOps.all + WinogradFilterOps.all + PoolOps.all + UpsampleOps.all + NormOps.all + MatMulOps.all
+        + ConvOps.all + FusedConvOps.all + WinogradFilterOps.all + PoolOps.all + UpsampleOps.all + NormOps.all + BatchMomentsOps.all + MatMulOps.all
         + SoftmaxOps.all + LossOps.all + RandomOps.all + CollectiveOps.all
 
     private static let byName: [String: OpSpec] = Dictionary(all.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })

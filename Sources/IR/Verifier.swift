@@ -71,6 +71,7 @@ public enum Verifier {
             guard type == arg.type else { throw fail("update of \"\(arg.name)\" (\(arg.type)) with a \(type) value") }
         }
         if let problem = LoopGroups.problem(function) { throw fail(problem) }
+        if let problem = BatchMomentsOps.problem(function) { throw fail(problem) }
         // Placement: an update written in place must be one nothing can tell apart.
         let inPlace = function.nodes.filter { $0.inPlaceOf != nil }
         if !inPlace.isEmpty {

@@ -78,10 +78,10 @@ public struct PassManager {
         passes.append(Autodiff())
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
-        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), BatchNormFromMoments(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
+        let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), BatchNormFromMoments(), OnePassMoments(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
                                 SelectConvAlgorithm(mode: convAlgorithm)]
         let prepare: [any Pass] = panelRows.map { [PrepareWeights(panelRows: $0)] } ?? []
-        return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(memoryBudget: memoryBudget), FuseConvPrologue(), GroupLoops(), PlanMemory()]
+        return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(memoryBudget: memoryBudget), FuseConvPrologue(), GroupLoops(), FuseConvMoments(), PlanMemory()]
     }
 
     /// The AVX-512 micro-kernel's panel rows; the compile driver passes the
@@ -90,8 +90,8 @@ public struct PassManager {
 
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
-         BatchNormFromMoments.name, FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
-         FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, PrepareWeights.name, ScheduleUpdates.name, Rematerialize.name, FuseConvPrologue.name, GroupLoops.name, PlanMemory.name]
+         BatchNormFromMoments.name, OnePassMoments.name, FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
+         FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, PrepareWeights.name, ScheduleUpdates.name, Rematerialize.name, FuseConvPrologue.name, GroupLoops.name, FuseConvMoments.name, PlanMemory.name]
     }
 
     @discardableResult

@@ -155,8 +155,10 @@ public struct PlanMemory: Pass {
                     buffers[b].last = lastUse[node.id] ?? position
                     bufferOf[node.id] = b
                 } else {
+                    // Moments a convolution's epilogue gathers are written during its call.
+                    let first = BatchMomentsOps.isWrittenByProducer(node) ? position - 1 : position
                     bufferOf[node.id] = buffers.count
-                    buffers.append(Buffer(size: size, first: position, last: lastUse[node.id] ?? position))
+                    buffers.append(Buffer(size: size, first: first, last: lastUse[node.id] ?? position))
                 }
             }
             // Kernel scratch, live during the node's call only.

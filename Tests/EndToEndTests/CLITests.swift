@@ -91,15 +91,15 @@ final class CLITests: XCTestCase {
         let compiled = try ddepc(["compile", "unet-small", "-o", artifact, "--batch", "1", "--size", "32",
                                   "--print-ir-after=all", "--ir-dump-dir", path("dumps"), "--time-passes"])
         XCTAssertEqual(compiled.status, 0, compiled.stderr)
-        for pass in ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce", "batch-norm-from-moments", "fuse-elementwise",
-                     "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights",
-                     "schedule-updates", "rematerialize", "fuse-conv-prologue", "group-loops", "plan-memory"] {
+        for pass in ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce", "batch-norm-from-moments", "one-pass-moments",
+                     "fuse-elementwise", "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights",
+                     "schedule-updates", "rematerialize", "fuse-conv-prologue", "group-loops", "fuse-conv-moments", "plan-memory"] {
             XCTAssertTrue(compiled.stdout.contains("// ----- IR after \(pass) -----"), pass)
         }
         XCTAssertTrue(compiled.stdout.contains("=== pass timing ==="))
         let dumps = try FileManager.default.contentsOfDirectory(atPath: path("dumps")).sorted()
         XCTAssertEqual(dumps.first, "00-input.ddir")
-        XCTAssertEqual(dumps.count, 21, "\(dumps)")
+        XCTAssertEqual(dumps.count, 23, "\(dumps)")
         for dump in dumps { _ = try Parser.parse(try String(contentsOfFile: path("dumps") + "/" + dump, encoding: .utf8)) }
 
         let dumped = try ddepc(["dump-ir", artifact])
@@ -107,6 +107,8 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(dumped.stdout, try String(contentsOfFile: artifact + "/final.ddir", encoding: .utf8))
         XCTAssertTrue(dumped.stdout.contains("fused_elementwise"))
         XCTAssertTrue(dumped.stdout.contains("fused_conv2d("), "inference convolutions carry their norm and ReLU")
+        XCTAssertTrue(dumped.stdout.contains("batch_moments(") && dumped.stdout.contains("{in_epilogue=true}"),
+                      "training convolutions gather the next batch norm's moments")
         XCTAssertTrue(dumped.stdout.contains("conv2d_grad_weight"))
 
         // The final IR compiles again, to the same IR and the same layout,

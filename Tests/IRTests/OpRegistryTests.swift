@@ -91,9 +91,10 @@ final class OpRegistryTests: XCTestCase {
         // and fused ops (formed after autodiff) against their unfused chains;
         // allreduce_start/wait split a gradient bucket's exchange after autodiff,
         // fuse-concat builds a concatenation from inserts after it, and
-        // prepare-weights transforms the filters of entry points nothing differentiates.
+        // prepare-weights transforms the filters of entry points nothing differentiates,
+        // and one-pass-moments forms batch_moments from a batch norm's moments.
         let undifferentiated = OpRegistry.all.filter { $0.gradient == nil }.map(\.name).sorted()
-        XCTAssertEqual(undifferentiated, ["allreduce_start", "allreduce_wait", "avg_pool2d_grad", "conv2d_grad_input", "conv2d_grad_weight", "cross_entropy_grad",
+        XCTAssertEqual(undifferentiated, ["allreduce_start", "allreduce_wait", "avg_pool2d_grad", "batch_moments", "conv2d_grad_input", "conv2d_grad_weight", "cross_entropy_grad",
                                           "equal", "fused_batch_norm_train", "fused_conv2d", "fused_conv2d_grad_input", "fused_conv2d_grad_weight", "fused_elementwise", "fused_reduce", "gelu_grad", "greater", "greater_equal", "group_norm_grad_terms",
                                           "insert", "layer_norm_grad_params", "layer_norm_grad_terms", "max_pool2d_grad", "random_normal", "upsample_bilinear_grad", "upsample_nearest_grad",
                                           "winograd_filters"])

@@ -36,14 +36,15 @@ final class PassManagerTests: XCTestCase {
     func testStandardPipelineAndKnownNames() throws {
         let pipeline = PassManager.standardPipeline()
         XCTAssertEqual(pipeline.map(\.name), ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce",
-                                              "batch-norm-from-moments", "fuse-elementwise", "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue",
-                                              "fuse-concat", "select-conv-algorithm", "prepare-weights", "schedule-updates", "dce", "rematerialize",
-                                              "fuse-conv-prologue", "group-loops", "plan-memory"])
+                                              "batch-norm-from-moments", "one-pass-moments", "fuse-elementwise", "fuse-reductions", "fuse-norm-activation",
+                                              "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights", "schedule-updates", "dce",
+                                              "rematerialize", "fuse-conv-prologue", "group-loops", "fuse-conv-moments", "plan-memory"])
         let dataParallel = PassManager.standardPipeline(dataParallel: true)
         XCTAssertEqual(dataParallel.map(\.name), ["infer-shapes", "sync-batch-norm", "autodiff", "allreduce-gradients", "optimizer",
-                                                  "fold-constants", "cse", "dce", "batch-norm-from-moments", "fuse-elementwise", "fuse-reductions",
-                                                  "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights", "schedule-updates", "dce", "rematerialize",
-                                                  "fuse-conv-prologue", "group-loops", "plan-memory"])
+                                                  "fold-constants", "cse", "dce", "batch-norm-from-moments", "one-pass-moments", "fuse-elementwise",
+                                                  "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm",
+                                                  "prepare-weights", "schedule-updates", "dce", "rematerialize", "fuse-conv-prologue", "group-loops",
+                                                  "fuse-conv-moments", "plan-memory"])
         XCTAssertEqual(Set(PassManager.knownPassNames), Set(dataParallel.map(\.name)))
         XCTAssertEqual(Set(passesByName.keys), Set(PassManager.knownPassNames), "the tests know every pass")
         for name in PassManager.knownPassNames {
@@ -51,13 +52,14 @@ final class PassManagerTests: XCTestCase {
         }
         let (_, records, module) = try run(pipeline) { _ in }
         XCTAssertEqual(records.map(\.name), pipeline.map(\.name))
-        // This step has no convolution, batch norm nor concatenation: batch-norm-from-moments, fuse-norm-activation,
-        // fuse-conv-epilogue, fuse-concat, select-conv-algorithm and prepare-weights find nothing,
+        // This step has no convolution, batch norm nor concatenation: batch-norm-from-moments, one-pass-moments,
+        // fuse-norm-activation, fuse-conv-epilogue, fuse-concat, select-conv-algorithm, prepare-weights and
+        // fuse-conv-moments find nothing,
         // and fuse-elementwise and fuse-reductions remove what they absorb, so the last DCE has
         // nothing to do; schedule-updates moves each weight's update up to its gradient; nothing is worth
         // recomputing, nor a convolution to take a prologue; group-loops puts the optimizer's step into one loop.
-        XCTAssertEqual(records.map(\.changed), [false, true, true, true, true, true, false, true, true, false, false, false, false, false,
-                                                 true, false, false, false, true, true])
+        XCTAssertEqual(records.map(\.changed), [false, true, true, true, true, true, false, false, true, true, false, false, false, false, false,
+                                                 true, false, false, false, true, false, true])
         XCTAssertEqual(records.last?.nodesAfter, module.functions[0].nodes.count)
         XCTAssertNotNil(module.functions[0].arenaBytes)
         XCTAssertNotNil(module.functions[0].argument(named: "opt.m.w"))
@@ -82,13 +84,13 @@ final class PassManagerTests: XCTestCase {
         // infer-shapes finds nothing to fix in built IR, nor batch-norm-from-moments and
         // fuse-norm-activation a batch norm, nor fuse-conv-epilogue, select-conv-algorithm and prepare-weights a convolution, nor
         // fuse-concat a concatenation, nor the last DCE anything dead, nor
-        // rematerialize anything to recompute, nor fuse-conv-prologue a convolution: with
-        // printAfterChange they stay quiet.
+        // rematerialize anything to recompute, nor fuse-conv-prologue a convolution, nor
+        // one-pass-moments and fuse-conv-moments a batch norm: with printAfterChange they stay quiet.
         let (changed, _, _) = try run(pipeline) {
             $0.printAfter = ["all"]
             $0.printAfterChange = true
         }
-        XCTAssertEqual(occurrences(of: "IR after", in: changed), pipeline.count - 10)
+        XCTAssertEqual(occurrences(of: "IR after", in: changed), pipeline.count - 12)
         XCTAssertFalse(changed.contains("IR after infer-shapes"))
         XCTAssertFalse(changed.contains("IR after fuse-conv-epilogue"))
         let (quiet, _, _) = try run([InferShapes()]) {

@@ -13,6 +13,7 @@ import XCTest
 let passesByName: [String: any Pass] = [
     InferShapes.name: InferShapes(), Autodiff.name: Autodiff(), AdamOptimizer.name: AdamOptimizer(),
     FoldConstants.name: FoldConstants(), CSE.name: CSE(), DCE.name: DCE(), BatchNormFromMoments.name: BatchNormFromMoments(),
+    OnePassMoments.name: OnePassMoments(), FuseConvMoments.name: FuseConvMoments(),
     FuseElementwise.name: FuseElementwise(), FuseReductions.name: FuseReductions(),
     FuseNormActivation.name: FuseNormActivation(), FuseConvEpilogue.name: FuseConvEpilogue(), FuseConcat.name: FuseConcat(),
     PlanMemory.name: PlanMemory(),

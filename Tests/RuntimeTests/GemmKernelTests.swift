@@ -142,7 +142,7 @@ final class GemmKernelTests: XCTestCase {
                 let worst = zip(got, expected).map { abs(Double($0) - $1) / (1e-4 + 1e-4 * abs($1)) }.max() ?? 0
                 XCTAssertLessThanOrEqual(worst, 1, "\(what) \(t)")
             }
-            forEachConfiguration("conv2d \(t)", { run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count)], t.ints + [0, 0, 0, 0, 0])[2] },
+            forEachConfiguration("conv2d \(t)", { run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count)], t.ints + [0, 0, 0, 0, 0, 0])[2] },
                                  check: { check($0, y, "conv2d") })
             // The fused epilogue: relu(y·scale[o] + shift[o] + residual).
             let scale = values(t.o, seed: 6), shift = values(t.o, seed: 7), residual = values(y.count, seed: 8)
@@ -151,10 +151,17 @@ final class GemmKernelTests: XCTestCase {
                 return max(0, y[i] * Double(scale[o]) + Double(shift[o]) + Double(residual[i]))
             }
             forEachConfiguration("conv2d with epilogue \(t)", {
-                run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count), scale, shift, residual], t.ints + [1, 1, 1, 1, 0])[2]
+                run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count), scale, shift, residual], t.ints + [1, 1, 1, 1, 0, 0])[2]
             }, check: { check($0, fused, "conv2d with epilogue") })
+            // The batch moments of that result, gathered as it is stored.
+            let moments = batchMomentsF64(fused, n: t.n, c: t.o, plane: t.oh * t.ow)
+            forEachConfiguration("conv2d with epilogue and moments \(t)", {
+                let out = run(ddp_conv2d, [x, w, [Float](repeating: .nan, count: y.count), scale, shift, residual,
+                                           [Float](repeating: .nan, count: 2 * t.o)], t.ints + [1, 1, 1, 1, 0, 1])
+                return outputAndMoments(out, n: t.n, o: t.o, oh: t.oh, ow: t.ow, "conv2d \(t)")
+            }, check: { check($0, fused + moments, "conv2d with epilogue and moments") })
             forEachConfiguration("conv2d_grad_input \(t)", {
-                run(ddp_conv2d_grad_input, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0])[2]
+                run(ddp_conv2d_grad_input, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0, 0])[2]
             }, check: { check($0, dx, "conv2d_grad_input") })
             // The input gradient's epilogue over x's channels, with the gate of
             // a ReLU's backward: max(0, dx·scale[c] + shift[c] + residual)·[gate > 0].
@@ -167,7 +174,7 @@ final class GemmKernelTests: XCTestCase {
             }
             forEachConfiguration("conv2d_grad_input with epilogue \(t)", {
                 run(ddp_conv2d_grad_input, [dy, w, [Float](repeating: .nan, count: x.count), dxScale, dxShift, dxResidual, gate],
-                    t.ints + [1, 1, 1, 1, 1])[2]
+                    t.ints + [1, 1, 1, 1, 1, 0])[2]
             }, check: { check($0, gated, "conv2d_grad_input with epilogue") })
             forEachConfiguration("conv2d_grad_weight \(t)", { run(ddp_conv2d_grad_weight, [x, dy, [Float](repeating: .nan, count: w.count)], t.ints)[2] },
                                  check: { check($0, dw, "conv2d_grad_weight") })

@@ -31,9 +31,9 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 
 // X(name): the kernel list. The order is the ABI; append only.
 //
-// conv2d             bufs [x, w, y, (scale), (shift), (residual), (gate)]
+// conv2d             bufs [x, w, y, (scale), (shift), (residual), (gate), (moments)]
 //                    ia [N,C,H,W, O,KH,KW, OH,OW, sh,sw, ph,pw, dh,dw, groups,
-//                        has_scale, has_shift, has_residual, relu, has_gate]
+//                        has_scale, has_shift, has_residual, relu, has_gate, has_moments]
 //                    x[N,C,H,W], w[O,C/groups,KH,KW], y[N,O,OH,OW]; cross-correlation
 //                    as in PyTorch; zero padding. The epilogue (fused_conv2d) makes
 //                    y = act(conv·scale[o] + shift[o] + residual[n,o,i,j])·[gate[n,o,i,j] > 0],
@@ -42,10 +42,13 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    is followed by [gscale, gshift] (one value per channel of y) and the
 //                    factor is [gate·gscale[o] + gshift[o] > 0] (a ReLU's backward read
 //                    from the normalized value before it, not the ReLU's output).
+//                    has_moments 1: the moments buffer [2, O] gets batch_moments(y), its
+//                    rows summed as they are stored (the same bits as batch_moments).
 // conv2d_grad_input  bufs [dy, w, dx, (scale), (shift), (residual), (gate)]
 //                    ia as conv2d's. dx[N,C,H,W] = conv2d's VJP wrt x, then the same
 //                    epilogue over dx's channels (fused_conv2d_grad_input: the gate is
-//                    the following ReLU's backward, the residual a gradient summed in).
+//                    the following ReLU's backward, the residual a gradient summed in);
+//                    has_moments must be 0 (DDP_ERR_ARGS otherwise).
 // conv2d_grad_weight bufs [x, dy, dw]    ia as conv2d's geometry. dw[O,C/groups,KH,KW] = VJP wrt w.
 // conv2d_winograd    as conv2d, ia followed by the tile size m (4 or 2), for 3×3, stride 1,
 //                    dilation 1, one group, padding ≤ 2 (DDP_ERR_ARGS otherwise): Winograd
@@ -169,6 +172,11 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    With DDEPC_OVERLAP=1 buckets are exchanged on a communication thread
 //                    (own communicator) in the order they are started, while the step
 //                    computes on; otherwise allreduce_start exchanges at once (the same bits).
+// batch_moments      bufs [x, y]         ia [N, C, rows, row]
+//                    x: N × C planes of `rows` rows of `row` elements; y[0][c] = the mean
+//                    of channel c, y[1][c] = its biased variance, from sums in double of
+//                    each row (8 lanes each) added in the order (n, row): the same bits
+//                    as a forward convolution's epilogue with has_moments gathers.
 // lend_scratch       bufs [region]       ia [floats]
 //                    lends `region` (floats × 4 bytes of the arena, planned for the
 //                    next kernel call) to the calling thread: a kernel's request for
@@ -197,7 +205,7 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
     X(conv2d_winograd) X(conv2d_grad_input_winograd) X(conv2d_grad_weight_winograd) \
     X(reduce_loop) X(lend_scratch) X(winograd_filters) X(conv2d_winograd_prepacked) \
     X(lend_thread_scratch) X(group_norm_grad_terms) \
-    X(layer_norm_grad_terms) X(layer_norm_grad_params)
+    X(layer_norm_grad_terms) X(layer_norm_grad_params) X(batch_moments)
 
 typedef enum {
 #define DDP_KERNEL_ENUM(name) ddp_k_##name,

@@ -218,8 +218,9 @@ public enum ConvOps {
                lowering: .kernels { operands, _, attrs in
                    let geometry = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
                    let tile = try winogradTile(attrs, geometry)
-                   return [KernelCall(kernel("conv2d", tile: tile), [.operand(0), .operand(1), .result],
-                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + tileInts(tile)
+                   let moments = FusedConvOps.splitMoments(operands, attrs).moments
+                   return [KernelCall(kernel("conv2d", tile: tile), [.operand(0), .operand(1), .result] + (moments.map { [.operand($0)] } ?? []),
+                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + FusedConvOps.momentsInts(moments) + tileInts(tile)
                                           + (tile == nil ? [] : FusedConvOps.Prologue.none),
                                       scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c), threadScratch: true)]
                },
@@ -240,7 +241,7 @@ public enum ConvOps {
                    let geometry = try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs)
                    let tile = try winogradTile(attrs, geometry)
                    return [KernelCall(kernel("conv2d_grad_input", tile: tile), [.operand(0), .operand(1), .result],
-                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + tileInts(tile),
+                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + FusedConvOps.momentsInts(nil) + tileInts(tile),
                                       scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.c, columns: geometry.o), threadScratch: true)]
                },
                examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6])),

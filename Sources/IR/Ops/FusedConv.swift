@@ -113,6 +113,23 @@ public enum FusedConvOps {
         static let none = [0, 0, 0, 0, 0]
     }
 
+    /// `moments=true` on a forward convolution (conv2d or fused_conv2d, set
+    /// by fuse-conv-moments): its epilogue also gathers the batch moments of
+    /// its result, held by the batch_moments node right after it (marked
+    /// `in_epilogue=true`), which then runs no kernel of its own. Code
+    /// generation passes that node's buffer to the convolution's lowering as
+    /// one more operand, the last.
+    public static let momentsKey = "moments"
+
+    /// A convolution node's operands as its lowering gets them: its own, and
+    /// the index of the moments buffer when its epilogue gathers them.
+    static func splitMoments(_ operands: [TensorType], _ attrs: Attributes) -> (own: [TensorType], moments: Int?) {
+        attrs[momentsKey] == nil ? (operands, nil) : (Array(operands.dropLast()), operands.count - 1)
+    }
+
+    /// The epilogue's last flag, has_moments.
+    static func momentsInts(_ moments: Int?) -> [Int] { [moments == nil ? 0 : 1] }
+
     /// The prologue in the kernel's terms: a Winograd convolution reads its
     /// input as act(x·scale + shift) per input channel (the previous
     /// layer's normalization and ReLU, which then need no pass of their
@@ -188,9 +205,11 @@ public enum FusedConvOps {
     /// order, its flags after the geometry; `transformed` is the shape of
     /// the filters a Winograd kernel transforms into its scratch. Filters
     /// packed ahead (`prepacked`) take no scratch.
-    static func kernelCall(_ name: String, _ geometry: ConvOps.Geometry, operands: [TensorType], result: TensorType,
+    static func kernelCall(_ name: String, _ geometry: ConvOps.Geometry, operands allOperands: [TensorType], result: TensorType,
                            attrs: Attributes, transformed: (rows: Int, columns: Int),
                            prepacked: WinogradFilterOps.Layout? = nil) throws -> KernelCall {
+        let (operands, moments) = splitMoments(allOperands, attrs)
+        guard moments == nil || name == "conv2d" else { throw IRError("moments=: only a forward convolution gathers batch moments") }
         let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
         let tile = try ConvOps.winogradTile(attrs, geometry)
         // A forward Winograd kernel takes the prologue flags (and operands, last).
@@ -199,8 +218,9 @@ public enum FusedConvOps {
                 ?? (Prologue.none, [])
             : ([], [])
         return KernelCall(ConvOps.kernel(name, tile: tile) + (prepacked == nil ? "" : "_prepacked"),
-                          [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) } + prologue.1.map { .operand($0) },
-                          ints: geometry.kernelInts + epilogue.kernelInts + ConvOps.tileInts(tile) + prologue.0
+                          [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) }
+                              + (moments.map { [.operand($0)] } ?? []) + prologue.1.map { .operand($0) },
+                          ints: geometry.kernelInts + epilogue.kernelInts + momentsInts(moments) + ConvOps.tileInts(tile) + prologue.0
                               + (prepacked.map { [$0.panel] } ?? []),
                           scratchFloats: prepacked != nil ? 0
                               : ConvOps.winogradScratchFloats(tile: tile, rows: transformed.rows, columns: transformed.columns),
