@@ -273,9 +273,10 @@ public enum CompileDriver {
         }
     }
 
-    /// Identifies the kernel table the code was generated against.
+    /// Identifies the kernel table the code was generated against: its
+    /// kernels' names, in order, and the revision of their argument layouts.
     public static func kernelABIHash() -> String {
         let names = (0..<Int(ddp_kernel_count.rawValue)).compactMap { ddp_kernel_name(Int32($0)).map { String(cString: $0) } }
-        return Hashing.fnv1a(names.joined(separator: ","))
+        return Hashing.fnv1a(names.joined(separator: ",") + ";arguments \(DDP_KERNEL_ARGUMENT_REVISION)")
     }
 }

@@ -261,6 +261,12 @@ int ddp_kernel_index(const char *name);
 /// Name of a kernel by index, or NULL.
 const char *ddp_kernel_name(int index);
 
+/// The revision of the kernels' argument layouts (each one's bufs and ia
+/// above): raised whenever one changes, so that an artifact generated for
+/// another layout is refused rather than run (the kernel ABI hash covers it
+/// and the kernel names). 2: conv2d's epilogue flags gained has_moments.
+#define DDP_KERNEL_ARGUMENT_REVISION 2
+
 /// The counter-based normal generator shared by the kernel and the reference
 /// interpreter (which re-implements it in Swift bit for bit):
 ///   mix(z): z += 0x9E3779B97F4A7C15; z = (z ^ z>>30) * 0xBF58476D1CE4E5B9;
