@@ -371,6 +371,8 @@ public struct Rematerialize: Pass {
             nextID += 1
             node.arenaOffset = nil
             node.inPlaceOf = nil
+            // The original gathers its batch moments (a recompiled .ddir's); the copy need not.
+            node.attrs[FusedConvOps.momentsKey] = nil
             inserted.append(node)
             return node.id
         }

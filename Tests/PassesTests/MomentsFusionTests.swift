@@ -86,6 +86,28 @@ final class MomentsFusionTests: XCTestCase {
         }
     }
 
+    /// A recompiled step's convolution that gathers moments, computed again
+    /// for a late use: the copy gathers none (its moments' buffer may be
+    /// another value's by then).
+    func testARecomputedConvolutionGathersNoMoments() throws {
+        var module = try Parser.parse("""
+            func @f(%0: f32[1,8,8,8] input "x", %1: f32[16,8,1,1] param "w") {
+              %2 = conv2d(%0, %1) {moments=true} : f32[1,16,8,8]
+              %3 = batch_moments(%2) {in_epilogue=true} : f32[2,16]
+              %4 = softmax(%2) {axis=1} : f32[1,16,8,8]
+              %5 = softmax(%4) {axis=2} : f32[1,16,8,8]
+              %6 = mul(%5, %4) : f32[1,16,8,8]
+              %7 = mse(%6, %2) : f32[]
+              return %7 as "loss", %3 as "m"
+            }
+            """)
+        let before = module
+        XCTAssertEqual(try runPasses([Rematerialize.name], on: &module), [true])
+        let convolutions = module.functions[0].nodes.filter { $0.op == "conv2d" }
+        XCTAssertEqual(convolutions.map { $0.attrs[FusedConvOps.momentsKey] != nil }, [true, false], "\(Printer.print(module))")
+        try assertComputesTheSame(before, module, seed: 6, tolerance: 0)
+    }
+
     /// The convolution writes the moments during its call: plan-memory keeps
     /// their buffer off everything live then, the input that dies there
     /// included, and the arena check refuses a placement that does not.
