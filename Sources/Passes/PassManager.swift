@@ -70,9 +70,12 @@ public struct PassManager {
     /// `convAlgorithm` is select-conv-algorithm's mode; `panelRows` the GEMM
     /// panels prepare-weights packs filters for (nil: no prepare-weights);
     /// `memoryBudget` rematerialize's (live arena bytes per step).
+    /// `momentsInEpilogue` adds fuse-conv-moments (see there why it is not
+    /// the default).
     public static func standardPipeline(optimizer: AdamOptimizer? = AdamOptimizer(), dataParallel: Bool = false,
                                         convAlgorithm: SelectConvAlgorithm.Mode = .auto,
-                                        panelRows: Int? = defaultPanelRows, memoryBudget: Int? = nil) -> [any Pass] {
+                                        panelRows: Int? = defaultPanelRows, memoryBudget: Int? = nil,
+                                        momentsInEpilogue: Bool = false) -> [any Pass] {
         var passes: [any Pass] = [InferShapes()]
         if dataParallel { passes.append(SyncBatchNorm()) }
         passes.append(Autodiff())
@@ -81,7 +84,9 @@ public struct PassManager {
         let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), BatchNormFromMoments(), OnePassMoments(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
                                 SelectConvAlgorithm(mode: convAlgorithm)]
         let prepare: [any Pass] = panelRows.map { [PrepareWeights(panelRows: $0)] } ?? []
-        return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(memoryBudget: memoryBudget), FuseConvPrologue(), GroupLoops(), FuseConvMoments(), PlanMemory()]
+        let moments: [any Pass] = momentsInEpilogue ? [FuseConvMoments()] : []
+        return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(memoryBudget: memoryBudget), FuseConvPrologue(), GroupLoops()]
+            + moments + [PlanMemory()]
     }
 
     /// The AVX-512 micro-kernel's panel rows; the compile driver passes the

@@ -26,6 +26,9 @@ public struct CompileOptions {
     /// Live arena bytes per step above which rematerialize computes
     /// convolutions and matmuls again (nil: only cheap copies).
     public var memoryBudget: Int?
+    /// Convolutions gather the next batch norm's moments as they store
+    /// their output (fuse-conv-moments), instead of batch_moments reading it.
+    public var momentsInEpilogue = false
     /// Rows of the GEMM panels prepare-weights packs filters for; nil: this
     /// machine's micro-kernel's (tests choose others).
     public var panelRows: Int?
@@ -59,7 +62,7 @@ public enum CompileDriver {
         let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer, dataParallel: options.dataParallel,
                                                    convAlgorithm: options.convAlgorithm,
                                                    panelRows: options.panelRows ?? Int(ddp_gemm_panel_rows()),
-                                                   memoryBudget: options.memoryBudget),
+                                                   memoryBudget: options.memoryBudget, momentsInEpilogue: options.momentsInEpilogue),
                                   options: options.passOptions)
         let passStart = Date()
         try manager.run(&module)
@@ -171,11 +174,12 @@ public enum CompileDriver {
     /// merges rematerialize's copies back into their originals, and the
     /// copies chosen again from that start differ.
     static func pipeline(for module: Module, optimizer: AdamOptimizer?, dataParallel: Bool = false,
-                         convAlgorithm: SelectConvAlgorithm.Mode = .auto, panelRows: Int, memoryBudget: Int? = nil) throws -> [any Pass] {
+                         convAlgorithm: SelectConvAlgorithm.Mode = .auto, panelRows: Int, memoryBudget: Int? = nil,
+                         momentsInEpilogue: Bool = false) throws -> [any Pass] {
         let compiled = module.functions.filter(isCompiledStep).map { "@" + $0.name }
         guard !compiled.isEmpty else {
             return PassManager.standardPipeline(optimizer: optimizer, dataParallel: dataParallel, convAlgorithm: convAlgorithm,
-                                                panelRows: panelRows, memoryBudget: memoryBudget)
+                                                panelRows: panelRows, memoryBudget: memoryBudget, momentsInEpilogue: momentsInEpilogue)
         }
         if memoryBudget != nil {
             throw RuntimeError("--memory-budget: the module's training steps (\(compiled.joined(separator: ", "))) are compiled already, and what they recompute was chosen then; compile the model itself (its .swift file or zoo name) with --memory-budget")
@@ -190,7 +194,7 @@ public enum CompileDriver {
         guard uncompiled.isEmpty else {
             throw RuntimeError("the module mixes training steps that are compiled already (\(compiled.joined(separator: ", ")): they have optimizer inputs such as lr) with steps that are not (\(uncompiled.joined(separator: ", "))); compile them from separate files, or compile the model itself")
         }
-        return [SelectConvAlgorithm(mode: convAlgorithm), GroupLoops(), PlanMemory()]
+        return [SelectConvAlgorithm(mode: convAlgorithm), GroupLoops()] + (momentsInEpilogue ? [FuseConvMoments()] : []) + [PlanMemory()]
     }
 
     /// Move a finished artifact into place; an existing artifact is replaced

@@ -62,6 +62,8 @@ struct Compile: ParsableCommand {
     var convAlgorithm: SelectConvAlgorithm.Mode = .auto
     @Option(name: .customLong("memory-budget"), help: "Megabytes of live arena (activations, gradients, scratch) each training step should fit in. Above it, convolutions and matmuls are computed again in the backward pass instead of held (a transformer block's projections, the narrower 3×3 convolutions): less memory for more time. `ddepc inspect` prints each step's arena.")
     var memoryBudget: Double?
+    @Flag(name: .customLong("moments-in-epilogue"), help: "Convolutions that feed a training batch norm gather its mean and variance as they store their output, instead of a pass over it (batch_moments). Off by default: on Zen 5 (AVX-512) the sums in double cost the convolution about what the pass costs.")
+    var momentsInEpilogue = false
     @Flag(name: .customLong("gradient-clipping"), help: "Training steps that can clip the global gradient norm (`ddepc train --clip-grad-norm`). They hold every gradient until the backward pass ends; without clipping each weight is updated as soon as its gradient is complete.")
     var gradientClipping = false
     @Flag(name: .customLong("no-verify"), help: "Do not run the verifier after every pass.") var noVerify = false
@@ -97,6 +99,7 @@ struct Compile: ParsableCommand {
             options.dataParallel = dataParallel
             options.convAlgorithm = convAlgorithm
             options.memoryBudget = memoryBudget.map { Int(min($0 * 1e6, 1e18)) } // beyond any machine: no limit, and no overflow
+            options.momentsInEpilogue = momentsInEpilogue
             options.optimizer?.clipping = gradientClipping
             options.passOptions.printAfter = Set(printIRAfter)
             options.passOptions.printAfterChange = printIRAfterChange

@@ -5,7 +5,7 @@ import Runtime
 import TestSupport
 import XCTest
 
-/// fuse-conv-moments end to end: a convolution followed by batch_moments
+/// fuse-conv-moments end to end (`--moments-in-epilogue`): a convolution followed by batch_moments
 /// of its result (im2col, Winograd F(4×4) and F(2×2), with an epilogue and
 /// a prologue) gathers the moments in its epilogue on both backends. They
 /// agree with the f64 interpreter, and they are the very bits the
@@ -45,6 +45,7 @@ final class ConvMomentsTests: XCTestCase {
             defer { try? FileManager.default.removeItem(at: dir) }
             var options = CompileOptions()
             options.backend = backend
+            options.momentsInEpilogue = true
             let artifact = dir.appendingPathComponent("moments.ddepc")
             _ = try CompileDriver.compile(module, to: artifact, options: options)
             let executor = try Executor(artifact: try Artifact(directory: artifact))

@@ -89,7 +89,7 @@ final class CLITests: XCTestCase {
     func testIRDumps() throws {
         let artifact = path("dump.ddepc")
         let compiled = try ddepc(["compile", "unet-small", "-o", artifact, "--batch", "1", "--size", "32",
-                                  "--print-ir-after=all", "--ir-dump-dir", path("dumps"), "--time-passes"])
+                                  "--print-ir-after=all", "--ir-dump-dir", path("dumps"), "--time-passes", "--moments-in-epilogue"])
         XCTAssertEqual(compiled.status, 0, compiled.stderr)
         for pass in ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce", "batch-norm-from-moments", "one-pass-moments",
                      "fuse-elementwise", "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights",
@@ -108,7 +108,7 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(dumped.stdout.contains("fused_elementwise"))
         XCTAssertTrue(dumped.stdout.contains("fused_conv2d("), "inference convolutions carry their norm and ReLU")
         XCTAssertTrue(dumped.stdout.contains("batch_moments(") && dumped.stdout.contains("{in_epilogue=true}"),
-                      "training convolutions gather the next batch norm's moments")
+                      "with --moments-in-epilogue, training convolutions gather the next batch norm's moments")
         XCTAssertTrue(dumped.stdout.contains("conv2d_grad_weight"))
 
         // The final IR compiles again, to the same IR and the same layout,

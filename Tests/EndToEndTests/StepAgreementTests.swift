@@ -30,8 +30,8 @@ final class StepAgreementTests: XCTestCase {
     }
 
     /// The compiled model with freshly initialized weights and state.
-    func compiled(_ backend: Backend, convAlgorithm: SelectConvAlgorithm.Mode = .auto) throws -> Executor {
-        let key = "\(backend.rawValue)-\(convAlgorithm.rawValue)"
+    func compiled(_ backend: Backend, convAlgorithm: SelectConvAlgorithm.Mode = .auto, momentsInEpilogue: Bool = false) throws -> Executor {
+        let key = "\(backend.rawValue)-\(convAlgorithm.rawValue)\(momentsInEpilogue ? "-moments" : "")"
         if let executor = Self.cache[key] {
             executor.store.initialize(seed: 5)
             return executor
@@ -41,6 +41,7 @@ final class StepAgreementTests: XCTestCase {
         var options = CompileOptions()
         options.backend = backend
         options.convAlgorithm = convAlgorithm
+        options.momentsInEpilogue = momentsInEpilogue
         options.batch = Self.config.batch
         options.size = Self.config.size
         options.classes = Self.config.classes
@@ -78,8 +79,9 @@ final class StepAgreementTests: XCTestCase {
         return inputs
     }
 
-    func checkStep(_ entry: String, convAlgorithm: SelectConvAlgorithm.Mode = .auto) throws {
-        let c = try compiled(.c, convAlgorithm: convAlgorithm), llvm = try compiled(.llvm, convAlgorithm: convAlgorithm)
+    func checkStep(_ entry: String, convAlgorithm: SelectConvAlgorithm.Mode = .auto, momentsInEpilogue: Bool = false) throws {
+        let c = try compiled(.c, convAlgorithm: convAlgorithm, momentsInEpilogue: momentsInEpilogue)
+        let llvm = try compiled(.llvm, convAlgorithm: convAlgorithm, momentsInEpilogue: momentsInEpilogue)
         let function = try XCTUnwrap(Parser.parse(try c.artifact.finalIR).function(named: entry))
         var arguments = inputs(for: entry)
         for arg in function.args where arg.role != .input { arguments[arg.name] = try c.get(arg.name) }
@@ -124,8 +126,8 @@ final class StepAgreementTests: XCTestCase {
         // 32×32 layers (192 tiles of 4×4 at batch 3), 16×16 ones (192 of 2×2), and im2col below.
         XCTAssertGreaterThan(try nodes(executor, algorithm: "winograd4"), 5)
         XCTAssertGreaterThan(try nodes(executor, algorithm: "winograd2"), 5)
-        XCTAssertTrue(try executor.artifact.finalIR.contains("{moments=true, pad=[1,1]} : f32[3,64,2,2]"),
-                      "the smallest layers stay on im2col (and gather the next batch norm's moments)")
+        XCTAssertTrue(try executor.artifact.finalIR.contains("{pad=[1,1]} : f32[3,64,2,2]"), "the smallest layers stay on im2col")
+        XCTAssertTrue(try executor.artifact.finalIR.contains("batch_moments("), "a batch norm's moments in one pass")
         XCTAssertTrue(try executor.artifact.finalIR.contains("prologue=max(add(mul(in0, in1), in2), 0.0)"),
                       "a decoder block's second convolution applies the first one's batch norm and ReLU (checked by the steps' tests)")
         XCTAssertTrue(try executor.artifact.finalIR.contains("fused_conv2d_grad_weight("), "and so does its weight gradient")
@@ -139,5 +141,17 @@ final class StepAgreementTests: XCTestCase {
     func testTheDDePStepWithWinogradWhereverItAppliesAgrees() throws {
         XCTAssertGreaterThan(try nodes(try compiled(.c, convAlgorithm: .winograd), algorithm: "winograd4"), 20)
         try checkStep("pretrain_step", convAlgorithm: .winograd)
+    }
+
+    /// With --moments-in-epilogue: every training batch norm's moments are
+    /// gathered by the convolution before it (im2col and Winograd alike),
+    /// and the fine-tuning step, whose batch norms are all trained, agrees.
+    func testTheFinetuneStepWithMomentsInEpiloguesAgrees() throws {
+        let executor = try compiled(.c, momentsInEpilogue: true)
+        let finalIR = try executor.artifact.finalIR
+        XCTAssertGreaterThan(finalIR.components(separatedBy: "{in_epilogue=true}").count - 1, 20)
+        XCTAssertTrue(finalIR.contains("{moments=true, pad=[1,1]} : f32[3,64,2,2]"), "an im2col convolution gathers them")
+        XCTAssertTrue(finalIR.contains("{algorithm=\"winograd4\", moments=true"), "and a Winograd one")
+        try checkStep("finetune_step", momentsInEpilogue: true)
     }
 }
