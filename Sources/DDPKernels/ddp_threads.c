@@ -293,6 +293,13 @@ static _Thread_local struct {
     size_t offset[DDP_SCRATCH_SLOTS], floats[DDP_SCRATCH_SLOTS];
 } carved;
 
+size_t ddp_thread_scratch_loan_floats(void) {
+    int in_region = region_loan.data != NULL;
+    const thread_loan *loan = in_region ? &region_loan : &own_loan;
+    int part = in_region ? region_part : 0;
+    return loan->data != NULL && part < loan->parts ? loan->part_floats : 0;
+}
+
 /// `floats` for `slot` from this thread's part of the loan it runs under,
 /// the same block for every request of the slot that fits it during one
 /// loan; NULL without a loan or room (the heap block serves it then).

@@ -56,7 +56,17 @@
 /// (a 25 MB stretch between two), and each thread kept that much heap for
 /// the rest of the process. Capped, they take 63 columns (2 whole panels).
 /// The weight gradient's blocks obey it too, from the shape alone.
+///
+/// The forward and input-gradient blocks may take more where the call's
+/// loan of spare arena gives each thread more (less LOAN_MARGIN_FLOATS for
+/// the GEMM's packing): memory nothing holds then. Their results do not
+/// depend on the blocks. Thin blocks stream every U[ξ] once per block, and
+/// for the widest layers that, not the arithmetic, was the cost: ddep-1x's
+/// first decoder block (1536 → 512 channels at 28 px, batch 4) took 85 ms
+/// in its fine-tuning step with 35-tile blocks, and 60 ms with 98 (Zen 5,
+/// 2 threads).
 #define BLOCK_MOST_FLOATS ((int64_t)3 << 20)
+#define LOAN_MARGIN_FLOATS ((int64_t)1 << 20)
 /// Most floats of the input transform's phase arrays per block (32 KiB, in
 /// the first-level cache), down to BLOCK_MIN_COLUMNS whatever the budgets
 /// above allow; about 140 tiles at any width up to 128 px. Thin layers at 64

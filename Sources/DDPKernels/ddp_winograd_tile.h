@@ -439,7 +439,9 @@ static int WT(winograd)(wino_job *job, const float *w, int transposed, int prepa
     if (rows < fewest) rows = fewest;
     int64_t in_cache = WORK_CACHE_FLOATS / WT(input_work_floats)(job, 0) - 1; // see WORK_CACHE_FLOATS
     if (rows > in_cache) rows = in_cache > fewest ? in_cache : fewest;
-    int64_t capped = BLOCK_MOST_FLOATS / (POINTS * (job->c + job->o) * job->tw); // see BLOCK_MOST_FLOATS
+    int64_t most_floats = BLOCK_MOST_FLOATS, lent = (int64_t)ddp_thread_scratch_loan_floats() - LOAN_MARGIN_FLOATS;
+    if (lent > most_floats) most_floats = lent;
+    int64_t capped = most_floats / (POINTS * (job->c + job->o) * job->tw); // see BLOCK_MOST_FLOATS
     if (rows > capped) rows = capped > 1 ? capped : 1;
     int64_t threads = ddp_parallel_threads(), blocks = (rows_total + rows - 1) / rows;
     if (blocks < 4 * threads) blocks = (blocks + threads - 1) / threads * threads;

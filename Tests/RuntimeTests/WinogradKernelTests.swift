@@ -176,6 +176,38 @@ final class WinogradKernelTests: XCTestCase {
         }
     }
 
+    /// A wide layer over few tiles (TransUNet's first decoder block) takes
+    /// longer blocks where a loan of spare arena gives each thread room for
+    /// them; the forward and input-gradient results are the same bits.
+    func testBlocksSizedByASpareArenaLoanGiveTheSameBits() {
+        let t = Case(n: 4, c: 1024, h: 28, w: 28, o: 256, ph: 1, pw: 1)
+        let x = values(t.n * t.c * t.h * t.w, seed: 14), w = values(t.o * t.c * 9, seed: 15)
+        let dy = values(t.n * t.o * t.oh * t.ow, seed: 16)
+        func run() -> [[Float]] {
+            [runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: dy.count)], t.ints + [0, 0, 0, 0, 0, 0, 4, 0, 0])[2],
+             runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0, 0, 4])[2]]
+        }
+        let unlent = run()
+        let floats = 32 << 20 // 128 MB: room for the whole layer in one block per thread
+        let region = UnsafeMutablePointer<Float>.allocate(capacity: floats)
+        defer { region.deallocate() }
+        func lend(_ count: Int) {
+            let buffers: [UnsafeMutableRawPointer?] = [UnsafeMutableRawPointer(region)]
+            let ints: [Int64] = [Int64(count)]
+            _ = buffers.withUnsafeBufferPointer { b in ints.withUnsafeBufferPointer { ddp_lend_thread_scratch(b.baseAddress, $0.baseAddress, nil) } }
+        }
+        var served: Int64 = 0, missed: Int64 = 0
+        ddp_thread_scratch_loan_counts(&served, &missed)
+        lend(floats)
+        let lent = run()
+        lend(0)
+        var servedAfter: Int64 = 0, missedAfter: Int64 = 0
+        ddp_thread_scratch_loan_counts(&servedAfter, &missedAfter)
+        XCTAssertGreaterThan(servedAfter, served, "the blocks came from the loan")
+        XCTAssertEqual(missedAfter, missed, "and fit in it")
+        XCTAssertEqual(lent, unlent)
+    }
+
     func testGeometriesItCannotComputeAreRefused() {
         var strided = cases[0].ints
         strided[9] = 2
