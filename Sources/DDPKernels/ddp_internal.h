@@ -51,8 +51,9 @@ enum {
     DDP_SCRATCH_SLOTS
 };
 float *ddp_thread_scratch(int slot, size_t floats);
-/// Floats of spare arena each thread's scratch may take during this call
-/// (its part of the lend_thread_scratch loan), 0 without a loan.
+/// Floats of spare arena the calling thread's scratch may still take during
+/// this call (what its slots left of its part of the lend_thread_scratch
+/// loan), 0 without a loan.
 size_t ddp_thread_scratch_loan_floats(void);
 
 /// Sums of x[0..n) and of its squares, in double, into out[0], out[1]:

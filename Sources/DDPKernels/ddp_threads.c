@@ -293,12 +293,6 @@ static _Thread_local struct {
     size_t offset[DDP_SCRATCH_SLOTS], floats[DDP_SCRATCH_SLOTS];
 } carved;
 
-size_t ddp_thread_scratch_loan_floats(void) {
-    int in_region = region_loan.data != NULL;
-    const thread_loan *loan = in_region ? &region_loan : &own_loan;
-    int part = in_region ? region_part : 0;
-    return loan->data != NULL && part < loan->parts ? loan->part_floats : 0;
-}
 
 /// `floats` for `slot` from this thread's part of the loan it runs under,
 /// the same block for every request of the slot that fits it during one
@@ -326,6 +320,15 @@ static float *from_loan(int slot, size_t floats) {
     carved.used += need;
     atomic_fetch_add_explicit(&thread_loans_served, 1, memory_order_relaxed);
     return base + carved.offset[slot];
+}
+
+size_t ddp_thread_scratch_loan_floats(void) {
+    int in_region = region_loan.data != NULL;
+    const thread_loan *loan = in_region ? &region_loan : &own_loan;
+    int part = in_region ? region_part : 0;
+    if (loan->data == NULL || part >= loan->parts) return 0;
+    size_t used = carved.generation == loan->generation ? carved.used : 0; // what its slots took already
+    return loan->part_floats > used ? loan->part_floats - used : 0;
 }
 
 float *ddp_thread_scratch(int slot, size_t floats) {
