@@ -22,12 +22,12 @@ public struct OnePassMoments: Pass {
     public func run(_ module: inout Module) throws -> Bool {
         var changed = false
         for index in module.functions.indices {
-            changed = try rewrite(&module.functions[index]) || changed
+            changed = rewrite(&module.functions[index]) || changed
         }
         return changed
     }
 
-    func rewrite(_ function: inout Function) throws -> Bool {
+    func rewrite(_ function: inout Function) -> Bool {
         var changed = false
         var position = 0
         while position < function.nodes.count {
@@ -36,7 +36,7 @@ public struct OnePassMoments: Pass {
             guard node.op == "reduce_mean", let x = node.operands.first,
                   let moments = NormOps.existingBatchMoments(of: x, in: function, before: function.nodes.count),
                   moments.mean == node.id else { continue }
-            try replace(moments, of: x, in: &function)
+            replace(moments, of: x, in: &function)
             changed = true
         }
         return changed
@@ -45,7 +45,7 @@ public struct OnePassMoments: Pass {
     /// Puts batch_moments(x) where the mean was, and the mean and the
     /// variance as reshaped rows of it where they were; the square that only
     /// the variance read goes.
-    func replace(_ moments: (mean: ValueID, centered: ValueID, variance: ValueID), of x: ValueID, in function: inout Function) throws {
+    func replace(_ moments: (mean: ValueID, centered: ValueID, variance: ValueID), of x: ValueID, in function: inout Function) {
         let types = function.types
         let c = types[moments.mean]!.shape[0]
         var next = function.nextID
