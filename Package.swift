@@ -49,7 +49,7 @@ let package = Package(
         .testTarget(name: "CodegenTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "DDPKernels", "TestSupport"]),
         .testTarget(name: "ModelZooTests", dependencies: ["IR", "Passes", "ModelZoo", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["IR", "Passes", "Runtime", "ModelZoo", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["IR", "Passes", "Runtime", "ModelZoo", "TestSupport", "DDPKernels"]),
         // PyTorch parity (fixtures in Tests/Fixtures, written by tools/make_fixtures.py) and weight import.
         .testTarget(name: "ParityTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ModelZoo", "TestSupport"]),
     ]

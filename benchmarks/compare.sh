@@ -2,7 +2,7 @@
 # ddepc's compiled steps against the same models in PyTorch, side by side.
 #
 #   benchmarks/compare.sh [--llvm] [--calls K] [--threads T] [--memory-budget MB]
-#                         MODEL [BATCH SIZE] [ROUNDS]
+#                         [--isa avx2] MODEL [BATCH SIZE] [ROUNDS]
 #
 # MODEL: unet-r18, transunet or transunet-ddep-1x. BATCH (default 8), SIZE
 # (default 128), ROUNDS (default 3).
@@ -20,6 +20,13 @@
 #      median (range over rounds), PyTorch's best variant, their ratio, the
 #      ISA ddepc measured its peak at, peak RSS and parameter counts.
 #
+# --isa avx2 holds both sides to AVX2 on an AVX-512 machine, as on the
+# AVX2-only machines of this kind: ddepc is built without AVX-512 (into
+# .build/avx2, unless DDEPC is set) and compiles and runs with DDEPC_ISA=avx2,
+# which keeps its generated code off AVX-512 too; PyTorch runs with
+# ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and
+# MKL_ENABLE_INSTRUCTIONS=AVX2. On a machine without AVX-512 it changes nothing.
+#
 # Environment: DDEPC (the ddepc binary; default .build/release/ddepc, built
 # with `swift build -c release` if missing), PYTHON (default python3),
 # VARIANTS (PyTorch variants, space-separated; default: eager channels_last
@@ -35,12 +42,14 @@ llvm=0
 calls=10
 threads=2
 compile_flags=()
+isa=native
 while [[ $# -gt 0 && $1 == -* ]]; do
     case $1 in
         --llvm) llvm=1 ;;
         --calls) calls=$2; shift ;;
         --threads) threads=$2; shift ;;
         --memory-budget) compile_flags+=(--memory-budget "$2"); shift ;;
+        --isa) isa=$2; shift ;;
         -h | --help) usage ;;
         *) echo "unknown option $1" >&2; usage 2 >&2 ;;
     esac
@@ -50,15 +59,25 @@ done
 model=$1 batch=${2:-8} size=${3:-128} rounds=${4:-3}
 case $model in unet-r18 | transunet | transunet-ddep-1x) ;; *) echo "unknown model $model" >&2; usage 2 >&2 ;; esac
 
-ddepc=${DDEPC:-.build/release/ddepc}
+case $isa in native | avx2) ;; *) echo "unknown ISA $isa (native or avx2)" >&2; usage 2 >&2 ;; esac
+
 python=${PYTHON:-python3}
 read -r -a variants <<< "${VARIANTS:-eager channels_last compile}"
-out=${OUT:-out/bench/$model-b$batch-s$size}
+if [[ $isa == avx2 ]]; then
+    ddepc=${DDEPC:-.build/avx2/release/ddepc}
+    build=(swift build -c release --build-path .build/avx2 -Xcc -mno-avx512f)
+    out=${OUT:-out/bench/$model-b$batch-s$size-avx2}
+    export DDEPC_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+else
+    ddepc=${DDEPC:-.build/release/ddepc}
+    build=(swift build -c release)
+    out=${OUT:-out/bench/$model-b$batch-s$size}
+fi
 entries=(infer pretrain_step pretrain_dep_step finetune_step)
 training=(pretrain_step pretrain_dep_step finetune_step)
 
 if [[ ! -x $ddepc ]]; then
-    swift build -c release
+    "${build[@]}"
 fi
 backends=(c)
 ((llvm)) && backends+=(llvm)
@@ -80,7 +99,7 @@ torch_bench=("$python" benchmarks/pytorch_reference.py --model "$model" --batch 
 for ((r = 1; r <= rounds; r++)); do
     echo "round $r of $rounds" >&2
     for backend in "${backends[@]}"; do
-        "$ddepc" bench "$out/$model-$backend.ddepc" --calls "$calls" --threads "$threads" "${entry_flags[@]}" \
+        "$ddepc" bench "$out/$model-$backend.ddepc" --calls "$calls" --threads "$threads" --isa "$isa" "${entry_flags[@]}" \
             > "$out/ddepc-$backend-$r.txt"
     done
     # The first round also checks the parameter counts against `ddepc inspect`.
@@ -91,12 +110,13 @@ done
 
 echo "peak RSS per training step" >&2
 for e in "${training[@]}"; do
-    "$ddepc" bench "$out/$model-c.ddepc" --entry "$e" --calls 2 --threads "$threads" > "$out/rss-ddepc-$e.txt"
+    "$ddepc" bench "$out/$model-c.ddepc" --entry "$e" --calls 2 --threads "$threads" --isa "$isa" > "$out/rss-ddepc-$e.txt"
     best=$("$python" benchmarks/compare_table.py --best-variant "$out" "$e")
     "${torch_bench[@]}" --calls 2 --rss-entry "$e" --variant "$best" > "$out/rss-torch-$e.json"
 done
 
 {
     if ((${#compile_flags[@]})); then echo "ddepc compiled with ${compile_flags[*]}"; fi
+    if [[ $isa == avx2 ]]; then echo "both sides held to AVX2 (ddepc built without AVX-512, DDEPC_ISA=avx2; PyTorch: ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS)"; fi
     "$python" benchmarks/compare_table.py "$out"
 } | tee "$out/table.txt"

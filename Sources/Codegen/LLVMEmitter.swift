@@ -29,9 +29,11 @@ public enum LLVMEmitter {
     /// Builds, verifies, optimizes and writes one object file holding an
     /// entry point per function. `irOutput`, when given, receives the
     /// optimized module as textual LLVM IR (`module.ll` beside an artifact).
+    /// `disabledFeatures` are host CPU features the code must not use (e.g.
+    /// "avx512f" when the kernels run their AVX2 path on an AVX-512 CPU).
     public static func emitObject(_ functions: [LoweredFunction], to url: URL, moduleName: String,
-                                  irOutput: URL? = nil) throws {
-        try withOptimizedModule(functions, moduleName: moduleName) { module, machine in
+                                  irOutput: URL? = nil, disabledFeatures: [String] = []) throws {
+        try withOptimizedModule(functions, moduleName: moduleName, disabledFeatures: disabledFeatures) { module, machine in
             if let irOutput {
                 try printModule(module).write(to: irOutput, atomically: true, encoding: .utf8)
             }
@@ -109,6 +111,7 @@ public enum LLVMEmitter {
     /// Generates and verifies the module, creates a host target machine,
     /// runs the O3 pipeline and hands both to `body`; frees everything after.
     private static func withOptimizedModule<T>(_ functions: [LoweredFunction], moduleName: String,
+                                               disabledFeatures: [String] = [],
                                                _ body: (LLVMModuleRef, LLVMTargetMachineRef) throws -> T) throws -> T {
         try loadLLVM()
         _ = nativeTargetInitialized
@@ -119,7 +122,9 @@ public enum LLVMEmitter {
 
         let triple = takeMessage(LLVMGetDefaultTargetTriple()) ?? ""
         let cpu = takeMessage(LLVMGetHostCPUName()) ?? ""
-        let features = takeMessage(LLVMGetHostCPUFeatures()) ?? ""
+        // A later "-feature" also clears the features that imply it.
+        let features = ([takeMessage(LLVMGetHostCPUFeatures()) ?? ""] + disabledFeatures.map { "-" + $0 })
+            .filter { !$0.isEmpty }.joined(separator: ",")
         var target: LLVMTargetRef?
         var message: UnsafeMutablePointer<CChar>?
         if LLVMGetTargetFromTriple(triple, &target, &message) != 0 || target == nil {

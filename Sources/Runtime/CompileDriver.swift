@@ -54,6 +54,15 @@ public enum CompileDriver {
     /// No FMA contraction: the C and LLVM backends then round identically.
     public static let cFlags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off"]
 
+    /// Host CPU features the generated code leaves alone: AVX-512 when the
+    /// kernels run their AVX2 path (`DDEPC_ISA=avx2`) on a CPU that has it,
+    /// so that the whole step, generated loops included, runs as on an
+    /// AVX2-only machine of this kind (what `benchmarks/compare.sh --isa
+    /// avx2` measures). On a machine without AVX-512 this changes nothing.
+    static var disabledCPUFeatures: [String] {
+        String(cString: ddp_gemm_isa()) == "avx2" ? ["avx512f"] : []
+    }
+
     public static func compile(_ module: Module, to output: URL, options: CompileOptions) throws -> CompileReport {
         // Refuse a directory that is not ours before the work, not after it.
         if FileManager.default.fileExists(atPath: output.path) { try requireReplaceableArtifact(output) }
@@ -98,7 +107,7 @@ public enum CompileDriver {
             // one translation unit per core, compiled side by side.
             let parts = max(1, min(ProcessInfo.processInfo.activeProcessorCount, lowered.count))
             try CEmitter.emit(lowered, parts: parts).write(to: source, atomically: true, encoding: .utf8)
-            flags = cFlags
+            flags = cFlags + disabledCPUFeatures.map { "-mno-" + $0 }
             do {
                 if parts == 1 {
                     try runTool("cc", flags + ["-o", library.path, source.path, "-lm"])
@@ -125,10 +134,11 @@ public enum CompileDriver {
         case .llvm:
             let object = staging.appendingPathComponent("module.o")
             try LLVMEmitter.emitObject(lowered, to: object, moduleName: output.deletingPathExtension().lastPathComponent,
-                                       irOutput: staging.appendingPathComponent("module.ll"))
+                                       irOutput: staging.appendingPathComponent("module.ll"),
+                                       disabledFeatures: disabledCPUFeatures)
             try LLVMEmitter.linkSharedLibrary(objects: [object], output: library)
             try? fm.removeItem(at: object)
-            flags = ["llvm:default<O3>", "cpu:host"]
+            flags = ["llvm:default<O3>", "cpu:host"] + disabledCPUFeatures.map { "-" + $0 }
         }
         let codegenSeconds = Date().timeIntervalSince(codegenStart)
 

@@ -1,3 +1,4 @@
+import DDPKernels
 import Foundation
 import IR
 import ModelZoo
@@ -12,7 +13,8 @@ import XCTest
 /// m = 0.1·g after one step), running statistics and weights. The default
 /// compile computes the 32×32 layers' convolutions by Winograd F(4×4), the
 /// 16×16 ones by F(2×2) and the smaller ones by im2col; a third compile has
-/// F(4×4) wherever it applies.
+/// F(4×4) wherever it applies. Another pair is compiled and run on the
+/// kernels' AVX2 path, as on an AVX2-only machine.
 ///
 /// Three images, not two: layer4's batch norms normalize 1×1 images, and
 /// two values normalize to ±1 (less ε's share) whatever they are, so a
@@ -29,9 +31,12 @@ final class StepAgreementTests: XCTestCase {
         try? FileManager.default.removeItem(at: directory)
     }
 
-    /// The compiled model with freshly initialized weights and state.
-    func compiled(_ backend: Backend, convAlgorithm: SelectConvAlgorithm.Mode = .auto, momentsInEpilogue: Bool = false) throws -> Executor {
-        let key = "\(backend.rawValue)-\(convAlgorithm.rawValue)\(momentsInEpilogue ? "-moments" : "")"
+    /// The compiled model with freshly initialized weights and state,
+    /// compiled for the kernels' `isa` (which stays chosen after).
+    func compiled(_ backend: Backend, convAlgorithm: SelectConvAlgorithm.Mode = .auto, momentsInEpilogue: Bool = false,
+                  isa: String = "native") throws -> Executor {
+        XCTAssertEqual(ddp_set_isa(isa), 1, "every machine of this kind runs \(isa)")
+        let key = "\(backend.rawValue)-\(convAlgorithm.rawValue)\(momentsInEpilogue ? "-moments" : "")-\(isa)"
         if let executor = Self.cache[key] {
             executor.store.initialize(seed: 5)
             return executor
@@ -79,9 +84,11 @@ final class StepAgreementTests: XCTestCase {
         return inputs
     }
 
-    func checkStep(_ entry: String, convAlgorithm: SelectConvAlgorithm.Mode = .auto, momentsInEpilogue: Bool = false) throws {
-        let c = try compiled(.c, convAlgorithm: convAlgorithm, momentsInEpilogue: momentsInEpilogue)
-        let llvm = try compiled(.llvm, convAlgorithm: convAlgorithm, momentsInEpilogue: momentsInEpilogue)
+    func checkStep(_ entry: String, convAlgorithm: SelectConvAlgorithm.Mode = .auto, momentsInEpilogue: Bool = false,
+                   isa: String = "native") throws {
+        defer { _ = ddp_set_isa("native") }
+        let c = try compiled(.c, convAlgorithm: convAlgorithm, momentsInEpilogue: momentsInEpilogue, isa: isa)
+        let llvm = try compiled(.llvm, convAlgorithm: convAlgorithm, momentsInEpilogue: momentsInEpilogue, isa: isa)
         let function = try XCTUnwrap(Parser.parse(try c.artifact.finalIR).function(named: entry))
         var arguments = inputs(for: entry)
         for arg in function.args where arg.role != .input { arguments[arg.name] = try c.get(arg.name) }
@@ -109,7 +116,6 @@ final class StepAgreementTests: XCTestCase {
             XCTAssertLessThanOrEqual(closeness(gotLLVM, gotC, atol: 1e-6 * scale + 1e-12, rtol: 1e-5), 1,
                                      "\(entry): \(name) LLVM vs C")
             if name.hasPrefix("opt.m.") { checkedMoments += 1 }
-            if name.contains("layer4") { print("CLOSE", entry, name, closeness(gotC, expected.data, atol: tolerance.atol, rtol: tolerance.rtol)) }
         }
         XCTAssertGreaterThan(checkedMoments, 10, "gradients of many weights were compared")
     }
@@ -153,5 +159,20 @@ final class StepAgreementTests: XCTestCase {
         XCTAssertTrue(finalIR.contains("{moments=true, pad=[1,1]} : f32[3,64,2,2]"), "an im2col convolution gathers them")
         XCTAssertTrue(finalIR.contains("{algorithm=\"winograd4\", moments=true"), "and a Winograd one")
         try checkStep("finetune_step", momentsInEpilogue: true)
+    }
+
+    /// Compiled and run with the kernels' AVX2 path (DDEPC_ISA=avx2): the
+    /// generated code leaves AVX-512 alone too (the C compiler is told so,
+    /// and LLVM's target machine), as on an AVX2-only machine, and the
+    /// fine-tuning step agrees just the same.
+    func testTheAVX2PathAgrees() throws {
+        defer { _ = ddp_set_isa("native") }
+        let c = try compiled(.c, isa: "avx2"), llvm = try compiled(.llvm, isa: "avx2")
+        XCTAssertTrue(c.artifact.manifest.compileFlags.contains("-mno-avx512f"), "\(c.artifact.manifest.compileFlags)")
+        XCTAssertTrue(llvm.artifact.manifest.compileFlags.contains("-avx512f"), "\(llvm.artifact.manifest.compileFlags)")
+        let native = try compiled(.c)
+        XCTAssertFalse(native.artifact.manifest.compileFlags.contains { $0.contains("avx512") },
+                       "the native path keeps what the CPU has")
+        try checkStep("finetune_step", isa: "avx2")
     }
 }
