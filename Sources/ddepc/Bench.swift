@@ -20,7 +20,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Timed calls per entry point (after 2 warm-up calls).") var calls = 10
     @Option(help: "Matrix size n for the n×n×n sgemm figure.") var n = 1024
     @Option(help: "Threads (default: the CPUs this process may use, or DDEPC_THREADS).") var threads: Int?
-    @Option(help: "Micro-kernel ISA: native, avx512 or avx2.") var isa = "native"
+    @Option(help: "Micro-kernel ISA: native, avx512 or avx2 (default: DDEPC_ISA, else native).") var isa: String?
     @Flag(help: "Also report the time per kernel (a timed kernel table; parallel_loop is the large generated loops, the rest the small ones and copies) and the slowest calls with the IR node each computes.") var profile = false
     @Option(help: "With --profile, how many of the slowest calls to list.") var slowest = 12
 
@@ -38,7 +38,8 @@ struct Bench: ParsableCommand {
             if let loaded {
                 for entry in loaded.manifest.layout.entries { try MemoryBudget.require(entry, of: loaded) }
             }
-            guard ddp_set_isa(isa) != 0 else {
+            // Without --isa, the choice DDEPC_ISA made stands (the artifact may have been compiled for it).
+            if let isa, ddp_set_isa(isa) == 0 {
                 throw RuntimeError("--isa \(isa): this CPU cannot run it; use native, avx512 (where the CPU has it) or avx2")
             }
             if let threads { ddp_set_thread_limit(Int32(threads)) }

@@ -48,6 +48,12 @@ final class BenchCLITests: XCTestCase {
         XCTAssertEqual(held.status, 0, held.all)
         XCTAssertTrue(held.stdout.contains("2 threads, measured now"), held.stdout)
 
+        // Without --isa, DDEPC_ISA's choice stands (it used to be reset to native).
+        let narrow = try DdepcCommand.run(["bench", artifact, "--entry", "infer", "--calls", "1", "--threads", "1", "--n", "64"],
+                                          in: Self.repository, environment: ["DDEPC_ISA": "avx2"])
+        XCTAssertEqual(narrow.status, 0, narrow.all)
+        XCTAssertTrue(narrow.stdout.contains("(avx2, 1 threads"), narrow.stdout)
+
         let unknown = try ddepc(["bench", artifact, "--entry", "nope", "--calls", "1", "--n", "64"])
         XCTAssertEqual(unknown.status, 1)
         XCTAssertTrue(unknown.stderr.contains("no entry point 'nope'") && unknown.stderr.contains("infer"), unknown.stderr)
