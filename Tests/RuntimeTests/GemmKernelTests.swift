@@ -44,8 +44,11 @@ final class GemmKernelTests: XCTestCase {
         // blocks, and a product narrower than a panel (n < 16 takes Cᵀ);
         // thin deep products of rows (A·Bᵀ, at most 16×32, at least 128 deep)
         // take dot products on AVX-512, over ragged 4×4 blocks and 16 lanes.
+        // A last panel of a few columns (at most 8 of AVX-512's 32, 4 of
+        // AVX2's 16) runs down the rows instead (n = 7, 33, 99, 100), one of
+        // at most half a panel on one vector (44, 70).
         let shapes: [(m: Int, n: Int, k: Int)] = [(1, 1, 1), (5, 7, 3), (13, 33, 257), (40, 9, 300), (70, 100, 600), (205, 99, 513),
-                                                  (13, 30, 301), (2, 17, 1000), (16, 32, 128)]
+                                                  (13, 30, 301), (2, 17, 1000), (16, 32, 128), (24, 44, 200), (19, 70, 150)]
         for (m, n, k) in shapes {
             for (transA, transB) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
                 let batch = 2
