@@ -97,6 +97,14 @@ tile_avx512(const int rows, const int vectors, int64_t kc, const float *restrict
 /// (tile_avx512_across) instead of across its columns.
 #define ACROSS_MOST_COLS 8
 
+/// Stores (or adds) the sums of a panel computed across its rows: element
+/// (r, j) is sums[j·lanes + r].
+static inline void store_across(const float *sums, int lanes, int rows, int cols, float *restrict c, int64_t ldc,
+                                int accumulate) {
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) c[r * ldc + j] = accumulate ? sums[j * lanes + r] + c[r * ldc + j] : sums[j * lanes + r];
+}
+
 // A ragged panel of a few columns (a Winograd block of 98 tiles ends in a
 // panel of 2): the vectors run down the MR rows of the A panel instead of
 // along B's row, one accumulator per column, so each step of the sum is one
@@ -118,8 +126,7 @@ tile_avx512_across(const int cols, int64_t kc, const float *restrict a, const fl
     }
     float sums[ACROSS_MOST_COLS][16] __attribute__((aligned(64)));
     for (int j = 0; j < cols; j++) _mm512_store_ps(sums[j], acc[j]);
-    for (int r = 0; r < rows; r++)
-        for (int j = 0; j < cols; j++) c[r * ldc + j] = accumulate ? sums[j][r] + c[r * ldc + j] : sums[j][r];
+    store_across(sums[0], 16, rows, cols, c, ldc, accumulate);
 }
 
 __attribute__((target("avx512f"))) static void
@@ -210,8 +217,7 @@ tile_avx2_across(const int cols, int64_t kc, const float *restrict a, const floa
     }
     float sums[ACROSS_MOST_COLS_AVX2][8] __attribute__((aligned(32)));
     for (int j = 0; j < cols; j++) _mm256_store_ps(sums[j], acc[j]);
-    for (int r = 0; r < rows; r++)
-        for (int j = 0; j < cols; j++) c[r * ldc + j] = accumulate ? sums[j][r] + c[r * ldc + j] : sums[j][r];
+    store_across(sums[0], 8, rows, cols, c, ldc, accumulate);
 }
 
 __attribute__((target("avx2,fma"))) static void
