@@ -293,15 +293,22 @@ static _Thread_local struct {
     size_t offset[DDP_SCRATCH_SLOTS], floats[DDP_SCRATCH_SLOTS];
 } carved;
 
+/// The loan the calling thread runs under and its part of it (`*part`), or
+/// NULL when there is none or no part for this thread.
+static const thread_loan *current_loan(int *part) {
+    int in_region = region_loan.data != NULL; // a worker's chunk, else the lending thread
+    const thread_loan *loan = in_region ? &region_loan : &own_loan;
+    *part = in_region ? region_part : 0;
+    return loan->data != NULL && *part < loan->parts ? loan : NULL;
+}
 
 /// `floats` for `slot` from this thread's part of the loan it runs under,
 /// the same block for every request of the slot that fits it during one
 /// loan; NULL without a loan or room (the heap block serves it then).
 static float *from_loan(int slot, size_t floats) {
-    int in_region = region_loan.data != NULL; // a worker's chunk, else the lending thread
-    const thread_loan *loan = in_region ? &region_loan : &own_loan;
-    int part = in_region ? region_part : 0;
-    if (loan->data == NULL || part >= loan->parts) return NULL;
+    int part;
+    const thread_loan *loan = current_loan(&part);
+    if (loan == NULL) return NULL;
     if (carved.generation != loan->generation) {
         carved.generation = loan->generation;
         carved.used = 0;
@@ -323,10 +330,9 @@ static float *from_loan(int slot, size_t floats) {
 }
 
 size_t ddp_thread_scratch_loan_floats(void) {
-    int in_region = region_loan.data != NULL;
-    const thread_loan *loan = in_region ? &region_loan : &own_loan;
-    int part = in_region ? region_part : 0;
-    if (loan->data == NULL || part >= loan->parts) return 0;
+    int part;
+    const thread_loan *loan = current_loan(&part);
+    if (loan == NULL) return 0;
     size_t used = carved.generation == loan->generation ? carved.used : 0; // what its slots took already
     return loan->part_floats > used ? loan->part_floats - used : 0;
 }

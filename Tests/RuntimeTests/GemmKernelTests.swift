@@ -45,8 +45,9 @@ final class GemmKernelTests: XCTestCase {
         // thin deep products of rows (A·Bᵀ, at most 16×32, at least 128 deep)
         // take dot products on AVX-512, over ragged 4×4 blocks and 16 lanes.
         // A last panel of a few columns (at most 8 of AVX-512's 32, 4 of
-        // AVX2's 16) runs down the rows instead (n = 7, 33, 99, 100), one of
-        // at most half a panel on one vector (44, 70).
+        // AVX2's 16) runs down the rows instead (n = 7, 33, 99, 100; 70 on
+        // AVX-512), one of at most half a panel on one vector (44 on
+        // AVX-512, 70 on AVX2).
         let shapes: [(m: Int, n: Int, k: Int)] = [(1, 1, 1), (5, 7, 3), (13, 33, 257), (40, 9, 300), (70, 100, 600), (205, 99, 513),
                                                   (13, 30, 301), (2, 17, 1000), (16, 32, 128), (24, 44, 200), (19, 70, 150)]
         for (m, n, k) in shapes {
