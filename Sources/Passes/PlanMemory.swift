@@ -36,10 +36,26 @@ public struct PlanMemory: Pass {
         /// Updates computed in place of their argument, and their bytes.
         public var inPlaceUpdates = 0
         public var inPlaceBytes = 0
+        /// What is live at the peak, by producing op, largest first: where
+        /// the memory goes, and what rematerialize or a budget could free.
+        public var heldAtPeak: [HeldValues] = []
         public var efficiency: Double { arenaBytes == 0 ? 1 : Double(lowerBoundBytes) / Double(arenaBytes) }
         public var description: String {
             "@\(function): arena \(arenaBytes) bytes, lower bound \(lowerBoundBytes) bytes (\(Int((efficiency * 100).rounded()))%)"
                 + (inPlaceUpdates > 0 ? ", \(inPlaceUpdates) updates in place (\(inPlaceBytes) bytes)" : "")
+                + (heldAtPeak.isEmpty ? "" : "; at the peak: " + heldAtPeak.prefix(6).map(\.description).joined(separator: ", "))
+        }
+    }
+
+    /// Values of one kind live at a function's peak: the op that produced
+    /// them (for kernel scratch, "scratch of" it), how many, and their bytes.
+    public struct HeldValues: CustomStringConvertible {
+        public var producer: String
+        public var count: Int
+        public var bytes: Int
+        public var description: String {
+            bytes >= 1_000_000 ? String(format: "%@ %.1f MB (%d)", producer, Double(bytes) / 1e6, count)
+                : String(format: "%@ %.1f kB (%d)", producer, Double(bytes) / 1e3, count)
         }
     }
 
@@ -80,7 +96,21 @@ public struct PlanMemory: Pass {
         report.inPlaceUpdates = live.inPlace.count
         let types = function.types
         report.inPlaceBytes = live.inPlace.keys.reduce(0) { $0 + types[$1]!.byteSize }
+        report.heldAtPeak = Self.heldAtPeak(function, live: live)
         return report
+    }
+
+    /// The buffers live at the peak, grouped by what produced them.
+    static func heldAtPeak(_ function: Function, live: Liveness) -> [HeldValues] {
+        let ops = Dictionary(uniqueKeysWithValues: function.nodes.map { ($0.id, $0.op) })
+        var groups: [String: HeldValues] = [:]
+        for buffer in live.buffers where buffer.first <= live.peak.position && live.peak.position <= buffer.last {
+            guard let value = buffer.value, let op = ops[value] else { continue }
+            let producer = buffer.scratch ? "scratch of " + op : op
+            groups[producer, default: HeldValues(producer: producer, count: 0, bytes: 0)].count += 1
+            groups[producer]!.bytes += buffer.size
+        }
+        return groups.values.sorted { ($0.bytes, $1.producer) > ($1.bytes, $0.producer) }
     }
 
     /// The buffers a function's values need before placement, and their peak.
@@ -158,7 +188,7 @@ public struct PlanMemory: Pass {
                     // Moments a convolution's epilogue gathers are written during its call.
                     let first = BatchMomentsOps.isWrittenByProducer(node) ? position - 1 : position
                     bufferOf[node.id] = buffers.count
-                    buffers.append(Buffer(size: size, first: first, last: lastUse[node.id] ?? position))
+                    buffers.append(Buffer(size: size, first: first, last: lastUse[node.id] ?? position, value: node.id))
                 }
             }
             // Kernel scratch, live during the node's call only.
@@ -166,7 +196,7 @@ public struct PlanMemory: Pass {
                                                                         attrs: node.attrs) ?? 0
             if scratch > 0 {
                 scratchOf[node.id] = buffers.count
-                buffers.append(Buffer(size: Self.aligned(scratch * 4), first: position, last: position))
+                buffers.append(Buffer(size: Self.aligned(scratch * 4), first: position, last: position, value: node.id, scratch: true))
             }
         }
         var change = [Int](repeating: 0, count: end + 2)
@@ -233,6 +263,10 @@ public struct PlanMemory: Pass {
         var size: Int
         var first: Int
         var last: Int
+        /// The value that made it (the first, when others write over it),
+        /// or the node whose kernel scratch it is.
+        var value: ValueID? = nil
+        var scratch = false
         func overlaps(_ other: Buffer) -> Bool { first <= other.last && other.first <= last }
     }
 

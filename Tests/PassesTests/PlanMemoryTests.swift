@@ -174,6 +174,12 @@ final class PlanMemoryTests: XCTestCase {
         XCTAssertNil(byID[3]!.scratchOffset)
         XCTAssertEqual(report.lowerBoundBytes, 2 * 4096 + scratchBytes, "input, output and scratch of one call")
         XCTAssertEqual(check.failures, [])
+        // At the peak, the first convolution's call: its scratch, its result,
+        // and its input (the buffer exp made, which tanh wrote over).
+        XCTAssertEqual(report.heldAtPeak.map(\.producer), ["scratch of conv2d", "conv2d", "exp"])
+        XCTAssertEqual(report.heldAtPeak.map(\.bytes), [scratchBytes, 4096, 4096])
+        XCTAssertEqual(report.heldAtPeak.map(\.bytes).reduce(0, +), report.lowerBoundBytes)
+        XCTAssertTrue(report.description.hasSuffix("at the peak: scratch of conv2d 55.3 kB (1), conv2d 4.1 kB (1), exp 4.1 kB (1)"), report.description)
         // Printed and parsed back; the checker refuses scratch over a live buffer.
         let printed = Printer.print(function)
         XCTAssertTrue(printed.contains("scratch @\(byID[5]!.scratchOffset!)"), printed)
