@@ -26,31 +26,42 @@ let package = Package(
         .target(name: "JPEGCodec", dependencies: ["CJPEG"], cSettings: kernelFlags,
                 linkerSettings: [.linkedLibrary("jpeg")]),
 
+        // What compiler, generated code and kernels agree on: the kernel list
+        // and signatures (C, KernelABI), the buffer layout, the manifest and
+        // the steps' signature (Swift, ABI). Imports nothing else of ours.
+        .target(name: "KernelABI"),
+        .target(name: "ABI", dependencies: ["KernelABI"]),
+
         // The runtime kernels called by every compiled module (C, OpenBLAS,
         // and glibc's vector math library for random_normal).
-        .target(name: "DDPKernels", dependencies: ["CBLAS"], cSettings: kernelFlags,
+        .target(name: "DDPKernels", dependencies: ["CBLAS", "KernelABI"], cSettings: kernelFlags,
                 linkerSettings: [.linkedLibrary("openblas"), .linkedLibrary("mvec"), .linkedLibrary("m")]),
 
         .target(name: "IR"),
-        .target(name: "Passes", dependencies: ["IR"]),
+        .target(name: "Passes", dependencies: ["IR", "ABI"]),
         // libLLVM, loaded when the LLVM backend first runs (see llvm_loader.c).
         .target(name: "LLVMLoader", linkerSettings: [.linkedLibrary("dl")]),
-        .target(name: "Codegen", dependencies: ["IR", "DDPKernels", "CLLVM", "LLVMLoader"]),
+        .target(name: "Codegen", dependencies: ["IR", "ABI", "CLLVM", "LLVMLoader"]),
         .target(name: "ModelZoo", dependencies: ["IR"]),
-        .target(name: "Runtime", dependencies: ["IR", "Passes", "Codegen", "DDPKernels", "CPNG", "CZLib", "JPEGCodec"]),
+        // Loads artifacts and runs their steps: knows the ABI and the
+        // kernels, not the compiler (it reads the IR's types, never its passes).
+        .target(name: "Runtime", dependencies: ["ABI", "IR", "DDPKernels", "CPNG", "CZLib", "JPEGCodec"]),
+        // Model files, the compile pipeline, the toolchain and the artifact it writes.
+        .target(name: "Driver", dependencies: ["ABI", "IR", "Passes", "Codegen", "DDPKernels", "Runtime"]),
         .executableTarget(name: "ddepc", dependencies: [
-            "IR", "Passes", "Codegen", "Runtime", "ModelZoo", "DDPKernels",
+            "ABI", "IR", "Passes", "Codegen", "Runtime", "Driver", "ModelZoo", "DDPKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/TestSupport"),
+        .testTarget(name: "ABITests", dependencies: ["ABI", "IR", "DDPKernels"]),
         .testTarget(name: "IRTests", dependencies: ["IR", "Passes", "TestSupport"]),
         .testTarget(name: "PassesTests", dependencies: ["IR", "Passes", "ModelZoo", "TestSupport"]),
-        .testTarget(name: "CodegenTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "TestSupport"]),
+        .testTarget(name: "CodegenTests", dependencies: ["ABI", "IR", "Passes", "Codegen", "Runtime", "Driver", "DDPKernels", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "DDPKernels", "TestSupport"]),
-        .testTarget(name: "ModelZooTests", dependencies: ["IR", "Passes", "ModelZoo", "TestSupport"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["IR", "Passes", "Runtime", "ModelZoo", "TestSupport", "DDPKernels"]),
+        .testTarget(name: "ModelZooTests", dependencies: ["ABI", "IR", "Passes", "ModelZoo", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["ABI", "IR", "Passes", "Runtime", "Driver", "ModelZoo", "TestSupport", "DDPKernels"]),
         // PyTorch parity (fixtures in Tests/Fixtures, written by tools/make_fixtures.py) and weight import.
-        .testTarget(name: "ParityTests", dependencies: ["IR", "Passes", "Codegen", "Runtime", "ModelZoo", "TestSupport"]),
+        .testTarget(name: "ParityTests", dependencies: ["ABI", "IR", "Passes", "Codegen", "Runtime", "Driver", "ModelZoo", "TestSupport"]),
     ]
 )

@@ -1,3 +1,4 @@
+import ABI
 import CLLVM
 import Foundation
 import IR

@@ -1,4 +1,4 @@
-import DDPKernels
+import ABI
 import IR
 
 /// A planned function lowered to the few things a backend must render:
@@ -75,7 +75,7 @@ public struct LoweredFunction {
     }
 
     /// The runtime kernel that runs a parallel loop (see ddp_kernels.h).
-    public static let parallelLoopKernel = Int(ddp_kernel_index("parallel_loop"))
+    public static let parallelLoopKernel = KernelTable.index(of: "parallel_loop")!
 
     public enum Step {
         case kernel(index: Int, name: String, buffers: [Address], ints: [Int], floats: [Double])
@@ -213,8 +213,9 @@ public enum Lowerer {
                 }
             case .kernelOverLoop(let exprOf, let kernelOf):
                 let call = try kernelOf(operandTypes, node.type, node.attrs)
-                let index = Int(ddp_kernel_index(call.kernel))
-                guard index >= 0 else { throw IRError("op \(node.op) needs kernel '\(call.kernel)', which the runtime lacks") }
+                guard let index = KernelTable.index(of: call.kernel) else {
+                    throw IRError("op \(node.op) needs kernel '\(call.kernel)', which the runtime lacks")
+                }
                 // The loop's result pointer is the kernel's own buffer; `result` only stands in for it.
                 var loop = makeLoop(result: result, type: operandTypes[0], operands: operands,
                                     operandShapes: operandTypes.map(\.shape), expr: try exprOf(node.attrs))
@@ -225,8 +226,9 @@ public enum Lowerer {
                 steps.append(.loop(loop))
             case .kernels(let lower):
                 for call in try lower(operandTypes, node.type, node.attrs) {
-                    let index = Int(ddp_kernel_index(call.kernel))
-                    guard index >= 0 else { throw IRError("op \(node.op) needs kernel '\(call.kernel)', which the runtime lacks") }
+                    guard let index = KernelTable.index(of: call.kernel) else {
+                        throw IRError("op \(node.op) needs kernel '\(call.kernel)', which the runtime lacks")
+                    }
                     let buffers = call.buffers.map { ref -> LoweredFunction.Address in
                         switch ref {
                         case .operand(let i): return operands[i]
@@ -260,7 +262,7 @@ public enum Lowerer {
         return LoweredFunction(name: function.name, steps: steps)
     }
 
-    static let lendScratchKernel = Int(ddp_kernel_index("lend_scratch"))
+    static let lendScratchKernel = KernelTable.index(of: "lend_scratch")!
 
     /// The call lending `floats` of the arena at `region` to the next kernel
     /// call's weights scratch (0: taking the loan back).
@@ -268,7 +270,7 @@ public enum Lowerer {
         .kernel(index: lendScratchKernel, name: "lend_scratch", buffers: [region], ints: [floats], floats: [])
     }
 
-    static let lendThreadScratchKernel = Int(ddp_kernel_index("lend_thread_scratch"))
+    static let lendThreadScratchKernel = KernelTable.index(of: "lend_thread_scratch")!
 
     /// The call lending `floats` of the arena at `spare` to the next kernel
     /// call's per-thread scratch (0: taking the loan back).

@@ -19,10 +19,6 @@
 static const ddp_kernel_fn kernel_table[ddp_kernel_count] = {DDP_KERNEL_LIST(DDP_TABLE_ENTRY)};
 #undef DDP_TABLE_ENTRY
 
-#define DDP_NAME_ENTRY(name) #name,
-static const char *const kernel_names[ddp_kernel_count] = {DDP_KERNEL_LIST(DDP_NAME_ENTRY)};
-#undef DDP_NAME_ENTRY
-
 const ddp_kernel_fn *ddp_kernel_table(void) { return kernel_table; }
 
 // MARK: - Profiling table
@@ -95,17 +91,6 @@ int ddp_profile_logged_kernel(int64_t i) { return i >= 0 && i < call_log_count &
 
 double ddp_profile_logged_seconds(int64_t i) {
     return i >= 0 && i < call_log_count && i < call_log_capacity ? call_log[i].seconds : 0.0;
-}
-
-int ddp_kernel_index(const char *name) {
-    if (name == NULL) return -1;
-    for (int i = 0; i < ddp_kernel_count; i++)
-        if (strcmp(kernel_names[i], name) == 0) return i;
-    return -1;
-}
-
-const char *ddp_kernel_name(int index) {
-    return (index >= 0 && index < ddp_kernel_count) ? kernel_names[index] : NULL;
 }
 
 // MARK: - Random numbers

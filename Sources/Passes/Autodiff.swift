@@ -1,3 +1,4 @@
+import ABI
 import IR
 
 /// Reverse-mode differentiation of every function that returns a "loss",
@@ -11,7 +12,7 @@ import IR
 public struct Autodiff: Pass {
     public static let name = "autodiff"
     public static let gradientPrefix = "grad:"
-    public static let lossName = "loss"
+    public static let lossName = StepSignature.loss
 
     public init() {}
 

@@ -1,3 +1,4 @@
+import ABI
 import IR
 
 /// Lowers `grad:*` outputs into an in-graph Adam/AdamW update (PyTorch's
@@ -22,27 +23,24 @@ import IR
 /// Moments are state arguments `opt.m.<param>` / `opt.v.<param>`.
 public struct AdamOptimizer: Pass {
     public static let name = "optimizer"
-    public var beta1 = 0.9
-    public var beta2 = 0.999
-    public var epsilon = 1e-8
+    /// β₁, β₂ and ε, recorded in the artifact's manifest for the trainer.
+    public var settings: AdamSettings
     /// Whether the step takes `clip_norm` and scales its gradients by it.
     public var clipping = false
 
     public init(beta1: Double = 0.9, beta2: Double = 0.999, epsilon: Double = 1e-8, clipping: Bool = false) {
-        self.beta1 = beta1
-        self.beta2 = beta2
-        self.epsilon = epsilon
+        settings = AdamSettings(beta1: beta1, beta2: beta2, epsilon: epsilon)
         self.clipping = clipping
     }
 
     /// The output holding the global gradient norm.
-    public static let gradNormName = "grad_norm"
+    public static let gradNormName = StepSignature.gradNorm
     /// The prefix of the moments' state arguments.
     public static let statePrefix = "opt."
 
     /// The scalar inputs of every optimized step; `clipNormName` too with clipping.
-    public static let inputNames = ["lr", "bc1", "bc2", "weight_decay", "l2"]
-    public static let clipNormName = "clip_norm"
+    public static let inputNames = StepSignature.optimizerInputs
+    public static let clipNormName = StepSignature.clipNorm
 
     public func run(_ module: inout Module) throws -> Bool {
         var changed = false
@@ -60,10 +58,11 @@ public struct AdamOptimizer: Pass {
         let b = FunctionBuilder(function)
         let scalar = TensorType.f32([])
         let inputs = Dictionary(uniqueKeysWithValues: Self.inputNames.map { ($0, b.argument($0, scalar, role: .input)) })
-        let (lr, bc1, bc2, wd) = (inputs["lr"]!, inputs["bc1"]!, inputs["bc2"]!, inputs["weight_decay"]!)
-        let beta1 = try b.constant(self.beta1), oneMinusBeta1 = try b.constant(1 - self.beta1)
-        let beta2 = try b.constant(self.beta2), oneMinusBeta2 = try b.constant(1 - self.beta2)
-        let eps = try b.constant(epsilon)
+        let (lr, bc1, bc2, wd) = (inputs[StepSignature.learningRate]!, inputs[StepSignature.biasCorrection1]!,
+                                  inputs[StepSignature.biasCorrection2]!, inputs[StepSignature.weightDecay]!)
+        let beta1 = try b.constant(settings.beta1), oneMinusBeta1 = try b.constant(1 - settings.beta1)
+        let beta2 = try b.constant(settings.beta2), oneMinusBeta2 = try b.constant(1 - settings.beta2)
+        let eps = try b.constant(settings.epsilon)
 
         let params = try gradOutputs.map { output -> (Argument, Value) in
             let name = String(output.name.dropFirst(Autodiff.gradientPrefix.count))
@@ -88,7 +87,7 @@ public struct AdamOptimizer: Pass {
 
         for (param, rawGrad) in params {
             let p = b.value(param.id)
-            let g = try b.add(try scale.map { try b.mul(rawGrad, $0) } ?? rawGrad, try b.mul(inputs["l2"]!, p))
+            let g = try b.add(try scale.map { try b.mul(rawGrad, $0) } ?? rawGrad, try b.mul(inputs[StepSignature.l2]!, p))
             let m = b.argument(Self.statePrefix + "m." + param.name, param.type, role: .state, initRule: .zeros)
             let v = b.argument(Self.statePrefix + "v." + param.name, param.type, role: .state, initRule: .zeros)
             let newM = try b.add(try b.mul(beta1, m), try b.mul(oneMinusBeta1, g))

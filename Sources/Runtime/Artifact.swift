@@ -1,4 +1,4 @@
-import Codegen
+import ABI
 import DDPKernels
 import Foundation
 import IR
@@ -26,38 +26,33 @@ public struct Artifact {
         guard manifest.format == Manifest.formatVersion, manifest.ddepcVersion == ddepcVersion else {
             throw RuntimeError("\(directory.path) was built by ddepc \(manifest.ddepcVersion) (format \(manifest.format)); this is ddepc \(ddepcVersion). Recompile it with `ddepc compile`.")
         }
-        guard manifest.kernelABI == CompileDriver.kernelABIHash() else {
+        guard manifest.kernelABI == KernelTable.abiHash else {
             throw RuntimeError("\(directory.path) was built against a different runtime kernel table. Recompile it with `ddepc compile`.")
         }
         let irURL = directory.appendingPathComponent("final.ddir")
-        // The layout check parses the whole IR: tens of MB of nodes that die
-        // with it. The op registry it reads is built on first use and lives
-        // for the process; built before the parse, it does not sit among the
-        // parse's pages and keep them resident (8 MB of heap at TransUNet's
-        // size), and they go back to the system once the check is done.
-        _ = OpRegistry.spec("add")
         guard let ir = try? String(contentsOf: irURL, encoding: .utf8), Hashing.fnv1a(ir) == manifest.irHash else {
             throw RuntimeError("\(irURL.path) is missing or does not match the manifest's IR hash \(manifest.irHash): the artifact was modified or is incomplete. Recompile it with `ddepc compile`.")
         }
-        try Self.checkLayout(of: manifest, against: ir, manifestURL: manifestURL)
-        ddp_release_free_heap()
+        try Self.checkFingerprint(of: manifest, against: ir, manifestURL: manifestURL)
         self.manifest = manifest
     }
 
     /// The generated code addresses its buffers by the layout in the
     /// manifest, which the IR hash does not cover: an edited size, batch,
-    /// offset or byte count would make the code write outside its buffers.
-    /// So the layout is derived again from `final.ddir` and must be equal.
-    static func checkLayout(of manifest: Manifest, against ir: String, manifestURL: URL) throws {
+    /// offset or byte count would make the code write outside its buffers,
+    /// an edited β train with the wrong bias corrections. So they must match
+    /// what the compile recorded in `final.ddir`.
+    static func checkFingerprint(of manifest: Manifest, against ir: String, manifestURL: URL) throws {
         let recompile = "the artifact was modified. Recompile it with `ddepc compile`."
-        guard let module = try? Parser.parse(ir), let layout = try? BufferLayout(module: module) else {
-            throw RuntimeError("\(manifestURL.deletingLastPathComponent().path)/final.ddir cannot be read back; \(recompile)")
+        guard let recorded = ArtifactFingerprint(firstLineOf: ir) else {
+            throw RuntimeError("\(manifestURL.deletingLastPathComponent().path)/final.ddir does not start with the artifact's fingerprint; \(recompile)")
         }
-        guard layout == manifest.layout else {
-            throw RuntimeError("\(manifestURL.path) does not match its final.ddir (the buffer layout differs); \(recompile)")
+        let expected = ArtifactFingerprint(manifest)
+        guard (recorded.batch, recorded.size, recorded.classes) == (expected.batch, expected.size, expected.classes) else {
+            throw RuntimeError("\(manifestURL.path) does not match its final.ddir (batch \(manifest.batch), size \(manifest.size), \(manifest.classes) classes vs batch \(recorded.batch), size \(recorded.size), \(recorded.classes) classes in the IR); \(recompile)")
         }
-        if let shape = ModelShape(of: module), shape != ModelShape(batch: manifest.batch, size: manifest.size, classes: manifest.classes) {
-            throw RuntimeError("\(manifestURL.path) does not match its final.ddir (batch \(manifest.batch), size \(manifest.size), \(manifest.classes) classes vs batch \(shape.batch), size \(shape.size), \(shape.classes) classes in the IR); \(recompile)")
+        guard recorded.contractHash == expected.contractHash else {
+            throw RuntimeError("\(manifestURL.path) does not match its final.ddir (the buffer layout or the optimizer's constants differ); \(recompile)")
         }
     }
 

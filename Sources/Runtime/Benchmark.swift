@@ -1,22 +1,17 @@
-import Codegen
+import ABI
 import DDPKernels
 import Foundation
 import IR
 
-/// Floating-point work of the compute-bound ops (the ones whose spec counts
-/// its FLOPs: convolutions, their gradients and fused forms, matmul), the
-/// part that can approach the machine's peak.
-public enum FlopCounter {
-    public static func gemmFlops(_ function: Function) -> Double {
-        var types = function.types
-        var flops = 0.0
-        for node in function.nodes {
-            if let rule = OpRegistry.spec(node.op)?.flops {
-                flops += rule(node.operands.map { types[$0]! }, node.type, node.attrs)
-            }
-            types[node.id] = node.type
-        }
-        return flops
+/// What the compiler knows of a step that a benchmark reports beside its
+/// times: its counted FLOPs, and its kernel calls in the order the compiled
+/// code makes them (each with the printed node it computes).
+public struct StepFacts {
+    public var flops: Double
+    public var kernelCalls: [(kernel: String, node: String)]
+    public init(flops: Double, kernelCalls: [(kernel: String, node: String)] = []) {
+        self.flops = flops
+        self.kernelCalls = kernelCalls
     }
 }
 
@@ -60,21 +55,25 @@ public enum Benchmark {
         return usage.ru_maxrss * 1024
     }
 
-    /// Times entry points on synthetic inputs. Buffers are allocated and
-    /// inputs written once, before the warm-up: each timed call is the
-    /// compiled step alone.
-    public static func run(_ artifact: Artifact, entries: [String]? = nil, calls: Int, warmup: Int = 2,
-                           profile: Bool = false) throws -> [BenchmarkResult] {
+    /// The entry points `entries` names (nil: all), checked against the artifact.
+    public static func entries(_ entries: [String]?, of artifact: Artifact) throws -> [String] {
         let layouts = artifact.manifest.layout.entries
         if let entries, let unknown = entries.first(where: { name in !layouts.contains { $0.name == name } }) {
             throw RuntimeError("the artifact has no entry point '\(unknown)'; it has \(layouts.map(\.name).joined(separator: ", "))")
         }
-        let timed = layouts.filter { entries?.contains($0.name) ?? true }
-        // What the IR tells, read before any step runs: the parsed module
-        // is the compiler's, not the step's, and held through the calls it
-        // would count in the peak RSS a training process is compared by.
-        let (flops, expected) = try stepFacts(artifact, entries: timed.map(\.name), profile: profile)
-        ddp_release_free_heap() // and its pages go back to the system
+        return layouts.map(\.name).filter { entries?.contains($0) ?? true }
+    }
+
+    /// Times entry points on synthetic inputs. Buffers are allocated and
+    /// inputs written once, before the warm-up: each timed call is the
+    /// compiled step alone. `facts` come from the artifact's IR, read before
+    /// (the parsed module is the compiler's, not the step's: held through
+    /// the calls it would count in the peak RSS a training process is
+    /// compared by); with `profile`, their kernel calls name each call.
+    public static func run(_ artifact: Artifact, facts: [String: StepFacts], calls: Int, warmup: Int = 2,
+                           profile: Bool = false) throws -> [BenchmarkResult] {
+        let timed = artifact.manifest.layout.entries.filter { facts[$0.name] != nil }
+        ddp_release_free_heap() // the IR's pages go back to the system
         let executor = try Executor(artifact: artifact)
         executor.store.initialize(seed: 1)
         var results: [BenchmarkResult] = []
@@ -85,7 +84,7 @@ public enum Benchmark {
             let kernels = profile ? ddp_profiling_kernel_table()! : ddp_kernel_table()!
             ddp_profile_reset()
             // The step's kernel calls as the compiled code makes them, to log each one.
-            let expectedCalls = expected[entry.name] ?? []
+            let expectedCalls = facts[entry.name]?.kernelCalls ?? []
             if profile { _ = ddp_profile_log_calls(Int64(expectedCalls.count * calls)) }
             defer { _ = ddp_profile_log_calls(0) }
             var seconds: [Double] = []
@@ -95,7 +94,7 @@ public enum Benchmark {
                 seconds.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
             }
             var result = BenchmarkResult(entry: entry.name, callSeconds: seconds, batch: artifact.manifest.batch,
-                                         flops: flops[entry.name] ?? 0, arenaBytes: entry.arenaBytes)
+                                         flops: facts[entry.name]?.flops ?? 0, arenaBytes: entry.arenaBytes)
             if profile {
                 for index in 0..<Int32(ddp_kernel_count.rawValue) where ddp_profile_kernel_calls(index) > 0 {
                     result.kernels.append((String(cString: ddp_kernel_name(index)), ddp_profile_kernel_seconds(index) / Double(calls),
@@ -113,24 +112,15 @@ public enum Benchmark {
         var inputs: [String: HostTensor] = [:]
         for slot in entry.inputs {
             let type = TensorType(DType(rawValue: slot.dtype)!, slot.shape)
-            let value: Double = slot.name == "x" ? 0.5 : slot.name == "lr" ? 1e-4 : slot.name.hasPrefix("bc") ? 1 : 0
+            let value: Double = switch slot.name {
+            case StepSignature.image: 0.5
+            case StepSignature.learningRate: 1e-4
+            case StepSignature.biasCorrection1, StepSignature.biasCorrection2: 1
+            default: 0
+            }
             inputs[slot.name] = HostTensor(type, [Double](repeating: value, count: type.count))
         }
         return inputs
-    }
-
-    /// Each entry's counted FLOPs and, when profiling, its kernel calls in
-    /// the order the compiled code makes them.
-    static func stepFacts(_ artifact: Artifact, entries: [String], profile: Bool) throws
-        -> (flops: [String: Double], calls: [String: [(kernel: String, node: String)]]) {
-        let module = try Parser.parse(try artifact.finalIR)
-        var flops: [String: Double] = [:], calls: [String: [(kernel: String, node: String)]] = [:]
-        for name in entries {
-            guard let function = module.function(named: name) else { throw RuntimeError("the artifact's IR has no function '\(name)'") }
-            flops[name] = FlopCounter.gemmFlops(function)
-            if profile { calls[name] = try Lowerer.lower(function, layout: artifact.manifest.layout).kernelCalls }
-        }
-        return (flops, calls)
     }
 
     /// The logged calls matched position by position to `expected` (one

@@ -1,4 +1,4 @@
-import Codegen
+import ABI
 import DDPKernels
 import Foundation
 import IR

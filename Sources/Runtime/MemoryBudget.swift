@@ -1,4 +1,4 @@
-import Codegen
+import ABI
 import Foundation
 
 /// Checks a large request against the machine's memory before allocating:

@@ -1,4 +1,4 @@
-import Codegen
+import ABI
 import Foundation
 import IR
 

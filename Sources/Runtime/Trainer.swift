@@ -1,4 +1,4 @@
-import Codegen
+import ABI
 import Foundation
 import IR
 
@@ -138,7 +138,7 @@ public struct TrainOptions {
 /// `RUN/config.json` and into every checkpoint's metadata. A resumed run
 /// must have the same configuration (except the number of steps).
 public struct RunConfig: Codable, Equatable, Sendable {
-    public var ddepcVersion = Runtime.ddepcVersion
+    public var ddepcVersion = ABI.ddepcVersion
     public var artifact: String
     public var irHash: String
     public var mode: TrainMode
@@ -255,8 +255,7 @@ public final class Trainer {
     var subsetURL: URL { options.runDirectory.appendingPathComponent("label_subset.txt") }
 
     /// The inputs this trainer knows how to fill.
-    static let knownInputs: Set<String> = ["x", "labels", "seed", "noise_a", "noise_b", "target_noise", "target_image",
-                                           "lr", "bc1", "bc2", "weight_decay", "l2", "clip_norm"]
+    static let knownInputs = StepSignature.inputs
 
     func input(_ name: String) -> BufferLayout.Slot? { entry.inputs.first { $0.name == name } }
 
@@ -267,8 +266,11 @@ public final class Trainer {
         if let unknown = entry.inputs.first(where: { !Self.knownInputs.contains($0.name) }) {
             throw RuntimeError("\(step) takes an input \"\(unknown.name)\" that `ddepc train --mode \(options.mode.rawValue)` does not provide; is the artifact from another ddepc version?")
         }
-        guard entry.outputs.contains(where: { $0.name == "loss" }) else {
+        guard entry.outputs.contains(where: { $0.name == StepSignature.loss }) else {
             throw RuntimeError("\(step) has no loss output; recompile the artifact with this ddepc")
+        }
+        guard manifest.optimizer != nil || input(StepSignature.biasCorrection1) == nil else {
+            throw RuntimeError("\(step) updates its weights with Adam, but the manifest does not say with which constants; recompile the artifact with this ddepc")
         }
         if let batchSize = options.batchSize, batchSize != manifest.batch {
             let each = options.processes.count > 1 ? " (the batch of each of the \(options.processes.count) processes; the global batch is \(options.processes.count) × that)" : ""
@@ -277,18 +279,18 @@ public final class Trainer {
         if options.optimizer == .adam && options.weightDecay != 0 && input("l2") == nil {
             throw RuntimeError("--optimizer adam with --weight-decay adds the decay to the gradient (L2), but \(step) only has decoupled (AdamW) weight decay; use --optimizer adamw, or --weight-decay 0")
         }
-        if options.clipGradNorm != nil && input("clip_norm") == nil {
+        if options.clipGradNorm != nil && input(StepSignature.clipNorm) == nil {
             throw RuntimeError("--clip-grad-norm needs a step compiled with gradient-norm clipping (an input clip_norm); \(step) of this artifact has none, so gradients cannot be clipped. Recompile the artifact with `ddepc compile --gradient-clipping` (its steps then hold every gradient until the update), or drop --clip-grad-norm")
         }
         if options.mode.isDenoising {
-            guard input("target_noise") != nil, input("target_image") != nil else {
+            guard input(StepSignature.targetNoise) != nil, input(StepSignature.targetImage) != nil else {
                 throw RuntimeError("\(step) of this artifact cannot choose its denoising target (no target_noise/target_image inputs); recompile it with this ddepc")
             }
             if options.gammaSchedule == .uniform {
                 guard options.noise == .scaled else {
                     throw RuntimeError("--gamma-schedule uniform draws γ of scaled noise; use it with --noise scaled")
                 }
-                guard let a = input("noise_a"), a.shape.reduce(1, *) == manifest.batch, manifest.batch > 1 || a.shape == [1] else {
+                guard let a = input(StepSignature.noiseA), a.shape.reduce(1, *) == manifest.batch, manifest.batch > 1 || a.shape == [1] else {
                     throw RuntimeError("--gamma-schedule uniform needs one γ per image, but \(step) of this artifact takes one noise scale for the whole batch (noise_a/noise_b are f32[]); use --gamma-schedule fixed until the compiler provides per-image noise scales")
                 }
             }
@@ -408,21 +410,21 @@ public final class Trainer {
             precondition(inputs.step == step, "the loader delivered step \(inputs.step) for step \(step)")
             let waited = Date().timeIntervalSince(stepStart)
             for (name, values) in inputs.floats { try setFloats(name, values, io) }
-            if !labelsChecked, let labels = inputs.ints["labels"] {
+            if !labelsChecked, let labels = inputs.ints[StepSignature.labels] {
                 if !labels.contains(where: { $0 != Int32(LabelMap.ignoreLabel) }), let dataset { try requireLabeledPixels(dataset) }
                 labelsChecked = true
             }
             for (name, values) in inputs.ints {
                 // classify_step takes one label per image, carried here as a constant mask.
-                let perImage = options.mode == .classify && name == "labels"
+                let perImage = options.mode == .classify && name == StepSignature.labels
                 try setInts(name, perImage ? ClassifiedImages.imageLabels(fromPixels: values, batch: batch) : values, io)
             }
             let lr = options.learningRate(at: step)
             try setStepScalars(step: step, lr: lr, io: io)
             let communicationBefore = processes.communicationSeconds
             try module.call(entry.name, params: store.params.pointer, state: store.state.pointer, io: io.pointer, arena: arena.pointer)
-            let loss = Double(try output("loss", io))
-            let gradNorm = entry.outputs.contains { $0.name == "grad_norm" } ? Double(try output("grad_norm", io)) : nil
+            let loss = Double(try output(StepSignature.loss, io))
+            let gradNorm = entry.outputs.contains { $0.name == StepSignature.gradNorm } ? Double(try output(StepSignature.gradNorm, io)) : nil
             step += 1
             // A non-finite gradient poisons the weights even while the loss
             // stays finite (ReLU maps NaN to 0), so both stop the run.
@@ -600,7 +602,7 @@ public final class Trainer {
     func noiseSeed(step: Int) -> UInt64 {
         var rng = SplitMix64(seed: options.seed &* 0x9E37_79B9 &+ UInt64(step))
         let seed = rng.next() & ((1 << 52) - 1)
-        let imageElements = (input("x")?.shape.dropFirst().reduce(1, *)) ?? 0
+        let imageElements = (input(StepSignature.image)?.shape.dropFirst().reduce(1, *)) ?? 0
         let offset = options.processes.rank * artifact.manifest.batch * imageElements
         return RandomOps.seed(seed, advancedBy: UInt64(offset))
     }
@@ -608,9 +610,9 @@ public final class Trainer {
     /// The per-step scalars: noise (denoising), optimizer, clipping.
     func setStepScalars(step: Int, lr: Double, io: AlignedBuffer) throws {
         if options.mode.isDenoising {
-            try setScalar("seed", Int64(bitPattern: noiseSeed(step: step)), io)
+            try setScalar(StepSignature.seed, Int64(bitPattern: noiseSeed(step: step)), io)
             var a = [Float](), b = [Float]()
-            let perImage = input("noise_a").map { $0.shape.reduce(1, *) } ?? 1
+            let perImage = input(StepSignature.noiseA).map { $0.shape.reduce(1, *) } ?? 1
             for i in 0..<perImage {
                 switch options.gammaSchedule {
                 case .fixed:
@@ -625,20 +627,22 @@ public final class Trainer {
                     b.append(Float((1 - gamma).squareRoot()))
                 }
             }
-            if input("noise_a") != nil { try setFloats("noise_a", a, io) }
-            if input("noise_b") != nil { try setFloats("noise_b", b, io) }
+            if input(StepSignature.noiseA) != nil { try setFloats(StepSignature.noiseA, a, io) }
+            if input(StepSignature.noiseB) != nil { try setFloats(StepSignature.noiseB, b, io) }
             // The head predicts target_noise·ε + target_image·x.
-            try setScalar("target_noise", Float(options.target == .eps ? 1 : 0), io)
-            try setScalar("target_image", Float(options.target == .x ? 1 : 0), io)
+            try setScalar(StepSignature.targetNoise, Float(options.target == .eps ? 1 : 0), io)
+            try setScalar(StepSignature.targetImage, Float(options.target == .x ? 1 : 0), io)
         }
-        let t = Double(step + 1)
-        try setScalar("lr", Float(lr), io)
-        try setScalar("bc1", Float(1 / (1 - pow(0.9, t))), io)
-        try setScalar("bc2", Float(1 / (1 - pow(0.999, t))), io)
+        try setScalar(StepSignature.learningRate, Float(lr), io)
+        if let adam = artifact.manifest.optimizer {
+            let (bc1, bc2) = adam.biasCorrections(step: step + 1)
+            try setScalar(StepSignature.biasCorrection1, Float(bc1), io)
+            try setScalar(StepSignature.biasCorrection2, Float(bc2), io)
+        }
         let decoupled = options.optimizer == .adamw
-        try setScalar("weight_decay", Float(decoupled ? options.weightDecay : 0), io)
-        try setScalar("l2", Float(decoupled ? 0 : options.weightDecay), io)
-        try setScalar("clip_norm", Float(options.clipGradNorm ?? 0), io)
+        try setScalar(StepSignature.weightDecay, Float(decoupled ? options.weightDecay : 0), io)
+        try setScalar(StepSignature.l2, Float(decoupled ? 0 : options.weightDecay), io)
+        try setScalar(StepSignature.clipNorm, Float(options.clipGradNorm ?? 0), io)
     }
 
     func slot(_ name: String) throws -> BufferLayout.Slot {

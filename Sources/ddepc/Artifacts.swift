@@ -1,3 +1,4 @@
+import ABI
 import ArgumentParser
 import Codegen
 import Foundation

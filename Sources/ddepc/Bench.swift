@@ -1,5 +1,6 @@
 import ArgumentParser
 import DDPKernels
+import Driver
 import Foundation
 import Runtime
 
@@ -50,7 +51,9 @@ struct Bench: ParsableCommand {
             let m = loaded.manifest
             print("\(artifact): \(m.backend) backend, batch \(m.batch), \(m.size)×\(m.size), \(calls) calls each")
             print("entry                median ms    min ms   images/s   GFLOP/s  % of peak   arena MB")
-            let results = try Benchmark.run(loaded, entries: entry.isEmpty ? nil : entry, calls: calls, profile: profile)
+            let timed = try Benchmark.entries(entry.isEmpty ? nil : entry, of: loaded)
+            let facts = try StepFacts.read(loaded, entries: timed, kernelCalls: profile)
+            let results = try Benchmark.run(loaded, facts: facts, calls: calls, profile: profile)
             for r in results {
                 print(r.entry.padding(toLength: 20, withPad: " ", startingAt: 0)
                       + String(format: "%10.2f %9.2f  %9.1f  %8.1f  %8.0f%%  %9.1f", r.medianSeconds * 1000, r.minimumSeconds * 1000,

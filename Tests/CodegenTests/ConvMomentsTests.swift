@@ -2,6 +2,7 @@ import Foundation
 import IR
 import Passes
 import Runtime
+import Driver
 import TestSupport
 import XCTest
 

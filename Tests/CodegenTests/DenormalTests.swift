@@ -2,6 +2,7 @@ import DDPKernels
 import Foundation
 import IR
 import Runtime
+import Driver
 import XCTest
 
 /// Compiled steps run with denormal floats flushed to zero, on the calling

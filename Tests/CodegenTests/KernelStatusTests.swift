@@ -3,6 +3,7 @@ import DDPKernels
 import Foundation
 import IR
 import Runtime
+import Driver
 import XCTest
 
 /// A kernel that cannot do its work returns a status; the generated entry

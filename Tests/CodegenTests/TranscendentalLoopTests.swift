@@ -1,6 +1,7 @@
 import Foundation
 import IR
 import Runtime
+import Driver
 import XCTest
 
 /// Generated loops compute exp, sigmoid and GELU's erf as plain arithmetic

@@ -1,3 +1,4 @@
+import ABI
 import Foundation
 import IR
 import Runtime

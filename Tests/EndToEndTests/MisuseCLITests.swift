@@ -360,7 +360,16 @@ final class MisuseCLITests: XCTestCase {
         }
         let small = try ddepc(["inspect", arena])
         XCTAssertEqual(small.status, 1, small.all)
-        XCTAssertTrue(small.stderr.contains("does not match its final.ddir (the buffer layout differs)"), small.stderr)
+        XCTAssertTrue(small.stderr.contains("does not match its final.ddir (the buffer layout or the optimizer's constants differ)"), small.stderr)
+
+        let betas = try tamperedArtifact("betas.ddepc") { manifest in
+            var optimizer = manifest["optimizer"] as! [String: Any]
+            optimizer["beta2"] = 0.99
+            manifest["optimizer"] = optimizer
+        }
+        let edited = try ddepc(train(betas))
+        XCTAssertEqual(edited.status, 1, edited.all)
+        XCTAssertTrue(edited.stderr.contains("the buffer layout or the optimizer's constants differ"), edited.stderr)
 
         let truncated = try tamperedArtifact("truncated.ddepc") { _ in }
         let library = URL(fileURLWithPath: truncated + "/module.so")

@@ -4,6 +4,7 @@ import IR
 import ModelZoo
 import Passes
 import Runtime
+import Driver
 import TestSupport
 import XCTest
 

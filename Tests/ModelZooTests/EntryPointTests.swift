@@ -1,3 +1,4 @@
+import ABI
 import IR
 import ModelZoo
 import XCTest
@@ -11,6 +12,17 @@ final class EntryPointTests: XCTestCase {
         XCTAssertEqual(module.functions.map(\.name), Self.allNames)
         try Verifier.verify(module)
         try checkSignatures(module, batch: 1, size: 64, classes: 2)
+    }
+
+    /// The trainer fills a step's inputs by the names the ABI gives them:
+    /// every input an entry point of the DSL declares is one of those.
+    func testEveryEntryPointInputIsInTheStepSignature() throws {
+        let module = try buildModule(UNet.small, config: EntryConfig(batch: 2, size: 64, classes: 2))
+        for function in module.functions {
+            for input in function.args where input.role == .input {
+                XCTAssertTrue(StepSignature.modelInputs.contains(input.name), "@\(function.name) takes \"\(input.name)\"")
+            }
+        }
     }
 
     func testResNet50UNetBuildsAllEntryPoints() throws {

@@ -1,3 +1,4 @@
+import ABI
 import Codegen
 import Foundation
 import IR

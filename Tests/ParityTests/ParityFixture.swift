@@ -2,6 +2,7 @@ import Foundation
 import IR
 import ModelZoo
 import Runtime
+import Driver
 import XCTest
 
 /// One fixture written by tools/make_fixtures.py: a model's weights, inputs

@@ -1,6 +1,7 @@
 import Foundation
 import ModelZoo
 import Runtime
+import Driver
 import XCTest
 
 /// `TransUNet.tiny` (two weight-standardized ResNet stages, two transformer

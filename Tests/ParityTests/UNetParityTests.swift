@@ -1,6 +1,7 @@
 import Foundation
 import ModelZoo
 import Runtime
+import Driver
 import XCTest
 
 /// `UNet.small` (ResNet-18 layout at base width 8, smp's U-Net decoder)

@@ -1,6 +1,7 @@
 import Foundation
 import ModelZoo
 import Runtime
+import Driver
 import XCTest
 
 /// `UNet.vgg16Tiny` (VGG16's layout at 1/8 width, HED's fixed input

@@ -2,6 +2,7 @@ import Foundation
 import IR
 import ModelZoo
 import Runtime
+import Driver
 import XCTest
 
 /// `timm-r50-vit-b16` import on the timm-named file tools/make_fixtures.py

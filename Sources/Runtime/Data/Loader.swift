@@ -1,3 +1,4 @@
+import ABI
 import Foundation
 
 /// The order examples are visited in: epoch after epoch, each a fresh
@@ -137,8 +138,8 @@ public final class BatchMaker: @unchecked Sendable {
         }
         if let error = errors.lazy.compactMap({ $0 }).first { throw error }
         var result = StepBatch(step: step, names: names)
-        result.floats["x"] = x
-        if withLabels { result.ints["labels"] = labels }
+        result.floats[StepSignature.image] = x
+        if withLabels { result.ints[StepSignature.labels] = labels }
         return result
     }
 

@@ -1,4 +1,4 @@
-import Codegen
+import ABI
 import Foundation
 import IR
 
@@ -64,7 +64,7 @@ public final class InferenceSession {
 
     /// The entry point's output `name` for images [B,3,S,S] (values in [-1, 1]).
     public func output(_ x: [Float], _ name: String) throws -> [Float] {
-        guard let input = entry.inputs.first(where: { $0.name == "x" }), let output = entry.outputs.first(where: { $0.name == name }) else {
+        guard let input = entry.inputs.first(where: { $0.name == StepSignature.image }), let output = entry.outputs.first(where: { $0.name == name }) else {
             throw RuntimeError("the \(entry.name) entry point has no x input or \(name) output; recompile the artifact")
         }
         precondition(x.count == input.shape.reduce(1, *), "\(entry.name): \(x.count) values for \(input.shape)")

@@ -1,5 +1,6 @@
 import Foundation
 import IR
+import Runtime
 
 /// Evaluates a model file the way SwiftPM evaluates `Package.swift`: compile
 /// it with the toolchain's `swiftc` against the DSL library (`libModelZoo.so`,

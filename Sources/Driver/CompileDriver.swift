@@ -1,8 +1,10 @@
+import ABI
 import Codegen
 import DDPKernels
 import Foundation
 import IR
 import Passes
+import Runtime
 
 public enum Backend: String, CaseIterable, Sendable {
     case c, llvm
@@ -142,13 +144,16 @@ public enum CompileDriver {
         }
         let codegenSeconds = Date().timeIntervalSince(codegenStart)
 
-        let finalIR = Printer.print(module)
+        let optimizer = module.functions.contains(where: isCompiledStep) ? options.optimizer?.settings : nil
+        let fingerprint = ArtifactFingerprint(batch: options.batch, size: options.size, classes: options.classes, layout: layout,
+                                              optimizer: optimizer)
+        let finalIR = fingerprint.line + "\n" + Printer.print(module)
         try finalIR.write(to: staging.appendingPathComponent("final.ddir"), atomically: true, encoding: .utf8)
-        let manifest = Manifest(format: Manifest.formatVersion, ddepcVersion: ddepcVersion, backend: options.backend.rawValue,
-                                irHash: Hashing.fnv1a(finalIR), kernelABI: kernelABIHash(), source: options.source,
+        let manifest = Manifest(backend: options.backend.rawValue, irHash: Hashing.fnv1a(finalIR), source: options.source,
                                 compileFlags: flags, batch: options.batch, size: options.size, classes: options.classes,
                                 layout: layout, moduleHash: Hashing.fnv1a(try Data(contentsOf: library)),
-                                dataParallel: module.functions.contains { $0.nodes.contains { $0.op == "allreduce" } } ? true : nil)
+                                dataParallel: module.functions.contains { $0.nodes.contains { $0.op == "allreduce" } } ? true : nil,
+                                optimizer: optimizer)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(manifest).write(to: staging.appendingPathComponent("manifest.json"))
@@ -285,12 +290,5 @@ public enum CompileDriver {
             let listed = foreign.prefix(5).joined(separator: ", ") + (foreign.count > 5 ? ", ..." : "")
             throw RuntimeError("\(path) is a ddepc artifact but also holds files ddepc did not write (\(listed)); \(refusal)")
         }
-    }
-
-    /// Identifies the kernel table the code was generated against: its
-    /// kernels' names, in order, and the revision of their argument layouts.
-    public static func kernelABIHash() -> String {
-        let names = (0..<Int(ddp_kernel_count.rawValue)).compactMap { ddp_kernel_name(Int32($0)).map { String(cString: $0) } }
-        return Hashing.fnv1a(names.joined(separator: ",") + ";arguments \(DDP_KERNEL_ARGUMENT_REVISION)")
     }
 }

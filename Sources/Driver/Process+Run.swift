@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 
 /// Runs a tool and returns its standard output; throws with its standard
 /// error (and the command line) when it fails, or `ToolTimeout` when it runs

@@ -1,55 +1,9 @@
+import ABI
 import IR
 
-/// Where every argument and result of every entry point lives at run time.
-/// Compiled code receives four base pointers (see `ddp_buffers` in the
-/// generated code): weights (param + frozen, shared by all entry points),
-/// state (optimizer moments, running statistics; shared), per-call inputs
-/// and outputs (`io`, one layout per entry point) and the activation arena.
-public struct BufferLayout: Codable, Equatable, Sendable {
-    public enum Region: String, Codable, Sendable { case params, state, io, arena }
-
-    public struct Slot: Codable, Equatable, Sendable {
-        public var name: String
-        public var dtype: String
-        public var shape: [Int]
-        public var offset: Int
-        /// Init rule for weights and state (`he`, `zeros`, ...).
-        public var initRule: String?
-        public var byteSize: Int { shape.reduce(1, *) * (DType(rawValue: dtype)?.byteSize ?? 4) }
-    }
-
-    public struct Entry: Codable, Equatable, Sendable {
-        public var name: String
-        public var inputs: [Slot]
-        public var outputs: [Slot]
-        public var ioBytes: Int
-        public var arenaBytes: Int
-        /// Weights this entry point trains (role `param` with an update).
-        public var trains: [String]
-        /// State it updates.
-        public var updatesState: [String]
-        /// Weights it differentiates (role `param`; trained unless compiled
-        /// without an optimizer). Absent in older manifests.
-        public var trainable: [String]?
-        /// Weights it reads but never changes (role `frozen`, e.g. the
-        /// encoder in DDeP pretraining). Absent in older manifests.
-        public var frozen: [String]?
-        /// The entry point that fills the `prepared.…` state this one reads
-        /// (see `PreparedWeights`): to be called once the weights are set,
-        /// and again whenever they change. Absent when there is none.
-        public var preparedBy: String?
-    }
-
-    public var params: [Slot]
-    public var paramsBytes: Int
-    public var state: [Slot]
-    public var stateBytes: Int
-    public var entries: [Entry]
-
-    public static let alignment = 64
-
-    static func align(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
-
+/// The buffer layout of a compiled module, derived from its functions'
+/// signatures and planned arenas.
+extension BufferLayout {
     /// Builds the layout; a weight or state name used with two shapes is an error.
     public init(module: Module) throws {
         var params: [Slot] = [], state: [Slot] = []
@@ -88,11 +42,7 @@ public struct BufferLayout: Codable, Equatable, Sendable {
                                  preparedBy: functionNames.contains(PreparedWeights.preparerName(of: function.name))
                                      ? PreparedWeights.preparerName(of: function.name) : nil))
         }
-        self.params = params
-        self.paramsBytes = paramsBytes
-        self.state = state
-        self.stateBytes = stateBytes
-        self.entries = entries
+        self.init(params: params, paramsBytes: paramsBytes, state: state, stateBytes: stateBytes, entries: entries)
     }
 
     private static func place(_ slot: Slot, in slots: inout [Slot], bytes: inout Int, function: String) throws {
@@ -107,8 +57,4 @@ public struct BufferLayout: Codable, Equatable, Sendable {
         bytes = align(bytes + slot.byteSize)
         slots.append(placed)
     }
-
-    public func entry(_ name: String) -> Entry? { entries.first { $0.name == name } }
-    public func param(_ name: String) -> Slot? { params.first { $0.name == name } }
-    public func stateSlot(_ name: String) -> Slot? { state.first { $0.name == name } }
 }
