@@ -38,6 +38,14 @@ public enum StepSignature {
 
     /// The training loss output, and the global gradient norm (before clipping).
     public static let loss = "loss", gradNorm = "grad_norm"
+    /// Inference's class scores [B, classes, S, S], and the denoiser's
+    /// prediction [B, 3, S, S].
+    public static let logits = "logits", prediction = "prediction"
+    /// A gradient-only step (compiled without an optimizer) returns each
+    /// weight's gradient as the output `grad:<weight>`.
+    public static let gradientPrefix = "grad:"
+    /// Adam's moments are state `opt.m.<weight>` and `opt.v.<weight>`.
+    public static let optimizerStatePrefix = "opt."
 }
 
 /// Adam's constants, compiled into a step's update and recorded in its

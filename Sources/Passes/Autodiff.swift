@@ -11,7 +11,7 @@ import IR
 /// pass turns them into updates.
 public struct Autodiff: Pass {
     public static let name = "autodiff"
-    public static let gradientPrefix = "grad:"
+    public static let gradientPrefix = StepSignature.gradientPrefix
     public static let lossName = StepSignature.loss
 
     public init() {}

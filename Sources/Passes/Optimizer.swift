@@ -36,7 +36,7 @@ public struct AdamOptimizer: Pass {
     /// The output holding the global gradient norm.
     public static let gradNormName = StepSignature.gradNorm
     /// The prefix of the moments' state arguments.
-    public static let statePrefix = "opt."
+    public static let statePrefix = StepSignature.optimizerStatePrefix
 
     /// The scalar inputs of every optimized step; `clipNormName` too with clipping.
     public static let inputNames = StepSignature.optimizerInputs

@@ -553,7 +553,7 @@ public final class Trainer {
         let file = try SafetensorsFile(contentsOf: url)
         let keepHead = options.mode == .finetune && file.metadata["mode"] == TrainMode.finetune.rawValue
         func skipped(_ name: String) -> Bool {
-            name.hasPrefix("opt.") || (!keepHead && name.hasPrefix("head.seg."))
+            name.hasPrefix(StepSignature.optimizerStatePrefix) || (!keepHead && name.hasPrefix("head.seg."))
         }
         var filtered = SafetensorsFile(metadata: file.metadata)
         for name in file.names where !skipped(name) { try filtered.set(name, try file.tensor(name)) }
@@ -562,7 +562,7 @@ public final class Trainer {
             name.hasPrefix("head.") ? name.split(separator: ".").prefix(2).joined(separator: ".") : String(name.prefix { $0 != "." })
         }
         let loaded = byScope.keys.sorted().map { "\($0) \(byScope[$0]!.count)" }.joined(separator: ", ")
-        let fresh = Set(report.missing.filter { !$0.hasPrefix("opt.") }.map { name in
+        let fresh = Set(report.missing.filter { !$0.hasPrefix(StepSignature.optimizerStatePrefix) }.map { name in
             name.hasPrefix("head.") ? name.split(separator: ".").prefix(2).joined(separator: ".") : String(name.prefix { $0 != "." })
         }).sorted()
         options.log("initialized \(report.loaded.count) tensors from \(url.path) (\(loaded.isEmpty ? "none" : loaded))"

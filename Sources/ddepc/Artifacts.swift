@@ -30,7 +30,7 @@ struct Inspect: ParsableCommand {
 
     static func uses(_ entry: BufferLayout.Entry) -> [String: Use] {
         var uses: [String: Use] = [:]
-        let differentiated = Set(entry.outputs.map(\.name).filter { $0.hasPrefix("grad:") }.map { String($0.dropFirst(5)) })
+        let differentiated = Set(entry.outputs.map(\.name).filter { $0.hasPrefix(StepSignature.gradientPrefix) }.map { String($0.dropFirst(StepSignature.gradientPrefix.count)) })
         for name in entry.trainable ?? [] { uses[name] = differentiated.contains(name) || entry.trains.contains(name) ? .train : .read }
         for name in entry.frozen ?? [] { uses[name] = .frozen }
         for name in entry.trains { uses[name] = .train }

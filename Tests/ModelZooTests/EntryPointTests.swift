@@ -22,6 +22,10 @@ final class EntryPointTests: XCTestCase {
             for input in function.args where input.role == .input {
                 XCTAssertTrue(StepSignature.modelInputs.contains(input.name), "@\(function.name) takes \"\(input.name)\"")
             }
+            for output in function.outputs {
+                XCTAssertTrue([StepSignature.loss, StepSignature.logits, StepSignature.prediction].contains(output.name),
+                              "@\(function.name) returns \"\(output.name)\"")
+            }
         }
     }
 

@@ -1,3 +1,4 @@
+import ABI
 import Foundation
 
 /// What a denoising-pretrained model does to a noisy image: the noise it is
@@ -54,7 +55,7 @@ public final class Denoiser {
                 noises.append(noise)
                 for k in 0..<plane { input[i * plane + k] = Float(a) * image[k] + Float(b) * noise[k] }
             }
-            let prediction = try session.output(input, "prediction")
+            let prediction = try session.output(input, StepSignature.prediction)
             for (i, clean) in chunk.enumerated() {
                 let noisy = Array(input[(i * plane)..<((i + 1) * plane)])
                 let predicted = Array(prediction[(i * plane)..<((i + 1) * plane)])

@@ -53,14 +53,14 @@ public final class InferenceSession {
         if entryName == "infer", let mode = file.metadata["mode"], mode != TrainMode.finetune.rawValue {
             notes.append("\(checkpoint.lastPathComponent) is a \(mode) pretraining checkpoint: its segmentation head was never trained")
         }
-        try store.load(file, from: checkpoint.path, allowMissing: { $0.hasPrefix("opt.") })
+        try store.load(file, from: checkpoint.path, allowMissing: { $0.hasPrefix(StepSignature.optimizerStatePrefix) })
         try module.prepareWeights(for: entry.name, params: store.params.pointer, state: store.state.pointer) // the weights stay as loaded
         io = AlignedBuffer(byteCount: entry.ioBytes)
         arena = AlignedBuffer(byteCount: entry.arenaBytes)
     }
 
     /// Logits [B,classes,S,S] of images [B,3,S,S] (values in [-1, 1]).
-    public func logits(_ x: [Float]) throws -> [Float] { try output(x, "logits") }
+    public func logits(_ x: [Float]) throws -> [Float] { try output(x, StepSignature.logits) }
 
     /// The entry point's output `name` for images [B,3,S,S] (values in [-1, 1]).
     public func output(_ x: [Float], _ name: String) throws -> [Float] {
