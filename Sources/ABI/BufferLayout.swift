@@ -5,7 +5,9 @@
 /// state (optimizer moments, running statistics; shared), per-call inputs
 /// and outputs (`io`, one layout per entry point) and the activation arena.
 public struct BufferLayout: Codable, Equatable, Sendable {
-    public enum Region: String, Codable, Sendable { case params, state, io, arena }
+    /// The regions, in the order of `ddp_buffers`' fields (ddp_abi.h), which
+    /// both code generators lay out by this enum.
+    public enum Region: String, Codable, Sendable, CaseIterable { case params, state, io, arena }
 
     public struct Slot: Codable, Equatable, Sendable {
         public var name: String

@@ -13,7 +13,7 @@ public enum CEmitter {
 
     typedef int (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
     typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
-    typedef struct ddp_buffers { char *params; char *state; char *io; char *arena; } ddp_buffers;
+    typedef struct ddp_buffers { \(BufferLayout.Region.allCases.map { "char *\($0.rawValue);" }.joined(separator: " ")) } ddp_buffers;
 
     /* A buffer of a kernel call: a region of ddp_buffers (0 params, 1 state,
        2 io, 3 arena) and a byte offset in it. Calls name their buffers in
@@ -241,7 +241,7 @@ public enum CEmitter {
         return body
     }
 
-    static let regionIndex: [BufferLayout.Region: Int] = [.params: 0, .state: 1, .io: 2, .arena: 3]
+    static let regionIndex = Dictionary(uniqueKeysWithValues: BufferLayout.Region.allCases.enumerated().map { ($1, $0) })
 
     /// A kernel call through `ddp_call`, skipped once an earlier one failed.
     static func call(index: Int, name: String, first: String?, buffers: [LoweredFunction.Address],

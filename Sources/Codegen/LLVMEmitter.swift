@@ -219,8 +219,8 @@ private final class ModuleEmitter {
         i8PtrPtr = LLVMPointerType(i8Ptr, 0)
         // typedef struct ddp_buffers { char *params; char *state; char *io; char *arena; } ddp_buffers;
         buffersType = LLVMStructCreateNamed(context, "ddp_buffers")
-        var fields: [LLVMTypeRef?] = [i8Ptr, i8Ptr, i8Ptr, i8Ptr]
-        LLVMStructSetBody(buffersType, &fields, 4, 0)
+        var fields = [LLVMTypeRef?](repeating: i8Ptr, count: BufferLayout.Region.allCases.count)
+        LLVMStructSetBody(buffersType, &fields, UInt32(fields.count), 0)
         // typedef int (*ddp_kernel_fn)(void *const *bufs, const int64_t *ia, const double *fa);
         var kernelParams: [LLVMTypeRef?] = [i8PtrPtr, LLVMPointerType(i64, 0), LLVMPointerType(f64, 0)]
         kernelType = LLVMFunctionType(i32, &kernelParams, 3, 0)
@@ -381,8 +381,7 @@ private final class ModuleEmitter {
 
         let entry = LLVMAppendBasicBlockInContext(context, fn, "entry")
         LLVMPositionBuilderAtEnd(builder, entry)
-        let regions: [BufferLayout.Region] = [.params, .state, .io, .arena]
-        for (index, region) in regions.enumerated() {
+        for (index, region) in BufferLayout.Region.allCases.enumerated() {
             let field = LLVMBuildStructGEP2(builder, buffersType, b, UInt32(index), "\(region.rawValue).addr")!
             let base = LLVMBuildLoad2(builder, i8Ptr, field, region.rawValue)!
             LLVMSetAlignment(base, 8)

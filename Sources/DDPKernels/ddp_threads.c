@@ -216,7 +216,7 @@ void ddp_parallel_for(int64_t n, ddp_task_fn fn, void *arg) {
 // choice PyTorch's set_flush_denormal and most inference runtimes make.
 static void take_back_loans(void);
 
-int ddp_run_entry(ddp_entry_fn entry, const void *buffers, const ddp_kernel_fn *kernels) {
+int ddp_run_entry(ddp_entry_fn entry, const ddp_buffers *buffers, const ddp_kernel_fn *kernels) {
     unsigned int caller = _mm_getcsr();
     _mm_setcsr(caller | FLUSH_DENORMALS);
     int status = entry(buffers, kernels);

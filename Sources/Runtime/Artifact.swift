@@ -135,10 +135,9 @@ public final class LoadedModule {
                      io: UnsafeMutableRawPointer, arena: UnsafeMutableRawPointer,
                      kernels: UnsafePointer<ddp_kernel_fn?> = ddp_kernel_table()) throws {
         guard let function = entries[name] else { throw RuntimeError("the artifact has no entry point '\(name)'") }
-        var buffers: [UnsafeMutableRawPointer?] = [params, state, io, arena]
-        let status = buffers.withUnsafeMutableBytes { raw in
-            ddp_run_entry(function, UnsafeRawPointer(raw.baseAddress!), kernels) // denormals flushed
-        }
+        func bytes(_ pointer: UnsafeMutableRawPointer) -> UnsafeMutablePointer<CChar> { pointer.assumingMemoryBound(to: CChar.self) }
+        var buffers = ddp_buffers(params: bytes(params), state: bytes(state), io: bytes(io), arena: bytes(arena))
+        let status = withUnsafePointer(to: &buffers) { ddp_run_entry(function, $0, kernels) } // denormals flushed
         guard Int(status) == Int(DDP_OK) else {
             let reason: String
             switch Int(status) {

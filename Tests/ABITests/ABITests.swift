@@ -56,6 +56,17 @@ final class ABITests: XCTestCase {
         }
     }
 
+    /// Both code generators lay out the entry points' buffer pointers by
+    /// `Region.allCases`: the order of ddp_buffers' fields.
+    func testBufferRegionsAreInTheOrderOfTheCStruct() {
+        let fields: [BufferLayout.Region: PartialKeyPath<ddp_buffers>] = [.params: \.params, .state: \.state, .io: \.io, .arena: \.arena]
+        let pointer = MemoryLayout<UnsafeMutablePointer<CChar>>.stride
+        for (index, region) in BufferLayout.Region.allCases.enumerated() {
+            XCTAssertEqual(MemoryLayout<ddp_buffers>.offset(of: fields[region]!), index * pointer, region.rawValue)
+        }
+        XCTAssertEqual(MemoryLayout<ddp_buffers>.size, BufferLayout.Region.allCases.count * pointer)
+    }
+
     /// The manifest's element types are the IR's, with the same sizes.
     func testElementSizesAreTheIRs() {
         for dtype in DType.allCases {

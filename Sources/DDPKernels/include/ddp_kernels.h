@@ -23,7 +23,7 @@ DDP_KERNEL_LIST(DDP_KERNEL_DECL)
 /// FTZ and DAZ bits) on the calling thread and on the pool's threads for
 /// every parallel region it starts, and gives the caller its own
 /// floating-point mode back after. Returns the entry point's status.
-int ddp_run_entry(ddp_entry_fn entry, const void *buffers, const ddp_kernel_fn *kernels);
+int ddp_run_entry(ddp_entry_fn entry, const ddp_buffers *buffers, const ddp_kernel_fn *kernels);
 
 /// Requests for weights scratch that a lend_scratch loan did not cover (the
 /// kernel then used the thread's heap block): 0 when the compiler's planned

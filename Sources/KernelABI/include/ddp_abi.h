@@ -217,8 +217,19 @@ typedef enum {
     ddp_kernel_count
 } ddp_kernel_id;
 
+/// The base pointers every entry point is passed, one per region of the
+/// artifact's buffer layout, in the order of `BufferLayout.Region.allCases`:
+/// weights, state (optimizer moments, running statistics, prepared weights),
+/// the call's inputs and outputs, and the activation arena.
+typedef struct ddp_buffers {
+    char *params;
+    char *state;
+    char *io;
+    char *arena;
+} ddp_buffers;
+
 /// A compiled entry point, `int ddp_<name>(const ddp_buffers *b, const ddp_kernel_fn *k)`.
-typedef int (*ddp_entry_fn)(const void *buffers, const ddp_kernel_fn *kernels);
+typedef int (*ddp_entry_fn)(const ddp_buffers *buffers, const ddp_kernel_fn *kernels);
 
 /// The revision of the kernels' argument layouts (each one's bufs and ia
 /// above): raised whenever one changes, so that an artifact generated for
