@@ -1,6 +1,5 @@
 import ABI
 import ArgumentParser
-import Codegen
 import Foundation
 import Runtime
 
