@@ -162,12 +162,15 @@ public enum CompileDriver {
         var warnings = layout.entries.compactMap { entry -> String? in
             let bytes = MemoryBudget.bytes(of: entry, in: layout)
             guard bytes > MemoryBudget.physicalBytes else { return nil }
-            return "@\(entry.name) needs \(MemoryBudget.format(bytes)) of memory, more than this machine has (\(MemoryBudget.format(MemoryBudget.physicalBytes))); it cannot run here. A smaller --batch or --size fits."
+            return "@\(entry.name) needs \(ByteCount.text(bytes)) of memory, more than this machine has (\(ByteCount.text(MemoryBudget.physicalBytes))); it cannot run here. A smaller --batch or --size fits."
         }
         if let budget = options.memoryBudget {
             // Inference has nothing to recompute; only training steps are held to it.
             for entry in layout.entries where entry.arenaBytes > budget && !entry.trains.isEmpty {
-                warnings.append("@\(entry.name)'s arena is \(MemoryBudget.format(Double(entry.arenaBytes))), above --memory-budget \(MemoryBudget.format(Double(budget))): that is the least recomputing convolutions and matmuls got it to. A smaller --batch or --size lowers it further.")
+                let held = memory.first { $0.function == entry.name }.map { report in
+                    " At its peak it holds " + report.heldAtPeak.prefix(3).map(\.description).joined(separator: ", ") + "."
+                } ?? ""
+                warnings.append("@\(entry.name)'s arena is \(ByteCount.text(Double(entry.arenaBytes))), above --memory-budget \(ByteCount.text(Double(budget))): that is the least recomputing convolutions and matmuls got it to.\(held) A smaller --batch or --size lowers it further.")
             }
         }
         return CompileReport(artifact: output, memory: memory, passSeconds: passSeconds, codegenSeconds: codegenSeconds,

@@ -1,3 +1,4 @@
+import ABI
 import IR
 
 /// Liveness-based placement of every activation in one arena. Each value
@@ -54,8 +55,7 @@ public struct PlanMemory: Pass {
         public var count: Int
         public var bytes: Int
         public var description: String {
-            bytes >= 1_000_000 ? String(format: "%@ %.1f MB (%d)", producer, Double(bytes) / 1e6, count)
-                : String(format: "%@ %.1f kB (%d)", producer, Double(bytes) / 1e3, count)
+            "\(producer) \(ByteCount.text(Double(bytes))) (\(count))"
         }
     }
 

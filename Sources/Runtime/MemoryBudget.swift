@@ -12,24 +12,12 @@ public enum MemoryBudget {
         Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))
     }
 
-    /// "45.1 GB", "512.0 MB".
-    public static func format(_ bytes: Double) -> String {
-        guard bytes < 1e21 else { return "over 1000 EB" }
-        let units = ["bytes", "KB", "MB", "GB", "TB", "PB", "EB"]
-        var value = bytes, unit = 0
-        while value >= 1000, unit < units.count - 1 {
-            value /= 1000
-            unit += 1
-        }
-        return unit == 0 ? "\(Int(value)) bytes" : String(format: "%.1f %@", value, units[unit])
-    }
-
     /// Throws when `bytes` exceed the machine's memory: `what` needs them
     /// ("@pretrain_step (batch 100000)"), `advice` says what to do instead.
     public static func require(_ bytes: Double, for what: String, advice: String) throws {
         let available = physicalBytes
         guard bytes.isFinite, bytes <= available else {
-            throw RuntimeError("\(what) needs \(format(bytes)) of memory, more than this machine has (\(format(available))); \(advice)")
+            throw RuntimeError("\(what) needs \(ByteCount.text(bytes)) of memory, more than this machine has (\(ByteCount.text(available))); \(advice)")
         }
     }
 

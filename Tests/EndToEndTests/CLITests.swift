@@ -151,6 +151,7 @@ final class CLITests: XCTestCase {
             XCTAssertTrue(tight.stderr.contains("warning: @\(step)'s arena is "), tight.stderr)
         }
         XCTAssertTrue(tight.stderr.contains("above --memory-budget 1.0 KB"), tight.stderr)
+        XCTAssertTrue(tight.stderr.contains("At its peak it holds "), "the warning says what the budget could not free: \(tight.stderr)")
         XCTAssertFalse(plain.stderr.contains("warning"), plain.stderr)
         // Recomputed values are the same kernels on the same inputs: the
         // training runs agree to the bit.

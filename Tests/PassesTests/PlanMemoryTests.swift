@@ -179,7 +179,7 @@ final class PlanMemoryTests: XCTestCase {
         XCTAssertEqual(report.heldAtPeak.map(\.producer), ["scratch of conv2d", "conv2d", "exp"])
         XCTAssertEqual(report.heldAtPeak.map(\.bytes), [scratchBytes, 4096, 4096])
         XCTAssertEqual(report.heldAtPeak.map(\.bytes).reduce(0, +), report.lowerBoundBytes)
-        XCTAssertTrue(report.description.hasSuffix("at the peak: scratch of conv2d 55.3 kB (1), conv2d 4.1 kB (1), exp 4.1 kB (1)"), report.description)
+        XCTAssertTrue(report.description.hasSuffix("at the peak: scratch of conv2d 55.3 KB (1), conv2d 4.1 KB (1), exp 4.1 KB (1)"), report.description)
         // Printed and parsed back; the checker refuses scratch over a live buffer.
         let printed = Printer.print(function)
         XCTAssertTrue(printed.contains("scratch @\(byID[5]!.scratchOffset!)"), printed)
