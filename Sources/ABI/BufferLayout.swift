@@ -1,9 +1,8 @@
-
 /// Where every argument and result of every entry point lives at run time.
-/// Compiled code receives four base pointers (see `ddp_buffers` in the
-/// generated code): weights (param + frozen, shared by all entry points),
-/// state (optimizer moments, running statistics; shared), per-call inputs
-/// and outputs (`io`, one layout per entry point) and the activation arena.
+/// Compiled code receives four base pointers (`ddp_buffers` in ddp_abi.h):
+/// weights (param + frozen, shared by all entry points), state (optimizer
+/// moments, running statistics; shared), per-call inputs and outputs (`io`,
+/// one layout per entry point) and the activation arena.
 public struct BufferLayout: Codable, Equatable, Sendable {
     /// The regions, in the order of `ddp_buffers`' fields (ddp_abi.h), which
     /// both code generators lay out by this enum.

@@ -5,7 +5,8 @@ import Foundation
 /// feeds it must agree on, stated once.
 public enum StepSignature {
     // The model's inputs, declared by the DSL's entry points
-    // (ModelZoo/Entry.swift; a test checks every zoo entry against them).
+    // (ModelZoo/Entry.swift, which builds every zoo model's; a test checks
+    // them against these).
     /// Images, [B, 3, S, S] in [-1, 1].
     public static let image = "x"
     /// Class indices: per pixel [B, S, S] (segmentation) or per image [B].
