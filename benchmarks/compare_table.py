@@ -14,7 +14,9 @@ and, for the peak-RSS runs of training entry E:
 Per round each side contributes its median ms per entry; the table shows the
 median over rounds with the range (min–max) over rounds. PyTorch's best
 variant per entry is the one with the lowest median over rounds. The ratio is
-PyTorch best / ddepc: above 1, ddepc is faster.
+PyTorch best / ddepc: above 1, ddepc is faster. A second ratio compares each
+side's fastest round: on a shared host a burst of load can fall on one side's
+rounds more than on the other's, and the two ratios together show how much.
 """
 import json
 import re
@@ -88,6 +90,7 @@ def table(directory):
 
     header = f"{'entry':<19}" + "".join(f"{'ddepc ' + b + ' ms (range)':<27}" for b in backends)
     header += f"{'PyTorch best ms (range)':<27}{'variant':<15}" + "".join(f"{'PyTorch/' + b:>14}" for b in backends)
+    header += "".join(f"{'fastest rounds/' + b:>20}" for b in backends)
     print(header)
     compile_times = {}
     for entry, variants in torch_runs.items():
@@ -98,6 +101,9 @@ def table(directory):
         for b in backends:
             ratio = statistics.median(best) / statistics.median(ddepc_rounds[b]) if ddepc_rounds[b] else None
             row += f"{ratio:14.2f}" if ratio else f"{'-':>14}"
+        for b in backends:
+            ratio = min(best) / min(ddepc_rounds[b]) if ddepc_rounds[b] else None
+            row += f"{ratio:20.2f}" if ratio else f"{'-':>20}"
         print(row)
         compiled = [r["compile_s"] for report in reports for r in report["results"]
                     if r["entry"] == entry and r["variant"] == "compile"]
