@@ -254,16 +254,14 @@ public final class Trainer {
     var configURL: URL { options.runDirectory.appendingPathComponent("config.json") }
     var subsetURL: URL { options.runDirectory.appendingPathComponent("label_subset.txt") }
 
-    /// The inputs this trainer knows how to fill.
-    static let knownInputs = StepSignature.inputs
-
     func input(_ name: String) -> BufferLayout.Slot? { entry.inputs.first { $0.name == name } }
 
     /// Refuses options the compiled step cannot carry out, saying what would.
     func checkSupported() throws {
         let manifest = artifact.manifest
         let step = entry.name
-        if let unknown = entry.inputs.first(where: { !Self.knownInputs.contains($0.name) }) {
+        // The trainer fills every input the step signature names.
+        if let unknown = entry.inputs.first(where: { !StepSignature.inputs.contains($0.name) }) {
             throw RuntimeError("\(step) takes an input \"\(unknown.name)\" that `ddepc train --mode \(options.mode.rawValue)` does not provide; is the artifact from another ddepc version?")
         }
         guard entry.outputs.contains(where: { $0.name == StepSignature.loss }) else {
