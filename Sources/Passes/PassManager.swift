@@ -82,7 +82,7 @@ public struct PassManager {
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
         let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), BatchNormFromMoments(), OnePassMoments(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
-                                SelectConvAlgorithm(mode: convAlgorithm)]
+                                SelectConvAlgorithm(mode: convAlgorithm, weightsPrepared: panelRows != nil)]
         let prepare: [any Pass] = panelRows.map { [PrepareWeights(panelRows: $0)] } ?? []
         let moments: [any Pass] = momentsInEpilogue ? [FuseConvMoments()] : []
         return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(memoryBudget: memoryBudget), FuseConvPrologue(), GroupLoops()]

@@ -26,6 +26,14 @@ public struct PrepareWeights: Pass {
 
     public init(panelRows: Int) { self.panelRows = panelRows }
 
+    /// Whether this pass would prepare `node`'s filters: a fused
+    /// convolution of a weight argument, in an entry point that updates no
+    /// weight (once it has an algorithm). Select-conv-algorithm asks, since
+    /// such a convolution no longer pays for its filter transform per call.
+    static func prepares(_ node: Node, weightArguments: Set<ValueID>, in function: Function) -> Bool {
+        function.updates.isEmpty && node.op == "fused_conv2d" && weightArguments.contains(node.operands[1])
+    }
+
     public func run(_ module: inout Module) throws -> Bool {
         let existing = Set(module.functions.map(\.name))
         var preparers: [Function] = []
@@ -42,6 +50,7 @@ public struct PrepareWeights: Pass {
     /// read prepared filters; returns the preparer, or nil when there were none.
     func prepare(_ function: inout Function, preparerName: String) throws -> Function? {
         let weights = Dictionary(uniqueKeysWithValues: function.args.filter { $0.role.isWeight }.map { ($0.id, $0) })
+        let weightIDs = Set(weights.keys)
         let preparer = FunctionBuilder(name: preparerName)
         var preparerWeights: [ValueID: Value] = [:] // by the function's weight argument
         var prepared: [String: ValueID] = [:]        // the function's state argument, by name
@@ -49,7 +58,7 @@ public struct PrepareWeights: Pass {
         for n in function.nodes.indices {
             let node = function.nodes[n]
             // (A prepared convolution reads state, not a weight.)
-            guard node.op == "fused_conv2d", let weight = weights[node.operands[1]],
+            guard Self.prepares(node, weightArguments: weightIDs, in: function), let weight = weights[node.operands[1]],
                   case .string(let algorithm)? = node.attrs[ConvOps.Algorithm.key] else { continue }
             let stateName = "\(PreparedWeights.statePrefix)\(weight.name).\(algorithm).p\(panelRows)"
             if prepared[stateName] == nil {

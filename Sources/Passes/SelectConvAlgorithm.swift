@@ -19,6 +19,17 @@ import IR
 ///   batch 4), F(2×2) was 1.05–1.5× faster; at 32 (4×4 images) it was
 ///   0.65–0.95×.
 ///
+/// A convolution whose filters prepare-weights transforms once (inference:
+/// `infer`, `denoise`) pays only for the products, and then Winograd wins
+/// from fewer tiles: on unet-r18's inference (batch 8, 128 px) F(4×4) on
+/// its 8×8 images (32 tiles) and F(2×2) on its 4×4 ones (32 tiles, 512
+/// channels) made the step 7% faster on AVX-512 (minimums 38.4 → 35.7 ms
+/// over 3 interleaved rounds) and 17% on the AVX2 path (57.0 → 47.1 ms);
+/// F(4×4) on the 4×4 images (8 tiles) was 2× slower than im2col there, its
+/// GEMMs a quarter of a panel wide. TransUNet's inference did not move
+/// (its 14×14 decoder layers go from F(2×2) to F(4×4)). The prepared
+/// filters take more memory: unet-r18's from 54 to 142 MB.
+///
 /// F(4×4)'s rounding differs from the direct sum's (about 1e-5 of the
 /// output's magnitude against 1e-7); F(2×2)'s does not measurably.
 /// `mode = .direct` keeps every convolution on im2col + GEMM, and removes
@@ -37,14 +48,23 @@ public struct SelectConvAlgorithm: Pass {
 
     /// Fewest output tiles at which `auto` picks a tile size.
     public static let minimumTiles = 128
+    /// The same for a convolution whose filters are prepared once.
+    public static let minimumPreparedTiles = 32
 
     public var mode: Mode
-    public init(mode: Mode = .auto) { self.mode = mode }
+    /// Whether prepare-weights runs after this pass (the standard pipeline's
+    /// does where it has GEMM panel rows to pack for).
+    public var weightsPrepared: Bool
+    public init(mode: Mode = .auto, weightsPrepared: Bool = false) {
+        self.mode = mode
+        self.weightsPrepared = weightsPrepared
+    }
 
     /// The algorithm `auto` picks for a node, from its tile counts.
-    static func automatic(_ node: Node, operandTypes: [TensorType]) -> String? {
+    static func automatic(_ node: Node, operandTypes: [TensorType], prepared: Bool) -> String? {
+        let fewest = prepared ? minimumPreparedTiles : minimumTiles
         for tile in [4, 2] {
-            if let tiles = ConvOps.winogradTiles(node, operandTypes: operandTypes, tile: tile), tiles >= minimumTiles {
+            if let tiles = ConvOps.winogradTiles(node, operandTypes: operandTypes, tile: tile), tiles >= fewest {
                 return ConvOps.Algorithm.winograd(tile: tile)
             }
         }
@@ -55,6 +75,7 @@ public struct SelectConvAlgorithm: Pass {
         var changed = false
         for f in module.functions.indices {
             let types = module.functions[f].types
+            let weightArguments = Set(module.functions[f].args.filter { $0.role.isWeight }.map(\.id))
             for n in module.functions[f].nodes.indices {
                 let node = module.functions[f].nodes[n]
                 let operandTypes = node.operands.map { types[$0]! }
@@ -69,7 +90,9 @@ public struct SelectConvAlgorithm: Pass {
                     if case .string(let chosen)? = node.attrs[ConvOps.Algorithm.key] {
                         wanted = chosen
                     } else {
-                        wanted = Self.automatic(node, operandTypes: operandTypes)
+                        let prepared = weightsPrepared
+                            && PrepareWeights.prepares(node, weightArguments: weightArguments, in: module.functions[f])
+                        wanted = Self.automatic(node, operandTypes: operandTypes, prepared: prepared)
                     }
                 case .direct: wanted = nil
                 case .winograd: wanted = ConvOps.Algorithm.winograd(tile: 4)

@@ -65,6 +65,40 @@ final class ConvAlgorithmTests: XCTestCase {
         XCTAssertEqual(try algorithms(after: .direct, on: chosen), [nil, nil, nil, nil, nil, nil, nil, nil, nil])
     }
 
+    /// Filters that prepare-weights transforms once (a weight's, in a
+    /// function that updates none) make Winograd pay from 32 tiles: 8 images
+    /// of 8×8 get F(4×4), 8 of 4×4 F(2×2) (8 tiles of 4×4 stay too few).
+    /// Filters that are an input, a step that updates state, or a pipeline
+    /// without prepare-weights keep the per-call thresholds.
+    func testPreparedFiltersPayFromFewerTiles() throws {
+        func source(updating: Bool) -> String {
+            """
+            func @f(%0: f32[8,8,8,8] input "x", %1: f32[8,8,3,3] param "w", %2: f32[8,1,1] param "bias",
+                    %3: f32[8,8,4,4] input "small", %4: f32[8,8,3,3] input "filters", %5: f32[8] state "s") {
+              %6 = fused_conv2d(%0, %1, %2) {epilogue=add(in0, in1), pad=[1,1]} : f32[8,8,8,8]
+              %7 = fused_conv2d(%3, %1, %2) {epilogue=add(in0, in1), pad=[1,1]} : f32[8,8,4,4]
+              %8 = fused_conv2d(%0, %4, %2) {epilogue=add(in0, in1), pad=[1,1]} : f32[8,8,8,8]
+              %9 = conv2d(%3, %1) {pad=[1,1]} : f32[8,8,4,4]
+              %10 = add(%5, %5) : f32[8]
+              return %6 as "a", %7 as "b", %8 as "c", %9 as "d"
+              \(updating ? "update %5 = %10" : "")
+            }
+            """
+        }
+        func algorithms(_ source: String, weightsPrepared: Bool) throws -> [String?] {
+            var module = try Parser.parse(source)
+            _ = try SelectConvAlgorithm(mode: .auto, weightsPrepared: weightsPrepared).run(&module)
+            try Verifier.verify(module)
+            return module.functions[0].nodes.prefix(4).map { node in
+                if case .string(let name)? = node.attrs[ConvOps.Algorithm.key] { return name }
+                return nil
+            }
+        }
+        XCTAssertEqual(try algorithms(source(updating: false), weightsPrepared: true), ["winograd4", "winograd2", "winograd2", nil])
+        XCTAssertEqual(try algorithms(source(updating: false), weightsPrepared: false), ["winograd2", nil, "winograd2", nil])
+        XCTAssertEqual(try algorithms(source(updating: true), weightsPrepared: true), ["winograd2", nil, "winograd2", nil])
+    }
+
     func testTheTypeRuleRefusesAnAlgorithmThatCannotComputeTheNode() throws {
         let strided = Self.source.replacingOccurrences(of: "{pad=[1,1], stride=[2,2]}",
                                                        with: "{algorithm=\"winograd2\", pad=[1,1], stride=[2,2]}")
