@@ -311,8 +311,7 @@ static void WT(transform_input_channel)(const wino_job *job, int64_t row0, int64
         }
         WT(input_points)(zi, stride, padded, oj, 0);
         for (int j = 0; j < PATCH; j++)
-            for (int64_t lr = 0; lr < rows; lr++)
-                for (int64_t t = 0; t < tw; t++) vi[j][lr * tw + t] = oj[j][lr * span + t];
+            for (int64_t lr = 0; lr < rows; lr++) copy_short(vi[j] + lr * tw, oj[j] + lr * span, tw);
     }
 }
 
