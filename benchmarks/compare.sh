@@ -28,7 +28,7 @@
 # MKL_ENABLE_INSTRUCTIONS=AVX2. On a machine without AVX-512 it changes nothing.
 #
 # Environment: DDEPC (the ddepc binary; default .build/release/ddepc, built
-# with `swift build -c release` if missing), PYTHON (default python3),
+# with `swift build -c release` first), PYTHON (default python3),
 # VARIANTS (PyTorch variants, space-separated; default: eager channels_last
 # compile), OUT (where the runs are kept; default out/bench/MODEL-bBATCH-sSIZE).
 set -euo pipefail
@@ -76,7 +76,10 @@ fi
 entries=(infer pretrain_step pretrain_dep_step finetune_step)
 training=(pretrain_step pretrain_dep_step finetune_step)
 
-if [[ ! -x $ddepc ]]; then
+# Built every run unless DDEPC names a binary: a build left from an older
+# tree would otherwise be measured as if it were this one (an incremental
+# build of an unchanged tree takes seconds).
+if [[ -z ${DDEPC:-} ]]; then
     "${build[@]}"
 fi
 backends=(c)
