@@ -146,26 +146,50 @@ static inline void ddp_conv_epilogue_end_moments(const ddp_conv_epilogue *e, int
     if (e->moments) ddp_moments_finish(e->row_sums, n, channels, rows, e->row, e->moments);
 }
 
-/// A convolution's prologue: its input read as x·scale[c] + shift[c], then
-/// max(·, 0) when relu (the previous layer's normalization and activation,
-/// applied as each input row is loaded instead of in a pass of their own);
-/// the padding stays 0.
+/// A convolution's prologue, on its input as each row is loaded:
+/// - kind 1, affine: x·scale[c] + shift[c], then max(·, 0) when relu (the
+///   previous layer's normalization and activation, which then need no pass
+///   of their own); the padding stays 0;
+/// - kind 2, gathered: the input is concat(upsample_nearest(x), skip) along
+///   channels, never written: its first `upsampled` channels are x's
+///   (N × upsampled × H/fh × W/fw, each element repeated fh × fw times), the
+///   rest skip's (N × (C − upsampled) × H × W); a decoder block's input.
 typedef struct {
     const float *scale, *shift;
     int relu, active;
+    int gather;
+    const float *skip;
+    int64_t fh, fw, upsampled;
 } ddp_conv_prologue;
 
-/// Reads the prologue flags at `flags` (has_prologue, relu) and takes its two
-/// buffers from `bufs[next]`, `bufs[next + 1]`.
-static inline ddp_conv_prologue ddp_conv_prologue_read(void *const *bufs, int next, const int64_t *flags) {
+/// Reads the prologue flags at `flags` (kind, relu, fh, fw, upsampled) of a
+/// convolution of `channels` input channels; its buffers start at
+/// `bufs[next]`: [scale, shift] (affine), [skip] (gathered, when some
+/// channels are not upsampled).
+static inline ddp_conv_prologue ddp_conv_prologue_read(void *const *bufs, int next, const int64_t *flags, int64_t channels) {
     ddp_conv_prologue p = {0};
-    if (flags[0]) {
+    if (flags[0] == 1) {
         p.scale = bufs[next];
         p.shift = bufs[next + 1];
         p.relu = flags[1] != 0;
         p.active = 1;
+    } else if (flags[0] == 2) {
+        p.active = p.gather = 1;
+        p.fh = flags[2];
+        p.fw = flags[3];
+        p.upsampled = flags[4];
+        p.skip = p.upsampled < channels ? bufs[next] : NULL;
     }
     return p;
+}
+
+/// Whether the prologue's flags are ones the kernels apply to an input of
+/// `channels` × h × w: a known kind; gathered, whole factors of h and w and
+/// 1 to `channels` upsampled channels.
+static inline int ddp_conv_prologue_valid(const int64_t *flags, int64_t channels, int64_t h, int64_t w) {
+    if (flags[0] == 0 || flags[0] == 1) return 1;
+    return flags[0] == 2 && flags[2] >= 1 && flags[3] >= 1 && h % flags[2] == 0 && w % flags[3] == 0 && flags[4] >= 1 &&
+           flags[4] <= channels;
 }
 
 /// The prologue on one row of channel c's input, x[0..n) into out.

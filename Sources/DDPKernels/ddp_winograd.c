@@ -103,7 +103,7 @@ typedef struct {
     const float *packed_u;  // U[ξ] (O × C), packed for the GEMM
     int64_t packed_floats;  // floats per packed U[ξ]
     ddp_conv_epilogue epilogue;
-    ddp_conv_prologue prologue; // on x as each input row is split (forward and weight gradient)
+    ddp_conv_prologue prologue; // on x as each input row is loaded (forward and weight gradient)
     int failed;
 } wino_job;
 
@@ -235,6 +235,44 @@ static inline void copy_short(float *dst, const float *src, int64_t n) {
 #endif
 }
 
+/// x's row at `src` (w / f floats) repeated f times per element into out
+/// (w floats): a nearest-neighbour upsampling of one row.
+static inline void upsample_row(const float *restrict src, float *restrict out, int64_t w, int64_t f) {
+    if (f == 2) {
+        for (int64_t j = 0; j < w / 2; j++) out[2 * j] = out[2 * j + 1] = src[j];
+        return;
+    }
+    for (int64_t j = 0; j < w; j++) out[j] = src[j / f];
+}
+
+/// Where row ih (inside the image) of input channel c of `image` is read
+/// from, and how many floats: x's row; with a gathered input, a row of x
+/// (an upsampled channel: w / fw floats) or of skip.
+static inline const float *source_row(const wino_job *job, int64_t image, int64_t c, int64_t ih, int64_t *floats) {
+    const ddp_conv_prologue *p = &job->prologue;
+    *floats = job->w;
+    if (!p->gather) return job->x + ((image * job->c + c) * job->h + ih) * job->w;
+    if (c >= p->upsampled) return p->skip + ((image * (job->c - p->upsampled) + c - p->upsampled) * job->h + ih) * job->w;
+    *floats = job->w / p->fw;
+    return job->x + ((image * p->upsampled + c) * (job->h / p->fh) + ih / p->fh) * *floats;
+}
+
+/// Row ih (inside the image) of input channel c as the convolution reads
+/// it: x's row, or the row the prologue makes of its source in `work` (w
+/// floats).
+static inline const float *input_row(const wino_job *job, int64_t image, int64_t c, int64_t ih, float *work) {
+    int64_t floats;
+    const float *row = source_row(job, image, c, ih, &floats);
+    const ddp_conv_prologue *p = &job->prologue;
+    if (!p->active || (p->gather && floats == job->w)) return row; // (a skip row, or x's row upsampled only down)
+    if (p->gather) {
+        upsample_row(row, work, job->w, p->fw);
+        return work;
+    }
+    ddp_conv_prologue_row(p, c, row, work, job->w);
+    return work;
+}
+
 #define WT_TILE 4
 #define WT(name) name##_f4
 #include "ddp_winograd_tile.h"
@@ -258,11 +296,11 @@ static int winograd_geometry(const int64_t *ia, int64_t tile) {
 /// conv2d_winograd, with the filters packed ahead for panels of `panel`
 /// rows when it is above 0.
 static int forward(void *const *bufs, const int64_t *ia, int panel) {
-    if (!winograd_geometry(ia, ia[22])) return DDP_ERR_ARGS;
+    if (!winograd_geometry(ia, ia[22]) || !ddp_conv_prologue_valid(ia + 23, ia[1], ia[2], ia[3])) return DDP_ERR_ARGS;
     ddp_conv_epilogue epilogue = ddp_conv_epilogue_read(bufs, ia + 16);
     wino_job job = {.n = ia[0], .c = ia[1], .h = ia[2], .w = ia[3], .o = ia[4], .oh = ia[7], .ow = ia[8],
                     .ph = ia[11], .pw = ia[12], .x = bufs[0], .y = bufs[2], .epilogue = epilogue,
-                    .prologue = ddp_conv_prologue_read(bufs, 3 + epilogue.buffers, ia + 23)}; // its buffers follow the epilogue's
+                    .prologue = ddp_conv_prologue_read(bufs, 3 + epilogue.buffers, ia + 23, ia[1])}; // its buffers follow the epilogue's
     if (!ddp_conv_epilogue_begin_moments(&job.epilogue, job.n, job.o, job.oh, job.ow)) return DDP_ERR_NOMEM;
     int status = ia[22] == 4 ? winograd_f4(&job, bufs[1], 0, panel) : winograd_f2(&job, bufs[1], 0, panel);
     if (status == DDP_OK) ddp_conv_epilogue_end_moments(&job.epilogue, job.n, job.o, job.oh);
@@ -276,8 +314,8 @@ int ddp_conv2d_winograd(void *const *bufs, const int64_t *ia, const double *fa) 
 
 int ddp_conv2d_winograd_prepacked(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    if (ia[25] < 1 || ia[25] > PANEL_LANES) return DDP_ERR_ARGS;
-    return forward(bufs, ia, (int)ia[25]);
+    if (ia[28] < 1 || ia[28] > PANEL_LANES) return DDP_ERR_ARGS;
+    return forward(bufs, ia, (int)ia[28]);
 }
 
 int ddp_winograd_filters(void *const *bufs, const int64_t *ia, const double *fa) {
@@ -301,9 +339,10 @@ int ddp_conv2d_grad_input_winograd(void *const *bufs, const int64_t *ia, const d
 
 int ddp_conv2d_grad_weight_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    if (!winograd_geometry(ia, ia[16])) return DDP_ERR_ARGS;
+    if (!winograd_geometry(ia, ia[16]) || !ddp_conv_prologue_valid(ia + 17, ia[1], ia[2], ia[3])) return DDP_ERR_ARGS;
     wgrad_job job = {.geometry = {.n = ia[0], .c = ia[1], .h = ia[2], .w = ia[3], .o = ia[4], .oh = ia[7], .ow = ia[8],
-                                  .ph = ia[11], .pw = ia[12], .x = bufs[0], .prologue = ddp_conv_prologue_read(bufs, 3, ia + 17)},
+                                  .ph = ia[11], .pw = ia[12], .x = bufs[0],
+                                  .prologue = ddp_conv_prologue_read(bufs, 3, ia + 17, ia[1])},
                      .dy = bufs[1], .dw = bufs[2]};
     int64_t plane = ia[4] * ia[1];
     if (plane == 0) return DDP_OK;

@@ -224,13 +224,13 @@ static void WT(split_row)(const float *xrow, int64_t w, int64_t pw, int64_t span
 static void WT(prefetch_rows)(const wino_job *job, int64_t row0, int64_t rows, int64_t c) {
     for (int64_t lr = 0; lr < rows; lr++) {
         int64_t row = row0 + lr, image = row / job->th, tr = row % job->th;
-        const char *xc = (const char *)(job->x + (image * job->c + c) * job->h * job->w);
         int64_t from = tr * TILE - job->ph + (lr == 0 ? 0 : 2), to = tr * TILE - job->ph + PATCH; // rows [from, to)
         if (from < 0) from = 0;
         if (to > job->h) to = job->h;
         for (int64_t ih = from; ih < to; ih++) {
-            const char *line = xc + ih * job->w * (int64_t)sizeof(float);
-            for (int64_t b = 0; b < job->w * (int64_t)sizeof(float); b += 64) __builtin_prefetch(line + b);
+            int64_t floats;
+            const char *line = (const char *)source_row(job, image, c, ih, &floats);
+            for (int64_t b = 0; b < floats * (int64_t)sizeof(float); b += 64) __builtin_prefetch(line + b);
         }
     }
 }
@@ -268,14 +268,9 @@ static void WT(transform_input_channel)(const wino_job *job, int64_t row0, int64
     if (c + 1 < job->c) WT(prefetch_rows)(job, row0, rows, c + 1);
     for (int64_t lr = 0; lr < rows; lr++) {
         int64_t row = row0 + lr, image = row / job->th, tr = row % job->th;
-        const float *xc = job->x + (image * job->c + c) * job->h * job->w;
         for (int r = 0; r < PATCH; r++) {
             int64_t ih = tr * TILE - job->ph + r;
-            const float *xrow = ih >= 0 && ih < job->h ? xc + ih * job->w : NULL;
-            if (xrow != NULL && job->prologue.active) {
-                ddp_conv_prologue_row(&job->prologue, c, xrow, prologued, job->w);
-                xrow = prologued;
-            }
+            const float *xrow = ih >= 0 && ih < job->h ? input_row(job, image, c, ih, prologued) : NULL;
             WT(split_row)(xrow, job->w, job->pw, span, p + r * TILE * stride + lr * span, stride);
         }
     }

@@ -72,7 +72,8 @@ public struct FuseConvPrologue: Pass {
         let prologue = Attr.expr(FusedConvOps.Prologue.expr(relu: n.relu))
         switch user.op {
         case "conv2d", "fused_conv2d":
-            guard user.operands[0] == activation, user.attrs[FusedConvOps.Prologue.key] == nil else { return nil }
+            guard user.operands[0] == activation, user.attrs[FusedConvOps.Prologue.key] == nil,
+                  user.attrs[FusedConvOps.Gather.key] == nil else { return nil }
             fused.op = "fused_conv2d"
             fused.operands = [n.x] + user.operands.dropFirst() + [n.scale, n.shift]
             if fused.attrs["epilogue"] == nil { fused.attrs["epilogue"] = .expr(.input(0)) }

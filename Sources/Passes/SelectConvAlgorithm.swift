@@ -80,9 +80,9 @@ public struct SelectConvAlgorithm: Pass {
                 let node = module.functions[f].nodes[n]
                 let operandTypes = node.operands.map { types[$0]! }
                 guard ConvOps.winogradTiles(node, operandTypes: operandTypes, tile: 4) != nil,
-                      // A recompiled convolution with a prologue keeps its Winograd
-                      // algorithm: only those kernels apply one.
-                      node.attrs[FusedConvOps.Prologue.key] == nil else { continue }
+                      // A recompiled convolution with a prologue or a gathered input
+                      // keeps its Winograd algorithm: only those kernels apply one.
+                      node.attrs[FusedConvOps.Prologue.key] == nil, node.attrs[FusedConvOps.Gather.key] == nil else { continue }
                 let wanted: String?
                 switch mode {
                 case .auto:

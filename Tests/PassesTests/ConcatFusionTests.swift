@@ -52,8 +52,10 @@ final class ConcatFusionTests: XCTestCase {
     func testUNetSmallInferenceAgreesWithoutTheFusion() throws {
         var fused = Module(functions: [try UNetSmall.function("infer")])
         var unfused = fused
-        try PassManager(PassManager.standardPipeline()).run(&fused)
-        try PassManager(PassManager.standardPipeline().filter { !($0 is FuseConcat) }).run(&unfused)
+        // (fuse-conv-gather would read some concatenations from their parts.)
+        let pipeline = PassManager.standardPipeline().filter { !($0 is FuseConvGather) }
+        try PassManager(pipeline).run(&fused)
+        try PassManager(pipeline.filter { !($0 is FuseConcat) }).run(&unfused)
         XCTAssertEqual(fused.functions[0].nodes.filter { $0.op == "concat" }.count, 0)
         XCTAssertGreaterThan(fused.functions[0].nodes.filter { $0.op == "insert" }.count, 0)
         XCTAssertGreaterThan(unfused.functions[0].nodes.filter { $0.op == "concat" }.count, 0)

@@ -100,13 +100,13 @@ final class WinogradKernelTests: XCTestCase {
             let dy = values(t.n * t.o * t.oh * t.ow, seed: 5)
             let want = reference(t, x: x, w: w, dy: dy)
             check("conv2d_winograd F(\(tile)) \(t)", bound: bound, want: want.y) {
-                runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: want.y.count)], t.ints + [0, 0, 0, 0, 0, 0, Int64(tile), 0, 0])[2]
+                runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: want.y.count)], t.ints + [0, 0, 0, 0, 0, 0, Int64(tile), 0, 0, 0, 0, 0])[2]
             }
             check("conv2d_grad_input_winograd F(\(tile)) \(t)", bound: bound, want: want.dx) {
                 runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0, 0, Int64(tile)])[2]
             }
             check("conv2d_grad_weight_winograd F(\(tile)) \(t)", bound: bound, want: want.dw) {
-                runKernel(ddp_conv2d_grad_weight_winograd, [x, dy, [Float](repeating: .nan, count: w.count)], t.ints + [Int64(tile), 0, 0])[2]
+                runKernel(ddp_conv2d_grad_weight_winograd, [x, dy, [Float](repeating: .nan, count: w.count)], t.ints + [Int64(tile), 0, 0, 0, 0, 0])[2]
             }
         }
     }
@@ -124,7 +124,7 @@ final class WinogradKernelTests: XCTestCase {
         for tile: Int64 in [4, 2] {
             check("conv2d_winograd F(\(tile)) with scale, shift, residual, relu", bound: 2e-5, want: want) {
                 runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: conv.count), scale, shift, residual],
-                          t.ints + [1, 1, 1, 1, 0, 0, tile, 0, 0])[2]
+                          t.ints + [1, 1, 1, 1, 0, 0, tile, 0, 0, 0, 0, 0])[2]
             }
         }
         // With the batch moments of that result gathered as it is stored:
@@ -133,7 +133,7 @@ final class WinogradKernelTests: XCTestCase {
         for tile: Int64 in [4, 2] {
             check("conv2d_winograd F(\(tile)) with epilogue and moments", bound: 2e-5, want: want + moments) {
                 let out = runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: conv.count), scale, shift, residual,
-                                                          [Float](repeating: .nan, count: 2 * t.o)], t.ints + [1, 1, 1, 1, 0, 1, tile, 0, 0])
+                                                          [Float](repeating: .nan, count: 2 * t.o)], t.ints + [1, 1, 1, 1, 0, 1, tile, 0, 0, 0, 0, 0])
                 return outputAndMoments(out, n: t.n, o: t.o, oh: t.oh, ow: t.ow, "conv2d_winograd F(\(tile))")
             }
         }
@@ -168,7 +168,7 @@ final class WinogradKernelTests: XCTestCase {
         let outputs = [("conv2d (im2col)", runKernel(ddp_conv2d, [x, w, [Float](repeating: .nan, count: count), ones, zeros, residual], t.ints + flags)[2])]
             + [Int64(4), 2].map { tile in
                 ("conv2d_winograd F(\(tile))",
-                 runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: count), ones, zeros, residual], t.ints + flags + [tile, 0, 0])[2])
+                 runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: count), ones, zeros, residual], t.ints + flags + [tile, 0, 0, 0, 0, 0])[2])
             }
         for (kernel, y) in outputs {
             XCTAssertEqual(y[poisoned], 0, kernel)
@@ -184,7 +184,7 @@ final class WinogradKernelTests: XCTestCase {
         let x = values(t.n * t.c * t.h * t.w, seed: 14), w = values(t.o * t.c * 9, seed: 15)
         let dy = values(t.n * t.o * t.oh * t.ow, seed: 16)
         func run() -> [[Float]] {
-            [runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: dy.count)], t.ints + [0, 0, 0, 0, 0, 0, 4, 0, 0])[2],
+            [runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: dy.count)], t.ints + [0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0])[2],
              runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0, 0, 4])[2]]
         }
         let unlent = run()
@@ -220,10 +220,10 @@ final class WinogradKernelTests: XCTestCase {
         // A geometry it cannot compute, or a tile size it does not have.
         for (geometry, tile): ([Int64], Int64) in [(strided, 4), (fiveByFive, 2), (threeByThree, 3)] {
             let status = buffers.withUnsafeBufferPointer { b in
-                (geometry + [0, 0, 0, 0, 0, 0, tile, 0, 0]).withUnsafeBufferPointer { ddp_conv2d_winograd(b.baseAddress, $0.baseAddress, nil) }
+                (geometry + [0, 0, 0, 0, 0, 0, tile, 0, 0, 0, 0, 0]).withUnsafeBufferPointer { ddp_conv2d_winograd(b.baseAddress, $0.baseAddress, nil) }
             }
             XCTAssertEqual(status, Int32(DDP_ERR_ARGS))
-            let ints = geometry + [tile, 0, 0]
+            let ints = geometry + [tile, 0, 0, 0, 0, 0]
             let gradient = buffers.withUnsafeBufferPointer { b in
                 (geometry + [0, 0, 0, 0, 0, 0, tile]).withUnsafeBufferPointer { ddp_conv2d_grad_input_winograd(b.baseAddress, $0.baseAddress, nil) }
             }

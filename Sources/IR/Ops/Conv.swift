@@ -181,7 +181,10 @@ public enum ConvOps {
         let input: [Int]
         let weight: [Int]
         switch node.op {
-        case "conv2d", "fused_conv2d": (input, weight) = (operandTypes[0].shape, operandTypes[1].shape)
+        case "conv2d": (input, weight) = (operandTypes[0].shape, operandTypes[1].shape)
+        case "fused_conv2d":
+            guard let gathered = try? FusedConvOps.inputShape(operandTypes, node.attrs) else { return nil }
+            (input, weight) = (gathered, operandTypes[1].shape)
         case "conv2d_grad_input", "fused_conv2d_grad_input": (input, weight) = (node.type.shape, operandTypes[1].shape)
         case "conv2d_grad_weight": (input, weight) = (operandTypes[0].shape, node.type.shape)
         default: return nil
@@ -218,7 +221,7 @@ public enum ConvOps {
                lowering: .kernels { operands, _, attrs in
                    let geometry = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
                    let tile = try winogradTile(attrs, geometry)
-                   let moments = FusedConvOps.splitMoments(operands, attrs).moments
+                   let moments = FusedConvOps.splitMoments(operands, attrs, ownCount: 2).moments
                    return [KernelCall(kernel("conv2d", tile: tile), [.operand(0), .operand(1), .result] + (moments.map { [.operand($0)] } ?? []),
                                       ints: geometry.kernelInts + FusedConvOps.Epilogue.none + FusedConvOps.momentsInts(moments) + tileInts(tile)
                                           + (tile == nil ? [] : FusedConvOps.Prologue.none),

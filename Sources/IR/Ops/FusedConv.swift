@@ -121,10 +121,21 @@ public enum FusedConvOps {
     /// one more operand, the last.
     public static let momentsKey = "moments"
 
-    /// A convolution node's operands as its lowering gets them: its own, and
-    /// the index of the moments buffer when its epilogue gathers them.
-    static func splitMoments(_ operands: [TensorType], _ attrs: Attributes) -> (own: [TensorType], moments: Int?) {
-        attrs[momentsKey] == nil ? (operands, nil) : (Array(operands.dropLast()), operands.count - 1)
+    /// A convolution node's operands as its lowering gets them: its own
+    /// (`ownCount` of them), and the index of the moments buffer when its
+    /// epilogue gathers them and code generation appended it. (Plan-memory
+    /// and the arena check lower the node's own operands alone, for its
+    /// scratch.)
+    static func splitMoments(_ operands: [TensorType], _ attrs: Attributes, ownCount: Int) -> (own: [TensorType], moments: Int?) {
+        attrs[momentsKey] == nil || operands.count <= ownCount ? (operands, nil) : (Array(operands.dropLast()), operands.count - 1)
+    }
+
+    /// How many operands a fused convolution node has of its own: %x, %w,
+    /// one per epilogue input after in0, and its prologue's or gathered
+    /// input's.
+    static func ownOperandCount(_ attrs: Attributes) -> Int {
+        let epilogueInputs = (try? attrs.expr("epilogue"))?.inputCount ?? 1
+        return 1 + max(epilogueInputs, 1) + inputOperandCount(attrs)
     }
 
     /// The epilogue's last flag, has_moments.
@@ -138,9 +149,10 @@ public enum FusedConvOps {
     public struct Prologue: Equatable {
         public var relu: Bool
         public static let key = "prologue"
-        /// The kernel's prologue flags (has_prologue, relu) when there is none.
-        static let none = [0, 0]
-        var kernelInts: [Int] { [1, relu ? 1 : 0] }
+        /// The kernel's prologue flags (kind, relu, fh, fw, upsampled) when
+        /// there is none.
+        static let none = [0, 0, 0, 0, 0]
+        var kernelInts: [Int] { [1, relu ? 1 : 0, 0, 0, 0] }
 
         /// act(in0·in1 + in2), act ReLU or none: the form `match` accepts, written out.
         public static func expr(relu: Bool) -> ScalarExpr {
@@ -157,8 +169,84 @@ public enum FusedConvOps {
         }
     }
 
-    /// The operands a node's prologue takes from the end of its operand list.
-    static func prologueOperandCount(_ attrs: Attributes) -> Int { attrs[Prologue.key] == nil ? 0 : 2 }
+    /// A gathered input, `input_gather=[fh, fw, skip channels]` (formed by
+    /// `fuse-conv-gather`): a Winograd convolution reads its input as
+    /// concat(upsample_nearest(%x), %skip) along channels, %x's channels
+    /// first, each element repeated fh × fw times, then %skip's (its last
+    /// operand; none with 0 skip channels). A decoder block's upsampled and
+    /// concatenated input is then never written: its first convolution reads
+    /// the rows it needs from the two as it transforms them.
+    public struct Gather: Equatable {
+        public static let key = "input_gather"
+        public var fh: Int
+        public var fw: Int
+        public var skipChannels: Int
+
+        public init(fh: Int, fw: Int, skipChannels: Int) {
+            (self.fh, self.fw, self.skipChannels) = (fh, fw, skipChannels)
+        }
+
+        public var attr: Attr { .ints([fh, fw, skipChannels]) }
+
+        /// The node's gathered input; nil without one.
+        public static func read(_ attrs: Attributes) throws -> Gather? {
+            guard attrs[key] != nil else { return nil }
+            let v = try attrs.ints(key)
+            guard v.count == 3, v[0] >= 1, v[1] >= 1, v[2] >= 0 else {
+                throw IRError("input_gather=\(v): needs [fh, fw, skip channels], whole factors of at least 1 and skip channels of at least 0")
+            }
+            return Gather(fh: v[0], fw: v[1], skipChannels: v[2])
+        }
+
+        /// The kernel's prologue flags for %x of `upsampled` channels.
+        func kernelInts(upsampled: Int) -> [Int] { [2, 0, fh, fw, upsampled] }
+        var operandCount: Int { skipChannels > 0 ? 1 : 0 }
+    }
+
+    /// The operands a node's prologue or gathered input takes from the end
+    /// of its operand list.
+    static func inputOperandCount(_ attrs: Attributes) -> Int {
+        if attrs[Prologue.key] != nil { return 2 }
+        return (try? Gather.read(attrs))?.operandCount ?? 0
+    }
+
+    /// The input the convolution computes on: %x's shape, or with a gathered
+    /// input the concatenation's, checked against %skip.
+    public static func inputShape(_ operands: [TensorType], _ attrs: Attributes) throws -> [Int] {
+        guard let gather = try Gather.read(attrs) else { return operands[0].shape }
+        let x = operands[0].shape
+        guard x.count == 4 else { throw IRError("input_gather: %x must be NCHW, got \(x)") }
+        guard attrs[Prologue.key] == nil else { throw IRError("input_gather and prologue= cannot be combined") }
+        let shape = [x[0], x[1] + gather.skipChannels, x[2] * gather.fh, x[3] * gather.fw]
+        if gather.skipChannels > 0 {
+            let skip = [x[0], gather.skipChannels, shape[2], shape[3]]
+            guard operands.count >= 3, operands[operands.count - 1].shape == skip else {
+                throw IRError("input_gather=[\(gather.fh),\(gather.fw),\(gather.skipChannels)]: the last operand, the skip, must be \(skip); it is \(operands[operands.count - 1].shape)")
+            }
+        }
+        return shape
+    }
+
+    /// The node's gathered input, checked against its algorithm; nil without one.
+    static func gather(geometry: ConvOps.Geometry, attrs: Attributes) throws -> Gather? {
+        guard let gather = try Gather.read(attrs) else { return nil }
+        guard try ConvOps.winogradTile(attrs, geometry) != nil else {
+            throw IRError("input_gather=: only a Winograd convolution gathers its input; this one has no algorithm")
+        }
+        return gather
+    }
+
+    /// concat(upsample_nearest(x), skip) on channels, as the interpreter
+    /// computes it.
+    static func evaluateGathered(_ x: HostTensor, skip: HostTensor?, _ gather: Gather) throws -> HostTensor {
+        let shape = x.type.shape
+        let size = [shape[2] * gather.fh, shape[3] * gather.fw]
+        let upsampled = try OpRegistry.require("upsample_nearest").evaluate(
+            [x], ["size": .ints(size)], x.type.with(shape: [shape[0], shape[1]] + size))
+        guard let skip else { return upsampled }
+        return try OpRegistry.require("concat").evaluate(
+            [upsampled, skip], ["axis": .int(1)], x.type.with(shape: [shape[0], shape[1] + gather.skipChannels] + size))
+    }
 
     /// The node's prologue, checked against its operands and algorithm; nil without one.
     static func prologue(_ operands: [TensorType], geometry: ConvOps.Geometry, attrs: Attributes) throws -> Prologue? {
@@ -183,7 +271,7 @@ public enum FusedConvOps {
 
     static func epilogue(_ operands: [TensorType], output: [Int], attrs: Attributes) throws -> Epilogue {
         let expr = try attrs.expr("epilogue")
-        let extras = operands.dropFirst(2).dropLast(prologueOperandCount(attrs))
+        let extras = operands.dropFirst(2).dropLast(inputOperandCount(attrs))
         var perChannel: [Bool] = []
         for (k, extra) in extras.enumerated() {
             if isPerChannel(extra.shape, channels: output[1]) {
@@ -208,19 +296,25 @@ public enum FusedConvOps {
     static func kernelCall(_ name: String, _ geometry: ConvOps.Geometry, operands allOperands: [TensorType], result: TensorType,
                            attrs: Attributes, transformed: (rows: Int, columns: Int),
                            prepacked: WinogradFilterOps.Layout? = nil) throws -> KernelCall {
-        let (operands, moments) = splitMoments(allOperands, attrs)
+        let (operands, moments) = splitMoments(allOperands, attrs, ownCount: ownOperandCount(attrs))
         guard moments == nil || name == "conv2d" else { throw IRError("moments=: only a forward convolution gathers batch moments") }
         let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
         let tile = try ConvOps.winogradTile(attrs, geometry)
         // A forward Winograd kernel takes the prologue flags (and operands, last).
-        let prologue = name == "conv2d" && tile != nil
-            ? (try prologue(operands, geometry: geometry, attrs: attrs)).map { ($0.kernelInts, [operands.count - 2, operands.count - 1]) }
-                ?? (Prologue.none, [])
-            : ([], [])
+        var prologue: (ints: [Int], operands: [Int]) = ([], [])
+        if name == "conv2d" && tile != nil {
+            if let affine = try self.prologue(operands, geometry: geometry, attrs: attrs) {
+                prologue = (affine.kernelInts, [operands.count - 2, operands.count - 1])
+            } else if let gather = try FusedConvOps.gather(geometry: geometry, attrs: attrs) {
+                prologue = (gather.kernelInts(upsampled: operands[0].shape[1]), gather.skipChannels > 0 ? [operands.count - 1] : [])
+            } else {
+                prologue = (Prologue.none, [])
+            }
+        }
         return KernelCall(ConvOps.kernel(name, tile: tile) + (prepacked == nil ? "" : "_prepacked"),
                           [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) }
-                              + (moments.map { [.operand($0)] } ?? []) + prologue.1.map { .operand($0) },
-                          ints: geometry.kernelInts + epilogue.kernelInts + momentsInts(moments) + ConvOps.tileInts(tile) + prologue.0
+                              + (moments.map { [.operand($0)] } ?? []) + prologue.operands.map { .operand($0) },
+                          ints: geometry.kernelInts + epilogue.kernelInts + momentsInts(moments) + ConvOps.tileInts(tile) + prologue.ints
                               + (prepacked.map { [$0.panel] } ?? []),
                           scratchFloats: prepacked != nil ? 0
                               : ConvOps.winogradScratchFloats(tile: tile, rows: transformed.rows, columns: transformed.columns),
@@ -229,13 +323,15 @@ public enum FusedConvOps {
 
     /// fused_conv2d's geometry, and with a `panel` attribute the layout of
     /// the packed filters (winograd_filters' value) it reads as %w, whose
-    /// shape [O,C,3,3] `weight_shape` then gives.
+    /// shape [O,C,3,3] `weight_shape` then gives. `operands` are the node's
+    /// own (without a moments buffer lowering appends).
     static func forwardGeometry(_ operands: [TensorType], _ attrs: Attributes) throws -> (ConvOps.Geometry, prepacked: WinogradFilterOps.Layout?) {
+        let input = try inputShape(operands, attrs)
         guard attrs[WinogradFilterOps.panelKey] != nil else {
-            return (try ConvOps.Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs), nil)
+            return (try ConvOps.Geometry(input: input, weight: operands[1].shape, attrs: attrs), nil)
         }
         let weight = try attrs.ints("weight_shape")
-        let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: weight, attrs: attrs)
+        let geometry = try ConvOps.Geometry(input: input, weight: weight, attrs: attrs)
         guard try ConvOps.winogradTile(attrs, geometry) != nil else {
             throw IRError("panel=: only a Winograd convolution reads packed filters; this one has no algorithm")
         }
@@ -246,15 +342,17 @@ public enum FusedConvOps {
         return (geometry, layout)
     }
 
-    /// The extra operands a Winograd kernel may write its result over: those
-    /// of the result's shape (a residual, a gate), which it reads element
-    /// for element as it stores each output row from accumulators of its
-    /// own. The im2col kernels apply the epilogue to the result in place,
-    /// after the GEMM has written it, and may not.
+    /// The extra operands a Winograd kernel may write its result over: the
+    /// epilogue's of the result's shape (a residual, a gate), which it reads
+    /// element for element as it stores each output row from accumulators
+    /// of its own. Not a gathered input's skip, whose rows later blocks
+    /// still read. The im2col kernels apply the epilogue to the result in
+    /// place, after the GEMM has written it, and may not.
     static func winogradOverwritable(_ geometry: @escaping (Attributes, [TensorType]) throws -> ConvOps.Geometry) -> OpSpec.OverwriteRule {
         { operands, result, attrs in
             guard let geometry = try? geometry(attrs, operands), (try? ConvOps.winogradTile(attrs, geometry)) ?? nil != nil else { return [] }
-            return operands.indices.filter { $0 >= 2 && operands[$0] == result }
+            let epilogueOperands = 2..<(operands.count - inputOperandCount(attrs))
+            return epilogueOperands.filter { operands[$0] == result }
         }
     }
 
@@ -264,7 +362,7 @@ public enum FusedConvOps {
 
     public static let all: [OpSpec] = [
         OpSpec(name: "fused_conv2d",
-               doc: "%y = fused_conv2d(%x, %w, %e1, ..., %ps, %pt) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0), prologue=max(add(mul(in0, in1), in2), 0.0)}: conv2d of x after the prologue (per input channel; its two operands last; Winograd only), then the epilogue on each output element; with {panel=p, weight_shape=[O,C,3,3]} and a Winograd algorithm, %w is winograd_filters' packed value",
+               doc: "%y = fused_conv2d(%x, %w, %e1, ..., %ps, %pt) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0), prologue=max(add(mul(in0, in1), in2), 0.0)}: conv2d of x after the prologue (per input channel; its two operands last; Winograd only), then the epilogue on each output element; with {panel=p, weight_shape=[O,C,3,3]} and a Winograd algorithm, %w is winograd_filters' packed value; with {input_gather=[fh, fw, k]} (Winograd only) the input is concat(upsample_nearest(%x) by fh × fw, %skip) on channels, %skip the last operand (k channels; none when k is 0)",
                arity: 2...8, requiredAttributes: ["epilogue"],
                inferType: { operands, attrs in
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
@@ -272,22 +370,29 @@ public enum FusedConvOps {
                    _ = try epilogue(operands, output: geometry.outputShape, attrs: attrs)
                    _ = try ConvOps.winogradTile(attrs, geometry)
                    _ = try prologue(operands, geometry: geometry, attrs: attrs)
+                   _ = try gather(geometry: geometry, attrs: attrs)
                    return operands[0].with(shape: geometry.outputShape)
                },
                evaluate: { operands, attrs, type in
                    // Packed filters are the filters they were made from, G·g·Gᵀ undone.
                    let (_, prepacked) = try forwardGeometry(operands.map(\.type), attrs)
                    let w = prepacked.map { WinogradFilterOps.unpack(operands[1], $0) } ?? operands[1]
-                   let prologueCount = prologueOperandCount(attrs)
-                   let x = prologueCount == 0 ? operands[0]
-                       : evaluateElementwise(try attrs.expr(Prologue.key), [operands[0]] + operands.suffix(2), operands[0].type)
+                   let inputOperands = inputOperandCount(attrs)
+                   let x: HostTensor
+                   if attrs[Prologue.key] != nil {
+                       x = evaluateElementwise(try attrs.expr(Prologue.key), [operands[0]] + operands.suffix(2), operands[0].type)
+                   } else if let gather = try Gather.read(attrs) {
+                       x = try evaluateGathered(operands[0], skip: inputOperands == 1 ? operands.last : nil, gather)
+                   } else {
+                       x = operands[0]
+                   }
                    let conv = try ConvOps.evaluate(x, w, attrs: attrs, type: type)
-                   return evaluateElementwise(try attrs.expr("epilogue"), [conv] + operands.dropFirst(2).dropLast(prologueCount), type)
+                   return evaluateElementwise(try attrs.expr("epilogue"), [conv] + operands.dropFirst(2).dropLast(inputOperands), type)
                },
                // Formed after autodiff: nothing differentiates it.
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
-                   let (geometry, prepacked) = try forwardGeometry(operands, attrs)
+                   let (geometry, prepacked) = try forwardGeometry(splitMoments(operands, attrs, ownCount: ownOperandCount(attrs)).own, attrs)
                    return [try kernelCall("conv2d", geometry, operands: operands, result: result, attrs: attrs,
                                           transformed: (rows: geometry.o, columns: geometry.c), prepacked: prepacked)]
                },
@@ -311,6 +416,13 @@ public enum FusedConvOps {
                     ConvOps.winogradExample(pad: [1, 1]).merging(["epilogue": .expr(residualReLU), Prologue.key: .expr(Prologue.expr(relu: true))])),
                    ([f([2, 3, 7, 5]), f([4, 3, 3, 3]), f([3, 1, 1]), f([3, 1, 1])],
                     ConvOps.winogradExample(pad: [0, 1], tile: 2).merging(["epilogue": .expr(.input(0)), Prologue.key: .expr(Prologue.expr(relu: false))])),
+                   // a decoder block's input gathered: x upsampled ×2 and a skip of 2 channels, then batch norm and ReLU
+                   ([f([2, 3, 4, 3]), f([4, 5, 3, 3]), f([4, 1, 1]), f([1, 4, 1, 1]), f([2, 2, 8, 6])],
+                    ConvOps.winogradExample(pad: [1, 1]).merging(["epilogue": .expr(.binary(.max, .binary(.add, .binary(.mul, .input(0), .input(1)), .input(2)), .const(0))),
+                                                                  Gather.key: Gather(fh: 2, fw: 2, skipChannels: 2).attr])),
+                   // … without a skip, by other factors down and across, F(2×2)
+                   ([f([1, 3, 3, 2]), f([2, 3, 3, 3])],
+                    ConvOps.winogradExample(pad: [1, 0], tile: 2).merging(["epilogue": .expr(.input(0)), Gather.key: Gather(fh: 2, fw: 3, skipChannels: 0).attr])),
                ],
                // The epilogue's few operations per element are not counted.
                flops: { operands, result, attrs in

@@ -56,9 +56,15 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 // conv2d_winograd    as conv2d, ia followed by the tile size m (4 or 2), for 3×3, stride 1,
 //                    dilation 1, one group, padding ≤ 2 (DDP_ERR_ARGS otherwise): Winograd
 //                    F(m×m, 3×3), see ddp_winograd.c; then the prologue flags
-//                    [has_prologue, relu]: with has_prologue, bufs end with [pscale, pshift]
-//                    (C values each) and the convolution reads x[n][c] as
-//                    x·pscale[c] + pshift[c] (then max(·, 0) when relu), the padding 0.
+//                    [kind, relu, fh, fw, upsampled]:
+//                    kind 0, none (the other flags 0);
+//                    kind 1, affine: bufs end with [pscale, pshift] (C values each) and the
+//                    convolution reads x[n][c] as x·pscale[c] + pshift[c] (then max(·, 0)
+//                    when relu), the padding 0;
+//                    kind 2, gathered: the convolution's input (N×C×H×W) is
+//                    concat(upsample_nearest(x), skip) on channels: x is N×upsampled×(H/fh)×(W/fw),
+//                    1 ≤ upsampled ≤ C, fh and fw whole factors of H and W; with
+//                    upsampled < C, bufs end with [skip] (N×(C−upsampled)×H×W).
 // conv2d_grad_input_winograd  as conv2d_grad_input, ia followed by m; geometries as above.
 // winograd_filters   bufs [w, u]         ia [O, C, m, p]
 //                    u = the filters w[O,C,3,3] transformed for F(m×m, 3×3), (m+2)² planes
@@ -69,8 +75,8 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    p: w is winograd_filters' u for panels of p rows. Where p is not the chosen ISA's (12 with
 //                    AVX-512, 6 with AVX2) u is repacked for it on each call.
 // conv2d_grad_weight_winograd as conv2d_grad_weight, ia followed by m; geometries as above;
-//                    then conv2d_winograd's prologue flags, its buffers [pscale, pshift]
-//                    after dw: the weight gradient of a convolution that applied one.
+//                    then conv2d_winograd's prologue flags, its buffers after dw: the
+//                    weight gradient of a convolution that applied one.
 // matmul             bufs [a, b, c]      ia [batch, M, K, N, a_batch_stride, b_batch_stride, trans_a, trans_b]
 //                    for each batch i: c[i] (M×N, contiguous) = op(a_i) · op(b_i), where
 //                    a_i starts at a + i*a_batch_stride and is M×K (K×M if trans_a),
@@ -235,7 +241,8 @@ typedef int (*ddp_entry_fn)(const ddp_buffers *buffers, const ddp_kernel_fn *ker
 /// above): raised whenever one changes, so that an artifact generated for
 /// another layout is refused rather than run (the kernel ABI hash covers it
 /// and the kernel names). 2: conv2d's epilogue flags gained has_moments.
-#define DDP_KERNEL_ARGUMENT_REVISION 2
+/// 3: the Winograd prologue flags became [kind, relu, fh, fw, upsampled].
+#define DDP_KERNEL_ARGUMENT_REVISION 3
 
 /// Index of a kernel by name, or -1.
 int ddp_kernel_index(const char *name);

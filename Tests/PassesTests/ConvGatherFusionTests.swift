@@ -1,0 +1,130 @@
+import IR
+import Passes
+import TestSupport
+import XCTest
+
+/// fuse-conv-gather: a Winograd convolution of a decoder block's upsampled
+/// and concatenated input reads it from its parts, computing the same
+/// tensor. (The kernels, compiled by both backends, against the interpreter:
+/// fused_conv2d's input_gather examples in OpAgreementTests.)
+final class ConvGatherFusionTests: XCTestCase {
+    static let decoderBlock = """
+        func @f(%0: f32[2,3,3,4] input "x", %1: f32[2,2,6,8] input "skip", %2: f32[4,5,3,3] param "w",
+                %3: f32[4,1,1] param "scale", %4: f32[4,1,1] param "shift") {
+          %5 = upsample_nearest(%0) {channel_offset=0, channels=5, size=[6,8]} : f32[2,5,6,8]
+          %6 = insert(%5, %1) {axis=1, offset=3} : f32[2,5,6,8]
+          %7 = fused_conv2d(%6, %2, %3, %4) {algorithm="winograd4", epilogue=max(add(mul(in0, in1), in2), 0.0), pad=[1,1]} : f32[2,4,6,8]
+          return %7 as "y"
+        }
+        """
+
+    func agree(_ before: Module, _ after: Module, seed: UInt64) throws {
+        let arguments = randomArguments(for: before.functions[0], seed: seed)
+        let expected = try Interpreter.run(before.functions[0], arguments: arguments).outputs
+        let got = try Interpreter.run(after.functions[0], arguments: arguments).outputs
+        for (name, value) in expected {
+            XCTAssertLessThanOrEqual(maxRelativeDifference(got[name]!.data, value.data), 1e-12, name)
+        }
+    }
+
+    func testReadsAnUpsampledAndConcatenatedInputFromItsParts() throws {
+        let after = try checkIR(Self.decoderBlock + """
+
+            // CHECK: %7 = fused_conv2d(%0, %2, %3, %4, %1) {algorithm="winograd4", epilogue=max(add(mul(in0, in1), in2), 0.0), input_gather=[2,2,2], pad=[1,1]} : f32[2,4,6,8]
+            // CHECK-NOT: upsample_nearest(
+            // CHECK-NOT: insert(
+            """, passes: [FuseConvGather.name])
+        try agree(try Parser.parse(Self.decoderBlock), after, seed: 3)
+    }
+
+    func testReadsAnUpsamplingAloneByItsFactors() throws {
+        let source = """
+            func @f(%0: f32[1,3,2,3] input "x", %1: f32[2,3,3,3] param "w") {
+              %2 = upsample_nearest(%0) {size=[6,6]} : f32[1,3,6,6]
+              %3 = fused_conv2d(%2, %1) {algorithm="winograd2", epilogue=in0, pad=[1,1]} : f32[1,2,6,6]
+              return %3 as "y"
+            }
+            """
+        let after = try checkIR(source + """
+
+            // CHECK: %3 = fused_conv2d(%0, %1) {algorithm="winograd2", epilogue=in0, input_gather=[3,2,0], pad=[1,1]}
+            // CHECK-NOT: upsample_nearest(
+            """, passes: [FuseConvGather.name])
+        try agree(try Parser.parse(source), after, seed: 4)
+    }
+
+    /// A training step's forward convolution has no epilogue (its batch norm
+    /// reads its value): it becomes a fused_conv2d whose epilogue is in0.
+    func testAConvolutionWithoutAnEpilogueGetsTheIdentity() throws {
+        let source = """
+            func @f(%0: f32[1,3,2,3] input "x", %1: f32[2,3,3,3] param "w") {
+              %2 = upsample_nearest(%0) {size=[4,6]} : f32[1,3,4,6]
+              %3 = conv2d(%2, %1) {algorithm="winograd4", pad=[1,1]} : f32[1,2,4,6]
+              return %3 as "y"
+            }
+            """
+        let after = try checkIR(source + """
+
+            // CHECK: %3 = fused_conv2d(%0, %1) {algorithm="winograd4", epilogue=in0, input_gather=[2,2,0], pad=[1,1]}
+            """, passes: [FuseConvGather.name])
+        try agree(try Parser.parse(source), after, seed: 6)
+    }
+
+    /// A concatenation another node reads (a weight gradient), an im2col
+    /// convolution's and an upsampling by a fraction stay as they are.
+    func testLeavesWhatItCannotReadFromItsParts() throws {
+        let read = Self.decoderBlock.replacingOccurrences(of: "return %7 as \"y\"", with: """
+              %8 = conv2d_grad_weight(%6, %7) {pad=[1,1], weight_shape=[4,5,3,3]} : f32[4,5,3,3]
+              return %7 as "y", %8 as "dw"
+            """)
+        let direct = Self.decoderBlock.replacingOccurrences(of: "algorithm=\"winograd4\", ", with: "")
+        let fractional = """
+            func @f(%0: f32[1,3,4,4] input "x", %1: f32[2,3,3,3] param "w") {
+              %2 = upsample_nearest(%0) {size=[6,6]} : f32[1,3,6,6]
+              %3 = fused_conv2d(%2, %1) {algorithm="winograd2", epilogue=in0, pad=[1,1]} : f32[1,2,6,6]
+              return %3 as "y"
+            }
+            """
+        for source in [read, direct, fractional] {
+            var module = try Parser.parse(source)
+            XCTAssertEqual(try runPasses([FuseConvGather.name], on: &module), [false], source)
+        }
+    }
+
+    /// The type rule refuses a skip of the wrong shape and a gathered input
+    /// without a Winograd algorithm.
+    func testTheTypeRuleChecksTheParts() throws {
+        let fused = """
+            func @f(%0: f32[2,3,3,4] input "x", %1: f32[2,2,6,8] input "skip", %2: f32[4,5,3,3] param "w") {
+              %3 = fused_conv2d(%0, %2, %1) {algorithm="winograd4", epilogue=in0, input_gather=[2,2,2], pad=[1,1]} : f32[2,4,6,8]
+              return %3 as "y"
+            }
+            """
+        XCTAssertNoThrow(try Verifier.verify(try Parser.parse(fused)))
+        let cases = [
+            (fused.replacingOccurrences(of: "input_gather=[2,2,2]", with: "input_gather=[2,2,3]"), "the last operand, the skip, must be [2, 3, 6, 8]"),
+            (fused.replacingOccurrences(of: "algorithm=\"winograd4\", ", with: ""), "only a Winograd convolution gathers its input"),
+            (fused.replacingOccurrences(of: "input_gather=[2,2,2]", with: "input_gather=[0,2,2]"), "whole factors of at least 1"),
+        ]
+        for (source, expected) in cases {
+            XCTAssertThrowsError(try Verifier.verify(try Parser.parse(source))) { error in
+                let message = (error as? IRError)?.message ?? "\(error)"
+                XCTAssertTrue(message.contains(expected), message)
+            }
+        }
+    }
+
+    /// The whole pipeline on UNet.small's inference, Winograd wherever it
+    /// applies, gives the pipeline's output without the pass in the f64
+    /// interpreter, and no concatenation or upsampling is left.
+    func testUNetSmallInferenceAgreesWithoutTheFusion() throws {
+        var fused = Module(functions: [try UNetSmall.function("infer")])
+        var unfused = fused
+        try PassManager(PassManager.standardPipeline(convAlgorithm: .winograd)).run(&fused)
+        try PassManager(PassManager.standardPipeline(convAlgorithm: .winograd).filter { !($0 is FuseConvGather) }).run(&unfused)
+        let nodes = fused.functions[0].nodes
+        XCTAssertGreaterThan(nodes.filter { $0.attrs[FusedConvOps.Gather.key] != nil }.count, 0)
+        XCTAssertEqual(nodes.filter { ["insert", "upsample_nearest", "concat"].contains($0.op) }.count, 0, "\(nodes.map(\.op))")
+        try agree(unfused, fused, seed: 11)
+    }
+}
