@@ -15,12 +15,13 @@ import IR
 /// largest tensor, and the buffer the largest of its step; the convolution
 /// reads no more than it did.
 ///
-/// The concatenation or upsampling must have no reader but the convolution
-/// and not be an output: in a training step a weight gradient reads the
-/// copy rematerialize made of it, and the forward convolution (a conv2d,
-/// which becomes a fused_conv2d with the epilogue in0) alone reads the
-/// first. Only whole factors (H a multiple of %x's height, W of its
-/// width), and only convolutions without a prologue.
+/// Every reader of the concatenation or upsampling must take its parts, and
+/// it must not be an output: in a training step, the forward convolution (a
+/// conv2d, which becomes a fused_conv2d with the epilogue in0) and its
+/// weight gradient (`fused_conv2d_grad_weight(%x, %dy, %skip)
+/// {input_gather=...}`), each reading the copy rematerialize made for it or
+/// both the same tensor. Only whole factors (H a multiple of %x's height, W
+/// of its width), and only convolutions without a prologue.
 public struct FuseConvGather: NodeFusionPass {
     public static let name = "fuse-conv-gather"
     public init() {}
@@ -30,9 +31,13 @@ public struct FuseConvGather: NodeFusionPass {
         let roots = Set(function.rootValues)
         let producers = Dictionary(uniqueKeysWithValues: function.nodes.map { ($0.id, $0) })
         let types = function.types
-        /// The value only `conv` reads, made by `op`.
-        func soleProducer(of value: ValueID, _ op: String) -> Node? {
-            guard uses[value] == 1, !roots.contains(value), let producer = producers[value], producer.op == op else { return nil }
+        var readers: [ValueID: [Int]] = [:]
+        for (index, node) in function.nodes.enumerated() {
+            for operand in Set(node.operands) { readers[operand, default: []].append(index) }
+        }
+        /// `value`'s producer if it is `op` and not an output.
+        func producer(of value: ValueID, _ op: String) -> Node? {
+            guard !roots.contains(value), let producer = producers[value], producer.op == op else { return nil }
             return producer
         }
         /// The whole factors by which `upsample` enlarges its operand, or nil.
@@ -43,33 +48,45 @@ public struct FuseConvGather: NodeFusionPass {
             guard h % source[2] == 0, w % source[3] == 0 else { return nil }
             return (h / source[2], w / source[3])
         }
-        var changed = false
-        for index in function.nodes.indices {
-            let conv = function.nodes[index]
-            guard conv.op == "fused_conv2d" || conv.op == "conv2d", conv.attrs[ConvOps.Algorithm.key] != nil,
-                  conv.attrs[FusedConvOps.Prologue.key] == nil, conv.attrs[FusedConvOps.Gather.key] == nil,
-                  conv.operands.dropFirst().allSatisfy({ $0 != conv.operands[0] }) else { continue }
-            let gathered: (source: ValueID, gather: FusedConvOps.Gather, skip: ValueID?)
-            if let upsample = soleProducer(of: conv.operands[0], "upsample_nearest"), upsample.attrs["channels"] == nil,
-               let (fh, fw) = factors(upsample) {
-                gathered = (upsample.operands[0], .init(fh: fh, fw: fw, skipChannels: 0), nil)
-            } else if let insert = soleProducer(of: conv.operands[0], "insert"),
-                      let upsample = soleProducer(of: insert.operands[0], "upsample_nearest"),
-                      upsample.attrs["channels"] != nil, try upsample.attrs.int("channel_offset") == 0,
-                      try insert.attrs.int("axis") == 1, let (fh, fw) = factors(upsample),
-                      let upsampled = types[upsample.operands[0]]?.shape[1], try insert.attrs.int("offset") == upsampled,
-                      let skip = types[insert.operands[1]], skip.shape[1] == insert.type.shape[1] - upsampled {
-                gathered = (upsample.operands[0], .init(fh: fh, fw: fw, skipChannels: skip.shape[1]), insert.operands[1])
-            } else {
-                continue
+        /// The parts of `value`, an upsampling or an upsampling with a skip
+        /// inserted after it; nil when it is something else.
+        func parts(of value: ValueID) throws -> (source: ValueID, gather: FusedConvOps.Gather, skip: ValueID?)? {
+            if let upsample = producer(of: value, "upsample_nearest"), upsample.attrs["channels"] == nil, let (fh, fw) = factors(upsample) {
+                return (upsample.operands[0], .init(fh: fh, fw: fw, skipChannels: 0), nil)
             }
-            var fused = conv
-            fused.op = "fused_conv2d" // (a training step's, whose batch norm reads its value, has no epilogue)
-            if fused.attrs["epilogue"] == nil { fused.attrs["epilogue"] = .expr(.input(0)) }
-            fused.operands[0] = gathered.source
-            if let skip = gathered.skip { fused.operands.append(skip) }
-            fused.attrs[FusedConvOps.Gather.key] = gathered.gather.attr
-            function.nodes[index] = fused
+            guard let insert = producer(of: value, "insert"), let upsample = producer(of: insert.operands[0], "upsample_nearest"),
+                  uses[upsample.id] == 1, upsample.attrs["channels"] != nil, try upsample.attrs.int("channel_offset") == 0,
+                  try insert.attrs.int("axis") == 1, let (fh, fw) = factors(upsample),
+                  let upsampled = types[upsample.operands[0]]?.shape[1], try insert.attrs.int("offset") == upsampled,
+                  let skip = types[insert.operands[1]], skip.shape[1] == insert.type.shape[1] - upsampled else { return nil }
+            return (upsample.operands[0], .init(fh: fh, fw: fw, skipChannels: skip.shape[1]), insert.operands[1])
+        }
+        /// `reader` reading the parts instead of `value`, or nil when its
+        /// kernel cannot: a Winograd convolution of it (forward or weight
+        /// gradient) without a prologue, reading it once, as %x.
+        func absorb(_ reader: Node, _ value: ValueID, _ parts: (source: ValueID, gather: FusedConvOps.Gather, skip: ValueID?)) -> Node? {
+            guard ["conv2d", "fused_conv2d", "conv2d_grad_weight"].contains(reader.op), reader.attrs[ConvOps.Algorithm.key] != nil,
+                  reader.attrs[FusedConvOps.Prologue.key] == nil, reader.attrs[FusedConvOps.Gather.key] == nil,
+                  reader.operands[0] == value, reader.operands.filter({ $0 == value }).count == 1 else { return nil }
+            var fused = reader
+            if reader.op == "conv2d_grad_weight" {
+                fused.op = "fused_conv2d_grad_weight"
+            } else {
+                fused.op = "fused_conv2d" // (a training step's, whose batch norm reads its value, has no epilogue)
+                if fused.attrs["epilogue"] == nil { fused.attrs["epilogue"] = .expr(.input(0)) }
+            }
+            fused.operands[0] = parts.source
+            if let skip = parts.skip { fused.operands.append(skip) }
+            fused.attrs[FusedConvOps.Gather.key] = parts.gather.attr
+            return fused
+        }
+        var changed = false
+        for node in function.nodes where node.op == "upsample_nearest" || node.op == "insert" {
+            guard let found = try parts(of: node.id), let users = readers[node.id], !users.isEmpty else { continue }
+            // Every reader takes the parts, or the tensor stays.
+            let absorbed = users.map { absorb(function.nodes[$0], node.id, found) }
+            guard absorbed.allSatisfy({ $0 != nil }) else { continue }
+            for (user, replacement) in zip(users, absorbed) { function.nodes[user] = replacement! }
             changed = true
         }
         return changed

@@ -70,8 +70,24 @@ final class ConvGatherFusionTests: XCTestCase {
         try agree(try Parser.parse(source), after, seed: 6)
     }
 
-    /// A concatenation another node reads (a weight gradient), an im2col
-    /// convolution's and an upsampling by a fraction stay as they are.
+    /// A training step's weight gradient reads the parts too, whether it
+    /// reads the forward convolution's tensor or a copy of its own.
+    func testTheWeightGradientReadsThePartsToo() throws {
+        let source = Self.decoderBlock.replacingOccurrences(of: "return %7 as \"y\"", with: """
+              %8 = conv2d_grad_weight(%6, %7) {algorithm="winograd4", pad=[1,1], weight_shape=[4,5,3,3]} : f32[4,5,3,3]
+              return %7 as "y", %8 as "dw"
+            """)
+        let after = try checkIR(source + """
+
+            // CHECK: %7 = fused_conv2d(%0, %2, %3, %4, %1) {algorithm="winograd4", epilogue=max(add(mul(in0, in1), in2), 0.0), input_gather=[2,2,2], pad=[1,1]}
+            // CHECK-NEXT: %8 = fused_conv2d_grad_weight(%0, %7, %1) {algorithm="winograd4", input_gather=[2,2,2], pad=[1,1], weight_shape=[4,5,3,3]}
+            // CHECK-NOT: insert(
+            """, passes: [FuseConvGather.name])
+        try agree(try Parser.parse(source), after, seed: 7)
+    }
+
+    /// A concatenation another node reads (an im2col weight gradient), an
+    /// im2col convolution's and an upsampling by a fraction stay as they are.
     func testLeavesWhatItCannotReadFromItsParts() throws {
         let read = Self.decoderBlock.replacingOccurrences(of: "return %7 as \"y\"", with: """
               %8 = conv2d_grad_weight(%6, %7) {pad=[1,1], weight_shape=[4,5,3,3]} : f32[4,5,3,3]

@@ -474,37 +474,62 @@ public enum FusedConvOps {
                }),
 
         OpSpec(name: "fused_conv2d_grad_weight",
-               doc: "%dw = fused_conv2d_grad_weight(%x, %dy, %ps, %pt) {<conv2d_grad_weight's>, prologue=max(add(mul(in0, in1), in2), 0.0)}: conv2d_grad_weight of the convolution that applied this prologue to x (Winograd only)",
-               arity: 4...4, requiredAttributes: ["weight_shape", Prologue.key],
+               doc: "%dw = fused_conv2d_grad_weight(%x, %dy, %ps, %pt) {<conv2d_grad_weight's>, prologue=max(add(mul(in0, in1), in2), 0.0)} or fused_conv2d_grad_weight(%x, %dy, %skip) {<conv2d_grad_weight's>, input_gather=[fh, fw, k]}: conv2d_grad_weight of the convolution that applied this prologue to x or gathered its input so (Winograd only)",
+               arity: 2...4, requiredAttributes: ["weight_shape"],
                inferType: { operands, attrs in
                    let weight = try attrs.ints("weight_shape")
-                   let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: weight, attrs: attrs)
+                   let geometry = try ConvOps.Geometry(input: try inputShape(operands, attrs), weight: weight, attrs: attrs)
                    guard geometry.outputShape == operands[1].shape else {
                        throw IRError("dy has shape \(operands[1].shape); conv2d gives \(geometry.outputShape)")
                    }
-                   _ = try prologue(operands, geometry: geometry, attrs: attrs)
+                   let prologue = try prologue(operands, geometry: geometry, attrs: attrs)
+                   let gather = try gather(geometry: geometry, attrs: attrs)
+                   guard prologue != nil || gather != nil else {
+                       throw IRError("fused_conv2d_grad_weight needs a prologue= or an input_gather=; without either it is conv2d_grad_weight")
+                   }
+                   guard operands.count == 2 + inputOperandCount(attrs) else {
+                       throw IRError("fused_conv2d_grad_weight takes %x, %dy and its prologue's or gathered input's operands; it has \(operands.count)")
+                   }
                    return operands[0].with(shape: weight)
                },
                evaluate: { operands, attrs, type in
-                   let x = evaluateElementwise(try attrs.expr(Prologue.key), [operands[0]] + operands.suffix(2), operands[0].type)
+                   let x: HostTensor
+                   if let gather = try Gather.read(attrs) {
+                       x = try evaluateGathered(operands[0], skip: operands.count == 3 ? operands[2] : nil, gather)
+                   } else {
+                       x = evaluateElementwise(try attrs.expr(Prologue.key), [operands[0]] + operands.suffix(2), operands[0].type)
+                   }
                    return try OpRegistry.require("conv2d_grad_weight").evaluate([x, operands[1]], attrs, type)
                },
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
-                   let geometry = try ConvOps.Geometry(input: operands[0].shape, weight: result.shape, attrs: attrs)
-                   guard let tile = try ConvOps.winogradTile(attrs, geometry),
-                         let prologue = try prologue(operands, geometry: geometry, attrs: attrs) else {
-                       throw IRError("fused_conv2d_grad_weight needs a Winograd algorithm and a prologue")
+                   let geometry = try ConvOps.Geometry(input: try inputShape(operands, attrs), weight: result.shape, attrs: attrs)
+                   guard let tile = try ConvOps.winogradTile(attrs, geometry) else {
+                       throw IRError("fused_conv2d_grad_weight needs a Winograd algorithm")
                    }
-                   return [KernelCall(ConvOps.kernel("conv2d_grad_weight", tile: tile), [.operand(0), .operand(1), .result, .operand(2), .operand(3)],
-                                      ints: geometry.kernelInts + ConvOps.tileInts(tile) + prologue.kernelInts,
+                   let flags: [Int]
+                   if let prologue = try prologue(operands, geometry: geometry, attrs: attrs) {
+                       flags = prologue.kernelInts
+                   } else if let gather = try gather(geometry: geometry, attrs: attrs) {
+                       flags = gather.kernelInts(upsampled: operands[0].shape[1])
+                   } else {
+                       throw IRError("fused_conv2d_grad_weight needs a prologue or a gathered input")
+                   }
+                   return [KernelCall(ConvOps.kernel("conv2d_grad_weight", tile: tile),
+                                      [.operand(0), .operand(1), .result] + operands.indices.dropFirst(2).map { .operand($0) },
+                                      ints: geometry.kernelInts + ConvOps.tileInts(tile) + flags,
                                       scratchFloats: ConvOps.winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c, packed: false),
                                       threadScratch: true)]
                },
                examples: [([f([2, 3, 7, 6]), f([2, 4, 7, 6]), f([1, 3, 1, 1]), f([3, 1, 1])],
                            ConvOps.winogradExample(pad: [1, 1]).merging(["weight_shape": .ints([4, 3, 3, 3]), Prologue.key: .expr(Prologue.expr(relu: true))])),
                           ([f([2, 3, 7, 5]), f([2, 4, 7, 5]), f([3, 1, 1]), f([3, 1, 1])],
-                           ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["weight_shape": .ints([4, 3, 3, 3]), Prologue.key: .expr(Prologue.expr(relu: false))]))],
+                           ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["weight_shape": .ints([4, 3, 3, 3]), Prologue.key: .expr(Prologue.expr(relu: false))])),
+                          // the weight gradient of a decoder block's first convolution, its input gathered
+                          ([f([2, 3, 4, 3]), f([2, 4, 8, 6]), f([2, 2, 8, 6])],
+                           ConvOps.winogradExample(pad: [1, 1]).merging(["weight_shape": .ints([4, 5, 3, 3]), Gather.key: Gather(fh: 2, fw: 2, skipChannels: 2).attr])),
+                          ([f([1, 3, 3, 2]), f([1, 2, 6, 6])],
+                           ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["weight_shape": .ints([2, 3, 3, 3]), Gather.key: Gather(fh: 2, fw: 3, skipChannels: 0).attr]))],
                flops: { operands, result, _ in ConvOps.macs(output: operands[1].shape, weight: result.shape) }),
     ]
 
