@@ -31,10 +31,7 @@ public struct FuseConvGather: NodeFusionPass {
         let roots = Set(function.rootValues)
         let producers = Dictionary(uniqueKeysWithValues: function.nodes.map { ($0.id, $0) })
         let types = function.types
-        var readers: [ValueID: [Int]] = [:]
-        for (index, node) in function.nodes.enumerated() {
-            for operand in Set(node.operands) { readers[operand, default: []].append(index) }
-        }
+        let readers = function.readers
         /// `value`'s producer if it is `op` and not an output.
         func producer(of value: ValueID, _ op: String) -> Node? {
             guard !roots.contains(value), let producer = producers[value], producer.op == op else { return nil }

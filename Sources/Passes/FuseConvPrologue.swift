@@ -38,10 +38,7 @@ public struct FuseConvPrologue: Pass {
 
     func fuse(_ function: inout Function) throws -> Bool {
         let roots = Set(function.rootValues)
-        var readers: [ValueID: [Int]] = [:]
-        for (index, node) in function.nodes.enumerated() {
-            for operand in Set(node.operands) { readers[operand, default: []].append(index) }
-        }
+        let readers = function.readers
         let types = function.types
         var removed = Set<Int>()
         for (index, node) in function.nodes.enumerated() where !roots.contains(node.id) {

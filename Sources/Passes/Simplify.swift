@@ -21,6 +21,16 @@ extension Function {
         for root in rootValues { counts[root, default: 0] += 1 }
         return counts
     }
+
+    /// The positions in `nodes` of each value's readers, each reader once
+    /// however many of its operands the value is.
+    var readers: [ValueID: [Int]] {
+        var readers: [ValueID: [Int]] = [:]
+        for (index, node) in nodes.enumerated() {
+            for operand in Set(node.operands) { readers[operand, default: []].append(index) }
+        }
+        return readers
+    }
 }
 
 /// Folds elementwise ops whose operands are all scalar constants, and removes
