@@ -274,7 +274,7 @@ public final class Trainer {
             let each = options.processes.count > 1 ? " (the batch of each of the \(options.processes.count) processes; the global batch is \(options.processes.count) × that)" : ""
             throw RuntimeError("--batch-size \(batchSize): the artifact's steps are compiled for batch \(manifest.batch)\(each); recompile it with `ddepc compile ... --batch \(batchSize)` (or drop --batch-size)")
         }
-        if options.optimizer == .adam && options.weightDecay != 0 && input("l2") == nil {
+        if options.optimizer == .adam && options.weightDecay != 0 && input(StepSignature.l2) == nil {
             throw RuntimeError("--optimizer adam with --weight-decay adds the decay to the gradient (L2), but \(step) only has decoupled (AdamW) weight decay; use --optimizer adamw, or --weight-decay 0")
         }
         if options.clipGradNorm != nil && input(StepSignature.clipNorm) == nil {

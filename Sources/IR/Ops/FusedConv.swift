@@ -236,14 +236,30 @@ public enum FusedConvOps {
         return gather
     }
 
-    /// concat(upsample_nearest(x), skip) on channels, as the interpreter
-    /// computes it.
-    static func evaluateGathered(_ x: HostTensor, skip: HostTensor?, _ gather: Gather) throws -> HostTensor {
+    /// A Winograd kernel's prologue flags and buffers (operand indices, the
+    /// last ones) for the node's prologue or gathered input; nil with neither.
+    static func inputKernelArguments(_ operands: [TensorType], geometry: ConvOps.Geometry,
+                                     attrs: Attributes) throws -> (ints: [Int], operands: [Int])? {
+        let buffers = Array(operands.count - inputOperandCount(attrs) ..< operands.count)
+        if let affine = try prologue(operands, geometry: geometry, attrs: attrs) { return (affine.kernelInts, buffers) }
+        if let gather = try gather(geometry: geometry, attrs: attrs) { return (gather.kernelInts(upsampled: operands[0].shape[1]), buffers) }
+        return nil
+    }
+
+    /// The input a fused convolution (forward or weight gradient) computes
+    /// on, as the interpreter makes it: %x after its prologue, the gathered
+    /// concatenation, or %x itself.
+    static func evaluateInput(_ operands: [HostTensor], _ attrs: Attributes) throws -> HostTensor {
+        let x = operands[0]
+        if attrs[Prologue.key] != nil {
+            return evaluateElementwise(try attrs.expr(Prologue.key), [x] + operands.suffix(2), x.type)
+        }
+        guard let gather = try Gather.read(attrs) else { return x }
         let shape = x.type.shape
         let size = [shape[2] * gather.fh, shape[3] * gather.fw]
         let upsampled = try OpRegistry.require("upsample_nearest").evaluate(
             [x], ["size": .ints(size)], x.type.with(shape: [shape[0], shape[1]] + size))
-        guard let skip else { return upsampled }
+        guard gather.skipChannels > 0, let skip = operands.last else { return upsampled }
         return try OpRegistry.require("concat").evaluate(
             [upsampled, skip], ["axis": .int(1)], x.type.with(shape: [shape[0], shape[1] + gather.skipChannels] + size))
     }
@@ -303,17 +319,11 @@ public enum FusedConvOps {
         // A forward Winograd kernel takes the prologue flags (and operands, last).
         var prologue: (ints: [Int], operands: [Int]) = ([], [])
         if name == "conv2d" && tile != nil {
-            if let affine = try self.prologue(operands, geometry: geometry, attrs: attrs) {
-                prologue = (affine.kernelInts, [operands.count - 2, operands.count - 1])
-            } else if let gather = try FusedConvOps.gather(geometry: geometry, attrs: attrs) {
-                prologue = (gather.kernelInts(upsampled: operands[0].shape[1]), gather.skipChannels > 0 ? [operands.count - 1] : [])
-            } else {
-                prologue = (Prologue.none, [])
-            }
+            prologue = try inputKernelArguments(operands, geometry: geometry, attrs: attrs) ?? (Prologue.none, [])
         }
-        return KernelCall(ConvOps.kernel(name, tile: tile) + (prepacked == nil ? "" : "_prepacked"),
-                          [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) }
-                              + (moments.map { [.operand($0)] } ?? []) + prologue.operands.map { .operand($0) },
+        let buffers: [KernelCall.Buffer] = [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) }
+            + (moments.map { [.operand($0)] } ?? []) + prologue.operands.map { .operand($0) }
+        return KernelCall(ConvOps.kernel(name, tile: tile) + (prepacked == nil ? "" : "_prepacked"), buffers,
                           ints: geometry.kernelInts + epilogue.kernelInts + momentsInts(moments) + ConvOps.tileInts(tile) + prologue.ints
                               + (prepacked.map { [$0.panel] } ?? []),
                           scratchFloats: prepacked != nil ? 0
@@ -377,17 +387,8 @@ public enum FusedConvOps {
                    // Packed filters are the filters they were made from, G·g·Gᵀ undone.
                    let (_, prepacked) = try forwardGeometry(operands.map(\.type), attrs)
                    let w = prepacked.map { WinogradFilterOps.unpack(operands[1], $0) } ?? operands[1]
-                   let inputOperands = inputOperandCount(attrs)
-                   let x: HostTensor
-                   if attrs[Prologue.key] != nil {
-                       x = evaluateElementwise(try attrs.expr(Prologue.key), [operands[0]] + operands.suffix(2), operands[0].type)
-                   } else if let gather = try Gather.read(attrs) {
-                       x = try evaluateGathered(operands[0], skip: inputOperands == 1 ? operands.last : nil, gather)
-                   } else {
-                       x = operands[0]
-                   }
-                   let conv = try ConvOps.evaluate(x, w, attrs: attrs, type: type)
-                   return evaluateElementwise(try attrs.expr("epilogue"), [conv] + operands.dropFirst(2).dropLast(inputOperands), type)
+                   let conv = try ConvOps.evaluate(try evaluateInput(operands, attrs), w, attrs: attrs, type: type)
+                   return evaluateElementwise(try attrs.expr("epilogue"), [conv] + operands.dropFirst(2).dropLast(inputOperandCount(attrs)), type)
                },
                // Formed after autodiff: nothing differentiates it.
                gradient: nil,
@@ -493,13 +494,7 @@ public enum FusedConvOps {
                    return operands[0].with(shape: weight)
                },
                evaluate: { operands, attrs, type in
-                   let x: HostTensor
-                   if let gather = try Gather.read(attrs) {
-                       x = try evaluateGathered(operands[0], skip: operands.count == 3 ? operands[2] : nil, gather)
-                   } else {
-                       x = evaluateElementwise(try attrs.expr(Prologue.key), [operands[0]] + operands.suffix(2), operands[0].type)
-                   }
-                   return try OpRegistry.require("conv2d_grad_weight").evaluate([x, operands[1]], attrs, type)
+                   return try OpRegistry.require("conv2d_grad_weight").evaluate([try evaluateInput(operands, attrs), operands[1]], attrs, type)
                },
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
@@ -507,17 +502,12 @@ public enum FusedConvOps {
                    guard let tile = try ConvOps.winogradTile(attrs, geometry) else {
                        throw IRError("fused_conv2d_grad_weight needs a Winograd algorithm")
                    }
-                   let flags: [Int]
-                   if let prologue = try prologue(operands, geometry: geometry, attrs: attrs) {
-                       flags = prologue.kernelInts
-                   } else if let gather = try gather(geometry: geometry, attrs: attrs) {
-                       flags = gather.kernelInts(upsampled: operands[0].shape[1])
-                   } else {
+                   guard let input = try inputKernelArguments(operands, geometry: geometry, attrs: attrs) else {
                        throw IRError("fused_conv2d_grad_weight needs a prologue or a gathered input")
                    }
                    return [KernelCall(ConvOps.kernel("conv2d_grad_weight", tile: tile),
-                                      [.operand(0), .operand(1), .result] + operands.indices.dropFirst(2).map { .operand($0) },
-                                      ints: geometry.kernelInts + ConvOps.tileInts(tile) + flags,
+                                      [.operand(0), .operand(1), .result] + input.operands.map { .operand($0) },
+                                      ints: geometry.kernelInts + ConvOps.tileInts(tile) + input.ints,
                                       scratchFloats: ConvOps.winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c, packed: false),
                                       threadScratch: true)]
                },
