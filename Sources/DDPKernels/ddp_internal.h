@@ -5,10 +5,26 @@
 #include <cblas.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /// Largest rank accepted by reduce, permute and copy_region.
 #define DDP_MAX_RANK 16
+
+/// Bilinear taps along one axis (ddp_pool.c): output o reads inputs i0[o]
+/// and i1[o] with weights l0[o] and l1[o], computed in float exactly as
+/// PyTorch's area_pixel_compute_source_index + guard_index_and_lambda. Shared
+/// by the bilinear upsampling and the convolutions that gather their input
+/// by it.
+typedef struct {
+    int64_t *i0, *i1;
+    float *l0, *l1;
+} ddp_linear_taps;
+
+/// The taps of `out` outputs from `in` inputs. Returns 0 (nothing allocated)
+/// for an empty input or on allocation failure.
+int ddp_linear_taps_make(int64_t in, int64_t out, int align_corners, ddp_linear_taps *t);
+void ddp_linear_taps_free(ddp_linear_taps *t);
 
 /// Row-major C = op(A)·op(B) + beta·C (alpha = 1) on the runtime thread pool
 /// (ddp_gemm.c). Returns 0 when it could not get its packing memory.
@@ -153,13 +169,21 @@ static inline void ddp_conv_epilogue_end_moments(const ddp_conv_epilogue *e, int
 /// - kind 2, gathered: the input is concat(upsample_nearest(x), skip) along
 ///   channels, never written: its first `upsampled` channels are x's
 ///   (N × upsampled × H/fh × W/fw, each element repeated fh × fw times), the
-///   rest skip's (N × (C − upsampled) × H × W); a decoder block's input.
+///   rest skip's (N × (C − upsampled) × H × W); a decoder block's input;
+/// - kind 3, gathered by bilinear interpolation: as kind 2 with
+///   upsample_bilinear (align_corners when relu's flag is 1), its taps made
+///   by ddp_conv_prologue_begin.
 typedef struct {
     const float *scale, *shift;
     int relu, active;
-    int gather;
+    int gather, bilinear, align_corners;
     const float *skip;
     int64_t fh, fw, upsampled;
+    ddp_linear_taps rows, columns; // bilinear: of the input's rows and columns in x's
+    /// bilinear: columns.i0 and columns.i1 less the i0 of their block of 16
+    /// columns (i0 first, then i1, w each): a block's taps then lie in 32
+    /// floats from that i0, which two-source permutes reach.
+    int32_t *column_offsets;
 } ddp_conv_prologue;
 
 /// Reads the prologue flags at `flags` (kind, relu, fh, fw, upsampled) of a
@@ -173,8 +197,10 @@ static inline ddp_conv_prologue ddp_conv_prologue_read(void *const *bufs, int ne
         p.shift = bufs[next + 1];
         p.relu = flags[1] != 0;
         p.active = 1;
-    } else if (flags[0] == 2) {
+    } else if (flags[0] == 2 || flags[0] == 3) {
         p.active = p.gather = 1;
+        p.bilinear = flags[0] == 3;
+        p.align_corners = p.bilinear && flags[1] != 0;
         p.fh = flags[2];
         p.fw = flags[3];
         p.upsampled = flags[4];
@@ -188,8 +214,35 @@ static inline ddp_conv_prologue ddp_conv_prologue_read(void *const *bufs, int ne
 /// 1 to `channels` upsampled channels.
 static inline int ddp_conv_prologue_valid(const int64_t *flags, int64_t channels, int64_t h, int64_t w) {
     if (flags[0] == 0 || flags[0] == 1) return 1;
-    return flags[0] == 2 && flags[2] >= 1 && flags[3] >= 1 && h % flags[2] == 0 && w % flags[3] == 0 && flags[4] >= 1 &&
-           flags[4] <= channels;
+    return (flags[0] == 2 || flags[0] == 3) && flags[2] >= 1 && flags[3] >= 1 && h % flags[2] == 0 &&
+           w % flags[3] == 0 && flags[4] >= 1 && flags[4] <= channels;
+}
+
+/// Frees what ddp_conv_prologue_begin made.
+static inline void ddp_conv_prologue_end(ddp_conv_prologue *p) {
+    if (p->rows.i0) ddp_linear_taps_free(&p->rows);
+    if (p->columns.i0) ddp_linear_taps_free(&p->columns);
+    free(p->column_offsets);
+    p->rows.i0 = p->columns.i0 = NULL;
+    p->column_offsets = NULL;
+}
+
+/// Makes what the prologue needs for an input of h × w (a bilinear
+/// gather's taps); 0 when out of memory. ddp_conv_prologue_end frees it.
+static inline int ddp_conv_prologue_begin(ddp_conv_prologue *p, int64_t h, int64_t w) {
+    if (!p->bilinear || h == 0 || w == 0) return 1;
+    if (!ddp_linear_taps_make(h / p->fh, h, p->align_corners, &p->rows)) return 0;
+    p->column_offsets = malloc((size_t)(2 * w) * sizeof(int32_t));
+    if (p->column_offsets == NULL || !ddp_linear_taps_make(w / p->fw, w, p->align_corners, &p->columns)) {
+        ddp_conv_prologue_end(p);
+        return 0;
+    }
+    for (int64_t j = 0; j < w; j++) {
+        int64_t base = p->columns.i0[j - j % 16];
+        p->column_offsets[j] = (int32_t)(p->columns.i0[j] - base);
+        p->column_offsets[w + j] = (int32_t)(p->columns.i1[j] - base);
+    }
+    return 1;
 }
 
 /// The prologue on one row of channel c's input, x[0..n) into out.

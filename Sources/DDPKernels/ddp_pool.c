@@ -367,16 +367,7 @@ int ddp_upsample_nearest_grad(void *const *bufs, const int64_t *ia, const double
     return DDP_OK;
 }
 
-/// Per-axis bilinear taps: output o reads inputs i0[o], i1[o] with weights l0[o], l1[o].
-typedef struct {
-    int64_t *i0, *i1;
-    float *l0, *l1;
-} linear_taps;
-
-/// Computes the taps in float exactly as PyTorch's area_pixel_compute_source_index
-/// + guard_index_and_lambda. Returns 0 (nothing allocated) for an empty input
-/// or on allocation failure.
-static int linear_taps_make(int64_t in, int64_t out, int align_corners, linear_taps *t) {
+int ddp_linear_taps_make(int64_t in, int64_t out, int align_corners, ddp_linear_taps *t) {
     if (in <= 0) return 0;
     size_t n = (size_t)(out > 0 ? out : 1);
     t->i0 = malloc(2 * n * sizeof(int64_t));
@@ -412,7 +403,7 @@ static int linear_taps_make(int64_t in, int64_t out, int align_corners, linear_t
     return 1;
 }
 
-static void linear_taps_free(linear_taps *t) {
+void ddp_linear_taps_free(ddp_linear_taps *t) {
     free(t->i0);
     free(t->l0);
 }
@@ -430,18 +421,18 @@ typedef struct {
     const float *in;
     float *out;
     int64_t h, w, oh, ow;
-    const linear_taps *th, *tw;
+    const ddp_linear_taps *th, *tw;
     int failed;
 } bilinear_job;
 
 /// Row r of x interpolated along the width: out[c] = l0w·x[i0] + l1w·x[i1].
-static void bilinear_row(const float *restrict x, const linear_taps *tw, int64_t ow, float *restrict out) {
+static void bilinear_row(const float *restrict x, const ddp_linear_taps *tw, int64_t ow, float *restrict out) {
     for (int64_t c = 0; c < ow; c++) out[c] = tw->l0[c] * x[tw->i0[c]] + tw->l1[c] * x[tw->i1[c]];
 }
 
 static void bilinear_planes(void *arg, int64_t begin, int64_t end) {
     bilinear_job *j = arg;
-    const linear_taps *th = j->th, *tw = j->tw;
+    const ddp_linear_taps *th = j->th, *tw = j->tw;
     int separable = j->oh >= j->h;
     float *rows = separable ? ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(j->h * j->ow)) : NULL;
     if (separable && rows == NULL) {
@@ -474,7 +465,7 @@ static void bilinear_planes(void *arg, int64_t begin, int64_t end) {
 
 static void bilinear_grad_planes(void *arg, int64_t begin, int64_t end) {
     bilinear_job *j = arg;
-    const linear_taps *th = j->th, *tw = j->tw;
+    const ddp_linear_taps *th = j->th, *tw = j->tw;
     int separable = j->oh >= j->h;
     float *rows = separable ? ddp_thread_scratch(DDP_SCRATCH_GATHER, (size_t)(j->h * j->ow)) : NULL;
     if (separable && rows == NULL) {
@@ -531,16 +522,16 @@ int ddp_upsample_bilinear(void *const *bufs, const int64_t *ia, const double *fa
     float *y = bufs[1];
     int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
     int align = ia[6] != 0;
-    linear_taps th, tw;
-    if (!linear_taps_make(h, oh, align, &th)) return DDP_ERR_NOMEM;
-    if (!linear_taps_make(w, ow, align, &tw)) {
-        linear_taps_free(&th);
+    ddp_linear_taps th, tw;
+    if (!ddp_linear_taps_make(h, oh, align, &th)) return DDP_ERR_NOMEM;
+    if (!ddp_linear_taps_make(w, ow, align, &tw)) {
+        ddp_linear_taps_free(&th);
         return DDP_ERR_NOMEM;
     }
     bilinear_job job = {x, y, h, w, oh, ow, &th, &tw, 0};
     ddp_parallel_for(planes, bilinear_planes, &job);
-    linear_taps_free(&th);
-    linear_taps_free(&tw);
+    ddp_linear_taps_free(&th);
+    ddp_linear_taps_free(&tw);
     return job.failed ? DDP_ERR_NOMEM : DDP_OK;
 }
 
@@ -551,15 +542,15 @@ int ddp_upsample_bilinear_grad(void *const *bufs, const int64_t *ia, const doubl
     float *dx = bufs[1];
     int64_t planes = ia[0] * ia[1], h = ia[2], w = ia[3], oh = ia[4], ow = ia[5];
     int align = ia[6] != 0;
-    linear_taps th, tw;
-    if (!linear_taps_make(h, oh, align, &th)) return DDP_ERR_NOMEM;
-    if (!linear_taps_make(w, ow, align, &tw)) {
-        linear_taps_free(&th);
+    ddp_linear_taps th, tw;
+    if (!ddp_linear_taps_make(h, oh, align, &th)) return DDP_ERR_NOMEM;
+    if (!ddp_linear_taps_make(w, ow, align, &tw)) {
+        ddp_linear_taps_free(&th);
         return DDP_ERR_NOMEM;
     }
     bilinear_job job = {dy, dx, h, w, oh, ow, &th, &tw, 0};
     ddp_parallel_for(planes, bilinear_grad_planes, &job);
-    linear_taps_free(&th);
-    linear_taps_free(&tw);
+    ddp_linear_taps_free(&th);
+    ddp_linear_taps_free(&tw);
     return job.failed ? DDP_ERR_NOMEM : DDP_OK;
 }

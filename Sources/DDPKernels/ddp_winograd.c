@@ -247,23 +247,71 @@ static inline void upsample_row(const float *restrict src, float *restrict out, 
 
 /// Where row ih (inside the image) of input channel c of `image` is read
 /// from, and how many floats: x's row; with a gathered input, a row of x
-/// (an upsampled channel: w / fw floats) or of skip.
+/// (an upsampled channel: w / fw floats; bilinear, the first of the two it
+/// blends) or of skip.
 static inline const float *source_row(const wino_job *job, int64_t image, int64_t c, int64_t ih, int64_t *floats) {
     const ddp_conv_prologue *p = &job->prologue;
     *floats = job->w;
     if (!p->gather) return job->x + ((image * job->c + c) * job->h + ih) * job->w;
     if (c >= p->upsampled) return p->skip + ((image * (job->c - p->upsampled) + c - p->upsampled) * job->h + ih) * job->w;
     *floats = job->w / p->fw;
-    return job->x + ((image * p->upsampled + c) * (job->h / p->fh) + ih / p->fh) * *floats;
+    int64_t source = p->bilinear ? p->rows.i0[ih] : ih / p->fh;
+    return job->x + ((image * p->upsampled + c) * (job->h / p->fh) + source) * *floats;
+}
+
+/// Row ih of an upsampled channel c, bilinear: x's two rows blended into
+/// `blend` (w / fw floats), then interpolated along the row into out (w
+/// floats). Blending first interpolates fw times fewer floats down the
+/// column; the result differs from upsample_bilinear's (along the row
+/// first) in rounding only.
+static inline void bilinear_input_row(const wino_job *job, int64_t image, int64_t c, int64_t ih, float *restrict blend,
+                                      float *restrict out) {
+    const ddp_conv_prologue *p = &job->prologue;
+    int64_t sw = job->w / p->fw;
+    const float *plane = job->x + (image * p->upsampled + c) * (job->h / p->fh) * sw;
+    const float *restrict r0 = plane + p->rows.i0[ih] * sw, *restrict r1 = plane + p->rows.i1[ih] * sw;
+    float a0 = p->rows.l0[ih], a1 = p->rows.l1[ih];
+    for (int64_t j = 0; j < sw; j++) blend[j] = a0 * r0[j] + a1 * r1[j];
+    const ddp_linear_taps *t = &p->columns;
+#ifdef __AVX512F__
+    // 16 columns at a time: their taps lie in the 32 floats from the first
+    // one's i0, two masked loads (nothing past the row read) and a
+    // two-source permute per tap. The gathers the compiler made of the
+    // scalar loop cost the convolution more than the upsampling it replaces.
+    const int32_t *offsets0 = p->column_offsets, *offsets1 = offsets0 + job->w;
+    for (int64_t j = 0; j < job->w; j += 16) {
+        __mmask16 keep = first_lanes(job->w - j);
+        int64_t base = t->i0[j];
+        __m512 lo = _mm512_maskz_loadu_ps(lanes_inside(base, sw), blend + base);
+        __m512 hi = _mm512_maskz_loadu_ps(lanes_inside(base + 16, sw), blend + base + 16);
+        __m512 v0 = _mm512_permutex2var_ps(lo, _mm512_maskz_loadu_epi32(keep, offsets0 + j), hi);
+        __m512 v1 = _mm512_permutex2var_ps(lo, _mm512_maskz_loadu_epi32(keep, offsets1 + j), hi);
+        __m512 y = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(keep, t->l0 + j), v0, _mm512_mul_ps(_mm512_maskz_loadu_ps(keep, t->l1 + j), v1));
+        _mm512_mask_storeu_ps(out + j, keep, y);
+    }
+#else
+    for (int64_t j = 0; j < job->w; j++) out[j] = t->l0[j] * blend[t->i0[j]] + t->l1[j] * blend[t->i1[j]];
+#endif
+}
+
+/// Floats input_row needs as work space: a row after the prologue, and a
+/// bilinear gather's blended row.
+static inline int64_t input_row_work_floats(const wino_job *job) {
+    const ddp_conv_prologue *p = &job->prologue;
+    return !p->active ? 0 : job->w + (p->bilinear ? job->w / p->fw : 0);
 }
 
 /// Row ih (inside the image) of input channel c as the convolution reads
-/// it: x's row, or the row the prologue makes of its source in `work` (w
-/// floats).
+/// it: x's row, or the row the prologue makes of its source in `work`
+/// (input_row_work_floats).
 static inline const float *input_row(const wino_job *job, int64_t image, int64_t c, int64_t ih, float *work) {
+    const ddp_conv_prologue *p = &job->prologue;
+    if (p->gather && c < p->upsampled && p->bilinear) {
+        bilinear_input_row(job, image, c, ih, work + job->w, work);
+        return work;
+    }
     int64_t floats;
     const float *row = source_row(job, image, c, ih, &floats);
-    const ddp_conv_prologue *p = &job->prologue;
     if (!p->active || (p->gather && floats == job->w)) return row; // (a skip row, or x's row upsampled only down)
     if (p->gather) {
         upsample_row(row, work, job->w, p->fw);
@@ -301,9 +349,14 @@ static int forward(void *const *bufs, const int64_t *ia, int panel) {
     wino_job job = {.n = ia[0], .c = ia[1], .h = ia[2], .w = ia[3], .o = ia[4], .oh = ia[7], .ow = ia[8],
                     .ph = ia[11], .pw = ia[12], .x = bufs[0], .y = bufs[2], .epilogue = epilogue,
                     .prologue = ddp_conv_prologue_read(bufs, 3 + epilogue.buffers, ia + 23, ia[1])}; // its buffers follow the epilogue's
-    if (!ddp_conv_epilogue_begin_moments(&job.epilogue, job.n, job.o, job.oh, job.ow)) return DDP_ERR_NOMEM;
+    if (!ddp_conv_prologue_begin(&job.prologue, job.h, job.w)) return DDP_ERR_NOMEM;
+    if (!ddp_conv_epilogue_begin_moments(&job.epilogue, job.n, job.o, job.oh, job.ow)) {
+        ddp_conv_prologue_end(&job.prologue);
+        return DDP_ERR_NOMEM;
+    }
     int status = ia[22] == 4 ? winograd_f4(&job, bufs[1], 0, panel) : winograd_f2(&job, bufs[1], 0, panel);
     if (status == DDP_OK) ddp_conv_epilogue_end_moments(&job.epilogue, job.n, job.o, job.oh);
+    ddp_conv_prologue_end(&job.prologue);
     return status;
 }
 
@@ -350,5 +403,8 @@ int ddp_conv2d_grad_weight_winograd(void *const *bufs, const int64_t *ia, const 
         memset(job.dw, 0, (size_t)(plane * 9) * sizeof(float));
         return DDP_OK;
     }
-    return ia[16] == 4 ? grad_weight_f4(&job) : grad_weight_f2(&job);
+    if (!ddp_conv_prologue_begin(&job.geometry.prologue, job.geometry.h, job.geometry.w)) return DDP_ERR_NOMEM;
+    int status = ia[16] == 4 ? grad_weight_f4(&job) : grad_weight_f2(&job);
+    ddp_conv_prologue_end(&job.geometry.prologue);
+    return status;
 }

@@ -238,7 +238,7 @@ static void WT(prefetch_rows)(const wino_job *job, int64_t row0, int64_t rows, i
 /// Floats `transform_input_channel` needs as work space for blocks of up to
 /// `rows` tile rows.
 static int64_t WT(input_work_floats)(const wino_job *job, int64_t rows) {
-    return 2 * PATCH * TILE * (rows + 1) * (job->tw + 1) + (job->prologue.active ? job->w : 0);
+    return 2 * PATCH * TILE * (rows + 1) * (job->tw + 1) + input_row_work_floats(job);
 }
 
 /// Bᵀ applied along the rows of z (columns k of phases 0..TILE-1, then k + 1

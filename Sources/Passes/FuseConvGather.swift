@@ -13,7 +13,11 @@ import IR
 /// own first (fuse-concat's form), and a block without a skip upsampled
 /// alone. The upsampling and the copy were two passes over the block's
 /// largest tensor, and the buffer the largest of its step; the convolution
-/// reads no more than it did.
+/// reads no more than it did. A bilinear upsampling (TransUNet's decoder),
+/// `concat(upsample_bilinear(%x), %skip) {axis=1}` or alone, is gathered the
+/// same way, with `input_gather_upsample="bilinear_align_corners"` (or
+/// `"bilinear"`): the kernel blends x's two rows and interpolates along the
+/// row as it reads each input row.
 ///
 /// Every reader of the concatenation or upsampling must take its parts, and
 /// it must not be an output: in a training step, the forward convolution (a
@@ -46,10 +50,20 @@ public struct FuseConvGather: NodeFusionPass {
             return (h / source[2], w / source[3])
         }
         /// The parts of `value`, an upsampling or an upsampling with a skip
-        /// inserted after it; nil when it is something else.
+        /// after it (inserted, nearest; concatenated, bilinear); nil when
+        /// it is something else.
         func parts(of value: ValueID) throws -> (source: ValueID, gather: FusedConvOps.Gather, skip: ValueID?)? {
             if let upsample = producer(of: value, "upsample_nearest"), upsample.attrs["channels"] == nil, let (fh, fw) = factors(upsample) {
                 return (upsample.operands[0], .init(fh: fh, fw: fw, skipChannels: 0), nil)
+            }
+            if let upsample = producer(of: value, "upsample_bilinear"), let (fh, fw) = factors(upsample) {
+                return (upsample.operands[0], .init(fh: fh, fw: fw, skipChannels: 0, upsample: try bilinear(upsample)), nil)
+            }
+            if let concat = producer(of: value, "concat"), concat.operands.count == 2, try concat.attrs.int("axis") == 1,
+               let upsample = producer(of: concat.operands[0], "upsample_bilinear"), uses[upsample.id] == 1,
+               let (fh, fw) = factors(upsample), let skip = types[concat.operands[1]] {
+                return (upsample.operands[0], .init(fh: fh, fw: fw, skipChannels: skip.shape[1], upsample: try bilinear(upsample)),
+                        concat.operands[1])
             }
             guard let insert = producer(of: value, "insert"), let upsample = producer(of: insert.operands[0], "upsample_nearest"),
                   uses[upsample.id] == 1, upsample.attrs["channels"] != nil, try upsample.attrs.int("channel_offset") == 0,
@@ -57,6 +71,9 @@ public struct FuseConvGather: NodeFusionPass {
                   let upsampled = types[upsample.operands[0]]?.shape[1], try insert.attrs.int("offset") == upsampled,
                   let skip = types[insert.operands[1]], skip.shape[1] == insert.type.shape[1] - upsampled else { return nil }
             return (upsample.operands[0], .init(fh: fh, fw: fw, skipChannels: skip.shape[1]), insert.operands[1])
+        }
+        func bilinear(_ upsample: Node) throws -> FusedConvOps.Gather.Upsample {
+            .bilinear(alignCorners: upsample.attrs["align_corners"] == nil ? false : try upsample.attrs.bool("align_corners"))
         }
         /// `reader` reading the parts instead of `value`, or nil when its
         /// kernel cannot: a Winograd convolution of it (forward or weight
@@ -74,11 +91,11 @@ public struct FuseConvGather: NodeFusionPass {
             }
             fused.operands[0] = parts.source
             if let skip = parts.skip { fused.operands.append(skip) }
-            fused.attrs[FusedConvOps.Gather.key] = parts.gather.attr
+            fused.attrs = fused.attrs.merging(parts.gather.attrs)
             return fused
         }
         var changed = false
-        for node in function.nodes where node.op == "upsample_nearest" || node.op == "insert" {
+        for node in function.nodes where ["upsample_nearest", "insert", "upsample_bilinear", "concat"].contains(node.op) {
             guard let found = try parts(of: node.id), let users = readers[node.id], !users.isEmpty else { continue }
             // Every reader takes the parts, or the tensor stays.
             let absorbed = users.map { absorb(function.nodes[$0], node.id, found) }

@@ -1,4 +1,5 @@
 import IR
+import ModelZoo
 import Passes
 import TestSupport
 import XCTest
@@ -51,6 +52,46 @@ final class ConvGatherFusionTests: XCTestCase {
             // CHECK-NOT: upsample_nearest(
             """, passes: [FuseConvGather.name])
         try agree(try Parser.parse(source), after, seed: 4)
+    }
+
+    /// TransUNet's decoder block: a bilinear upsampling (align_corners)
+    /// concatenated with the skip, not placed into it.
+    func testReadsABilinearlyUpsampledAndConcatenatedInputFromItsParts() throws {
+        let source = """
+            func @f(%0: f32[2,3,3,4] input "x", %1: f32[2,2,6,8] input "skip", %2: f32[4,5,3,3] param "w") {
+              %3 = upsample_bilinear(%0) {align_corners=true, size=[6,8]} : f32[2,3,6,8]
+              %4 = concat(%3, %1) {axis=1} : f32[2,5,6,8]
+              %5 = conv2d(%4, %2) {algorithm="winograd4", pad=[1,1]} : f32[2,4,6,8]
+              %6 = conv2d_grad_weight(%4, %5) {algorithm="winograd4", pad=[1,1], weight_shape=[4,5,3,3]} : f32[4,5,3,3]
+              return %5 as "y", %6 as "dw"
+            }
+            """
+        let after = try checkIR(source + """
+
+            // CHECK: %5 = fused_conv2d(%0, %2, %1) {algorithm="winograd4", epilogue=in0, input_gather=[2,2,2], input_gather_upsample="bilinear_align_corners", pad=[1,1]}
+            // CHECK-NEXT: %6 = fused_conv2d_grad_weight(%0, %5, %1) {algorithm="winograd4", input_gather=[2,2,2], input_gather_upsample="bilinear_align_corners", pad=[1,1], weight_shape=[4,5,3,3]}
+            // CHECK-NOT: upsample_bilinear(
+            // CHECK-NOT: concat(
+            """, passes: [FuseConvGather.name])
+        try agree(try Parser.parse(source), after, seed: 5)
+    }
+
+    /// A bilinear upsampling alone (TransUNet's last decoder block), here
+    /// without align_corners and by other factors.
+    func testReadsABilinearUpsamplingAlone() throws {
+        let source = """
+            func @f(%0: f32[1,3,2,3] input "x", %1: f32[2,3,3,3] param "w") {
+              %2 = upsample_bilinear(%0) {size=[6,6]} : f32[1,3,6,6]
+              %3 = fused_conv2d(%2, %1) {algorithm="winograd2", epilogue=in0, pad=[1,1]} : f32[1,2,6,6]
+              return %3 as "y"
+            }
+            """
+        let after = try checkIR(source + """
+
+            // CHECK: %3 = fused_conv2d(%0, %1) {algorithm="winograd2", epilogue=in0, input_gather=[3,2,0], input_gather_upsample="bilinear", pad=[1,1]}
+            // CHECK-NOT: upsample_bilinear(
+            """, passes: [FuseConvGather.name])
+        try agree(try Parser.parse(source), after, seed: 8)
     }
 
     /// A training step's forward convolution has no epilogue (its batch norm
@@ -121,6 +162,9 @@ final class ConvGatherFusionTests: XCTestCase {
             (fused.replacingOccurrences(of: "input_gather=[2,2,2]", with: "input_gather=[2,2,3]"), "the last operand, the skip, must be [2, 3, 6, 8]"),
             (fused.replacingOccurrences(of: "algorithm=\"winograd4\", ", with: ""), "only a Winograd convolution gathers its input"),
             (fused.replacingOccurrences(of: "input_gather=[2,2,2]", with: "input_gather=[0,2,2]"), "whole factors of at least 1"),
+            (fused.replacingOccurrences(of: "input_gather=[2,2,2]", with: "input_gather=[2,2,2], input_gather_upsample=\"bicubic\""),
+             "needs \"bilinear\" or \"bilinear_align_corners\""),
+            (fused.replacingOccurrences(of: "input_gather=[2,2,2]", with: "input_gather_upsample=\"bilinear\""), "without input_gather="),
         ]
         for (source, expected) in cases {
             XCTAssertThrowsError(try Verifier.verify(try Parser.parse(source))) { error in
@@ -142,5 +186,30 @@ final class ConvGatherFusionTests: XCTestCase {
         XCTAssertGreaterThan(nodes.filter { $0.attrs[FusedConvOps.Gather.key] != nil }.count, 0)
         XCTAssertEqual(nodes.filter { ["insert", "upsample_nearest", "concat"].contains($0.op) }.count, 0, "\(nodes.map(\.op))")
         try agree(unfused, fused, seed: 11)
+    }
+
+    /// The whole pipeline on the tiny TransUNet's inference and DDeP step,
+    /// Winograd wherever it applies: its decoder's bilinear upsamplings are
+    /// all gathered (forward convolutions and weight gradients), and the f64
+    /// interpreter gives the outputs and updates of the pipeline without the
+    /// pass.
+    func testTinyTransUNetAgreesWithoutTheFusion() throws {
+        let module = try buildModule(TransUNet.tiny, config: EntryConfig(batch: 2, size: 32, classes: 3, entries: [.infer, .pretrainStep]))
+        var fused = module
+        var unfused = module
+        try PassManager(PassManager.standardPipeline(convAlgorithm: .winograd)).run(&fused)
+        try PassManager(PassManager.standardPipeline(convAlgorithm: .winograd).filter { !($0 is FuseConvGather) }).run(&unfused)
+        for (before, after) in zip(unfused.functions, fused.functions) where ["infer", "pretrain_step"].contains(before.name) {
+            let gathered = after.nodes.filter { (try? FusedConvOps.Gather.read($0.attrs))??.upsample == .bilinear(alignCorners: true) }
+            XCTAssertEqual(Set(gathered.map(\.op)), before.name == "infer" ? ["fused_conv2d"] : ["fused_conv2d", "fused_conv2d_grad_weight"], before.name)
+            XCTAssertEqual(after.nodes.filter { $0.op == "upsample_bilinear" }.count, 0, before.name)
+            let arguments = randomArguments(for: before, seed: 12, classes: 3)
+            let expected = try Interpreter.run(before, arguments: arguments)
+            let got = try Interpreter.run(after, arguments: arguments)
+            for (name, value) in expected.outputs.merging(expected.updates, uniquingKeysWith: { a, _ in a }) {
+                let fusedValue = got.outputs[name] ?? got.updates[name]
+                XCTAssertLessThanOrEqual(maxRelativeDifference(fusedValue?.data ?? [], value.data), 1e-9, "\(before.name): \(name)")
+            }
+        }
     }
 }

@@ -171,35 +171,77 @@ public enum FusedConvOps {
 
     /// A gathered input, `input_gather=[fh, fw, skip channels]` (formed by
     /// `fuse-conv-gather`): a Winograd convolution reads its input as
-    /// concat(upsample_nearest(%x), %skip) along channels, %x's channels
-    /// first, each element repeated fh × fw times, then %skip's (its last
-    /// operand; none with 0 skip channels). A decoder block's upsampled and
+    /// concat(upsample(%x), %skip) along channels, %x's channels first,
+    /// enlarged fh × fw times, then %skip's (its last operand; none with 0
+    /// skip channels). The upsampling is nearest (each element repeated), or
+    /// bilinear with `input_gather_upsample="bilinear"` or
+    /// `"bilinear_align_corners"`. A decoder block's upsampled and
     /// concatenated input is then never written: its first convolution reads
     /// the rows it needs from the two as it transforms them.
     public struct Gather: Equatable {
         public static let key = "input_gather"
+        public static let upsampleKey = "input_gather_upsample"
+
+        public enum Upsample: Equatable {
+            case nearest
+            case bilinear(alignCorners: Bool)
+        }
+
         public var fh: Int
         public var fw: Int
         public var skipChannels: Int
+        public var upsample: Upsample
 
-        public init(fh: Int, fw: Int, skipChannels: Int) {
-            (self.fh, self.fw, self.skipChannels) = (fh, fw, skipChannels)
+        public init(fh: Int, fw: Int, skipChannels: Int, upsample: Upsample = .nearest) {
+            (self.fh, self.fw, self.skipChannels, self.upsample) = (fh, fw, skipChannels, upsample)
         }
 
-        public var attr: Attr { .ints([fh, fw, skipChannels]) }
+        /// The node attributes that say it.
+        public var attrs: Attributes {
+            switch upsample {
+            case .nearest: return [Self.key: .ints([fh, fw, skipChannels])]
+            case .bilinear(let align):
+                return [Self.key: .ints([fh, fw, skipChannels]), Self.upsampleKey: .string(align ? "bilinear_align_corners" : "bilinear")]
+            }
+        }
 
         /// The node's gathered input; nil without one.
         public static func read(_ attrs: Attributes) throws -> Gather? {
-            guard attrs[key] != nil else { return nil }
+            guard attrs[key] != nil else {
+                guard attrs[upsampleKey] == nil else { throw IRError("\(upsampleKey)= without input_gather=") }
+                return nil
+            }
             let v = try attrs.ints(key)
             guard v.count == 3, v[0] >= 1, v[1] >= 1, v[2] >= 0 else {
                 throw IRError("input_gather=\(v): needs [fh, fw, skip channels], whole factors of at least 1 and skip channels of at least 0")
             }
-            return Gather(fh: v[0], fw: v[1], skipChannels: v[2])
+            var upsample = Upsample.nearest
+            if attrs[upsampleKey] != nil {
+                switch try attrs.string(upsampleKey) {
+                case "bilinear": upsample = .bilinear(alignCorners: false)
+                case "bilinear_align_corners": upsample = .bilinear(alignCorners: true)
+                case let other: throw IRError("\(upsampleKey)=\"\(other)\": needs \"bilinear\" or \"bilinear_align_corners\" (nearest is said by leaving it out)")
+                }
+            }
+            return Gather(fh: v[0], fw: v[1], skipChannels: v[2], upsample: upsample)
+        }
+
+        /// The upsampling op and its attributes that make the gathered
+        /// channels from %x, to `size`.
+        func upsampling(size: [Int]) -> (op: String, attrs: Attributes) {
+            switch upsample {
+            case .nearest: return ("upsample_nearest", ["size": .ints(size)])
+            case .bilinear(let align): return ("upsample_bilinear", ["size": .ints(size), "align_corners": .bool(align)])
+            }
         }
 
         /// The kernel's prologue flags for %x of `upsampled` channels.
-        func kernelInts(upsampled: Int) -> [Int] { [2, 0, fh, fw, upsampled] }
+        func kernelInts(upsampled: Int) -> [Int] {
+            switch upsample {
+            case .nearest: return [2, 0, fh, fw, upsampled]
+            case .bilinear(let align): return [3, align ? 1 : 0, fh, fw, upsampled]
+            }
+        }
         var operandCount: Int { skipChannels > 0 ? 1 : 0 }
     }
 
@@ -257,8 +299,9 @@ public enum FusedConvOps {
         guard let gather = try Gather.read(attrs) else { return x }
         let shape = x.type.shape
         let size = [shape[2] * gather.fh, shape[3] * gather.fw]
-        let upsampled = try OpRegistry.require("upsample_nearest").evaluate(
-            [x], ["size": .ints(size)], x.type.with(shape: [shape[0], shape[1]] + size))
+        let upsampling = gather.upsampling(size: size)
+        let upsampled = try OpRegistry.require(upsampling.op).evaluate(
+            [x], upsampling.attrs, x.type.with(shape: [shape[0], shape[1]] + size))
         guard gather.skipChannels > 0, let skip = operands.last else { return upsampled }
         return try OpRegistry.require("concat").evaluate(
             [upsampled, skip], ["axis": .int(1)], x.type.with(shape: [shape[0], shape[1] + gather.skipChannels] + size))
@@ -372,7 +415,7 @@ public enum FusedConvOps {
 
     public static let all: [OpSpec] = [
         OpSpec(name: "fused_conv2d",
-               doc: "%y = fused_conv2d(%x, %w, %e1, ..., %ps, %pt) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0), prologue=max(add(mul(in0, in1), in2), 0.0)}: conv2d of x after the prologue (per input channel; its two operands last; Winograd only), then the epilogue on each output element; with {panel=p, weight_shape=[O,C,3,3]} and a Winograd algorithm, %w is winograd_filters' packed value; with {input_gather=[fh, fw, k]} (Winograd only) the input is concat(upsample_nearest(%x) by fh × fw, %skip) on channels, %skip the last operand (k channels; none when k is 0)",
+               doc: "%y = fused_conv2d(%x, %w, %e1, ..., %ps, %pt) {<conv2d's>, epilogue=max(add(mul(in0, in1), in2), 0.0), prologue=max(add(mul(in0, in1), in2), 0.0)}: conv2d of x after the prologue (per input channel; its two operands last; Winograd only), then the epilogue on each output element; with {panel=p, weight_shape=[O,C,3,3]} and a Winograd algorithm, %w is winograd_filters' packed value; with {input_gather=[fh, fw, k]} (Winograd only) the input is concat(upsample_nearest(%x) by fh × fw, %skip) on channels, %skip the last operand (k channels; none when k is 0), with {input_gather_upsample=\"bilinear\"} or \"bilinear_align_corners\" upsample_bilinear's",
                arity: 2...8, requiredAttributes: ["epilogue"],
                inferType: { operands, attrs in
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
@@ -419,11 +462,18 @@ public enum FusedConvOps {
                     ConvOps.winogradExample(pad: [0, 1], tile: 2).merging(["epilogue": .expr(.input(0)), Prologue.key: .expr(Prologue.expr(relu: false))])),
                    // a decoder block's input gathered: x upsampled ×2 and a skip of 2 channels, then batch norm and ReLU
                    ([f([2, 3, 4, 3]), f([4, 5, 3, 3]), f([4, 1, 1]), f([1, 4, 1, 1]), f([2, 2, 8, 6])],
-                    ConvOps.winogradExample(pad: [1, 1]).merging(["epilogue": .expr(.binary(.max, .binary(.add, .binary(.mul, .input(0), .input(1)), .input(2)), .const(0))),
-                                                                  Gather.key: Gather(fh: 2, fw: 2, skipChannels: 2).attr])),
+                    ConvOps.winogradExample(pad: [1, 1]).merging(["epilogue": .expr(.binary(.max, .binary(.add, .binary(.mul, .input(0), .input(1)), .input(2)), .const(0)))])
+                        .merging(Gather(fh: 2, fw: 2, skipChannels: 2).attrs)),
                    // … without a skip, by other factors down and across, F(2×2)
                    ([f([1, 3, 3, 2]), f([2, 3, 3, 3])],
-                    ConvOps.winogradExample(pad: [1, 0], tile: 2).merging(["epilogue": .expr(.input(0)), Gather.key: Gather(fh: 2, fw: 3, skipChannels: 0).attr])),
+                    ConvOps.winogradExample(pad: [1, 0], tile: 2).merging(["epilogue": .expr(.input(0))]).merging(Gather(fh: 2, fw: 3, skipChannels: 0).attrs)),
+                   // … upsampled bilinearly (TransUNet's decoder: align_corners), with a skip, and without one by other factors, F(2×2), rows of two blocks of 16
+                   ([f([2, 3, 4, 3]), f([4, 5, 3, 3]), f([4, 1, 1]), f([1, 4, 1, 1]), f([2, 2, 8, 6])],
+                    ConvOps.winogradExample(pad: [1, 1]).merging(["epilogue": .expr(.binary(.max, .binary(.add, .binary(.mul, .input(0), .input(1)), .input(2)), .const(0)))])
+                        .merging(Gather(fh: 2, fw: 2, skipChannels: 2, upsample: .bilinear(alignCorners: true)).attrs)),
+                   ([f([1, 3, 3, 7]), f([2, 3, 3, 3])],
+                    ConvOps.winogradExample(pad: [1, 0], tile: 2).merging(["epilogue": .expr(.input(0))])
+                        .merging(Gather(fh: 2, fw: 3, skipChannels: 0, upsample: .bilinear(alignCorners: false)).attrs)),
                ],
                // The epilogue's few operations per element are not counted.
                flops: { operands, result, attrs in
@@ -517,9 +567,17 @@ public enum FusedConvOps {
                            ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["weight_shape": .ints([4, 3, 3, 3]), Prologue.key: .expr(Prologue.expr(relu: false))])),
                           // the weight gradient of a decoder block's first convolution, its input gathered
                           ([f([2, 3, 4, 3]), f([2, 4, 8, 6]), f([2, 2, 8, 6])],
-                           ConvOps.winogradExample(pad: [1, 1]).merging(["weight_shape": .ints([4, 5, 3, 3]), Gather.key: Gather(fh: 2, fw: 2, skipChannels: 2).attr])),
+                           ConvOps.winogradExample(pad: [1, 1]).merging(["weight_shape": .ints([4, 5, 3, 3])]).merging(Gather(fh: 2, fw: 2, skipChannels: 2).attrs)),
                           ([f([1, 3, 3, 2]), f([1, 2, 6, 6])],
-                           ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["weight_shape": .ints([2, 3, 3, 3]), Gather.key: Gather(fh: 2, fw: 3, skipChannels: 0).attr]))],
+                           ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["weight_shape": .ints([2, 3, 3, 3])]).merging(Gather(fh: 2, fw: 3, skipChannels: 0).attrs)),
+                          // … gathered by bilinear interpolation
+                          ([f([2, 3, 4, 3]), f([2, 4, 8, 6]), f([2, 2, 8, 6])],
+                           ConvOps.winogradExample(pad: [1, 1]).merging(["weight_shape": .ints([4, 5, 3, 3])])
+                               .merging(Gather(fh: 2, fw: 2, skipChannels: 2, upsample: .bilinear(alignCorners: true)).attrs)),
+                          // (upsampled down the columns only)
+                          ([f([1, 3, 2, 21]), f([1, 2, 6, 21])],
+                           ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["weight_shape": .ints([2, 3, 3, 3])])
+                               .merging(Gather(fh: 3, fw: 1, skipChannels: 0, upsample: .bilinear(alignCorners: false)).attrs))],
                flops: { operands, result, _ in ConvOps.macs(output: operands[1].shape, weight: result.shape) }),
     ]
 

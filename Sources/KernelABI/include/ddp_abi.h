@@ -64,7 +64,10 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    kind 2, gathered: the convolution's input (N×C×H×W) is
 //                    concat(upsample_nearest(x), skip) on channels: x is N×upsampled×(H/fh)×(W/fw),
 //                    1 ≤ upsampled ≤ C, fh and fw whole factors of H and W; with
-//                    upsampled < C, bufs end with [skip] (N×(C−upsampled)×H×W).
+//                    upsampled < C, bufs end with [skip] (N×(C−upsampled)×H×W);
+//                    kind 3, gathered by bilinear interpolation: as kind 2 with
+//                    upsample_bilinear in place of upsample_nearest, align_corners
+//                    when the relu flag is 1.
 // conv2d_grad_input_winograd  as conv2d_grad_input, ia followed by m; geometries as above.
 // winograd_filters   bufs [w, u]         ia [O, C, m, p]
 //                    u = the filters w[O,C,3,3] transformed for F(m×m, 3×3), (m+2)² planes
@@ -242,7 +245,8 @@ typedef int (*ddp_entry_fn)(const ddp_buffers *buffers, const ddp_kernel_fn *ker
 /// another layout is refused rather than run (the kernel ABI hash covers it
 /// and the kernel names). 2: conv2d's epilogue flags gained has_moments.
 /// 3: the Winograd prologue flags became [kind, relu, fh, fw, upsampled].
-#define DDP_KERNEL_ARGUMENT_REVISION 3
+/// 4: prologue kind 3, a gather by bilinear interpolation.
+#define DDP_KERNEL_ARGUMENT_REVISION 4
 
 /// Index of a kernel by name, or -1.
 int ddp_kernel_index(const char *name);
