@@ -441,6 +441,12 @@ static void pack_b(view b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, int n
     }
 }
 
+int64_t ddp_gemm_pack_floats(int64_t n, int64_t k) {
+    const gemm_isa *isa = chosen_isa();
+    int64_t kc_most = k < KC ? k : KC, b_cols = n < isa->nc ? (n + isa->nr - 1) / isa->nr * isa->nr : isa->nc;
+    return kc_most * b_cols; // as gemm_block asks, with A packed (no rows of A)
+}
+
 // MARK: - Serial GEMM on one thread's part of C
 
 typedef struct {

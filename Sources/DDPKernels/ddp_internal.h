@@ -71,6 +71,15 @@ float *ddp_thread_scratch(int slot, size_t floats);
 /// this call (what its slots left of its part of the lend_thread_scratch
 /// loan), 0 without a loan.
 size_t ddp_thread_scratch_loan_floats(void);
+/// `floats` of one buffer a kernel call's tasks share, from the end of the
+/// current loan (across the threads' parts), the rest split anew among the
+/// threads for the call's other requests. NULL when the calling thread lent
+/// none, already carved from it, or it is smaller.
+float *ddp_thread_scratch_shared_block(size_t floats);
+
+/// Packing floats one thread's product op(A)·B asks of its scratch
+/// (DDP_SCRATCH_GEMM_PACK) with A packed ahead, k deep and n columns.
+int64_t ddp_gemm_pack_floats(int64_t n, int64_t k);
 
 /// Sums of x[0..n) and of its squares, in double, into out[0], out[1]:
 /// the partial batch moments of one output row. Eight lanes of each (which

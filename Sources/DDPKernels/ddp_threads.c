@@ -329,6 +329,24 @@ static float *from_loan(int slot, size_t floats) {
     return base + carved.offset[slot];
 }
 
+float *ddp_thread_scratch_shared_block(size_t floats) {
+    // Only the thread that lent it, outside a region, before it carved any of it.
+    if (region_loan.data != NULL || own_loan.data == NULL) return NULL;
+    if (carved.generation == own_loan.generation && carved.used > 0) return NULL;
+    size_t whole = own_loan.part_floats * (size_t)own_loan.parts, need = (floats + 15) & ~(size_t)15;
+    if (need > whole) {
+        atomic_fetch_add_explicit(&thread_loans_missed, 1, memory_order_relaxed);
+        return NULL;
+    }
+    float *block = own_loan.data + (whole - need);
+    // The rest, split anew: every later request of this call carves from it.
+    own_loan.part_floats = ((whole - need) / (size_t)own_loan.parts) & ~(size_t)15;
+    own_loan.generation = atomic_fetch_add(&loan_generation, 1) + 1;
+    if (own_loan.part_floats == 0) own_loan.data = NULL;
+    atomic_fetch_add_explicit(&thread_loans_served, 1, memory_order_relaxed);
+    return block;
+}
+
 size_t ddp_thread_scratch_loan_floats(void) {
     int part;
     const thread_loan *loan = current_loan(&part);

@@ -315,6 +315,22 @@ static int64_t WT(output_work_floats)(const wino_job *job, int64_t ld) {
     return (PATCH * TILE + TILE * TILE) * ld + TILE * (job->tw + 1);
 }
 
+/// Blocks of at most `rows` of the rows_total tile rows: a multiple of the
+/// threads while there are fewer than 4 a thread, so that they share them
+/// evenly.
+static int64_t WT(block_count)(int64_t rows_total, int64_t rows, int64_t threads) {
+    int64_t blocks = (rows_total + rows - 1) / rows;
+    if (blocks < 4 * threads) blocks = (blocks + threads - 1) / threads * threads;
+    return blocks > rows_total ? rows_total : blocks;
+}
+
+/// Floats one task's scratch takes for blocks of `rows` tile rows: V and M
+/// with the transforms' work space, and the GEMMs' packing space.
+static int64_t WT(task_floats)(const wino_job *job, int64_t rows) {
+    int64_t columns = rows * job->tw, in = WT(input_work_floats)(job, rows), out = WT(output_work_floats)(job, columns);
+    return POINTS * (job->c + job->o) * columns + (in > out ? in : out) + ddp_gemm_pack_floats(columns, job->c) + 32; // (each slot's start aligned)
+}
+
 /// The outputs of channel o under the block's tile rows from M[ξ][o][·]
 /// (rows ld floats apart): Aᵀ m A, then the epilogue, stored into y.
 static void WT(transform_output_channel)(const wino_job *job, int64_t row0, int64_t rows, int64_t o,
@@ -437,9 +453,21 @@ static int WT(winograd)(wino_job *job, const float *w, int transposed, int prepa
     if (lent > most_floats) most_floats = lent;
     int64_t capped = most_floats / (POINTS * (job->c + job->o) * job->tw); // see BLOCK_MOST_FLOATS
     if (rows > capped) rows = capped > 1 ? capped : 1;
-    int64_t threads = ddp_parallel_threads(), blocks = (rows_total + rows - 1) / rows;
-    if (blocks < 4 * threads) blocks = (blocks + threads - 1) / threads * threads;
-    if (blocks > rows_total) blocks = rows_total;
+    int64_t threads = ddp_parallel_threads(), blocks = WT(block_count)(rows_total, rows, threads);
+    rows = (rows_total + blocks - 1) / blocks;
+    // A loan of spare arena too small for these blocks but holding blocks
+    // of half as many tile rows or more: blocks that fit it. The heap block
+    // a thread would take instead it keeps for the rest of the process, on
+    // top of the arena; shorter blocks only stream U[ξ] more often, and the
+    // result does not depend on them. (TransUNet's widest input gradients
+    // missed their loans by a fifth once the bilinear gather shrank its
+    // fine-tuning arena, and two 9 MB heap blocks took more than it saved.)
+    int64_t loan = (int64_t)ddp_thread_scratch_loan_floats();
+    if (loan > 0 && WT(task_floats)(job, rows) > loan) {
+        int64_t fit = rows;
+        while (fit > 1 && WT(task_floats)(job, fit) > loan) fit--;
+        if (2 * fit >= rows && WT(task_floats)(job, fit) <= loan) blocks = WT(block_count)(rows_total, fit, threads);
+    }
     job->rows_per_block = (rows_total + blocks - 1) / blocks;
     blocks = (rows_total + job->rows_per_block - 1) / job->rows_per_block;
     ddp_parallel_for(blocks, WT(blocks), job);
@@ -583,7 +611,13 @@ static int WT(grad_weight)(wgrad_job *job) {
     int64_t block_count = (rows_total + rows - 1) / rows;
     rows = (rows_total + block_count - 1) / block_count; // no short last block
     int64_t most = rows * g->tw;
-    float *blocks = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, (size_t)(POINTS * (g->c + g->o) * most));
+    // One block every task shares: from the loan of spare arena across the
+    // threads' parts where it fits (one thread's part may not hold it),
+    // not a heap block the thread keeps. Its size comes from the shape
+    // alone, so dw's bits do not depend on the loan or the thread count.
+    size_t block_floats = (size_t)(POINTS * (g->c + g->o) * most);
+    float *blocks = ddp_thread_scratch_shared_block(block_floats);
+    if (blocks == NULL) blocks = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, block_floats);
     job->du = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(POINTS * plane));
     if (blocks == NULL || job->du == NULL) return DDP_ERR_NOMEM;
     memset(job->du, 0, (size_t)(POINTS * plane) * sizeof(float));

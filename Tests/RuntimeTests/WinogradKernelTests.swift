@@ -179,15 +179,14 @@ final class WinogradKernelTests: XCTestCase {
     /// A wide layer over few tiles (TransUNet's first decoder block) takes
     /// longer blocks where a loan of spare arena gives each thread room for
     /// them; the forward and input-gradient results are the same bits.
+    /// The forward's and input gradient's blocks grow into a large loan of
+    /// spare arena and shrink into one a little short of them, and the
+    /// weight gradient's one shared block comes from a loan across the
+    /// threads' parts: the same bits as without a loan, on the heap.
     func testBlocksSizedByASpareArenaLoanGiveTheSameBits() {
         let t = Case(n: 4, c: 1024, h: 28, w: 28, o: 256, ph: 1, pw: 1)
         let x = values(t.n * t.c * t.h * t.w, seed: 14), w = values(t.o * t.c * 9, seed: 15)
         let dy = values(t.n * t.o * t.oh * t.ow, seed: 16)
-        func run() -> [[Float]] {
-            [runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: dy.count)], t.ints + [0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0])[2],
-             runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0, 0, 4])[2]]
-        }
-        let unlent = run()
         let floats = 32 << 20 // 128 MB: room for the whole layer in one block per thread
         let region = UnsafeMutablePointer<Float>.allocate(capacity: floats)
         defer { region.deallocate() }
@@ -196,16 +195,32 @@ final class WinogradKernelTests: XCTestCase {
             let ints: [Int64] = [Int64(count)]
             _ = buffers.withUnsafeBufferPointer { b in ints.withUnsafeBufferPointer { ddp_lend_thread_scratch(b.baseAddress, $0.baseAddress, nil) } }
         }
-        var served: Int64 = 0, missed: Int64 = 0
-        ddp_thread_scratch_loan_counts(&served, &missed)
-        lend(floats)
-        let lent = run()
-        lend(0)
-        var servedAfter: Int64 = 0, missedAfter: Int64 = 0
-        ddp_thread_scratch_loan_counts(&servedAfter, &missedAfter)
-        XCTAssertGreaterThan(servedAfter, served, "the blocks came from the loan")
-        XCTAssertEqual(missedAfter, missed, "and fit in it")
-        XCTAssertEqual(lent, unlent)
+        // Each call under a loan of its own, as a compiled step lends them.
+        let calls: [() -> [Float]] = [
+            { runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: dy.count)], t.ints + [0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0])[2] },
+            { runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0, 0, 4])[2] },
+            { runKernel(ddp_conv2d_grad_weight_winograd, [x, dy, [Float](repeating: .nan, count: w.count)], t.ints + [4, 0, 0, 0, 0, 0])[2] },
+        ]
+        func run(loan: Int = 0) -> [[Float]] {
+            calls.map { call in
+                lend(loan)
+                defer { lend(0) }
+                return call()
+            }
+        }
+        let unlent = run()
+        // 6.4 MB a thread: what TransUNet's fine-tuning lends its first
+        // decoder block's input gradient, whose blocks want 9 MB.
+        for (loan, what) in [(floats, "a large loan"), (Int(ddp_parallel_threads()) * 1_605_632, "a loan short of the blocks")] {
+            var served: Int64 = 0, missed: Int64 = 0
+            ddp_thread_scratch_loan_counts(&served, &missed)
+            let lent = run(loan: loan)
+            var servedAfter: Int64 = 0, missedAfter: Int64 = 0
+            ddp_thread_scratch_loan_counts(&servedAfter, &missedAfter)
+            XCTAssertGreaterThan(servedAfter, served, "\(what): the blocks came from the loan")
+            XCTAssertEqual(missedAfter, missed, "\(what): and fit in it")
+            XCTAssertEqual(lent, unlent, what)
+        }
     }
 
     func testGeometriesItCannotComputeAreRefused() {
