@@ -276,7 +276,7 @@ static inline void bilinear_input_row(const wino_job *job, int64_t image, int64_
 #ifdef __AVX512F__
     // 16 columns at a time: their taps lie in the 32 floats from the first
     // one's i0, two masked loads (nothing past the row read) and a
-    // two-source permute per tap. With the scalar loop below (gathers), the
+    // two-source permute per tap. With the scalar loop below, the
     // four gathered convolutions of TransUNet's inference took 8-12 ms more
     // than before, about what the upsampling they replace took; with this,
     // about 2 ms more.
