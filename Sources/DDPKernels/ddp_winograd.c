@@ -267,9 +267,8 @@ static inline const float *source_row(const wino_job *job, int64_t image, int64_
 static inline void bilinear_input_row(const wino_job *job, int64_t image, int64_t c, int64_t ih, float *restrict blend,
                                       float *restrict out) {
     const ddp_conv_prologue *p = &job->prologue;
-    int64_t sw = job->w / p->fw;
-    const float *plane = job->x + (image * p->upsampled + c) * (job->h / p->fh) * sw;
-    const float *restrict r0 = plane + p->rows.i0[ih] * sw, *restrict r1 = plane + p->rows.i1[ih] * sw;
+    int64_t sw;
+    const float *restrict r0 = source_row(job, image, c, ih, &sw), *restrict r1 = r0 + (p->rows.i1[ih] - p->rows.i0[ih]) * sw;
     float a0 = p->rows.l0[ih], a1 = p->rows.l1[ih];
     for (int64_t j = 0; j < sw; j++) blend[j] = a0 * r0[j] + a1 * r1[j];
     const ddp_linear_taps *t = &p->columns;
@@ -308,7 +307,7 @@ static inline int64_t input_row_work_floats(const wino_job *job) {
 /// (input_row_work_floats).
 static inline const float *input_row(const wino_job *job, int64_t image, int64_t c, int64_t ih, float *work) {
     const ddp_conv_prologue *p = &job->prologue;
-    if (p->gather && c < p->upsampled && p->bilinear) {
+    if (p->bilinear && c < p->upsampled) {
         bilinear_input_row(job, image, c, ih, work + job->w, work);
         return work;
     }

@@ -73,7 +73,7 @@ public struct FuseConvGather: NodeFusionPass {
             return (upsample.operands[0], .init(fh: fh, fw: fw, skipChannels: skip.shape[1]), insert.operands[1])
         }
         func bilinear(_ upsample: Node) throws -> FusedConvOps.Gather.Upsample {
-            .bilinear(alignCorners: upsample.attrs["align_corners"] == nil ? false : try upsample.attrs.bool("align_corners"))
+            .bilinear(alignCorners: try UpsampleOps.alignCorners(upsample.attrs))
         }
         /// `reader` reading the parts instead of `value`, or nil when its
         /// kernel cannot: a Winograd convolution of it (forward or weight

@@ -185,6 +185,15 @@ public enum FusedConvOps {
         public enum Upsample: Equatable {
             case nearest
             case bilinear(alignCorners: Bool)
+
+            /// Its `input_gather_upsample` value; nil for nearest, said by leaving it out.
+            var name: String? {
+                switch self {
+                case .nearest: return nil
+                case .bilinear(let align): return align ? "bilinear_align_corners" : "bilinear"
+                }
+            }
+            static let named = Dictionary(uniqueKeysWithValues: [Upsample.bilinear(alignCorners: false), .bilinear(alignCorners: true)].map { ($0.name!, $0) })
         }
 
         public var fh: Int
@@ -198,11 +207,9 @@ public enum FusedConvOps {
 
         /// The node attributes that say it.
         public var attrs: Attributes {
-            switch upsample {
-            case .nearest: return [Self.key: .ints([fh, fw, skipChannels])]
-            case .bilinear(let align):
-                return [Self.key: .ints([fh, fw, skipChannels]), Self.upsampleKey: .string(align ? "bilinear_align_corners" : "bilinear")]
-            }
+            var attrs: Attributes = [Self.key: .ints([fh, fw, skipChannels])]
+            if let name = upsample.name { attrs[Self.upsampleKey] = .string(name) }
+            return attrs
         }
 
         /// The node's gathered input; nil without one.
@@ -217,11 +224,11 @@ public enum FusedConvOps {
             }
             var upsample = Upsample.nearest
             if attrs[upsampleKey] != nil {
-                switch try attrs.string(upsampleKey) {
-                case "bilinear": upsample = .bilinear(alignCorners: false)
-                case "bilinear_align_corners": upsample = .bilinear(alignCorners: true)
-                case let other: throw IRError("\(upsampleKey)=\"\(other)\": needs \"bilinear\" or \"bilinear_align_corners\" (nearest is said by leaving it out)")
+                let name = try attrs.string(upsampleKey)
+                guard let named = Upsample.named[name] else {
+                    throw IRError("\(upsampleKey)=\"\(name)\": needs \"bilinear\" or \"bilinear_align_corners\" (nearest is said by leaving it out)")
                 }
+                upsample = named
             }
             return Gather(fh: v[0], fw: v[1], skipChannels: v[2], upsample: upsample)
         }

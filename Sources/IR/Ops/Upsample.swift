@@ -47,6 +47,11 @@ public enum UpsampleOps {
         }
     }
 
+    /// A bilinear upsampling's align_corners (false when left out).
+    public static func alignCorners(_ attrs: Attributes) throws -> Bool {
+        attrs["align_corners"] == nil ? false : try attrs.bool("align_corners")
+    }
+
     /// Where a placed upsampling writes (made by fuse-concat after autodiff):
     /// channels [offset, offset + C) of a result of `channels` channels, the
     /// others left as they are; nil for a plain one.
@@ -62,9 +67,7 @@ public enum UpsampleOps {
 
     static func pair(_ name: String, bilinear: Bool, doc: String, gradDoc: String) -> [OpSpec] {
         let gradName = name + "_grad"
-        func align(_ attrs: Attributes) throws -> Bool {
-            bilinear ? (try attrs["align_corners"] == nil ? false : attrs.bool("align_corners")) : false
-        }
+        func align(_ attrs: Attributes) throws -> Bool { bilinear ? try alignCorners(attrs) : false }
         func ints(_ geo: Geometry, _ attrs: Attributes) throws -> [Int] {
             geo.ints + (bilinear ? [try align(attrs) ? 1 : 0] : [])
         }
