@@ -77,6 +77,13 @@ size_t ddp_thread_scratch_loan_floats(void);
 /// none, already carved from it, or it is smaller.
 float *ddp_thread_scratch_shared_block(size_t floats);
 
+/// `floats` from the end of the region lend_scratch lent the calling thread
+/// for this call, 64-byte aligned, the rest left lent for the call's weights
+/// scratch: a kernel's planned buffer of its own beside its weights. NULL
+/// without a loan (the caller allocates then) or when the loan is smaller
+/// (counted as a loan miss).
+float *ddp_lent_scratch_tail(size_t floats);
+
 /// Packing floats one thread's product op(A)·B asks of its scratch
 /// (DDP_SCRATCH_GEMM_PACK) with A packed ahead, k deep and n columns.
 int64_t ddp_gemm_pack_floats(int64_t n, int64_t k);

@@ -255,6 +255,17 @@ int ddp_lend_scratch(void *const *bufs, const int64_t *ia, const double *fa) {
 
 static int64_t loan_misses;
 
+float *ddp_lent_scratch_tail(size_t floats) {
+    if (lent.data == NULL) return NULL;
+    size_t need = (floats + 15) & ~(size_t)15;
+    if (need > (lent.floats & ~(size_t)15)) {
+        __atomic_add_fetch(&loan_misses, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    lent.floats = (lent.floats & ~(size_t)15) - need; // whole 64-byte lines before it
+    return lent.data + lent.floats;
+}
+
 int64_t ddp_scratch_loan_misses(void) { return __atomic_load_n(&loan_misses, __ATOMIC_RELAXED); }
 
 void ddp_release_free_heap(void) { malloc_trim(0); }

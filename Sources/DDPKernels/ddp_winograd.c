@@ -380,15 +380,55 @@ int ddp_winograd_filters(void *const *bufs, const int64_t *ia, const double *fa)
     return DDP_OK;
 }
 
-int ddp_conv2d_grad_input_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
-    (void)fa;
-    if (!winograd_geometry(ia, ia[22])) return DDP_ERR_ARGS;
-    // dx = conv(dy, rot180(w)ᵀ) with padding 2 - p: from O channels to C.
-    wino_job job = {.n = ia[0], .c = ia[4], .h = ia[7], .w = ia[8], .o = ia[1], .oh = ia[2], .ow = ia[3],
-                    .ph = 2 - ia[11], .pw = 2 - ia[12], .x = bufs[0], .y = bufs[2],
+/// dx of `images` images from dy: conv(dy, rot180(w)ᵀ) with padding 2 - p,
+/// from O channels to C, then the epilogue.
+static int grad_input_images(void *const *bufs, const int64_t *ia, int64_t images, const float *dy, float *dx) {
+    wino_job job = {.n = images, .c = ia[4], .h = ia[7], .w = ia[8], .o = ia[1], .oh = ia[2], .ow = ia[3],
+                    .ph = 2 - ia[11], .pw = 2 - ia[12], .x = dy, .y = dx,
                     .epilogue = ddp_conv_epilogue_read(bufs, ia + 16)};
     if (job.epilogue.moments) return DDP_ERR_ARGS; // the moments of a gradient are nobody's statistics
     return ia[22] == 4 ? winograd_f4(&job, bufs[1], 1, 0) : winograd_f2(&job, bufs[1], 1, 0);
+}
+
+/// The input gradient of a convolution that gathered its input (flags
+/// [kind, align, fh, fw, upsampled] as its forward's, no skip): the
+/// gradient wrt x, image by image. Each image's gradient wrt the upsampled
+/// input (C × H × W) goes to a block at the end of the call's weights
+/// scratch, and the upsampling's gradient takes it back to x's size in dx:
+/// the full-size gradient of the batch is never held.
+static int grad_input_gathered(void *const *bufs, const int64_t *ia) {
+    const int64_t *flags = ia + 23;
+    int64_t n = ia[0], c = ia[1], h = ia[2], w = ia[3], o = ia[4], oh = ia[7], ow = ia[8];
+    if (!ddp_conv_prologue_valid(flags, c, h, w) || flags[0] < 2 || flags[4] != c || (flags[0] == 2 && flags[1] != 0))
+        return DDP_ERR_ARGS;
+    for (int k = 16; k < 22; k++)
+        if (ia[k] != 0) return DDP_ERR_ARGS; // an epilogue would act on the upsampled gradient, which no buffer holds
+    int64_t fh = flags[2], fw = flags[3];
+    size_t image = (size_t)(c * h * w);
+    if (n == 0 || image == 0) return DDP_OK;
+    float *owned = NULL, *block = ddp_lent_scratch_tail(image);
+    if (block == NULL && (block = owned = aligned_alloc(64, (image * sizeof(float) + 63) & ~(size_t)63)) == NULL)
+        return DDP_ERR_NOMEM;
+    int64_t upsample_ia[7] = {1, c, h / fh, w / fw, h, w, flags[1]};
+    int status = DDP_OK;
+    for (int64_t i = 0; i < n && status == DDP_OK; i++) {
+        const float *dy = (const float *)bufs[0] + i * o * oh * ow;
+        float *dx = (float *)bufs[2] + i * c * (h / fh) * (w / fw);
+        status = grad_input_images(bufs, ia, 1, dy, block);
+        void *upsample_bufs[2] = {block, dx};
+        if (status == DDP_OK)
+            status = flags[0] == 3 ? ddp_upsample_bilinear_grad(upsample_bufs, upsample_ia, NULL)
+                                   : ddp_upsample_nearest_grad(upsample_bufs, upsample_ia, NULL);
+    }
+    free(owned);
+    return status;
+}
+
+int ddp_conv2d_grad_input_winograd(void *const *bufs, const int64_t *ia, const double *fa) {
+    (void)fa;
+    if (!winograd_geometry(ia, ia[22])) return DDP_ERR_ARGS;
+    if (ia[23] != 0) return grad_input_gathered(bufs, ia);
+    return grad_input_images(bufs, ia, ia[0], bufs[0], bufs[2]);
 }
 
 int ddp_conv2d_grad_weight_winograd(void *const *bufs, const int64_t *ia, const double *fa) {

@@ -19,6 +19,15 @@ import IR
 /// `"bilinear"`): the kernel blends x's two rows and interpolates along the
 /// row as it reads each input row.
 ///
+/// Backwards, the input gradient of a convolution that read an upsampling
+/// alone is taken back through it image by image:
+/// `upsample_bilinear_grad(conv2d_grad_input(%dy, %w))` becomes
+/// `fused_conv2d_grad_input(%dy, %w) {input_gather=[fh, fw, 0], ...}`,
+/// whose value is the gradient wrt %x. The gradient wrt the upsampled
+/// input, the largest tensor at the start of TransUNet's backward pass
+/// (51 MB at 224 px, batch 4), is then one image at a time in the kernel's
+/// planned scratch.
+///
 /// Every reader of the concatenation or upsampling must take its parts, and
 /// it must not be an output: in a training step, the forward convolution (a
 /// conv2d, which becomes a fused_conv2d with the epilogue in0) and its
@@ -103,6 +112,36 @@ public struct FuseConvGather: NodeFusionPass {
             for (user, replacement) in zip(users, absorbed) { function.nodes[user] = replacement! }
             changed = true
         }
-        return changed
+        return try gatherGradients(&function) || changed
+    }
+
+    /// `upsample_*_grad(conv2d_grad_input(%dy, %w))`, the input gradient a
+    /// Winograd kernel computes and only the upsampling's gradient reads, as
+    /// one `fused_conv2d_grad_input` with the gathered input's attributes.
+    func gatherGradients(_ function: inout Function) throws -> Bool {
+        let uses = function.useCounts
+        let roots = Set(function.rootValues)
+        let producers = Dictionary(uniqueKeysWithValues: function.nodes.map { ($0.id, $0) })
+        var fused: [Int: Node] = [:]
+        var absorbed = Set<ValueID>()
+        for (index, node) in function.nodes.enumerated() where ["upsample_nearest_grad", "upsample_bilinear_grad"].contains(node.op) {
+            let value = node.operands[0]
+            guard let dgrad = producers[value], dgrad.op == "conv2d_grad_input", dgrad.attrs[ConvOps.Algorithm.key] != nil,
+                  uses[value] == 1, !roots.contains(value), dgrad.type.rank == 4, node.type.rank == 4 else { continue }
+            let (full, source) = (dgrad.type.shape, node.type.shape)
+            guard source[2] > 0, source[3] > 0, full[2] % source[2] == 0, full[3] % source[3] == 0 else { continue }
+            let upsample: FusedConvOps.Gather.Upsample = node.op == "upsample_nearest_grad"
+                ? .nearest : .bilinear(alignCorners: try UpsampleOps.alignCorners(node.attrs))
+            let gather = FusedConvOps.Gather(fh: full[2] / source[2], fw: full[3] / source[3], skipChannels: 0, upsample: upsample)
+            fused[index] = Node(id: node.id, op: "fused_conv2d_grad_input", operands: dgrad.operands,
+                                attrs: dgrad.attrs.merging(["epilogue": .expr(.input(0))]).merging(gather.attrs),
+                                type: node.type, loc: dgrad.loc)
+            absorbed.insert(dgrad.id)
+        }
+        guard !fused.isEmpty else { return false }
+        function.nodes = function.nodes.enumerated().compactMap { index, node in
+            absorbed.contains(node.id) ? nil : fused[index] ?? node
+        }
+        return true
     }
 }

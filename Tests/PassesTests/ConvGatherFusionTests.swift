@@ -127,6 +127,44 @@ final class ConvGatherFusionTests: XCTestCase {
         try agree(try Parser.parse(source), after, seed: 7)
     }
 
+    /// The input gradient of a convolution that read a bilinear upsampling
+    /// alone is taken back through it by one node, whose value is the
+    /// gradient wrt x: the gradient wrt the upsampled input is never held.
+    func testTheInputGradientIsTakenBackThroughALoneUpsampling() throws {
+        let source = """
+            func @f(%0: f32[2,2,6,8] input "dy", %1: f32[2,3,3,3] param "w") {
+              %2 = conv2d_grad_input(%0, %1) {algorithm="winograd4", input_shape=[2,3,6,8], pad=[1,1]} : f32[2,3,6,8]
+              %3 = upsample_bilinear_grad(%2) {align_corners=true, input_shape=[2,3,3,4], size=[6,8]} : f32[2,3,3,4]
+              %4 = upsample_nearest_grad(%0) {input_shape=[2,2,3,4], size=[6,8]} : f32[2,2,3,4]
+              return %3 as "dx", %4 as "other"
+            }
+            """
+        let after = try checkIR(source + """
+
+            // CHECK: %3 = fused_conv2d_grad_input(%0, %1) {algorithm="winograd4", epilogue=in0, input_gather=[2,2,0], input_gather_upsample="bilinear_align_corners", input_shape=[2,3,6,8], pad=[1,1]} : f32[2,3,3,4]
+            // CHECK-NEXT: %4 = upsample_nearest_grad(%0)
+            // CHECK-NOT: conv2d_grad_input(
+            """, passes: [FuseConvGather.name])
+        try agree(try Parser.parse(source), after, seed: 9)
+    }
+
+    /// An input gradient another node reads too, or one by im2col, stays.
+    func testLeavesAnInputGradientItCannotTakeBack() throws {
+        let read = """
+            func @f(%0: f32[1,2,6,6] input "dy", %1: f32[2,3,3,3] param "w") {
+              %2 = conv2d_grad_input(%0, %1) {algorithm="winograd2", input_shape=[1,3,6,6], pad=[1,1]} : f32[1,3,6,6]
+              %3 = upsample_nearest_grad(%2) {input_shape=[1,3,3,3], size=[6,6]} : f32[1,3,3,3]
+              return %3 as "dx", %2 as "full"
+            }
+            """
+        let direct = read.replacingOccurrences(of: "algorithm=\"winograd2\", ", with: "")
+            .replacingOccurrences(of: ", %2 as \"full\"", with: "")
+        for source in [read, direct] {
+            var module = try Parser.parse(source)
+            XCTAssertEqual(try runPasses([FuseConvGather.name], on: &module), [false], source)
+        }
+    }
+
     /// A concatenation another node reads (an im2col weight gradient), an
     /// im2col convolution's and an upsampling by a fraction stay as they are.
     func testLeavesWhatItCannotReadFromItsParts() throws {
@@ -149,7 +187,8 @@ final class ConvGatherFusionTests: XCTestCase {
     }
 
     /// The type rule refuses a skip of the wrong shape and a gathered input
-    /// without a Winograd algorithm.
+    /// without a Winograd algorithm; an input gradient's, a skip or an
+    /// epilogue too.
     func testTheTypeRuleChecksTheParts() throws {
         let fused = """
             func @f(%0: f32[2,3,3,4] input "x", %1: f32[2,2,6,8] input "skip", %2: f32[4,5,3,3] param "w") {
@@ -158,6 +197,13 @@ final class ConvGatherFusionTests: XCTestCase {
             }
             """
         XCTAssertNoThrow(try Verifier.verify(try Parser.parse(fused)))
+        let gradient = """
+            func @f(%0: f32[2,2,6,8] input "dy", %1: f32[2,3,3,3] param "w") {
+              %2 = fused_conv2d_grad_input(%0, %1) {algorithm="winograd4", epilogue=in0, input_gather=[2,2,0], input_shape=[2,3,6,8], pad=[1,1]} : f32[2,3,3,4]
+              return %2 as "dx"
+            }
+            """
+        XCTAssertNoThrow(try Verifier.verify(try Parser.parse(gradient)))
         let cases = [
             (fused.replacingOccurrences(of: "input_gather=[2,2,2]", with: "input_gather=[2,2,3]"), "the last operand, the skip, must be [2, 3, 6, 8]"),
             (fused.replacingOccurrences(of: "algorithm=\"winograd4\", ", with: ""), "only a Winograd convolution gathers its input"),
@@ -165,6 +211,11 @@ final class ConvGatherFusionTests: XCTestCase {
             (fused.replacingOccurrences(of: "input_gather=[2,2,2]", with: "input_gather=[2,2,2], input_gather_upsample=\"bicubic\""),
              "needs \"bilinear\" or \"bilinear_align_corners\""),
             (fused.replacingOccurrences(of: "input_gather=[2,2,2]", with: "input_gather_upsample=\"bilinear\""), "without input_gather="),
+            (gradient.replacingOccurrences(of: "input_gather=[2,2,0]", with: "input_gather=[2,2,1]"), "the skip's channels must be 0"),
+            (gradient.replacingOccurrences(of: "%1: f32[2,3,3,3] param \"w\"", with: "%1: f32[2,3,3,3] param \"w\", %9: f32[2,3,6,8] input \"g\"")
+                .replacingOccurrences(of: "(%0, %1) {algorithm=\"winograd4\", epilogue=in0", with: "(%0, %1, %9) {algorithm=\"winograd4\", epilogue=add(in0, in1)"),
+             "has the epilogue in0"),
+            (gradient.replacingOccurrences(of: "algorithm=\"winograd4\", ", with: ""), "only a Winograd convolution gathers its input"),
         ]
         for (source, expected) in cases {
             XCTAssertThrowsError(try Verifier.verify(try Parser.parse(source))) { error in
@@ -190,9 +241,10 @@ final class ConvGatherFusionTests: XCTestCase {
 
     /// The whole pipeline on the tiny TransUNet's inference and DDeP step,
     /// Winograd wherever it applies: its decoder's bilinear upsamplings are
-    /// all gathered (forward convolutions and weight gradients), and the f64
-    /// interpreter gives the outputs and updates of the pipeline without the
-    /// pass.
+    /// all gathered (forward convolutions and weight gradients), the last
+    /// block's input gradient is taken back through its upsampling, and the
+    /// f64 interpreter gives the outputs and updates of the pipeline without
+    /// the pass.
     func testTinyTransUNetAgreesWithoutTheFusion() throws {
         let module = try buildModule(TransUNet.tiny, config: EntryConfig(batch: 2, size: 32, classes: 3, entries: [.infer, .pretrainStep]))
         var fused = module
@@ -201,7 +253,8 @@ final class ConvGatherFusionTests: XCTestCase {
         try PassManager(PassManager.standardPipeline(convAlgorithm: .winograd).filter { !($0 is FuseConvGather) }).run(&unfused)
         for (before, after) in zip(unfused.functions, fused.functions) where ["infer", "pretrain_step"].contains(before.name) {
             let gathered = after.nodes.filter { (try? FusedConvOps.Gather.read($0.attrs))??.upsample == .bilinear(alignCorners: true) }
-            XCTAssertEqual(Set(gathered.map(\.op)), before.name == "infer" ? ["fused_conv2d"] : ["fused_conv2d", "fused_conv2d_grad_weight"], before.name)
+            XCTAssertEqual(Set(gathered.map(\.op)), before.name == "infer" ? ["fused_conv2d"]
+                           : ["fused_conv2d", "fused_conv2d_grad_weight", "fused_conv2d_grad_input"], before.name)
             XCTAssertEqual(after.nodes.filter { $0.op == "upsample_bilinear" }.count, 0, before.name)
             let arguments = randomArguments(for: before, seed: 12, classes: 3)
             let expected = try Interpreter.run(before, arguments: arguments)

@@ -242,6 +242,13 @@ public enum FusedConvOps {
             }
         }
 
+        /// The gradient op and its attributes that take a gradient of the
+        /// gathered channels (of `size`) back to %x's `source` shape.
+        func upsamplingGradient(source: [Int], size: [Int]) -> (op: String, attrs: Attributes) {
+            let forward = upsampling(size: size)
+            return (forward.op + "_grad", forward.attrs.merging(["input_shape": .ints(source)]))
+        }
+
         /// The kernel's prologue flags for %x of `upsampled` channels.
         func kernelInts(upsampled: Int) -> [Int] {
             switch upsample {
@@ -283,6 +290,26 @@ public enum FusedConvOps {
             throw IRError("input_gather=: only a Winograd convolution gathers its input; this one has no algorithm")
         }
         return gather
+    }
+
+    /// A fused_conv2d_grad_input's gathered input, checked: the input
+    /// gradient of a Winograd convolution that gathered its input by
+    /// upsampling alone (no skip), with the epilogue in0. Its value is the
+    /// gradient wrt %x, `input_shape` (the gathered input's) divided by the
+    /// factors; nil without `input_gather`.
+    static func gatheredGradInput(_ operands: [TensorType], _ attrs: Attributes) throws -> (gather: Gather, dx: [Int])? {
+        let input = try attrs.ints("input_shape")
+        guard let gather = try gather(geometry: ConvOps.Geometry(input: input, weight: operands[1].shape, attrs: attrs), attrs: attrs) else { return nil }
+        guard gather.skipChannels == 0 else {
+            throw IRError("input_gather=[\(gather.fh),\(gather.fw),\(gather.skipChannels)]: an input gradient is taken back through an upsampling alone; the skip's channels must be 0")
+        }
+        guard input.count == 4, input[2] % gather.fh == 0, input[3] % gather.fw == 0 else {
+            throw IRError("input_gather=[\(gather.fh),\(gather.fw),0]: input_shape \(input) must be NCHW with H a multiple of \(gather.fh) and W of \(gather.fw)")
+        }
+        guard try attrs.expr("epilogue") == .input(0), operands.count == 2 else {
+            throw IRError("an input gradient with input_gather= has the epilogue in0 and no operands after %dy and %w: the gradient wrt the upsampled input, which an epilogue would act on, is never held")
+        }
+        return (gather, [input[0], input[1], input[2] / gather.fh, input[3] / gather.fw])
     }
 
     /// A Winograd kernel's prologue flags and buffers (operand indices, the
@@ -366,10 +393,19 @@ public enum FusedConvOps {
         guard moments == nil || name == "conv2d" else { throw IRError("moments=: only a forward convolution gathers batch moments") }
         let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
         let tile = try ConvOps.winogradTile(attrs, geometry)
-        // A forward Winograd kernel takes the prologue flags (and operands, last).
+        // A forward Winograd kernel takes the prologue flags (and operands,
+        // last); an input gradient's, its gathered input's, and a block for
+        // one image's gradient wrt the gathered input after its filters.
         var prologue: (ints: [Int], operands: [Int]) = ([], [])
+        var gatheredImageFloats = 0
         if name == "conv2d" && tile != nil {
             prologue = try inputKernelArguments(operands, geometry: geometry, attrs: attrs) ?? (Prologue.none, [])
+        } else if name == "conv2d_grad_input" && tile != nil {
+            prologue = (Prologue.none, [])
+            if let (gather, _) = try gatheredGradInput(operands, attrs) {
+                prologue.ints = gather.kernelInts(upsampled: geometry.c)
+                gatheredImageFloats = geometry.c * geometry.h * geometry.w + 16 // and a 64-byte line to align it
+            }
         }
         let buffers: [KernelCall.Buffer] = [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) }
             + (moments.map { [.operand($0)] } ?? []) + prologue.operands.map { .operand($0) }
@@ -377,7 +413,7 @@ public enum FusedConvOps {
                           ints: geometry.kernelInts + epilogue.kernelInts + momentsInts(moments) + ConvOps.tileInts(tile) + prologue.ints
                               + (prepacked.map { [$0.panel] } ?? []),
                           scratchFloats: prepacked != nil ? 0
-                              : ConvOps.winogradScratchFloats(tile: tile, rows: transformed.rows, columns: transformed.columns),
+                              : ConvOps.winogradScratchFloats(tile: tile, rows: transformed.rows, columns: transformed.columns) + gatheredImageFloats,
                           threadScratch: true)
     }
 
@@ -490,21 +526,25 @@ public enum FusedConvOps {
                overwritableOperands: winogradOverwritable { attrs, operands in try forwardGeometry(operands, attrs).0 }),
 
         OpSpec(name: "fused_conv2d_grad_input",
-               doc: "%dx = fused_conv2d_grad_input(%dy, %w, %e1, ...) {<conv2d_grad_input's>, epilogue=mul(in0, gt(in1, 0.0))}: conv2d_grad_input, then the epilogue on each element of dx",
+               doc: "%dx = fused_conv2d_grad_input(%dy, %w, %e1, ...) {<conv2d_grad_input's>, epilogue=mul(in0, gt(in1, 0.0))}: conv2d_grad_input, then the epilogue on each element of dx; with {input_gather=[fh, fw, 0], epilogue=in0} (Winograd only, input_gather_upsample as fused_conv2d's) the gradient wrt %x of the convolution that read upsample(%x) as its input_shape input, taken back through the upsampling image by image",
                arity: 2...6, requiredAttributes: ["input_shape", "epilogue"],
                inferType: { operands, attrs in
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
                    let dx = try ConvOps.gradInputType(operands, attrs)
                    _ = try epilogue(operands, output: dx.shape, attrs: attrs)
+                   if let (_, source) = try gatheredGradInput(operands, attrs) { return dx.with(shape: source) }
                    return dx
                },
                evaluate: { operands, attrs, type in
-                   let dx = try ConvOps.evaluateGradInput(operands[0], operands[1], attrs: attrs, type: type)
-                   return evaluateElementwise(try attrs.expr("epilogue"), [dx] + operands.dropFirst(2), type)
+                   let full = type.with(shape: try attrs.ints("input_shape"))
+                   let dx = evaluateElementwise(try attrs.expr("epilogue"), [try ConvOps.evaluateGradInput(operands[0], operands[1], attrs: attrs, type: full)] + operands.dropFirst(2), full)
+                   guard let (gather, _) = try gatheredGradInput(operands.map(\.type), attrs) else { return dx }
+                   let back = gather.upsamplingGradient(source: type.shape, size: Array(full.shape.suffix(2)))
+                   return try OpRegistry.require(back.op).evaluate([dx], back.attrs, type)
                },
                gradient: nil,
                lowering: .kernels { operands, result, attrs in
-                   let geometry = try ConvOps.Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs)
+                   let geometry = try ConvOps.Geometry(input: try attrs.ints("input_shape"), weight: operands[1].shape, attrs: attrs)
                    // Its Winograd kernel transforms wᵀ: C rows of O.
                    return [try kernelCall("conv2d_grad_input", geometry, operands: operands, result: result, attrs: attrs,
                                           transformed: (rows: geometry.c, columns: geometry.o))]
@@ -525,6 +565,17 @@ public enum FusedConvOps {
                    ([f([1, 4, 5, 5]), f([4, 3, 1, 1]), f([3, 1, 1]), f([1, 3, 1, 1]), f([1, 3, 5, 5]), f([1, 3, 5, 5])],
                     ["input_shape": .ints([1, 3, 5, 5]),
                      "epilogue": .expr(.binary(.mul, .binary(.gt, .input(4), .const(0)), residualReLU))]),
+                   // the gradient wrt x of a convolution that read upsample(x): bilinear with align_corners
+                   // (TransUNet's last decoder block), F(4×4), rows of two blocks of 16; nearest, F(2×2)
+                   ([f([2, 4, 8, 18]), f([4, 3, 3, 3])],
+                    ConvOps.winogradExample(pad: [1, 1]).merging(["input_shape": .ints([2, 3, 8, 18]), "epilogue": .expr(.input(0))])
+                        .merging(Gather(fh: 2, fw: 2, skipChannels: 0, upsample: .bilinear(alignCorners: true)).attrs)),
+                   ([f([2, 2, 6, 6]), f([2, 3, 3, 3])],
+                    ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["input_shape": .ints([2, 3, 6, 6]), "epilogue": .expr(.input(0))])
+                        .merging(Gather(fh: 3, fw: 2, skipChannels: 0).attrs)),
+                   ([f([1, 2, 4, 9]), f([2, 3, 3, 3])],
+                    ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["input_shape": .ints([1, 3, 4, 9]), "epilogue": .expr(.input(0))])
+                        .merging(Gather(fh: 2, fw: 3, skipChannels: 0, upsample: .bilinear(alignCorners: false)).attrs)),
                ],
                flops: { operands, _, _ in ConvOps.macs(output: operands[0].shape, weight: operands[1].shape) },
                overwritableOperands: winogradOverwritable { attrs, operands in

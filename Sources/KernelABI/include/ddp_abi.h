@@ -68,7 +68,14 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    kind 3, gathered by bilinear interpolation: as kind 2 with
 //                    upsample_bilinear in place of upsample_nearest, align_corners
 //                    when the relu flag is 1.
-// conv2d_grad_input_winograd  as conv2d_grad_input, ia followed by m; geometries as above.
+// conv2d_grad_input_winograd  as conv2d_grad_input, ia followed by m; geometries as above;
+//                    then prologue flags [kind, align, fh, fw, upsampled] as conv2d_winograd's:
+//                    kind 0, none; kind 2 or 3, the gradient of a convolution that gathered
+//                    its input with upsampled = C (no skip), taken back through the
+//                    upsampling: dx is N×C×(H/fh)×(W/fw), the gradient wrt x, and the
+//                    epilogue flags are 0. Image by image, the gradient wrt the upsampled
+//                    input goes to C·H·W floats taken from the end of the call's
+//                    lend_scratch loan (after the transformed filters it plans).
 // winograd_filters   bufs [w, u]         ia [O, C, m, p]
 //                    u = the filters w[O,C,3,3] transformed for F(m×m, 3×3), (m+2)² planes
 //                    U[ξ] (O × C) each packed for the GEMM in row panels of p rows
@@ -245,8 +252,9 @@ typedef int (*ddp_entry_fn)(const ddp_buffers *buffers, const ddp_kernel_fn *ker
 /// another layout is refused rather than run (the kernel ABI hash covers it
 /// and the kernel names). 2: conv2d's epilogue flags gained has_moments.
 /// 3: the Winograd prologue flags became [kind, relu, fh, fw, upsampled].
-/// 4: prologue kind 3, a gather by bilinear interpolation.
-#define DDP_KERNEL_ARGUMENT_REVISION 4
+/// 4: prologue kind 3, a gather by bilinear interpolation. 5: the Winograd
+/// input gradient takes the prologue flags (its gathered form).
+#define DDP_KERNEL_ARGUMENT_REVISION 5
 
 /// Index of a kernel by name, or -1.
 int ddp_kernel_index(const char *name);
