@@ -85,7 +85,7 @@ public struct PassManager {
                                 SelectConvAlgorithm(mode: convAlgorithm, weightsPrepared: panelRows != nil)]
         let prepare: [any Pass] = panelRows.map { [PrepareWeights(panelRows: $0)] } ?? []
         let moments: [any Pass] = momentsInEpilogue ? [FuseConvMoments()] : []
-        return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(memoryBudget: memoryBudget), FuseConvPrologue(), FuseConvGather(), GroupLoops()]
+        return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(memoryBudget: memoryBudget), FuseConvPrologue(), SplitConvGradInput(), FuseConvGather(), GroupLoops()]
             + moments + [PlanMemory()]
     }
 
@@ -96,7 +96,7 @@ public struct PassManager {
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
          BatchNormFromMoments.name, OnePassMoments.name, FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
-         FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, PrepareWeights.name, ScheduleUpdates.name, Rematerialize.name, FuseConvPrologue.name, FuseConvGather.name, GroupLoops.name, FuseConvMoments.name, PlanMemory.name]
+         FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, PrepareWeights.name, ScheduleUpdates.name, Rematerialize.name, FuseConvPrologue.name, SplitConvGradInput.name, FuseConvGather.name, GroupLoops.name, FuseConvMoments.name, PlanMemory.name]
     }
 
     @discardableResult

@@ -241,21 +241,24 @@ final class ConvGatherFusionTests: XCTestCase {
 
     /// The whole pipeline on the tiny TransUNet's inference and DDeP step,
     /// Winograd wherever it applies: its decoder's bilinear upsamplings are
-    /// all gathered (forward convolutions and weight gradients), the last
-    /// block's input gradient is taken back through its upsampling, and the
-    /// f64 interpreter gives the outputs and updates of the pipeline without
-    /// the pass.
+    /// all gathered (forward convolutions and weight gradients), every
+    /// block's input gradient is taken back through its upsampling (the
+    /// concatenations' by split-conv-grad-input's parts), and the f64
+    /// interpreter gives the outputs and updates of the pipeline without
+    /// either pass.
     func testTinyTransUNetAgreesWithoutTheFusion() throws {
         let module = try buildModule(TransUNet.tiny, config: EntryConfig(batch: 2, size: 32, classes: 3, entries: [.infer, .pretrainStep]))
         var fused = module
         var unfused = module
         try PassManager(PassManager.standardPipeline(convAlgorithm: .winograd)).run(&fused)
-        try PassManager(PassManager.standardPipeline(convAlgorithm: .winograd).filter { !($0 is FuseConvGather) }).run(&unfused)
+        try PassManager(PassManager.standardPipeline(convAlgorithm: .winograd).filter { !($0 is FuseConvGather || $0 is SplitConvGradInput) }).run(&unfused)
         for (before, after) in zip(unfused.functions, fused.functions) where ["infer", "pretrain_step"].contains(before.name) {
             let gathered = after.nodes.filter { (try? FusedConvOps.Gather.read($0.attrs))??.upsample == .bilinear(alignCorners: true) }
             XCTAssertEqual(Set(gathered.map(\.op)), before.name == "infer" ? ["fused_conv2d"]
                            : ["fused_conv2d", "fused_conv2d_grad_weight", "fused_conv2d_grad_input"], before.name)
-            XCTAssertEqual(after.nodes.filter { $0.op == "upsample_bilinear" }.count, 0, before.name)
+            XCTAssertEqual(after.nodes.filter { ["upsample_bilinear", "upsample_bilinear_grad"].contains($0.op) }.count, 0, before.name)
+            XCTAssertEqual(after.nodes.filter { $0.op == "fused_conv2d_grad_input" && $0.attrs[FusedConvOps.Gather.key] != nil }.count,
+                           before.nodes.filter { $0.op == "upsample_bilinear_grad" }.count, before.name)
             let arguments = randomArguments(for: before, seed: 12, classes: 3)
             let expected = try Interpreter.run(before, arguments: arguments)
             let got = try Interpreter.run(after, arguments: arguments)

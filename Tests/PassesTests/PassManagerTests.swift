@@ -38,12 +38,12 @@ final class PassManagerTests: XCTestCase {
         XCTAssertEqual(pipeline.map(\.name), ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce",
                                               "batch-norm-from-moments", "one-pass-moments", "fuse-elementwise", "fuse-reductions", "fuse-norm-activation",
                                               "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights", "schedule-updates", "dce",
-                                              "rematerialize", "fuse-conv-prologue", "fuse-conv-gather", "group-loops", "plan-memory"])
+                                              "rematerialize", "fuse-conv-prologue", "split-conv-grad-input", "fuse-conv-gather", "group-loops", "plan-memory"])
         let dataParallel = PassManager.standardPipeline(dataParallel: true, momentsInEpilogue: true)
         XCTAssertEqual(dataParallel.map(\.name), ["infer-shapes", "sync-batch-norm", "autodiff", "allreduce-gradients", "optimizer",
                                                   "fold-constants", "cse", "dce", "batch-norm-from-moments", "one-pass-moments", "fuse-elementwise",
                                                   "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm",
-                                                  "prepare-weights", "schedule-updates", "dce", "rematerialize", "fuse-conv-prologue", "fuse-conv-gather", "group-loops",
+                                                  "prepare-weights", "schedule-updates", "dce", "rematerialize", "fuse-conv-prologue", "split-conv-grad-input", "fuse-conv-gather", "group-loops",
                                                   "fuse-conv-moments", "plan-memory"])
         XCTAssertEqual(Set(PassManager.knownPassNames), Set(dataParallel.map(\.name)))
         XCTAssertEqual(Set(passesByName.keys), Set(PassManager.knownPassNames), "the tests know every pass")
@@ -57,10 +57,10 @@ final class PassManagerTests: XCTestCase {
         // find nothing,
         // and fuse-elementwise and fuse-reductions remove what they absorb, so the last DCE has
         // nothing to do; schedule-updates moves each weight's update up to its gradient; nothing is worth
-        // recomputing, nor a convolution to take a prologue or read its input from its parts; group-loops puts the
-        // optimizer's step into one loop.
+        // recomputing, nor a convolution to take a prologue, have its input gradient split or read its input
+        // from its parts; group-loops puts the optimizer's step into one loop.
         XCTAssertEqual(records.map(\.changed), [false, true, true, true, true, true, false, false, true, true, false, false, false, false, false,
-                                                 true, false, false, false, false, true, true])
+                                                 true, false, false, false, false, false, true, true])
         XCTAssertEqual(records.last?.nodesAfter, module.functions[0].nodes.count)
         XCTAssertNotNil(module.functions[0].arenaBytes)
         XCTAssertNotNil(module.functions[0].argument(named: "opt.m.w"))
@@ -85,13 +85,13 @@ final class PassManagerTests: XCTestCase {
         // infer-shapes finds nothing to fix in built IR, nor batch-norm-from-moments and
         // fuse-norm-activation a batch norm, nor fuse-conv-epilogue, select-conv-algorithm and prepare-weights a convolution, nor
         // fuse-concat a concatenation, nor the last DCE anything dead, nor
-        // rematerialize anything to recompute, nor fuse-conv-prologue and fuse-conv-gather a convolution, nor
+        // rematerialize anything to recompute, nor fuse-conv-prologue, split-conv-grad-input and fuse-conv-gather a convolution, nor
         // one-pass-moments a batch norm: with printAfterChange they stay quiet.
         let (changed, _, _) = try run(pipeline) {
             $0.printAfter = ["all"]
             $0.printAfterChange = true
         }
-        XCTAssertEqual(occurrences(of: "IR after", in: changed), pipeline.count - 12)
+        XCTAssertEqual(occurrences(of: "IR after", in: changed), pipeline.count - 13)
         XCTAssertFalse(changed.contains("IR after infer-shapes"))
         XCTAssertFalse(changed.contains("IR after fuse-conv-epilogue"))
         let (quiet, _, _) = try run([InferShapes()]) {
