@@ -219,23 +219,25 @@ final class LLVMEmitterTests: XCTestCase {
 
     /// Winograd kernels borrow their weights scratch from the arena, lent
     /// for each call (plan-memory sized it for every ISA: no request misses),
-    /// and compute what the interpreter does.
+    /// and compute what the interpreter does; an input gradient taken back
+    /// through an upsampling borrows its image's block there too.
     func testWinogradKernelsBorrowTheirScratchFromTheArena() throws {
         let module = try Parser.parse("""
             func @f(%0: f32[2,16,12,12] input "x", %1: f32[20,16,3,3] param "w", %2: f32[2,20,12,12] input "g") {
               %3 = conv2d(%0, %1) {algorithm="winograd4", pad=[1,1]} : f32[2,20,12,12]
               %4 = conv2d_grad_input(%2, %1) {algorithm="winograd4", input_shape=[2,16,12,12], pad=[1,1]} : f32[2,16,12,12]
               %5 = conv2d_grad_weight(%0, %2) {algorithm="winograd2", pad=[1,1], weight_shape=[20,16,3,3]} : f32[20,16,3,3]
-              return %3 as "y", %4 as "dx", %5 as "dw"
+              %6 = fused_conv2d_grad_input(%2, %1) {algorithm="winograd4", epilogue=in0, input_gather=[2,3,0], input_gather_upsample="bilinear_align_corners", input_shape=[2,16,12,12], pad=[1,1]} : f32[2,16,6,4]
+              return %3 as "y", %4 as "dx", %5 as "dw", %6 as "dsource"
             }
             """)
         let misses = ddp_scratch_loan_misses()
         let checked = try check(module, name: "winograd", passes: [PlanMemory()])
         XCTAssertEqual(ddp_scratch_loan_misses(), misses, "every request fit its loan")
         let planned = checked.planned.functions[0]
-        XCTAssertEqual(planned.nodes.filter { $0.scratchOffset != nil }.count, 3)
+        XCTAssertEqual(planned.nodes.filter { $0.scratchOffset != nil }.count, 4)
         let lowered = try Lowerer.lower(planned, layout: try BufferLayout(module: checked.planned))
-        XCTAssertEqual(lowered.kernelCalls.filter { $0.kernel == "lend_scratch" }.count, 6, "lent before each call, taken back after")
+        XCTAssertEqual(lowered.kernelCalls.filter { $0.kernel == "lend_scratch" }.count, 8, "lent before each call, taken back after")
     }
 
     /// Convolutions before a large buffer is made borrow their per-thread
