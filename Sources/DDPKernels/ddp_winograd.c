@@ -391,30 +391,35 @@ static int grad_input_images(void *const *bufs, const int64_t *ia, int64_t image
 }
 
 /// The input gradient of a convolution that gathered its input (flags
-/// [kind, align, fh, fw, upsampled] as its forward's, no skip): the
-/// gradient wrt x, image by image. Each image's gradient wrt the upsampled
-/// input (C × H × W) goes to a block at the end of the call's weights
-/// scratch, and the upsampling's gradient takes it back to x's size in dx:
-/// the full-size gradient of the batch is never held.
+/// [kind, align, fh, fw, upsampled] as its forward's, no skip, then the
+/// images per group): the gradient wrt x, a group of images at a time. The
+/// group's gradient wrt the upsampled input (C × H × W an image) goes to a
+/// block at the end of the call's weights scratch, and the upsampling's
+/// gradient takes it back to x's size in dx: the full-size gradient of the
+/// batch is never held where an image has tiles enough to keep the threads
+/// busy alone.
 static int grad_input_gathered(void *const *bufs, const int64_t *ia) {
     const int64_t *flags = ia + 23;
-    int64_t n = ia[0], c = ia[1], h = ia[2], w = ia[3], o = ia[4], oh = ia[7], ow = ia[8];
-    if (!ddp_conv_prologue_valid(flags, c, h, w) || flags[0] < 2 || flags[4] != c || (flags[0] == 2 && flags[1] != 0))
+    int64_t n = ia[0], c = ia[1], h = ia[2], w = ia[3], o = ia[4], oh = ia[7], ow = ia[8], group = ia[28];
+    if (!ddp_conv_prologue_valid(flags, c, h, w) || flags[0] < 2 || flags[4] != c || (flags[0] == 2 && flags[1] != 0) ||
+        group < 1)
         return DDP_ERR_ARGS;
     for (int k = 16; k < 22; k++)
         if (ia[k] != 0) return DDP_ERR_ARGS; // an epilogue would act on the upsampled gradient, which no buffer holds
     int64_t fh = flags[2], fw = flags[3];
+    if (group > n) group = n;
     size_t image = (size_t)(c * h * w);
     if (n == 0 || image == 0) return DDP_OK;
-    float *owned = NULL, *block = ddp_lent_scratch_tail(image);
-    if (block == NULL && (block = owned = aligned_alloc(64, (image * sizeof(float) + 63) & ~(size_t)63)) == NULL)
+    float *owned = NULL, *block = ddp_lent_scratch_tail(image * (size_t)group);
+    if (block == NULL && (block = owned = aligned_alloc(64, (image * (size_t)group * sizeof(float) + 63) & ~(size_t)63)) == NULL)
         return DDP_ERR_NOMEM;
-    int64_t upsample_ia[7] = {1, c, h / fh, w / fw, h, w, flags[1]};
     int status = DDP_OK;
-    for (int64_t i = 0; i < n && status == DDP_OK; i++) {
+    for (int64_t i = 0; i < n && status == DDP_OK; i += group) {
+        int64_t images = n - i < group ? n - i : group;
         const float *dy = (const float *)bufs[0] + i * o * oh * ow;
         float *dx = (float *)bufs[2] + i * c * (h / fh) * (w / fw);
-        status = grad_input_images(bufs, ia, 1, dy, block);
+        status = grad_input_images(bufs, ia, images, dy, block);
+        int64_t upsample_ia[7] = {images, c, h / fh, w / fw, h, w, flags[1]};
         void *upsample_bufs[2] = {block, dx};
         if (status == DDP_OK)
             status = flags[0] == 3 ? ddp_upsample_bilinear_grad(upsample_bufs, upsample_ia, NULL)

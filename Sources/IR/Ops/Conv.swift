@@ -243,10 +243,9 @@ public enum ConvOps {
                lowering: .kernels { operands, result, attrs in
                    let geometry = try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs)
                    let tile = try winogradTile(attrs, geometry)
-                   // (A Winograd kernel's gather flags last: none.)
                    return [KernelCall(kernel("conv2d_grad_input", tile: tile), [.operand(0), .operand(1), .result],
                                       ints: geometry.kernelInts + FusedConvOps.Epilogue.none + FusedConvOps.momentsInts(nil) + tileInts(tile)
-                                          + (tile == nil ? [] : FusedConvOps.Prologue.none),
+                                          + (tile == nil ? [] : FusedConvOps.GradInputGather.none),
                                       scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.c, columns: geometry.o), threadScratch: true)]
                },
                examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6])),

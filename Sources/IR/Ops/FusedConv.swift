@@ -292,6 +292,25 @@ public enum FusedConvOps {
         return gather
     }
 
+    /// How a Winograd input gradient of a gathered input runs: its kernel's
+    /// gather flags, and the images it takes at a time.
+    enum GradInputGather {
+        /// The flags without a gather: the prologue's none, 0 images per group.
+        static let none = Prologue.none + [0]
+        /// Tiles a group of images should have at least: below a few hundred
+        /// a thread, a Winograd call is mostly its filter transform and the
+        /// pool's start (unet-r18's 8 px layers, an image at a time, took
+        /// 2.8× as long as the whole batch's gradient had).
+        static let tilesPerGroup = 1024
+
+        /// Images a group takes: the fewest with `tilesPerGroup` tiles of the
+        /// input gradient (geometry.h × geometry.w), at most the batch.
+        static func imagesPerGroup(_ geometry: ConvOps.Geometry, tile: Int) -> Int {
+            let tiles = ((geometry.h + tile - 1) / tile) * ((geometry.w + tile - 1) / tile)
+            return max(1, min(geometry.n, (tilesPerGroup + tiles - 1) / max(tiles, 1)))
+        }
+    }
+
     /// A fused_conv2d_grad_input's gathered input, checked: the input
     /// gradient of a Winograd convolution that gathered its input by
     /// upsampling alone (no skip), with the epilogue in0. Its value is the
@@ -400,11 +419,12 @@ public enum FusedConvOps {
         var gatheredImageFloats = 0
         if name == "conv2d" && tile != nil {
             prologue = try inputKernelArguments(operands, geometry: geometry, attrs: attrs) ?? (Prologue.none, [])
-        } else if name == "conv2d_grad_input" && tile != nil {
-            prologue = (Prologue.none, [])
+        } else if name == "conv2d_grad_input", let tile {
+            prologue = (GradInputGather.none, [])
             if let (gather, _) = try gatheredGradInput(operands, attrs) {
-                prologue.ints = gather.kernelInts(upsampled: geometry.c)
-                gatheredImageFloats = geometry.c * geometry.h * geometry.w + 16 // and a 64-byte line to align it
+                let group = GradInputGather.imagesPerGroup(geometry, tile: tile)
+                prologue.ints = gather.kernelInts(upsampled: geometry.c) + [group]
+                gatheredImageFloats = group * geometry.c * geometry.h * geometry.w + 16 // and a 64-byte line to align it
             }
         }
         let buffers: [KernelCall.Buffer] = [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) }
@@ -566,13 +586,17 @@ public enum FusedConvOps {
                     ["input_shape": .ints([1, 3, 5, 5]),
                      "epilogue": .expr(.binary(.mul, .binary(.gt, .input(4), .const(0)), residualReLU))]),
                    // the gradient wrt x of a convolution that read upsample(x): bilinear with align_corners
-                   // (TransUNet's last decoder block), F(4×4), rows of two blocks of 16; nearest, F(2×2)
+                   // (TransUNet's last decoder block), F(4×4), rows of two blocks of 16; nearest, F(2×2); the batch
+                   // at once, and (1024 tiles an image) an image at a time
                    ([f([2, 4, 8, 18]), f([4, 3, 3, 3])],
                     ConvOps.winogradExample(pad: [1, 1]).merging(["input_shape": .ints([2, 3, 8, 18]), "epilogue": .expr(.input(0))])
                         .merging(Gather(fh: 2, fw: 2, skipChannels: 0, upsample: .bilinear(alignCorners: true)).attrs)),
                    ([f([2, 2, 6, 6]), f([2, 3, 3, 3])],
                     ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["input_shape": .ints([2, 3, 6, 6]), "epilogue": .expr(.input(0))])
                         .merging(Gather(fh: 3, fw: 2, skipChannels: 0).attrs)),
+                   ([f([3, 2, 64, 64]), f([2, 3, 3, 3])],
+                    ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["input_shape": .ints([3, 3, 64, 64]), "epilogue": .expr(.input(0))])
+                        .merging(Gather(fh: 2, fw: 2, skipChannels: 0, upsample: .bilinear(alignCorners: true)).attrs)),
                    ([f([1, 2, 4, 9]), f([2, 3, 3, 3])],
                     ConvOps.winogradExample(pad: [1, 1], tile: 2).merging(["input_shape": .ints([1, 3, 4, 9]), "epilogue": .expr(.input(0))])
                         .merging(Gather(fh: 2, fw: 3, skipChannels: 0, upsample: .bilinear(alignCorners: false)).attrs)),

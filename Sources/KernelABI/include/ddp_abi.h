@@ -69,13 +69,13 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 //                    upsample_bilinear in place of upsample_nearest, align_corners
 //                    when the relu flag is 1.
 // conv2d_grad_input_winograd  as conv2d_grad_input, ia followed by m; geometries as above;
-//                    then prologue flags [kind, align, fh, fw, upsampled] as conv2d_winograd's:
-//                    kind 0, none; kind 2 or 3, the gradient of a convolution that gathered
-//                    its input with upsampled = C (no skip), taken back through the
-//                    upsampling: dx is N×C×(H/fh)×(W/fw), the gradient wrt x, and the
-//                    epilogue flags are 0. Image by image, the gradient wrt the upsampled
-//                    input goes to C·H·W floats taken from the end of the call's
-//                    lend_scratch loan (after the transformed filters it plans).
+//                    then prologue flags [kind, align, fh, fw, upsampled] as conv2d_winograd's
+//                    and g, images per group: kind 0, none (g 0); kind 2 or 3, the gradient
+//                    of a convolution that gathered its input with upsampled = C (no skip),
+//                    taken back through the upsampling: dx is N×C×(H/fh)×(W/fw), the gradient
+//                    wrt x, and the epilogue flags are 0. g images at a time (g ≥ 1), their
+//                    gradient wrt the upsampled input goes to g·C·H·W floats taken from the
+//                    end of the call's lend_scratch loan (after the transformed filters).
 // winograd_filters   bufs [w, u]         ia [O, C, m, p]
 //                    u = the filters w[O,C,3,3] transformed for F(m×m, 3×3), (m+2)² planes
 //                    U[ξ] (O × C) each packed for the GEMM in row panels of p rows
