@@ -78,11 +78,7 @@ public enum CompileDriver {
         let passStart = Date()
         try manager.run(&module)
         let passSeconds = Date().timeIntervalSince(passStart)
-        var memory: [PlanMemory.Report] = []
-        for function in module.functions {
-            var copy = function
-            memory.append(PlanMemory().plan(&copy))
-        }
+        let memory = module.functions.map(PlanMemory.report(of:))
 
         let codegenStart = Date()
         let layout = try BufferLayout(module: module)
