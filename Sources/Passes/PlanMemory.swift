@@ -28,17 +28,7 @@ public struct PlanMemory: Pass {
     public static let name = "plan-memory"
     public static let alignment = ArenaCheck.alignment
 
-    /// Which buffers the search swaps, when the greedy placements miss the
-    /// lower bound: those of at least 1/share of it, for each share in turn
-    /// (see `searchLargestFirst`).
-    public var searchShares: [Int]
-
-    /// The pass: a search that also swaps the buffers of a sixty-fourth of
-    /// the bound. `searchShares: [16]` plans in half the time where no order
-    /// reaches the bound (rematerialize's estimates).
-    public init(searchShares: [Int] = [16, 64]) {
-        self.searchShares = searchShares
-    }
+    public init() {}
 
     public struct Report: CustomStringConvertible {
         public var function: String
@@ -88,9 +78,7 @@ public struct PlanMemory: Pass {
         // better where recomputed values leave many short gaps).
         var best = [Self.placeInScheduleOrder(buffers), Self.placeLargestFirst(buffers), Self.placeFullestFirst(buffers)]
             .min { $0.arena < $1.arena }!
-        if best.arena > live.peak.bytes {
-            best = Self.searchLargestFirst(buffers, lowerBound: live.peak.bytes, shares: searchShares, best: best)
-        }
+        if best.arena > live.peak.bytes { best = Self.searchLargestFirst(buffers, lowerBound: live.peak.bytes, best: best) }
         let (offsets, peak) = best
         for n in function.nodes.indices {
             let id = function.nodes[n].id
@@ -366,8 +354,8 @@ public struct PlanMemory: Pass {
     static let searchOrders = 48
 
     /// Largest first again, with a few of the large buffers (each at least a
-    /// sixteenth of the lower bound, then a sixty-fourth) swapped in its
-    /// order, for up to `searchOrders` orders each drawn from a counter (`RandomOps.mix`: the same
+    /// sixteenth of the lower bound) swapped in its order, for up to
+    /// `searchOrders` orders drawn from a counter (`RandomOps.mix`: the same
     /// artifact on every compile), keeping the smallest arena and stopping at the lower
     /// bound. A greedy placement misses it when an early choice splits the
     /// space a later group of large buffers needs: transunet-ddep-1x's
@@ -375,33 +363,25 @@ public struct PlanMemory: Pass {
     /// ReLU gate it reads, took 735.5 MB against a bound of 709.8, with a
     /// 25.7 MB hole beside the 102.8 MB upsampled input of the last block's
     /// weight gradient; a few orders in, the search packs it at the bound.
-    static func searchLargestFirst(_ buffers: [Buffer], lowerBound: Int, shares: [Int], best start: (offsets: [Int], arena: Int))
+    static func searchLargestFirst(_ buffers: [Buffer], lowerBound: Int, best start: (offsets: [Int], arena: Int))
         -> (offsets: [Int], arena: Int) {
         let largest = largestFirst(buffers)
+        let large = largest.filter { buffers[$0].size * 16 >= lowerBound }, rest = largest.filter { buffers[$0].size * 16 < lowerBound }
+        guard large.count > 1 else { return start }
         var best = start
         var draws: UInt64 = 0
         func next() -> Int {
             draws += 1
             return Int(truncatingIfNeeded: RandomOps.mix(draws) >> 1)
         }
-        // The buffers of at least a sixteenth of the bound, then of a
-        // sixty-fourth: a step without a buffer that large (TransUNet's
-        // fine-tuning once its decoder's gradients were gathered: 532.3 MB
-        // against 520.3) reaches 521.1 MB by the second; inference reaches
-        // its bound only by the first, the second's swaps being too many.
-        for share in shares {
-            let large = largest.filter { buffers[$0].size * share >= lowerBound }, rest = largest.filter { buffers[$0].size * share < lowerBound }
-            guard large.count > 1 else { continue }
-            for _ in 0..<searchOrders where best.arena > lowerBound {
-                var order = large
-                for _ in 0..<(1 + next() % 4) { order.swapAt(next() % order.count, next() % order.count) }
-                let placed = placeBestFit(buffers, order: order + rest)
-                if placed.arena < best.arena { best = placed }
-            }
+        for _ in 0..<searchOrders where best.arena > lowerBound {
+            var order = large
+            for _ in 0..<(1 + next() % 4) { order.swapAt(next() % order.count, next() % order.count) }
+            let placed = placeBestFit(buffers, order: order + rest)
+            if placed.arena < best.arena { best = placed }
         }
         return best
     }
-
 
     /// Places buffers in `order`, each into the smallest gap between the
     /// buffers placed so far that it overlaps in time, else above them.

@@ -310,31 +310,12 @@ final class PlanMemoryTests: XCTestCase {
                                             .init(size: 64, first: 2, last: 6), .init(size: 256, first: 4, last: 4)]
         let greedy = [PlanMemory.placeInScheduleOrder(buffers), PlanMemory.placeLargestFirst(buffers), PlanMemory.placeFullestFirst(buffers)]
         XCTAssertEqual(greedy.map(\.arena).min(), 6 * 64)
-        let searched = PlanMemory.searchLargestFirst(buffers, lowerBound: 5 * 64, shares: [16], best: greedy[1])
+        let searched = PlanMemory.searchLargestFirst(buffers, lowerBound: 5 * 64, best: greedy[1])
         XCTAssertEqual(searched.arena, 5 * 64)
-        assertDisjoint(buffers, searched.offsets)
-    }
-
-    /// With a buffer of 32 units live throughout, A and C are under a
-    /// sixteenth of the bound: swapping the buffers above one does not reach
-    /// it, the second share's swaps (a sixty-fourth) do.
-    func testTheSearchsSecondShareSwapsSmallerBuffers() {
-        let buffers: [PlanMemory.Buffer] = [.init(size: 64, first: 1, last: 3), .init(size: 256, first: 1, last: 1),
-                                            .init(size: 64, first: 2, last: 6), .init(size: 256, first: 4, last: 4),
-                                            .init(size: 32 * 64, first: 1, last: 6)]
-        let bound = 37 * 64, greedy = PlanMemory.placeLargestFirst(buffers)
-        XCTAssertEqual(greedy.arena, 38 * 64)
-        XCTAssertEqual(PlanMemory.searchLargestFirst(buffers, lowerBound: bound, shares: [16], best: greedy).arena, 38 * 64)
-        let searched = PlanMemory.searchLargestFirst(buffers, lowerBound: bound, shares: PlanMemory().searchShares, best: greedy)
-        XCTAssertEqual(searched.arena, bound)
-        assertDisjoint(buffers, searched.offsets)
-    }
-
-    func assertDisjoint(_ buffers: [PlanMemory.Buffer], _ offsets: [Int], file: StaticString = #filePath, line: UInt = #line) {
         for a in buffers.indices {
             for b in buffers.indices where a < b && buffers[a].overlaps(buffers[b]) {
-                let (x, y) = (offsets[a], offsets[b])
-                XCTAssertTrue(x + buffers[a].size <= y || y + buffers[b].size <= x, "buffers \(a) and \(b) are live together", file: file, line: line)
+                let (x, y) = (searched.offsets[a], searched.offsets[b])
+                XCTAssertTrue(x + buffers[a].size <= y || y + buffers[b].size <= x, "buffers \(a) and \(b) are live together")
             }
         }
     }
