@@ -239,20 +239,21 @@ final class ConvGatherFusionTests: XCTestCase {
         try agree(unfused, fused, seed: 11)
     }
 
-    /// The whole pipeline on the tiny TransUNet's inference and DDeP step,
-    /// Winograd wherever it applies: its decoder's bilinear upsamplings are
+    /// The whole pipeline on the tiny TransUNet's inference, DDeP step and
+    /// fine-tuning step (whose skips take their gradients too), Winograd
+    /// wherever it applies: its decoder's bilinear upsamplings are
     /// all gathered (forward convolutions and weight gradients), every
     /// block's input gradient is taken back through its upsampling (the
     /// concatenations' by split-conv-grad-input's parts), and the f64
     /// interpreter gives the outputs and updates of the pipeline without
     /// either pass.
     func testTinyTransUNetAgreesWithoutTheFusion() throws {
-        let module = try buildModule(TransUNet.tiny, config: EntryConfig(batch: 2, size: 32, classes: 3, entries: [.infer, .pretrainStep]))
+        let module = try buildModule(TransUNet.tiny, config: EntryConfig(batch: 2, size: 32, classes: 3, entries: [.infer, .pretrainStep, .finetuneStep]))
         var fused = module
         var unfused = module
         try PassManager(PassManager.standardPipeline(convAlgorithm: .winograd)).run(&fused)
         try PassManager(PassManager.standardPipeline(convAlgorithm: .winograd).filter { !($0 is FuseConvGather || $0 is SplitConvGradInput) }).run(&unfused)
-        for (before, after) in zip(unfused.functions, fused.functions) where ["infer", "pretrain_step"].contains(before.name) {
+        for (before, after) in zip(unfused.functions, fused.functions) where ["infer", "pretrain_step", "finetune_step"].contains(before.name) {
             let gathered = after.nodes.filter { (try? FusedConvOps.Gather.read($0.attrs))??.upsample == .bilinear(alignCorners: true) }
             XCTAssertEqual(Set(gathered.map(\.op)), before.name == "infer" ? ["fused_conv2d"]
                            : ["fused_conv2d", "fused_conv2d_grad_weight", "fused_conv2d_grad_input"], before.name)
