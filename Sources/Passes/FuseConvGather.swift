@@ -20,13 +20,14 @@ import IR
 /// row as it reads each input row.
 ///
 /// Backwards, the input gradient of a convolution that read an upsampling
-/// alone is taken back through it image by image:
+/// alone (or, after split-conv-grad-input, the upsampled part of a
+/// concatenation) is taken back through it a group of images at a time:
 /// `upsample_bilinear_grad(conv2d_grad_input(%dy, %w))` becomes
 /// `fused_conv2d_grad_input(%dy, %w) {input_gather=[fh, fw, 0], ...}`,
 /// whose value is the gradient wrt %x. The gradient wrt the upsampled
 /// input, the largest tensor at the start of TransUNet's backward pass
 /// (51 MB at 224 px, batch 4), is then one image at a time in the kernel's
-/// planned scratch.
+/// planned scratch; smaller images go in groups of at least 1024 tiles.
 ///
 /// Every reader of the concatenation or upsampling must take its parts, and
 /// it must not be an output: in a training step, the forward convolution (a

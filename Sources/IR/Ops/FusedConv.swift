@@ -413,8 +413,9 @@ public enum FusedConvOps {
         let epilogue = try epilogue(operands, output: result.shape, attrs: attrs)
         let tile = try ConvOps.winogradTile(attrs, geometry)
         // A forward Winograd kernel takes the prologue flags (and operands,
-        // last); an input gradient's, its gathered input's, and a block for
-        // one image's gradient wrt the gathered input after its filters.
+        // last); an input gradient, its gathered input's and images per
+        // group, and a block for a group's gradient wrt the gathered input
+        // after its filters.
         var prologue: (ints: [Int], operands: [Int]) = ([], [])
         var gatheredImageFloats = 0
         if name == "conv2d" && tile != nil {
@@ -424,7 +425,7 @@ public enum FusedConvOps {
             if let (gather, _) = try gatheredGradInput(operands, attrs) {
                 let group = GradInputGather.imagesPerGroup(geometry, tile: tile)
                 prologue.ints = gather.kernelInts(upsampled: geometry.c) + [group]
-                gatheredImageFloats = group * geometry.c * geometry.h * geometry.w + 16 // and a 64-byte line to align it
+                gatheredImageFloats = group * geometry.c * geometry.h * geometry.w + 32 // and two 64-byte lines to align it
             }
         }
         let buffers: [KernelCall.Buffer] = [.operand(0), .operand(1), .result] + epilogue.kernelOperands.map { .operand(2 + $0) }
@@ -546,7 +547,7 @@ public enum FusedConvOps {
                overwritableOperands: winogradOverwritable { attrs, operands in try forwardGeometry(operands, attrs).0 }),
 
         OpSpec(name: "fused_conv2d_grad_input",
-               doc: "%dx = fused_conv2d_grad_input(%dy, %w, %e1, ...) {<conv2d_grad_input's>, epilogue=mul(in0, gt(in1, 0.0))}: conv2d_grad_input, then the epilogue on each element of dx; with {input_gather=[fh, fw, 0], epilogue=in0} (Winograd only, input_gather_upsample as fused_conv2d's) the gradient wrt %x of the convolution that read upsample(%x) as its input_shape input, taken back through the upsampling image by image",
+               doc: "%dx = fused_conv2d_grad_input(%dy, %w, %e1, ...) {<conv2d_grad_input's>, epilogue=mul(in0, gt(in1, 0.0))}: conv2d_grad_input, then the epilogue on each element of dx; with {input_gather=[fh, fw, 0], epilogue=in0} (Winograd only, input_gather_upsample as fused_conv2d's) the gradient wrt %x of the convolution that read upsample(%x) as its input_shape input, taken back through the upsampling a group of images at a time",
                arity: 2...6, requiredAttributes: ["input_shape", "epilogue"],
                inferType: { operands, attrs in
                    guard operands.allSatisfy({ $0.dtype == .f32 || $0.dtype == .f64 }) else { throw IRError("needs f32 operands") }
