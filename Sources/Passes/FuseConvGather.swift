@@ -123,8 +123,7 @@ public struct FuseConvGather: NodeFusionPass {
         let uses = function.useCounts
         let roots = Set(function.rootValues)
         let producers = Dictionary(uniqueKeysWithValues: function.nodes.map { ($0.id, $0) })
-        var fused: [Int: Node] = [:]
-        var absorbed = Set<ValueID>()
+        var changed = false
         for (index, node) in function.nodes.enumerated() where ["upsample_nearest_grad", "upsample_bilinear_grad"].contains(node.op) {
             let value = node.operands[0]
             guard let dgrad = producers[value], dgrad.op == "conv2d_grad_input", dgrad.attrs[ConvOps.Algorithm.key] != nil,
@@ -134,15 +133,12 @@ public struct FuseConvGather: NodeFusionPass {
             let upsample: FusedConvOps.Gather.Upsample = node.op == "upsample_nearest_grad"
                 ? .nearest : .bilinear(alignCorners: try UpsampleOps.alignCorners(node.attrs))
             let gather = FusedConvOps.Gather(fh: full[2] / source[2], fw: full[3] / source[3], skipChannels: 0, upsample: upsample)
-            fused[index] = Node(id: node.id, op: "fused_conv2d_grad_input", operands: dgrad.operands,
-                                attrs: dgrad.attrs.merging(["epilogue": .expr(.input(0))]).merging(gather.attrs),
-                                type: node.type, loc: dgrad.loc)
-            absorbed.insert(dgrad.id)
+            // (The input gradient, now read by nothing, goes with the DCE after the pass.)
+            function.nodes[index] = Node(id: node.id, op: "fused_conv2d_grad_input", operands: dgrad.operands,
+                                         attrs: dgrad.attrs.merging(["epilogue": .expr(.input(0))]).merging(gather.attrs),
+                                         type: node.type, loc: dgrad.loc)
+            changed = true
         }
-        guard !fused.isEmpty else { return false }
-        function.nodes = function.nodes.enumerated().compactMap { index, node in
-            absorbed.contains(node.id) ? nil : fused[index] ?? node
-        }
-        return true
+        return changed
     }
 }

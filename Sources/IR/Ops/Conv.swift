@@ -171,6 +171,9 @@ public enum ConvOps {
         return out
     }
 
+    /// The epilogue of a convolution that has none, as its fused form says it.
+    static let identityEpilogue: Attributes = ["epilogue": .expr(.input(0))]
+
     static let example: Attributes = ["stride": .ints([2, 1]), "pad": .ints([1, 2]), "dilation": .ints([1, 2]), "groups": .int(2)]
 
     /// The m×m output tiles a Winograd kernel would compute for this node
@@ -218,14 +221,11 @@ public enum ConvOps {
                    let dw = try b.emit("conv2d_grad_weight", [x, c.grad], passAttrs(c.attrs, adding: "weight_shape", w.shape))
                    return [try b.emit("conv2d_grad_input", [c.grad, w], passAttrs(c.attrs, adding: "input_shape", x.shape)), dw]
                },
-               lowering: .kernels { operands, _, attrs in
+               // fused_conv2d's kernel call with the epilogue in0: one place knows the kernels' arguments.
+               lowering: .kernels { operands, result, attrs in
                    let geometry = try Geometry(input: operands[0].shape, weight: operands[1].shape, attrs: attrs)
-                   let tile = try winogradTile(attrs, geometry)
-                   let moments = FusedConvOps.splitMoments(operands, attrs, ownCount: 2).moments
-                   return [KernelCall(kernel("conv2d", tile: tile), [.operand(0), .operand(1), .result] + (moments.map { [.operand($0)] } ?? []),
-                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + FusedConvOps.momentsInts(moments) + tileInts(tile)
-                                          + (tile == nil ? [] : FusedConvOps.Prologue.none),
-                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.o, columns: geometry.c), threadScratch: true)]
+                   return [try FusedConvOps.kernelCall("conv2d", geometry, operands: operands, result: result, attrs: attrs.merging(identityEpilogue),
+                                                       transformed: (rows: geometry.o, columns: geometry.c))]
                },
                examples: [([f([2, 4, 7, 6]), f([6, 2, 3, 3])], example),
                           ([f([1, 3, 5, 5]), f([4, 3, 1, 1])], [:]),
@@ -240,13 +240,11 @@ public enum ConvOps {
                inferType: { operands, attrs in try gradInputType(operands, attrs) },
                evaluate: { operands, attrs, type in try evaluateGradInput(operands[0], operands[1], attrs: attrs, type: type) },
                gradient: nil,
+               // fused_conv2d_grad_input's kernel call with the epilogue in0.
                lowering: .kernels { operands, result, attrs in
                    let geometry = try Geometry(input: result.shape, weight: operands[1].shape, attrs: attrs)
-                   let tile = try winogradTile(attrs, geometry)
-                   return [KernelCall(kernel("conv2d_grad_input", tile: tile), [.operand(0), .operand(1), .result],
-                                      ints: geometry.kernelInts + FusedConvOps.Epilogue.none + FusedConvOps.momentsInts(nil) + tileInts(tile)
-                                          + (tile == nil ? [] : FusedConvOps.GradInputGather.none),
-                                      scratchFloats: winogradScratchFloats(tile: tile, rows: geometry.c, columns: geometry.o), threadScratch: true)]
+                   return [try FusedConvOps.kernelCall("conv2d_grad_input", geometry, operands: operands, result: result,
+                                                       attrs: attrs.merging(identityEpilogue), transformed: (rows: geometry.c, columns: geometry.o))]
                },
                examples: [([f([2, 6, 4, 6]), f([6, 2, 3, 3])], passAttrs(example, adding: "input_shape", [2, 4, 7, 6])),
                           ([f([2, 5, 9, 7]), f([5, 3, 3, 3])], winogradExample(pad: [1, 1]).merging(["input_shape": .ints([2, 3, 9, 7])])),
