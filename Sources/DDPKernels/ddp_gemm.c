@@ -741,6 +741,29 @@ int ddp_gemm_with_packed_a(const float *packed_a, int trans_b, int64_t m, int64_
     return gemm_run(&g);
 }
 
+/// Rows [row0, row1) of C = op(A)·B with A packed ahead (m rows in all),
+/// on the calling thread: a task's share of a product whose A the threads
+/// split by panels, so that each reads only its rows of A. Each row is
+/// summed as ddp_gemm_with_packed_a sums it, so the result has its bits.
+int ddp_gemm_rows_with_packed_a(const float *packed_a, int64_t m, int64_t row0, int64_t row1, int64_t n, int64_t k,
+                                const float *b, int64_t ldb, float *c, int64_t ldc) {
+    const gemm_isa *isa = chosen_isa();
+    if (row1 > m) row1 = m;
+    if (row0 >= row1 || n <= 0) return 1;
+    if (k <= 0) { // an empty sum
+        for (int64_t i = row0; i < row1; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
+        return 1;
+    }
+    gemm_problem g = {
+        .isa = isa,
+        .b = (view){b, ldb, 1},
+        .c = c, .rs = ldc, .cs = 1, .m = m, .n = n, .k = k,
+        .apacked = packed_a, .mpad = padded_rows(m),
+        .direct_b = direct_b(0, ldb, (row1 - row0 + isa->mr - 1) / isa->mr),
+    };
+    return gemm_block(&g, row0, row1, 0, n);
+}
+
 // MARK: - Peak
 
 // Independent FMA chains, enough to cover the latency of both FMA pipes; the

@@ -38,6 +38,11 @@ int64_t ddp_gemm_packed_a_floats(int64_t m, int64_t k);
 void ddp_gemm_pack_a(int trans_a, int64_t m, int64_t k, const float *a, int64_t lda, float *out);
 int ddp_gemm_with_packed_a(const float *packed_a, int trans_b, int64_t m, int64_t n, int64_t k,
                            const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/// Rows [row0, row1) of that product (row0 a multiple of the panel rows),
+/// C overwritten, on the calling thread, with the bits the whole product
+/// gives them.
+int ddp_gemm_rows_with_packed_a(const float *packed_a, int64_t m, int64_t row0, int64_t row1, int64_t n, int64_t k,
+                                const float *b, int64_t ldb, float *c, int64_t ldc);
 
 /// Where ddp_gemm_pack_a puts element (i, k) of an m × k matrix, for code
 /// that writes a packed A directly (the Winograd filter transforms): row

@@ -34,6 +34,10 @@ final class WinogradKernelTests: XCTestCase {
         // last tile is split alone, from padding and from the row itself.
         Case(n: 1, c: 3, h: 6, w: 64, o: 2, ph: 1, pw: 1),
         Case(n: 1, c: 2, h: 5, w: 66, o: 3, ph: 0, pw: 0),
+        // Too few tiles for a block per thread, output channels for several
+        // panels a thread: the threads share the blocks, split by channels.
+        Case(n: 2, c: 48, h: 8, w: 8, o: 40, ph: 1, pw: 1),
+        Case(n: 3, c: 20, h: 4, w: 5, o: 64, ph: 1, pw: 0),
     ]
 
     func values(_ count: Int, seed: Int) -> [Float] {
