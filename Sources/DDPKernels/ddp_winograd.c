@@ -16,7 +16,9 @@
 // transforms the input (V, vectorised across the tiles of a row), runs the 36
 // GEMMs on the pre-packed U[ξ] (M = U·V) and transforms M back into the
 // output rows, applying conv2d's fused epilogue as it stores them; V and M
-// stay in the task's cache-sized scratch.
+// stay in the task's cache-sized scratch. A layer with too few tiles for a
+// block per thread has its blocks shared instead: the threads split a block's
+// input channels, then its output channels (winograd_by_channels).
 //
 // The input gradient of such a convolution is itself one (stride 1, 3×3)
 // over dy with the filters transposed and rotated by 180° and padding 2 - p,
