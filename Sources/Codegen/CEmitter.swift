@@ -24,6 +24,18 @@ public enum CEmitter {
        (a branch after each of thousands of calls doubled TransUNet's compile). */
     typedef struct { int64_t region, offset; } ddp_slot;
 
+    /* The entry points' pieces only call: O3 has nothing to gain in them,
+       and GCC spent most of TransUNet's C compile optimizing them. GCC
+       takes them at O1 (8.4 s a part at O3, 5.0 at O1); Clang with
+       optnone, as the LLVM backend builds them. The loops keep -O3. */
+    #if defined(__clang__)
+    #define DDP_PIECE static __attribute__((noinline, optnone))
+    #elif defined(__GNUC__)
+    #define DDP_PIECE static __attribute__((noinline, optimize("O1")))
+    #else
+    #define DDP_PIECE static
+    #endif
+
     /* e^x without a libm call, so loops over it vectorize: Cephes' reduction
        x = n ln2 + r and degree-6 polynomial, 2^n built in the exponent bits
        (within 1 ulp; below e^-87.3 flushes to about 1e-38, above e^88
@@ -90,25 +102,12 @@ public enum CEmitter {
     /// are dropped before they are optimized).
     public static func emit(_ functions: [LoweredFunction], parts: Int = 1) -> String {
         var loops = LoopTable()
-        let part = partition(functions, into: parts)
+        let part = LoweredFunction.partition(functions, into: parts)
         let bodies = functions.enumerated().map { index, function in
             let body = emit(function, loops: &loops)
             return parts > 1 ? "#if DDP_PART == \(part[index])\n\(body)#endif\n" : body
         }
         return prelude + loops.definitions + bodies.joined(separator: "\n")
-    }
-
-    /// The part of each function: the largest first, each to the part with
-    /// the fewest steps so far.
-    static func partition(_ functions: [LoweredFunction], into parts: Int) -> [Int] {
-        var load = [Int](repeating: 0, count: max(parts, 1))
-        var part = [Int](repeating: 0, count: functions.count)
-        for index in functions.indices.sorted(by: { functions[$0].steps.count > functions[$1].steps.count }) {
-            let lightest = load.indices.min { load[$0] < load[$1] }!
-            part[index] = lightest
-            load[lightest] += functions[index].steps.count
-        }
-        return part
     }
 
     /// Loops become small functions of their pointers, shared by every loop
@@ -205,7 +204,7 @@ public enum CEmitter {
         let pieces = function.pieces
         var text = ""
         for (index, piece) in pieces.enumerated() {
-            text += "static __attribute__((noinline)) int steps\(index)_of_\(function.name)(const ddp_buffers *b, const ddp_kernel_fn *k, int status) {\n"
+            text += "DDP_PIECE int steps\(index)_of_\(function.name)(const ddp_buffers *b, const ddp_kernel_fn *k, int status) {\n"
             text += emit(piece, loops: &loops) + "  return status;\n}\n"
         }
         text += "int ddp_\(function.name)(const ddp_buffers *b, const ddp_kernel_fn *k) {\n  int status = 0;\n"

@@ -50,6 +50,42 @@ public enum LLVMEmitter {
         }
     }
 
+    /// The entry points as `objects.count` modules, each optimized and
+    /// written on its own core (`LoweredFunction.partition`): LLVM compiles
+    /// a module on one thread, and TransUNet's took 7 s on it. Each part
+    /// has its own context and its own copies of the loops it calls.
+    /// `irOutput` receives the optimized parts one after another, each
+    /// beginning at its `; ModuleID` line.
+    public static func emitObjects(_ functions: [LoweredFunction], to objects: [URL], moduleName: String,
+                                   irOutput: URL? = nil, disabledFeatures: [String] = []) throws {
+        guard objects.count > 1 else {
+            return try emitObject(functions, to: objects[0], moduleName: moduleName, irOutput: irOutput,
+                                  disabledFeatures: disabledFeatures)
+        }
+        try loadLLVM()
+        _ = nativeTargetInitialized
+        let part = LoweredFunction.partition(functions, into: objects.count)
+        let irParts = objects.map { $0.deletingPathExtension().appendingPathExtension("ll") }
+        var failures = [Error?](repeating: nil, count: objects.count)
+        failures.withUnsafeMutableBufferPointer { failed in
+            DispatchQueue.concurrentPerform(iterations: objects.count) { index in
+                do {
+                    try emitObject(functions.indices.filter { part[$0] == index }.map { functions[$0] }, to: objects[index],
+                                   moduleName: "\(moduleName).part\(index)", irOutput: irOutput == nil ? nil : irParts[index],
+                                   disabledFeatures: disabledFeatures)
+                } catch {
+                    failed[index] = error
+                }
+            }
+        }
+        if let failure = failures.compactMap({ $0 }).first { throw failure }
+        if let irOutput {
+            let text = try irParts.map { try String(contentsOf: $0, encoding: .utf8) }.joined(separator: "\n")
+            try text.write(to: irOutput, atomically: true, encoding: .utf8)
+            for file in irParts { try? FileManager.default.removeItem(at: file) }
+        }
+    }
+
     /// The module as textual LLVM IR, after the O3 pipeline (`optimize`) or
     /// as generated.
     public static func moduleIR(_ functions: [LoweredFunction], moduleName: String, optimize: Bool = true) throws -> String {

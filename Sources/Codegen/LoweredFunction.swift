@@ -114,6 +114,20 @@ public struct LoweredFunction {
         }
         return pieces
     }
+
+    /// The part of each function when a module is compiled as `parts`
+    /// units side by side (one per core; a C or LLVM compile uses one):
+    /// the largest first, each to the part with the fewest steps so far.
+    public static func partition(_ functions: [LoweredFunction], into parts: Int) -> [Int] {
+        var load = [Int](repeating: 0, count: max(parts, 1))
+        var part = [Int](repeating: 0, count: functions.count)
+        for index in functions.indices.sorted(by: { functions[$0].steps.count > functions[$1].steps.count }) {
+            let lightest = load.indices.min { load[$0] < load[$1] }!
+            part[index] = lightest
+            load[lightest] += functions[index].steps.count
+        }
+        return part
+    }
 }
 
 extension LoweredFunction {

@@ -130,12 +130,14 @@ public enum CompileDriver {
                 throw RuntimeError("the C compiler rejected the generated code (a ddepc bug; please report it):\n\(error)")
             }
         case .llvm:
-            let object = staging.appendingPathComponent("module.o")
-            try LLVMEmitter.emitObject(lowered, to: object, moduleName: output.deletingPathExtension().lastPathComponent,
-                                       irOutput: staging.appendingPathComponent("module.ll"),
-                                       disabledFeatures: disabledCPUFeatures)
-            try LLVMEmitter.linkSharedLibrary(objects: [object], output: library)
-            try? fm.removeItem(at: object)
+            // As with C, one module per core, compiled side by side.
+            let parts = max(1, min(ProcessInfo.processInfo.activeProcessorCount, lowered.count))
+            let objects = (0..<parts).map { staging.appendingPathComponent("module.part\($0).o") }
+            try LLVMEmitter.emitObjects(lowered, to: objects, moduleName: output.deletingPathExtension().lastPathComponent,
+                                        irOutput: staging.appendingPathComponent("module.ll"),
+                                        disabledFeatures: disabledCPUFeatures)
+            try LLVMEmitter.linkSharedLibrary(objects: objects, output: library)
+            for object in objects { try? fm.removeItem(at: object) }
             flags = ["llvm:default<O3>", "cpu:host"] + disabledCPUFeatures.map { "-" + $0 }
         }
         let codegenSeconds = Date().timeIntervalSince(codegenStart)

@@ -118,7 +118,7 @@ public struct PassManager {
             do {
                 if options.verifyEachPass { try Verifier.verify(module) }
                 // Always: a placement error would corrupt activations silently.
-                if pass is PlanMemory { try module.functions.forEach(Verifier.verifyPlacement) }
+                if pass is PlanMemory { try Verifier.verifyPlacement(module) }
             } catch let error as IRError {
                 throw IRError("IR is invalid after pass \(pass.name): \(error.message)", loc: error.loc)
             }

@@ -385,20 +385,39 @@ public struct PlanMemory: Pass {
 
     /// Places buffers in `order`, each into the smallest gap between the
     /// buffers placed so far that it overlaps in time, else above them.
+    ///
+    /// The placed buffers are kept by offset as plain integers: this scan,
+    /// over every placed buffer for each new one, runs for each order the
+    /// search tries and for each arena rematerialize judges, and was the
+    /// largest part of TransUNet's compile.
     static func placeBestFit(_ buffers: [Buffer], order: [Int]) -> (offsets: [Int], arena: Int) {
+        struct Placed {
+            var start, end: Int // bytes
+            var first, last: Int // schedule positions
+        }
         var offsets = [Int](repeating: 0, count: buffers.count), arena = 0
-        var placed: [Int] = [] // buffer indices, by offset
+        var placed: [Placed] = [] // by offset
+        placed.reserveCapacity(buffers.count)
         for b in order {
             let buffer = buffers[b]
-            var candidate = 0, best: (offset: Int, gap: Int)?
-            for other in placed where buffers[other].overlaps(buffer) {
-                let gap = offsets[other] - candidate
-                if gap >= buffer.size, best.map({ gap < $0.gap }) ?? true { best = (candidate, gap) }
-                candidate = max(candidate, offsets[other] + buffers[other].size)
+            var candidate = 0, bestOffset = -1, bestGap = Int.max
+            for other in placed where other.first <= buffer.last && buffer.first <= other.last {
+                let gap = other.start - candidate
+                if gap >= buffer.size, gap < bestGap {
+                    bestOffset = candidate
+                    bestGap = gap
+                }
+                candidate = max(candidate, other.end)
             }
-            let offset = best?.offset ?? candidate
+            let offset = bestOffset >= 0 ? bestOffset : candidate
             offsets[b] = offset
-            placed.insert(b, at: placed.firstIndex { offsets[$0] > offset } ?? placed.count)
+            // After the placed buffers at or below this offset.
+            var low = 0, high = placed.count
+            while low < high {
+                let middle = (low + high) / 2
+                if placed[middle].start > offset { high = middle } else { low = middle + 1 }
+            }
+            placed.insert(Placed(start: offset, end: offset + buffer.size, first: buffer.first, last: buffer.last), at: low)
             arena = max(arena, offset + buffer.size)
         }
         return (offsets, arena)
