@@ -727,17 +727,25 @@ static int direct_b(int trans_b, int64_t ldb, int64_t row_panels) {
     return !trans_b && ((ldb * (int64_t)sizeof(float)) % 512 != 0 || row_panels <= 6);
 }
 
-int ddp_gemm_with_packed_a(const float *packed_a, int trans_b, int64_t m, int64_t n, int64_t k,
-                           const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
-    if (!gemm_prepare_c(m, n, k, beta, c, ldc)) return 1;
-    gemm_problem g = {
+/// C (+)= op(A)·op(B) with A packed ahead (m rows in all), of which a
+/// caller computes `row_panels` panels of rows.
+static gemm_problem packed_a_problem(const float *packed_a, int trans_b, int64_t m, int64_t n, int64_t k, const float *b,
+                                     int64_t ldb, float *c, int64_t ldc, int accumulate, int64_t row_panels) {
+    return (gemm_problem){
         .isa = chosen_isa(),
         .b = trans_b ? (view){b, 1, ldb} : (view){b, ldb, 1},
         .c = c, .rs = ldc, .cs = 1, .m = m, .n = n, .k = k,
         .apacked = packed_a, .mpad = padded_rows(m),
-        .accumulate = beta != 0.0f,
-        .direct_b = direct_b(trans_b, ldb, padded_rows(m) / chosen_isa()->mr),
+        .accumulate = accumulate,
+        .direct_b = direct_b(trans_b, ldb, row_panels),
     };
+}
+
+int ddp_gemm_with_packed_a(const float *packed_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                           const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    if (!gemm_prepare_c(m, n, k, beta, c, ldc)) return 1;
+    gemm_problem g = packed_a_problem(packed_a, trans_b, m, n, k, b, ldb, c, ldc, beta != 0.0f,
+                                      padded_rows(m) / chosen_isa()->mr);
     return gemm_run(&g);
 }
 
@@ -754,13 +762,7 @@ int ddp_gemm_rows_with_packed_a(const float *packed_a, int64_t m, int64_t row0, 
         for (int64_t i = row0; i < row1; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
         return 1;
     }
-    gemm_problem g = {
-        .isa = isa,
-        .b = (view){b, ldb, 1},
-        .c = c, .rs = ldc, .cs = 1, .m = m, .n = n, .k = k,
-        .apacked = packed_a, .mpad = padded_rows(m),
-        .direct_b = direct_b(0, ldb, (row1 - row0 + isa->mr - 1) / isa->mr),
-    };
+    gemm_problem g = packed_a_problem(packed_a, 0, m, n, k, b, ldb, c, ldc, 0, (row1 - row0 + isa->mr - 1) / isa->mr);
     return gemm_block(&g, row0, row1, 0, n);
 }
 

@@ -82,6 +82,11 @@ size_t ddp_thread_scratch_loan_floats(void);
 /// none, already carved from it, or it is smaller.
 float *ddp_thread_scratch_shared_block(size_t floats);
 
+/// A block a kernel call's tasks share: ddp_thread_scratch_shared_block,
+/// else the calling thread's DDP_SCRATCH_COLUMNS slot. NULL when neither
+/// holds `floats`.
+float *ddp_thread_scratch_block(size_t floats);
+
 /// `floats` from the end of the region lend_scratch lent the calling thread
 /// for this call, 64-byte aligned, the rest left lent for the call's weights
 /// scratch: a kernel's planned buffer of its own beside its weights. NULL

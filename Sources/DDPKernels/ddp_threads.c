@@ -358,6 +358,11 @@ float *ddp_thread_scratch_shared_block(size_t floats) {
     return block;
 }
 
+float *ddp_thread_scratch_block(size_t floats) {
+    float *shared = ddp_thread_scratch_shared_block(floats);
+    return shared != NULL ? shared : ddp_thread_scratch(DDP_SCRATCH_COLUMNS, floats);
+}
+
 size_t ddp_thread_scratch_loan_floats(void) {
     int part;
     const thread_loan *loan = current_loan(&part);

@@ -456,8 +456,7 @@ static int WT(winograd_by_channels)(wino_job *job, int64_t mr, int64_t threads) 
     int64_t blocks = (rows_total + rows - 1) / rows;
     rows = (rows_total + blocks - 1) / blocks;
     size_t floats = (size_t)(per_row * rows);
-    float *v = ddp_thread_scratch_shared_block(floats);
-    if (v == NULL) v = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, floats);
+    float *v = ddp_thread_scratch_block(floats);
     if (v == NULL) return DDP_ERR_NOMEM;
     for (int64_t row0 = 0; row0 < rows_total && !job->failed; row0 += rows) {
         int64_t count = rows_total - row0 < rows ? rows_total - row0 : rows, ld = count * job->tw;
@@ -687,8 +686,7 @@ static int WT(grad_weight)(wgrad_job *job) {
     // not a heap block the thread keeps. Its size comes from the shape
     // alone, so dw's bits do not depend on the loan or the thread count.
     size_t block_floats = (size_t)(POINTS * (g->c + g->o) * most);
-    float *blocks = ddp_thread_scratch_shared_block(block_floats);
-    if (blocks == NULL) blocks = ddp_thread_scratch(DDP_SCRATCH_COLUMNS, block_floats);
+    float *blocks = ddp_thread_scratch_block(block_floats);
     job->du = ddp_thread_scratch(DDP_SCRATCH_WEIGHTS, (size_t)(POINTS * plane));
     if (blocks == NULL || job->du == NULL) return DDP_ERR_NOMEM;
     memset(job->du, 0, (size_t)(POINTS * plane) * sizeof(float));
