@@ -44,12 +44,20 @@ public struct ArenaCheck {
         // An update written over its argument: nothing may read the argument's
         // old value after it, and it must be that argument's update. From
         // then on it lives in the argument's storage, out of the arena.
+        // (The last reader of each storage first, so that a training step's
+        // thousand updates do not each scan the rest of the schedule.)
+        let updates = Set(function.updates)
+        var lastReader: [ValueID: Int] = [:]
+        for (position, node) in function.nodes.enumerated() {
+            for operand in node.operands { lastReader[rootOf(operand)] = position }
+        }
         for (position, node) in function.nodes.enumerated() {
             guard let target = node.inPlaceOf else { continue }
-            if !function.updates.contains(Update(target: target, value: node.id)) {
+            if !updates.contains(Update(target: target, value: node.id)) {
                 fail("%\(node.id) is placed over %\(target) but is not its update")
             }
             if node.type != function.args.first(where: { $0.id == target })?.type { fail("%\(node.id) is placed over %\(target) of another type") }
+            guard let reader = lastReader[target], reader > position else { continue }
             for later in function.nodes[(position + 1)...] where later.operands.contains(where: { rootOf($0) == target }) {
                 fail("%\(later.id) reads %\(target) after %\(node.id) overwrote it")
             }

@@ -197,9 +197,13 @@ public struct Function: Hashable, Sendable {
         self.arenaBytes = arenaBytes
     }
 
-    /// The next unused value number.
+    /// The next unused value number. (By index, without copying a node or
+    /// an array: the planner's tables ask for it on every count.)
     public var nextID: ValueID {
-        max(args.map(\.id).max() ?? -1, nodes.map(\.id).max() ?? -1) + 1
+        var largest = -1
+        for index in args.indices where args[index].id > largest { largest = args[index].id }
+        for index in nodes.indices where nodes[index].id > largest { largest = nodes[index].id }
+        return largest + 1
     }
 
     /// Types of every value, arguments and nodes.

@@ -7,19 +7,35 @@
 /// is legal only when nothing can tell the difference, which `problem`
 /// decides for the planner (which places nodes) and the verifier (which
 /// checks hand-written or edited IR) alike.
+///
+/// The planner builds one for every liveness count, which rematerialize
+/// makes after each batch of copies it tries: its tables are arrays indexed
+/// by value id (ids are dense), not dictionaries.
 public struct InPlaceAnalysis {
-    /// The storage root of each value: reshapes share their operand's bytes.
-    public let roots: [ValueID: ValueID]
-    /// Per argument, the last schedule position of a node that reads it
-    /// (directly or through a reshape).
-    let lastRead: [ValueID: Int]
+    /// The storage root of each value id (`storageRootTable`): reshapes
+    /// share their operand's bytes; −1 where no value has the id.
+    public let rootTable: [ValueID]
+    /// Per storage root, the last schedule position of a node that reads it
+    /// (directly or through a reshape); −1 where none does.
+    let lastRead: [Int]
     /// Arguments whose bytes are read after the call (an output or another
     /// update that is, or aliases, the argument itself).
     let readAfterCall: Set<ValueID>
     let updateValue: [ValueID: ValueID]
-    let positions: [ValueID: Int]
+    /// The schedule position of each node's value; −1 for arguments.
+    let positions: [Int]
     let arguments: [ValueID: Argument]
     let function: Function
+
+    /// The storage root of `id`, nil for an id no value has.
+    public func root(of id: ValueID) -> ValueID? {
+        id >= 0 && id < rootTable.count && rootTable[id] >= 0 ? rootTable[id] : nil
+    }
+
+    /// The schedule position of the node computing `id`, nil for an argument.
+    public func position(of id: ValueID) -> Int? {
+        id >= 0 && id < positions.count && positions[id] >= 0 ? positions[id] : nil
+    }
 
     /// The storage root of every argument and node: a reshape (an alias
     /// lowering) shares its operand's bytes, everything else owns its own.
@@ -70,21 +86,22 @@ public struct InPlaceAnalysis {
 
     public init(_ function: Function) {
         self.function = function
-        let roots = Self.storageRoots(function)
-        var lastRead: [ValueID: Int] = [:]
-        var positions: [ValueID: Int] = [:]
-        for (position, node) in function.nodes.enumerated() {
-            positions[node.id] = position
-            for operand in node.operands { lastRead[roots[operand] ?? operand] = position }
+        let roots = Self.storageRootTable(function)
+        func root(_ id: ValueID) -> ValueID { id < roots.count && roots[id] >= 0 ? roots[id] : id }
+        var lastRead = [Int](repeating: -1, count: roots.count)
+        var positions = [Int](repeating: -1, count: roots.count)
+        for position in function.nodes.indices { // by index: no copy of each node
+            positions[function.nodes[position].id] = position
+            for operand in function.nodes[position].operands where operand < roots.count { lastRead[root(operand)] = position }
         }
-        self.roots = roots
+        rootTable = roots
         self.lastRead = lastRead
         self.positions = positions
         let arguments = Dictionary(function.args.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         self.arguments = arguments
         readAfterCall = Set(function.rootValues.compactMap { value in
-            let root = roots[value] ?? value
-            return arguments[root] != nil ? root : nil
+            let storage = root(value)
+            return arguments[storage] != nil ? storage : nil
         })
         updateValue = Dictionary(function.updates.map { ($0.target, $0.value) }, uniquingKeysWith: { first, _ in first })
     }
@@ -102,16 +119,16 @@ public struct InPlaceAnalysis {
         guard node.type == arg.type else { return "%\(node.id) is \(node.type) but \"\(arg.name)\" is \(arg.type)" }
         // Prepared state is derived from the weights (a preparer's filters):
         // a kernel not reading it may write it where it lives.
-        let derived = PreparedWeights.isPrepared(arg.name) && !node.operands.contains { roots[$0] == target }
+        let derived = PreparedWeights.isPrepared(arg.name) && !node.operands.contains { root(of: $0) == target }
         if !derived {
             guard case .elementwise? = OpRegistry.spec(node.op)?.lowering else {
                 return "\(node.op) is not an elementwise loop, which alone reads each element before writing it"
             }
         }
-        for operand in node.operands where roots[operand] == target && operand != target {
+        for operand in node.operands where root(of: operand) == target && operand != target {
             return "%\(node.id) reads \"\(arg.name)\" through the reshape %\(operand), not element for element"
         }
-        guard let position = positions[node.id], (lastRead[target] ?? -1) <= position else {
+        guard let position = position(of: node.id), target >= lastRead.count || lastRead[target] <= position else {
             return "\"\(arg.name)\" is read after %\(node.id) is computed"
         }
         guard !readAfterCall.contains(target) else { return "\"\(arg.name)\" itself is a result of the call" }

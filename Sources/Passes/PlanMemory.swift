@@ -71,18 +71,10 @@ public struct PlanMemory: Pass {
     public func plan(_ function: inout Function) -> Report {
         let live = Self.liveness(of: function)
         let buffers = live.buffers
-        // Three placements, the smallest kept (the first on a tie): first fit
-        // in schedule order, largest first into the tightest gap (which packs
-        // a training step's mix of large and small buffers closer to the
-        // lower bound), and the fullest positions' buffers first (which does
-        // better where recomputed values leave many short gaps).
-        var best = [Self.placeInScheduleOrder(buffers), Self.placeLargestFirst(buffers), Self.placeFullestFirst(buffers)]
-            .min { $0.arena < $1.arena }!
-        if best.arena > live.peak.bytes { best = Self.searchLargestFirst(buffers, lowerBound: live.peak.bytes, best: best) }
-        let (offsets, peak) = best
+        let (offsets, peak) = Self.placement(live)
         for n in function.nodes.indices {
             let id = function.nodes[n].id
-            function.nodes[n].arenaOffset = live.bufferOf[live.root[id]!].map { offsets[$0] }
+            function.nodes[n].arenaOffset = live.bufferOf[live.root[id]].map { offsets[$0] }
             function.nodes[n].inPlaceOf = live.inPlace[id]
             function.nodes[n].scratchOffset = live.scratchOf[id].map { offsets[$0] }
             function.nodes[n].spare = nil // a recompiled module's, planned for another arena
@@ -93,6 +85,25 @@ public struct PlanMemory: Pass {
         }
         function.arenaBytes = peak
         return Self.report(function, live: live)
+    }
+
+    /// The arena `plan` gives `function`, without writing its placement
+    /// (rematerialize judges each function's copies by it).
+    static func arenaBytes(of function: Function) -> Int {
+        placement(liveness(of: function)).arena
+    }
+
+    /// Three placements, the smallest kept (the first on a tie): first fit
+    /// in schedule order, largest first into the tightest gap (which packs
+    /// a training step's mix of large and small buffers closer to the lower
+    /// bound), and the fullest positions' buffers first (which does better
+    /// where recomputed values leave many short gaps); then a search when
+    /// none reaches the lower bound.
+    static func placement(_ live: Liveness) -> (offsets: [Int], arena: Int) {
+        let buffers = live.buffers
+        let best = [placeInScheduleOrder(buffers), placeLargestFirst(buffers), placeFullestFirst(buffers)].min { $0.arena < $1.arena }!
+        guard best.arena > live.peak.bytes else { return best }
+        return searchLargestFirst(buffers, lowerBound: live.peak.bytes, best: best)
     }
 
     /// The report of a function this pass planned, without placing it again.
@@ -131,7 +142,8 @@ public struct PlanMemory: Pass {
         var inPlace: [ValueID: ValueID]
         /// The buffer of the scratch each node's kernels borrow during its call.
         var scratchOf: [ValueID: Int]
-        var root: [ValueID: ValueID]
+        /// The storage root of each value id (`InPlaceAnalysis.rootTable`).
+        var root: [ValueID]
         /// The largest sum of buffers live at one position (the lower bound
         /// of any placement), and the first position where it is reached.
         var peak: (bytes: Int, position: Int)
@@ -142,38 +154,41 @@ public struct PlanMemory: Pass {
     /// over the operands they may overwrite. rematerialize counts its peak
     /// with this too, so it judges a copy by what plan-memory will do.
     static func liveness(of function: Function) -> Liveness {
-        let args = Set(function.args.map(\.id))
-        // Storage root of each value: reshape results share their operand's.
+        // Tables by value id (ids are dense): rematerialize counts the peak
+        // after each batch of copies it tries, and hashing every id was most
+        // of that count.
         let analysis = InPlaceAnalysis(function)
-        let root = analysis.roots
+        let root = analysis.rootTable
+        var isArgument = [Bool](repeating: false, count: root.count)
+        for arg in function.args { isArgument[arg.id] = true }
         // Updates that can overwrite their argument need no arena bytes.
         var inPlace: [ValueID: ValueID] = [:]
-        let nodeIndex = Dictionary(uniqueKeysWithValues: function.nodes.enumerated().map { ($1.id, $0) })
         for update in function.updates {
-            guard let index = nodeIndex[update.value], root[update.value] == update.value else { continue }
+            guard let index = analysis.position(of: update.value), root[update.value] == update.value else { continue }
             if analysis.problem(placing: function.nodes[index], over: update.target) == nil {
                 inPlace[update.value] = update.target
             }
         }
-        // Last use (schedule position) of each arena-resident root.
+        // Last use (schedule position) of each arena-resident root; −1: none.
         let end = function.nodes.count
-        var lastUse: [ValueID: Int] = [:]
-        for (position, node) in function.nodes.enumerated() {
-            lastUse[root[node.id]!] = max(lastUse[root[node.id]!] ?? position, position)
-            for operand in node.operands where !args.contains(operand) {
-                lastUse[root[operand]!] = position
+        var lastUse = [Int](repeating: -1, count: root.count)
+        for position in function.nodes.indices { // by index: no copy of each node
+            let id = function.nodes[position].id
+            lastUse[root[id]] = max(lastUse[root[id]], position)
+            for operand in function.nodes[position].operands where !isArgument[operand] {
+                lastUse[root[operand]] = position
             }
         }
-        for value in function.rootValues where !args.contains(value) { lastUse[root[value]!] = end }
+        for value in function.rootValues where !isArgument[value] { lastUse[root[value]] = end }
         // A loop group reads every operand and writes every result once per
         // element, all in one loop: nothing one member touches may be reused
         // before the group's last member (a later member's result placed
         // over an earlier one's operand would overwrite elements not read yet).
         for run in LoopGroups.runs(function) {
             let last = run.upperBound - 1
-            for node in function.nodes[run] {
-                for value in node.operands + [node.id] where !args.contains(value) {
-                    lastUse[root[value]!] = max(lastUse[root[value]!] ?? last, last)
+            for position in run {
+                for value in function.nodes[position].operands + [function.nodes[position].id] where !isArgument[value] {
+                    lastUse[root[value]] = max(lastUse[root[value]], last)
                 }
             }
         }
@@ -186,18 +201,20 @@ public struct PlanMemory: Pass {
         var buffers: [Buffer] = []
         var bufferOf: [ValueID: Int] = [:]
         var scratchOf: [ValueID: Int] = [:]
-        for (position, node) in function.nodes.enumerated() {
+        for position in function.nodes.indices {
+            let node = function.nodes[position]
             if root[node.id] == node.id && inPlace[node.id] == nil {
                 let size = Self.aligned(max(node.type.byteSize, 1))
+                let last = lastUse[node.id] >= 0 ? lastUse[node.id] : position
                 if let b = Self.overwritable(node, at: position, size: size, types: types, buffers: buffers, bufferOf: bufferOf,
-                                             root: root, lastUse: lastUse, args: args) {
-                    buffers[b].last = lastUse[node.id] ?? position
+                                             root: root, lastUse: lastUse, isArgument: isArgument) {
+                    buffers[b].last = last
                     bufferOf[node.id] = b
                 } else {
                     // Moments a convolution's epilogue gathers are written during its call.
                     let first = BatchMomentsOps.isWrittenByProducer(node) ? position - 1 : position
                     bufferOf[node.id] = buffers.count
-                    buffers.append(Buffer(size: size, first: first, last: lastUse[node.id] ?? position, value: node.id))
+                    buffers.append(Buffer(size: size, first: first, last: last, value: node.id))
                 }
             }
             // Kernel scratch, live during the node's call only.
@@ -283,11 +300,11 @@ public struct PlanMemory: Pass {
     /// operand it may overwrite (`InPlaceAnalysis.overwritableOperands`), in
     /// the arena, of the result's size and read by nothing after this node.
     static func overwritable(_ node: Node, at position: Int, size: Int, types: [ValueID: TensorType], buffers: [Buffer],
-                      bufferOf: [ValueID: Int], root: [ValueID: ValueID], lastUse: [ValueID: Int], args: Set<ValueID>) -> Int? {
+                             bufferOf: [ValueID: Int], root: [ValueID], lastUse: [Int], isArgument: [Bool]) -> Int? {
         for k in InPlaceAnalysis.overwritableOperands(of: node, types: types) {
             let operand = node.operands[k]
-            guard !args.contains(operand), let storage = root[operand], storage == operand, lastUse[storage] == position,
-                  let b = bufferOf[storage], buffers[b].last == position, buffers[b].size == size else { continue }
+            guard !isArgument[operand], root[operand] == operand, lastUse[operand] == position,
+                  let b = bufferOf[operand], buffers[b].last == position, buffers[b].size == size else { continue }
             return b
         }
         return nil

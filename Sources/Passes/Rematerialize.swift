@@ -56,7 +56,7 @@ public struct Rematerialize: Pass {
     static func placedArena(_ function: Function) -> Int {
         var planned = function
         _ = GroupLoops().group(&planned)
-        return PlanMemory().plan(&planned).arenaBytes
+        return PlanMemory.arenaBytes(of: planned)
     }
 
     /// Which producers a copy may compute again in a chain besides data
