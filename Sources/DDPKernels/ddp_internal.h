@@ -31,6 +31,12 @@ void ddp_linear_taps_free(ddp_linear_taps *t);
 int ddp_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
              const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/// Whether ddp_gemm sums this product as dot products of rows (thin, deep
+/// A·Bᵀ) rather than by micro-tiles: its elements then round otherwise.
+/// Everywhere else each element is the same chain of FMAs over k whatever
+/// m and n are, so stacking products' rows does not change a bit.
+int ddp_gemm_sums_by_dots(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k);
+
 /// op(A) (m×k) packed once for many products with it (a convolution's
 /// weights, for every image): ddp_gemm_packed_a_floats(m, k) floats, 64-byte
 /// aligned, filled by ddp_gemm_pack_a and read by ddp_gemm_with_packed_a.

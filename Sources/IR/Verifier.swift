@@ -22,9 +22,9 @@ public enum Verifier {
     }
 
     /// Runs `check` on each function, on all cores (the checks are
-    /// independent; verifying after every pass was a sixth of TransUNet's
-    /// passes on one), and throws the error of the first function in the
-    /// module's order that has one.
+    /// independent, and one at a time they took about a quarter of
+    /// TransUNet's passes), and throws the error of the first function in
+    /// the module's order that has one.
     static func forEachFunction(_ module: Module, _ check: (Int, Function) throws -> Void) throws {
         var errors = [Error?](repeating: nil, count: module.functions.count)
         errors.withUnsafeMutableBufferPointer { errors in
