@@ -25,9 +25,11 @@ public enum CEmitter {
     typedef struct { int64_t region, offset; } ddp_slot;
 
     /* The entry points' pieces only call: O3 has nothing to gain in them,
-       and GCC spent most of TransUNet's C compile optimizing them. GCC
-       takes them at O1 (8.4 s a part at O3, 5.0 at O1); Clang with
-       optnone, as the LLVM backend builds them. The loops keep -O3. */
+       and GCC spent most of TransUNet's C compile optimizing them (a part
+       took 8-9 s with them at O3, 5 s at O1). GCC builds them at O1,
+       Clang with optnone, as the LLVM backend does; the loops keep -O3.
+       (At O0, GCC's pieces compiled about 0.5 s faster, but a DDeP step
+       timed slower in four rounds out of four: not shown harmless.) */
     #if defined(__clang__)
     #define DDP_PIECE static __attribute__((noinline, optnone))
     #elif defined(__GNUC__)
