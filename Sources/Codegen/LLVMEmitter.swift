@@ -66,19 +66,11 @@ public enum LLVMEmitter {
         _ = nativeTargetInitialized
         let part = LoweredFunction.partition(functions, into: objects.count)
         let irParts = objects.map { $0.deletingPathExtension().appendingPathExtension("ll") }
-        var failures = [Error?](repeating: nil, count: objects.count)
-        failures.withUnsafeMutableBufferPointer { failed in
-            DispatchQueue.concurrentPerform(iterations: objects.count) { index in
-                do {
-                    try emitObject(functions.indices.filter { part[$0] == index }.map { functions[$0] }, to: objects[index],
-                                   moduleName: "\(moduleName).part\(index)", irOutput: irOutput == nil ? nil : irParts[index],
-                                   disabledFeatures: disabledFeatures)
-                } catch {
-                    failed[index] = error
-                }
-            }
+        try concurrentPerformThrowing(iterations: objects.count) { index in
+            try emitObject(functions.indices.filter { part[$0] == index }.map { functions[$0] }, to: objects[index],
+                           moduleName: "\(moduleName).part\(index)", irOutput: irOutput == nil ? nil : irParts[index],
+                           disabledFeatures: disabledFeatures)
         }
-        if let failure = failures.compactMap({ $0 }).first { throw failure }
         if let irOutput {
             let text = try irParts.map { try String(contentsOf: $0, encoding: .utf8) }.joined(separator: "\n")
             try text.write(to: irOutput, atomically: true, encoding: .utf8)

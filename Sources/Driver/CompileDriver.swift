@@ -112,17 +112,9 @@ public enum CompileDriver {
                 } else {
                     let objects = (0..<parts).map { staging.appendingPathComponent("module.part\($0).o") }
                     let compileFlags = flags.filter { $0 != "-shared" }
-                    var failures = [Error?](repeating: nil, count: parts)
-                    failures.withUnsafeMutableBufferPointer { failed in
-                        DispatchQueue.concurrentPerform(iterations: parts) { part in
-                            do {
-                                _ = try runTool("cc", compileFlags + ["-c", "-DDDP_PART=\(part)", "-o", objects[part].path, source.path])
-                            } catch {
-                                failed[part] = error
-                            }
-                        }
+                    try concurrentPerformThrowing(iterations: parts) { part in
+                        _ = try runTool("cc", compileFlags + ["-c", "-DDDP_PART=\(part)", "-o", objects[part].path, source.path])
                     }
-                    if let failure = failures.compactMap({ $0 }).first { throw failure }
                     try runTool("cc", ["-shared", "-o", library.path] + objects.map(\.path) + ["-lm"])
                     for object in objects { try? fm.removeItem(at: object) }
                 }

@@ -1,5 +1,3 @@
-import Dispatch
-
 /// Structural and type checks, run after every pass. Each error names the
 /// function, the node (printed), its operand types and where it came from.
 public enum Verifier {
@@ -26,13 +24,7 @@ public enum Verifier {
     /// TransUNet's passes), and throws the error of the first function in
     /// the module's order that has one.
     static func forEachFunction(_ module: Module, _ check: (Int, Function) throws -> Void) throws {
-        var errors = [Error?](repeating: nil, count: module.functions.count)
-        errors.withUnsafeMutableBufferPointer { errors in
-            DispatchQueue.concurrentPerform(iterations: module.functions.count) { index in
-                do { try check(index, module.functions[index]) } catch { errors[index] = error }
-            }
-        }
-        if let first = errors.compactMap({ $0 }).first { throw first }
+        try concurrentPerformThrowing(iterations: module.functions.count) { try check($0, module.functions[$0]) }
     }
 
     public static func verify(_ function: Function, writtenAt: [SourceLoc]? = nil) throws {
