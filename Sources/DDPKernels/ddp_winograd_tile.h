@@ -521,6 +521,15 @@ static int WT(winograd)(wino_job *job, const float *w, int transposed, int prepa
     if (rows > capped) rows = capped > 1 ? capped : 1;
     int64_t threads = ddp_parallel_threads(), blocks = WT(block_count)(rows_total, rows, threads);
     rows = (rows_total + blocks - 1) / blocks;
+    // At most one block a thread, and output channels for two panels a
+    // thread: the threads share the blocks instead (see winograd_by_channels).
+    // Decided before the loan below: cutting such a layer's one block a
+    // thread into thinner ones to fit a loan made each stream all of U for
+    // a fraction of a panel's columns (unet-r18's first decoder layer, 768
+    // channels on 8×8 images: 4 blocks of 8 tiles, 9-10 ms a call against
+    // 3.3-4.5 shared; Zen 5, 2 threads).
+    if (threads > 1 && (rows_total + rows - 1) / rows <= threads && layout.mpad / layout.mr >= 2 * threads)
+        return WT(winograd_by_channels)(job, layout.mr, threads);
     // A loan of spare arena too small for these blocks but holding blocks
     // of half as many tile rows or more: blocks that fit it. The heap block
     // a thread would take instead it keeps for the rest of the process, on
@@ -536,10 +545,6 @@ static int WT(winograd)(wino_job *job, const float *w, int transposed, int prepa
     }
     job->rows_per_block = (rows_total + blocks - 1) / blocks;
     blocks = (rows_total + job->rows_per_block - 1) / job->rows_per_block;
-    // At most one block a thread, and output channels for two panels a
-    // thread: the threads share the blocks instead (see winograd_by_channels).
-    if (threads > 1 && blocks <= threads && layout.mpad / layout.mr >= 2 * threads)
-        return WT(winograd_by_channels)(job, layout.mr, threads);
     ddp_parallel_for(blocks, WT(blocks), job);
     return job->failed ? DDP_ERR_NOMEM : DDP_OK;
 }
