@@ -194,11 +194,7 @@ final class WinogradKernelTests: XCTestCase {
         let floats = 32 << 20 // 128 MB: room for the whole layer in one block per thread
         let region = UnsafeMutablePointer<Float>.allocate(capacity: floats)
         defer { region.deallocate() }
-        func lend(_ count: Int) {
-            let buffers: [UnsafeMutableRawPointer?] = [UnsafeMutableRawPointer(region)]
-            let ints: [Int64] = [Int64(count)]
-            _ = buffers.withUnsafeBufferPointer { b in ints.withUnsafeBufferPointer { ddp_lend_thread_scratch(b.baseAddress, $0.baseAddress, nil) } }
-        }
+        func lend(_ count: Int) { lendThreadScratch(region, count) }
         // Each call under a loan of its own, as a compiled step lends them.
         let calls: [() -> [Float]] = [
             { runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: dy.count)], t.ints + [0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0])[2] },
@@ -225,6 +221,45 @@ final class WinogradKernelTests: XCTestCase {
             XCTAssertEqual(missedAfter, missed, "\(what): and fit in it")
             XCTAssertEqual(lent, unlent, what)
         }
+    }
+
+    /// Lends `count` floats at `region` to the calling thread's next kernel
+    /// calls, as a compiled step's lend_thread_scratch does; 0 ends the loan.
+    func lendThreadScratch(_ region: UnsafeMutablePointer<Float>, _ count: Int) {
+        let buffers: [UnsafeMutableRawPointer?] = [UnsafeMutableRawPointer(region)]
+        let ints: [Int64] = [Int64(count)]
+        _ = buffers.withUnsafeBufferPointer { b in ints.withUnsafeBufferPointer { ddp_lend_thread_scratch(b.baseAddress, $0.baseAddress, nil) } }
+    }
+
+    /// A layer with too few tiles for a block per thread (unet-r18's first
+    /// decoder layer: 768 channels on 8×8 images) under a loan of spare
+    /// arena smaller than its one shared block: the threads still share it
+    /// (the block from the heap, their work space from the loan), with the
+    /// bits of the unlent call.
+    func testASharedBlockLongerThanItsLoanGivesTheSameBits() {
+        let t = Case(n: 8, c: 768, h: 8, w: 8, o: 256, ph: 1, pw: 1)
+        let x = values(t.n * t.c * t.h * t.w, seed: 17), w = values(t.o * t.c * 9, seed: 18)
+        let dy = values(t.n * t.o * t.oh * t.ow, seed: 19)
+        let loan = 982_560 // what unet-r18's inference lends that layer (3.9 MB)
+        let region = UnsafeMutablePointer<Float>.allocate(capacity: loan)
+        defer { region.deallocate() }
+        func run(lent: Bool) -> [[Float]] {
+            [
+                { runKernel(ddp_conv2d_winograd, [x, w, [Float](repeating: .nan, count: dy.count)], t.ints + [0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0])[2] },
+                { runKernel(ddp_conv2d_grad_input_winograd, [dy, w, [Float](repeating: .nan, count: x.count)], t.ints + [0, 0, 0, 0, 0, 0, 4])[2] },
+            ].map { (call: () -> [Float]) in
+                lendThreadScratch(region, lent ? loan : 0)
+                defer { lendThreadScratch(region, 0) }
+                return call()
+            }
+        }
+        var served: Int64 = 0, missed: Int64 = 0
+        ddp_thread_scratch_loan_counts(&served, &missed)
+        let lent = run(lent: true)
+        var servedAfter: Int64 = 0, missedAfter: Int64 = 0
+        ddp_thread_scratch_loan_counts(&servedAfter, &missedAfter)
+        XCTAssertGreaterThan(servedAfter, served, "the work space came from the loan")
+        XCTAssertEqual(lent, run(lent: false))
     }
 
     func testGeometriesItCannotComputeAreRefused() {
