@@ -8,11 +8,16 @@ import Runtime
 /// part that can approach the machine's peak.
 public enum FlopCounter {
     public static func gemmFlops(_ function: Function) -> Double {
+        flopsByNode(function).values.reduce(0, +)
+    }
+
+    /// The counted FLOPs of each node that has any, by value id.
+    public static func flopsByNode(_ function: Function) -> [Int: Double] {
         var types = function.types
-        var flops = 0.0
+        var flops: [Int: Double] = [:]
         for node in function.nodes {
             if let rule = OpRegistry.spec(node.op)?.flops {
-                flops += rule(node.operands.map { types[$0]! }, node.type, node.attrs)
+                flops[node.id] = rule(node.operands.map { types[$0]! }, node.type, node.attrs)
             }
             types[node.id] = node.type
         }
@@ -31,9 +36,23 @@ extension StepFacts {
         var facts: [String: StepFacts] = [:]
         for name in entries {
             guard let function = module.function(named: name) else { throw RuntimeError("the artifact's IR has no function '\(name)'") }
-            facts[name] = StepFacts(flops: FlopCounter.gemmFlops(function),
-                                    kernelCalls: kernelCalls ? try Lowerer.lower(function, layout: artifact.manifest.layout).kernelCalls : [])
+            let calls = kernelCalls ? try Lowerer.lower(function, layout: artifact.manifest.layout).kernelCalls : []
+            facts[name] = StepFacts(flops: FlopCounter.gemmFlops(function), kernelCalls: withFlops(calls, of: function))
         }
         return facts
+    }
+
+    /// `calls` with each node's counted FLOPs on its first call other than
+    /// the scratch loans made around it (`lend_scratch`,
+    /// `lend_thread_scratch`), 0 on the others.
+    static func withFlops(_ calls: [(kernel: String, node: String)], of function: Function) -> [KernelCall] {
+        let perNode = FlopCounter.flopsByNode(function)
+        var counted = Set<String>()
+        return calls.map { kernel, node in
+            guard !kernel.hasPrefix("lend_"), counted.insert(node).inserted else { return (kernel, node, 0) }
+            // The printed node begins with its value, "%176 = ...".
+            let id = node.hasPrefix("%") ? Int(node.dropFirst().prefix { $0.isNumber }) : nil
+            return (kernel, node, id.flatMap { perNode[$0] } ?? 0)
+        }
     }
 }

@@ -5,11 +5,13 @@ import IR
 
 /// What the compiler knows of a step that a benchmark reports beside its
 /// times: its counted FLOPs, and its kernel calls in the order the compiled
-/// code makes them (each with the printed node it computes).
+/// code makes them (each with the printed node it computes and, on the
+/// node's last call, the node's counted FLOPs; 0 on the others).
 public struct StepFacts {
+    public typealias KernelCall = (kernel: String, node: String, flops: Double)
     public var flops: Double
-    public var kernelCalls: [(kernel: String, node: String)]
-    public init(flops: Double, kernelCalls: [(kernel: String, node: String)] = []) {
+    public var kernelCalls: [KernelCall]
+    public init(flops: Double, kernelCalls: [KernelCall] = []) {
         self.flops = flops
         self.kernelCalls = kernelCalls
     }
@@ -27,9 +29,10 @@ public struct BenchmarkResult {
     /// unless profiled.
     public var kernels: [(name: String, seconds: Double, calls: Int)] = []
     /// Each kernel call of a step, in order: its kernel, the printed node it
-    /// computes, and its median time over the timed calls; empty unless
-    /// profiled (or when the calls did not follow the lowered code's order).
-    public var calls: [(kernel: String, node: String, seconds: Double)] = []
+    /// computes, the FLOPs counted for it (StepFacts) and its median time
+    /// over the timed calls; empty unless profiled (or when the calls did
+    /// not follow the lowered code's order).
+    public var calls: [(kernel: String, node: String, flops: Double, seconds: Double)] = []
 
     public var medianSeconds: Double { callSeconds.sorted()[callSeconds.count / 2] }
     public var minimumSeconds: Double { callSeconds.min() ?? 0 }
@@ -126,10 +129,10 @@ public enum Benchmark {
     /// The logged calls matched position by position to `expected` (one
     /// step's calls), each position's median over the `calls` steps; empty
     /// if the log does not hold exactly those calls.
-    static func perCall(_ expected: [(kernel: String, node: String)], calls: Int) -> [(kernel: String, node: String, seconds: Double)] {
+    static func perCall(_ expected: [StepFacts.KernelCall], calls: Int) -> [(kernel: String, node: String, flops: Double, seconds: Double)] {
         let perStep = expected.count
         guard perStep > 0, ddp_profile_logged_calls() == Int64(perStep * calls) else { return [] }
-        var result: [(kernel: String, node: String, seconds: Double)] = []
+        var result: [(kernel: String, node: String, flops: Double, seconds: Double)] = []
         for (position, call) in expected.enumerated() {
             var times: [Double] = []
             for step in 0..<calls {
@@ -137,7 +140,7 @@ public enum Benchmark {
                 guard let name = ddp_kernel_name(ddp_profile_logged_kernel(i)), String(cString: name) == call.kernel else { return [] }
                 times.append(ddp_profile_logged_seconds(i))
             }
-            result.append((call.kernel, call.node, times.sorted()[times.count / 2]))
+            result.append((call.kernel, call.node, call.flops, times.sorted()[times.count / 2]))
         }
         return result
     }

@@ -22,7 +22,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Matrix size n for the n×n×n sgemm figure.") var n = 1024
     @Option(help: "Threads (default: the CPUs this process may use, or DDEPC_THREADS).") var threads: Int?
     @Option(help: "Micro-kernel ISA: native, avx512 or avx2 (default: DDEPC_ISA, else native).") var isa: String?
-    @Flag(help: "Also report the time per kernel (a timed kernel table; parallel_loop is the large generated loops, the rest the small ones and copies) and the slowest calls with the IR node each computes.") var profile = false
+    @Flag(help: "Also report the time per kernel (a timed kernel table; parallel_loop is the large generated loops, the rest the small ones and copies) and the slowest calls with the IR node each computes and, for convolutions and matmuls, its GFLOP/s.") var profile = false
     @Option(help: "With --profile, how many of the slowest calls to list.") var slowest = 12
 
     func validate() throws {
@@ -76,9 +76,12 @@ struct Bench: ParsableCommand {
                 print("  " + "small loops, copies".padding(toLength: 24, withPad: " ", startingAt: 0)
                       + String(format: "%9.2f %6@  %5.1f%%", (total - inKernels) * 1000, "", 100 * (total - inKernels) / total))
                 guard !r.calls.isEmpty else { continue }
-                print("\n  slowest calls (median ms over the timed calls; the node each computes, from final.ddir)")
+                print("\n  slowest calls (median ms over the timed calls; GFLOP/s as a direct convolution counts them;"
+                      + " the node each computes, from final.ddir)")
                 for c in r.calls.sorted(by: { $0.seconds > $1.seconds }).prefix(slowest) {
+                    let rate = c.flops > 0 && c.seconds > 0 ? String(format: "%7.1f", c.flops / c.seconds / 1e9) : ""
                     print(String(format: "  %7.2f  %5.1f%%  ", c.seconds * 1000, 100 * c.seconds / total)
+                          + rate.padding(toLength: 7, withPad: " ", startingAt: 0) + "  "
                           + c.kernel.padding(toLength: 28, withPad: " ", startingAt: 0) + " " + Self.brief(c.node))
                 }
             }

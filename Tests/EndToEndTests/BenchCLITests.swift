@@ -38,6 +38,10 @@ final class BenchCLITests: XCTestCase {
             let calls = out.split(separator: "\n").filter { $0.contains("% ") && $0.contains(" = ") && $0.contains("loc(") }
             XCTAssertFalse(calls.isEmpty, out)
             XCTAssertTrue(calls.contains { $0.contains("conv2d_grad_weight") && $0.contains("= conv2d_grad_weight(%") }, out)
+            // A convolution's call has its rate (GFLOP/s) before its kernel;
+            // the loans of scratch around it have none.
+            XCTAssertTrue(calls.contains { $0.range(of: #"%\s+[0-9]+\.[0-9]  conv2d"#, options: .regularExpression) != nil }, out)
+            XCTAssertFalse(calls.contains { $0.range(of: #"[0-9]\.[0-9]  lend_"#, options: .regularExpression) != nil }, out)
         }
 
         // Held to fewer threads than its pool has, the parallel regions are
