@@ -6,7 +6,8 @@ import IR
 /// What the compiler knows of a step that a benchmark reports beside its
 /// times: its counted FLOPs, and its kernel calls in the order the compiled
 /// code makes them (each with the printed node it computes and, on the
-/// node's last call, the node's counted FLOPs; 0 on the others).
+/// node's own kernel call, the node's counted FLOPs; 0 on the scratch loans
+/// made around it and on the calls of nodes without counted FLOPs).
 public struct StepFacts {
     public typealias KernelCall = (kernel: String, node: String, flops: Double)
     public var flops: Double
@@ -20,6 +21,7 @@ public struct StepFacts {
 /// One entry point's timing: every call's wall time after warm-up, and with
 /// profiling the time per kernel over the same calls.
 public struct BenchmarkResult {
+    public typealias TimedCall = (kernel: String, node: String, flops: Double, seconds: Double)
     public var entry: String
     public var callSeconds: [Double]
     public var batch: Int
@@ -32,7 +34,7 @@ public struct BenchmarkResult {
     /// computes, the FLOPs counted for it (StepFacts) and its median time
     /// over the timed calls; empty unless profiled (or when the calls did
     /// not follow the lowered code's order).
-    public var calls: [(kernel: String, node: String, flops: Double, seconds: Double)] = []
+    public var calls: [TimedCall] = []
 
     public var medianSeconds: Double { callSeconds.sorted()[callSeconds.count / 2] }
     public var minimumSeconds: Double { callSeconds.min() ?? 0 }
@@ -129,10 +131,10 @@ public enum Benchmark {
     /// The logged calls matched position by position to `expected` (one
     /// step's calls), each position's median over the `calls` steps; empty
     /// if the log does not hold exactly those calls.
-    static func perCall(_ expected: [StepFacts.KernelCall], calls: Int) -> [(kernel: String, node: String, flops: Double, seconds: Double)] {
+    static func perCall(_ expected: [StepFacts.KernelCall], calls: Int) -> [BenchmarkResult.TimedCall] {
         let perStep = expected.count
         guard perStep > 0, ddp_profile_logged_calls() == Int64(perStep * calls) else { return [] }
-        var result: [(kernel: String, node: String, flops: Double, seconds: Double)] = []
+        var result: [BenchmarkResult.TimedCall] = []
         for (position, call) in expected.enumerated() {
             var times: [Double] = []
             for step in 0..<calls {
