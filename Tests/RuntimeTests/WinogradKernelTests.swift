@@ -212,13 +212,11 @@ final class WinogradKernelTests: XCTestCase {
         // 6.4 MB a thread: what TransUNet's fine-tuning lends its first
         // decoder block's input gradient, whose blocks want 9 MB.
         for (loan, what) in [(floats, "a large loan"), (Int(ddp_parallel_threads()) * 1_605_632, "a loan short of the blocks")] {
-            var served: Int64 = 0, missed: Int64 = 0
-            ddp_thread_scratch_loan_counts(&served, &missed)
+            let before = loanCounts()
             let lent = run(loan: loan)
-            var servedAfter: Int64 = 0, missedAfter: Int64 = 0
-            ddp_thread_scratch_loan_counts(&servedAfter, &missedAfter)
-            XCTAssertGreaterThan(servedAfter, served, "\(what): the blocks came from the loan")
-            XCTAssertEqual(missedAfter, missed, "\(what): and fit in it")
+            let after = loanCounts()
+            XCTAssertGreaterThan(after.served, before.served, "\(what): the blocks came from the loan")
+            XCTAssertEqual(after.missed, before.missed, "\(what): and fit in it")
             XCTAssertEqual(lent, unlent, what)
         }
     }
@@ -229,6 +227,13 @@ final class WinogradKernelTests: XCTestCase {
         let buffers: [UnsafeMutableRawPointer?] = [UnsafeMutableRawPointer(region)]
         let ints: [Int64] = [Int64(count)]
         _ = buffers.withUnsafeBufferPointer { b in ints.withUnsafeBufferPointer { ddp_lend_thread_scratch(b.baseAddress, $0.baseAddress, nil) } }
+    }
+
+    /// The per-thread scratch requests loans have served and missed so far.
+    func loanCounts() -> (served: Int64, missed: Int64) {
+        var served: Int64 = 0, missed: Int64 = 0
+        ddp_thread_scratch_loan_counts(&served, &missed)
+        return (served, missed)
     }
 
     /// A layer with too few tiles for a block per thread (unet-r18's first
@@ -253,12 +258,9 @@ final class WinogradKernelTests: XCTestCase {
                 return call()
             }
         }
-        var served: Int64 = 0, missed: Int64 = 0
-        ddp_thread_scratch_loan_counts(&served, &missed)
+        let before = loanCounts()
         let lent = run(lent: true)
-        var servedAfter: Int64 = 0, missedAfter: Int64 = 0
-        ddp_thread_scratch_loan_counts(&servedAfter, &missedAfter)
-        XCTAssertGreaterThan(servedAfter, served, "the work space came from the loan")
+        XCTAssertGreaterThan(loanCounts().served, before.served, "the work space came from the loan")
         XCTAssertEqual(lent, run(lent: false))
     }
 
