@@ -132,24 +132,26 @@ public struct LoweredFunction {
 
 extension LoweredFunction {
     /// Every runtime kernel call the entry point makes, in order, with the
-    /// printed node it computes (a loop group's last member), as both
-    /// emitters call them: kernels, parallel loops and loops run by their
-    /// caller, not the inline loops and copies. `ddepc bench --profile`
-    /// attributes each call's time to its node with this.
-    public var kernelCalls: [(kernel: String, node: String)] {
-        var calls: [(kernel: String, node: String)] = []
+    /// printed node it computes (a loop group's last member) and whether it
+    /// only lends that node's kernel scratch (`lend_scratch`,
+    /// `lend_thread_scratch`), as both emitters call them: kernels, parallel
+    /// loops and loops run by their caller, not the inline loops and copies.
+    /// `ddepc bench --profile` attributes each call's time to its node with
+    /// this.
+    public var kernelCalls: [(kernel: String, node: String, scratchLoan: Bool)] {
+        var calls: [(kernel: String, node: String, scratchLoan: Bool)] = []
         var node = ""
         for step in steps {
             switch step {
             case .comment(let text):
                 node = text
-            case .kernel(_, let name, _, _, _):
-                calls.append((name, node))
+            case .kernel(let index, let name, _, _, _):
+                calls.append((name, node, index == Lowerer.lendScratchKernel || index == Lowerer.lendThreadScratchKernel))
             case .loop(let loop):
                 if let caller = loop.caller {
-                    calls.append((caller.name, node))
+                    calls.append((caller.name, node, false))
                 } else if loop.parallel {
-                    calls.append(("parallel_loop", node))
+                    calls.append(("parallel_loop", node, false))
                 }
             case .copy:
                 break

@@ -43,13 +43,12 @@ extension StepFacts {
     }
 
     /// `calls` with each node's counted FLOPs on its first call other than
-    /// the scratch loans made around it (`lend_scratch`,
-    /// `lend_thread_scratch`), 0 on the others.
-    static func withFlops(_ calls: [(kernel: String, node: String)], of function: Function) -> [KernelCall] {
+    /// the scratch loans made around it, 0 on the others.
+    static func withFlops(_ calls: [(kernel: String, node: String, scratchLoan: Bool)], of function: Function) -> [KernelCall] {
         let perNode = FlopCounter.flopsByNode(function)
         var counted = Set<String>()
-        return calls.map { kernel, node in
-            guard !kernel.hasPrefix("lend_"), counted.insert(node).inserted else { return (kernel, node, 0) }
+        return calls.map { kernel, node, scratchLoan in
+            guard !scratchLoan, counted.insert(node).inserted else { return (kernel, node, 0) }
             // The printed node begins with its value, "%176 = ...".
             let id = node.hasPrefix("%") ? Int(node.dropFirst().prefix { $0.isNumber }) : nil
             return (kernel, node, id.flatMap { perNode[$0] } ?? 0)
