@@ -215,39 +215,42 @@ int ddp_fill(void *const *bufs, const int64_t *ia, const double *fa) {
 typedef struct {
     const float *a, *b;
     float *c;
-    int64_t m, k, n, a_stride, b_stride;
+    int64_t m, k, n, lda, ldb, ldc;
+    int64_t axes, size[DDP_MAX_RANK], stride[3][DDP_MAX_RANK]; // batch axes; a, b, c strides along them
     int trans_a, trans_b, failed;
 } matmul_job;
 
+/// Batch entries [begin, end), each one product (on the pool when the
+/// caller is not already one of its tasks).
 static void matmul_batches(void *arg, int64_t begin, int64_t end) {
     matmul_job *j = arg;
-    for (int64_t i = begin; i < end; i++)
-        if (!ddp_gemm(j->trans_a, j->trans_b, j->m, j->n, j->k, j->a + i * j->a_stride, j->trans_a ? j->m : j->k,
-                      j->b + i * j->b_stride, j->trans_b ? j->k : j->n, 0.0f, j->c + i * j->m * j->n, j->n))
+    for (int64_t i = begin; i < end; i++) {
+        int64_t offset[3] = {0, 0, 0}, rest = i;
+        for (int64_t axis = j->axes - 1; axis >= 0; axis--) {
+            int64_t at = rest % j->size[axis];
+            rest /= j->size[axis];
+            for (int t = 0; t < 3; t++) offset[t] += at * j->stride[t][axis];
+        }
+        if (!ddp_gemm(j->trans_a, j->trans_b, j->m, j->n, j->k, j->a + offset[0], j->lda, j->b + offset[1], j->ldb, 0.0f,
+                      j->c + offset[2], j->ldc))
             __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+    }
 }
 
-// matmul: one sgemm per batch entry; the operands' batch strides may be 0.
+// matmul: one sgemm per batch entry, each matrix where its strides put it.
 int ddp_matmul(void *const *bufs, const int64_t *ia, const double *fa) {
     (void)fa;
-    const float *a = bufs[0], *b = bufs[1];
-    float *c = bufs[2];
-    int64_t batch = ia[0], m = ia[1], k = ia[2], n = ia[3];
-    int64_t a_stride = ia[4], b_stride = ia[5];
-    int trans_a = ia[6] != 0, trans_b = ia[7] != 0;
-    // A batch sharing B whose A rows follow one another (a linear layer
-    // over a batch of token rows) is one product of batch·m rows: B is
-    // packed once and its blocks serve every image's rows, where each
-    // thread used to pack and stream all of B for its own images. On an
-    // Intel Xeon (AVX-512), alone and interleaved in one process, TransUNet's
-    // 196-row projections ran 14–17% faster so (1 and 2 threads); within its
-    // inference the gain was below that host's noise. Same bits
-    // (ddp_gemm_sums_by_dots).
-    if (batch > 1 && b_stride == 0 && !trans_a && a_stride == m * k && !ddp_gemm_sums_by_dots(0, trans_b, m, n, k)) {
-        m *= batch;
-        batch = 1;
-    }
-    matmul_job job = {a, b, c, m, k, n, a_stride, b_stride, trans_a, trans_b, 0};
+    matmul_job job = {.a = bufs[0], .b = bufs[1], .c = bufs[2], .axes = ia[0]};
+    if (job.axes < 0 || job.axes > DDP_MAX_RANK) return DDP_ERR_ARGS;
+    const int64_t *at = ia + 1;
+    int64_t batch = 1;
+    for (int64_t axis = 0; axis < job.axes; axis++) batch *= job.size[axis] = *at++;
+    job.m = at[0], job.k = at[1], job.n = at[2];
+    job.trans_a = at[3] != 0, job.trans_b = at[4] != 0;
+    job.lda = at[5], job.ldb = at[6], job.ldc = at[7];
+    at += 8;
+    for (int t = 0; t < 3; t++)
+        for (int64_t axis = 0; axis < job.axes; axis++) job.stride[t][axis] = *at++;
     // Many small products (attention heads): one per thread at a time, each
     // serial; few large ones: one after another, each split over the pool.
     if (batch >= ddp_parallel_threads())

@@ -33,24 +33,8 @@ public enum ShapeOps {
                    }
                    return operands[0].with(shape: perm.map { operands[0].shape[$0] })
                },
-               evaluate: { operands, attrs, type in
-                   let perm = try attrs.ints("perm")
-                   let inStrides = operands[0].type.strides
-                   let permutedStrides = perm.map { inStrides[$0] }
-                   var out = [Double](repeating: 0, count: type.count)
-                   forEachIndex(type.shape) { flat, index in
-                       var source = 0
-                       for axis in index.indices { source += index[axis] * permutedStrides[axis] }
-                       out[flat] = operands[0].data[source]
-                   }
-                   return HostTensor(type, out)
-               },
-               gradient: { c in
-                   let perm = try c.attrs.ints("perm")
-                   var inverse = perm
-                   for (i, p) in perm.enumerated() { inverse[p] = i }
-                   return [try c.builder.permute(c.grad, inverse)]
-               },
+               evaluate: { operands, attrs, _ in operands[0].permuted(try attrs.ints("perm")) },
+               gradient: { c in [try c.builder.permute(c.grad, inversePermutation(try c.attrs.ints("perm")))] },
                lowering: .kernels { operands, _, attrs in
                    [KernelCall("permute", [.operand(0), .result],
                                ints: [operands[0].rank] + operands[0].shape + (try attrs.ints("perm")))]
@@ -220,6 +204,28 @@ public enum ShapeOps {
                },
                examples: [([f([2, 3, 3])], ["low": .ints([0, 1, 0]), "high": .ints([0, 0, 2])])]),
     ]
+}
+
+/// q with q[perm[i]] = i: the permutation that undoes `perm`.
+public func inversePermutation(_ perm: [Int]) -> [Int] {
+    var inverse = perm
+    for (i, p) in perm.enumerated() { inverse[p] = i }
+    return inverse
+}
+
+extension HostTensor {
+    /// The tensor with axes reordered as `permute` does: result axis i is axis perm[i].
+    public func permuted(_ perm: [Int]) -> HostTensor {
+        let strides = type.strides, permutedStrides = perm.map { strides[$0] }
+        let result = type.with(shape: perm.map { shape[$0] })
+        var out = [Double](repeating: 0, count: result.count)
+        forEachIndex(result.shape) { flat, index in
+            var source = 0
+            for axis in index.indices { source += index[axis] * permutedStrides[axis] }
+            out[flat] = data[source]
+        }
+        return HostTensor(result, out)
+    }
 }
 
 /// Visit every index of `shape` in row-major order with its flat position.

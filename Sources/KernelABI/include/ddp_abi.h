@@ -87,11 +87,13 @@ typedef void (*ddp_loop_fn)(int64_t begin, int64_t end, void *const *pointers);
 // conv2d_grad_weight_winograd as conv2d_grad_weight, ia followed by m; geometries as above;
 //                    then conv2d_winograd's prologue flags, its buffers after dw: the
 //                    weight gradient of a convolution that applied one.
-// matmul             bufs [a, b, c]      ia [batch, M, K, N, a_batch_stride, b_batch_stride, trans_a, trans_b]
-//                    for each batch i: c[i] (M×N, contiguous) = op(a_i) · op(b_i), where
-//                    a_i starts at a + i*a_batch_stride and is M×K (K×M if trans_a),
-//                    b_i at b + i*b_batch_stride is K×N (N×K if trans_b). Strides in
-//                    elements; a stride of 0 shares one matrix across the batch.
+// matmul             bufs [a, b, c]      ia [d, size_0..size_{d-1}, M, K, N, trans_a, trans_b,
+//                        lda, ldb, ldc, a_stride_0..a_stride_{d-1}, b_stride_.., c_stride_..]
+//                    for each index i of the d batch axes: c_i (M×N, rows ldc apart) =
+//                    op(a_i) · op(b_i), where a_i starts at a + Σ i_t·a_stride_t and is
+//                    M×K (K×M if trans_a) with rows lda apart, b_i likewise K×N (N×K if
+//                    trans_b), and c_i at c + Σ i_t·c_stride_t. Strides in elements; a
+//                    stride of 0 shares one matrix along that axis.
 // reduce             bufs [x, y]         ia [kind, rank, shape[rank]..., reduced[rank]...]
 //                    kind 0 = sum, 1 = mean, 2 = max over the axes whose `reduced`
 //                    flag is 1; y has the same rank with those axes of size 1.
@@ -253,8 +255,9 @@ typedef int (*ddp_entry_fn)(const ddp_buffers *buffers, const ddp_kernel_fn *ker
 /// and the kernel names). 2: conv2d's epilogue flags gained has_moments.
 /// 3: the Winograd prologue flags became [kind, relu, fh, fw, upsampled].
 /// 4: prologue kind 3, a gather by bilinear interpolation. 5: the Winograd
-/// input gradient takes the prologue flags (its gathered form).
-#define DDP_KERNEL_ARGUMENT_REVISION 5
+/// input gradient takes the prologue flags (its gathered form). 6: matmul
+/// takes strides for every batch axis and row strides for all three matrices.
+#define DDP_KERNEL_ARGUMENT_REVISION 6
 
 /// Index of a kernel by name, or -1.
 int ddp_kernel_index(const char *name);
