@@ -82,7 +82,7 @@ public struct PassManager {
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
         let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), BatchNormFromMoments(), OnePassMoments(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
-                                SelectConvAlgorithm(mode: convAlgorithm, weightsPrepared: panelRows != nil)]
+                                MatmulLayout(), SelectConvAlgorithm(mode: convAlgorithm, weightsPrepared: panelRows != nil)]
         let prepare: [any Pass] = panelRows.map { [PrepareWeights(panelRows: $0)] } ?? []
         let moments: [any Pass] = momentsInEpilogue ? [FuseConvMoments()] : []
         return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(memoryBudget: memoryBudget), FuseConvPrologue(), SplitConvGradInput(), FuseConvGather(), GroupLoops()]
@@ -96,7 +96,7 @@ public struct PassManager {
     public static var knownPassNames: [String] {
         [InferShapes.name, SyncBatchNorm.name, Autodiff.name, AllReduceGradients.name, AdamOptimizer.name, FoldConstants.name, CSE.name, DCE.name,
          BatchNormFromMoments.name, OnePassMoments.name, FuseElementwise.name, FuseReductions.name, FuseNormActivation.name,
-         FuseConvEpilogue.name, FuseConcat.name, SelectConvAlgorithm.name, PrepareWeights.name, ScheduleUpdates.name, Rematerialize.name, FuseConvPrologue.name, SplitConvGradInput.name, FuseConvGather.name, GroupLoops.name, FuseConvMoments.name, PlanMemory.name]
+         FuseConvEpilogue.name, FuseConcat.name, MatmulLayout.name, SelectConvAlgorithm.name, PrepareWeights.name, ScheduleUpdates.name, Rematerialize.name, FuseConvPrologue.name, SplitConvGradInput.name, FuseConvGather.name, GroupLoops.name, FuseConvMoments.name, PlanMemory.name]
     }
 
     @discardableResult

@@ -93,14 +93,14 @@ final class CLITests: XCTestCase {
                                   "--print-ir-after=all", "--ir-dump-dir", path("dumps"), "--time-passes", "--moments-in-epilogue"])
         XCTAssertEqual(compiled.status, 0, compiled.stderr)
         for pass in ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce", "batch-norm-from-moments", "one-pass-moments",
-                     "fuse-elementwise", "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights",
-                     "schedule-updates", "rematerialize", "fuse-conv-prologue", "split-conv-grad-input", "fuse-conv-gather", "group-loops", "fuse-conv-moments", "plan-memory"] {
+                     "fuse-elementwise", "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "matmul-layout", "select-conv-algorithm",
+                     "prepare-weights", "schedule-updates", "rematerialize", "fuse-conv-prologue", "split-conv-grad-input", "fuse-conv-gather", "group-loops", "fuse-conv-moments", "plan-memory"] {
             XCTAssertTrue(compiled.stdout.contains("// ----- IR after \(pass) -----"), pass)
         }
         XCTAssertTrue(compiled.stdout.contains("=== pass timing ==="))
         let dumps = try FileManager.default.contentsOfDirectory(atPath: path("dumps")).sorted()
         XCTAssertEqual(dumps.first, "00-input.ddir")
-        XCTAssertEqual(dumps.count, 25, "\(dumps)")
+        XCTAssertEqual(dumps.count, 26, "\(dumps)")
         for dump in dumps { _ = try Parser.parse(try String(contentsOfFile: path("dumps") + "/" + dump, encoding: .utf8)) }
 
         let dumped = try ddepc(["dump-ir", artifact])

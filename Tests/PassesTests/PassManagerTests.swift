@@ -37,12 +37,12 @@ final class PassManagerTests: XCTestCase {
         let pipeline = PassManager.standardPipeline()
         XCTAssertEqual(pipeline.map(\.name), ["infer-shapes", "autodiff", "optimizer", "fold-constants", "cse", "dce",
                                               "batch-norm-from-moments", "one-pass-moments", "fuse-elementwise", "fuse-reductions", "fuse-norm-activation",
-                                              "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm", "prepare-weights", "schedule-updates", "dce",
+                                              "fuse-conv-epilogue", "fuse-concat", "matmul-layout", "select-conv-algorithm", "prepare-weights", "schedule-updates", "dce",
                                               "rematerialize", "fuse-conv-prologue", "split-conv-grad-input", "fuse-conv-gather", "group-loops", "plan-memory"])
         let dataParallel = PassManager.standardPipeline(dataParallel: true, momentsInEpilogue: true)
         XCTAssertEqual(dataParallel.map(\.name), ["infer-shapes", "sync-batch-norm", "autodiff", "allreduce-gradients", "optimizer",
                                                   "fold-constants", "cse", "dce", "batch-norm-from-moments", "one-pass-moments", "fuse-elementwise",
-                                                  "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "select-conv-algorithm",
+                                                  "fuse-reductions", "fuse-norm-activation", "fuse-conv-epilogue", "fuse-concat", "matmul-layout", "select-conv-algorithm",
                                                   "prepare-weights", "schedule-updates", "dce", "rematerialize", "fuse-conv-prologue", "split-conv-grad-input", "fuse-conv-gather", "group-loops",
                                                   "fuse-conv-moments", "plan-memory"])
         XCTAssertEqual(Set(PassManager.knownPassNames), Set(dataParallel.map(\.name)))
@@ -52,15 +52,15 @@ final class PassManagerTests: XCTestCase {
         }
         let (_, records, module) = try run(pipeline) { _ in }
         XCTAssertEqual(records.map(\.name), pipeline.map(\.name))
-        // This step has no convolution, batch norm nor concatenation: batch-norm-from-moments, one-pass-moments,
-        // fuse-norm-activation, fuse-conv-epilogue, fuse-concat, select-conv-algorithm and prepare-weights
-        // find nothing,
+        // This step has no convolution, batch norm, concatenation nor permute: batch-norm-from-moments,
+        // one-pass-moments, fuse-norm-activation, fuse-conv-epilogue, fuse-concat, matmul-layout,
+        // select-conv-algorithm and prepare-weights find nothing,
         // and fuse-elementwise and fuse-reductions remove what they absorb, so the last DCE has
         // nothing to do; schedule-updates moves each weight's update up to its gradient; nothing is worth
         // recomputing, nor a convolution to take a prologue, have its input gradient split or read its input
         // from its parts; group-loops puts the optimizer's step into one loop.
         XCTAssertEqual(records.map(\.changed), [false, true, true, true, true, true, false, false, true, true, false, false, false, false, false,
-                                                 true, false, false, false, false, false, true, true])
+                                                 false, true, false, false, false, false, false, true, true])
         XCTAssertEqual(records.last?.nodesAfter, module.functions[0].nodes.count)
         XCTAssertNotNil(module.functions[0].arenaBytes)
         XCTAssertNotNil(module.functions[0].argument(named: "opt.m.w"))
@@ -84,14 +84,14 @@ final class PassManagerTests: XCTestCase {
         XCTAssertEqual(occurrences(of: "IR after dce -----", in: all), 2, "a pass that runs twice prints twice")
         // infer-shapes finds nothing to fix in built IR, nor batch-norm-from-moments and
         // fuse-norm-activation a batch norm, nor fuse-conv-epilogue, select-conv-algorithm and prepare-weights a convolution, nor
-        // fuse-concat a concatenation, nor the last DCE anything dead, nor
+        // fuse-concat a concatenation, nor matmul-layout a permute, nor the last DCE anything dead, nor
         // rematerialize anything to recompute, nor fuse-conv-prologue, split-conv-grad-input and fuse-conv-gather a convolution, nor
         // one-pass-moments a batch norm: with printAfterChange they stay quiet.
         let (changed, _, _) = try run(pipeline) {
             $0.printAfter = ["all"]
             $0.printAfterChange = true
         }
-        XCTAssertEqual(occurrences(of: "IR after", in: changed), pipeline.count - 13)
+        XCTAssertEqual(occurrences(of: "IR after", in: changed), pipeline.count - 14)
         XCTAssertFalse(changed.contains("IR after infer-shapes"))
         XCTAssertFalse(changed.contains("IR after fuse-conv-epilogue"))
         let (quiet, _, _) = try run([InferShapes()]) {

@@ -16,7 +16,7 @@ let passesByName: [String: any Pass] = [
     OnePassMoments.name: OnePassMoments(), FuseConvMoments.name: FuseConvMoments(),
     FuseElementwise.name: FuseElementwise(), FuseReductions.name: FuseReductions(),
     FuseNormActivation.name: FuseNormActivation(), FuseConvEpilogue.name: FuseConvEpilogue(), FuseConcat.name: FuseConcat(),
-    PlanMemory.name: PlanMemory(),
+    MatmulLayout.name: MatmulLayout(), PlanMemory.name: PlanMemory(),
     SelectConvAlgorithm.name: SelectConvAlgorithm(), PrepareWeights.name: PrepareWeights(panelRows: 12), ScheduleUpdates.name: ScheduleUpdates(), Rematerialize.name: Rematerialize(), FuseConvPrologue.name: FuseConvPrologue(), SplitConvGradInput.name: SplitConvGradInput(), FuseConvGather.name: FuseConvGather(), GroupLoops.name: GroupLoops(),
     SyncBatchNorm.name: SyncBatchNorm(), AllReduceGradients.name: AllReduceGradients(),
 ]
