@@ -70,7 +70,9 @@ public enum MatMulOps {
         /// A batch sharing b with rows of a stored one after another (a
         /// linear layer over tokens, [B, N, D]·[D, E]) is one product of B·N
         /// rows: the threads then split one product and each packs b once,
-        /// instead of once per batch entry (TransUNet's ViT layers, 4·196 tokens).
+        /// instead of once per batch entry (TransUNet's ViT layers, 4·196
+        /// tokens; on an Intel Xeon its 196-row projections ran 14–17% faster
+        /// so, alone and interleaved in one process).
         var kernelInts: [Int] {
             let flags = [transA ? 1 : 0, transB ? 1 : 0]
             if sharedB && !transA && !hasLayouts {
