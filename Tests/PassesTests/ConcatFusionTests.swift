@@ -20,11 +20,7 @@ final class ConcatFusionTests: XCTestCase {
             // CHECK-NEXT: %5 = tanh(%4)
             // CHECK-NOT: concat(
             """
-        let after = try checkIR(source, passes: [FuseConcat.name])
-        let before = try Parser.parse(source)
-        let arguments = randomArguments(for: before.functions[0], seed: 5)
-        XCTAssertEqual(try Interpreter.run(after.functions[0], arguments: arguments).outputs["y"],
-                       try Interpreter.run(before.functions[0], arguments: arguments).outputs["y"])
+        let after = try checkIRComputesTheSame(source, passes: [FuseConcat.name], output: "y", seed: 5)
         // Planned, each insert writes over the tensor before it: one buffer.
         var planned = after
         PlanMemory().plan(&planned.functions[0])

@@ -260,13 +260,7 @@ final class ConvGatherFusionTests: XCTestCase {
             XCTAssertEqual(after.nodes.filter { ["upsample_bilinear", "upsample_bilinear_grad"].contains($0.op) }.count, 0, before.name)
             XCTAssertEqual(after.nodes.filter { $0.op == "fused_conv2d_grad_input" && $0.attrs[FusedConvOps.Gather.key] != nil }.count,
                            before.nodes.filter { $0.op == "upsample_bilinear_grad" }.count, before.name)
-            let arguments = randomArguments(for: before, seed: 12, classes: 3)
-            let expected = try Interpreter.run(before, arguments: arguments)
-            let got = try Interpreter.run(after, arguments: arguments)
-            for (name, value) in expected.outputs.merging(expected.updates, uniquingKeysWith: { a, _ in a }) {
-                let fusedValue = got.outputs[name] ?? got.updates[name]
-                XCTAssertLessThanOrEqual(maxRelativeDifference(fusedValue?.data ?? [], value.data), 1e-9, "\(before.name): \(name)")
-            }
+            try assertSameOutputsAndUpdates(before, after, seed: 12, classes: 3, tolerance: 1e-9)
         }
     }
 }

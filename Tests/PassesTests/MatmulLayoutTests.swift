@@ -29,11 +29,7 @@ final class MatmulLayoutTests: XCTestCase {
             // CHECK-NEXT: %13 = reshape(%12)
             // CHECK-NOT: permute(
             """
-        let after = try checkIR(source, passes: [MatmulLayout.name])
-        let before = try Parser.parse(source)
-        let arguments = randomArguments(for: before.functions[0], seed: 3)
-        XCTAssertEqual(try Interpreter.run(after.functions[0], arguments: arguments).outputs["y"],
-                       try Interpreter.run(before.functions[0], arguments: arguments).outputs["y"])
+        try checkIRComputesTheSame(source, passes: [MatmulLayout.name], output: "y", seed: 3)
     }
 
     func testLeavesPermutesThatAreReadOtherwiseOrMoveTheRows() throws {
@@ -68,13 +64,7 @@ final class MatmulLayoutTests: XCTestCase {
             let fourAxes = { (function: Function) in function.nodes.filter { $0.op == "permute" && $0.type.rank == 4 }.count }
             XCTAssertGreaterThan(fourAxes(before), 0, before.name)
             XCTAssertEqual(fourAxes(after), 0, "\(before.name): the heads are read and written in place")
-            let arguments = randomArguments(for: before, seed: 4, classes: 3)
-            let expected = try Interpreter.run(before, arguments: arguments)
-            let got = try Interpreter.run(after, arguments: arguments)
-            for (name, value) in expected.outputs.merging(expected.updates, uniquingKeysWith: { a, _ in a }) {
-                let foldedValue = got.outputs[name] ?? got.updates[name]
-                XCTAssertLessThanOrEqual(maxRelativeDifference(foldedValue?.data ?? [], value.data), 1e-9, "\(before.name): \(name)")
-            }
+            try assertSameOutputsAndUpdates(before, after, seed: 4, classes: 3, tolerance: 1e-9)
         }
     }
 }

@@ -273,6 +273,34 @@ func maxRelativeDifference(_ a: [Double], _ b: [Double]) -> Double {
     return worst
 }
 
+/// Runs `before` and `after` (one function through two pipelines) in the
+/// f64 interpreter on the same random arguments and asserts that every
+/// output and update agrees to `tolerance`.
+func assertSameOutputsAndUpdates(_ before: Function, _ after: Function, seed: UInt64, classes: Int = 2, tolerance: Double,
+                                 file: StaticString = #filePath, line: UInt = #line) throws {
+    let arguments = randomArguments(for: before, seed: seed, classes: classes)
+    let expected = try Interpreter.run(before, arguments: arguments)
+    let got = try Interpreter.run(after, arguments: arguments)
+    for (name, value) in expected.outputs.merging(expected.updates, uniquingKeysWith: { a, _ in a }) {
+        let other = got.outputs[name] ?? got.updates[name]
+        XCTAssertLessThanOrEqual(maxRelativeDifference(other?.data ?? [], value.data), tolerance, "\(before.name): \(name)",
+                                 file: file, line: line)
+    }
+}
+
+/// A golden test (`checkIR`) whose rewritten function must also compute
+/// the input's output `output`, exactly, in the f64 interpreter.
+@discardableResult
+func checkIRComputesTheSame(_ source: String, passes: [String], output: String, seed: UInt64,
+                            file: StaticString = #filePath, line: UInt = #line) throws -> Module {
+    let after = try checkIR(source, passes: passes, file: file, line: line)
+    let before = try Parser.parse(source)
+    let arguments = randomArguments(for: before.functions[0], seed: seed)
+    XCTAssertEqual(try Interpreter.run(after.functions[0], arguments: arguments).outputs[output],
+                   try Interpreter.run(before.functions[0], arguments: arguments).outputs[output], file: file, line: line)
+    return after
+}
+
 extension Function {
     /// Nodes by id.
     var nodesByID: [ValueID: Node] { Dictionary(uniqueKeysWithValues: nodes.map { ($0.id, $0) }) }
