@@ -136,6 +136,49 @@ final class RematerializeTests: XCTestCase {
         try checkSameValues(try Parser.parse(source).functions[0], after.functions[0])
     }
 
+    /// A value read early, right after the peak and once more at the end
+    /// (a decoder's skip feature: by its convolution, that convolution's
+    /// weight gradient, and the encoder's backward pass) is split where it
+    /// is held across the peak, though a later stretch is longer: the copy
+    /// serves both late uses.
+    func testSplitsAtTheStretchHoldingThePeakNotTheLongest() throws {
+        // (3×3 convolutions over 16 channels: too costly to compute again.)
+        let source = """
+            func @f(%0: f32[2,16,3,3] input "x", %1: f32[16] input "g", %2: f32[16] input "b", %3: f32[16,16,3,3] input "w") {
+              %4 = conv2d(%0, %3) {pad=[1,1]} : f32[2,16,3,3]
+              %5 = group_norm(%4, %1, %2) {eps=1e-05, groups=2} : f32[2,16,3,3]
+              %6 = relu(%5) : f32[2,16,3,3]
+              %7 = conv2d(%6, %3) {pad=[1,1]} : f32[2,16,3,3]
+              %8 = conv2d(%7, %3) {pad=[1,1]} : f32[2,16,3,3]
+              %9 = conv2d(%8, %3) {pad=[1,1]} : f32[2,16,3,3]
+              %10 = add(%9, %7) : f32[2,16,3,3]
+              %11 = mul(%10, %6) : f32[2,16,3,3]
+              %12 = conv2d(%11, %3) {pad=[1,1]} : f32[2,16,3,3]
+              %13 = conv2d(%12, %3) {pad=[1,1]} : f32[2,16,3,3]
+              %14 = conv2d(%13, %3) {pad=[1,1]} : f32[2,16,3,3]
+              %15 = conv2d(%14, %3) {pad=[1,1]} : f32[2,16,3,3]
+              %16 = mul(%15, %6) : f32[2,16,3,3]
+              %17 = mul(%16, %4) : f32[2,16,3,3]
+              %18 = mse(%17, %17) : f32[]
+              return %18 as "loss"
+            }
+            """
+        // The peak is at %9 (%4, %6, %7, %8 and %9 live); the longest stretch
+        // without a read of %6 is %11 to %16, where four are.
+        let after = try checkIR(source + """
+
+            // CHECK: %10 = add(%9, %7) : f32[2,16,3,3]
+            // CHECK-NEXT: %19 = group_norm(%4, %1, %2) {eps=1e-05, groups=2} : f32[2,16,3,3]
+            // CHECK-NEXT: %20 = relu(%19) : f32[2,16,3,3]
+            // CHECK-NEXT: %11 = mul(%10, %20) : f32[2,16,3,3]
+            // CHECK: %16 = mul(%15, %20) : f32[2,16,3,3]
+            """, passes: [Rematerialize.name])
+        try checkSameValues(try Parser.parse(source).functions[0], after.functions[0])
+        let bytes = 2 * 16 * 3 * 3 * 4
+        XCTAssertEqual(PlanMemory.liveness(of: try Parser.parse(source).functions[0]).peak.bytes, 5 * PlanMemory.aligned(bytes))
+        XCTAssertEqual(PlanMemory.liveness(of: after.functions[0]).peak.bytes, 4 * PlanMemory.aligned(bytes))
+    }
+
     func testNeverCopiesAResultOrAReadOfAnOverwrittenArgument() throws {
         // %2 is returned: its storage must hold it at the end.
         var returned = try Parser.parse("""
