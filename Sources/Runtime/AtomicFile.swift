@@ -20,13 +20,52 @@ public struct AtomicWriteError: Error, CustomStringConvertible {
 
 /// Replaces the content of the file at `url` with `data` so that a crash or
 /// power loss never leaves a half-written file: readers see either the old
-/// content or the new, complete one.
+/// content or the new, complete one (see `writeAtomically(to:_:)`).
+public func writeAtomically(_ data: Data, to url: URL) throws {
+    try writeAtomically(to: url) { try $0.write(data) }
+}
+
+/// The file `writeAtomically(to:_:)` is writing: what is appended goes
+/// straight to the temporary file, so a large file (a checkpoint) is never
+/// held whole in memory.
+public struct AtomicFileWriter {
+    fileprivate let fd: Int32
+    fileprivate let failure: (String) -> AtomicWriteError
+
+    /// Appends `bytes`.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        var written = 0
+        while written < bytes.count {
+            let result = Glibc.write(fd, bytes.baseAddress.map { $0 + written }, bytes.count - written)
+            if result < 0 {
+                if errno == EINTR { continue }
+                throw failure("write the data")
+            }
+            written += result
+        }
+    }
+
+    /// Appends `data`.
+    public func write(_ data: Data) throws {
+        try data.withUnsafeBytes { try write($0) }
+    }
+
+    /// Appends `bytes`.
+    public func write(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write($0) }
+    }
+}
+
+/// Replaces the content of the file at `url` with what `produce` appends,
+/// so that a crash or power loss never leaves a half-written file: readers
+/// see either the old content or the new, complete one.
 ///
 /// The data goes to a uniquely named temporary file in the same directory
 /// (so that the final rename stays on one file system), is flushed to disk
-/// with `fsync`, and is then `rename`d over the target. On any error the
-/// temporary file is removed and the target is left untouched.
-public func writeAtomically(_ data: Data, to url: URL) throws {
+/// with `fsync`, and is then `rename`d over the target. On any error,
+/// `produce`'s included, the temporary file is removed and the target is
+/// left untouched.
+public func writeAtomically(to url: URL, _ produce: (AtomicFileWriter) throws -> Void) throws {
     let target = url.path
     let directory = url.deletingLastPathComponent().path
     let temporary = directory + "/." + url.lastPathComponent + ".tmp-" + UUID().uuidString
@@ -44,17 +83,7 @@ public func writeAtomically(_ data: Data, to url: URL) throws {
 
     do {
         defer { close(fd) }
-        try data.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) in
-            var written = 0
-            while written < buffer.count {
-                let result = write(fd, buffer.baseAddress.map { $0 + written }, buffer.count - written)
-                if result < 0 {
-                    if errno == EINTR { continue }
-                    throw failure("write the data")
-                }
-                written += result
-            }
-        }
+        try produce(AtomicFileWriter(fd: fd, failure: failure))
         guard fsync(fd) == 0 else { throw failure("flush the data to disk") }
     }
 

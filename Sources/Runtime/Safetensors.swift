@@ -278,13 +278,34 @@ public struct SafetensorsFile: Sendable {
 
     /// The file's bytes: header length, padded JSON header, contiguous data.
     public func serialized() -> Data {
+        let sorted = sortedTensors
+        var bytes = Data(header(of: sorted))
+        for (_, tensor) in sorted { bytes.append(tensor.data) }
+        return bytes
+    }
+
+    /// Writes the file atomically (see `writeAtomically(to:_:)`), the header
+    /// and then each tensor's bytes as they are: the file's bytes are never
+    /// gathered in memory (a TransUNet checkpoint's are 1.26 GB).
+    public func write(to url: URL) throws {
+        let sorted = sortedTensors
+        try writeAtomically(to: url) { file in
+            try file.write(header(of: sorted))
+            for (_, tensor) in sorted { try file.write(tensor.data) }
+        }
+    }
+
+    private var sortedTensors: [(key: String, value: SafetensorsTensor)] { tensors.sorted { $0.key < $1.key } }
+
+    /// The header length (8 bytes, little-endian) and the JSON header,
+    /// space-padded to a multiple of 8, of `sorted`'s tensors in that order.
+    private func header(of sorted: [(key: String, value: SafetensorsTensor)]) -> [UInt8] {
         var entries: [String] = []
         if !metadata.isEmpty {
             let pairs = metadata.sorted { $0.key < $1.key }
                 .map { jsonString($0.key) + ":" + jsonString($0.value) }
             entries.append(jsonString(Self.metadataKey) + ":{" + pairs.joined(separator: ",") + "}")
         }
-        let sorted = tensors.sorted { $0.key < $1.key }
         var offset = 0
         for (name, tensor) in sorted {
             let shape = tensor.shape.map(String.init).joined(separator: ",")
@@ -294,21 +315,9 @@ public struct SafetensorsFile: Sendable {
                     + "\"data_offsets\":[\(offset),\(end)]}")
             offset = end
         }
-        var header = Array(("{" + entries.joined(separator: ",") + "}").utf8)
-        header += repeatElement(UInt8(ascii: " "), count: (8 - header.count % 8) % 8)
-
-        var bytes = Data(capacity: 8 + header.count + offset)
-        withUnsafeBytes(of: UInt64(header.count).littleEndian) { bytes.append(contentsOf: $0) }
-        bytes.append(contentsOf: header)
-        for (_, tensor) in sorted {
-            bytes.append(tensor.data)
-        }
-        return bytes
-    }
-
-    /// Writes the file atomically (see `writeAtomically(_:to:)`).
-    public func write(to url: URL) throws {
-        try writeAtomically(serialized(), to: url)
+        var json = Array(("{" + entries.joined(separator: ",") + "}").utf8)
+        json += repeatElement(UInt8(ascii: " "), count: (8 - json.count % 8) % 8)
+        return withUnsafeBytes(of: UInt64(json.count).littleEndian, Array.init) + json
     }
 
     private func error(tensor: String?, problem: String, remedy: String) -> SafetensorsError {
@@ -320,7 +329,7 @@ public struct SafetensorsFile: Sendable {
 
 extension SafetensorsFile {
     /// One tensor entry of the header, already checked on its own.
-    private struct Entry {
+    struct Entry {
         let name: String
         let dtype: SafetensorsDType
         let shape: [Int]
@@ -331,9 +340,22 @@ extension SafetensorsFile {
     /// Fills `tensors` and `metadata` from `bytes` (indexed from 0); errors
     /// carry no file name, the caller adds it.
     private mutating func parse(_ bytes: Data) throws {
+        let prefix = [UInt8](bytes.prefix(8))
+        let headerEnd = try Self.headerEnd(lengthField: prefix, fileLength: bytes.count)
+        let parsed = try Self.parseHeader([UInt8](bytes[8..<headerEnd]), dataLength: bytes.count - headerEnd)
+        metadata = parsed.metadata
+        for entry in parsed.entries {
+            let data = bytes.subdata(in: (headerEnd + entry.begin)..<(headerEnd + entry.end))
+            tensors[entry.name] = try SafetensorsTensor(dtype: entry.dtype, shape: entry.shape, data: data)
+        }
+    }
+
+    /// Where the header of a file of `fileLength` bytes ends, from its first
+    /// 8 bytes (the header's length, little-endian).
+    static func headerEnd(lengthField bytes: [UInt8], fileLength: Int) throws -> Int {
         guard bytes.count >= 8 else {
             throw SafetensorsError(
-                problem: "the file is \(bytes.count) bytes long, shorter than the 8-byte header length field",
+                problem: "the file is \(fileLength) bytes long, shorter than the 8-byte header length field",
                 remedy: corruptFileRemedy)
         }
         let headerLength = (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[$1]) << (8 * UInt64($1)) }
@@ -343,13 +365,17 @@ extension SafetensorsFile {
                 remedy: corruptFileRemedy)
         }
         let headerEnd = 8 + Int(headerLength)
-        guard headerEnd <= bytes.count else {
+        guard headerEnd <= fileLength else {
             throw SafetensorsError(
-                problem: "the header length field says \(headerLength) bytes, but only \(bytes.count - 8) bytes follow it (the file is truncated)",
+                problem: "the header length field says \(headerLength) bytes, but only \(fileLength - 8) bytes follow it (the file is truncated)",
                 remedy: corruptFileRemedy)
         }
-        let dataLength = bytes.count - headerEnd
-        let header = [UInt8](bytes[8..<headerEnd])
+        return headerEnd
+    }
+
+    /// The metadata and tensor entries of `header` (the JSON after the
+    /// length field), checked against a data buffer of `dataLength` bytes.
+    static func parseHeader(_ header: [UInt8], dataLength: Int) throws -> (metadata: [String: String], entries: [Entry]) {
         guard String(validating: header, as: UTF8.self) != nil else {
             throw SafetensorsError(problem: "the header is not valid UTF-8", remedy: corruptFileRemedy)
         }
@@ -369,6 +395,7 @@ extension SafetensorsFile {
                 remedy: corruptFileRemedy)
         }
 
+        var metadata: [String: String] = [:]
         var entries: [Entry] = []
         var seen = Set<String>()
         for (name, value) in members {
@@ -392,10 +419,7 @@ extension SafetensorsFile {
         }
 
         try Self.checkLayout(entries, dataLength: dataLength)
-        for entry in entries {
-            let data = bytes.subdata(in: (headerEnd + entry.begin)..<(headerEnd + entry.end))
-            tensors[entry.name] = try SafetensorsTensor(dtype: entry.dtype, shape: entry.shape, data: data)
-        }
+        return (metadata, entries)
     }
 
     /// The `__metadata__` object: a map from strings to strings.

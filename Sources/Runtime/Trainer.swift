@@ -548,14 +548,12 @@ public final class Trainer {
     /// pretraining checkpoint's head is replaced by a fresh n-class head).
     func initialize(from given: URL) throws {
         let url = try resolveCheckpoint(given.path)
-        let file = try SafetensorsFile(contentsOf: url)
+        let file = try SafetensorsFileReader(contentsOf: url)
         let keepHead = options.mode == .finetune && file.metadata["mode"] == TrainMode.finetune.rawValue
         func skipped(_ name: String) -> Bool {
             name.hasPrefix(StepSignature.optimizerStatePrefix) || (!keepHead && name.hasPrefix("head.seg."))
         }
-        var filtered = SafetensorsFile(metadata: file.metadata)
-        for name in file.names where !skipped(name) { try filtered.set(name, try file.tensor(name)) }
-        let report = try store.load(filtered, from: url.path, allowMissing: { _ in true })
+        let report = try store.load(file, from: url.path, including: { !skipped($0) }, allowMissing: { _ in true })
         let byScope = Dictionary(grouping: report.loaded) { name in
             name.hasPrefix("head.") ? name.split(separator: ".").prefix(2).joined(separator: ".") : String(name.prefix { $0 != "." })
         }
@@ -719,7 +717,7 @@ public final class Trainer {
         let metadata = ["step": "\(step)", "seed": "\(options.seed)", "rng": "splitmix64 keyed by (seed, stream, step); seed \(options.seed), step \(step)",
                         "mode": options.mode.rawValue, "ir_hash": artifact.manifest.irHash, "ddepc_version": ddepcVersion,
                         "artifact": artifact.directory.standardizedFileURL.path, "config": config]
-        return try checkpoints.write(try store.export(metadata: metadata), step: step, keep: options.keepCheckpoints)
+        return try store.withExport(metadata: metadata) { try checkpoints.write($0, step: step, keep: options.keepCheckpoints) }
     }
 
     func openMetrics() throws -> FileHandle {

@@ -106,9 +106,9 @@ final class PreparedWeightsTests: XCTestCase {
                                                  "\(backend) panel \(panel) round \(round) \(output)")
                     }
                 }
-                let saved = try executor.store.export(metadata: [:])
-                XCTAssertFalse(saved.names.contains { PreparedWeights.isPrepared($0) }, "prepared state is not saved")
-                XCTAssertTrue(saved.names.contains("w"))
+                let saved = try executor.store.withExport(metadata: [:]) { $0.names }
+                XCTAssertFalse(saved.contains { PreparedWeights.isPrepared($0) }, "prepared state is not saved")
+                XCTAssertTrue(saved.contains("w"))
             }
         }
     }

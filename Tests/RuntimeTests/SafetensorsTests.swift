@@ -29,32 +29,51 @@ final class SafetensorsTests: XCTestCase {
         return bytes
     }
 
+    /// `bytes` as a file on disk, opened by `SafetensorsFileReader` (which
+    /// reads only the header).
+    private func reader(of bytes: Data, named name: String) throws -> SafetensorsFileReader {
+        let url = directory.appendingPathComponent(name)
+        try bytes.write(to: url)
+        return try SafetensorsFileReader(contentsOf: url)
+    }
+
     /// Asserts that parsing `bytes` fails with a message naming the file and
-    /// containing every string in `fragments`.
+    /// containing every string in `fragments`, read whole and read from disk.
     private func assertRejects(
         _ bytes: Data, mentioning fragments: [String], file: StaticString = #filePath, line: UInt = #line
     ) {
-        XCTAssertThrowsError(try SafetensorsFile(serialized: bytes, name: "bad.safetensors"), file: file, line: line) {
-            guard let error = $0 as? SafetensorsError else {
-                return XCTFail("unexpected error type \(type(of: $0)): \($0)", file: file, line: line)
-            }
-            let message = error.description
-            XCTAssertTrue(message.hasPrefix("bad.safetensors: "), message, file: file, line: line)
-            for fragment in fragments {
-                XCTAssertTrue(message.contains(fragment), "\"\(message)\" does not mention \"\(fragment)\"", file: file, line: line)
+        let onDisk = directory.appendingPathComponent("bad.safetensors").path
+        for (name, read) in [("bad.safetensors", { _ = try SafetensorsFile(serialized: bytes, name: "bad.safetensors") }),
+                             (onDisk, { _ = try self.reader(of: bytes, named: "bad.safetensors") })] {
+            XCTAssertThrowsError(try read(), file: file, line: line) {
+                guard let error = $0 as? SafetensorsError else {
+                    return XCTFail("unexpected error type \(type(of: $0)): \($0)", file: file, line: line)
+                }
+                let message = error.description
+                XCTAssertTrue(message.hasPrefix(name + ": "), message, file: file, line: line)
+                for fragment in fragments {
+                    XCTAssertTrue(message.contains(fragment), "\"\(message)\" does not mention \"\(fragment)\"", file: file, line: line)
+                }
             }
         }
     }
 
-    /// Parses `bytes`, accepting success or a `SafetensorsError`; anything
-    /// else (or a crash) fails the test.
+    /// Parses `bytes` read whole and from disk, accepting success or a
+    /// `SafetensorsError` (the same outcome both ways); anything else (or a
+    /// crash) fails the test.
     private func parseTolerantly(_ bytes: Data) {
-        do {
-            _ = try SafetensorsFile(serialized: bytes, name: "fuzz")
-        } catch is SafetensorsError {
-        } catch {
-            XCTFail("unexpected error type: \(error)")
+        var outcomes: [Bool] = []
+        for read in [{ _ = try SafetensorsFile(serialized: bytes, name: "fuzz") }, { _ = try self.reader(of: bytes, named: "fuzz") }] {
+            do {
+                try read()
+                outcomes.append(true)
+            } catch is SafetensorsError {
+                outcomes.append(false)
+            } catch {
+                XCTFail("unexpected error type: \(error)")
+            }
         }
+        XCTAssertEqual(Set(outcomes).count, 1, "read whole and from disk disagree on \(Array(bytes))")
     }
 
     private func sampleFile() throws -> SafetensorsFile {
@@ -136,11 +155,36 @@ final class SafetensorsTests: XCTestCase {
         let url = directory.appendingPathComponent("model.safetensors")
         let original = try sampleFile()
         try original.write(to: url)
+        XCTAssertEqual(try Data(contentsOf: url), original.serialized(), "written as it is serialized, a tensor at a time")
         let parsed = try SafetensorsFile(contentsOf: url)
         XCTAssertEqual(parsed.tensors, original.tensors)
         XCTAssertEqual(parsed.metadata, original.metadata)
         XCTAssertEqual(parsed.source, url.path)
         XCTAssertEqual(parsed.names, ["bias", "step", "weight"])
+
+        let reader = try SafetensorsFileReader(contentsOf: url)
+        XCTAssertEqual(reader.names, ["bias", "step", "weight"])
+        XCTAssertEqual(reader.metadata, original.metadata)
+        for name in reader.names {
+            let tensor = try reader.tensor(name)
+            XCTAssertEqual(tensor.dtype, original.tensors[name]!.dtype)
+            XCTAssertEqual(tensor.shape, original.tensors[name]!.shape)
+            var bytes = [UInt8](repeating: 0xAA, count: tensor.byteCount)
+            try bytes.withUnsafeMutableBytes { try reader.read(name, into: $0) }
+            XCTAssertEqual(Data(bytes), original.tensors[name]!.data, name)
+        }
+        XCTAssertThrowsError(try reader.tensor("missing")) {
+            let message = "\($0)"
+            XCTAssertTrue(message.hasPrefix(url.path + ": tensor \"missing\": no such tensor") && message.contains("bias, step, weight"), message)
+        }
+        // Cut short after its header was read: the read says so.
+        let handle = try FileHandle(forWritingTo: url)
+        try handle.truncate(atOffset: UInt64(try Data(contentsOf: url).count - 4))
+        try handle.close()
+        var weight = [UInt8](repeating: 0, count: 24) // the last tensor
+        XCTAssertThrowsError(try weight.withUnsafeMutableBytes { try reader.read("weight", into: $0) }) {
+            XCTAssertTrue("\($0)".contains("tensor \"weight\": the file ended while it was being read"), "\($0)")
+        }
     }
 
     // MARK: API misuse
@@ -180,6 +224,12 @@ final class SafetensorsTests: XCTestCase {
         let url = directory.appendingPathComponent("absent.safetensors")
         XCTAssertThrowsError(try SafetensorsFile(contentsOf: url)) {
             XCTAssertTrue("\($0)".hasPrefix(url.path + ": cannot read the file"), "\($0)")
+        }
+        XCTAssertThrowsError(try SafetensorsFileReader(contentsOf: url)) {
+            XCTAssertTrue("\($0)".hasPrefix(url.path + ": cannot read the file"), "\($0)")
+        }
+        XCTAssertThrowsError(try SafetensorsFileReader(contentsOf: directory)) {
+            XCTAssertTrue("\($0)".hasPrefix(directory.path + ": it is not a regular file"), "\($0)")
         }
     }
 
@@ -344,5 +394,15 @@ final class SafetensorsTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("could not replace the file"), "\($0)")
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory.path), ["blocked"])
+        // A writer that fails halfway leaves the old content and no temporary file.
+        struct Stop: Error {}
+        let url = directory.appendingPathComponent("state.bin")
+        try writeAtomically(Data("old".utf8), to: url)
+        XCTAssertThrowsError(try writeAtomically(to: url) { file in
+            try file.write(Data("half of the new".utf8))
+            throw Stop()
+        }) { XCTAssertTrue($0 is Stop, "\($0)") }
+        XCTAssertEqual(try Data(contentsOf: url), Data("old".utf8))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted(), ["blocked", "state.bin"])
     }
 }

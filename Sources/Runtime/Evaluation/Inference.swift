@@ -28,7 +28,7 @@ public final class InferenceSession {
     /// matched by name and shape, so an artifact compiled from the same
     /// model with other entry points or batch also works (with a note).
     public init(checkpoint: URL, artifact artifactURL: URL?, entry entryName: String = "infer") throws {
-        let file = try SafetensorsFile(contentsOf: checkpoint)
+        let file = try SafetensorsFileReader(contentsOf: checkpoint)
         metadata = file.metadata
         let recorded = file.metadata["artifact"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
         guard let directory = artifactURL ?? recorded else {

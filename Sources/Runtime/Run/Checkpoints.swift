@@ -46,19 +46,20 @@ public struct CheckpointDirectory {
         return target
     }
 
-    /// The newest checkpoint that reads as a safetensors file; damaged ones
-    /// (which an atomic write never leaves, but a disk can) are skipped and
-    /// reported through `skipped`. Falls back to a plain `last.safetensors`
-    /// file (runs from before checkpoints were kept by step).
-    public func latestValid(skipped: (URL, Error) -> Void = { _, _ in }) -> (url: URL, file: SafetensorsFile)? {
+    /// The newest checkpoint whose header reads as a safetensors file's,
+    /// open for its tensors to be read; damaged ones (which an atomic write
+    /// never leaves, but a disk can) are skipped and reported through
+    /// `skipped`. Falls back to a plain `last.safetensors` file (runs from
+    /// before checkpoints were kept by step).
+    public func latestValid(skipped: (URL, Error) -> Void = { _, _ in }) -> (url: URL, file: SafetensorsFileReader)? {
         for (_, url) in checkpoints().reversed() {
             do {
-                return (url, try SafetensorsFile(contentsOf: url))
+                return (url, try SafetensorsFileReader(contentsOf: url))
             } catch {
                 skipped(url, error)
             }
         }
-        if let file = try? SafetensorsFile(contentsOf: lastLink) { return (lastLink, file) }
+        if let file = try? SafetensorsFileReader(contentsOf: lastLink) { return (lastLink, file) }
         return nil
     }
 
