@@ -106,12 +106,10 @@ final class RematerializeTests: XCTestCase {
         XCTAssertEqual(try runPasses([Rematerialize.name], on: &returned), [false])
     }
 
-    /// A ReLU after a group norm, read late (by the next convolution's
-    /// weight gradient), is computed again with its norm from the norm's
-    /// input, which the norm's gradient holds anyway.
-    func testRecomputesANormAndItsActivationFromTheHeldInput() throws {
-        // (3×3 convolutions over 16 channels: too costly to compute again.)
-        let source = """
+    /// A ReLU over a group norm, read by a 3×3 convolution over 16 channels
+    /// (too costly to compute again) and, after two more, by a product: the
+    /// start of a function that reads it late.
+    static let normThenConvolutions = """
             func @f(%0: f32[2,16,3,3] input "x", %1: f32[16] input "g", %2: f32[16] input "b", %3: f32[16,16,3,3] input "w") {
               %4 = conv2d(%0, %3) {pad=[1,1]} : f32[2,16,3,3]
               %5 = group_norm(%4, %1, %2) {eps=1e-05, groups=2} : f32[2,16,3,3]
@@ -121,6 +119,14 @@ final class RematerializeTests: XCTestCase {
               %9 = conv2d(%8, %3) {pad=[1,1]} : f32[2,16,3,3]
               %10 = add(%9, %7) : f32[2,16,3,3]
               %11 = mul(%10, %6) : f32[2,16,3,3]
+
+        """
+
+    /// A ReLU after a group norm, read late (by the next convolution's
+    /// weight gradient), is computed again with its norm from the norm's
+    /// input, which the norm's gradient holds anyway.
+    func testRecomputesANormAndItsActivationFromTheHeldInput() throws {
+        let source = Self.normThenConvolutions + """
               %12 = mul(%11, %4) : f32[2,16,3,3]
               %13 = mse(%12, %12) : f32[]
               return %13 as "loss"
@@ -142,17 +148,7 @@ final class RematerializeTests: XCTestCase {
     /// is held across the peak, though a later stretch is longer: the copy
     /// serves both late uses.
     func testSplitsAtTheStretchHoldingThePeakNotTheLongest() throws {
-        // (3×3 convolutions over 16 channels: too costly to compute again.)
-        let source = """
-            func @f(%0: f32[2,16,3,3] input "x", %1: f32[16] input "g", %2: f32[16] input "b", %3: f32[16,16,3,3] input "w") {
-              %4 = conv2d(%0, %3) {pad=[1,1]} : f32[2,16,3,3]
-              %5 = group_norm(%4, %1, %2) {eps=1e-05, groups=2} : f32[2,16,3,3]
-              %6 = relu(%5) : f32[2,16,3,3]
-              %7 = conv2d(%6, %3) {pad=[1,1]} : f32[2,16,3,3]
-              %8 = conv2d(%7, %3) {pad=[1,1]} : f32[2,16,3,3]
-              %9 = conv2d(%8, %3) {pad=[1,1]} : f32[2,16,3,3]
-              %10 = add(%9, %7) : f32[2,16,3,3]
-              %11 = mul(%10, %6) : f32[2,16,3,3]
+        let source = Self.normThenConvolutions + """
               %12 = conv2d(%11, %3) {pad=[1,1]} : f32[2,16,3,3]
               %13 = conv2d(%12, %3) {pad=[1,1]} : f32[2,16,3,3]
               %14 = conv2d(%13, %3) {pad=[1,1]} : f32[2,16,3,3]
