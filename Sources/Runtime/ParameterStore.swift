@@ -58,14 +58,19 @@ public final class ParameterStore {
     /// at 4.3 GB for a step that needs 1.8.
     public func withExport<Result>(metadata: [String: String], _ body: (SafetensorsFile) throws -> Result) throws -> Result {
         var file = SafetensorsFile(metadata: metadata)
-        let slots = layout.params.map { ($0, params) }
-            + layout.state.filter { !PreparedWeights.isPrepared($0.name) }.map { ($0, state) } // derived from the weights, for this CPU
-        for (slot, buffer) in slots {
+        for (slot, buffer) in savedSlots {
             let bytes = Data(bytesNoCopy: buffer.pointer + slot.offset, count: slot.shape.reduce(1, *) * MemoryLayout<Float>.stride,
                              deallocator: .none)
             try file.set(slot.name, SafetensorsTensor(dtype: .f32, shape: slot.shape, data: bytes))
         }
         return try body(file)
+    }
+
+    /// The slots a checkpoint holds, with their buffers: every parameter and
+    /// the state not prepared from the weights (that is computed for this
+    /// CPU, never saved or loaded).
+    private var savedSlots: [(BufferLayout.Slot, AlignedBuffer)] {
+        layout.params.map { ($0, params) } + layout.state.filter { !PreparedWeights.isPrepared($0.name) }.map { ($0, state) }
     }
 
     public struct LoadReport {
@@ -83,8 +88,7 @@ public final class ParameterStore {
                      allowMissing: (String) -> Bool = { _ in false }) throws -> LoadReport {
         var report = LoadReport()
         let available = Set(source.names.filter(including))
-        // Prepared state is computed from the weights, never loaded.
-        let slots = layout.params.map { ($0, params) } + layout.state.filter { !PreparedWeights.isPrepared($0.name) }.map { ($0, state) }
+        let slots = savedSlots
         for (slot, buffer) in slots {
             guard available.contains(slot.name) else {
                 report.missing.append(slot.name)

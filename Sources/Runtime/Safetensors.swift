@@ -249,15 +249,16 @@ public struct SafetensorsFile: Sendable {
 
     /// The tensor `name`, or an error listing the tensors that do exist.
     public func tensor(_ name: String) throws -> SafetensorsTensor {
-        guard let tensor = tensors[name] else {
-            let available = names
-            let listed = available.prefix(20).joined(separator: ", ")
-                + (available.count > 20 ? ", … (\(available.count) in all)" : "")
-            throw error(
-                tensor: name, problem: "no such tensor",
-                remedy: available.isEmpty ? "The file holds no tensors." : "The file holds: \(listed).")
-        }
+        guard let tensor = tensors[name] else { throw Self.noSuchTensor(name, in: source, holding: names) }
         return tensor
+    }
+
+    /// The error for a tensor a file does not hold, listing those it does.
+    static func noSuchTensor(_ name: String, in file: String?, holding available: [String]) -> SafetensorsError {
+        let listed = available.prefix(20).joined(separator: ", ")
+            + (available.count > 20 ? ", … (\(available.count) in all)" : "")
+        return SafetensorsError(file: file, tensor: name, problem: "no such tensor",
+                                remedy: available.isEmpty ? "The file holds no tensors." : "The file holds: \(listed).")
     }
 
     /// The elements of tensor `name` as `T`; its dtype must be `T`'s.

@@ -61,11 +61,7 @@ public final class SafetensorsFileReader {
 
     /// The tensor `name`, or an error listing the tensors that do exist.
     public func tensor(_ name: String) throws -> Tensor {
-        guard let tensor = tensors[name] else {
-            let listed = names.prefix(20).joined(separator: ", ") + (tensors.count > 20 ? ", … (\(tensors.count) in all)" : "")
-            throw SafetensorsError(file: path, tensor: name, problem: "no such tensor",
-                                   remedy: tensors.isEmpty ? "The file holds no tensors." : "The file holds: \(listed).")
-        }
+        guard let tensor = tensors[name] else { throw SafetensorsFile.noSuchTensor(name, in: path, holding: names) }
         return tensor
     }
 
