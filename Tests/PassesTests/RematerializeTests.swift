@@ -280,6 +280,83 @@ final class RematerializeTests: XCTestCase {
             }
             """
 
+    /// Attention's context P·V is read late (by the output projection's
+    /// weight gradient), and the backward pass computes P again anyway (its
+    /// own copy of softmax(Q·Kᵀ), written here as rematerialize leaves it)
+    /// a little after that read. The copy moves up to the late read, P·V
+    /// (2 × 160 = 320 FLOPs per element) is computed again from it there, and
+    /// the context is not held across the stretch.
+    static let contextReadLate = """
+            func @f(%0: f32[1,160,8] input "q", %1: f32[1,160,8] input "k", %2: f32[1,160,8] input "v", %3: f32[1,160,8] input "g") {
+              %4 = matmul(%0, %1) {transpose_b=true} : f32[1,160,160]
+              %5 = softmax(%4) {axis=-1} : f32[1,160,160]
+              %6 = matmul(%5, %2) : f32[1,160,8]
+              %7 = tanh(%6) : f32[1,160,8]
+              %8 = matmul(%7, %3) {transpose_b=true} : f32[1,160,160]
+              %9 = softmax(%8) {axis=-1} : f32[1,160,160]
+              %10 = softmax(%9) {axis=1} : f32[1,160,160]
+              %11 = matmul(%10, %9) : f32[1,160,160]
+              %12 = matmul(%11, %3) : f32[1,160,8]
+              %13 = mul(%12, %6) : f32[1,160,8]
+              %14 = matmul(%0, %1) {transpose_b=true} : f32[1,160,160]
+              %15 = softmax(%14) {axis=-1} : f32[1,160,160]
+              %16 = matmul(%15, %13) : f32[1,160,8]
+              %17 = mse(%16, %16) : f32[]
+              return %17 as "loss"
+            }
+            """
+
+    func testComputesTheContextAgainFromTheBackwardPassesCopyOfTheProbabilities() throws {
+        try checkRecomputed(Self.contextReadLate, checks: """
+
+            // CHECK: %12 = matmul(%11, %3) : f32[1,160,8]
+            // CHECK-NEXT: %14 = matmul(%0, %1) {transpose_b=true} : f32[1,160,160]
+            // CHECK-NEXT: %15 = softmax(%14) {axis=-1} : f32[1,160,160]
+            // CHECK-NEXT: %18 = matmul(%15, %2) : f32[1,160,8]
+            // CHECK-NEXT: %13 = mul(%12, %18) : f32[1,160,8]
+            // CHECK-NEXT: %16 = matmul(%15, %13) : f32[1,160,8]
+            """, peaks: (3 * 102_400 + 5120, 3 * 102_400), why: ("%9, %10, %11 and the context at %11", "the context is not held there"))
+        // A product over more tokens (640 FLOPs per element) costs more
+        // than it frees: left as it is.
+        var longer = try Parser.parse(Self.contextReadLate.replacingOccurrences(of: "160", with: "320"))
+        XCTAssertEqual(try runPasses([Rematerialize.name], on: &longer), [false])
+    }
+
+    /// TransUNet.tiny's fine-tuning step at 112 px (196 tokens: P·V is 392
+    /// FLOPs per element), after rematerialize's copies: every block's
+    /// context can be computed again from the backward pass's copy of its
+    /// probabilities, where the output projection's weight gradient reads it,
+    /// and then is not held across the turn; every node still computes what
+    /// a node of the step did.
+    /// (Whether rematerialize keeps it depends on where a step's peak is:
+    /// not here, where the contexts are a few kilobytes; in TransUNet's DeP
+    /// and fine-tuning steps, whose peak holds all twelve.)
+    func testTransUNetTinyComputesEachContextAgainWhereItsGradientReadsIt() throws {
+        let config = EntryConfig(batch: 1, size: 112, classes: 2, entries: [.finetuneStep])
+        var module = try buildModule(TransUNet.tiny, config: config)
+        try PassManager(Array(PassManager.standardPipeline().prefix { !($0 is Rematerialize) })).run(&module)
+        _ = try Rematerialize().run(&module)
+        let before = module.functions[0]
+        let after = try XCTUnwrap(Rematerialize.computingAgainFromLaterCopies(before))
+        /// The forward products of probabilities and values (P·V): matmuls reading a softmax.
+        func contexts(_ function: Function) -> [Node] {
+            let softmaxes = Set(function.nodes.filter { $0.op == "softmax" }.map(\.id))
+            return function.nodes.filter { $0.op == "matmul" && softmaxes.contains($0.operands[0]) && $0.attrs["transpose_a"] == nil }
+        }
+        let blocks = contexts(before).count
+        XCTAssertEqual(blocks, 2)
+        XCTAssertEqual(contexts(after).count, 2 * blocks, "each context computed once more")
+        // Each forward context (and its reshapes) is last read before the first copy of one.
+        let schedule = Schedule(after)
+        let firstCopy = contexts(after).compactMap { schedule.position[$0.id] }.sorted()[blocks]
+        for context in contexts(before) {
+            XCTAssertLessThan(schedule.lastUse[context.id] ?? .max, firstCopy, "%\(context.id) is held into the backward pass")
+        }
+        // Node by node (the interpreter takes half a minute on this step;
+        // `testComputesTheContextAgain...` runs it on the pattern).
+        try checkCopiesAreOriginals(before, after)
+    }
+
     /// The copies are chosen greedily, so each function is planned with both
     /// chain policies and keeps the lower peak: TransUNet.tiny's steps through
     /// its trained encoder do better recomputing residual blocks' outputs
@@ -353,24 +430,28 @@ final class RematerializeTests: XCTestCase {
 
     /// Every node of `after` is a node of `before` (same id) or a copy of
     /// one: same op, attributes and type, its operands the original's
-    /// operands or copies of them.
+    /// operands or copies of them. Values are compared by what they compute:
+    /// a node of `before` that computes what an earlier one does (the
+    /// backward pass's own copy of attention's probabilities) stands for it.
     func checkCopiesAreOriginals(_ before: Function, _ after: Function, file: StaticString = #filePath, line: UInt = #line) throws {
         let originals = before.nodesByID
-        var sameValue: [ValueID: ValueID] = [:] // a value of after → the value of before it equals
+        let computes = Rematerialize.canonicalValues(before) // a value of before → the first of before equal to it
+        func same(_ value: ValueID) -> ValueID { computes[value] ?? value }
+        var sameValue: [ValueID: ValueID] = [:] // a value of after → that of before
         for arg in after.args { sameValue[arg.id] = arg.id }
         for node in after.nodes {
             if let original = originals[node.id] {
-                XCTAssertEqual(node.operands.map { sameValue[$0] }, original.operands.map { Optional($0) }, "%\(node.id) reads other values", file: file, line: line)
-                sameValue[node.id] = node.id
+                XCTAssertEqual(node.operands.map { sameValue[$0] }, original.operands.map { Optional(same($0)) }, "%\(node.id) reads other values", file: file, line: line)
+                sameValue[node.id] = same(node.id)
                 continue
             }
             let operands = node.operands.map { sameValue[$0] }
-            let match = before.nodes.first { $0.op == node.op && $0.attrs == node.attrs && $0.type == node.type && $0.operands.map { Optional($0) } == operands }
+            let match = before.nodes.first { $0.op == node.op && $0.attrs == node.attrs && $0.type == node.type && $0.operands.map { Optional(same($0)) } == operands }
             guard let match else {
                 XCTFail("%\(node.id) (\(node.op)) is no copy of a node of the step", file: file, line: line)
                 continue
             }
-            sameValue[node.id] = match.id
+            sameValue[node.id] = same(match.id)
         }
         XCTAssertEqual(after.outputs, before.outputs, file: file, line: line)
         XCTAssertEqual(after.updates, before.updates, file: file, line: line)
