@@ -249,9 +249,10 @@ public struct Rematerialize: Pass {
     /// 532.3 to 474.8 MB and classification's from 427.8 to 360.5 MB
     /// (transunet-ddep-1x: 685.7 → 618.5, 685.7 → 615.3, 427.8 → 360.5 MB);
     /// `ddepc bench`'s peak RSS of the DeP step from 1844 to 1781 MB, no
-    /// loan of spare arena missed. The recomputed convolutions took 10–14
-    /// ms more, the group norms and reductions 5–10 ms less, and the steps'
-    /// time did not move beyond the noise (Zen 5, 2 interleaved rounds).
+    /// loan of spare arena missed. In per-kernel profiles the recomputed
+    /// kernels took 9–20 ms more and the group norms and reductions about
+    /// 10 ms less, of a 1.7 s step; whole steps moved within the noise
+    /// between rounds of one artifact (±5%, Zen 5, interleaved).
     static func computingAgainFromLaterCopies(_ original: Function) -> Function? {
         let types = original.types
         let kernels = original.nodes.filter { node in
@@ -312,6 +313,8 @@ public struct Rematerialize: Pass {
         var moved = Set<Int>() // positions
         for (index, operand) in kernel.operands.enumerated() {
             let root = schedule.root[operand] ?? operand
+            // An argument an update overwrites by then holds its new value.
+            if let overwrite = schedule.overwrittenAt[root], overwrite <= at { return nil }
             if schedule.arguments.contains(root) || (schedule.lastUse[root] ?? 0) >= at { continue }
             guard let copy = function.nodes[at...].first(where: { $0.id != operand && canonical[$0.id] == canonical[operand] }) else {
                 return nil
@@ -323,7 +326,8 @@ public struct Rematerialize: Pass {
                 pending += function.nodes[p].operands
             }
         }
-        guard !moved.isEmpty else { return nil }
+        // (A copy computed from the kernel's own result cannot move above it.)
+        guard !moved.isEmpty, moved.isDisjoint(with: readers) else { return nil }
 
         var nextID = function.nextID
         var inserted: [Node] = []
