@@ -266,23 +266,31 @@ public struct Rematerialize: Pass {
         // read equal values: the classes stay as they are.
         var canonical = canonicalValues(original)
         var function = original
-        var schedule = Schedule(function)
-        var changed = false
-        for kernel in kernels {
-            guard let rewritten = computingAgainFromLaterCopies(kernel.id, in: function, schedule: schedule, canonical: &canonical) else {
-                continue
+        // In rounds, as the sweeps above: only values held across the peak,
+        // and a round kept only if the peak drops (then it has moved).
+        // Nodes before a rewritten late read keep their positions, so the
+        // peak's stays valid through a round.
+        while true {
+            let peak = PlanMemory.liveness(of: function).peak
+            var round = function
+            var schedule = Schedule(round)
+            for kernel in kernels {
+                guard let rewritten = computingAgainFromLaterCopies(kernel.id, in: round, schedule: schedule, across: peak.position,
+                                                                    canonical: &canonical) else { continue }
+                round = rewritten
+                schedule = Schedule(round)
             }
-            function = rewritten
-            schedule = Schedule(function)
-            changed = true
+            guard round.nodes.count > function.nodes.count, PlanMemory.liveness(of: round).peak.bytes < peak.bytes else { break }
+            function = round
         }
-        return changed ? function : nil
+        return function.nodes.count > original.nodes.count ? function : nil
     }
 
     /// `function` with the late readers of kernel `id`'s result (or of a
     /// reshape of it) reading it computed again from later copies of its
-    /// dead operands, moved up; nil where that does not apply.
-    static func computingAgainFromLaterCopies(_ id: ValueID, in function: Function, schedule: Schedule,
+    /// dead operands, moved up; nil where that does not apply or the value
+    /// is not held across position `peak`.
+    static func computingAgainFromLaterCopies(_ id: ValueID, in function: Function, schedule: Schedule, across peak: Int,
                                               canonical: inout [ValueID: ValueID]) -> Function? {
         guard let position = schedule.position[id], (schedule.root[id] ?? id) == id else { return nil }
         let kernel = function.nodes[position]
@@ -300,12 +308,11 @@ public struct Rematerialize: Pass {
         }
         guard !aliases.contains(where: schedule.results.contains) else { return nil }
         readers.sort()
-        var at = 0, longest = 1
-        for (before, after) in zip([position] + readers, readers) where after - before > longest {
-            longest = after - before
-            at = after
+        var from = 0, at = 0
+        for (before, after) in zip([position] + readers, readers) where after - before > at - from {
+            (from, at) = (before, after)
         }
-        guard at > position else { return nil }
+        guard from < peak, peak < at else { return nil }
 
         // Each dead operand from its earliest copy after `at`, whose producers
         // there move up to `at` with it.
