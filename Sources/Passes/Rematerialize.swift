@@ -249,10 +249,10 @@ public struct Rematerialize: Pass {
     /// 532.3 to 474.8 MB and classification's from 427.8 to 360.5 MB
     /// (transunet-ddep-1x: 685.7 → 618.5, 685.7 → 615.3, 427.8 → 360.5 MB);
     /// `ddepc bench`'s peak RSS of the DeP step from 1844 to 1781 MB, no
-    /// loan of spare arena missed. In per-kernel profiles the recomputed
-    /// kernels took 9–20 ms more and the group norms and reductions about
-    /// 10 ms less, of a 1.7 s step; whole steps moved within the noise
-    /// between rounds of one artifact (±5%, Zen 5, interleaved).
+    /// loan of spare arena missed. The recomputed kernels are 8 GFLOP of the
+    /// DeP step's 712 (1.1%); in 4 pairs of runs alternating which artifact
+    /// went first, the DeP step moved −8.6% to +7.5% (mean −0.3%), the
+    /// recomputed convolutions taking 5–22 ms more (Zen 5, 2 threads).
     static func computingAgainFromLaterCopies(_ original: Function) -> Function? {
         let types = original.types
         let kernels = original.nodes.filter { node in

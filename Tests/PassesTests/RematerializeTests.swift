@@ -316,8 +316,8 @@ final class RematerializeTests: XCTestCase {
             // CHECK-NEXT: %13 = mul(%12, %18) : f32[1,160,8]
             // CHECK-NEXT: %16 = matmul(%15, %13) : f32[1,160,8]
             """, peaks: (3 * 102_400 + 5120, 3 * 102_400), why: ("%9, %10, %11 and the context at %11", "the context is not held there"))
-        // A product over more tokens (640 FLOPs per element) costs more
-        // than it frees: left as it is.
+        // A product over more tokens (640 FLOPs per element) is beyond
+        // `laterCopiesFlopsPerElement`: left as it is.
         var longer = try Parser.parse(Self.contextReadLate.replacingOccurrences(of: "160", with: "320"))
         XCTAssertEqual(try runPasses([Rematerialize.name], on: &longer), [false])
     }
