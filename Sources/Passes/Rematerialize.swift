@@ -127,10 +127,9 @@ public struct Rematerialize: Pass {
             changed = sweep(&function, peak: &peak, settled: &settled, policy: policy, kernelLimit: Self.budgetFlopsPerElement,
                             budget: memoryBudget) || changed
         }
-        // Judged as the copies above are: by the peak of live bytes (the
-        // caller keeps a round only if the arena as placed drops too).
-        if let shared = Self.computingAgainFromLaterCopies(function),
-           PlanMemory.liveness(of: shared).peak.bytes < PlanMemory.liveness(of: function).peak.bytes {
+        // Kept only where the peak of live bytes drops, as the copies above
+        // (the caller keeps a round only if the arena as placed drops too).
+        if let shared = Self.computingAgainFromLaterCopies(function) {
             function = shared
             changed = true
         }
@@ -254,12 +253,11 @@ public struct Rematerialize: Pass {
     /// went first, the DeP step moved −8.6% to +7.5% (mean −0.3%), the
     /// recomputed convolutions taking 5–22 ms more (Zen 5, 2 threads).
     static func computingAgainFromLaterCopies(_ original: Function) -> Function? {
+        // Kernels above the cheap ones' arithmetic and within this limit.
         let types = original.types
         let kernels = original.nodes.filter { node in
-            guard let spec = OpRegistry.spec(node.op), case .kernels = spec.lowering, let flops = spec.flops,
-                  node.type.count > 0, !node.type.shape.isEmpty else { return false }
-            let work = flops(node.operands.map { types[$0]! }, node.type, node.attrs)
-            return work > cheapFlopsPerElement * Double(node.type.count) && work <= laterCopiesFlopsPerElement * Double(node.type.count)
+            !node.type.shape.isEmpty && !recomputedFromOperands(node, types: types, kernelLimit: cheapFlopsPerElement)
+                && recomputedFromOperands(node, types: types, kernelLimit: laterCopiesFlopsPerElement)
         }
         guard !kernels.isEmpty else { return nil }
         // A copy made here equals its original, and the readers it rewrites
@@ -292,7 +290,7 @@ public struct Rematerialize: Pass {
     /// is not held across position `peak`.
     static func computingAgainFromLaterCopies(_ id: ValueID, in function: Function, schedule: Schedule, across peak: Int,
                                               canonical: inout [ValueID: ValueID]) -> Function? {
-        guard let position = schedule.position[id], (schedule.root[id] ?? id) == id else { return nil }
+        guard let position = schedule.position[id] else { return nil }
         let kernel = function.nodes[position]
         // Where the value and its aliases are read (a reshape, read later,
         // is an alias): the late readers come after the longest stretch
@@ -367,18 +365,12 @@ public struct Rematerialize: Pass {
     }
 
     /// Each value's first equal: the node of the same op, attributes, type
-    /// and (equal) operands computed first. A copy rematerialize made is
-    /// equal to its original.
+    /// and (equal) operands computed first (CSE's key, without merging). A
+    /// copy rematerialize made is equal to its original.
     static func canonicalValues(_ function: Function) -> [ValueID: ValueID] {
-        struct Key: Hashable {
-            var op: String
-            var operands: [ValueID]
-            var attrs: Attributes
-            var type: TensorType
-        }
-        var canonical: [ValueID: ValueID] = [:], first: [Key: ValueID] = [:]
+        var canonical: [ValueID: ValueID] = [:], first: [CSE.Key: ValueID] = [:]
         for node in function.nodes {
-            let key = Key(op: node.op, operands: node.operands.map { canonical[$0] ?? $0 }, attrs: node.attrs, type: node.type)
+            let key = CSE.Key(op: node.op, operands: node.operands.map { canonical[$0] ?? $0 }, attrs: node.attrs, type: node.type)
             canonical[node.id] = first[key] ?? node.id
             if first[key] == nil { first[key] = node.id }
         }
