@@ -25,6 +25,9 @@ public struct CompileOptions {
     public var dataParallel = false
     /// How convolutions are computed (select-conv-algorithm's mode).
     public var convAlgorithm: SelectConvAlgorithm.Mode = .auto
+    /// What each algorithm took on this machine's convolutions (`ddepc
+    /// tune`); `auto` then takes the fastest where the table has it.
+    public var convCosts: ConvCostTable?
     /// Live arena bytes per step above which rematerialize computes
     /// convolutions and matmuls again (nil: only cheap copies).
     public var memoryBudget: Int?
@@ -71,7 +74,7 @@ public enum CompileDriver {
         recoverInterruptedInstall(of: output)
         var module = module
         let manager = PassManager(try pipeline(for: module, optimizer: options.optimizer, dataParallel: options.dataParallel,
-                                                   convAlgorithm: options.convAlgorithm,
+                                                   convAlgorithm: options.convAlgorithm, convCosts: options.convCosts,
                                                    panelRows: options.panelRows ?? Int(ddp_gemm_panel_rows()),
                                                    memoryBudget: options.memoryBudget, momentsInEpilogue: options.momentsInEpilogue),
                                   options: options.passOptions)
@@ -182,11 +185,12 @@ public enum CompileDriver {
     /// merges rematerialize's copies back into their originals, and the
     /// copies chosen again from that start differ.
     static func pipeline(for module: Module, optimizer: AdamOptimizer?, dataParallel: Bool = false,
-                         convAlgorithm: SelectConvAlgorithm.Mode = .auto, panelRows: Int, memoryBudget: Int? = nil,
+                         convAlgorithm: SelectConvAlgorithm.Mode = .auto, convCosts: ConvCostTable? = nil,
+                         panelRows: Int, memoryBudget: Int? = nil,
                          momentsInEpilogue: Bool = false) throws -> [any Pass] {
         let compiled = module.functions.filter(isCompiledStep).map { "@" + $0.name }
         guard !compiled.isEmpty else {
-            return PassManager.standardPipeline(optimizer: optimizer, dataParallel: dataParallel, convAlgorithm: convAlgorithm,
+            return PassManager.standardPipeline(optimizer: optimizer, dataParallel: dataParallel, convAlgorithm: convAlgorithm, convCosts: convCosts,
                                                 panelRows: panelRows, memoryBudget: memoryBudget, momentsInEpilogue: momentsInEpilogue)
         }
         if memoryBudget != nil {
@@ -202,7 +206,7 @@ public enum CompileDriver {
         guard uncompiled.isEmpty else {
             throw RuntimeError("the module mixes training steps that are compiled already (\(compiled.joined(separator: ", ")): they have optimizer inputs such as lr) with steps that are not (\(uncompiled.joined(separator: ", "))); compile them from separate files, or compile the model itself")
         }
-        return [SelectConvAlgorithm(mode: convAlgorithm), GroupLoops()] + (momentsInEpilogue ? [FuseConvMoments()] : []) + [PlanMemory()]
+        return [SelectConvAlgorithm(mode: convAlgorithm, costs: convCosts), GroupLoops()] + (momentsInEpilogue ? [FuseConvMoments()] : []) + [PlanMemory()]
     }
 
     /// Move a finished artifact into place; an existing artifact is replaced

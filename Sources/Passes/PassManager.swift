@@ -67,13 +67,14 @@ public struct PassManager {
     /// `grad:<param>` outputs and update no weight (gradient checks use this).
     /// `dataParallel` adds the passes of a step that runs on several
     /// processes: batch statistics and gradients averaged across them.
-    /// `convAlgorithm` is select-conv-algorithm's mode; `panelRows` the GEMM
+    /// `convAlgorithm` is select-conv-algorithm's mode and `convCosts` its
+    /// measured costs (`ddepc tune`); `panelRows` the GEMM
     /// panels prepare-weights packs filters for (nil: no prepare-weights);
     /// `memoryBudget` rematerialize's (live arena bytes per step).
     /// `momentsInEpilogue` adds fuse-conv-moments (see there why it is not
     /// the default).
     public static func standardPipeline(optimizer: AdamOptimizer? = AdamOptimizer(), dataParallel: Bool = false,
-                                        convAlgorithm: SelectConvAlgorithm.Mode = .auto,
+                                        convAlgorithm: SelectConvAlgorithm.Mode = .auto, convCosts: ConvCostTable? = nil,
                                         panelRows: Int? = defaultPanelRows, memoryBudget: Int? = nil,
                                         momentsInEpilogue: Bool = false) -> [any Pass] {
         var passes: [any Pass] = [InferShapes()]
@@ -82,7 +83,7 @@ public struct PassManager {
         if dataParallel { passes.append(AllReduceGradients()) }
         if let optimizer { passes.append(optimizer) }
         let rest: [any Pass] = [FoldConstants(), CSE(), DCE(), BatchNormFromMoments(), OnePassMoments(), FuseElementwise(), FuseReductions(), FuseNormActivation(), FuseConvEpilogue(), FuseConcat(),
-                                MatmulLayout(), SelectConvAlgorithm(mode: convAlgorithm, weightsPrepared: panelRows != nil)]
+                                MatmulLayout(), SelectConvAlgorithm(mode: convAlgorithm, weightsPrepared: panelRows != nil, costs: convCosts)]
         let prepare: [any Pass] = panelRows.map { [PrepareWeights(panelRows: $0)] } ?? []
         let moments: [any Pass] = momentsInEpilogue ? [FuseConvMoments()] : []
         return passes + rest + prepare + [ScheduleUpdates(), DCE(), Rematerialize(memoryBudget: memoryBudget), FuseConvPrologue(), SplitConvGradInput(), FuseConvGather(), GroupLoops()]

@@ -5,6 +5,11 @@ import IR
 /// fused_conv2d, conv2d_grad_input, fused_conv2d_grad_input and
 /// conv2d_grad_weight nodes that Winograd computes faster than im2col + GEMM.
 ///
+/// With a cost table (`ddepc tune` times each algorithm on each of a
+/// model's convolutions on the machine it runs on), `auto` gives every
+/// convolution the table has the algorithm that was fastest there. The
+/// tile-count rule below, measured on one AVX-512 machine, decides the rest.
+///
 /// Winograd does fewer multiplications than a direct 3×3 convolution (a
 /// quarter with 4×4 tiles, 1/2.25 with 2×2) but transforms the filters on
 /// every call (36 or 16 matrices of O × C), so it pays only when there are
@@ -38,12 +43,16 @@ public struct SelectConvAlgorithm: Pass {
     public static let name = "select-conv-algorithm"
 
     public enum Mode: String, CaseIterable, Sendable {
-        /// Winograd where the tile counts say it is faster.
+        /// Winograd where the measured costs (or, for a convolution they do
+        /// not have, the tile counts) say it is faster.
         case auto
         /// im2col + GEMM everywhere.
         case direct
         /// F(4×4) wherever Winograd applies (tests, experiments).
         case winograd
+        /// Each convolution keeps the algorithm its node names, none meaning
+        /// im2col (`ddepc tune`'s measurements).
+        case asWritten = "as-written"
     }
 
     /// Fewest output tiles at which `auto` picks a tile size.
@@ -55,12 +64,16 @@ public struct SelectConvAlgorithm: Pass {
     /// Whether prepare-weights runs after this pass (the standard pipeline's
     /// does where it has GEMM panel rows to pack for).
     public var weightsPrepared: Bool
-    public init(mode: Mode = .auto, weightsPrepared: Bool = false) {
+    /// What each algorithm took on this machine (`ddepc tune`); `auto`
+    /// takes the fastest for the convolutions it has.
+    public var costs: ConvCostTable?
+    public init(mode: Mode = .auto, weightsPrepared: Bool = false, costs: ConvCostTable? = nil) {
         self.mode = mode
         self.weightsPrepared = weightsPrepared
+        self.costs = costs
     }
 
-    /// The algorithm `auto` picks for a node, from its tile counts.
+    /// The algorithm the tile-count rule picks for a node.
     static func automatic(_ node: Node, operandTypes: [TensorType], prepared: Bool) -> String? {
         let fewest = prepared ? minimumPreparedTiles : minimumTiles
         for tile in [4, 2] {
@@ -71,31 +84,43 @@ public struct SelectConvAlgorithm: Pass {
         return nil
     }
 
+    /// The nodes of `function` this pass chooses an algorithm for, each with
+    /// the convolution it computes (what `ddepc tune` measures).
+    public static func candidates(in function: Function, weightsPrepared: Bool) -> [(index: Int, convolution: ConvCostTable.Convolution)] {
+        let types = function.types
+        let weightArguments = Set(function.args.filter { $0.role.isWeight }.map(\.id))
+        return function.nodes.indices.compactMap { n in
+            let node = function.nodes[n]
+            // A recompiled convolution with a prologue or a gathered input
+            // keeps its Winograd algorithm: only those kernels apply one.
+            guard node.attrs[FusedConvOps.Prologue.key] == nil, node.attrs[FusedConvOps.Gather.key] == nil else { return nil }
+            let prepared = weightsPrepared && PrepareWeights.prepares(node, weightArguments: weightArguments, in: function)
+            return ConvCostTable.convolution(of: node, operandTypes: node.operands.map { types[$0]! }, preparedFilters: prepared)
+                .map { (n, $0) }
+        }
+    }
+
     public func run(_ module: inout Module) throws -> Bool {
         var changed = false
         for f in module.functions.indices {
             let types = module.functions[f].types
-            let weightArguments = Set(module.functions[f].args.filter { $0.role.isWeight }.map(\.id))
-            for n in module.functions[f].nodes.indices {
+            for (n, convolution) in Self.candidates(in: module.functions[f], weightsPrepared: weightsPrepared) {
                 let node = module.functions[f].nodes[n]
-                let operandTypes = node.operands.map { types[$0]! }
-                guard ConvOps.winogradTiles(node, operandTypes: operandTypes, tile: 4) != nil,
-                      // A recompiled convolution with a prologue or a gathered input
-                      // keeps its Winograd algorithm: only those kernels apply one.
-                      node.attrs[FusedConvOps.Prologue.key] == nil, node.attrs[FusedConvOps.Gather.key] == nil else { continue }
                 let wanted: String?
                 switch mode {
                 case .auto:
                     // A recompiled module keeps the choices it carries.
                     if case .string(let chosen)? = node.attrs[ConvOps.Algorithm.key] {
                         wanted = chosen
+                    } else if let measured = costs?.choice(for: convolution) {
+                        wanted = measured
                     } else {
-                        let prepared = weightsPrepared
-                            && PrepareWeights.prepares(node, weightArguments: weightArguments, in: module.functions[f])
-                        wanted = Self.automatic(node, operandTypes: operandTypes, prepared: prepared)
+                        wanted = Self.automatic(node, operandTypes: node.operands.map { types[$0]! },
+                                                prepared: convolution.preparedFilters)
                     }
                 case .direct: wanted = nil
                 case .winograd: wanted = ConvOps.Algorithm.winograd(tile: 4)
+                case .asWritten: continue
                 }
                 let value = wanted.map(Attr.string)
                 if node.attrs[ConvOps.Algorithm.key] != value {

@@ -61,6 +61,8 @@ struct Compile: ParsableCommand {
     var dataParallel = false
     @Option(name: .customLong("conv-algorithm"), help: "How 3×3 stride-1 convolutions are computed: auto (Winograd F(4×4,3×3) or F(2×2,3×3) where it is faster; F(4×4) rounds to about 1e-5 of the output's magnitude), direct (im2col + GEMM everywhere), winograd (F(4×4,3×3) wherever it applies).")
     var convAlgorithm: SelectConvAlgorithm.Mode = .auto
+    @Option(name: .customLong("conv-costs"), help: "A cost table `ddepc tune` measured on this machine: with --conv-algorithm auto, each convolution it has gets the algorithm that was fastest here.")
+    var convCosts: String?
     @Option(name: .customLong("memory-budget"), help: "Megabytes of live arena (activations, gradients, scratch) each training step should fit in. Above it, convolutions and matmuls are computed again in the backward pass instead of held (a transformer block's projections, the narrower 3×3 convolutions): less memory for more time. `ddepc inspect` prints each step's arena.")
     var memoryBudget: Double?
     @Flag(name: .customLong("moments-in-epilogue"), help: "Convolutions that feed a training batch norm gather its mean and variance as they store their output, instead of a pass over it (batch_moments). Off by default: on Zen 5 (AVX-512) the sums in double cost the convolution about what the pass costs.")
@@ -99,6 +101,13 @@ struct Compile: ParsableCommand {
             options.source = model
             options.dataParallel = dataParallel
             options.convAlgorithm = convAlgorithm
+            var costsWarning: String?
+            if let convCosts {
+                let url = URL(fileURLWithPath: convCosts)
+                let table = try ConvCostFile.read(url)
+                options.convCosts = table
+                costsWarning = ConvCostFile.mismatch(of: table, at: url)
+            }
             options.memoryBudget = memoryBudget.map { Int(min($0 * 1e6, 1e18)) } // beyond any machine: no limit, and no overflow
             options.momentsInEpilogue = momentsInEpilogue
             options.optimizer?.clipping = gradientClipping
@@ -113,7 +122,7 @@ struct Compile: ParsableCommand {
             text += report.nodeCounts.keys.sorted().map { "\($0) \(report.nodeCounts[$0]!) nodes" }.joined(separator: ", ")
             text += String(format: "\n  passes %.2f s, code generation and C/LLVM compile %.2f s", report.passSeconds, report.codegenSeconds)
             for memory in report.memory { text += "\n  \(memory)" }
-            for warning in report.warnings { text += "\nwarning: \(warning)" }
+            for warning in report.warnings + [costsWarning].compactMap({ $0 }) { text += "\nwarning: \(warning)" }
             // IR printing goes to stdout; the summary to stderr keeps `--print-ir-after` output clean.
             FileHandle.standardError.write(Data((text + "\n").utf8))
         }
@@ -125,28 +134,7 @@ struct Compile: ParsableCommand {
     }
 
     func loadModel() throws -> Module {
-        if model.hasSuffix(".swift") {
-            return try ModelFileEvaluator.evaluate(URL(fileURLWithPath: model), batch: shape.batch, size: shape.size,
-                                                   classes: shape.classes, imageClasses: shape.imageClasses, timeout: modelTimeout)
-        }
-        if model.hasSuffix(".ddir") {
-            let (module, written) = try Parser.parseLocated(try readUTF8Text(URL(fileURLWithPath: model)), name: model)
-            guard !module.functions.isEmpty else {
-                throw RuntimeError("\(model) holds no functions; a .ddir file defines at least one `func @name(...) { ... }`")
-            }
-            if let silent = module.functions.first(where: { $0.outputs.isEmpty && $0.updates.isEmpty }) {
-                throw RuntimeError("\(model): @\(silent.name) returns and updates nothing, so its entry point would compute nothing; end it with `return %N as \"name\"`")
-            }
-            // The file is checked as written: a declared type the op does not
-            // produce is an error at its line, not silently re-inferred.
-            if !noVerify { try Verifier.verify(module, writtenAt: written) }
-            return module
-        }
-        guard let zooModel = Zoo.models[model] else {
-            throw RuntimeError("'\(model)' is not a .swift model file, a .ddir file or a zoo model (\(Zoo.models.keys.sorted().joined(separator: ", ")))")
-        }
-        return try buildModule(zooModel, config: EntryConfig(batch: shape.batch, size: shape.size, classes: shape.classes,
-                                                             imageClasses: shape.imageClasses))
+        try loadModule(model, shape: shape, modelTimeout: modelTimeout, verify: !noVerify)
     }
 }
 

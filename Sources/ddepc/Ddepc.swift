@@ -8,7 +8,7 @@ struct Ddepc: ParsableCommand {
         commandName: "ddepc",
         abstract: "Compile and train segmentation models with decoder denoising pretraining (DDeP).",
         subcommands: [Compile.self, DumpIR.self, Train.self, Eval.self, Predict.self, Denoise.self, Report.self, Inspect.self,
-                      ImportWeights.self, MakeScenes.self, Bench.self])
+                      ImportWeights.self, MakeScenes.self, Bench.self, Tune.self])
 
     static func main() {
         main(attachingNegativeValues(Array(CommandLine.arguments.dropFirst())))

@@ -35,9 +35,9 @@ final class StepAgreementTests: XCTestCase {
     /// The compiled model with freshly initialized weights and state,
     /// compiled for the kernels' `isa` (which stays chosen after).
     func compiled(_ backend: Backend, convAlgorithm: SelectConvAlgorithm.Mode = .auto, momentsInEpilogue: Bool = false,
-                  isa: String = "native") throws -> Executor {
+                  isa: String = "native", convCosts: ConvCostTable? = nil) throws -> Executor {
         XCTAssertEqual(ddp_set_isa(isa), 1, "every machine of this kind runs \(isa)")
-        let key = "\(backend.rawValue)-\(convAlgorithm.rawValue)\(momentsInEpilogue ? "-moments" : "")-\(isa)"
+        let key = "\(backend.rawValue)-\(convAlgorithm.rawValue)\(momentsInEpilogue ? "-moments" : "")-\(isa)\(convCosts == nil ? "" : "-costs")"
         if let executor = Self.cache[key] {
             executor.store.initialize(seed: 5)
             return executor
@@ -48,6 +48,7 @@ final class StepAgreementTests: XCTestCase {
         options.backend = backend
         options.convAlgorithm = convAlgorithm
         options.momentsInEpilogue = momentsInEpilogue
+        options.convCosts = convCosts
         options.batch = Self.config.batch
         options.size = Self.config.size
         options.classes = Self.config.classes
@@ -86,10 +87,10 @@ final class StepAgreementTests: XCTestCase {
     }
 
     func checkStep(_ entry: String, convAlgorithm: SelectConvAlgorithm.Mode = .auto, momentsInEpilogue: Bool = false,
-                   isa: String = "native") throws {
+                   isa: String = "native", convCosts: ConvCostTable? = nil) throws {
         defer { _ = ddp_set_isa("native") }
-        let c = try compiled(.c, convAlgorithm: convAlgorithm, momentsInEpilogue: momentsInEpilogue, isa: isa)
-        let llvm = try compiled(.llvm, convAlgorithm: convAlgorithm, momentsInEpilogue: momentsInEpilogue, isa: isa)
+        let c = try compiled(.c, convAlgorithm: convAlgorithm, momentsInEpilogue: momentsInEpilogue, isa: isa, convCosts: convCosts)
+        let llvm = try compiled(.llvm, convAlgorithm: convAlgorithm, momentsInEpilogue: momentsInEpilogue, isa: isa, convCosts: convCosts)
         let function = try XCTUnwrap(Parser.parse(try c.artifact.finalIR).function(named: entry))
         var arguments = inputs(for: entry)
         for arg in function.args where arg.role != .input { arguments[arg.name] = try c.get(arg.name) }
@@ -148,6 +149,29 @@ final class StepAgreementTests: XCTestCase {
     func testTheDDePStepWithWinogradWhereverItAppliesAgrees() throws {
         XCTAssertGreaterThan(try nodes(try compiled(.c, convAlgorithm: .winograd), algorithm: "winograd4"), 20)
         try checkStep("pretrain_step", convAlgorithm: .winograd)
+    }
+
+    /// With a cost table (`ddepc tune`'s; made up here: the three algorithms
+    /// in turn over the step's convolutions, against the rule on many), the
+    /// DDeP step computes what the interpreter does. (Only the DDeP step, as
+    /// with F(4×4) wherever it applies: see there.)
+    func testTheDDePStepWithMeasuredChoicesAgrees() throws {
+        var options = CompileOptions()
+        (options.batch, options.size, options.classes) = (Self.config.batch, Self.config.size, Self.config.classes)
+        let convolutions = try ConvTuner.convolutions(of: try buildModule(UNet.small, config: Self.config), options: options)
+        let algorithms = ConvCostTable.algorithms
+        let table = ConvCostTable(isa: "any", threads: 1, cpu: "made up", measurements: convolutions.enumerated().map { i, convolution in
+            ConvCostTable.Measurement(convolution: convolution, seconds: Dictionary(uniqueKeysWithValues: algorithms.indices.map {
+                (algorithms[$0], $0 == i % algorithms.count ? 1.0 : 2.0)
+            }))
+        })
+        let finalIR = try compiled(.c, convCosts: table).artifact.finalIR
+        let ruled = try compiled(.c).artifact.finalIR
+        XCTAssertNotEqual(finalIR, ruled, "the table chose otherwise than the rule")
+        for name in ConvOps.Algorithm.winograd.keys {
+            XCTAssertGreaterThan(finalIR.components(separatedBy: "algorithm=\"\(name)\"").count - 1, 3, name)
+        }
+        try checkStep("pretrain_step", convCosts: table)
     }
 
     /// With --moments-in-epilogue: every training batch norm's moments are

@@ -99,6 +99,50 @@ final class ConvAlgorithmTests: XCTestCase {
         XCTAssertEqual(try algorithms(source(updating: true), weightsPrepared: true), ["winograd2", nil, "winograd2", nil])
     }
 
+    /// A cost table (`ddepc tune`'s) decides each convolution it has
+    /// measured, against the tile-count rule either way; the others follow
+    /// the rule. A convolution is known by its kernel, shapes, padding and
+    /// whether its filters are prepared: %5 and %9 compute the same
+    /// forward convolution, %10 its input gradient.
+    func testMeasuredCostsDecideTheConvolutionsTheyHave() throws {
+        let types = try Parser.parse(Self.source).functions[0].types
+        func convolution(_ id: Int) throws -> ConvCostTable.Convolution {
+            let node = try XCTUnwrap(try Parser.parse(Self.source).functions[0].nodes.first { $0.id == id })
+            return try XCTUnwrap(ConvCostTable.convolution(of: node, operandTypes: node.operands.map { types[$0]! },
+                                                           preparedFilters: false))
+        }
+        XCTAssertEqual(try convolution(5), ConvCostTable.Convolution(kernel: .forward, input: [4, 8, 32, 32], weight: [8, 8, 3, 3],
+                                                                      pad: [1, 1], preparedFilters: false))
+        XCTAssertEqual(try convolution(9), try convolution(5))
+        XCTAssertEqual(try convolution(10).kernel, .gradInput)
+        XCTAssertEqual(try convolution(10).input, [4, 8, 32, 32])
+        XCTAssertEqual(try convolution(11).kernel, .gradWeight)
+
+        func measured(_ id: Int, _ seconds: [String: Double]) throws -> ConvCostTable.Measurement {
+            ConvCostTable.Measurement(convolution: try convolution(id), seconds: seconds)
+        }
+        let table = ConvCostTable(isa: "avx512", threads: 2, cpu: "test", measurements: [
+            // The rule gives these F(4×4); the machine was faster with im2col and F(2×2).
+            try measured(5, ["im2col": 1.0, "winograd2": 1.5, "winograd4": 1.2]),
+            try measured(10, ["im2col": 2.0, "winograd2": 1.1, "winograd4": 1.3]),
+            // One 8×8 image: the rule leaves it to im2col; F(4×4) won here.
+            try measured(6, ["im2col": 0.3, "winograd2": 0.25, "winograd4": 0.2]),
+        ])
+        var module = try Parser.parse(Self.source)
+        _ = try SelectConvAlgorithm(mode: .auto, costs: table).run(&module)
+        try Verifier.verify(module)
+        let chosen = module.functions[0].nodes.map { node -> String? in
+            if case .string(let name)? = node.attrs[ConvOps.Algorithm.key] { return name }
+            return nil
+        }
+        // %5, %6, %7, %8, %9 (its epilogue is not in the key: %5's measurement), %10, %11 and %12 (the rule), %14 (the
+        // rule: 8 images are another convolution than %6's one).
+        XCTAssertEqual(chosen, [nil, "winograd4", nil, nil, nil, "winograd2", "winograd4", nil, "winograd2"])
+        // The rule alone, as before, and as-written keeps what the nodes carry.
+        XCTAssertEqual(try algorithms(after: .auto), ["winograd4", nil, nil, nil, "winograd4", "winograd4", "winograd4", nil, "winograd2"])
+        XCTAssertEqual(try algorithms(after: .asWritten), [nil, nil, nil, nil, nil, nil, nil, nil, nil])
+    }
+
     func testTheTypeRuleRefusesAnAlgorithmThatCannotComputeTheNode() throws {
         let strided = Self.source.replacingOccurrences(of: "{pad=[1,1], stride=[2,2]}",
                                                        with: "{algorithm=\"winograd2\", pad=[1,1], stride=[2,2]}")

@@ -181,6 +181,17 @@ public enum ConvOps {
     /// conv2d_grad_weight), or
     /// nil when Winograd cannot compute it.
     public static func winogradTiles(_ node: Node, operandTypes: [TensorType], tile m: Int) -> Int? {
+        guard let (input, weight) = winogradShapes(node, operandTypes: operandTypes),
+              let geometry = try? Geometry(input: input, weight: weight, attrs: node.attrs) else { return nil }
+        // The input gradient's kernel computes a convolution onto x's grid.
+        let (h, w) = node.op.hasSuffix("grad_input") ? (geometry.h, geometry.w) : (geometry.oh, geometry.ow)
+        return geometry.n * ((h + m - 1) / m) * ((w + m - 1) / m)
+    }
+
+    /// The convolution's input (x) and filter shapes, for a node Winograd
+    /// can compute (a 3×3, stride-1 convolution or gradient of one group);
+    /// nil for any other node.
+    public static func winogradShapes(_ node: Node, operandTypes: [TensorType]) -> (input: [Int], weight: [Int])? {
         let input: [Int]
         let weight: [Int]
         switch node.op {
@@ -192,11 +203,8 @@ public enum ConvOps {
         case "conv2d_grad_weight": (input, weight) = (operandTypes[0].shape, node.type.shape)
         default: return nil
         }
-        guard let geometry = try? Geometry(input: input, weight: weight, attrs: node.attrs),
-              geometry.winogradApplies else { return nil }
-        // The input gradient's kernel computes a convolution onto x's grid.
-        let (h, w) = node.op.hasSuffix("grad_input") ? (geometry.h, geometry.w) : (geometry.oh, geometry.ow)
-        return geometry.n * ((h + m - 1) / m) * ((w + m - 1) / m)
+        guard let geometry = try? Geometry(input: input, weight: weight, attrs: node.attrs), geometry.winogradApplies else { return nil }
+        return (input, weight)
     }
 
     static func winogradExample(pad: [Int], tile: Int = 4) -> Attributes {
