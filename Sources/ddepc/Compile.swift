@@ -59,7 +59,7 @@ struct Compile: ParsableCommand {
     @Flag(name: .customLong("time-passes"), help: "Print how long each pass took.") var timePasses = false
     @Flag(name: .customLong("data-parallel"), help: "Steps for `mpirun -np N ddepc train`: gradients and batch-norm statistics averaged across the processes inside the step (a single process runs them as usual).")
     var dataParallel = false
-    @Option(name: .customLong("conv-algorithm"), help: "How 3×3 stride-1 convolutions are computed: auto (Winograd F(4×4,3×3) or F(2×2,3×3) where it is faster; F(4×4) rounds to about 1e-5 of the output's magnitude), direct (im2col + GEMM everywhere), winograd (F(4×4,3×3) wherever it applies).")
+    @Option(name: .customLong("conv-algorithm"), help: "How 3×3 stride-1 convolutions are computed: auto (Winograd F(4×4,3×3) or F(2×2,3×3) where it is faster: as --conv-costs measured it, else by tile counts; F(4×4) rounds to about 1e-5 of the output's magnitude), direct (im2col + GEMM everywhere), winograd (F(4×4,3×3) wherever it applies), as-written (what a .ddir file's nodes name; im2col where they name nothing).")
     var convAlgorithm: SelectConvAlgorithm.Mode = .auto
     @Option(name: .customLong("conv-costs"), help: "A cost table `ddepc tune` measured on this machine: with --conv-algorithm auto, each convolution it has gets the algorithm that was fastest here.")
     var convCosts: String?
