@@ -2,7 +2,7 @@
 # ddepc's compiled steps against the same models in PyTorch, side by side.
 #
 #   benchmarks/compare.sh [--llvm] [--calls K] [--threads T] [--memory-budget MB]
-#                         [--isa avx2] MODEL [BATCH SIZE] [ROUNDS]
+#                         [--isa avx2] [--tune] MODEL [BATCH SIZE] [ROUNDS]
 #
 # MODEL: unet-r18, transunet or transunet-ddep-1x. BATCH (default 8), SIZE
 # (default 128), ROUNDS (default 3).
@@ -10,7 +10,9 @@
 #   1. compiles the ddepc artifact with --batch/--size (C backend; with
 #      --llvm also the LLVM backend; with --memory-budget, passed on to
 #      `ddepc compile`, which then recomputes some convolutions and matmuls
-#      to bring each training step's arena within MB);
+#      to bring each training step's arena within MB; with --tune, `ddepc
+#      tune` first measures the convolution algorithms on this machine at
+#      the same ISA and thread count, and the compile follows its table);
 #   2. runs `ddepc bench` and benchmarks/pytorch_reference.py interleaved,
 #      A B A B, for ROUNDS rounds (two-thread timings swing with what else
 #      shares the cores: only interleaved runs compare);
@@ -43,6 +45,7 @@ calls=10
 threads=2
 compile_flags=()
 isa=native
+tune=0
 while [[ $# -gt 0 && $1 == -* ]]; do
     case $1 in
         --llvm) llvm=1 ;;
@@ -50,6 +53,7 @@ while [[ $# -gt 0 && $1 == -* ]]; do
         --threads) threads=$2; shift ;;
         --memory-budget) compile_flags+=(--memory-budget "$2"); shift ;;
         --isa) isa=$2; shift ;;
+        --tune) tune=1 ;;
         -h | --help) usage ;;
         *) echo "unknown option $1" >&2; usage 2 >&2 ;;
     esac
@@ -86,7 +90,11 @@ backends=(c)
 ((llvm)) && backends+=(llvm)
 
 mkdir -p "$out"
-rm -f "$out"/ddepc-*.txt "$out"/torch-*.json "$out"/rss-* "$out"/table.txt  # an earlier run's results
+rm -f "$out"/ddepc-*.txt "$out"/torch-*.json "$out"/rss-* "$out"/table.txt "$out/$model.conv-costs.json"  # an earlier run's results
+if ((tune)); then
+    "$ddepc" tune "$model" -o "$out/$model.conv-costs.json" --batch "$batch" --size "$size" --threads "$threads" --isa "$isa"
+    compile_flags+=(--conv-costs "$out/$model.conv-costs.json")
+fi
 for backend in "${backends[@]}"; do
     "$ddepc" compile "$model" -o "$out/$model-$backend.ddepc" --backend "$backend" --batch "$batch" --size "$size" \
         "${compile_flags[@]}"

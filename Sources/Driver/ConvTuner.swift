@@ -45,7 +45,11 @@ public enum ConvTuner {
         precondition(rounds >= 1)
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("ddepc-tune-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: work) }
+        let cleanup = Interruption.shared.removeOnInterrupt(work)
+        defer {
+            try? FileManager.default.removeItem(at: work)
+            Interruption.shared.forget(cleanup)
+        }
 
         var source = ""
         for (index, convolution) in convolutions.enumerated() {

@@ -58,7 +58,22 @@ public struct ConvCostTable: Codable, Equatable, Sendable {
             let best = seconds.filter { $0.value > 0 }.min { ($0.value, $0.key) < ($1.value, $1.key) }?.key
             return best == ConvCostTable.im2col ? nil : best
         }
+
+        /// The fastest algorithm, unless `preferred` (nil: im2col) was
+        /// within `ConvCostTable.tie` of it: a difference the tuner cannot
+        /// tell from the host's noise does not overturn the rule, and two
+        /// tunes of one machine then compile alike.
+        public func choice(preferring preferred: String?) -> String? {
+            guard let best = seconds[fastest ?? ConvCostTable.im2col],
+                  let kept = seconds[preferred ?? ConvCostTable.im2col] else { return fastest }
+            return kept <= best * (1 + ConvCostTable.tie) ? preferred : fastest
+        }
     }
+
+    /// How much slower than the fastest an algorithm may have measured and
+    /// still count as a tie (medians of interleaved calls moved by about
+    /// this much between tunes on Zen 5).
+    public static let tie = 0.03
 
     public var format = ConvCostTable.format
     /// The kernels' ISA (avx512, avx2) and thread count it was measured at.
@@ -75,11 +90,9 @@ public struct ConvCostTable: Codable, Equatable, Sendable {
         self.measurements = measurements
     }
 
-    /// The measured choice for `convolution`: .some(nil) for im2col,
-    /// .some(name) for a Winograd algorithm, nil when it was not measured.
-    public func choice(for convolution: Convolution) -> String?? {
-        guard let measured = measurements.first(where: { $0.convolution == convolution }) else { return nil }
-        return .some(measured.fastest)
+    /// What was measured of `convolution`, if it was.
+    public func measurement(of convolution: Convolution) -> Measurement? {
+        measurements.first { $0.convolution == convolution }
     }
 
     /// The convolution `node` computes, if Winograd can compute it; its

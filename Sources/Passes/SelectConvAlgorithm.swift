@@ -7,8 +7,9 @@ import IR
 ///
 /// With a cost table (`ddepc tune` times each algorithm on each of a
 /// model's convolutions on the machine it runs on), `auto` gives every
-/// convolution the table has the algorithm that was fastest there. The
-/// tile-count rule below, measured on one AVX-512 machine, decides the rest.
+/// convolution the table has the algorithm that was fastest there (the
+/// rule's choice where it measured within 3% of that). The tile-count rule
+/// below, measured on one AVX-512 machine, decides the rest.
 ///
 /// Winograd does fewer multiplications than a direct 3×3 convolution (a
 /// quarter with 4×4 tiles, 1/2.25 with 2×2) but transforms the filters on
@@ -112,11 +113,14 @@ public struct SelectConvAlgorithm: Pass {
                     // A recompiled module keeps the choices it carries.
                     if case .string(let chosen)? = node.attrs[ConvOps.Algorithm.key] {
                         wanted = chosen
-                    } else if let measured = costs?.choice(for: convolution) {
-                        wanted = measured
                     } else {
-                        wanted = Self.automatic(node, operandTypes: node.operands.map { types[$0]! },
-                                                prepared: convolution.preparedFilters)
+                        let rule = Self.automatic(node, operandTypes: node.operands.map { types[$0]! },
+                                                  prepared: convolution.preparedFilters)
+                        if let measured = costs?.measurement(of: convolution) {
+                            wanted = measured.choice(preferring: rule)
+                        } else {
+                            wanted = rule
+                        }
                     }
                 case .direct: wanted = nil
                 case .winograd: wanted = ConvOps.Algorithm.winograd(tile: 4)
