@@ -15,9 +15,7 @@ public struct ConvCostTable: Codable, Equatable, Sendable {
     /// Every algorithm a 3×3 stride-1 convolution can run with.
     public static let algorithms = [im2col] + ConvOps.Algorithm.winograd.keys.sorted()
 
-    public enum Kernel: String, Codable, Sendable, CaseIterable {
-        case forward, gradInput = "grad_input", gradWeight = "grad_weight"
-    }
+    public typealias Kernel = ConvOps.Kernel
 
     public struct Convolution: Codable, Hashable, Sendable, CustomStringConvertible {
         public var kernel: Kernel
@@ -98,9 +96,10 @@ public struct ConvCostTable: Codable, Equatable, Sendable {
     /// The convolution `node` computes, if Winograd can compute it; its
     /// filters prepared when `preparedFilters`.
     public static func convolution(of node: Node, operandTypes: [TensorType], preparedFilters: Bool) -> Convolution? {
-        guard let (input, weight) = ConvOps.winogradShapes(node, operandTypes: operandTypes) else { return nil }
-        let kernel: Kernel = node.op.hasSuffix("grad_input") ? .gradInput : node.op == "conv2d_grad_weight" ? .gradWeight : .forward
+        guard let (kernel, input, weight) = ConvOps.winogradConvolution(node, operandTypes: operandTypes) else { return nil }
         let pad = (try? node.attrs.ints("pad")) ?? [0, 0]
         return Convolution(kernel: kernel, input: input, weight: weight, pad: pad, preparedFilters: preparedFilters)
     }
 }
+
+extension ConvOps.Kernel: Codable {}

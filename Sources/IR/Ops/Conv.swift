@@ -181,30 +181,35 @@ public enum ConvOps {
     /// conv2d_grad_weight), or
     /// nil when Winograd cannot compute it.
     public static func winogradTiles(_ node: Node, operandTypes: [TensorType], tile m: Int) -> Int? {
-        guard let (input, weight) = winogradShapes(node, operandTypes: operandTypes),
-              let geometry = try? Geometry(input: input, weight: weight, attrs: node.attrs) else { return nil }
+        guard let convolution = winogradConvolution(node, operandTypes: operandTypes),
+              let geometry = try? Geometry(input: convolution.input, weight: convolution.weight, attrs: node.attrs) else { return nil }
         // The input gradient's kernel computes a convolution onto x's grid.
-        let (h, w) = node.op.hasSuffix("grad_input") ? (geometry.h, geometry.w) : (geometry.oh, geometry.ow)
+        let (h, w) = convolution.kernel == .gradInput ? (geometry.h, geometry.w) : (geometry.oh, geometry.ow)
         return geometry.n * ((h + m - 1) / m) * ((w + m - 1) / m)
     }
 
-    /// The convolution's input (x) and filter shapes, for a node Winograd
-    /// can compute (a 3×3, stride-1 convolution or gradient of one group);
-    /// nil for any other node.
-    public static func winogradShapes(_ node: Node, operandTypes: [TensorType]) -> (input: [Int], weight: [Int])? {
-        let input: [Int]
-        let weight: [Int]
+    /// Which of a convolution's three kernels a node runs.
+    public enum Kernel: String, CaseIterable, Sendable {
+        case forward, gradInput = "grad_input", gradWeight = "grad_weight"
+    }
+
+    /// The kernel a node runs and its convolution's input (x) and filter
+    /// shapes, for a node Winograd can compute (a 3×3, stride-1 convolution
+    /// or gradient of one group); nil for any other node.
+    public static func winogradConvolution(_ node: Node, operandTypes: [TensorType]) -> (kernel: Kernel, input: [Int], weight: [Int])? {
+        let convolution: (kernel: Kernel, input: [Int], weight: [Int])
         switch node.op {
-        case "conv2d": (input, weight) = (operandTypes[0].shape, operandTypes[1].shape)
+        case "conv2d": convolution = (.forward, operandTypes[0].shape, operandTypes[1].shape)
         case "fused_conv2d":
             guard let gathered = try? FusedConvOps.inputShape(operandTypes, node.attrs) else { return nil }
-            (input, weight) = (gathered, operandTypes[1].shape)
-        case "conv2d_grad_input", "fused_conv2d_grad_input": (input, weight) = (node.type.shape, operandTypes[1].shape)
-        case "conv2d_grad_weight": (input, weight) = (operandTypes[0].shape, node.type.shape)
+            convolution = (.forward, gathered, operandTypes[1].shape)
+        case "conv2d_grad_input", "fused_conv2d_grad_input": convolution = (.gradInput, node.type.shape, operandTypes[1].shape)
+        case "conv2d_grad_weight": convolution = (.gradWeight, operandTypes[0].shape, node.type.shape)
         default: return nil
         }
-        guard let geometry = try? Geometry(input: input, weight: weight, attrs: node.attrs), geometry.winogradApplies else { return nil }
-        return (input, weight)
+        guard let geometry = try? Geometry(input: convolution.input, weight: convolution.weight, attrs: node.attrs),
+              geometry.winogradApplies else { return nil }
+        return convolution
     }
 
     static func winogradExample(pad: [Int], tile: Int = 4) -> Attributes {
