@@ -34,17 +34,27 @@ public enum ConvCostFile {
         return "\(url.path) was measured with the \(table.isa) kernels on \(table.threads) thread(s) (\(table.cpu)); here they run \(isa) on \(threads). Its choices may be slower here: run `ddepc tune` on this machine."
     }
 
-    /// Writes `table` to `url`, replacing only a cost table (ddepc's own):
-    /// any other file there is the user's and is left alone.
-    public static func write(_ table: ConvCostTable, to url: URL) throws {
+    /// Throws unless `url` is free or holds a cost table (ddepc's own, of
+    /// any format): any other file there is the user's and is left alone.
+    public static func requireReplaceable(_ url: URL) throws {
         var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) {
-            let ours = !isDirectory.boolValue
-                && (try? JSONDecoder().decode(ConvCostTable.self, from: Data(contentsOf: url))) != nil
-            guard ours else {
-                throw RuntimeError("\(url.path) exists and is not a convolution cost table; refusing to replace it (nothing was changed). Choose another -o path.")
-            }
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else { return }
+        /// The fields every cost table has had.
+        struct Identity: Decodable {
+            var format: Int
+            var isa: String
+            var threads: Int
+            var cpu: String
         }
+        let ours = !isDirectory.boolValue && (try? JSONDecoder().decode(Identity.self, from: Data(contentsOf: url))) != nil
+        guard ours else {
+            throw RuntimeError("\(url.path) exists and is not a convolution cost table; refusing to replace it (nothing was changed). Choose another -o path.")
+        }
+    }
+
+    /// Writes `table` to `url`, replacing only a cost table.
+    public static func write(_ table: ConvCostTable, to url: URL) throws {
+        try requireReplaceable(url)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeAtomically(try encoder.encode(table), to: url)

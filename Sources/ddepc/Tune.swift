@@ -13,7 +13,8 @@ struct Tune: ParsableCommand {
             gradient; filters prepared once for inference) is compiled on its own with im2col + GEMM, Winograd \
             F(2×2,3×3) and F(4×4,3×3), and the three are timed in interleaved rounds at the kernels' ISA and \
             thread count. The table names the machine it was measured on; `ddepc compile --conv-costs FILE` then \
-            gives each convolution the algorithm that was fastest here instead of the built-in tile-count rule. \
+            gives each convolution the algorithm that was fastest here (the built-in tile-count rule's choice \
+            where that measured within 3% of the fastest) instead of the rule. \
             Compile for the same --batch and --size: other shapes are not in the table and follow the rule.
             """)
 
@@ -41,9 +42,7 @@ struct Tune: ParsableCommand {
             if let threads { ddp_set_thread_limit(Int32(threads)) }
             let out = URL(fileURLWithPath: output ?? URL(fileURLWithPath: model).deletingPathExtension().lastPathComponent + ".conv-costs.json")
             // Refuse a file that is not ours before minutes of measuring, not after.
-            if FileManager.default.fileExists(atPath: out.path), (try? ConvCostFile.read(out)) == nil {
-                throw RuntimeError("\(out.path) exists and is not a convolution cost table; refusing to replace it (nothing was changed). Choose another -o path.")
-            }
+            try ConvCostFile.requireReplaceable(out)
             let module = try loadModule(model, shape: shape, modelTimeout: modelTimeout, verify: true)
             var options = CompileOptions()
             options.batch = shape.batch
