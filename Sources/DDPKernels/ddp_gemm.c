@@ -284,6 +284,8 @@ int ddp_set_isa(const char *name) {
 
 const char *ddp_gemm_isa(void) { return chosen_isa()->name; }
 
+const char *ddp_cpu_isa(void) { return cpu_has_avx512() ? isa_avx512.name : isa_avx2.name; }
+
 // MARK: - Packing
 
 /// A general strided matrix view: element (i, j) is at p[i·rs + j·cs].

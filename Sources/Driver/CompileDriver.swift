@@ -63,9 +63,9 @@ public enum CompileDriver {
     /// kernels run their AVX2 path (`DDEPC_ISA=avx2`) on a CPU that has it,
     /// so that the whole step, generated loops included, runs as on an
     /// AVX2-only machine of this kind (what `benchmarks/compare.sh --isa
-    /// avx2` measures). On a machine without AVX-512 this changes nothing.
+    /// avx2` measures). A machine without AVX-512 has nothing to leave.
     static var disabledCPUFeatures: [String] {
-        String(cString: ddp_gemm_isa()) == "avx2" ? ["avx512f"] : []
+        String(cString: ddp_gemm_isa()) == "avx2" && String(cString: ddp_cpu_isa()) == "avx512" ? ["avx512f"] : []
     }
 
     public static func compile(_ module: Module, to output: URL, options: CompileOptions) throws -> CompileReport {

@@ -85,6 +85,8 @@ int ddp_parallel_threads(void);
 void ddp_set_thread_limit(int threads);
 /// The vector ISA the GEMM micro-kernels run: "avx512" or "avx2" (DDEPC_ISA=avx2 forces it).
 const char *ddp_gemm_isa(void);
+/// The widest of those this CPU runs: "avx512" or "avx2".
+const char *ddp_cpu_isa(void);
 /// Rows of the GEMM micro-kernel's panels at that ISA: what winograd_filters
 /// should pack for.
 int ddp_gemm_panel_rows(void);
