@@ -20,8 +20,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Time only this entry point (repeatable).") var entry: [String] = []
     @Option(help: "Timed calls per entry point (after 2 warm-up calls).") var calls = 10
     @Option(help: "Matrix size n for the n×n×n sgemm figure.") var n = 1024
-    @Option(help: "Threads (default: the CPUs this process may use, or DDEPC_THREADS).") var threads: Int?
-    @Option(help: "Micro-kernel ISA: native, avx512 or avx2 (default: DDEPC_ISA, else native).") var isa: String?
+    @OptionGroup var kernels: KernelOptions
     @Flag(help: "Also report the time per kernel (a timed kernel table; parallel_loop is the large generated loops, the rest the small ones and copies) and the slowest calls with the IR node each computes and, for convolutions and matmuls, its GFLOP/s.") var profile = false
     @Option(help: "With --profile, how many of the slowest calls to list.") var slowest = 12
 
@@ -29,7 +28,6 @@ struct Bench: ParsableCommand {
         guard calls >= 1 else { throw ValidationError("--calls must be at least 1 (got \(calls))") }
         guard n >= 1 else { throw ValidationError("--n must be at least 1 (got \(n))") }
         guard slowest >= 0 else { throw ValidationError("--slowest must be 0 or more (got \(slowest))") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1 (got \(threads))") }
     }
 
     func run() throws {
@@ -39,11 +37,7 @@ struct Bench: ParsableCommand {
             if let loaded {
                 for entry in loaded.manifest.layout.entries { try MemoryBudget.require(entry, of: loaded) }
             }
-            // Without --isa, the choice DDEPC_ISA made stands (the artifact may have been compiled for it).
-            if let isa, ddp_set_isa(isa) == 0 {
-                throw RuntimeError("--isa \(isa): this CPU cannot run it; use native, avx512 (where the CPU has it) or avx2")
-            }
-            if let threads { ddp_set_thread_limit(Int32(threads)) }
+            try kernels.apply()
             let peak = Benchmark.fmaPeak()
             print(String(format: "fp32 FMA peak: %.1f GFLOP/s (%@, %d threads, measured now)", peak.gflops, peak.isa, peak.threads))
             print(String(format: "sgemm %d×%d×%d: %.1f GFLOP/s", n, n, n, Benchmark.sgemmPeak(n: n)))

@@ -23,23 +23,18 @@ struct Tune: ParsableCommand {
     var output: String?
     @OptionGroup var shape: ModelShapeOptions
     @Option(help: "Timed calls of each algorithm on each convolution (the median is kept).") var rounds = 7
-    @Option(help: "Threads (default: the CPUs this process may use, or DDEPC_THREADS).") var threads: Int?
-    @Option(help: "Micro-kernel ISA: native, avx512 or avx2 (default: DDEPC_ISA, else native).") var isa: String?
+    @OptionGroup var kernels: KernelOptions
     @Option(name: .customLong("model-timeout"), help: "Seconds a model file (.swift) may take to build its model before it is stopped.")
     var modelTimeout = ModelFileEvaluator.defaultTimeout
 
     func validate() throws {
         guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1 (got \(rounds))") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1 (got \(threads))") }
         guard modelTimeout > 0, modelTimeout.isFinite else { throw ValidationError("--model-timeout must be a positive number of seconds") }
     }
 
     func run() throws {
         try reportingErrors {
-            if let isa, ddp_set_isa(isa) == 0 {
-                throw RuntimeError("--isa \(isa): this CPU cannot run it; use native, avx512 (where the CPU has it) or avx2")
-            }
-            if let threads { ddp_set_thread_limit(Int32(threads)) }
+            try kernels.apply()
             let out = URL(fileURLWithPath: output ?? URL(fileURLWithPath: model).deletingPathExtension().lastPathComponent + ".conv-costs.json")
             // Refuse a file that is not ours before minutes of measuring, not after.
             try ConvCostFile.requireReplaceable(out)

@@ -181,8 +181,7 @@ public enum ConvOps {
     /// conv2d_grad_weight), or
     /// nil when Winograd cannot compute it.
     public static func winogradTiles(_ node: Node, operandTypes: [TensorType], tile m: Int) -> Int? {
-        guard let convolution = winogradConvolution(node, operandTypes: operandTypes),
-              let geometry = try? Geometry(input: convolution.input, weight: convolution.weight, attrs: node.attrs) else { return nil }
+        guard let (convolution, geometry) = winogradGeometry(node, operandTypes: operandTypes) else { return nil }
         // The input gradient's kernel computes a convolution onto x's grid.
         let (h, w) = convolution.kernel == .gradInput ? (geometry.h, geometry.w) : (geometry.oh, geometry.ow)
         return geometry.n * ((h + m - 1) / m) * ((w + m - 1) / m)
@@ -197,6 +196,11 @@ public enum ConvOps {
     /// shapes, for a node Winograd can compute (a 3×3, stride-1 convolution
     /// or gradient of one group); nil for any other node.
     public static func winogradConvolution(_ node: Node, operandTypes: [TensorType]) -> (kernel: Kernel, input: [Int], weight: [Int])? {
+        winogradGeometry(node, operandTypes: operandTypes)?.convolution
+    }
+
+    private static func winogradGeometry(_ node: Node, operandTypes: [TensorType])
+        -> (convolution: (kernel: Kernel, input: [Int], weight: [Int]), geometry: Geometry)? {
         let convolution: (kernel: Kernel, input: [Int], weight: [Int])
         switch node.op {
         case "conv2d": convolution = (.forward, operandTypes[0].shape, operandTypes[1].shape)
@@ -209,7 +213,7 @@ public enum ConvOps {
         }
         guard let geometry = try? Geometry(input: convolution.input, weight: convolution.weight, attrs: node.attrs),
               geometry.winogradApplies else { return nil }
-        return convolution
+        return (convolution, geometry)
     }
 
     static func winogradExample(pad: [Int], tile: Int = 4) -> Attributes {
